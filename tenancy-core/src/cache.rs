@@ -1,0 +1,57 @@
+//! The tenant-namespaced cache: [`TenantCache`].
+//!
+//! Keys live inside a tenant's namespace: the same key under two tenants names two entries,
+//! and [`TenantCache::invalidate_tenant`] drops one tenant's entries without touching others.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{ParseError, Result, TenantId};
+
+/// Longest accepted cache key, in bytes.
+pub const CACHE_KEY_MAX_LEN: usize = 512;
+
+/// Checks a cache key: 1 to 512 bytes, no control characters. Backends encode keys before
+/// placing them in a store, so any other character is allowed.
+pub fn check_cache_key(key: &str) -> Result<(), ParseError> {
+    if key.is_empty() || key.len() > CACHE_KEY_MAX_LEN {
+        return Err(ParseError::new("cache key", "must be 1 to 512 bytes"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(ParseError::new(
+            "cache key",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Hit and miss counts since the cache was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Lookups that found a live entry.
+    pub hits: u64,
+    /// Lookups that found nothing (or an expired entry).
+    pub misses: u64,
+}
+
+/// A cache whose entries belong to tenants.
+#[async_trait]
+pub trait TenantCache: Send + Sync + fmt::Debug + 'static {
+    /// The live value under `key` in `tenant`'s namespace.
+    async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Stores `value` under `key` for `ttl` (which must be positive).
+    async fn set(&self, tenant: &TenantId, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
+
+    /// Removes `key`; `true` when a live entry was removed.
+    async fn delete(&self, tenant: &TenantId, key: &str) -> Result<bool>;
+
+    /// Makes every entry of `tenant` unreachable at once.
+    async fn invalidate_tenant(&self, tenant: &TenantId) -> Result<()>;
+
+    /// Hit and miss counts of this cache handle (and its clones).
+    fn stats(&self) -> CacheStats;
+}

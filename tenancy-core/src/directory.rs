@@ -1,0 +1,35 @@
+//! The [`TenantDirectory`]: which tenants exist, their status, tier, overrides and bypass.
+//!
+//! Changes are visible on the next call: a layer asks the directory on each request (a
+//! backend may cache, but must not serve a stale status after a change it made).
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::{Result, TenantId, TenantSettings};
+
+/// Whether [`TenantDirectory::put`] created the tenant or changed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// The tenant did not exist.
+    Created,
+    /// The tenant existed and was replaced.
+    Updated,
+}
+
+/// Knows every tenant and its settings.
+#[async_trait]
+pub trait TenantDirectory: Send + Sync + fmt::Debug + 'static {
+    /// The tenant's settings, or `None` for an unknown tenant.
+    async fn get(&self, tenant: &TenantId) -> Result<Option<TenantSettings>>;
+
+    /// Creates or replaces the tenant's settings.
+    async fn put(&self, tenant: &TenantId, settings: TenantSettings) -> Result<Upsert>;
+
+    /// Removes the tenant; `true` when it existed.
+    async fn remove(&self, tenant: &TenantId) -> Result<bool>;
+
+    /// Every tenant, ordered by id.
+    async fn list(&self) -> Result<Vec<(TenantId, TenantSettings)>>;
+}

@@ -1,0 +1,536 @@
+//! Rate limiting: the [`RateLimiter`] trait, the request and decision types, the GCRA
+//! arithmetic every backend shares, and the response headers every adapter sends.
+//!
+//! A request names a tenant, optionally a user, and the limits to apply (each a [`Quota`] with
+//! a [`LimitScope`]). Backends decide all limits in one atomic step: if any enforced limit
+//! denies, no limit is consumed.
+//!
+//! # The algorithm
+//! GCRA (generic cell rate algorithm) keeps one number per key, the *theoretical arrival time*
+//! (TAT). With emission interval `T = period / limit`, a request of weight `w` is allowed when
+//! `max(TAT, now) + w·T - now <= burst·T`, and then moves TAT to `max(TAT, now) + w·T`. A key
+//! whose TAT is in the past is indistinguishable from a missing key, so idle keys can be
+//! dropped without changing any decision.
+//!
+//! ```
+//! use tenancy_core::{gcra, Quota};
+//!
+//! let q = Quota::per_second(10).with_burst(2);
+//! let now = 1_000_000_000;
+//! let a = gcra(None, now, &q, 1);
+//! let b = gcra(Some(a.tat), now, &q, 1);
+//! let c = gcra(Some(b.tat), now, &q, 1);
+//! assert!(a.allowed && b.allowed && !c.allowed);
+//! assert_eq!(c.retry_after_nanos, 100_000_000);
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Quota, Result, TenantId, UserId};
+
+/// Whom a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LimitScope {
+    /// Every request of the tenant.
+    Tenant,
+    /// Each user of the tenant separately.
+    User,
+}
+
+impl LimitScope {
+    /// `"tenant"` or `"user"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::User => "user",
+        }
+    }
+}
+
+/// Whether a limit is enforced or only observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LimitMode {
+    /// Denials are enforced.
+    #[default]
+    Enforce,
+    /// Decided and reported, but the request is always allowed: for trying a new quota on live
+    /// traffic before enforcing it.
+    Shadow,
+}
+
+/// What a distributed backend does when it cannot decide (store down, timeout, open circuit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FailurePolicy {
+    /// Allow the request; the decision is marked degraded so it can be counted and logged.
+    FailOpen,
+    /// Refuse the request as unavailable (a 503, distinct from a 429).
+    #[default]
+    FailClosed,
+    /// Decide with an in-process limiter until the backend returns.
+    Local,
+}
+
+/// One limit to apply: a quota, whom it counts, and how it behaves.
+///
+/// A request carries at most one limit per (scope, period): state is keyed by that pair, so a
+/// tier change that keeps the period carries the tenant's current usage over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    /// Tenant-wide or per-user.
+    pub scope: LimitScope,
+    /// The rate and burst.
+    pub quota: Quota,
+    /// Enforced or shadow.
+    pub mode: LimitMode,
+    /// Behaviour when a distributed backend cannot decide.
+    pub on_unavailable: FailurePolicy,
+}
+
+impl Limit {
+    /// An enforced tenant-wide limit that fails closed.
+    pub fn tenant(quota: Quota) -> Self {
+        Self {
+            scope: LimitScope::Tenant,
+            quota,
+            mode: LimitMode::Enforce,
+            on_unavailable: FailurePolicy::FailClosed,
+        }
+    }
+
+    /// An enforced per-user limit that fails closed.
+    pub fn user(quota: Quota) -> Self {
+        Self {
+            scope: LimitScope::User,
+            ..Self::tenant(quota)
+        }
+    }
+
+    /// The same limit in shadow mode.
+    pub fn shadow(mut self) -> Self {
+        self.mode = LimitMode::Shadow;
+        self
+    }
+
+    /// The same limit with another failure policy.
+    pub fn on_unavailable(mut self, policy: FailurePolicy) -> Self {
+        self.on_unavailable = policy;
+        self
+    }
+
+    /// The policy name used in headers and metrics: `tenant-3600`, `user-60`, ...
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.scope.as_str(), self.quota.period_secs)
+    }
+}
+
+/// One rate-limit decision to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitRequest {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The user; without one, [`LimitScope::User`] limits are skipped.
+    pub user: Option<UserId>,
+    /// The limits, decided together.
+    pub limits: Vec<Limit>,
+    /// The request's weight (1 for an ordinary request).
+    pub cost: u64,
+}
+
+impl RateLimitRequest {
+    /// A request of weight 1 for `tenant` and `user` under `limits`.
+    pub fn new(tenant: TenantId, user: Option<UserId>, limits: Vec<Limit>) -> Self {
+        Self {
+            tenant,
+            user,
+            limits,
+            cost: 1,
+        }
+    }
+
+    /// The same request with another weight.
+    pub fn with_cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// The limits that apply: user limits only when there is a user.
+    pub fn applicable(&self) -> impl Iterator<Item = &Limit> {
+        let has_user = self.user.is_some();
+        self.limits
+            .iter()
+            .filter(move |l| has_user || l.scope == LimitScope::Tenant)
+    }
+}
+
+/// The result of applying GCRA to one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraOutcome {
+    /// Whether the request fits.
+    pub allowed: bool,
+    /// The TAT to store when the whole decision is allowed (the old one when denied).
+    pub tat: u64,
+    /// Requests of weight 1 that would still fit right after this decision.
+    pub remaining: u64,
+    /// Nanoseconds until the key is fully rested.
+    pub reset_after_nanos: u64,
+    /// Nanoseconds until this request would fit (0 when allowed).
+    pub retry_after_nanos: u64,
+}
+
+/// GCRA for one key: `tat` is the stored TAT (`None` for a rested key), `now` and the result
+/// in nanoseconds since the Unix epoch.
+///
+/// A weight larger than the burst never fits; its retry-after is `u64::MAX`.
+pub fn gcra(tat: Option<u64>, now: u64, quota: &Quota, cost: u64) -> GcraOutcome {
+    let t = quota.emission_interval_nanos();
+    let capacity = t.saturating_mul(quota.burst);
+    let base = tat.map_or(now, |tat| tat.max(now));
+    let new_tat = base.saturating_add(t.saturating_mul(cost));
+    let used_after = new_tat - now;
+    if used_after <= capacity {
+        GcraOutcome {
+            allowed: true,
+            tat: new_tat,
+            remaining: (capacity - used_after) / t,
+            reset_after_nanos: used_after,
+            retry_after_nanos: 0,
+        }
+    } else {
+        let used = base - now;
+        GcraOutcome {
+            allowed: false,
+            tat: base,
+            remaining: capacity.saturating_sub(used) / t,
+            reset_after_nanos: used,
+            retry_after_nanos: if cost > quota.burst {
+                u64::MAX
+            } else {
+                used_after - capacity
+            },
+        }
+    }
+}
+
+/// The state of one limit after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    /// The limit this state is for.
+    pub limit: Limit,
+    /// Whether this limit alone would allow the request.
+    pub allowed: bool,
+    /// Requests that still fit now.
+    pub remaining: u64,
+    /// Time until the limit is fully restored.
+    pub reset_after: Duration,
+    /// Time until the request would fit under this limit (zero when allowed).
+    pub retry_after: Duration,
+}
+
+impl LimitState {
+    /// The state after a GCRA outcome for `limit`.
+    pub fn from_outcome(limit: Limit, o: &GcraOutcome) -> Self {
+        Self {
+            limit,
+            allowed: o.allowed,
+            remaining: o.remaining,
+            reset_after: Duration::from_nanos(o.reset_after_nanos),
+            retry_after: Duration::from_nanos(o.retry_after_nanos),
+        }
+    }
+}
+
+/// How a decision was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecisionSource {
+    /// By the configured backend.
+    #[default]
+    Backend,
+    /// The backend could not decide and a limit's policy allowed the request.
+    FailOpen,
+    /// The backend could not decide and an in-process limiter decided.
+    LocalFallback,
+    /// Answered from a cache of recent denials without asking the backend.
+    DenialCache,
+}
+
+/// The outcome of [`RateLimiter::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitDecision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// One state per applicable limit, in request order.
+    pub states: Vec<LimitState>,
+    /// How the decision was reached.
+    pub source: DecisionSource,
+}
+
+impl RateLimitDecision {
+    /// Applies GCRA to every applicable limit of `request`, with `tats` giving each limit's
+    /// stored TAT in the same order. Returns the decision and, when allowed, the TATs to store
+    /// (`None` for a limit whose state must not change: a shadow limit that denied).
+    ///
+    /// Every backend decides through this one function, so all of them agree to the nanosecond.
+    pub fn decide(
+        request: &RateLimitRequest,
+        tats: &[Option<u64>],
+        now: u64,
+    ) -> (Self, Vec<Option<u64>>) {
+        let mut states = Vec::with_capacity(tats.len());
+        let mut writes = Vec::with_capacity(tats.len());
+        let mut allowed = true;
+        for (limit, tat) in request.applicable().zip(tats) {
+            let o = gcra(*tat, now, &limit.quota, request.cost);
+            if !o.allowed && limit.mode == LimitMode::Enforce {
+                allowed = false;
+            }
+            writes.push(o.allowed.then_some(o.tat));
+            states.push(LimitState::from_outcome(*limit, &o));
+        }
+        if !allowed {
+            // Nothing is consumed: report what each limit that would have allowed still has.
+            for ((limit, tat), (state, write)) in request
+                .applicable()
+                .zip(tats)
+                .zip(states.iter_mut().zip(writes.iter_mut()))
+            {
+                if write.take().is_some() {
+                    *state = LimitState::from_outcome(*limit, &gcra(*tat, now, &limit.quota, 0));
+                }
+            }
+        }
+        (
+            Self {
+                allowed,
+                states,
+                source: DecisionSource::Backend,
+            },
+            writes,
+        )
+    }
+
+    /// An allowed decision with no limit states: a request that no limit applies to.
+    pub fn unlimited() -> Self {
+        Self {
+            allowed: true,
+            states: Vec::new(),
+            source: DecisionSource::Backend,
+        }
+    }
+
+    /// The enforced limit closest to denying (lowest remaining; for the `X-RateLimit-*`
+    /// headers), or the first limit when all are shadow limits.
+    pub fn headline(&self) -> Option<&LimitState> {
+        self.states
+            .iter()
+            .filter(|s| s.limit.mode == LimitMode::Enforce)
+            .min_by_key(|s| (s.allowed, s.remaining))
+            .or_else(|| self.states.first())
+    }
+
+    /// When denied: the wait until every denying enforced limit would allow the request.
+    pub fn retry_after(&self) -> Option<Duration> {
+        if self.allowed {
+            return None;
+        }
+        self.states
+            .iter()
+            .filter(|s| !s.allowed && s.limit.mode == LimitMode::Enforce)
+            .map(|s| s.retry_after)
+            .max()
+    }
+
+    /// `Retry-After` in whole seconds: rounded up, never 0.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after().map(ceil_secs_at_least_one)
+    }
+
+    /// The rate-limit response headers, as (name, value) pairs, for any HTTP framework:
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`, `RateLimit-Policy`,
+    /// `RateLimit`, and `Retry-After` when denied.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(6);
+        if let Some(h) = self.headline() {
+            out.push(("x-ratelimit-limit", h.limit.quota.limit.to_string()));
+            out.push(("x-ratelimit-remaining", h.remaining.to_string()));
+            out.push(("x-ratelimit-reset", ceil_secs(h.reset_after).to_string()));
+        }
+        if !self.states.is_empty() {
+            let policy = self
+                .states
+                .iter()
+                .map(|s| {
+                    format!(
+                        "\"{}\";q={};w={}",
+                        s.limit.name(),
+                        s.limit.quota.limit,
+                        s.limit.quota.period_secs
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let current = self
+                .states
+                .iter()
+                .map(|s| {
+                    format!(
+                        "\"{}\";r={};t={}",
+                        s.limit.name(),
+                        s.remaining,
+                        ceil_secs(s.reset_after)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push(("ratelimit-policy", policy));
+            out.push(("ratelimit", current));
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            out.push(("retry-after", secs.to_string()));
+        }
+        out
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn ceil_secs_at_least_one(d: Duration) -> u64 {
+    ceil_secs(d).max(1)
+}
+
+/// Decides whether requests may proceed under per-tenant and per-user quotas.
+///
+/// Implementations decide every applicable limit of a request atomically: if any enforced
+/// limit denies, none is consumed. Quotas travel with each request, so a tier change takes
+/// effect on the next call.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
+    /// Decides one request and, when allowed, consumes its weight from every limit.
+    ///
+    /// Errors: [`Error::Unavailable`](crate::Error::Unavailable) or
+    /// [`Error::Timeout`](crate::Error::Timeout) when a backend could not decide and the limits'
+    /// policy is to fail closed.
+    async fn check(&self, request: &RateLimitRequest) -> Result<RateLimitDecision>;
+}
+
+/// Optional administrative abilities of a rate limiter.
+#[async_trait]
+pub trait QuotaAdmin: Send + Sync + fmt::Debug + 'static {
+    /// The current state of each applicable limit of `request`, consuming nothing.
+    async fn usage(&self, request: &RateLimitRequest) -> Result<Vec<LimitState>>;
+
+    /// Forgets every limit state of `tenant` (tenant-wide and per-user).
+    async fn reset(&self, tenant: &TenantId) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn exact_burst_then_exact_retry() {
+        let q = Quota::per_second(2).with_burst(5);
+        let now = 100 * S;
+        let mut tat = None;
+        for i in 0..5 {
+            let o = gcra(tat, now, &q, 1);
+            assert!(o.allowed, "request {i}");
+            assert_eq!(o.remaining, 4 - i);
+            tat = Some(o.tat);
+        }
+        let denied = gcra(tat, now, &q, 1);
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after_nanos, S / 2);
+        assert_eq!(denied.reset_after_nanos, 5 * S / 2);
+        assert_eq!(denied.tat, tat.unwrap());
+        let later = gcra(tat, now + S / 2, &q, 1);
+        assert!(later.allowed);
+        assert!(!gcra(tat, now + S / 2 - 1, &q, 1).allowed);
+    }
+
+    #[test]
+    fn weights_and_impossible_weights() {
+        let q = Quota::per_second(10).with_burst(10);
+        let o = gcra(None, S, &q, 10);
+        assert!(o.allowed);
+        assert_eq!(o.remaining, 0);
+        let too_big = gcra(None, S, &q, 11);
+        assert!(!too_big.allowed);
+        assert_eq!(too_big.retry_after_nanos, u64::MAX);
+    }
+
+    fn req(limits: Vec<Limit>) -> RateLimitRequest {
+        RateLimitRequest::new(
+            TenantId::parse("acme").unwrap(),
+            Some(UserId::parse("bob").unwrap()),
+            limits,
+        )
+    }
+
+    #[test]
+    fn a_denial_writes_nothing_and_shadow_never_denies() {
+        let r = req(vec![
+            Limit::tenant(Quota::per_second(1).with_burst(5)),
+            Limit::user(Quota::per_second(1).with_burst(1)),
+        ]);
+        let (d, w) = RateLimitDecision::decide(&r, &[None, Some(10 * S)], S);
+        assert!(!d.allowed);
+        assert_eq!(w, vec![None, None]);
+        assert!(d.states[0].allowed && !d.states[1].allowed);
+        assert_eq!(d.retry_after_secs(), Some(9));
+
+        let r = req(vec![
+            Limit::tenant(Quota::per_second(1).with_burst(5)),
+            Limit::user(Quota::per_second(1).with_burst(1)).shadow(),
+        ]);
+        let (d, w) = RateLimitDecision::decide(&r, &[None, Some(10 * S)], S);
+        assert!(d.allowed);
+        assert!(w[0].is_some() && w[1].is_none());
+        assert_eq!(d.retry_after(), None);
+    }
+
+    #[test]
+    fn headers_follow_the_headline_limit() {
+        let r = req(vec![
+            Limit::tenant(Quota::per_hour(1000).with_burst(100)),
+            Limit::user(Quota::per_hour(10).with_burst(2)),
+        ]);
+        let (d, _) = RateLimitDecision::decide(&r, &[None, None], S);
+        let h: std::collections::HashMap<_, _> = d.headers().into_iter().collect();
+        assert_eq!(h["x-ratelimit-limit"], "10");
+        assert_eq!(h["x-ratelimit-remaining"], "1");
+        assert_eq!(h["x-ratelimit-reset"], "360");
+        assert_eq!(
+            h["ratelimit-policy"],
+            "\"tenant-3600\";q=1000;w=3600, \"user-3600\";q=10;w=3600"
+        );
+        assert_eq!(
+            h["ratelimit"],
+            "\"tenant-3600\";r=99;t=4, \"user-3600\";r=1;t=360"
+        );
+        assert!(!h.contains_key("retry-after"));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(ceil_secs_at_least_one(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_secs_at_least_one(Duration::ZERO), 1);
+        assert_eq!(ceil_secs_at_least_one(Duration::from_millis(1001)), 2);
+    }
+
+    #[test]
+    fn user_limits_need_a_user() {
+        let mut r = req(vec![
+            Limit::tenant(Quota::per_second(1)),
+            Limit::user(Quota::per_second(1)),
+        ]);
+        r.user = None;
+        assert_eq!(r.applicable().count(), 1);
+    }
+}

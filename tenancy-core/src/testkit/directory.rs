@@ -1,0 +1,106 @@
+use super::Fixture;
+use crate::{QuotaOverrides, TenantDirectory, TenantSettings, TenantStatus, TierName, Upsert};
+
+/// The [`TenantDirectory`] conformance suite. The directory should hold no tenant with this
+/// fixture's prefix; tenants of other runs may be present.
+pub async fn tenant_directory<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture) {
+    let (a, b) = (fx.tenant("dir-a"), fx.tenant("dir-b"));
+    let standard = TierName::parse("standard").unwrap_or_else(|e| panic!("{e}"));
+    let premium = TierName::parse("premium").unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(
+        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
+        None,
+        "unknown tenant"
+    );
+    let s = TenantSettings::new(standard.clone());
+    assert_eq!(
+        dir.put(&a, s.clone())
+            .await
+            .unwrap_or_else(|e| panic!("put: {e}")),
+        Upsert::Created
+    );
+    assert_eq!(
+        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
+        Some(s.clone())
+    );
+    assert_eq!(
+        dir.get(&b).await.unwrap_or_else(|e| panic!("get: {e}")),
+        None,
+        "isolation: B exists because A does"
+    );
+
+    // Every field round trips, and changes are visible on the next call.
+    let changed = TenantSettings {
+        status: TenantStatus::Suspended,
+        tier: premium,
+        overrides: QuotaOverrides {
+            tenant_per_hour: Some(7),
+            tenant_burst: Some(3),
+            user_per_hour: Some(2),
+            user_burst: Some(1),
+        },
+        bypass_until: Some(
+            time::OffsetDateTime::from_unix_timestamp(1_900_000_000)
+                .unwrap_or_else(|e| panic!("{e}")),
+        ),
+    };
+    assert_eq!(
+        dir.put(&a, changed.clone())
+            .await
+            .unwrap_or_else(|e| panic!("put: {e}")),
+        Upsert::Updated
+    );
+    assert_eq!(
+        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
+        Some(changed.clone()),
+        "change not visible"
+    );
+
+    dir.put(&b, s.clone())
+        .await
+        .unwrap_or_else(|e| panic!("put: {e}"));
+    assert_eq!(
+        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
+        Some(changed.clone()),
+        "isolation: B's put changed A"
+    );
+    let listed: Vec<_> = dir
+        .list()
+        .await
+        .unwrap_or_else(|e| panic!("list: {e}"))
+        .into_iter()
+        .filter(|(t, _)| t.as_str().starts_with(fx.prefix()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(a.clone(), changed), (b.clone(), s)],
+        "list, ordered by tenant id"
+    );
+
+    assert!(
+        dir.remove(&a)
+            .await
+            .unwrap_or_else(|e| panic!("remove: {e}"))
+    );
+    assert!(
+        !dir.remove(&a)
+            .await
+            .unwrap_or_else(|e| panic!("remove: {e}"))
+    );
+    assert_eq!(
+        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
+        None,
+        "removed tenant still known"
+    );
+    assert!(
+        dir.get(&b)
+            .await
+            .unwrap_or_else(|e| panic!("get: {e}"))
+            .is_some(),
+        "isolation: removing A removed B"
+    );
+    dir.remove(&b)
+        .await
+        .unwrap_or_else(|e| panic!("remove: {e}"));
+}

@@ -1,0 +1,207 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Fixture;
+use crate::{
+    Limit, LimitMode, Quota, RateLimitDecision, RateLimitRequest, RateLimiter, TenantId, UserId,
+};
+
+async fn check(l: &dyn RateLimiter, r: &RateLimitRequest, case: &str) -> RateLimitDecision {
+    l.check(r)
+        .await
+        .unwrap_or_else(|e| panic!("{case}: check failed: {e}"))
+}
+
+fn req(t: &TenantId, u: &UserId, limits: Vec<Limit>) -> RateLimitRequest {
+    RateLimitRequest::new(t.clone(), Some(u.clone()), limits)
+}
+
+/// The [`RateLimiter`] conformance suite.
+///
+/// Quotas use periods of minutes and hours, so the wall-clock time the suite takes does not
+/// change any decision: it suits backends whose clock is a server's.
+pub async fn rate_limiter(limiter: Arc<dyn RateLimiter>, fx: &Fixture) {
+    let l = &*limiter;
+    let alice = fx.user("alice");
+    let bob = fx.user("bob");
+
+    // Exact burst, then a denial with the right retry-after.
+    let t = fx.tenant("burst");
+    let limits = vec![Limit::tenant(Quota::per_hour(60).with_burst(3))];
+    for i in 0..3 {
+        let d = check(l, &req(&t, &alice, limits.clone()), "burst").await;
+        assert!(d.allowed, "burst: request {i} of 3 must pass");
+        assert_eq!(
+            d.states[0].remaining,
+            2 - i,
+            "burst: remaining after request {i}"
+        );
+    }
+    let denied = check(l, &req(&t, &alice, limits.clone()), "burst").await;
+    assert!(!denied.allowed, "burst: request 4 of 3 must be denied");
+    let retry = denied.retry_after().unwrap_or_default();
+    assert!(
+        retry > Duration::from_secs(50) && retry <= Duration::from_secs(60),
+        "burst: retry-after {retry:?} must be just under one emission interval (60 s)"
+    );
+    assert_eq!(
+        denied.retry_after_secs().map(|s| s <= 60 && s >= 51),
+        Some(true)
+    );
+
+    // All or nothing: a denial by the user limit consumes nothing from the tenant limit.
+    let t = fx.tenant("atomic");
+    let limits = vec![
+        Limit::tenant(Quota::per_hour(100).with_burst(10)),
+        Limit::user(Quota::per_hour(10).with_burst(1)),
+    ];
+    assert!(
+        check(l, &req(&t, &alice, limits.clone()), "atomic")
+            .await
+            .allowed
+    );
+    for _ in 0..5 {
+        let d = check(l, &req(&t, &alice, limits.clone()), "atomic").await;
+        assert!(!d.allowed, "atomic: user limit must deny");
+        assert!(
+            d.states[0].allowed && !d.states[1].allowed,
+            "atomic: only the user limit denies"
+        );
+    }
+    let other = check(l, &req(&t, &bob, limits.clone()), "atomic").await;
+    assert!(other.allowed, "atomic: another user still passes");
+    assert_eq!(
+        other.states[0].remaining, 8,
+        "atomic: denied requests moved the tenant counter"
+    );
+
+    // Tenant isolation: A exhausted, B untouched; the same user id in two tenants is two users.
+    let (a, b) = (fx.tenant("iso-a"), fx.tenant("iso-b"));
+    let limits = vec![
+        Limit::tenant(Quota::per_hour(5).with_burst(5)),
+        Limit::user(Quota::per_hour(5).with_burst(5)),
+    ];
+    for _ in 0..10 {
+        check(l, &req(&a, &alice, limits.clone()), "isolation").await;
+    }
+    assert!(
+        !check(l, &req(&a, &alice, limits.clone()), "isolation")
+            .await
+            .allowed,
+        "isolation: A is exhausted"
+    );
+    let db = check(l, &req(&b, &alice, limits.clone()), "isolation").await;
+    assert!(db.allowed, "isolation: tenant B must not be exhausted by A");
+    assert_eq!(
+        db.states[0].remaining, 4,
+        "isolation: tenant B's counter moved with A's traffic"
+    );
+    assert_eq!(
+        db.states[1].remaining, 4,
+        "isolation: B's alice shares state with A's alice"
+    );
+
+    // Weights.
+    let t = fx.tenant("weight");
+    let limits = vec![Limit::tenant(Quota::per_hour(60).with_burst(5))];
+    let d = check(l, &req(&t, &alice, limits.clone()).with_cost(3), "weight").await;
+    assert!(
+        d.allowed && d.states[0].remaining == 2,
+        "weight: 3 of 5 used"
+    );
+    assert!(
+        !check(l, &req(&t, &alice, limits.clone()).with_cost(3), "weight")
+            .await
+            .allowed,
+        "weight: 3 more do not fit"
+    );
+    assert!(
+        check(l, &req(&t, &alice, limits.clone()).with_cost(2), "weight")
+            .await
+            .allowed,
+        "weight: 2 more fit"
+    );
+
+    // Several windows in one call: the shorter one bites first.
+    let t = fx.tenant("windows");
+    let limits = vec![
+        Limit::tenant(Quota::per_minute(2).with_burst(2)),
+        Limit::tenant(Quota::per_hour(100).with_burst(5)),
+    ];
+    assert!(
+        check(l, &req(&t, &alice, limits.clone()), "windows")
+            .await
+            .allowed
+    );
+    assert!(
+        check(l, &req(&t, &alice, limits.clone()), "windows")
+            .await
+            .allowed
+    );
+    let d = check(l, &req(&t, &alice, limits.clone()), "windows").await;
+    assert!(
+        !d.allowed && !d.states[0].allowed && d.states[1].allowed,
+        "windows: the minute window denies"
+    );
+    assert_eq!(
+        d.states[1].remaining, 3,
+        "windows: hour window consumed twice only"
+    );
+
+    // Shadow limits decide and report but never deny.
+    let t = fx.tenant("shadow");
+    let limits = vec![
+        Limit::tenant(Quota::per_hour(100).with_burst(100)),
+        Limit::user(Quota::per_hour(1).with_burst(1)).shadow(),
+    ];
+    for i in 0..3 {
+        let d = check(l, &req(&t, &alice, limits.clone()), "shadow").await;
+        assert!(d.allowed, "shadow: request {i} must be allowed");
+        assert_eq!(d.states[1].limit.mode, LimitMode::Shadow);
+        assert_eq!(
+            d.states[1].allowed,
+            i == 0,
+            "shadow: request {i} shadow verdict"
+        );
+    }
+
+    // Concurrency: 64 tasks never admit more than the burst.
+    let t = fx.tenant("concurrent");
+    let limits = vec![Limit::tenant(Quota::per_hour(60).with_burst(10))];
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let limiter = limiter.clone();
+        let r = req(&t, &fx.user(&format!("u{i}")), limits.clone());
+        tasks.push(tokio::spawn(async move {
+            limiter.check(&r).await.map(|d| d.allowed)
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(true)) => admitted += 1,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => panic!("concurrent: check failed: {e}"),
+            Err(e) => panic!("concurrent: task panicked: {e}"),
+        }
+    }
+    assert_eq!(admitted, 10, "concurrent: 64 tasks against a burst of 10");
+
+    // Requests without a user skip user limits.
+    let t = fx.tenant("anon");
+    let r = RateLimitRequest::new(
+        t,
+        None,
+        vec![
+            Limit::tenant(Quota::per_hour(10)),
+            Limit::user(Quota::per_hour(1).with_burst(1)),
+        ],
+    );
+    for _ in 0..3 {
+        let d = check(l, &r, "anonymous").await;
+        assert!(
+            d.allowed && d.states.len() == 1,
+            "anonymous: user limits do not apply"
+        );
+    }
+}

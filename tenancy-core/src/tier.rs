@@ -1,0 +1,381 @@
+//! Tiers, quotas and per-tenant settings.
+//!
+//! A [`Quota`] is a rate (`limit` per `period`) with a `burst`: the number of requests that may
+//! arrive back to back from a rested state. A [`Tier`] names a tenant quota and a per-user
+//! quota; a [`TierCatalog`] holds the tiers a service offers. [`TenantSettings`] is what a
+//! [`TenantDirectory`](crate::TenantDirectory) keeps per tenant: status, tier, overrides and an
+//! emergency bypass window.
+//!
+//! ```
+//! use tenancy_core::{Quota, QuotaOverrides, TenantSettings, TierCatalog, TierName};
+//!
+//! let catalog = TierCatalog::default();
+//! let mut settings = TenantSettings::new(TierName::parse("standard")?);
+//! assert_eq!(settings.limits(&catalog).unwrap().tenant.limit, 1000);
+//!
+//! settings.overrides = QuotaOverrides { tenant_per_hour: Some(10), tenant_burst: Some(2), ..Default::default() };
+//! let limits = settings.limits(&catalog).unwrap();
+//! assert_eq!(limits.tenant, Quota::per_hour(10).with_burst(2));
+//! # Ok::<(), tenancy_core::ParseError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ParseError;
+use crate::role::check_name;
+
+/// A rate limit: `limit` requests per `period_secs`, of which up to `burst` may arrive at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Requests allowed per period (at a steady rate).
+    pub limit: u64,
+    /// The period, in seconds.
+    pub period_secs: u64,
+    /// Requests allowed back to back from a rested state.
+    pub burst: u64,
+}
+
+impl Quota {
+    /// `limit` requests per `period`, with a burst of `limit`.
+    pub const fn new(limit: u64, period_secs: u64) -> Self {
+        Self {
+            limit,
+            period_secs,
+            burst: limit,
+        }
+    }
+
+    /// `limit` requests per second.
+    pub const fn per_second(limit: u64) -> Self {
+        Self::new(limit, 1)
+    }
+
+    /// `limit` requests per minute.
+    pub const fn per_minute(limit: u64) -> Self {
+        Self::new(limit, 60)
+    }
+
+    /// `limit` requests per hour.
+    pub const fn per_hour(limit: u64) -> Self {
+        Self::new(limit, 3600)
+    }
+
+    /// The same rate with another burst.
+    pub const fn with_burst(mut self, burst: u64) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// The period as a [`Duration`].
+    pub const fn period(&self) -> Duration {
+        Duration::from_secs(self.period_secs)
+    }
+
+    /// The time one request "costs": `period / limit`, in nanoseconds (at least 1).
+    pub fn emission_interval_nanos(&self) -> u64 {
+        let period = u128::from(self.period_secs) * 1_000_000_000;
+        let t = period / u128::from(self.limit.max(1));
+        u64::try_from(t).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Checks that limit, period and burst are all positive.
+    pub fn validate(&self) -> Result<(), ParseError> {
+        if self.limit == 0 || self.period_secs == 0 || self.burst == 0 {
+            return Err(ParseError::new(
+                "quota",
+                "limit, period and burst must all be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A tier's name: `[a-z][a-z0-9_.-]{0,63}`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TierName(Arc<str>);
+
+impl TierName {
+    /// Parses a tier name.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        check_name(s).map_err(|r| ParseError::new("tier", r))?;
+        Ok(Self(Arc::from(s)))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TierName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TierName({:?})", &*self.0)
+    }
+}
+
+impl fmt::Display for TierName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for TierName {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for TierName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TierName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A tier: the quota of a whole tenant and the quota of each of its users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier {
+    /// The tier's name.
+    pub name: TierName,
+    /// Shared by every request of the tenant.
+    pub tenant: Quota,
+    /// Applied to each user of the tenant separately.
+    pub user: Quota,
+}
+
+/// The tiers a service offers, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierCatalog(BTreeMap<TierName, Tier>);
+
+impl TierCatalog {
+    /// An empty catalog.
+    pub fn empty() -> Self {
+        Self(BTreeMap::new())
+    }
+
+    /// Adds or replaces a tier (quotas are validated).
+    pub fn with_tier(mut self, tier: Tier) -> Result<Self, ParseError> {
+        tier.tenant.validate()?;
+        tier.user.validate()?;
+        self.0.insert(tier.name.clone(), tier);
+        Ok(self)
+    }
+
+    /// The tier called `name`.
+    pub fn get(&self, name: &TierName) -> Option<&Tier> {
+        self.0.get(name)
+    }
+
+    /// All tiers, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Tier> {
+        self.0.values()
+    }
+}
+
+impl Default for TierCatalog {
+    /// `standard` (tenant 1000/hour, burst 100; user 300/hour, burst 30) and `premium`
+    /// (tenant 5000/hour, burst 500; user 1500/hour, burst 150).
+    fn default() -> Self {
+        let tier = |name: &'static str, tenant: Quota, user: Quota| Tier {
+            name: TierName(Arc::from(name)),
+            tenant,
+            user,
+        };
+        let mut map = BTreeMap::new();
+        for t in [
+            tier(
+                "standard",
+                Quota::per_hour(1000).with_burst(100),
+                Quota::per_hour(300).with_burst(30),
+            ),
+            tier(
+                "premium",
+                Quota::per_hour(5000).with_burst(500),
+                Quota::per_hour(1500).with_burst(150),
+            ),
+        ] {
+            map.insert(t.name.clone(), t);
+        }
+        Self(map)
+    }
+}
+
+/// Whether a tenant may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    /// Served normally.
+    #[default]
+    Active,
+    /// Every request with this tenant's tokens is refused (403).
+    Suspended,
+}
+
+impl TenantStatus {
+    /// `"active"` or `"suspended"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+}
+
+/// Per-tenant replacements for the tier's hourly quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaOverrides {
+    /// Replaces the tenant quota with this many requests per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_per_hour: Option<u64>,
+    /// Replaces the tenant quota's burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_burst: Option<u64>,
+    /// Replaces each user's quota with this many requests per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_per_hour: Option<u64>,
+    /// Replaces each user's quota's burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_burst: Option<u64>,
+}
+
+impl QuotaOverrides {
+    fn apply(per_hour: Option<u64>, burst: Option<u64>, base: Quota) -> Quota {
+        let mut q = match per_hour {
+            // A new hourly rate keeps the tier's burst unless that exceeds the new rate.
+            Some(limit) => Quota::per_hour(limit).with_burst(base.burst.min(limit)),
+            None => base,
+        };
+        if let Some(b) = burst {
+            q.burst = b;
+        }
+        q
+    }
+}
+
+/// The quotas in force for one tenant after overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveLimits {
+    /// The tenant-wide quota.
+    pub tenant: Quota,
+    /// The per-user quota.
+    pub user: Quota,
+}
+
+/// What a tenant directory keeps for one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSettings {
+    /// Active or suspended.
+    #[serde(default)]
+    pub status: TenantStatus,
+    /// The tier whose quotas apply.
+    pub tier: TierName,
+    /// Per-tenant quota overrides.
+    #[serde(default)]
+    pub overrides: QuotaOverrides,
+    /// Until this instant, the tenant's limits are not enforced (an audited emergency measure).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub bypass_until: Option<OffsetDateTime>,
+}
+
+impl TenantSettings {
+    /// An active tenant on `tier` with no overrides.
+    pub fn new(tier: TierName) -> Self {
+        Self {
+            status: TenantStatus::Active,
+            tier,
+            overrides: QuotaOverrides::default(),
+            bypass_until: None,
+        }
+    }
+
+    /// The quotas in force, or `None` when the tier is not in the catalog.
+    pub fn limits(&self, catalog: &TierCatalog) -> Option<EffectiveLimits> {
+        let tier = catalog.get(&self.tier)?;
+        let o = &self.overrides;
+        Some(EffectiveLimits {
+            tenant: QuotaOverrides::apply(o.tenant_per_hour, o.tenant_burst, tier.tenant),
+            user: QuotaOverrides::apply(o.user_per_hour, o.user_burst, tier.user),
+        })
+    }
+
+    /// Whether the emergency bypass is in force at `now`.
+    pub fn is_bypassed(&self, now: OffsetDateTime) -> bool {
+        self.bypass_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether the tenant is suspended.
+    pub fn is_suspended(&self) -> bool {
+        self.status == TenantStatus::Suspended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emission_interval() {
+        assert_eq!(Quota::per_second(4).emission_interval_nanos(), 250_000_000);
+        assert_eq!(
+            Quota::per_hour(3600).emission_interval_nanos(),
+            1_000_000_000
+        );
+        assert_eq!(Quota::per_second(u64::MAX).emission_interval_nanos(), 1);
+    }
+
+    #[test]
+    fn zero_quotas_are_refused() {
+        assert!(Quota::per_hour(0).validate().is_err());
+        assert!(Quota::per_hour(5).with_burst(0).validate().is_err());
+        assert!(
+            TierCatalog::empty()
+                .with_tier(Tier {
+                    name: TierName::parse("x").unwrap(),
+                    tenant: Quota::per_hour(0),
+                    user: Quota::per_hour(1)
+                })
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn overrides_and_unknown_tiers() {
+        let catalog = TierCatalog::default();
+        let mut s = TenantSettings::new(TierName::parse("premium").unwrap());
+        s.overrides.user_per_hour = Some(20);
+        let l = s.limits(&catalog).unwrap();
+        assert_eq!(l.tenant, Quota::per_hour(5000).with_burst(500));
+        assert_eq!(l.user, Quota::per_hour(20).with_burst(20));
+        s.tier = TierName::parse("gold").unwrap();
+        assert!(s.limits(&catalog).is_none());
+    }
+
+    #[test]
+    fn bypass_window_and_serde() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut s = TenantSettings::new(TierName::parse("standard").unwrap());
+        assert!(!s.is_bypassed(now));
+        s.bypass_until = Some(now + Duration::from_secs(5));
+        assert!(s.is_bypassed(now));
+        assert!(!s.is_bypassed(now + Duration::from_secs(5)));
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<TenantSettings>(&json).unwrap(), s);
+        assert!(serde_json::from_str::<QuotaOverrides>(r#"{"tenant_per_hr":1}"#).is_err());
+    }
+}
