@@ -1,0 +1,478 @@
+//! The catalog audit: checks, from the system catalogs, that row-level security really
+//! isolates tenants for a given role, and names every object that breaks it.
+//!
+//! A *tenant table* is any ordinary or partitioned table with a `tenant_id` column, in any
+//! schema but the system ones. The audit reports when
+//!
+//! - the role is superuser or `BYPASSRLS`, or a member of such a role (it could `SET ROLE`);
+//! - the role owns a tenant table, or is a member of its owner;
+//! - a tenant table lacks `ENABLE ROW LEVEL SECURITY`, `FORCE ROW LEVEL SECURITY`, or the
+//!   RESTRICTIVE policy `tenant_id = (SELECT tenancy.current_tenant_id())` for all commands
+//!   and all roles (as `tenancy.protect_table` creates it);
+//! - the role holds `TRUNCATE` or `REFERENCES` on a tenant table (neither is filtered by
+//!   row-level security);
+//! - a unique index or constraint on a tenant table omits `tenant_id` (it leaks whether
+//!   another tenant holds a value), or a foreign key on it does not pair `tenant_id` with the
+//!   referenced table's `tenant_id` (it lets A point at B's rows);
+//! - a view over tenant tables (directly or through other views) is not `security_invoker`,
+//!   or a materialized view is built over them (it stores every tenant's rows);
+//! - `tenancy.current_tenant_id()` is missing.
+//!
+//! [`TenantPool::connect`](crate::TenantPool::connect) runs it at start-up and refuses to
+//! serve on any finding; CI can run it as a function:
+//!
+//! ```no_run
+//! use sqlx::Connection;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tenancy_db::Error> {
+//! let mut conn = sqlx::PgConnection::connect("postgres://app_runtime@127.0.0.1/app").await?;
+//! let report = tenancy_db::audit::audit_catalog(&mut conn, None).await?;
+//! for finding in report.findings() {
+//!     eprintln!("{finding}");
+//! }
+//! report.into_result()?; // Err(Error::Audit(..)) when anything was found
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+
+use sqlx::PgConnection;
+
+use crate::schema::RoleName;
+use crate::{Error, Result};
+
+/// One defect found by the catalog audit. Its `Display` names the object and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finding {
+    /// The audited role does not exist.
+    RoleMissing {
+        /// The role.
+        role: String,
+    },
+    /// The role is a superuser: row-level security does not apply to it.
+    Superuser {
+        /// The role.
+        role: String,
+    },
+    /// The role has `BYPASSRLS`.
+    BypassRls {
+        /// The role.
+        role: String,
+    },
+    /// The role is a member of a superuser or `BYPASSRLS` role and could `SET ROLE` to it.
+    MemberOfPrivilegedRole {
+        /// The audited role.
+        role: String,
+        /// The privileged role.
+        privileged: String,
+    },
+    /// The role owns a tenant table (directly or as a member of the owner); owners can
+    /// disable row-level security.
+    OwnsTenantTable {
+        /// The audited role.
+        role: String,
+        /// The table.
+        table: String,
+        /// The table's owner.
+        owner: String,
+    },
+    /// Row-level security is not enabled on a tenant table.
+    RlsDisabled {
+        /// The table.
+        table: String,
+    },
+    /// Row-level security is not forced on a tenant table (its owner is not filtered).
+    RlsNotForced {
+        /// The table.
+        table: String,
+    },
+    /// A tenant table has no RESTRICTIVE tenant policy for all commands and roles.
+    PolicyMissing {
+        /// The table.
+        table: String,
+    },
+    /// The role holds a privilege on a tenant table that row-level security does not filter.
+    UnfilteredPrivilege {
+        /// The audited role.
+        role: String,
+        /// The table.
+        table: String,
+        /// `TRUNCATE` or `REFERENCES`.
+        privilege: &'static str,
+    },
+    /// A unique index or constraint on a tenant table omits `tenant_id`.
+    UniqueWithoutTenant {
+        /// The table.
+        table: String,
+        /// The index.
+        index: String,
+    },
+    /// A foreign key on a tenant table does not pair `tenant_id` with the referenced
+    /// table's `tenant_id`.
+    ForeignKeyWithoutTenant {
+        /// The table.
+        table: String,
+        /// The constraint.
+        constraint: String,
+        /// The referenced table.
+        references: String,
+    },
+    /// A view over tenant tables runs with its owner's rights instead of the caller's.
+    ViewNotSecurityInvoker {
+        /// The view.
+        view: String,
+    },
+    /// A materialized view over tenant tables stores every tenant's rows unfiltered.
+    MaterializedViewOverTenantTable {
+        /// The materialized view.
+        view: String,
+    },
+    /// `tenancy.current_tenant_id()` does not exist: the migrations have not run.
+    HelperMissing,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RoleMissing { role } => write!(f, "role {role:?} does not exist"),
+            Self::Superuser { role } => write!(
+                f,
+                "role {role:?} is a superuser and bypasses row-level security; connect as a NOSUPERUSER runtime role"
+            ),
+            Self::BypassRls { role } => write!(
+                f,
+                "role {role:?} has BYPASSRLS; use a NOBYPASSRLS runtime role (or the platform pool for cross-tenant work)"
+            ),
+            Self::MemberOfPrivilegedRole { role, privileged } => write!(
+                f,
+                "role {role:?} is a member of {privileged:?}, which bypasses row-level security, and could SET ROLE to it; revoke the membership"
+            ),
+            Self::OwnsTenantTable { role, table, owner } => write!(
+                f,
+                "role {role:?} owns tenant table {table} (owner {owner:?}) and could disable its row-level security; give the table to another role"
+            ),
+            Self::RlsDisabled { table } => write!(
+                f,
+                "tenant table {table} does not have row-level security enabled; run tenancy.protect_table('{table}')"
+            ),
+            Self::RlsNotForced { table } => write!(
+                f,
+                "tenant table {table} does not FORCE row-level security; run tenancy.protect_table('{table}')"
+            ),
+            Self::PolicyMissing { table } => write!(
+                f,
+                "tenant table {table} lacks the RESTRICTIVE policy tenant_id = (SELECT tenancy.current_tenant_id()) for all commands; run tenancy.protect_table('{table}')"
+            ),
+            Self::UnfilteredPrivilege {
+                role,
+                table,
+                privilege,
+            } => write!(
+                f,
+                "role {role:?} holds {privilege} on tenant table {table}, which row-level security does not filter; revoke it"
+            ),
+            Self::UniqueWithoutTenant { table, index } => write!(
+                f,
+                "unique index {index} on tenant table {table} omits tenant_id; make tenant_id part of the key"
+            ),
+            Self::ForeignKeyWithoutTenant {
+                table,
+                constraint,
+                references,
+            } => write!(
+                f,
+                "foreign key {constraint} on tenant table {table} (to {references}) does not pair tenant_id with the referenced tenant_id; include tenant_id on both sides"
+            ),
+            Self::ViewNotSecurityInvoker { view } => write!(
+                f,
+                "view {view} reads tenant tables but is not security_invoker; ALTER VIEW {view} SET (security_invoker = true)"
+            ),
+            Self::MaterializedViewOverTenantTable { view } => write!(
+                f,
+                "materialized view {view} stores rows of tenant tables without row-level security; drop it or replace it with a tenant table"
+            ),
+            Self::HelperMissing => write!(
+                f,
+                "function tenancy.current_tenant_id() is missing; run the tenancy-db migrations"
+            ),
+        }
+    }
+}
+
+/// The outcome of [`audit_catalog`]: the audited role and every finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    role: String,
+    findings: Vec<Finding>,
+}
+
+impl AuditReport {
+    /// The audited role.
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// Every finding, in a stable order.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// Whether nothing was found.
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    /// `Ok(())` when clean, else [`Error::Audit`] with this report.
+    pub fn into_result(self) -> Result<()> {
+        if self.is_clean() {
+            Ok(())
+        } else {
+            Err(Error::Audit(self))
+        }
+    }
+}
+
+impl fmt::Display for AuditReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.findings.is_empty() {
+            return write!(f, "catalog audit for role {:?}: no findings", self.role);
+        }
+        write!(
+            f,
+            "catalog audit for role {:?} found {} problem(s); refusing to serve:",
+            self.role,
+            self.findings.len()
+        )?;
+        for finding in &self.findings {
+            write!(f, "\n  - {finding}")?;
+        }
+        Ok(())
+    }
+}
+
+const TENANT_TABLES: &str = "
+tt AS (
+    SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, c.relrowsecurity,
+           c.relforcerowsecurity, c.relowner, a.attnum
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'
+                       AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE c.relkind IN ('r', 'p')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname !~ '^pg_(toast|temp)'
+)";
+
+/// Audits the catalog of the connected database for `role` (the connected user when `None`).
+///
+/// Reads only system catalogs; needs no privilege beyond connecting. Errors only when a
+/// catalog query fails; defects are findings in the report.
+pub async fn audit_catalog(conn: &mut PgConnection, role: Option<&RoleName>) -> Result<AuditReport> {
+    let role_name: String = match role {
+        Some(r) => r.as_str().to_owned(),
+        None => sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&mut *conn)
+            .await?,
+    };
+    let mut findings = Vec::new();
+
+    let flags: Option<(bool, bool)> =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+            .bind(&role_name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((superuser, bypass)) = flags else {
+        findings.push(Finding::RoleMissing { role: role_name.clone() });
+        return Ok(AuditReport {
+            role: role_name,
+            findings,
+        });
+    };
+    if superuser {
+        findings.push(Finding::Superuser {
+            role: role_name.clone(),
+        });
+    }
+    if bypass {
+        findings.push(Finding::BypassRls {
+            role: role_name.clone(),
+        });
+    }
+
+    let helper: Option<i64> = sqlx::query_scalar(
+        "SELECT p.oid::int8 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'tenancy' AND p.proname = 'current_tenant_id' AND p.pronargs = 0",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if helper.is_none() {
+        findings.push(Finding::HelperMissing);
+    }
+
+    // A superuser is a member of every role and holds every privilege: the per-object checks
+    // below would only repeat that.
+    if !superuser {
+        let privileged: Vec<String> = sqlx::query_scalar(
+            "SELECT r.rolname::text FROM pg_roles r
+             WHERE r.rolname <> $1 AND (r.rolsuper OR r.rolbypassrls)
+               AND pg_has_role($1, r.oid, 'MEMBER')
+             ORDER BY r.rolname",
+        )
+        .bind(&role_name)
+        .fetch_all(&mut *conn)
+        .await?;
+        findings.extend(privileged.into_iter().map(|p| Finding::MemberOfPrivilegedRole {
+            role: role_name.clone(),
+            privileged: p,
+        }));
+    }
+
+    let tables: Vec<(String, bool, bool, String, bool, bool, bool, bool)> = sqlx::query_as(
+        sqlx::AssertSqlSafe(format!(
+            "WITH {TENANT_TABLES}
+             SELECT tt.name, tt.relrowsecurity, tt.relforcerowsecurity,
+                    pg_get_userbyid(tt.relowner)::text,
+                    pg_has_role($1, tt.relowner, 'MEMBER'),
+                    EXISTS (
+                        SELECT 1 FROM pg_policy p
+                        WHERE p.polrelid = tt.oid AND NOT p.polpermissive AND p.polcmd = '*'
+                          AND p.polroles = '{{0}}'::oid[]
+                          AND pg_get_expr(p.polqual, p.polrelid) ~ $2
+                          AND pg_get_expr(p.polwithcheck, p.polrelid) ~ $2
+                          AND EXISTS (
+                              SELECT 1 FROM pg_depend d
+                              WHERE d.classid = 'pg_policy'::regclass AND d.objid = p.oid
+                                AND d.refclassid = 'pg_proc'::regclass
+                                AND d.refobjid::int8 = $3)),
+                    has_table_privilege($1, tt.oid, 'TRUNCATE'),
+                    has_table_privilege($1, tt.oid, 'REFERENCES')
+             FROM tt ORDER BY tt.name"
+        )),
+    )
+    .bind(&role_name)
+    .bind(r"^\(tenant_id = \( SELECT (tenancy\.)?current_tenant_id\(\) AS current_tenant_id\)\)$")
+    .bind(helper.unwrap_or(0))
+    .fetch_all(&mut *conn)
+    .await?;
+    for (table, rls, forced, owner, owns, policy, truncate, references) in tables {
+        if owns && !superuser {
+            findings.push(Finding::OwnsTenantTable {
+                role: role_name.clone(),
+                table: table.clone(),
+                owner,
+            });
+        }
+        if !rls {
+            findings.push(Finding::RlsDisabled {
+                table: table.clone(),
+            });
+        }
+        if !forced {
+            findings.push(Finding::RlsNotForced {
+                table: table.clone(),
+            });
+        }
+        if !policy {
+            findings.push(Finding::PolicyMissing {
+                table: table.clone(),
+            });
+        }
+        if !superuser && !owns {
+            for (held, privilege) in [(truncate, "TRUNCATE"), (references, "REFERENCES")] {
+                if held {
+                    findings.push(Finding::UnfilteredPrivilege {
+                        role: role_name.clone(),
+                        table: table.clone(),
+                        privilege,
+                    });
+                }
+            }
+        }
+    }
+
+    let uniques: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {TENANT_TABLES}
+         SELECT tt.name, format('%I.%I', n.nspname, ic.relname)
+         FROM tt
+         JOIN pg_index i ON i.indrelid = tt.oid
+         JOIN pg_class ic ON ic.oid = i.indexrelid
+         JOIN pg_namespace n ON n.oid = ic.relnamespace
+         WHERE i.indisunique
+           AND NOT (tt.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
+         ORDER BY 1, 2"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    findings.extend(
+        uniques
+            .into_iter()
+            .map(|(table, index)| Finding::UniqueWithoutTenant { table, index }),
+    );
+
+    let fks: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {TENANT_TABLES}
+         SELECT tt.name, con.conname::text, format('%I.%I', rn.nspname, rc.relname)
+         FROM tt
+         JOIN pg_constraint con ON con.conrelid = tt.oid AND con.contype = 'f'
+         JOIN pg_class rc ON rc.oid = con.confrelid
+         JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+         WHERE NOT EXISTS (
+             SELECT 1 FROM unnest(con.conkey, con.confkey) AS k(col, refcol)
+             JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = k.refcol
+             WHERE k.col = tt.attnum AND ra.attname = 'tenant_id')
+         ORDER BY 1, 2"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    findings.extend(fks.into_iter().map(|(table, constraint, references)| {
+        Finding::ForeignKeyWithoutTenant {
+            table,
+            constraint,
+            references,
+        }
+    }));
+
+    let views: Vec<(String, String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE {TENANT_TABLES},
+         dep AS (
+             SELECT DISTINCT r.ev_class AS view, d.refobjid AS base
+             FROM pg_rewrite r
+             JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                             AND d.refclassid = 'pg_class'::regclass
+             WHERE d.refobjid <> r.ev_class
+         ),
+         over AS (
+             SELECT dep.view FROM dep JOIN tt ON tt.oid = dep.base
+             UNION
+             SELECT dep.view FROM dep JOIN over ON over.view = dep.base
+         )
+         SELECT format('%I.%I', n.nspname, c.relname), c.relkind::text,
+                coalesce((
+                    SELECT bool_or(lower(split_part(o, '=', 2)) IN
+                                   ('true', 'on', '1', 'yes', 't', 'y', 'tr', 'tru', 'ye'))
+                    FROM unnest(c.reloptions) AS o
+                    WHERE split_part(o, '=', 1) = 'security_invoker'), false)
+         FROM over
+         JOIN pg_class c ON c.oid = over.view
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('v', 'm')
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+         ORDER BY 1"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    for (view, kind, invoker) in views {
+        if kind == "m" {
+            findings.push(Finding::MaterializedViewOverTenantTable { view });
+        } else if !invoker {
+            findings.push(Finding::ViewNotSecurityInvoker { view });
+        }
+    }
+
+    Ok(AuditReport {
+        role: role_name,
+        findings,
+    })
+}

@@ -1,0 +1,602 @@
+//! Pools and transactions: [`TenantPool`] and [`TenantTx`] for tenant work,
+//! [`PlatformPool`] and [`PlatformTx`] for explicit cross-tenant work.
+//!
+//! A [`TenantTx`] is a transaction whose tenant is set for that transaction only (the setting
+//! is transaction-local, so `COMMIT` or `ROLLBACK` ends it). It rolls back when dropped,
+//! whether by an early return, a panic or a cancelled future, and the connection goes back to
+//! the pool with no tenant on it. Nothing is set on a connection at session level, and no pool
+//! hook sets anything.
+//!
+//! ```no_run
+//! use tenancy_core::TenantId;
+//! use tenancy_db::{DbConfig, Environment, TenantPool};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tenancy_db::Error> {
+//! let config = DbConfig::new("postgres://app_runtime@127.0.0.1/app")?
+//!     .with_environment(Environment::Prod);
+//! // Audits the catalog first: refuses to start when the role could bypass row-level security.
+//! let pool = TenantPool::connect(config).await?;
+//! let acme = TenantId::parse("acme").map_err(tenancy_core::Error::from).unwrap();
+//!
+//! // Commits on Ok, rolls back on Err or panic.
+//! let titles: Vec<String> = pool
+//!     .scope(&acme, async |tx| {
+//!         let rows = sqlx::query_scalar("SELECT title FROM records ORDER BY created_at")
+//!             .fetch_all(&mut **tx)
+//!             .await?;
+//!         Ok::<_, tenancy_db::Error>(rows)
+//!     })
+//!     .await?;
+//!
+//! // Or by hand: the transaction rolls back unless committed.
+//! let mut tx = pool.begin(&acme).await?;
+//! sqlx::query("INSERT INTO records (title, body) VALUES ($1, $2)")
+//!     .bind("hello").bind("world")
+//!     .execute(&mut *tx)
+//!     .await?;
+//! tx.commit().await?;
+//! # let _ = titles;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres, Transaction};
+use tenancy_core::TenantId;
+
+use crate::config::{BeginMode, DbConfig};
+use crate::health::{DbHealth, HealthState};
+use crate::{Error, Result, audit};
+
+/// Pool figures for metrics and health, read without touching the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PoolMetrics {
+    /// The configured maximum number of connections.
+    pub max: u32,
+    /// Connections open now (idle and in use).
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// Connections lent out.
+    pub in_use: u32,
+    /// Callers waiting for a connection right now.
+    pub waiting: u64,
+    /// Transactions opened since the pool started.
+    pub acquired_total: u64,
+    /// Callers that gave up waiting for a connection (acquire timeout).
+    pub acquire_timeouts_total: u64,
+    /// Connections the release guard closed because they carried a tenant setting.
+    pub tainted_closed_total: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    waiting: AtomicU64,
+    acquired: AtomicU64,
+    timeouts: AtomicU64,
+    tainted: Arc<AtomicU64>,
+}
+
+/// Counts a caller as waiting until dropped (also when its future is cancelled).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What [`TenantPool`] and [`PlatformPool`] share: the sqlx pool, figures and health.
+pub(crate) struct Shared {
+    pub(crate) pool: PgPool,
+    pub(crate) stats: Stats,
+    pub(crate) max: u32,
+    pub(crate) begin_mode: BeginMode,
+    pub(crate) role: String,
+    pub(crate) health: Arc<HealthState>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("role", &self.role)
+            .field("metrics", &self.metrics())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn metrics(&self) -> PoolMetrics {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX).min(size);
+        PoolMetrics {
+            max: self.max,
+            size,
+            idle,
+            in_use: size - idle,
+            waiting: self.stats.waiting.load(Ordering::Relaxed),
+            acquired_total: self.stats.acquired.load(Ordering::Relaxed),
+            acquire_timeouts_total: self.stats.timeouts.load(Ordering::Relaxed),
+            tainted_closed_total: self.stats.tainted.load(Ordering::Relaxed),
+        }
+    }
+
+    fn map_acquire(&self, e: sqlx::Error) -> Error {
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        Error::from(e)
+    }
+
+    async fn begin_plain(&self) -> Result<Transaction<'static, Postgres>> {
+        let waiting = Waiting::new(&self.stats.waiting);
+        let tx = self.pool.begin().await.map_err(|e| self.map_acquire(e))?;
+        drop(waiting);
+        self.stats.acquired.fetch_add(1, Ordering::Relaxed);
+        Ok(tx)
+    }
+
+    async fn begin_tenant(&self, tenant: &TenantId) -> Result<Transaction<'static, Postgres>> {
+        match self.begin_mode {
+            BeginMode::OneMessage => {
+                let sql = one_message_begin(tenant)?;
+                let waiting = Waiting::new(&self.stats.waiting);
+                let tx = self
+                    .pool
+                    .begin_with(sqlx::AssertSqlSafe(sql))
+                    .await
+                    .map_err(|e| self.map_acquire(e))?;
+                drop(waiting);
+                self.stats.acquired.fetch_add(1, Ordering::Relaxed);
+                Ok(tx)
+            }
+            BeginMode::TwoRoundTrips => {
+                let mut tx = self.begin_plain().await?;
+                sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+                    .bind(tenant.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+}
+
+/// The one-message form: `BEGIN; SET LOCAL app.tenant_id = '<tenant>'`.
+///
+/// A [`TenantId`] holds only `[a-z0-9_-]` (checked by its only constructor); the check is
+/// repeated here so that this function alone shows no quote or backslash can reach the text.
+pub(crate) fn one_message_begin(tenant: &TenantId) -> Result<String> {
+    let t = tenant.as_str();
+    let safe = !t.is_empty()
+        && t.len() <= tenancy_core::TENANT_ID_MAX_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !safe {
+        return Err(Error::InvalidIdentifier {
+            what: "tenant id",
+            reason: "may contain only a-z, 0-9, '-' and '_'",
+        });
+    }
+    Ok(format!("BEGIN; SET LOCAL app.tenant_id = '{t}'"))
+}
+
+fn retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // cannot_connect_now (starting up), too_many_connections, connection exceptions.
+            c == "57P03" || c == "53300" || c.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
+pub(crate) async fn connect_shared(config: &DbConfig, component: &'static str) -> Result<Arc<Shared>> {
+    let stats = Stats::default();
+    let max = config.max_connections();
+    let mut options = PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(config.min_connections.min(max))
+        .acquire_timeout(config.acquire_timeout)
+        // Released connections are pinged by the pool; ping again only after a long idle.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > Duration::from_secs(60) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        });
+    if config.release_guard {
+        let tainted = Arc::clone(&stats.tainted);
+        options = options.after_release(move |conn, _meta| {
+            let tainted = Arc::clone(&tainted);
+            Box::pin(async move {
+                // Any rollback a dropped transaction queued is flushed before this runs.
+                let setting: Option<String> =
+                    sqlx::query_scalar("SELECT current_setting('app.tenant_id', true)")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                let clean = setting.as_deref().is_none_or(str::is_empty);
+                if !clean {
+                    tainted.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        target: "tenancy_db::pool",
+                        "closing a connection that carried a session-level tenant setting"
+                    );
+                }
+                Ok(clean)
+            })
+        });
+    }
+
+    let connect = config.connect_options();
+    let mut delay = config.connect_backoff;
+    let mut attempt = 0;
+    let pool = loop {
+        attempt += 1;
+        match options.clone().connect_with(connect.clone()).await {
+            Ok(pool) => break pool,
+            Err(e) if attempt < config.connect_attempts && retryable(&e) => {
+                tracing::warn!(
+                    target: "tenancy_db::pool",
+                    attempt,
+                    error = %e,
+                    "database connect failed; retrying in {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(config.connect_backoff_max);
+            }
+            Err(source) => {
+                return Err(Error::Connect {
+                    attempts: attempt,
+                    source,
+                });
+            }
+        }
+    };
+
+    let shared = Arc::new(Shared {
+        pool,
+        stats,
+        max,
+        begin_mode: config.begin_mode,
+        role: config.username().to_owned(),
+        health: Arc::new(HealthState::new(component)),
+    });
+    crate::health::spawn(&shared, config.health_interval, config.health_timeout).await;
+    Ok(shared)
+}
+
+/// The pool for tenant work: its connections are reached only through a [`TenantTx`] (or an
+/// [`UnscopedTx`], on which every tenant table refuses to answer).
+///
+/// Cheap to clone. Connect it as the runtime role: not superuser, not `BYPASSRLS`, owner of
+/// no tenant table; [`TenantPool::connect`] audits exactly that.
+#[derive(Clone)]
+pub struct TenantPool {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TenantPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TenantPool").field(&self.shared).finish()
+    }
+}
+
+impl TenantPool {
+    /// Connects (with retry and backoff), then, unless turned off in the configuration,
+    /// audits the catalog as the connected role and refuses to serve on any finding
+    /// ([`Error::Audit`]). Starts the background health ping.
+    pub async fn connect(config: DbConfig) -> Result<Self> {
+        let shared = connect_shared(&config, "database").await?;
+        let pool = Self { shared };
+        if config.catalog_audit {
+            let report = pool.audit().await;
+            match report {
+                Ok(report) if report.is_clean() => {}
+                Ok(report) => {
+                    pool.close().await;
+                    return Err(Error::Audit(report));
+                }
+                Err(e) => {
+                    pool.close().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Opens a transaction for `tenant`. The tenant is set for this transaction only; the
+    /// transaction rolls back when the [`TenantTx`] is dropped uncommitted.
+    pub async fn begin(&self, tenant: &TenantId) -> Result<TenantTx> {
+        let tx = self.shared.begin_tenant(tenant).await?;
+        Ok(TenantTx {
+            tx,
+            tenant: tenant.clone(),
+        })
+    }
+
+    /// Runs `f` in a transaction for `tenant`: commits when it returns `Ok`, rolls back when
+    /// it returns `Err`, panics, or is cancelled.
+    pub async fn scope<T, E, F>(&self, tenant: &TenantId, f: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut TenantTx) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut tx = self.begin(tenant).await?;
+        match f(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(target: "tenancy_db::pool", error = %rollback, "rollback failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a transaction with no tenant: for work that touches no tenant table (every tenant
+    /// table answers it with SQLSTATE `42501`).
+    pub async fn begin_unscoped(&self) -> Result<UnscopedTx> {
+        Ok(UnscopedTx {
+            tx: self.shared.begin_plain().await?,
+        })
+    }
+
+    /// Audits the catalog as this pool's role (see [`audit::audit_catalog`]).
+    pub async fn audit(&self) -> Result<audit::AuditReport> {
+        let mut conn = self.shared.pool.acquire().await?;
+        audit::audit_catalog(&mut conn, None).await
+    }
+
+    /// Pool figures, read without touching the database.
+    pub fn metrics(&self) -> PoolMetrics {
+        self.shared.metrics()
+    }
+
+    /// The health of this pool as a [`HealthCheck`](tenancy_core::HealthCheck) (component
+    /// `"database"`), answered from the last background ping.
+    pub fn health(&self) -> DbHealth {
+        DbHealth::new(&self.shared)
+    }
+
+    /// The role connections log in as.
+    pub fn role(&self) -> &str {
+        &self.shared.role
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.shared.pool.close().await;
+    }
+}
+
+/// A transaction bound to one tenant. Derefs to [`PgConnection`], so `&mut *tx` is an sqlx
+/// executor. Rolls back when dropped without [`TenantTx::commit`].
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    tenant: TenantId,
+}
+
+impl fmt::Debug for TenantTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantTx")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantTx {
+    /// The tenant this transaction is bound to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Commits; the tenant setting ends with the transaction.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(Error::Database)
+    }
+
+    /// Rolls back; the tenant setting ends with the transaction.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(Error::Database)
+    }
+}
+
+impl Deref for TenantTx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for TenantTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+/// A transaction with no tenant set, from [`TenantPool::begin_unscoped`]. Tenant tables
+/// refuse it (SQLSTATE `42501`). Rolls back when dropped.
+pub struct UnscopedTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl fmt::Debug for UnscopedTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnscopedTx").finish_non_exhaustive()
+    }
+}
+
+impl UnscopedTx {
+    /// Commits.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(Error::Database)
+    }
+
+    /// Rolls back.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(Error::Database)
+    }
+}
+
+impl Deref for UnscopedTx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for UnscopedTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+/// The pool for explicit cross-tenant work (tenant directory, maintenance, reports across
+/// tenants), kept apart from [`TenantPool`] so that platform access is a visible choice.
+///
+/// Connect it as a platform role (which may hold `BYPASSRLS` where cross-tenant reads are
+/// intended); it runs no catalog audit. Every [`PlatformPool::begin`] names a reason, which
+/// is logged (target `tenancy_db::platform`).
+#[derive(Clone)]
+pub struct PlatformPool {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for PlatformPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PlatformPool").field(&self.shared).finish()
+    }
+}
+
+impl PlatformPool {
+    /// Connects (with retry and backoff) and starts the background health ping.
+    pub async fn connect(config: DbConfig) -> Result<Self> {
+        Ok(Self {
+            shared: connect_shared(&config, "platform_database").await?,
+        })
+    }
+
+    /// Opens a platform transaction; `reason` says why cross-tenant access is needed and is
+    /// logged with the role.
+    pub async fn begin(&self, reason: &str) -> Result<PlatformTx> {
+        let tx = self.shared.begin_plain().await?;
+        tracing::info!(
+            target: "tenancy_db::platform",
+            role = %self.shared.role,
+            reason,
+            "platform transaction"
+        );
+        Ok(PlatformTx { tx })
+    }
+
+    /// A platform transaction for a routine read, logged at debug level (a tenant-directory
+    /// lookup happens on every request).
+    pub(crate) async fn begin_routine_read(&self, reason: &str) -> Result<PlatformTx> {
+        let tx = self.shared.begin_plain().await?;
+        tracing::debug!(
+            target: "tenancy_db::platform",
+            role = %self.shared.role,
+            reason,
+            "platform transaction"
+        );
+        Ok(PlatformTx { tx })
+    }
+
+    /// Pool figures, read without touching the database.
+    pub fn metrics(&self) -> PoolMetrics {
+        self.shared.metrics()
+    }
+
+    /// The health of this pool (component `"platform_database"`).
+    pub fn health(&self) -> DbHealth {
+        DbHealth::new(&self.shared)
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.shared.pool.close().await;
+    }
+}
+
+/// A platform transaction (no tenant set). Rolls back when dropped without
+/// [`PlatformTx::commit`].
+pub struct PlatformTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl fmt::Debug for PlatformTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlatformTx").finish_non_exhaustive()
+    }
+}
+
+impl PlatformTx {
+    /// Commits.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(Error::Database)
+    }
+
+    /// Rolls back.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(Error::Database)
+    }
+}
+
+impl Deref for PlatformTx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for PlatformTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_message_begin_holds_only_the_validated_id() {
+        let t = TenantId::parse("acme_1-x").unwrap();
+        assert_eq!(
+            one_message_begin(&t).unwrap(),
+            "BEGIN; SET LOCAL app.tenant_id = 'acme_1-x'"
+        );
+    }
+
+    #[test]
+    fn retry_only_transient_failures() {
+        assert!(retryable(&sqlx::Error::PoolTimedOut));
+        assert!(retryable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!retryable(&sqlx::Error::RowNotFound));
+    }
+}
