@@ -1,0 +1,195 @@
+//! The verification cache: repeated tokens skip the signature check.
+//!
+//! Entries are keyed by the SHA-256 digest of the token (the token itself is not kept), hold
+//! the verified claims, and are never served at or after the token's `exp`. The cache is
+//! bounded: sharded maps with a per-shard capacity, expired entries swept as inserts go, and a
+//! random live entry evicted when a shard is full. A change of keys (a key retired from a
+//! JWKS) empties it, so a token signed by a retired key is checked again.
+//!
+//! Revocation (`jti` denylist) and session liveness are not cached: they are checked on every
+//! call, hit or miss, so a logout takes effect at once.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tenancy_auth::{Algorithm, JwtVerifier, KeySet, VerifyKey};
+//!
+//! let key = VerifyKey::hmac(b"0123456789abcdef0123456789abcdef", Algorithm::HS256)?;
+//! let verifier = JwtVerifier::builder()
+//!     .issuer("https://id.example", KeySet::new().with(key))
+//!     .audience("api")
+//!     .cache_capacity(50_000) // the default is 10 000; 0 turns the cache off
+//!     .build()?;
+//! assert_eq!(verifier.cache_stats().entries, 0);
+//! # Ok::<(), tenancy_auth::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+use tenancy_core::Claims;
+
+const SHARDS: usize = 16;
+
+/// Figures about a verifier's cache, for dashboards and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Entries held now.
+    pub entries: usize,
+    /// The most entries it will hold.
+    pub capacity: usize,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that went on to full verification.
+    pub misses: u64,
+}
+
+struct Entry {
+    claims: Claims,
+    exp: i64,
+    epoch: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<[u8; 32], Entry>,
+    inserts_since_sweep: usize,
+}
+
+pub(crate) struct VerificationCache {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+pub(crate) type Digest32 = [u8; 32];
+
+pub(crate) fn digest(token: &str) -> Digest32 {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn lock(m: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // A panic while holding the lock cannot leave a shard half-updated in a way that matters
+    // (each operation is a single map call), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl VerificationCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &Digest32) -> &Mutex<Shard> {
+        &self.shards[usize::from(key[0]) % SHARDS]
+    }
+
+    /// The cached claims, when present, issued under `epoch` and not expired at `now`.
+    pub(crate) fn get(&self, key: &Digest32, now: i64, epoch: u64) -> Option<Claims> {
+        let mut shard = lock(self.shard(key));
+        let found = match shard.map.get(key) {
+            Some(e) if e.exp > now && e.epoch == epoch => Some(e.claims.clone()),
+            Some(_) => {
+                shard.map.remove(key);
+                None
+            }
+            None => None,
+        };
+        drop(shard);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub(crate) fn insert(&self, key: Digest32, claims: &Claims, now: i64, epoch: u64) {
+        if claims.exp <= now {
+            return;
+        }
+        let mut shard = lock(self.shard(&key));
+        shard.inserts_since_sweep += 1;
+        if shard.inserts_since_sweep >= self.per_shard {
+            shard.inserts_since_sweep = 0;
+            shard.map.retain(|_, e| e.exp > now && e.epoch == epoch);
+        }
+        if shard.map.len() >= self.per_shard && !shard.map.contains_key(&key) {
+            // HashMap iteration order is randomised per map: this evicts an arbitrary entry.
+            if let Some(victim) = shard.map.keys().next().copied() {
+                shard.map.remove(&victim);
+            }
+        }
+        shard.map.insert(
+            key,
+            Entry {
+                claims: claims.clone(),
+                exp: claims.exp,
+                epoch,
+            },
+        );
+    }
+
+    pub(crate) fn clear(&self) {
+        for s in &self.shards {
+            lock(s).map.clear();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            entries: self.shards.iter().map(|s| lock(s).map.len()).sum(),
+            capacity: self.per_shard * SHARDS,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Claims {
+        Claims::from_json(
+            format!(
+                r#"{{"iss":"i","aud":"a","sub":"s","exp":{exp},"tenant_id":"acme","user_id":"u","user_role":"user","permissions":[]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn expired_and_old_epoch_entries_are_not_served() {
+        let c = VerificationCache::new(100);
+        let k = digest("t1");
+        c.insert(k, &claims(1_000), 900, 0);
+        assert!(c.get(&k, 999, 0).is_some());
+        assert!(c.get(&k, 1_000, 0).is_none(), "served at exp");
+        c.insert(k, &claims(1_000), 900, 0);
+        assert!(c.get(&k, 950, 1).is_none(), "served across a key change");
+        c.insert(k, &claims(1_000), 1_000, 0);
+        assert_eq!(c.stats().entries, 0, "an expired token was cached");
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let c = VerificationCache::new(64);
+        for i in 0..10_000 {
+            c.insert(digest(&format!("t{i}")), &claims(5_000), 10, 0);
+        }
+        let s = c.stats();
+        assert!(s.entries <= s.capacity, "{s:?}");
+        assert!(s.entries >= 32, "{s:?}");
+    }
+}

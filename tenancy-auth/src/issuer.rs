@@ -1,0 +1,524 @@
+//! [`TokenIssuer`]: short-lived access tokens and rotating refresh tokens.
+//!
+//! - Access tokens carry `iss`, `aud`, `sub`, `exp`, `nbf`, `iat`, `jti`, `tenant_id`,
+//!   `user_id`, `user_role`, `permissions` and, when a session exists, `sid`. They live
+//!   [`DEFAULT_ACCESS_TTL`] unless configured otherwise.
+//! - Refresh tokens are opaque: `rt1.<tenant>.<session>.<256 random bits>`. Only the SHA-256
+//!   of the random part is stored, in the session's data, so a leaked session store does not
+//!   leak usable refresh tokens.
+//! - [`TokenIssuer::refresh`] spends the presented refresh token and returns a new pair.
+//!   Presenting a spent one again is taken as theft (the attacker and the owner now both hold
+//!   the family): the whole session ends, and every access token bound to it is refused by a
+//!   verifier that checks sessions.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tenancy_auth::{Algorithm, JwtVerifier, SigningKey, TokenIssuer};
+//! use tenancy_core::{memory::MemorySessionStore, SessionStore, TokenRejection, TokenVerifier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store: Arc<dyn SessionStore> = Arc::new(MemorySessionStore::new());
+//! let key = SigningKey::hmac(b"0123456789abcdef0123456789abcdef", Algorithm::HS256)?;
+//! let verifier = JwtVerifier::builder()
+//!     .issuer("https://id.example", key.verify_key()?)
+//!     .audience("api")
+//!     .sessions(store.clone())
+//!     .build()?;
+//! let issuer = TokenIssuer::builder(key, "https://id.example", "api")
+//!     .sessions(store)
+//!     .build()?;
+//!
+//! let first = issuer
+//!     .login(&"acme".parse()?, &"alice".parse()?, &"user".parse()?, &Default::default())
+//!     .await?;
+//! let second = issuer.refresh(first.refresh_token.expose()).await?;
+//! verifier.verify(&second.access_token).await?;
+//!
+//! // The first refresh token is spent: presenting it again ends the session.
+//! let reuse = issuer.refresh(first.refresh_token.expose()).await.unwrap_err();
+//! assert!(matches!(reuse, tenancy_core::Error::Rejected(TokenRejection::Revoked)));
+//! let after = verifier.verify(&second.access_token).await.unwrap_err();
+//! assert!(matches!(after, tenancy_core::Error::Rejected(TokenRejection::SessionEnded)));
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Header;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tenancy_core::{
+    Audience, Claims, Error as CoreError, NewSession, PermissionSet, Role, Session, SessionId,
+    SessionStore, SharedClock, TenantId, TokenRejection, UserId, system_clock,
+};
+
+use crate::error::{Error, Result};
+use crate::key::SigningKey;
+
+/// Default access token lifetime.
+///
+/// Why this default: an access token cannot be recalled from a client once issued (short of
+/// a denylist or session check), so it should live only minutes; 5 minutes keeps refresh
+/// traffic modest while bounding the damage of a leaked token.
+pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// How many spent refresh tokens a session remembers for reuse detection.
+pub const SPENT_HISTORY: usize = 16;
+
+/// The session data member that holds the refresh state.
+const STATE_KEY: &str = "tenancy_auth";
+/// Refresh tokens longer than this are refused before parsing.
+const MAX_REFRESH_LEN: usize = 512;
+
+/// A refresh token. Its `Debug` output is redacted; use [`RefreshToken::expose`] to send it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshToken(String);
+
+impl RefreshToken {
+    /// The token text, to hand to the client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken([redacted])")
+    }
+}
+
+/// What a login or a refresh returns.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TokenPair {
+    /// The signed access token.
+    pub access_token: String,
+    /// The new refresh token (the previous one, if any, is now spent).
+    pub refresh_token: RefreshToken,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The session both tokens belong to.
+    pub session: SessionId,
+}
+
+/// Refresh state kept in the session's data.
+#[derive(Serialize, Deserialize)]
+struct RefreshState {
+    /// Hex SHA-256 of the current refresh secret.
+    current: String,
+    /// Hex SHA-256 of recently spent secrets, newest last.
+    spent: Vec<String>,
+    /// How many times the token was rotated.
+    generation: u64,
+    role: Role,
+    permissions: PermissionSet,
+}
+
+fn hash_hex(secret: &[u8]) -> String {
+    let d = Sha256::digest(secret);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+fn new_secret() -> Result<[u8; 32], CoreError> {
+    let mut s = [0u8; 32];
+    getrandom::fill(&mut s).map_err(|e| CoreError::unavailable(Box::new(e)))?;
+    Ok(s)
+}
+
+fn new_jti() -> Result<String> {
+    let mut s = [0u8; 16];
+    getrandom::fill(&mut s).map_err(|e| Error::Signing(Box::new(e)))?;
+    Ok(URL_SAFE_NO_PAD.encode(s))
+}
+
+fn reject(r: TokenRejection) -> CoreError {
+    CoreError::Rejected(r)
+}
+
+/// Builds a [`TokenIssuer`]; see [`TokenIssuer::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct TokenIssuerBuilder {
+    key: SigningKey,
+    iss: String,
+    aud: String,
+    access_ttl: Duration,
+    sessions: Option<Arc<dyn SessionStore>>,
+    idle_timeout: Duration,
+    absolute_ttl: Duration,
+    clock: SharedClock,
+}
+
+impl TokenIssuerBuilder {
+    /// Access token lifetime (default [`DEFAULT_ACCESS_TTL`]; at most one day).
+    pub fn access_ttl(mut self, ttl: Duration) -> Self {
+        self.access_ttl = ttl;
+        self
+    }
+
+    /// The session store that holds sessions and refresh state; needed for
+    /// [`TokenIssuer::login`], [`TokenIssuer::refresh`] and [`TokenIssuer::logout`].
+    pub fn sessions(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.sessions = Some(store);
+        self
+    }
+
+    /// Ends a session (and its refresh token) after this long without a refresh (default
+    /// [`tenancy_core::DEFAULT_IDLE_TIMEOUT`]).
+    pub fn session_idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Ends a session this long after login, whatever the activity (default
+    /// [`tenancy_core::DEFAULT_ABSOLUTE_TTL`]).
+    pub fn session_absolute_ttl(mut self, d: Duration) -> Self {
+        self.absolute_ttl = d;
+        self
+    }
+
+    /// The clock for `iat`, `nbf` and `exp` (default: the system clock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the configuration and builds the issuer.
+    pub fn build(self) -> Result<TokenIssuer> {
+        if self.iss.is_empty() || self.aud.is_empty() {
+            return Err(Error::Config("issuer and audience must not be empty"));
+        }
+        if self.access_ttl.is_zero() || self.access_ttl > Duration::from_secs(86_400) {
+            return Err(Error::Config(
+                "access token lifetime must be between 1 s and one day",
+            ));
+        }
+        let mut header = Header::new(self.key.algorithm());
+        header.kid = self.key.kid().map(str::to_owned);
+        Ok(TokenIssuer {
+            inner: Arc::new(IssuerInner {
+                header,
+                key: self.key,
+                iss: self.iss,
+                aud: self.aud,
+                access_ttl: self.access_ttl,
+                sessions: self.sessions,
+                idle_timeout: self.idle_timeout,
+                absolute_ttl: self.absolute_ttl,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+struct IssuerInner {
+    header: Header,
+    key: SigningKey,
+    iss: String,
+    aud: String,
+    access_ttl: Duration,
+    sessions: Option<Arc<dyn SessionStore>>,
+    idle_timeout: Duration,
+    absolute_ttl: Duration,
+    clock: SharedClock,
+}
+
+/// Mints access tokens and manages refresh tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    inner: Arc<IssuerInner>,
+}
+
+impl fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("key", &self.inner.key)
+            .field("iss", &self.inner.iss)
+            .field("aud", &self.inner.aud)
+            .field("access_ttl", &self.inner.access_ttl)
+            .field("sessions", &self.inner.sessions.is_some())
+            .finish()
+    }
+}
+
+impl TokenIssuer {
+    /// An issuer signing with `key`, writing `iss` and `aud` into every token.
+    pub fn builder(
+        key: SigningKey,
+        iss: impl Into<String>,
+        aud: impl Into<String>,
+    ) -> TokenIssuerBuilder {
+        TokenIssuerBuilder {
+            key,
+            iss: iss.into(),
+            aud: aud.into(),
+            access_ttl: DEFAULT_ACCESS_TTL,
+            sessions: None,
+            idle_timeout: tenancy_core::DEFAULT_IDLE_TIMEOUT,
+            absolute_ttl: tenancy_core::DEFAULT_ABSOLUTE_TTL,
+            clock: system_clock(),
+        }
+    }
+
+    /// The access token lifetime.
+    pub fn access_ttl(&self) -> Duration {
+        self.inner.access_ttl
+    }
+
+    /// The claims an access token for this identity would carry, issued now.
+    pub fn claims(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        role: &Role,
+        permissions: &PermissionSet,
+        session: Option<&SessionId>,
+    ) -> Result<Claims> {
+        let now = self.inner.clock.now().unix_timestamp();
+        let ttl = i64::try_from(self.inner.access_ttl.as_secs()).unwrap_or(86_400);
+        Ok(Claims {
+            iss: self.inner.iss.clone(),
+            aud: Audience::one(self.inner.aud.clone()),
+            sub: user.as_str().to_owned(),
+            exp: now + ttl,
+            nbf: Some(now),
+            iat: Some(now),
+            jti: Some(new_jti()?),
+            tenant_id: tenant.clone(),
+            user_id: user.clone(),
+            user_role: role.clone(),
+            permissions: permissions.clone(),
+            sid: session.copied(),
+        })
+    }
+
+    /// Signs `claims` as they are.
+    pub fn sign(&self, claims: &Claims) -> Result<String> {
+        jsonwebtoken::encode(&self.inner.header, claims, self.inner.key.encoding_key())
+            .map_err(|e| Error::Signing(Box::new(e)))
+    }
+
+    /// Mints an access token for this identity, bound to `session` when given.
+    pub fn access_token(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        role: &Role,
+        permissions: &PermissionSet,
+        session: Option<&SessionId>,
+    ) -> Result<String> {
+        self.sign(&self.claims(tenant, user, role, permissions, session)?)
+    }
+
+    fn store(&self) -> Result<&Arc<dyn SessionStore>, CoreError> {
+        self.inner
+            .sessions
+            .as_ref()
+            .ok_or_else(|| CoreError::from(Error::Config("the issuer has no session store")))
+    }
+
+    fn pair(
+        &self,
+        session: &Session,
+        secret: &[u8; 32],
+        role: &Role,
+        permissions: &PermissionSet,
+    ) -> Result<TokenPair, CoreError> {
+        let access = self.access_token(
+            &session.tenant,
+            &session.user,
+            role,
+            permissions,
+            Some(&session.id),
+        )?;
+        Ok(TokenPair {
+            access_token: access,
+            refresh_token: RefreshToken(format!(
+                "rt1.{}.{}.{}",
+                session.tenant,
+                session.id,
+                URL_SAFE_NO_PAD.encode(secret)
+            )),
+            expires_in: self.inner.access_ttl.as_secs(),
+            tenant: session.tenant.clone(),
+            session: session.id,
+        })
+    }
+
+    /// Starts a session for an authenticated user and returns its first token pair.
+    ///
+    /// Checking the user's credentials is the caller's business; this only issues.
+    pub async fn login(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        role: &Role,
+        permissions: &PermissionSet,
+    ) -> Result<TokenPair, CoreError> {
+        let store = self.store()?;
+        let secret = new_secret()?;
+        let state = RefreshState {
+            current: hash_hex(&secret),
+            spent: Vec::new(),
+            generation: 0,
+            role: role.clone(),
+            permissions: permissions.clone(),
+        };
+        let mut data = tenancy_core::SessionData::new();
+        data.insert(
+            STATE_KEY.into(),
+            serde_json::to_value(&state).map_err(CoreError::corrupt)?,
+        );
+        let session = store
+            .create(
+                NewSession::new(tenant.clone(), user.clone())
+                    .with_idle_timeout(self.inner.idle_timeout)
+                    .with_absolute_ttl(self.inner.absolute_ttl)
+                    .with_data(data),
+            )
+            .await?;
+        self.pair(&session, &secret, role, permissions)
+    }
+
+    /// Spends `refresh_token` and returns a new pair for the same session.
+    ///
+    /// Refusals ([`tenancy_core::Error::Rejected`]): `Malformed` (not one of ours),
+    /// `SessionEnded` (logged out, expired or revoked), `BadSignature` (right session, wrong
+    /// secret: nothing is revoked, since anyone who saw a session id could otherwise end it),
+    /// and `Revoked` when the token was already spent, in which case the whole session has
+    /// just been ended. Store failures pass through ([`tenancy_core::Error::Unavailable`]).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CoreError> {
+        let store = self.store()?;
+        let (tenant, sid, presented) = parse_refresh(refresh_token)?;
+        let presented_hash = hash_hex(&presented);
+        for _ in 0..3 {
+            let Some(mut session) = store.load(&tenant, &sid).await? else {
+                return Err(reject(TokenRejection::SessionEnded));
+            };
+            let mut state: RefreshState = match session.data.get(STATE_KEY) {
+                Some(v) => serde_json::from_value(v.clone()).map_err(CoreError::corrupt)?,
+                None => return Err(reject(TokenRejection::BadSignature)),
+            };
+            if ct_eq(&state.current, &presented_hash) {
+                let secret = new_secret()?;
+                let spent = std::mem::replace(&mut state.current, hash_hex(&secret));
+                state.spent.push(spent);
+                if state.spent.len() > SPENT_HISTORY {
+                    let excess = state.spent.len() - SPENT_HISTORY;
+                    state.spent.drain(..excess);
+                }
+                state.generation += 1;
+                session.data.insert(
+                    STATE_KEY.into(),
+                    serde_json::to_value(&state).map_err(CoreError::corrupt)?,
+                );
+                match store.save(&session).await {
+                    Ok(saved) => {
+                        return self.pair(&saved, &secret, &state.role, &state.permissions);
+                    }
+                    // Someone else saved first (maybe a concurrent refresh with this very
+                    // token): load again and decide on the new state.
+                    Err(CoreError::Conflict(_)) => continue,
+                    Err(CoreError::NotFound) => return Err(reject(TokenRejection::SessionEnded)),
+                    Err(e) => return Err(e),
+                }
+            }
+            if state.spent.iter().any(|h| ct_eq(h, &presented_hash)) {
+                tracing::warn!(
+                    tenant = %tenant,
+                    session = %sid,
+                    generation = state.generation,
+                    "spent refresh token presented again: revoking the session"
+                );
+                store.delete(&tenant, &sid).await?;
+                return Err(reject(TokenRejection::Revoked));
+            }
+            return Err(reject(TokenRejection::BadSignature));
+        }
+        Err(CoreError::Conflict(
+            "refresh raced with other session updates".into(),
+        ))
+    }
+
+    /// Ends the session: its refresh token stops working at once, and its access tokens are
+    /// refused by any verifier that checks sessions. `true` when the session was live.
+    pub async fn logout(&self, tenant: &TenantId, session: &SessionId) -> Result<bool, CoreError> {
+        self.store()?.delete(tenant, session).await
+    }
+}
+
+fn parse_refresh(token: &str) -> Result<(TenantId, SessionId, Vec<u8>), CoreError> {
+    let malformed = || reject(TokenRejection::Malformed);
+    if token.len() > MAX_REFRESH_LEN {
+        return Err(reject(TokenRejection::Oversized));
+    }
+    let mut it = token.split('.');
+    let (Some("rt1"), Some(t), Some(s), Some(secret), None) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(malformed());
+    };
+    let tenant = TenantId::parse(t).map_err(|_| malformed())?;
+    let sid = SessionId::parse(s).map_err(|_| malformed())?;
+    let secret = URL_SAFE_NO_PAD.decode(secret).map_err(|_| malformed())?;
+    if secret.len() != 32 {
+        return Err(malformed());
+    }
+    Ok((tenant, sid, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_parse_strictly() {
+        let sid = SessionId::generate();
+        let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let good = format!("rt1.acme.{sid}.{secret}");
+        assert!(parse_refresh(&good).is_ok());
+        for bad in [
+            format!("rt2.acme.{sid}.{secret}"),
+            format!("rt1.ACME.{sid}.{secret}"),
+            format!("rt1.acme.nope.{secret}"),
+            format!("rt1.acme.{sid}.{secret}x"),
+            format!("rt1.acme.{sid}.{secret}.x"),
+            format!("rt1.acme.{sid}"),
+            String::new(),
+        ] {
+            assert!(
+                matches!(
+                    parse_refresh(&bad),
+                    Err(CoreError::Rejected(TokenRejection::Malformed))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_refresh(&"a".repeat(600)),
+            Err(CoreError::Rejected(TokenRejection::Oversized))
+        ));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let t = RefreshToken("rt1.acme.x.secret".into());
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,668 @@
+//! Keys from a JWKS URL: [`JwksKeySet`].
+//!
+//! - **Refresh.** The set is fetched on first use, then again every refresh interval
+//!   (default 5 minutes) by a background task when a Tokio runtime is running at build time,
+//!   and otherwise on the first verification after the interval.
+//! - **Unknown `kid`.** A token naming a key the set does not hold triggers one refresh, at
+//!   most once per `min_refresh_interval` (default 30 s), so that a flood of tokens with random
+//!   `kid`s costs the provider one request per interval, not one per token.
+//! - **Outage.** A failed fetch keeps the last good set: verification goes on with the cached
+//!   keys. After `failure_threshold` consecutive failures (default 3) the circuit breaker opens
+//!   for `open_for` (default 30 s): no request is sent while it is open; then one trial request
+//!   decides. [`JwksKeySet::breaker`] and the [`HealthCheck`] impl show the state (`Degraded`
+//!   while serving cached keys during an outage, `Down` when no set was ever fetched, in which
+//!   case verification answers [`tenancy_core::Error::Unavailable`]).
+//! - **Rotation.** A new key appears: it verifies as soon as the set is refreshed (an unknown
+//!   `kid` triggers that refresh). An old key is retired: it stops verifying at the next
+//!   refresh, and the verifier's cache is emptied so no token signed by it is served from
+//!   cache.
+//! - **Safety.** Only `https://` URLs unless [`JwksKeySetBuilder::allow_plain_http`] is set;
+//!   responses are capped at 1 MiB and 5 s; keys this crate cannot use are skipped, a document
+//!   with no usable key is a failed fetch (it never replaces a good set).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tenancy_auth::{Algorithm, JwksKeySet, JwtVerifier};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), tenancy_auth::Error> {
+//! let jwks = JwksKeySet::builder("https://id.example/.well-known/jwks.json")
+//!     .refresh_interval(Duration::from_secs(600))
+//!     .build()?;
+//! let verifier = JwtVerifier::builder()
+//!     .issuer("https://id.example/", jwks.clone())
+//!     .audience("api")
+//!     .algorithms([Algorithm::RS256, Algorithm::ES256])
+//!     .build()?;
+//! jwks.refresh().await?; // optional: fetch now rather than on the first token
+//! # let _ = verifier; Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tenancy_core::{Health, HealthCheck, SharedClock, system_clock};
+
+use crate::error::{Error, Result};
+use crate::key::KeySet;
+
+/// Default interval between background refreshes.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default least time between two refreshes caused by unknown `kid`s.
+///
+/// Why this default: a legitimate rotation is picked up within 30 s, while tokens with random
+/// `kid`s can make us call the provider at most twice a minute.
+pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Default consecutive failures that open the circuit breaker.
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+/// Default time the breaker stays open before a trial request.
+pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(30);
+/// Default timeout of one fetch.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS document accepted.
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Fetches a JWKS document. The default is an HTTP(S) client (hyper + rustls); implement this
+/// to fetch through your own client or proxy.
+#[async_trait]
+pub trait JwksFetcher: Send + Sync + fmt::Debug + 'static {
+    /// The body of a successful (2xx) response for `url`.
+    async fn fetch(&self, url: &str) -> Result<Bytes>;
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The default [`JwksFetcher`]: HTTP/1.1 over rustls (*ring*), with a timeout and a size cap.
+#[derive(Clone)]
+pub struct HttpFetcher {
+    client: HttpsClient,
+    timeout: Duration,
+}
+
+impl fmt::Debug for HttpFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpFetcher")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpFetcher {
+    /// A client trusting the system's root certificates.
+    pub fn new(timeout: Duration) -> Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| Error::Fetch(Box::new(e)))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self::from_connector(connector, timeout))
+    }
+
+    /// A client with this TLS configuration (a private CA, client certificates, ...).
+    pub fn with_tls_config(config: rustls::ClientConfig, timeout: Duration) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Self::from_connector(connector, timeout)
+    }
+
+    /// A client for plain `http://` URLs only (no root certificates needed).
+    fn plain(timeout: Duration) -> Result<Self> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Fetch(Box::new(e)))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        Ok(Self::with_tls_config(config, timeout))
+    }
+
+    fn from_connector(
+        connector: hyper_rustls::HttpsConnector<HttpConnector>,
+        timeout: Duration,
+    ) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self { client, timeout }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("JWKS endpoint answered HTTP {0}")]
+struct StatusError(u16);
+
+#[derive(Debug, thiserror::Error)]
+#[error("JWKS fetch timed out after {0:?}")]
+struct TimeoutError(Duration);
+
+#[async_trait]
+impl JwksFetcher for HttpFetcher {
+    async fn fetch(&self, url: &str) -> Result<Bytes> {
+        let uri: http::Uri = url.parse().map_err(|e| Error::Fetch(Box::new(e)))?;
+        let req = http::Request::get(uri)
+            .header(
+                http::header::ACCEPT,
+                "application/jwk-set+json, application/json",
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| Error::Fetch(Box::new(e)))?;
+        let work = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| Error::Fetch(Box::new(e)))?;
+            if !resp.status().is_success() {
+                return Err(Error::Fetch(Box::new(StatusError(resp.status().as_u16()))));
+            }
+            let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(Error::Fetch)?;
+            Ok(body.to_bytes())
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| Error::Fetch(Box::new(TimeoutError(self.timeout))))?
+    }
+}
+
+/// The circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Fetches go through.
+    Closed,
+    /// Too many consecutive failures: no request is sent until `retry_in` has passed.
+    Open {
+        /// Time left before the next trial request.
+        retry_in: Duration,
+    },
+    /// The open period is over and the next fetch is a trial: success closes the breaker,
+    /// failure opens it again.
+    HalfOpen,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    refresh_interval: Duration,
+    min_refresh_interval: Duration,
+    failure_threshold: u32,
+    open_for: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    keys: Option<Arc<KeySet>>,
+    fetched_at: Option<u64>,
+    last_kid_refresh: Option<u64>,
+    consecutive_failures: u32,
+    open_until: Option<u64>,
+    last_error: Option<String>,
+    fetches: u64,
+    failures: u64,
+    skipped_keys: usize,
+}
+
+struct Inner {
+    url: String,
+    fetcher: Arc<dyn JwksFetcher>,
+    cfg: Config,
+    clock: SharedClock,
+    state: RwLock<State>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    epochs: Mutex<Vec<Weak<AtomicU64>>>,
+    background: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(h) = self
+            .background
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            h.abort();
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Builds a [`JwksKeySet`]; see [`JwksKeySet::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct JwksKeySetBuilder {
+    url: String,
+    fetcher: Option<Arc<dyn JwksFetcher>>,
+    cfg: Config,
+    timeout: Duration,
+    allow_http: bool,
+    background: bool,
+    clock: SharedClock,
+}
+
+impl JwksKeySetBuilder {
+    /// Interval between refreshes (default [`DEFAULT_REFRESH_INTERVAL`]).
+    pub fn refresh_interval(mut self, d: Duration) -> Self {
+        self.cfg.refresh_interval = d;
+        self
+    }
+
+    /// Least time between two refreshes caused by unknown `kid`s (default
+    /// [`DEFAULT_MIN_REFRESH_INTERVAL`]).
+    pub fn min_refresh_interval(mut self, d: Duration) -> Self {
+        self.cfg.min_refresh_interval = d;
+        self
+    }
+
+    /// Consecutive failures that open the breaker (default [`DEFAULT_FAILURE_THRESHOLD`]).
+    pub fn failure_threshold(mut self, n: u32) -> Self {
+        self.cfg.failure_threshold = n.max(1);
+        self
+    }
+
+    /// How long the breaker stays open (default [`DEFAULT_OPEN_FOR`]).
+    pub fn open_for(mut self, d: Duration) -> Self {
+        self.cfg.open_for = d;
+        self
+    }
+
+    /// Timeout of one fetch with the default client (default [`DEFAULT_FETCH_TIMEOUT`]).
+    pub fn fetch_timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Fetches with this client instead of the default one.
+    pub fn fetcher(mut self, fetcher: Arc<dyn JwksFetcher>) -> Self {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// Accepts an `http://` URL. Only for tests and for providers reached over a trusted
+    /// local link: a key set fetched in clear can be replaced by anyone on the path.
+    pub fn allow_plain_http(mut self) -> Self {
+        self.allow_http = true;
+        self
+    }
+
+    /// Whether to start the background refresh task (default: yes, when built inside a Tokio
+    /// runtime). Without it the set is refreshed on use once the interval has passed.
+    pub fn background_refresh(mut self, on: bool) -> Self {
+        self.background = on;
+        self
+    }
+
+    /// The clock for refresh intervals and the breaker (default: the system clock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the URL and builds the source (nothing is fetched yet).
+    pub fn build(self) -> Result<JwksKeySet> {
+        let is_https = self.url.starts_with("https://");
+        let is_http = self.url.starts_with("http://");
+        if !is_https && !(is_http && self.allow_http) {
+            return Err(Error::Config(
+                "the JWKS URL must be https:// (or http:// with allow_plain_http)",
+            ));
+        }
+        let fetcher: Arc<dyn JwksFetcher> = match self.fetcher {
+            Some(f) => f,
+            None if is_https => Arc::new(HttpFetcher::new(self.timeout)?),
+            None => Arc::new(HttpFetcher::plain(self.timeout)?),
+        };
+        let set = JwksKeySet {
+            inner: Arc::new(Inner {
+                url: self.url,
+                fetcher,
+                cfg: self.cfg,
+                clock: self.clock,
+                state: RwLock::new(State::default()),
+                fetch_lock: tokio::sync::Mutex::new(()),
+                epochs: Mutex::new(Vec::new()),
+                background: Mutex::new(None),
+            }),
+        };
+        if self.background
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let weak = Arc::downgrade(&set.inner);
+            let every = self.cfg.refresh_interval.max(Duration::from_secs(1));
+            let handle = rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    let _ = JwksKeySet { inner }.refresh().await;
+                }
+            });
+            *set.inner
+                .background
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+        }
+        Ok(set)
+    }
+}
+
+/// A key set fetched from a JWKS URL and kept fresh; see the [module docs](crate::jwks).
+/// Cheap to clone (clones share the cached set).
+#[derive(Clone)]
+pub struct JwksKeySet {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for JwksKeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwksKeySet")
+            .field("url", &self.inner.url)
+            .field("keys", &self.cached().map(|k| k.len()))
+            .field("breaker", &self.breaker())
+            .finish()
+    }
+}
+
+impl JwksKeySet {
+    /// A builder for the JWKS at `url`.
+    pub fn builder(url: impl Into<String>) -> JwksKeySetBuilder {
+        JwksKeySetBuilder {
+            url: url.into(),
+            fetcher: None,
+            cfg: Config {
+                refresh_interval: DEFAULT_REFRESH_INTERVAL,
+                min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+                failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+                open_for: DEFAULT_OPEN_FOR,
+            },
+            timeout: DEFAULT_FETCH_TIMEOUT,
+            allow_http: false,
+            background: true,
+            clock: system_clock(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.clock.now_nanos()
+    }
+
+    /// The URL this set is fetched from.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The last good key set, if one was ever fetched.
+    pub fn cached(&self) -> Option<Arc<KeySet>> {
+        self.read().keys.clone()
+    }
+
+    /// The circuit breaker's state now.
+    pub fn breaker(&self) -> BreakerState {
+        let now = self.now();
+        let s = self.read();
+        match s.open_until {
+            Some(until) if until > now => BreakerState::Open {
+                retry_in: Duration::from_nanos(until - now),
+            },
+            Some(_) => BreakerState::HalfOpen,
+            None => BreakerState::Closed,
+        }
+    }
+
+    /// How many fetches were attempted (requests actually sent) and how many failed.
+    pub fn fetch_counts(&self) -> (u64, u64) {
+        let s = self.read();
+        (s.fetches, s.failures)
+    }
+
+    pub(crate) fn attach_epoch(&self, epoch: &Arc<AtomicU64>) {
+        self.inner
+            .epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::downgrade(epoch));
+    }
+
+    fn bump_epochs(&self) {
+        let mut epochs = self
+            .inner
+            .epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        epochs.retain(|w| match w.upgrade() {
+            Some(e) => {
+                e.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Fetches the set now (single flight: concurrent callers wait for the same fetch).
+    ///
+    /// Errors: [`Error::CircuitOpen`] while the breaker is open (nothing is sent),
+    /// [`Error::Fetch`] or [`Error::InvalidKeySet`] when the fetch fails; the last good set is
+    /// kept either way.
+    pub async fn refresh(&self) -> Result<Arc<KeySet>> {
+        let started = self.now();
+        let _guard = self.inner.fetch_lock.lock().await;
+        // Someone else fetched while we waited: use that.
+        if let Some(at) = self.read().fetched_at
+            && at >= started
+            && let Some(k) = self.cached()
+        {
+            return Ok(k);
+        }
+        self.fetch_locked().await
+    }
+
+    async fn fetch_locked(&self) -> Result<Arc<KeySet>> {
+        let now = self.now();
+        {
+            let mut s = self.write();
+            if s.open_until.is_some_and(|until| until > now) {
+                return Err(Error::CircuitOpen);
+            }
+            s.fetches += 1;
+        }
+        let result = self
+            .inner
+            .fetcher
+            .fetch(&self.inner.url)
+            .await
+            .and_then(|body| KeySet::from_jwks(&body))
+            .and_then(|(set, skipped)| {
+                if set.is_empty() {
+                    Err(Error::InvalidKeySet(
+                        "the key set holds no usable key".into(),
+                    ))
+                } else {
+                    Ok((set, skipped))
+                }
+            });
+        let now = self.now();
+        match result {
+            Ok((set, skipped)) => {
+                let set = Arc::new(set);
+                let retired = {
+                    let mut s = self.write();
+                    let retired = s.keys.as_ref().is_some_and(|old| {
+                        old.iter().any(|k| match k.kid() {
+                            Some(kid) => set.get(kid).is_none(),
+                            None => true,
+                        })
+                    });
+                    s.keys = Some(Arc::clone(&set));
+                    s.fetched_at = Some(now);
+                    s.consecutive_failures = 0;
+                    s.open_until = None;
+                    s.last_error = None;
+                    s.skipped_keys = skipped;
+                    retired
+                };
+                if retired {
+                    self.bump_epochs();
+                }
+                tracing::debug!(url = %self.inner.url, keys = set.len(), skipped, "JWKS refreshed");
+                Ok(set)
+            }
+            Err(e) => {
+                let mut s = self.write();
+                s.failures += 1;
+                s.consecutive_failures += 1;
+                s.last_error = Some(error_chain(&e));
+                if s.consecutive_failures >= self.inner.cfg.failure_threshold {
+                    s.open_until = Some(now.saturating_add(nanos(self.inner.cfg.open_for)));
+                }
+                tracing::warn!(
+                    url = %self.inner.url,
+                    consecutive_failures = s.consecutive_failures,
+                    error = %error_chain(&e),
+                    "JWKS fetch failed; serving the last good key set"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The keys to verify a token with `kid`: fetches on first use, refreshes when stale, and
+    /// once per `min_refresh_interval` when `kid` is unknown.
+    pub(crate) async fn keys_for(&self, kid: Option<&str>) -> tenancy_core::Result<Arc<KeySet>> {
+        let now = self.now();
+        let (keys, stale) = {
+            let s = self.read();
+            let stale = s
+                .fetched_at
+                .is_none_or(|at| now.saturating_sub(at) >= nanos(self.inner.cfg.refresh_interval));
+            (s.keys.clone(), stale)
+        };
+        let Some(keys) = keys else {
+            return self
+                .refresh()
+                .await
+                .map_err(tenancy_core::Error::unavailable);
+        };
+        if stale
+            && !matches!(self.breaker(), BreakerState::Open { .. })
+            && let Ok(_guard) = self.inner.fetch_lock.try_lock()
+        {
+            // Stale and nobody fetching: refresh inline; on failure keep serving cached keys.
+            if let Ok(k) = self.fetch_locked().await {
+                return Ok(self.unknown_kid(k, kid).await);
+            }
+        }
+        Ok(self.unknown_kid(keys, kid).await)
+    }
+
+    async fn unknown_kid(&self, keys: Arc<KeySet>, kid: Option<&str>) -> Arc<KeySet> {
+        let Some(kid) = kid else { return keys };
+        if keys.get(kid).is_some() {
+            return keys;
+        }
+        let now = self.now();
+        {
+            let mut s = self.write();
+            let min = nanos(self.inner.cfg.min_refresh_interval);
+            if s.last_kid_refresh
+                .is_some_and(|at| now.saturating_sub(at) < min)
+            {
+                return keys;
+            }
+            s.last_kid_refresh = Some(now);
+        }
+        match self.refresh().await {
+            Ok(k) => k,
+            Err(_) => keys,
+        }
+    }
+
+    /// The source's health: `Up` with a fresh set, `Degraded` while serving a cached set
+    /// after failed fetches, `Down` when no set was ever fetched and fetching fails.
+    pub fn health(&self) -> Health {
+        let now = self.now();
+        let breaker = self.breaker();
+        let s = self.read();
+        let keys = s.keys.as_ref().map_or(0, |k| k.len() as u64);
+        let mut h = match (&s.keys, s.consecutive_failures) {
+            (Some(_), 0) => Health::up(),
+            (Some(_), n) => Health::degraded(format!(
+                "serving cached keys after {n} failed fetches ({})",
+                s.last_error.as_deref().unwrap_or("unknown error")
+            )),
+            (None, 0) => Health::up().with_figure("not_fetched_yet", 1),
+            (None, n) => Health::down(format!(
+                "no key set: {n} failed fetches ({})",
+                s.last_error.as_deref().unwrap_or("unknown error")
+            )),
+        };
+        let breaker_figure = match breaker {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open { .. } => 2,
+        };
+        h = h
+            .with_figure("keys", keys)
+            .with_figure("skipped_keys", s.skipped_keys as u64)
+            .with_figure("consecutive_failures", u64::from(s.consecutive_failures))
+            .with_figure("fetches", s.fetches)
+            .with_figure("failures", s.failures)
+            .with_figure("breaker", breaker_figure);
+        if let Some(at) = s.fetched_at {
+            h = h.with_figure("age_secs", now.saturating_sub(at) / 1_000_000_000);
+        }
+        h
+    }
+}
+
+fn error_chain(e: &Error) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[async_trait]
+impl HealthCheck for JwksKeySet {
+    fn component(&self) -> &str {
+        "jwks"
+    }
+
+    async fn check(&self) -> Health {
+        self.health()
+    }
+}

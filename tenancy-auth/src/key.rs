@@ -1,0 +1,627 @@
+//! Keys: [`VerifyKey`] (a public key or shared secret bound to one algorithm), [`KeySet`]
+//! (several keys at once, found by `kid`, for rotation) and [`SigningKey`] (for
+//! [`TokenIssuer`](crate::TokenIssuer)).
+//!
+//! Every key is bound to exactly one [`Algorithm`] when it is loaded, so a token cannot pick
+//! how its key is used: an RSA public key can never serve as an HMAC secret, whatever the
+//! token's header says.
+//!
+//! ```
+//! use tenancy_auth::{Algorithm, KeySet, SigningKey, VerifyKey};
+//!
+//! let secret = b"0123456789abcdef0123456789abcdef-example";
+//! let old = VerifyKey::hmac(secret, Algorithm::HS256)?.with_kid("2024-01");
+//! let new = SigningKey::hmac(b"another secret that is long enough!!", Algorithm::HS256)?
+//!     .with_kid("2024-02");
+//! let keys = KeySet::new().with(old).with(new.verify_key()?);
+//! assert_eq!(keys.len(), 2);
+//! assert!(keys.get("2024-02").is_some());
+//! # Ok::<(), tenancy_auth::Error>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{AlgorithmFamily, DecodingKey, EncodingKey};
+use serde::Deserialize;
+
+pub use jsonwebtoken::Algorithm;
+
+use crate::error::{Error, Result};
+
+/// Smallest RSA modulus accepted, in bits.
+///
+/// Why this default: 2048 bits is the floor in current guidance (NIST SP 800-131A, RFC 7518
+/// §3.3); smaller moduli are factorable by a determined attacker.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// All algorithms this crate knows, in a stable order.
+pub const ALL_ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// The JOSE name of an algorithm (`"HS256"`, `"EdDSA"`, ...).
+pub fn algorithm_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        // `Algorithm` is non-exhaustive; EdDSA is the only other one today.
+        _ => "EdDSA",
+    }
+}
+
+/// A set of algorithms as a bit mask (cheap to copy and test).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AlgSet(u16);
+
+impl AlgSet {
+    fn bit(alg: Algorithm) -> u16 {
+        let i = ALL_ALGORITHMS.iter().position(|a| *a == alg).unwrap_or(15);
+        1 << i
+    }
+    pub(crate) fn insert(&mut self, alg: Algorithm) {
+        self.0 |= Self::bit(alg);
+    }
+    pub(crate) fn contains(self, alg: Algorithm) -> bool {
+        self.0 & Self::bit(alg) != 0
+    }
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub(crate) fn iter(self) -> impl Iterator<Item = Algorithm> {
+        ALL_ALGORITHMS
+            .into_iter()
+            .filter(move |a| self.contains(*a))
+    }
+}
+
+impl fmt::Debug for AlgSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries(self.iter().map(algorithm_name))
+            .finish()
+    }
+}
+
+impl FromIterator<Algorithm> for AlgSet {
+    fn from_iter<I: IntoIterator<Item = Algorithm>>(iter: I) -> Self {
+        let mut s = Self::default();
+        for a in iter {
+            s.insert(a);
+        }
+        s
+    }
+}
+
+fn hmac_min_len(alg: Algorithm) -> usize {
+    match alg {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
+    }
+}
+
+fn check_family(alg: Algorithm, family: AlgorithmFamily) -> Result<()> {
+    if alg.family() == family {
+        Ok(())
+    } else {
+        Err(Error::WeakKey {
+            alg,
+            reason: "the key is of another family than the algorithm",
+        })
+    }
+}
+
+fn check_hmac(secret: &[u8], alg: Algorithm) -> Result<()> {
+    check_family(alg, AlgorithmFamily::Hmac)?;
+    if secret.len() < hmac_min_len(alg) {
+        return Err(Error::WeakKey {
+            alg,
+            reason: "HMAC secret shorter than the hash output (RFC 7518 §3.2)",
+        });
+    }
+    Ok(())
+}
+
+/// Checks an asymmetric public key against its algorithm: RSA modulus size, EC curve.
+fn check_public(key: &DecodingKey, alg: Algorithm) -> Result<()> {
+    check_family(alg, key.family())?;
+    let jwk =
+        Jwk::from_decoding_key(key, Some(alg)).map_err(|e| Error::invalid_key("public", e))?;
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            let n = URL_SAFE_NO_PAD
+                .decode(&p.n)
+                .map_err(|e| Error::invalid_key("RSA", e))?;
+            let leading = n.iter().take_while(|b| **b == 0).count();
+            let bits = (n.len() - leading) * 8;
+            if bits < MIN_RSA_BITS {
+                return Err(Error::WeakKey {
+                    alg,
+                    reason: "RSA modulus shorter than 2048 bits",
+                });
+            }
+        }
+        AlgorithmParameters::EllipticCurve(p) => {
+            let expected = match alg {
+                Algorithm::ES256 => EllipticCurve::P256,
+                _ => EllipticCurve::P384,
+            };
+            if p.curve != expected {
+                return Err(Error::WeakKey {
+                    alg,
+                    reason: "the EC key is on another curve than the algorithm's",
+                });
+            }
+        }
+        AlgorithmParameters::OctetKeyPair(p) => {
+            if p.curve != EllipticCurve::Ed25519 {
+                return Err(Error::WeakKey {
+                    alg,
+                    reason: "only Ed25519 keys are supported for EdDSA",
+                });
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn der_to_pem(der: &[u8], label: &str) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+/// A verification key: a public key (or an HMAC secret) bound to one algorithm, with an
+/// optional key id.
+#[derive(Clone)]
+pub struct VerifyKey {
+    kid: Option<Arc<str>>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("alg", &algorithm_name(self.alg))
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyKey {
+    /// An HMAC secret for `HS256`, `HS384` or `HS512`.
+    ///
+    /// Refused when shorter than the hash output (32, 48 or 64 bytes): RFC 7518 §3.2 requires
+    /// it, and a short secret can be brute-forced from a single token.
+    pub fn hmac(secret: &[u8], alg: Algorithm) -> Result<Self> {
+        check_hmac(secret, alg)?;
+        Ok(Self::new(DecodingKey::from_secret(secret), alg))
+    }
+
+    /// An RSA public key in PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`), for `RS*` or `PS*`.
+    /// Moduli under [`MIN_RSA_BITS`] are refused.
+    pub fn rsa_pem(pem: &[u8], alg: Algorithm) -> Result<Self> {
+        let key = DecodingKey::from_rsa_pem(pem).map_err(|e| Error::invalid_key("RSA PEM", e))?;
+        check_public(&key, alg)?;
+        Ok(Self::new(key, alg))
+    }
+
+    /// An RSA public key in DER: SubjectPublicKeyInfo or PKCS#1 `RSAPublicKey`.
+    pub fn rsa_der(der: &[u8], alg: Algorithm) -> Result<Self> {
+        Self::rsa_pem(der_to_pem(der, "PUBLIC KEY").as_bytes(), alg)
+            .or_else(|_| Self::rsa_pem(der_to_pem(der, "RSA PUBLIC KEY").as_bytes(), alg))
+    }
+
+    /// An EC public key in PEM (`PUBLIC KEY`): P-256 for `ES256`, P-384 for `ES384`.
+    pub fn ec_pem(pem: &[u8], alg: Algorithm) -> Result<Self> {
+        let key = DecodingKey::from_ec_pem(pem).map_err(|e| Error::invalid_key("EC PEM", e))?;
+        check_public(&key, alg)?;
+        Ok(Self::new(key, alg))
+    }
+
+    /// An EC public key in DER (SubjectPublicKeyInfo).
+    pub fn ec_der(der: &[u8], alg: Algorithm) -> Result<Self> {
+        Self::ec_pem(der_to_pem(der, "PUBLIC KEY").as_bytes(), alg)
+    }
+
+    /// An Ed25519 public key in PEM (`PUBLIC KEY`), for `EdDSA`.
+    pub fn ed_pem(pem: &[u8]) -> Result<Self> {
+        let key =
+            DecodingKey::from_ed_pem(pem).map_err(|e| Error::invalid_key("Ed25519 PEM", e))?;
+        check_public(&key, Algorithm::EdDSA)?;
+        Ok(Self::new(key, Algorithm::EdDSA))
+    }
+
+    /// An Ed25519 public key in DER (SubjectPublicKeyInfo).
+    pub fn ed_der(der: &[u8]) -> Result<Self> {
+        Self::ed_pem(der_to_pem(der, "PUBLIC KEY").as_bytes())
+    }
+
+    /// A key from one JSON Web Key (RFC 7517).
+    ///
+    /// The key's `kid` is kept. Without an `alg` member the algorithm follows the key type:
+    /// `RS256` for RSA, `ES256`/`ES384` by curve, `EdDSA` for Ed25519, `HS256` for `oct`. A key
+    /// whose `use` is not `sig`, or whose `key_ops` do not include `verify`, is refused.
+    pub fn from_jwk(json: &[u8]) -> Result<Self> {
+        let raw: RawJwk = serde_json::from_slice(json).map_err(|e| Error::invalid_key("JWK", e))?;
+        raw.into_key()
+    }
+
+    fn new(key: DecodingKey, alg: Algorithm) -> Self {
+        Self {
+            kid: None,
+            alg,
+            key,
+        }
+    }
+
+    /// With this key id (`kid`), matched against the token header's `kid`.
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.kid = Some(Arc::from(kid.into()));
+        self
+    }
+
+    /// The key id, if any.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// The one algorithm this key verifies.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+}
+
+/// One JWK as found in a JWKS document. Unknown members are ignored; duplicates refused.
+#[derive(Deserialize)]
+pub(crate) struct RawJwk {
+    kty: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default, rename = "use")]
+    use_: Option<String>,
+    #[serde(default)]
+    key_ops: Option<Vec<String>>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
+    #[serde(default)]
+    k: Option<String>,
+}
+
+fn b64_field(v: Option<&String>, what: &'static str) -> Result<Vec<u8>> {
+    let s = v.ok_or_else(|| Error::invalid_key(what, "missing member"))?;
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|e| Error::invalid_key(what, e))
+}
+
+impl RawJwk {
+    pub(crate) fn into_key(self) -> Result<VerifyKey> {
+        if self.use_.as_deref().is_some_and(|u| u != "sig") {
+            return Err(Error::invalid_key("JWK", "`use` is not `sig`"));
+        }
+        if let Some(ops) = &self.key_ops
+            && !ops.iter().any(|o| o == "verify")
+        {
+            return Err(Error::invalid_key(
+                "JWK",
+                "`key_ops` does not allow `verify`",
+            ));
+        }
+        let named = match self.alg.as_deref() {
+            None => None,
+            Some(name) => Some(
+                name.parse::<Algorithm>()
+                    .map_err(|e| Error::invalid_key("JWK `alg`", e))?,
+            ),
+        };
+        let key = match self.kty.as_str() {
+            "RSA" => {
+                let alg = named.unwrap_or(Algorithm::RS256);
+                let n = b64_field(self.n.as_ref(), "JWK `n`")?;
+                let e = b64_field(self.e.as_ref(), "JWK `e`")?;
+                let key = DecodingKey::from_rsa_raw_components(&n, &e);
+                check_public(&key, alg)?;
+                VerifyKey::new(key, alg)
+            }
+            "EC" => {
+                let (alg, len) = match self.crv.as_deref() {
+                    Some("P-256") => (Algorithm::ES256, 32),
+                    Some("P-384") => (Algorithm::ES384, 48),
+                    _ => return Err(Error::invalid_key("JWK", "unsupported EC curve")),
+                };
+                if named.is_some_and(|n| n != alg) {
+                    return Err(Error::WeakKey {
+                        alg,
+                        reason: "JWK `alg` does not match its curve",
+                    });
+                }
+                let x = b64_field(self.x.as_ref(), "JWK `x`")?;
+                let y = b64_field(self.y.as_ref(), "JWK `y`")?;
+                if x.len() != len || y.len() != len {
+                    return Err(Error::invalid_key(
+                        "JWK",
+                        "EC coordinates of the wrong size",
+                    ));
+                }
+                let mut point = Vec::with_capacity(1 + 2 * len);
+                point.push(4);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                VerifyKey::new(DecodingKey::from_ec_der(&point), alg)
+            }
+            "OKP" => {
+                if self.crv.as_deref() != Some("Ed25519") {
+                    return Err(Error::invalid_key("JWK", "unsupported OKP curve"));
+                }
+                if named.is_some_and(|n| n != Algorithm::EdDSA) {
+                    return Err(Error::WeakKey {
+                        alg: Algorithm::EdDSA,
+                        reason: "JWK `alg` does not match an Ed25519 key",
+                    });
+                }
+                let x = b64_field(self.x.as_ref(), "JWK `x`")?;
+                if x.len() != 32 {
+                    return Err(Error::invalid_key("JWK", "Ed25519 key of the wrong size"));
+                }
+                VerifyKey::new(DecodingKey::from_ed_der(&x), Algorithm::EdDSA)
+            }
+            "oct" => {
+                let alg = named.unwrap_or(Algorithm::HS256);
+                let k = b64_field(self.k.as_ref(), "JWK `k`")?;
+                VerifyKey::hmac(&k, alg)?
+            }
+            _ => return Err(Error::invalid_key("JWK", "unsupported key type")),
+        };
+        Ok(match self.kid {
+            Some(kid) => key.with_kid(kid),
+            None => key,
+        })
+    }
+}
+
+/// Several verification keys at once, found by `kid`: during a rotation both the old and the
+/// new key verify.
+///
+/// A key added with a `kid` that is already present replaces the older one.
+#[derive(Clone, Debug, Default)]
+pub struct KeySet {
+    keys: Vec<VerifyKey>,
+}
+
+impl KeySet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With `key` added (replacing a key of the same `kid`).
+    pub fn with(mut self, key: VerifyKey) -> Self {
+        self.insert(key);
+        self
+    }
+
+    /// Adds `key` (replacing a key of the same `kid`).
+    pub fn insert(&mut self, key: VerifyKey) {
+        if let Some(kid) = key.kid() {
+            self.keys.retain(|k| k.kid() != Some(kid));
+        }
+        self.keys.push(key);
+    }
+
+    /// Removes the key with this `kid`; `true` when there was one.
+    pub fn remove(&mut self, kid: &str) -> bool {
+        let before = self.keys.len();
+        self.keys.retain(|k| k.kid() != Some(kid));
+        before != self.keys.len()
+    }
+
+    /// The key with this `kid`.
+    pub fn get(&self, kid: &str) -> Option<&VerifyKey> {
+        self.keys.iter().find(|k| k.kid() == Some(kid))
+    }
+
+    /// Every key.
+    pub fn iter(&self) -> impl Iterator<Item = &VerifyKey> {
+        self.keys.iter()
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Reads a JWKS document (`{"keys":[...]}`).
+    ///
+    /// Keys this crate cannot use (encryption keys, unknown types or curves, RSA under 2048
+    /// bits) are skipped, so that one exotic key does not take the whole set down; the number
+    /// skipped is returned beside the set. A document that is not a JWKS is an error.
+    pub fn from_jwks(json: &[u8]) -> Result<(Self, usize)> {
+        #[derive(Deserialize)]
+        struct Doc {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Doc = serde_json::from_slice(json).map_err(|e| Error::InvalidKeySet(e.into()))?;
+        let mut set = Self::new();
+        let mut skipped = 0;
+        for v in doc.keys {
+            match serde_json::from_value::<RawJwk>(v)
+                .map_err(|e| Error::invalid_key("JWK", e))
+                .and_then(RawJwk::into_key)
+            {
+                Ok(k) => set.insert(k),
+                Err(_) => skipped += 1,
+            }
+        }
+        Ok((set, skipped))
+    }
+
+    pub(crate) fn algorithms(&self) -> AlgSet {
+        self.keys.iter().map(|k| k.alg).collect()
+    }
+}
+
+/// A signing key (private key or HMAC secret) bound to one algorithm, with an optional `kid`.
+#[derive(Clone)]
+pub struct SigningKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: EncodingKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &algorithm_name(self.alg))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// An HMAC secret (at least 32, 48 or 64 bytes for HS256, HS384, HS512).
+    pub fn hmac(secret: &[u8], alg: Algorithm) -> Result<Self> {
+        check_hmac(secret, alg)?;
+        Ok(Self::new(EncodingKey::from_secret(secret), alg))
+    }
+
+    /// An RSA private key in PEM (PKCS#1 `RSA PRIVATE KEY` or PKCS#8 `PRIVATE KEY`).
+    pub fn rsa_pem(pem: &[u8], alg: Algorithm) -> Result<Self> {
+        let key =
+            EncodingKey::from_rsa_pem(pem).map_err(|e| Error::invalid_key("RSA private PEM", e))?;
+        Self::checked(key, alg)
+    }
+
+    /// An EC private key in PKCS#8 PEM (`PRIVATE KEY`), P-256 or P-384.
+    pub fn ec_pem(pem: &[u8], alg: Algorithm) -> Result<Self> {
+        let key =
+            EncodingKey::from_ec_pem(pem).map_err(|e| Error::invalid_key("EC private PEM", e))?;
+        Self::checked(key, alg)
+    }
+
+    /// An Ed25519 private key in PKCS#8 PEM (`PRIVATE KEY`).
+    pub fn ed_pem(pem: &[u8]) -> Result<Self> {
+        let key = EncodingKey::from_ed_pem(pem)
+            .map_err(|e| Error::invalid_key("Ed25519 private PEM", e))?;
+        Self::checked(key, Algorithm::EdDSA)
+    }
+
+    fn checked(key: EncodingKey, alg: Algorithm) -> Result<Self> {
+        let this = Self::new(key, alg);
+        // Derive the public half now: it validates the key against the algorithm.
+        this.verify_key()?;
+        Ok(this)
+    }
+
+    fn new(key: EncodingKey, alg: Algorithm) -> Self {
+        Self {
+            kid: None,
+            alg,
+            key,
+        }
+    }
+
+    /// With this key id, written into every token's header.
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.kid = Some(kid.into());
+        self
+    }
+
+    /// The key id, if any.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// The algorithm this key signs with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The matching verification key (the public half, or the same secret for HMAC), with the
+    /// same `kid`.
+    pub fn verify_key(&self) -> Result<VerifyKey> {
+        let key = if self.alg.family() == AlgorithmFamily::Hmac {
+            check_family(self.alg, self.key.family())?;
+            VerifyKey::new(DecodingKey::from_secret(self.key.as_bytes()), self.alg)
+        } else {
+            let jwk = Jwk::from_encoding_key(&self.key, self.alg)
+                .map_err(|e| Error::invalid_key("private", e))?;
+            let key = DecodingKey::from_jwk(&jwk).map_err(|e| Error::invalid_key("private", e))?;
+            check_public(&key, self.alg)?;
+            VerifyKey::new(key, self.alg)
+        };
+        Ok(match &self.kid {
+            Some(kid) => key.with_kid(kid.clone()),
+            None => key,
+        })
+    }
+
+    /// The public key as a JWK (JSON), for publishing in a JWKS; `None` for HMAC secrets,
+    /// which must never be published.
+    pub fn public_jwk(&self) -> Result<Option<serde_json::Value>> {
+        if self.alg.family() == AlgorithmFamily::Hmac {
+            return Ok(None);
+        }
+        let mut jwk = Jwk::from_encoding_key(&self.key, self.alg)
+            .map_err(|e| Error::invalid_key("private", e))?;
+        jwk.common.key_id = self.kid.clone();
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        serde_json::to_value(&jwk)
+            .map(Some)
+            .map_err(|e| Error::invalid_key("JWK", e))
+    }
+
+    pub(crate) fn encoding_key(&self) -> &EncodingKey {
+        &self.key
+    }
+}

@@ -1,0 +1,670 @@
+//! [`JwtVerifier`]: the [`TokenVerifier`] for JWT access tokens.
+//!
+//! What it checks, in order, and the [`TokenRejection`] each failure gives:
+//!
+//! | step | refusal |
+//! |---|---|
+//! | length over the limit (8 KiB by default), before any decoding | `Oversized` |
+//! | not three base64url segments, bad base64, header not a JSON object, duplicate header members, a `crit` header | `Malformed` |
+//! | `alg` outside the allowed set (`none` is never in it) | `AlgorithmNotAllowed` |
+//! | with several issuers: `iss` names none of them | `UnknownIssuer` |
+//! | no key with the header's `kid` (after a permitted JWKS refresh), or none for its `alg` | `UnknownKey` |
+//! | the key found is bound to another algorithm than the header's | `AlgorithmNotAllowed` |
+//! | signature does not verify (stripped, flipped byte, wrong key) | `BadSignature` |
+//! | claims not a JSON object or with duplicate members; a required claim missing or mistyped | `Malformed`, `MissingClaim`, `InvalidClaim` |
+//! | `exp` passed, `nbf` or `iat` in the future (each beyond the leeway) | `Expired`, `NotYetValid` |
+//! | `iss` not the issuer whose keys verified it, or that issuer not trusted for the token's tenant | `WrongIssuer` |
+//! | `aud` without any of the configured audiences | `WrongAudience` |
+//! | `jti` on the denylist | `Revoked` |
+//! | the `sid` session has ended | `SessionEnded` |
+//!
+//! A JWKS provider that is down while no key set has ever been fetched gives
+//! [`Error::Unavailable`]; a session store or denylist failure is passed on as it is (fail
+//! closed).
+//!
+//! ```
+//! use tenancy_auth::{Algorithm, JwtVerifier, KeySet, SigningKey, TokenIssuer};
+//! use tenancy_core::{TokenRejection, TokenVerifier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = SigningKey::hmac(b"0123456789abcdef0123456789abcdef", Algorithm::HS256)?;
+//! let verifier = JwtVerifier::builder()
+//!     .issuer("https://id.example", KeySet::new().with(key.verify_key()?))
+//!     .audience("api")
+//!     .build()?;
+//!
+//! let issuer = TokenIssuer::builder(key, "https://id.example", "api").build()?;
+//! let token = issuer.access_token(
+//!     &"acme".parse()?, &"alice".parse()?, &"user".parse()?,
+//!     &["records:read".parse()?].into_iter().collect(), None,
+//! )?;
+//! let claims = verifier.verify(&token).await?;
+//! assert_eq!(claims.tenant_id.as_str(), "acme");
+//!
+//! let refused = verifier.verify("e30.e30.").await.unwrap_err();
+//! assert!(matches!(refused, tenancy_core::Error::Rejected(TokenRejection::Malformed)));
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use tenancy_core::{
+    Claims, Error, Health, HealthCheck, HealthStatus, Result, SessionStore, SharedClock, TenantId,
+    TokenRejection, TokenVerifier, system_clock,
+};
+
+use crate::cache::{CacheStats, VerificationCache, digest};
+use crate::key::{AlgSet, Algorithm, KeySet, VerifyKey, algorithm_name};
+use crate::revocation::Denylist;
+
+/// Default largest token accepted, in bytes.
+///
+/// Why this default: access tokens are a few hundred bytes to 2 KiB; 8 KiB leaves room for
+/// long permission lists while bounding the work an attacker can make us do per request
+/// (base64 and JSON decoding happen only after this check).
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Default clock leeway for `exp`, `nbf` and `iat`.
+///
+/// Why this default: 30 seconds absorbs ordinary clock drift between the issuer and this
+/// server while keeping an expired token's extra life short.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Default verification cache capacity (entries).
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
+fn reject(r: TokenRejection) -> Error {
+    Error::Rejected(r)
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// A fixed set of keys.
+    Static(Arc<KeySet>),
+    /// Keys fetched from a JWKS URL and kept fresh.
+    #[cfg(feature = "jwks")]
+    Jwks(crate::jwks::JwksKeySet),
+}
+
+impl From<KeySet> for KeySource {
+    fn from(k: KeySet) -> Self {
+        Self::Static(Arc::new(k))
+    }
+}
+
+impl From<VerifyKey> for KeySource {
+    fn from(k: VerifyKey) -> Self {
+        Self::Static(Arc::new(KeySet::new().with(k)))
+    }
+}
+
+#[cfg(feature = "jwks")]
+impl From<crate::jwks::JwksKeySet> for KeySource {
+    fn from(k: crate::jwks::JwksKeySet) -> Self {
+        Self::Jwks(k)
+    }
+}
+
+/// One trusted issuer: its name, its keys and, optionally, the tenants it may speak for.
+#[derive(Debug, Clone)]
+struct TrustedIssuer {
+    iss: String,
+    keys: KeySource,
+    tenants: Option<HashSet<TenantId>>,
+}
+
+/// Builds a [`JwtVerifier`]; see [`JwtVerifier::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct JwtVerifierBuilder {
+    issuers: Vec<TrustedIssuer>,
+    audiences: Vec<String>,
+    algorithms: Option<AlgSet>,
+    leeway: Duration,
+    max_len: usize,
+    cache_capacity: usize,
+    denylist: Option<Arc<dyn Denylist>>,
+    sessions: Option<Arc<dyn SessionStore>>,
+    require_session: bool,
+    clock: SharedClock,
+}
+
+impl JwtVerifierBuilder {
+    /// Trusts tokens from `iss` signed by one of `keys` (a [`KeySet`], a single
+    /// [`VerifyKey`] or a JWKS source), for any tenant.
+    pub fn issuer(mut self, iss: impl Into<String>, keys: impl Into<KeySource>) -> Self {
+        self.issuers.push(TrustedIssuer {
+            iss: iss.into(),
+            keys: keys.into(),
+            tenants: None,
+        });
+        self
+    }
+
+    /// Trusts tokens from `iss` signed by one of `keys` only for the listed tenants: a tenant
+    /// that brings its own identity provider cannot mint tokens for anyone else.
+    pub fn tenant_issuer(
+        mut self,
+        iss: impl Into<String>,
+        keys: impl Into<KeySource>,
+        tenants: impl IntoIterator<Item = TenantId>,
+    ) -> Self {
+        self.issuers.push(TrustedIssuer {
+            iss: iss.into(),
+            keys: keys.into(),
+            tenants: Some(tenants.into_iter().collect()),
+        });
+        self
+    }
+
+    /// Accepts tokens whose `aud` contains `aud` (call again to accept several). At least one
+    /// audience is required: a token meant for another service must not work here.
+    pub fn audience(mut self, aud: impl Into<String>) -> Self {
+        self.audiences.push(aud.into());
+        self
+    }
+
+    /// The algorithms a token header may name. Defaults to the algorithms of the static keys
+    /// given; JWKS-only verifiers must set it. `none` is not an algorithm here and can never
+    /// be allowed.
+    pub fn algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.algorithms = Some(algs.into_iter().collect());
+        self
+    }
+
+    /// Clock leeway for `exp`, `nbf` and `iat` (default [`DEFAULT_LEEWAY`]).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Largest token accepted, in bytes (default [`DEFAULT_MAX_TOKEN_LEN`]).
+    pub fn max_token_len(mut self, bytes: usize) -> Self {
+        self.max_len = bytes;
+        self
+    }
+
+    /// Verification cache capacity in entries (default [`DEFAULT_CACHE_CAPACITY`]; `0` turns
+    /// the cache off).
+    pub fn cache_capacity(mut self, entries: usize) -> Self {
+        self.cache_capacity = entries;
+        self
+    }
+
+    /// Refuses tokens whose `jti` is on `denylist`.
+    pub fn denylist(mut self, denylist: Arc<dyn Denylist>) -> Self {
+        self.denylist = Some(denylist);
+        self
+    }
+
+    /// Refuses tokens whose `sid` names a session that `store` no longer holds (logged out,
+    /// revoked, expired).
+    pub fn sessions(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.sessions = Some(store);
+        self
+    }
+
+    /// Also refuses tokens without a `sid` (`MissingClaim("sid")`). Needs
+    /// [`sessions`](Self::sessions).
+    pub fn require_session(mut self) -> Self {
+        self.require_session = true;
+        self
+    }
+
+    /// The clock for `exp`/`nbf`/`iat` checks (default: the system clock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the configuration and builds the verifier.
+    ///
+    /// Errors: no issuer, no audience, no allowed algorithm, the same issuer twice,
+    /// `require_session` without a session store, a maximum length under 64 bytes.
+    pub fn build(self) -> crate::Result<JwtVerifier> {
+        use crate::Error as E;
+        if self.issuers.is_empty() {
+            return Err(E::Config("at least one issuer is required"));
+        }
+        if self.audiences.is_empty() {
+            return Err(E::Config("at least one audience is required"));
+        }
+        let mut seen = HashSet::new();
+        if !self.issuers.iter().all(|i| seen.insert(i.iss.as_str())) {
+            return Err(E::Config("an issuer is configured twice"));
+        }
+        if self.require_session && self.sessions.is_none() {
+            return Err(E::Config("require_session needs a session store"));
+        }
+        if self.max_len < 64 {
+            return Err(E::Config("max_token_len must be at least 64 bytes"));
+        }
+        let algorithms = match self.algorithms {
+            Some(a) => a,
+            None => {
+                let mut all = AlgSet::default();
+                for i in &self.issuers {
+                    if let KeySource::Static(k) = &i.keys {
+                        for a in k.algorithms().iter() {
+                            all.insert(a);
+                        }
+                    }
+                }
+                all
+            }
+        };
+        if algorithms.is_empty() {
+            return Err(E::Config(
+                "no algorithm is allowed: give static keys or call algorithms()",
+            ));
+        }
+        let epoch = Arc::new(AtomicU64::new(0));
+        #[cfg(feature = "jwks")]
+        for i in &self.issuers {
+            if let KeySource::Jwks(j) = &i.keys {
+                j.attach_epoch(&epoch);
+            }
+        }
+        Ok(JwtVerifier {
+            inner: Arc::new(Inner {
+                issuers: self.issuers,
+                audiences: self.audiences,
+                algorithms,
+                leeway: i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX),
+                max_len: self.max_len,
+                cache: (self.cache_capacity > 0)
+                    .then(|| VerificationCache::new(self.cache_capacity)),
+                epoch,
+                denylist: self.denylist,
+                sessions: self.sessions,
+                require_session: self.require_session,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    issuers: Vec<TrustedIssuer>,
+    audiences: Vec<String>,
+    algorithms: AlgSet,
+    leeway: i64,
+    max_len: usize,
+    cache: Option<VerificationCache>,
+    /// Bumped by key sources when a key is retired; cache entries of older epochs are stale.
+    epoch: Arc<AtomicU64>,
+    denylist: Option<Arc<dyn Denylist>>,
+    sessions: Option<Arc<dyn SessionStore>>,
+    require_session: bool,
+    clock: SharedClock,
+}
+
+/// Verifies JWT access tokens: allowed algorithms, keys by issuer and `kid`, signature,
+/// strict claims, time, issuer, audience, revocation and session liveness, with a
+/// verification cache. Cheap to clone.
+///
+/// Build one with [`JwtVerifier::builder`]; see the [module docs](crate::verifier) for the
+/// checks and their rejection reasons.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("JwtVerifier")
+            .field(
+                "issuers",
+                &i.issuers.iter().map(|x| x.iss.as_str()).collect::<Vec<_>>(),
+            )
+            .field("audiences", &i.audiences)
+            .field("algorithms", &i.algorithms)
+            .field("leeway_secs", &i.leeway)
+            .field("max_len", &i.max_len)
+            .field("cache", &i.cache.as_ref().map(VerificationCache::stats))
+            .field("denylist", &i.denylist.is_some())
+            .field("sessions", &i.sessions.is_some())
+            .finish()
+    }
+}
+
+/// The header members we read. Deserialising into a struct refuses duplicate members.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<serde_json::Value>,
+    kid: Option<serde_json::Value>,
+    crit: Option<IgnoredAny>,
+}
+
+/// Only `iss`, to choose among several issuers before verifying.
+#[derive(Deserialize)]
+struct IssOnly {
+    iss: Option<serde_json::Value>,
+}
+
+fn b64(segment: &str) -> Result<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| reject(TokenRejection::Malformed))
+}
+
+fn parse_alg(name: &str) -> Option<Algorithm> {
+    crate::key::ALL_ALGORITHMS
+        .into_iter()
+        .find(|a| algorithm_name(*a) == name)
+}
+
+struct Parts<'a> {
+    message: &'a str,
+    signature: &'a str,
+    payload: Vec<u8>,
+    alg: Algorithm,
+    kid: Option<String>,
+}
+
+impl JwtVerifier {
+    /// A builder with the secure defaults: 30 s leeway, 8 KiB limit, a 10 000-entry cache, no
+    /// denylist and no session check.
+    pub fn builder() -> JwtVerifierBuilder {
+        JwtVerifierBuilder {
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            algorithms: None,
+            leeway: DEFAULT_LEEWAY,
+            max_len: DEFAULT_MAX_TOKEN_LEN,
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            denylist: None,
+            sessions: None,
+            require_session: false,
+            clock: system_clock(),
+        }
+    }
+
+    /// Figures about the verification cache (all zero when it is off).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner
+            .cache
+            .as_ref()
+            .map(VerificationCache::stats)
+            .unwrap_or_default()
+    }
+
+    /// Empties the verification cache (for example after revoking a key by hand).
+    pub fn clear_cache(&self) {
+        if let Some(c) = &self.inner.cache {
+            c.clear();
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.clock.now().unix_timestamp()
+    }
+
+    /// Verifies `token` without the verification cache (the signature is always checked).
+    /// Revocation and session liveness are checked as in [`TokenVerifier::verify`].
+    pub async fn verify_uncached(&self, token: &str) -> Result<Claims> {
+        let claims = self.verify_signed(token).await?;
+        self.check_live(&claims).await?;
+        Ok(claims)
+    }
+
+    /// Splits and decodes the header; the payload is decoded here too (it is needed either
+    /// way).
+    fn split<'a>(&self, token: &'a str) -> Result<Parts<'a>> {
+        if token.len() > self.inner.max_len {
+            return Err(reject(TokenRejection::Oversized));
+        }
+        let mut it = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (it.next(), it.next(), it.next(), it.next()) else {
+            return Err(reject(TokenRejection::Malformed));
+        };
+        if h.is_empty() || p.is_empty() {
+            return Err(reject(TokenRejection::Malformed));
+        }
+        let header: RawHeader =
+            serde_json::from_slice(&b64(h)?).map_err(|_| reject(TokenRejection::Malformed))?;
+        if header.crit.is_some() {
+            // We understand no extension, so a critical one must be refused (RFC 7515 §4.1.11).
+            return Err(reject(TokenRejection::Malformed));
+        }
+        let alg = match header.alg {
+            Some(serde_json::Value::String(name)) => parse_alg(&name)
+                .filter(|a| self.inner.algorithms.contains(*a))
+                .ok_or(reject(TokenRejection::AlgorithmNotAllowed))?,
+            _ => return Err(reject(TokenRejection::Malformed)),
+        };
+        let kid = match header.kid {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(k)) => Some(k),
+            Some(_) => return Err(reject(TokenRejection::Malformed)),
+        };
+        let payload = b64(p)?;
+        Ok(Parts {
+            message: &token[..h.len() + 1 + p.len()],
+            signature: s,
+            payload,
+            alg,
+            kid,
+        })
+    }
+
+    fn choose_issuer(&self, payload: &[u8]) -> Result<&TrustedIssuer> {
+        let issuers = &self.inner.issuers;
+        if let [only] = issuers.as_slice() {
+            return Ok(only);
+        }
+        let peek: IssOnly =
+            serde_json::from_slice(payload).map_err(|_| reject(TokenRejection::Malformed))?;
+        let iss = match peek.iss {
+            None | Some(serde_json::Value::Null) => {
+                return Err(reject(TokenRejection::MissingClaim("iss")));
+            }
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(reject(TokenRejection::InvalidClaim("iss"))),
+        };
+        issuers
+            .iter()
+            .find(|i| i.iss == iss)
+            .ok_or(reject(TokenRejection::UnknownIssuer))
+    }
+
+    async fn keys(&self, source: &KeySource, kid: Option<&str>) -> Result<Arc<KeySet>> {
+        match source {
+            KeySource::Static(k) => Ok(Arc::clone(k)),
+            #[cfg(feature = "jwks")]
+            KeySource::Jwks(j) => j.keys_for(kid).await,
+        }
+    }
+
+    /// Every check that depends on the token alone (cacheable).
+    async fn verify_signed(&self, token: &str) -> Result<Claims> {
+        let parts = self.split(token)?;
+        let issuer = self.choose_issuer(&parts.payload)?;
+        let keys = self.keys(&issuer.keys, parts.kid.as_deref()).await?;
+        let verified = match parts.kid.as_deref() {
+            Some(kid) => {
+                let key = keys.get(kid).ok_or(reject(TokenRejection::UnknownKey))?;
+                if key.algorithm() != parts.alg {
+                    return Err(reject(TokenRejection::AlgorithmNotAllowed));
+                }
+                check_signature(&parts, key)?
+            }
+            None => {
+                let mut candidates = keys.iter().filter(|k| k.algorithm() == parts.alg);
+                let first = candidates
+                    .next()
+                    .ok_or(reject(TokenRejection::UnknownKey))?;
+                let mut ok = check_signature(&parts, first)?;
+                for k in candidates {
+                    if ok {
+                        break;
+                    }
+                    ok = check_signature(&parts, k)?;
+                }
+                ok
+            }
+        };
+        if !verified {
+            return Err(reject(TokenRejection::BadSignature));
+        }
+        let claims = Claims::from_json(&parts.payload).map_err(reject)?;
+        self.check_claims(issuer, &claims)?;
+        Ok(claims)
+    }
+
+    fn check_claims(&self, issuer: &TrustedIssuer, claims: &Claims) -> Result<()> {
+        let now = self.now();
+        let leeway = self.inner.leeway;
+        if now >= claims.exp.saturating_add(leeway) {
+            return Err(reject(TokenRejection::Expired));
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
+            return Err(reject(TokenRejection::NotYetValid));
+        }
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now.saturating_add(leeway))
+        {
+            return Err(reject(TokenRejection::NotYetValid));
+        }
+        if claims.iss != issuer.iss {
+            return Err(reject(TokenRejection::WrongIssuer));
+        }
+        if let Some(tenants) = &issuer.tenants
+            && !tenants.contains(&claims.tenant_id)
+        {
+            return Err(reject(TokenRejection::WrongIssuer));
+        }
+        if !self.inner.audiences.iter().any(|a| claims.aud.contains(a)) {
+            return Err(reject(TokenRejection::WrongAudience));
+        }
+        Ok(())
+    }
+
+    /// Revocation and session liveness: never cached.
+    async fn check_live(&self, claims: &Claims) -> Result<()> {
+        if let (Some(list), Some(jti)) = (&self.inner.denylist, &claims.jti)
+            && list.is_revoked(&claims.tenant_id, jti).await?
+        {
+            return Err(reject(TokenRejection::Revoked));
+        }
+        if let Some(store) = &self.inner.sessions {
+            match &claims.sid {
+                Some(sid) => {
+                    if store.load(&claims.tenant_id, sid).await?.is_none() {
+                        return Err(reject(TokenRejection::SessionEnded));
+                    }
+                }
+                None if self.inner.require_session => {
+                    return Err(reject(TokenRejection::MissingClaim("sid")));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_signature(parts: &Parts<'_>, key: &VerifyKey) -> Result<bool> {
+    match jsonwebtoken::crypto::verify(
+        parts.signature,
+        parts.message.as_bytes(),
+        key.decoding_key(),
+        parts.alg,
+    ) {
+        Ok(ok) => Ok(ok),
+        Err(e) => match e.kind() {
+            jsonwebtoken::errors::ErrorKind::Base64(_) => Err(reject(TokenRejection::Malformed)),
+            // A key that cannot be used with this algorithm at verify time: the signature
+            // cannot be valid under it.
+            _ => Ok(false),
+        },
+    }
+}
+
+#[async_trait]
+impl TokenVerifier for JwtVerifier {
+    async fn verify(&self, token: &str) -> Result<Claims> {
+        let claims = match &self.inner.cache {
+            Some(cache) => {
+                if token.len() > self.inner.max_len {
+                    return Err(reject(TokenRejection::Oversized));
+                }
+                let key = digest(token);
+                let now = self.now();
+                let epoch = self.inner.epoch.load(Ordering::Acquire);
+                match cache.get(&key, now, epoch) {
+                    Some(c) => c,
+                    None => {
+                        let c = self.verify_signed(token).await?;
+                        cache.insert(key, &c, now, epoch);
+                        c
+                    }
+                }
+            }
+            None => self.verify_signed(token).await?,
+        };
+        self.check_live(&claims).await?;
+        Ok(claims)
+    }
+}
+
+#[async_trait]
+impl HealthCheck for JwtVerifier {
+    fn component(&self) -> &str {
+        "token_verifier"
+    }
+
+    /// `Up` with static keys; with JWKS sources, the worst of their states: `Degraded` while
+    /// serving cached keys during a provider outage, `Down` when a source has no key at all.
+    async fn check(&self) -> Health {
+        let mut status = HealthStatus::Up;
+        let mut notes = Vec::new();
+        #[cfg_attr(not(feature = "jwks"), allow(unused_mut))]
+        let mut keys = 0u64;
+        for i in &self.inner.issuers {
+            match &i.keys {
+                KeySource::Static(k) => keys += k.len() as u64,
+                #[cfg(feature = "jwks")]
+                KeySource::Jwks(j) => {
+                    let h = j.health();
+                    keys += h.figures.get("keys").copied().unwrap_or(0);
+                    if h.status > status {
+                        status = h.status;
+                    }
+                    if let Some(d) = h.detail {
+                        notes.push(format!("{}: {d}", i.iss));
+                    }
+                }
+            }
+        }
+        let stats = self.cache_stats();
+        Health {
+            status,
+            detail: (!notes.is_empty()).then(|| notes.join("; ")),
+            latency_ms: None,
+            figures: Default::default(),
+        }
+        .with_figure("issuers", self.inner.issuers.len() as u64)
+        .with_figure("keys", keys)
+        .with_figure("cache_entries", stats.entries as u64)
+        .with_figure("cache_hits", stats.hits)
+        .with_figure("cache_misses", stats.misses)
+    }
+}

@@ -1,0 +1,209 @@
+//! Positive paths: every algorithm verifies, key formats load, claims come through.
+
+mod common;
+
+use common::*;
+use tenancy_auth::{Algorithm, JwtVerifier, KeySet, VerifyKey};
+use tenancy_core::{TokenRejection, TokenVerifier};
+
+const ALGS: [Algorithm; 12] = tenancy_auth::key::ALL_ALGORITHMS;
+
+fn verifier_all(clock: &tenancy_core::ManualClock) -> JwtVerifier {
+    let mut keys = KeySet::new();
+    for alg in ALGS {
+        keys.insert(signing(alg).1);
+    }
+    JwtVerifier::builder()
+        .issuer(ISS, keys)
+        .audience(AUD)
+        .clock(shared(clock))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_algorithm_verifies() {
+    let clock = clock();
+    let v = verifier_all(&clock);
+    for alg in ALGS {
+        let t = token(alg, &claims(now(&clock)));
+        let c = v
+            .verify_uncached(&t)
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(c.tenant_id.as_str(), "acme");
+        assert_eq!(c.user_id.as_str(), "alice");
+        assert!(c.permissions.allows(&"records:write".parse().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn issuer_tokens_verify_for_each_signing_algorithm() {
+    let clock = clock();
+    let v = verifier_all(&clock);
+    for alg in ALGS {
+        let (sk, _) = signing(alg);
+        let issuer = tenancy_auth::TokenIssuer::builder(sk, ISS, AUD)
+            .clock(shared(&clock))
+            .build()
+            .unwrap();
+        let t = issuer
+            .access_token(
+                &"acme".parse().unwrap(),
+                &"bob".parse().unwrap(),
+                &"tenant_admin".parse().unwrap(),
+                &["audit:read".parse().unwrap()].into_iter().collect(),
+                None,
+            )
+            .unwrap();
+        let c = v
+            .verify(&t)
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(c.user_id.as_str(), "bob");
+        assert_eq!(c.exp, now(&clock) + 300);
+        assert!(c.jti.is_some());
+    }
+}
+
+#[tokio::test]
+async fn keys_load_from_pem_der_and_jwk() {
+    let clock = clock();
+    let rsa_der = VerifyKey::rsa_der(&key_bytes("rsa_public.der"), Algorithm::RS256).unwrap();
+    let ec_der = VerifyKey::ec_der(&key_bytes("ec256_public.der"), Algorithm::ES256).unwrap();
+    let ed_der = VerifyKey::ed_der(&key_bytes("ed_public.der")).unwrap();
+    let rsa_pem = VerifyKey::rsa_pem(&key_bytes("rsa_public.pem"), Algorithm::RS256).unwrap();
+    let ec_pem = VerifyKey::ec_pem(&key_bytes("ec256_public.pem"), Algorithm::ES256).unwrap();
+    let ed_pem = VerifyKey::ed_pem(&key_bytes("ed_public.pem")).unwrap();
+    for (alg, keys) in [
+        (Algorithm::RS256, [rsa_der, rsa_pem]),
+        (Algorithm::ES256, [ec_der, ec_pem]),
+        (Algorithm::EdDSA, [ed_der, ed_pem]),
+    ] {
+        for k in keys {
+            let k = k.with_kid(format!("k-{}", alg_name(alg)));
+            let v = JwtVerifier::builder()
+                .issuer(ISS, k)
+                .audience(AUD)
+                .clock(shared(&clock))
+                .build()
+                .unwrap();
+            v.verify(&token(alg, &claims(now(&clock)))).await.unwrap();
+        }
+    }
+    // JWKs, public halves exported by the signing keys.
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ] {
+        let (sk, _) = signing(alg);
+        let jwk = sk.public_jwk().unwrap().unwrap();
+        let k = VerifyKey::from_jwk(jwk.to_string().as_bytes()).unwrap();
+        assert_eq!(k.algorithm(), alg);
+        assert_eq!(k.kid(), sk.kid());
+        let v = JwtVerifier::builder()
+            .issuer(ISS, k)
+            .audience(AUD)
+            .clock(shared(&clock))
+            .build()
+            .unwrap();
+        v.verify(&token(alg, &claims(now(&clock)))).await.unwrap();
+    }
+}
+
+#[test]
+fn weak_and_mismatched_keys_are_refused_at_load() {
+    use tenancy_auth::Error;
+    let weak = |r: Result<VerifyKey, Error>| matches!(r, Err(Error::WeakKey { .. }));
+    assert!(weak(VerifyKey::hmac(&[1; 31], Algorithm::HS256)));
+    assert!(weak(VerifyKey::hmac(&[1; 47], Algorithm::HS384)));
+    assert!(weak(VerifyKey::hmac(&[1; 63], Algorithm::HS512)));
+    assert!(weak(VerifyKey::hmac(&[1; 64], Algorithm::RS256)));
+    assert!(weak(VerifyKey::rsa_pem(
+        &key_bytes("rsa1024_public.pem"),
+        Algorithm::RS256
+    )));
+    assert!(weak(VerifyKey::rsa_pem(
+        &key_bytes("rsa_public.pem"),
+        Algorithm::HS256
+    )));
+    assert!(weak(VerifyKey::ec_pem(
+        &key_bytes("ec256_public.pem"),
+        Algorithm::ES384
+    )));
+    assert!(matches!(
+        VerifyKey::rsa_pem(b"not a pem", Algorithm::RS256),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        VerifyKey::from_jwk(br#"{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}"#),
+        Err(Error::InvalidKey { .. })
+    ));
+}
+
+#[test]
+fn configuration_mistakes_are_refused() {
+    use tenancy_auth::Error;
+    let k = || signing(Algorithm::HS256).1;
+    assert!(matches!(
+        JwtVerifier::builder().audience(AUD).build(),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        JwtVerifier::builder().issuer(ISS, k()).build(),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        JwtVerifier::builder()
+            .issuer(ISS, k())
+            .issuer(ISS, k())
+            .audience(AUD)
+            .build(),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        JwtVerifier::builder()
+            .issuer(ISS, k())
+            .audience(AUD)
+            .require_session()
+            .build(),
+        Err(Error::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn leeway_applies_to_exp_and_nbf() {
+    let clock = clock();
+    let v = JwtVerifier::builder()
+        .issuer(ISS, signing(Algorithm::HS256).1)
+        .audience(AUD)
+        .leeway(std::time::Duration::from_secs(10))
+        .cache_capacity(0)
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    let n = now(&clock);
+    let mut c = claims(n);
+    c.insert("exp".into(), (n - 9).into());
+    v.verify(&token(Algorithm::HS256, &c)).await.unwrap();
+    c.insert("exp".into(), (n - 10).into());
+    let e = v.verify(&token(Algorithm::HS256, &c)).await.unwrap_err();
+    assert!(
+        matches!(e, tenancy_core::Error::Rejected(TokenRejection::Expired)),
+        "{e}"
+    );
+    let mut c = claims(n);
+    c.insert("nbf".into(), (n + 10).into());
+    v.verify(&token(Algorithm::HS256, &c)).await.unwrap();
+    c.insert("nbf".into(), (n + 11).into());
+    let e = v.verify(&token(Algorithm::HS256, &c)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            tenancy_core::Error::Rejected(TokenRejection::NotYetValid)
+        ),
+        "{e}"
+    );
+}
