@@ -106,6 +106,7 @@ impl TestEnv {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE ROLE \"{o}\" LOGIN NOSUPERUSER NOBYPASSRLS;
              GRANT CREATE ON DATABASE \"{db}\" TO \"{o}\";
+             GRANT CREATE ON SCHEMA public TO \"{o}\";
              CREATE ROLE \"{p}\" LOGIN NOSUPERUSER NOBYPASSRLS;",
             o = env.owner,
             p = env.platform,
