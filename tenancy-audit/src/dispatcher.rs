@@ -1,0 +1,577 @@
+//! [`AuditDispatcher`]: the [`AuditSink`] that request handlers call.
+//!
+//! - [`AuditSink::record`] only puts the event on a bounded queue. When the queue is full it
+//!   waits for room (back-pressure); it never drops an event.
+//! - A background writer takes events off the queue in batches, redacts and encodes them
+//!   ([`Codec`]) and appends each batch to the [`AuditStore`].
+//! - When the store fails, the batch goes to a local spool file (synced to disk), and so does
+//!   everything after it, in order, until the spool has been replayed into the store. Replay
+//!   retries with exponential back-off. Event ids make replay idempotent: a batch that reached
+//!   the store just before a crash is not stored twice.
+//! - [`AuditSink::record_sync`] and [`AuditSink::flush`] wait until earlier events are in the
+//!   store; when the store stays down longer than the sync timeout they return an error saying
+//!   the events are spooled (they will still be stored).
+//! - [`AuditDispatcher::shutdown`] drains the queue and tries a last replay.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tenancy_audit::{AuditDispatcher, store::MemoryAuditStore};
+//! use tenancy_core::{AuditEvent, AuditSink, Outcome, TenantId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = MemoryAuditStore::new();
+//! let audit = AuditDispatcher::builder(Arc::new(store.clone()))
+//!     .with_spool(dir.path().join("audit.spool"))
+//!     .start()
+//!     .await?;
+//! let acme = TenantId::parse("acme")?;
+//! audit.record(AuditEvent::new(acme.clone(), "records.read", Outcome::Success)).await?;
+//! audit.record_sync(AuditEvent::new(acme.clone(), "admin.tenant.suspend", Outcome::Success)).await?;
+//! assert_eq!(store.records(&acme).len(), 2);
+//! audit.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tenancy_core::{AuditEvent, AuditSink};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::codec::{Codec, EncodedEvent};
+use crate::spool::Spool;
+use crate::store::AuditStore;
+use crate::{Error, Result};
+
+/// Default queue capacity.
+pub const DEFAULT_CAPACITY: usize = 8_192;
+/// Default largest batch per store append.
+pub const DEFAULT_BATCH: usize = 512;
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Flush(oneshot::Sender<Result<()>>),
+    Shutdown(oneshot::Sender<Result<()>>),
+}
+
+/// Counters of a running dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DispatcherStats {
+    /// Events appended to the store (duplicates included), directly or by replay.
+    pub stored: u64,
+    /// Events written to the spool.
+    pub spooled: u64,
+    /// Events replayed from the spool into the store.
+    pub replayed: u64,
+    /// Failed store appends.
+    pub store_errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    stored: AtomicU64,
+    spooled: AtomicU64,
+    replayed: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+/// Builds an [`AuditDispatcher`].
+#[derive(Debug)]
+pub struct AuditDispatcherBuilder {
+    store: Arc<dyn AuditStore>,
+    codec: Codec,
+    capacity: usize,
+    batch: usize,
+    spool: Option<PathBuf>,
+    sync_timeout: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    drain_timeout: Duration,
+}
+
+impl AuditDispatcherBuilder {
+    /// The codec (and so the redaction policy) applied before anything is stored or spooled.
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Queue capacity (default [`DEFAULT_CAPACITY`]); when full, `record` waits.
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Largest batch per store append (default [`DEFAULT_BATCH`]).
+    pub fn with_batch_size(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// The spool file used while the store is down (a `.cursor` and, if ever needed, a
+    /// `.rejected` file are kept beside it).
+    ///
+    /// Without a spool, a failed batch is retried from memory: the writer stops taking new
+    /// events until the store is back, the queue fills, and `record` waits. Nothing is lost
+    /// while the process lives, but requests block; configure a spool in production.
+    pub fn with_spool(mut self, path: impl Into<PathBuf>) -> Self {
+        self.spool = Some(path.into());
+        self
+    }
+
+    /// How long `record_sync` and `flush` wait for a spooled event to reach the store before
+    /// answering [`Error::Spooled`] (default 5 s).
+    pub fn with_sync_timeout(mut self, timeout: Duration) -> Self {
+        self.sync_timeout = timeout;
+        self
+    }
+
+    /// Retry back-off: first and largest delay (defaults 50 ms and 5 s).
+    pub fn with_retry(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_min = min;
+        self.retry_max = max.max(min);
+        self
+    }
+
+    /// How long [`AuditDispatcher::shutdown`] keeps replaying the spool (default 10 s).
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Opens the spool and starts the writer on the current tokio runtime. Events left in the
+    /// spool by an earlier run are replayed first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a zero capacity or batch size; [`Error::Io`] when the
+    /// spool cannot be opened.
+    pub async fn start(self) -> Result<AuditDispatcher> {
+        if self.capacity == 0 {
+            return Err(Error::InvalidConfig("queue capacity must be at least 1"));
+        }
+        if self.batch == 0 {
+            return Err(Error::InvalidConfig("batch size must be at least 1"));
+        }
+        let spool = match self.spool.clone() {
+            Some(path) => Some(Arc::new(Mutex::new(
+                tokio::task::spawn_blocking(move || Spool::open(&path))
+                    .await
+                    .map_err(|e| Error::io("open audit spool", std::io::Error::other(e)))??,
+            ))),
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(self.capacity);
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            rx,
+            store: self.store,
+            codec: self.codec,
+            batch: self.batch,
+            spool,
+            held: Vec::new(),
+            waiters: Vec::new(),
+            sync_timeout: self.sync_timeout,
+            retry_min: self.retry_min,
+            retry_max: self.retry_max,
+            drain_timeout: self.drain_timeout,
+            backoff: self.retry_min,
+            next_retry: Instant::now(),
+            last_error: None,
+            counters: Arc::clone(&counters),
+        };
+        tokio::spawn(writer.run());
+        Ok(AuditDispatcher { tx, counters })
+    }
+}
+
+/// The non-blocking, never-dropping [`AuditSink`]. Cheap to clone; clones share the queue.
+#[derive(Debug, Clone)]
+pub struct AuditDispatcher {
+    tx: mpsc::Sender<Msg>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Event(_) => "Event",
+            Self::Flush(_) => "Flush",
+            Self::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+impl AuditDispatcher {
+    /// A builder writing to `store`.
+    pub fn builder(store: Arc<dyn AuditStore>) -> AuditDispatcherBuilder {
+        AuditDispatcherBuilder {
+            store,
+            codec: Codec::default(),
+            capacity: DEFAULT_CAPACITY,
+            batch: DEFAULT_BATCH,
+            spool: None,
+            sync_timeout: Duration::from_secs(5),
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> DispatcherStats {
+        DispatcherStats {
+            stored: self.counters.stored.load(Ordering::Relaxed),
+            spooled: self.counters.spooled.load(Ordering::Relaxed),
+            replayed: self.counters.replayed.load(Ordering::Relaxed),
+            store_errors: self.counters.store_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stores everything queued, tries to replay the spool until the drain timeout, and stops
+    /// the writer. Later calls to `record` fail with [`Error::Closed`].
+    ///
+    /// # Errors
+    /// [`Error::Spooled`] when events remain in the spool (they replay at the next start);
+    /// [`Error::Closed`] when the writer had already stopped.
+    pub async fn shutdown(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Shutdown(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn flush_inner(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+#[async_trait]
+impl AuditSink for AuditDispatcher {
+    async fn record(&self, event: AuditEvent) -> tenancy_core::Result<()> {
+        self.tx
+            .send(Msg::Event(Box::new(event)))
+            .await
+            .map_err(|_| Error::Closed.into())
+    }
+
+    async fn flush(&self) -> tenancy_core::Result<()> {
+        Ok(self.flush_inner().await?)
+    }
+}
+
+struct Waiter {
+    reply: oneshot::Sender<Result<()>>,
+    /// Spool offset the replay must pass.
+    until: u64,
+    deadline: Instant,
+}
+
+struct Writer {
+    rx: mpsc::Receiver<Msg>,
+    store: Arc<dyn AuditStore>,
+    codec: Codec,
+    batch: usize,
+    spool: Option<Arc<Mutex<Spool>>>,
+    /// Encoded events that neither the store nor the spool took yet (no spool, or spool
+    /// write failed). The writer takes no new events while this is not empty.
+    held: Vec<EncodedEvent>,
+    waiters: Vec<Waiter>,
+    sync_timeout: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    drain_timeout: Duration,
+    backoff: Duration,
+    next_retry: Instant,
+    last_error: Option<Arc<Error>>,
+    counters: Arc<Counters>,
+}
+
+fn lock(m: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn on_spool<T: Send + 'static>(
+    spool: &Arc<Mutex<Spool>>,
+    f: impl FnOnce(&mut Spool) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let spool = Arc::clone(spool);
+    tokio::task::spawn_blocking(move || f(&mut lock(&spool)))
+        .await
+        .map_err(|e| Error::io("audit spool task", std::io::Error::other(e)))?
+}
+
+impl Writer {
+    fn spool_pending(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| lock(s).pending())
+    }
+
+    fn backlog(&self) -> bool {
+        !self.held.is_empty() || self.spool_pending()
+    }
+
+    async fn run(mut self) {
+        loop {
+            let msg = if self.backlog() || !self.waiters.is_empty() {
+                let wake = self.wake_at();
+                tokio::select! {
+                    biased;
+                    () = tokio::time::sleep_until(wake) => {
+                        self.retry().await;
+                        self.expire_waiters();
+                        continue;
+                    }
+                    m = self.rx.recv(), if self.held.is_empty() => m,
+                }
+            } else {
+                self.rx.recv().await
+            };
+            let Some(first) = msg else {
+                // Every handle is gone: store what is left, as a shutdown would.
+                let _ = self.drain().await;
+                return;
+            };
+            let mut msgs = vec![first];
+            while msgs.len() < self.batch {
+                match self.rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut events = Vec::new();
+            for m in msgs {
+                match m {
+                    Msg::Event(e) => match self.codec.encode(&e) {
+                        Ok(enc) => events.push(enc),
+                        Err(err) => tracing::error!(
+                            event_id = %e.event_id,
+                            error = %err,
+                            "audit event cannot be encoded"
+                        ),
+                    },
+                    Msg::Flush(reply) => {
+                        self.write(std::mem::take(&mut events)).await;
+                        self.add_waiter(reply);
+                    }
+                    Msg::Shutdown(reply) => {
+                        self.write(std::mem::take(&mut events)).await;
+                        let res = self.drain().await;
+                        let _ = reply.send(res);
+                        return;
+                    }
+                }
+            }
+            self.write(events).await;
+        }
+    }
+
+    fn wake_at(&self) -> Instant {
+        let mut at = if self.backlog() {
+            self.next_retry
+        } else {
+            Instant::now() + Duration::from_secs(3600)
+        };
+        for w in &self.waiters {
+            at = at.min(w.deadline);
+        }
+        at
+    }
+
+    fn spooled_error(&self) -> Error {
+        Error::Spooled(self.last_error.clone())
+    }
+
+    fn add_waiter(&mut self, reply: oneshot::Sender<Result<()>>) {
+        if !self.backlog() {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let until = self.spool.as_ref().map_or(0, |s| lock(s).end());
+        self.waiters.push(Waiter {
+            reply,
+            until,
+            deadline: Instant::now() + self.sync_timeout,
+        });
+    }
+
+    fn release_waiters(&mut self) {
+        if !self.held.is_empty() {
+            return;
+        }
+        let cursor = self.spool.as_ref().map(|s| {
+            let s = lock(s);
+            if s.pending() { s.cursor() } else { u64::MAX }
+        });
+        let done = cursor.unwrap_or(u64::MAX);
+        let (ready, rest): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|w| w.until <= done);
+        self.waiters = rest;
+        for w in ready {
+            let _ = w.reply.send(Ok(()));
+        }
+    }
+
+    fn expire_waiters(&mut self) {
+        let now = Instant::now();
+        let (late, rest): (Vec<_>, Vec<_>) =
+            self.waiters.drain(..).partition(|w| w.deadline <= now);
+        self.waiters = rest;
+        for w in late {
+            let _ = w.reply.send(Err(self.spooled_error()));
+        }
+    }
+
+    fn failed(&mut self, err: Error) {
+        self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %err, "audit store append failed; spooling");
+        self.last_error = Some(Arc::new(err));
+        self.next_retry = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(self.retry_max);
+    }
+
+    fn recovered(&mut self) {
+        self.backoff = self.retry_min;
+        self.last_error = None;
+    }
+
+    /// Stores a batch, or spools it; keeps it in memory if even that fails.
+    async fn write(&mut self, events: Vec<EncodedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if !self.backlog() {
+            match self.store.append(&events).await {
+                Ok(_) => {
+                    self.counters
+                        .stored
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    self.recovered();
+                    return;
+                }
+                Err(e) => self.failed(e),
+            }
+        }
+        self.held.extend(events);
+        self.spool_held().await;
+    }
+
+    async fn spool_held(&mut self) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        if self.held.is_empty() {
+            return;
+        }
+        // The blocking task gets a copy: the batch stays here until the spool has it.
+        let copy = self.held.clone();
+        let n = copy.len() as u64;
+        match on_spool(&spool, move |s| s.append(&copy)).await {
+            Ok(()) => {
+                self.held.clear();
+                self.counters.spooled.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit spool write failed; holding events in memory");
+                self.last_error = Some(Arc::new(e));
+                self.next_retry = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(self.retry_max);
+            }
+        }
+    }
+
+    /// One retry step: held events, then a spool batch.
+    async fn retry(&mut self) {
+        if Instant::now() < self.next_retry {
+            return;
+        }
+        if !self.held.is_empty() {
+            let events = std::mem::take(&mut self.held);
+            if self.spool_pending() {
+                self.held = events;
+                self.spool_held().await;
+            } else {
+                match self.store.append(&events).await {
+                    Ok(_) => {
+                        self.counters
+                            .stored
+                            .fetch_add(events.len() as u64, Ordering::Relaxed);
+                        self.recovered();
+                    }
+                    Err(e) => {
+                        self.held = events;
+                        self.failed(e);
+                        self.spool_held().await;
+                    }
+                }
+            }
+        }
+        if let Some(spool) = self.spool.clone() {
+            while lock(&spool).pending() {
+                let batch = self.batch;
+                let read = on_spool(&spool, move |s| s.read(batch)).await;
+                let (events, end) = match read {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit spool read failed");
+                        self.failed(e);
+                        break;
+                    }
+                };
+                if !events.is_empty() {
+                    if let Err(e) = self.store.append(&events).await {
+                        self.failed(e);
+                        break;
+                    }
+                }
+                let n = events.len() as u64;
+                self.counters.stored.fetch_add(n, Ordering::Relaxed);
+                self.counters.replayed.fetch_add(n, Ordering::Relaxed);
+                if let Err(e) = on_spool(&spool, move |s| s.advance(end)).await {
+                    self.failed(e);
+                    break;
+                }
+                self.recovered();
+                self.release_waiters();
+                if self.rx.len() * 2 >= self.rx.max_capacity() {
+                    // Let new events into the spool before the queue blocks requests.
+                    break;
+                }
+            }
+        }
+        self.release_waiters();
+    }
+
+    /// Replays until everything is stored or the drain timeout passes.
+    async fn drain(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.drain_timeout;
+        while self.backlog() && Instant::now() < deadline {
+            tokio::time::sleep_until(self.next_retry.min(deadline)).await;
+            self.retry().await;
+        }
+        self.release_waiters();
+        for w in self.waiters.drain(..) {
+            let _ = w.reply.send(Err(Error::Spooled(self.last_error.clone())));
+        }
+        if self.backlog() {
+            if !self.held.is_empty() {
+                tracing::error!(
+                    events = self.held.len(),
+                    "audit events neither stored nor spooled at shutdown"
+                );
+            }
+            return Err(self.spooled_error());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,458 @@
+//! Redaction: what is removed, masked or replaced by a keyed hash before an event is stored,
+//! hashed, spooled or exported.
+//!
+//! Redaction runs inside [`Codec::encode`](crate::codec::Codec::encode), so nothing
+//! downstream of it (the chain hash, every store, the spool, the exports) ever sees the
+//! original values.
+//!
+//! - Detail keys are matched case-insensitively with `-` and `_` ignored, at any depth of
+//!   nested objects and arrays. A built-in list of sensitive names (`password`, `token`,
+//!   `secret`, `authorization`, `cookie`, `api_key`, `ssn`, `credit_card`, ...) is masked
+//!   wherever it occurs as part of a key (`db_password`, `X-Api-Key`).
+//! - Keyed hashes (`hmac:` + base64url of HMAC-SHA-256) keep identifiers matchable without
+//!   storing them. The key is derived per tenant from a master key, so the same user id hashes
+//!   differently in two tenants' trails and one tenant's hashes say nothing about another's.
+//!
+//! ```
+//! use tenancy_audit::codec::Codec;
+//! use tenancy_audit::redact::{AddrAction, FieldAction, RedactionKey, RedactionPolicy};
+//! use tenancy_core::{AuditEvent, Outcome, TenantId, UserId};
+//!
+//! let policy = RedactionPolicy::new()
+//!     .with_key(RedactionKey::from_bytes([7; 32]))
+//!     .with_user(FieldAction::Hash)
+//!     .with_client_addr(AddrAction::Truncate)
+//!     .with_detail("email", FieldAction::Hash);
+//! let codec = Codec::new(policy)?;
+//! let event = AuditEvent::new(TenantId::parse("acme")?, "auth.login", Outcome::Success)
+//!     .with_user(UserId::parse("alice@example.com")?)
+//!     .with_detail("password", "hunter2")
+//!     .with_detail("email", "alice@example.com");
+//! let encoded = codec.encode(&event)?;
+//! let text = String::from_utf8(encoded.payload.clone()).unwrap();
+//! assert!(!text.contains("hunter2") && !text.contains("alice@example.com"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use tenancy_core::{AuditEvent, SessionId, TenantId, UserId};
+
+use crate::{Error, Result};
+
+/// The text that replaces a masked value.
+pub const MASK: &str = "[redacted]";
+
+/// Detail key fragments that are masked by default wherever they appear in a key.
+///
+/// Why this default: callers put whatever is at hand into `details`; a credential that slips
+/// in must not become a permanent, replicated, exported part of a compliance log.
+pub const DEFAULT_SENSITIVE_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "apikey",
+    "privatekey",
+    "credential",
+    "ssn",
+    "socialsecurity",
+    "creditcard",
+    "cardnumber",
+    "cvv",
+    "iban",
+    "otp",
+];
+
+/// What happens to one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FieldAction {
+    /// Stored as given.
+    Keep,
+    /// Removed.
+    Drop,
+    /// Replaced by [`MASK`] (a session, which has a fixed format, is dropped instead).
+    Mask,
+    /// Replaced by a keyed hash: equal values in one tenant's trail stay equal.
+    Hash,
+}
+
+/// What happens to the client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AddrAction {
+    /// Stored as given.
+    Keep,
+    /// Host bits cleared: IPv4 to its /24, IPv6 to its /48.
+    Truncate,
+    /// Removed.
+    Drop,
+}
+
+/// The master key for keyed hashes. Keep it out of the audit store: whoever holds it can test
+/// guesses against the hashes.
+#[derive(Clone)]
+pub struct RedactionKey([u8; 32]);
+
+impl RedactionKey {
+    /// A key from 32 bytes (for example read from a secret store).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A fresh random key.
+    ///
+    /// # Errors
+    /// When the operating system's random source fails.
+    pub fn generate() -> Result<Self> {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b)
+            .map_err(|e| Error::io("random key", std::io::Error::other(e.to_string())))?;
+        Ok(Self(b))
+    }
+
+    fn tenant_key(&self, tenant: &TenantId) -> Hmac<Sha256> {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable_key());
+        m.update(b"tenancy-audit/redact/v1\0");
+        m.update(tenant.as_str().as_bytes());
+        let derived = m.finalize().into_bytes();
+        Hmac::<Sha256>::new_from_slice(&derived).unwrap_or_else(|_| unreachable_key())
+    }
+}
+
+// HMAC accepts keys of any length; this is never reached.
+fn unreachable_key() -> Hmac<Sha256> {
+    panic!("HMAC rejected a 32-byte key")
+}
+
+impl fmt::Debug for RedactionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedactionKey(..)")
+    }
+}
+
+/// The redaction policy. [`RedactionPolicy::new`] masks the default sensitive detail keys
+/// and drops session ids; everything else is kept until configured otherwise.
+#[derive(Debug, Clone)]
+pub struct RedactionPolicy {
+    key: Option<RedactionKey>,
+    user: FieldAction,
+    session: FieldAction,
+    resource_id: FieldAction,
+    reason: FieldAction,
+    client_addr: AddrAction,
+    details_default: FieldAction,
+    detail_rules: Vec<(String, FieldAction)>,
+    sensitive: Vec<String>,
+}
+
+impl Default for RedactionPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn normalise(key: &str) -> String {
+    key.chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl RedactionPolicy {
+    /// The default policy.
+    ///
+    /// Why session ids are dropped by default: a session id is a bearer credential until it
+    /// expires; an audit trail is read by more people than the session store.
+    pub fn new() -> Self {
+        Self {
+            key: None,
+            user: FieldAction::Keep,
+            session: FieldAction::Drop,
+            resource_id: FieldAction::Keep,
+            reason: FieldAction::Keep,
+            client_addr: AddrAction::Keep,
+            details_default: FieldAction::Keep,
+            detail_rules: Vec::new(),
+            sensitive: DEFAULT_SENSITIVE_KEYS
+                .iter()
+                .map(|s| normalise(s))
+                .collect(),
+        }
+    }
+
+    /// Sets the master key for [`FieldAction::Hash`].
+    pub fn with_key(mut self, key: RedactionKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// What happens to the acting user id.
+    pub fn with_user(mut self, action: FieldAction) -> Self {
+        self.user = action;
+        self
+    }
+
+    /// What happens to the session id.
+    pub fn with_session(mut self, action: FieldAction) -> Self {
+        self.session = action;
+        self
+    }
+
+    /// What happens to the resource id.
+    pub fn with_resource_id(mut self, action: FieldAction) -> Self {
+        self.resource_id = action;
+        self
+    }
+
+    /// What happens to the reason.
+    pub fn with_reason(mut self, action: FieldAction) -> Self {
+        self.reason = action;
+        self
+    }
+
+    /// What happens to the client address.
+    pub fn with_client_addr(mut self, action: AddrAction) -> Self {
+        self.client_addr = action;
+        self
+    }
+
+    /// What happens to detail keys no rule names (`Keep` unless set; `Drop` makes the policy
+    /// an allow-list).
+    pub fn with_details_default(mut self, action: FieldAction) -> Self {
+        self.details_default = action;
+        self
+    }
+
+    /// A rule for one detail key (matched exactly, ignoring case, `-` and `_`), at any depth.
+    /// An explicit rule wins over the sensitive-name list.
+    pub fn with_detail(mut self, key: &str, action: FieldAction) -> Self {
+        self.detail_rules.push((normalise(key), action));
+        self
+    }
+
+    /// Adds a fragment to the sensitive-name list (masked wherever it occurs in a key).
+    pub fn with_sensitive_key(mut self, fragment: &str) -> Self {
+        self.sensitive.push(normalise(fragment));
+        self
+    }
+
+    /// Checks that the policy can be applied: a `Hash` action needs a key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when a field is to be hashed and no key is set.
+    pub fn validate(&self) -> Result<()> {
+        let hashes = [self.user, self.session, self.resource_id, self.reason]
+            .contains(&FieldAction::Hash)
+            || self.details_default == FieldAction::Hash
+            || self
+                .detail_rules
+                .iter()
+                .any(|(_, a)| *a == FieldAction::Hash);
+        if hashes && self.key.is_none() {
+            return Err(Error::InvalidConfig(
+                "a redaction rule hashes a field but no redaction key is set",
+            ));
+        }
+        Ok(())
+    }
+
+    fn hash(&self, tenant: &TenantId, value: &[u8]) -> Option<Vec<u8>> {
+        let mut m = self.key.as_ref()?.tenant_key(tenant);
+        m.update(value);
+        Some(m.finalize().into_bytes().to_vec())
+    }
+
+    fn hash_text(&self, tenant: &TenantId, value: &[u8]) -> String {
+        match self.hash(tenant, value) {
+            Some(h) => format!("hmac:{}", URL_SAFE_NO_PAD.encode(h)),
+            // `validate` refuses a hashing policy without a key; never store the value.
+            None => MASK.to_owned(),
+        }
+    }
+
+    /// Applies the policy to an event, in place.
+    pub fn apply(&self, event: &mut AuditEvent) {
+        let tenant = event.tenant.clone();
+        if let Some(user) = event.actor.user.take() {
+            event.actor.user = match self.user {
+                FieldAction::Keep => Some(user),
+                FieldAction::Drop => None,
+                FieldAction::Mask => UserId::parse(MASK).ok(),
+                FieldAction::Hash => {
+                    UserId::parse(&self.hash_text(&tenant, user.as_str().as_bytes())).ok()
+                }
+            };
+        }
+        if let Some(session) = event.actor.session.take() {
+            event.actor.session = match self.session {
+                FieldAction::Keep => Some(session),
+                FieldAction::Drop | FieldAction::Mask => None,
+                FieldAction::Hash => self
+                    .hash(&tenant, session.as_str().as_bytes())
+                    .and_then(|h| SessionId::parse(&URL_SAFE_NO_PAD.encode(&h[..16])).ok()),
+            };
+        }
+        if let Some(resource) = event.resource.as_mut() {
+            if let Some(id) = resource.id.take() {
+                resource.id = self.text(&tenant, self.resource_id, id);
+            }
+        }
+        if let Some(reason) = event.reason.take() {
+            event.reason = self.text(&tenant, self.reason, reason);
+        }
+        if let Some(addr) = event.origin.client_addr.take() {
+            event.origin.client_addr = match self.client_addr {
+                AddrAction::Keep => Some(addr),
+                AddrAction::Drop => None,
+                AddrAction::Truncate => Some(truncate(addr)),
+            };
+        }
+        let details = std::mem::take(&mut event.details);
+        event.details = self.object(&tenant, details, false);
+    }
+
+    fn text(&self, tenant: &TenantId, action: FieldAction, value: String) -> Option<String> {
+        match action {
+            FieldAction::Keep => Some(value),
+            FieldAction::Drop => None,
+            FieldAction::Mask => Some(MASK.to_owned()),
+            FieldAction::Hash => Some(self.hash_text(tenant, value.as_bytes())),
+        }
+    }
+
+    fn action_for(&self, key: &str, nested: bool) -> FieldAction {
+        let k = normalise(key);
+        if let Some((_, a)) = self.detail_rules.iter().rev().find(|(r, _)| *r == k) {
+            return *a;
+        }
+        if self.sensitive.iter().any(|s| k.contains(s.as_str())) {
+            return FieldAction::Mask;
+        }
+        // Inside a kept object, unnamed keys are kept: the default applies to top-level keys.
+        if nested {
+            FieldAction::Keep
+        } else {
+            self.details_default
+        }
+    }
+
+    fn object(
+        &self,
+        tenant: &TenantId,
+        map: serde_json::Map<String, Value>,
+        nested: bool,
+    ) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        for (k, v) in map {
+            let action = self.action_for(&k, nested);
+            let v = match action {
+                FieldAction::Drop => continue,
+                FieldAction::Mask => Value::String(MASK.to_owned()),
+                FieldAction::Hash => {
+                    let bytes = match &v {
+                        Value::String(s) => s.as_bytes().to_vec(),
+                        other => other.to_string().into_bytes(),
+                    };
+                    Value::String(self.hash_text(tenant, &bytes))
+                }
+                FieldAction::Keep => self.value(tenant, v),
+            };
+            out.insert(k, v);
+        }
+        out
+    }
+
+    fn value(&self, tenant: &TenantId, v: Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(self.object(tenant, m, true)),
+            Value::Array(a) => Value::Array(a.into_iter().map(|x| self.value(tenant, x)).collect()),
+            other => other,
+        }
+    }
+}
+
+fn truncate(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            IpAddr::from([o[0], o[1], o[2], 0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[3..].fill(0);
+            IpAddr::from(s)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenancy_core::Outcome;
+
+    fn event() -> AuditEvent {
+        AuditEvent::new(TenantId::parse("acme").unwrap(), "x.y", Outcome::Success)
+    }
+
+    #[test]
+    fn hashes_are_keyed_per_tenant_and_stable() {
+        let p = RedactionPolicy::new()
+            .with_key(RedactionKey::from_bytes([1; 32]))
+            .with_user(FieldAction::Hash);
+        let mut a1 = event().with_user(UserId::parse("alice").unwrap());
+        let mut a2 = event().with_user(UserId::parse("alice").unwrap());
+        let mut b = a1.clone();
+        b.tenant = TenantId::parse("globex").unwrap();
+        p.apply(&mut a1);
+        p.apply(&mut a2);
+        p.apply(&mut b);
+        assert_eq!(a1.actor.user, a2.actor.user, "matchable within a tenant");
+        assert_ne!(a1.actor.user, b.actor.user, "distinct per tenant");
+        assert!(a1.actor.user.unwrap().as_str().starts_with("hmac:"));
+    }
+
+    #[test]
+    fn sensitive_keys_are_masked_at_any_depth_and_rules_win() {
+        let p = RedactionPolicy::new().with_detail("session_token_hint", FieldAction::Keep);
+        let mut e = event()
+            .with_detail("DB-Password", "p1")
+            .with_detail(
+                "nested",
+                serde_json::json!({"list": [{"apiKey": "k1"}], "ok": 1}),
+            )
+            .with_detail("session_token_hint", "visible");
+        p.apply(&mut e);
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(!text.contains("p1") && !text.contains("k1"), "{text}");
+        assert!(text.contains("visible") && text.contains("\"ok\":1"));
+    }
+
+    #[test]
+    fn hashing_without_a_key_is_refused_and_addresses_truncate() {
+        assert!(
+            RedactionPolicy::new()
+                .with_resource_id(FieldAction::Hash)
+                .validate()
+                .is_err()
+        );
+        assert_eq!(
+            truncate("192.0.2.77".parse().unwrap()),
+            "192.0.2.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            truncate("2001:db8:1:2:3::9".parse().unwrap()),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
+    }
+}

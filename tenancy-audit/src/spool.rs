@@ -1,0 +1,190 @@
+//! The local spool: encoded events written to disk while the store is down, replayed in
+//! order when it returns.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::codec::EncodedEvent;
+use crate::{Error, Result};
+
+/// How many bytes one replay read takes at most.
+const READ_CHUNK: u64 = 1 << 20;
+
+#[derive(Debug)]
+pub(crate) struct Spool {
+    path: PathBuf,
+    cursor_path: PathBuf,
+    rejected_path: PathBuf,
+    file: File,
+    len: u64,
+    cursor: u64,
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+impl Spool {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io("open audit spool", e))?;
+        let mut len = file
+            .metadata()
+            .map_err(|e| Error::io("stat audit spool", e))?
+            .len();
+        if len > 0 {
+            // A line without its newline was being written when the process died: it was
+            // never acknowledged as spooled, and its event is still in no store.
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(len - 1))
+                .and_then(|_| file.read_exact(&mut last))
+                .map_err(|e| Error::io("read audit spool", e))?;
+            if last[0] != b'\n' {
+                let mut whole = Vec::new();
+                file.seek(SeekFrom::Start(0))
+                    .and_then(|_| file.read_to_end(&mut whole))
+                    .map_err(|e| Error::io("read audit spool", e))?;
+                let keep = whole.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                file.set_len(keep as u64)
+                    .map_err(|e| Error::io("cut incomplete spool line", e))?;
+                len = keep as u64;
+            }
+        }
+        let cursor_path = sibling(path, ".cursor");
+        let cursor = match std::fs::read_to_string(&cursor_path) {
+            Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(Error::io("read audit spool cursor", e)),
+        };
+        let mut spool = Self {
+            path: path.to_path_buf(),
+            rejected_path: sibling(path, ".rejected"),
+            cursor_path,
+            file,
+            len,
+            cursor: cursor.min(len),
+        };
+        if spool.cursor == spool.len && spool.len > 0 {
+            spool.reset()?;
+        }
+        Ok(spool)
+    }
+
+    /// Whether events wait for replay.
+    pub(crate) fn pending(&self) -> bool {
+        self.cursor < self.len
+    }
+
+    /// The end of the spool: every event written so far lies before it.
+    pub(crate) fn end(&self) -> u64 {
+        self.len
+    }
+
+    /// How far replay has got.
+    pub(crate) fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Appends events durably (written and synced before returning).
+    pub(crate) fn append(&mut self, events: &[EncodedEvent]) -> Result<()> {
+        let mut buf = Vec::with_capacity(events.len() * 512);
+        for e in events {
+            buf.extend_from_slice(&e.payload);
+            buf.push(b'\n');
+        }
+        let res = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = res {
+            // Leave no partial line behind.
+            let _ = self.file.set_len(self.len);
+            return Err(Error::io("write audit spool", e));
+        }
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Reads up to `max` events from the cursor; returns them and the offset after them.
+    /// Lines that cannot be decoded are copied to the `.rejected` file beside the spool and
+    /// skipped.
+    pub(crate) fn read(&mut self, max: usize) -> Result<(Vec<EncodedEvent>, u64)> {
+        let want = (self.len - self.cursor).min(READ_CHUNK);
+        let mut buf = vec![0u8; usize::try_from(want).unwrap_or(usize::MAX)];
+        self.file
+            .read_exact_at(&mut buf, self.cursor)
+            .map_err(|e| Error::io("read audit spool", e))?;
+        if !buf.contains(&b'\n') && want < self.len - self.cursor {
+            // One line longer than a chunk: read it whole.
+            buf.resize(
+                usize::try_from(self.len - self.cursor).unwrap_or(usize::MAX),
+                0,
+            );
+            self.file
+                .read_exact_at(&mut buf, self.cursor)
+                .map_err(|e| Error::io("read audit spool", e))?;
+        }
+        let mut out = Vec::new();
+        let mut end = self.cursor;
+        for line in buf.split_inclusive(|b| *b == b'\n') {
+            if out.len() >= max || line.last() != Some(&b'\n') {
+                break;
+            }
+            end += line.len() as u64;
+            match EncodedEvent::from_payload(line[..line.len() - 1].to_vec()) {
+                Ok(e) => out.push(e),
+                Err(err) => {
+                    tracing::error!(
+                        spool = %self.path.display(),
+                        offset = end - line.len() as u64,
+                        error = %err,
+                        "undecodable spool line moved to the rejected file"
+                    );
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&self.rejected_path)
+                        .and_then(|mut f| f.write_all(line).and_then(|()| f.sync_data()))
+                        .map_err(|e| Error::io("write rejected spool line", e))?;
+                }
+            }
+        }
+        Ok((out, end))
+    }
+
+    /// Marks everything before `to` as stored.
+    pub(crate) fn advance(&mut self, to: u64) -> Result<()> {
+        self.cursor = to.min(self.len);
+        if self.cursor == self.len {
+            return self.reset();
+        }
+        std::fs::write(&self.cursor_path, self.cursor.to_string())
+            .map_err(|e| Error::io("write audit spool cursor", e))
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| Error::io("truncate audit spool", e))?;
+        match std::fs::remove_file(&self.cursor_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove audit spool cursor", e)),
+        }
+        self.len = 0;
+        self.cursor = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,559 @@
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tenancy_core::{EventId, TenantId};
+use time::OffsetDateTime;
+
+use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge};
+use crate::chain::{Anchor, ChainHead, Digest, StoredRecord};
+use crate::codec::EncodedEvent;
+use crate::{Error, Result};
+
+/// When the JSONL store forces its writes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FsyncPolicy {
+    /// `fdatasync` after every appended batch, before the append returns.
+    ///
+    /// Why this default: an acknowledged audit event must survive a power cut; the dispatcher
+    /// batches, so the cost is one sync per batch, not per event.
+    #[default]
+    Always,
+    /// At most one `fdatasync` per interval; a crash of the machine may lose the last interval.
+    Interval(Duration),
+    /// Leave it to the operating system.
+    Never,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    tenant: TenantId,
+    seq: u64,
+    event_id: EventId,
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    prev_hash: Digest,
+    hash: Digest,
+    payload: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnchorLine {
+    anchor: TenantAnchor,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantAnchor {
+    tenant: TenantId,
+    seq: u64,
+    hash: Digest,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u64,
+    len: u32,
+    seq: u64,
+}
+
+/// A line of the audit file that could not be read (1-based line number).
+#[derive(Debug, thiserror::Error)]
+#[error("line {0} of the audit file cannot be read")]
+struct UnreadableLine(u64);
+
+#[derive(Debug)]
+struct State {
+    path: PathBuf,
+    fsync: FsyncPolicy,
+    read_only: bool,
+    chains: Chains,
+    index: HashMap<TenantId, Vec<Entry>>,
+    len: u64,
+    ino: u64,
+    unreadable: Vec<u64>,
+    last_sync: Instant,
+    dirty_tail: bool,
+}
+
+/// Stores every tenant's chain as JSON lines in one file: one record per line, appended.
+///
+/// Each line holds `tenant`, `seq`, `event_id`, `occurred_at`, `prev_hash`, `hash` and the
+/// exact stored bytes as the string `payload`. Chain heads, seen event ids and line offsets are
+/// kept in memory (read once at open). One process writes a file at a time; the store refuses to
+/// append when the file was truncated, replaced or grown by someone else, and reading refuses
+/// a file with unreadable lines (an unreadable line cannot be attributed to a tenant). An
+/// incomplete last line, left by a crash in the middle of a write that was therefore never
+/// acknowledged, is cut off at open.
+///
+/// ```
+/// use tenancy_audit::store::{AuditStore, FileAuditStore, FsyncPolicy};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tenancy_audit::Error> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = FileAuditStore::builder(dir.path().join("audit.jsonl"))
+///     .with_fsync(FsyncPolicy::Always)
+///     .open()
+///     .await?;
+/// assert!(store.tenants().await?.is_empty());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileAuditStore {
+    state: Arc<Mutex<State>>,
+}
+
+/// Builds a [`FileAuditStore`].
+#[derive(Debug, Clone)]
+pub struct FileAuditStoreBuilder {
+    path: PathBuf,
+    fsync: FsyncPolicy,
+    read_only: bool,
+}
+
+impl FileAuditStoreBuilder {
+    /// The fsync policy (default [`FsyncPolicy::Always`]).
+    pub fn with_fsync(mut self, fsync: FsyncPolicy) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// Opens without writing anything (for verification next to a running writer): no file is
+    /// created, an incomplete last line is left alone, and appends are refused.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// Opens (creating the file unless read-only) and reads it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be opened or read.
+    pub async fn open(self) -> Result<FileAuditStore> {
+        let state = blocking(move || {
+            if !self.read_only {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(|e| Error::io("create audit file", e))?;
+            }
+            let mut st = State {
+                path: self.path,
+                fsync: self.fsync,
+                read_only: self.read_only,
+                chains: Chains::default(),
+                index: HashMap::new(),
+                len: 0,
+                ino: 0,
+                unreadable: Vec::new(),
+                last_sync: Instant::now(),
+                dirty_tail: false,
+            };
+            st.load()?;
+            Ok(st)
+        })
+        .await?;
+        Ok(FileAuditStore {
+            state: Arc::new(Mutex::new(state)),
+        })
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io("audit file task", std::io::Error::other(e)))?
+}
+
+impl FileAuditStore {
+    /// A builder for the file at `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> FileAuditStoreBuilder {
+        FileAuditStoreBuilder {
+            path: path.into(),
+            fsync: FsyncPolicy::default(),
+            read_only: false,
+        }
+    }
+
+    /// Opens (or creates) the file at `path` with the default fsync policy.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be opened or read.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        Self::builder(path).open().await
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> PathBuf {
+        lock(&self.state).path.clone()
+    }
+
+    async fn with_state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let state = Arc::clone(&self.state);
+        blocking(move || f(&mut lock(&state))).await
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // State changes only after a successful write; a panicking holder leaves it consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn parse_record(line: &[u8]) -> Option<StoredRecord> {
+    let l: Line = serde_json::from_slice(line).ok()?;
+    Some(StoredRecord {
+        tenant: l.tenant,
+        seq: l.seq,
+        event_id: l.event_id,
+        occurred_at: l.occurred_at,
+        payload: l.payload.into_bytes(),
+        prev_hash: l.prev_hash,
+        hash: l.hash,
+    })
+}
+
+fn record_line(r: &StoredRecord) -> Result<Vec<u8>> {
+    let payload = String::from_utf8(r.payload.clone())
+        .map_err(|e| Error::malformed("payload is not UTF-8", e))?;
+    let mut out = serde_json::to_vec(&Line {
+        tenant: r.tenant.clone(),
+        seq: r.seq,
+        event_id: r.event_id,
+        occurred_at: r.occurred_at,
+        prev_hash: r.prev_hash,
+        hash: r.hash,
+        payload,
+    })
+    .map_err(Error::Encode)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+impl State {
+    fn load(&mut self) -> Result<()> {
+        self.chains = Chains::default();
+        self.index.clear();
+        self.unreadable.clear();
+        let file = File::open(&self.path).map_err(|e| Error::io("open audit file", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("stat audit file", e))?;
+        self.ino = meta.ino();
+        let mut reader = BufReader::new(file);
+        let mut offset = 0u64;
+        let mut line_no = 0u64;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Error::io("read audit file", e))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            if buf.last() != Some(&b'\n') {
+                // A torn write at the very end: never acknowledged, so it is cut off.
+                if !self.read_only {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        bytes = n,
+                        "cutting off an incomplete last line of the audit file"
+                    );
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&self.path)
+                        .and_then(|f| f.set_len(offset))
+                        .map_err(|e| Error::io("cut incomplete line", e))?;
+                }
+                break;
+            }
+            let body = &buf[..n - 1];
+            if let Some(r) = parse_record(body) {
+                self.index.entry(r.tenant.clone()).or_default().push(Entry {
+                    offset,
+                    len: u32::try_from(n).unwrap_or(u32::MAX),
+                    seq: r.seq,
+                });
+                self.chains.observe(&r);
+            } else if let Ok(a) = serde_json::from_slice::<AnchorLine>(body) {
+                let anchor = Anchor {
+                    seq: a.anchor.seq,
+                    hash: a.anchor.hash,
+                };
+                self.chains.set_anchor(&a.anchor.tenant, anchor);
+            } else {
+                self.unreadable.push(line_no);
+            }
+            offset += n as u64;
+        }
+        self.len = offset;
+        Ok(())
+    }
+
+    fn check_readable(&self) -> Result<()> {
+        match self.unreadable.first() {
+            Some(n) => Err(Error::malformed(
+                "unreadable line in audit file",
+                UnreadableLine(*n),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the file for appending, checking that it is still the file we indexed.
+    fn open_for_append(&mut self) -> Result<File> {
+        if self.read_only {
+            return Err(Error::InvalidConfig("the audit file store is read-only"));
+        }
+        self.check_readable()?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io("open audit file for append", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("stat audit file", e))?;
+        if meta.ino() != self.ino {
+            return Err(Error::Conflict("the audit file was replaced"));
+        }
+        if meta.len() != self.len {
+            if self.dirty_tail && meta.len() > self.len {
+                // Our own failed write left a partial tail; remove it.
+                file.set_len(self.len)
+                    .map_err(|e| Error::io("cut failed write", e))?;
+                self.dirty_tail = false;
+            } else {
+                return Err(Error::Conflict(
+                    "the audit file was truncated or written by another process",
+                ));
+            }
+        }
+        Ok(file)
+    }
+
+    fn append(&mut self, events: &[EncodedEvent]) -> Result<Vec<Appended>> {
+        let (records, out) = self.chains.prepare(events);
+        if records.is_empty() {
+            return Ok(out);
+        }
+        let mut file = self.open_for_append()?;
+        let mut buf = Vec::with_capacity(records.len() * 512);
+        let mut entries = Vec::with_capacity(records.len());
+        for r in &records {
+            let line = record_line(r)?;
+            entries.push(Entry {
+                offset: self.len + buf.len() as u64,
+                len: u32::try_from(line.len()).unwrap_or(u32::MAX),
+                seq: r.seq,
+            });
+            buf.extend_from_slice(&line);
+        }
+        let written = file.write_all(&buf).and_then(|()| self.sync(&file));
+        if let Err(e) = written {
+            if file.set_len(self.len).is_err() {
+                self.dirty_tail = true;
+            }
+            return Err(Error::io("append to audit file", e));
+        }
+        self.len += buf.len() as u64;
+        for (r, entry) in records.iter().zip(entries) {
+            self.index.entry(r.tenant.clone()).or_default().push(entry);
+        }
+        self.chains.commit(&records);
+        Ok(out)
+    }
+
+    fn sync(&mut self, file: &File) -> std::io::Result<()> {
+        let due = match self.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => self.last_sync.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        if due {
+            file.sync_data()?;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn read(&self, entries: &[Entry]) -> Result<Vec<StoredRecord>> {
+        self.check_readable()?;
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let file = File::open(&self.path).map_err(|e| Error::io("open audit file", e))?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut buf = Vec::new();
+        for e in entries {
+            buf.resize(e.len as usize, 0);
+            file.read_exact_at(&mut buf, e.offset)
+                .map_err(|err| Error::io("read audit file", err))?;
+            let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            out.push(
+                parse_record(body)
+                    .ok_or_else(|| Error::malformed_plain("audit file changed under the store"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn purge(&mut self, tenant: &TenantId, anchor: Anchor) -> Result<u64> {
+        if self.read_only {
+            return Err(Error::InvalidConfig("the audit file store is read-only"));
+        }
+        let entries = self.index.get(tenant).cloned().unwrap_or_default();
+        let records = self.read(&entries)?;
+        check_purge(&records, anchor)?;
+        // Rewrite the file without the purged lines, the new anchor first.
+        let tmp = tmp_path(&self.path);
+        let src = File::open(&self.path).map_err(|e| Error::io("open audit file", e))?;
+        let mut out = File::create(&tmp).map_err(|e| Error::io("create purge file", e))?;
+        let mut head = serde_json::to_vec(&AnchorLine {
+            anchor: TenantAnchor {
+                tenant: tenant.clone(),
+                seq: anchor.seq,
+                hash: anchor.hash,
+            },
+        })
+        .map_err(Error::Encode)?;
+        head.push(b'\n');
+        out.write_all(&head)
+            .map_err(|e| Error::io("write purge file", e))?;
+        let mut removed = 0u64;
+        let mut reader = BufReader::new(src);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Error::io("read audit file", e))?;
+            if n == 0 {
+                break;
+            }
+            let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let drop = match parse_record(body) {
+                Some(r) => &r.tenant == tenant && r.seq <= anchor.seq,
+                None => serde_json::from_slice::<AnchorLine>(body)
+                    .is_ok_and(|a| &a.anchor.tenant == tenant),
+            };
+            if drop {
+                removed += u64::from(parse_record(body).is_some());
+                continue;
+            }
+            out.write_all(&buf)
+                .map_err(|e| Error::io("write purge file", e))?;
+        }
+        out.sync_all()
+            .map_err(|e| Error::io("sync purge file", e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| Error::io("replace audit file", e))?;
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io("sync audit directory", e))?;
+        }
+        self.load()?;
+        Ok(removed)
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".purge-tmp");
+    path.with_file_name(name)
+}
+
+#[async_trait]
+impl AuditStore for FileAuditStore {
+    async fn append(&self, events: &[EncodedEvent]) -> Result<Vec<Appended>> {
+        let events = events.to_vec();
+        self.with_state(move |st| st.append(&events)).await
+    }
+
+    async fn scan(&self, tenant: &TenantId, cursor: ScanCursor, limit: usize) -> Result<ScanPage> {
+        let tenant = tenant.clone();
+        self.with_state(move |st| {
+            let all = st.index.get(&tenant).map_or(&[][..], Vec::as_slice);
+            let start = usize::try_from(cursor.0)
+                .unwrap_or(usize::MAX)
+                .min(all.len());
+            let end = start.saturating_add(limit.max(1)).min(all.len());
+            Ok(ScanPage {
+                records: st.read(&all[start..end])?,
+                next: (end < all.len()).then_some(ScanCursor(end as u64)),
+            })
+        })
+        .await
+    }
+
+    async fn newest(
+        &self,
+        tenant: &TenantId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let tenant = tenant.clone();
+        self.with_state(move |st| {
+            let entries: Vec<Entry> = st
+                .index
+                .get(&tenant)
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .rev()
+                .filter(|e| before.is_none_or(|b| e.seq < b))
+                .take(limit)
+                .copied()
+                .collect();
+            st.read(&entries)
+        })
+        .await
+    }
+
+    async fn head(&self, tenant: &TenantId) -> Result<Option<ChainHead>> {
+        Ok(lock(&self.state)
+            .chains
+            .tenants
+            .get(tenant)
+            .and_then(|c| c.head))
+    }
+
+    async fn anchor(&self, tenant: &TenantId) -> Result<Option<Anchor>> {
+        Ok(lock(&self.state)
+            .chains
+            .tenants
+            .get(tenant)
+            .and_then(|c| c.anchor))
+    }
+
+    async fn purge(&self, tenant: &TenantId, anchor: Anchor) -> Result<u64> {
+        let tenant = tenant.clone();
+        self.with_state(move |st| st.purge(&tenant, anchor)).await
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantId>> {
+        let mut t: Vec<TenantId> = lock(&self.state).index.keys().cloned().collect();
+        t.sort();
+        Ok(t)
+    }
+}

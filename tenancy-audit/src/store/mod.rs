@@ -1,0 +1,227 @@
+//! [`AuditStore`]: chained, append-only storage of encoded events, and its backends.
+//!
+//! | backend | type | feature |
+//! |---|---|---|
+//! | memory | [`MemoryAuditStore`] | always |
+//! | JSON lines file | [`FileAuditStore`] | always |
+//! | PostgreSQL | `PgAuditStore` | `postgres` |
+//!
+//! A store assigns each tenant's events a gapless `seq` and chains their hashes
+//! ([`chain`](crate::chain)); an event id already stored for the tenant is not stored again.
+//!
+//! ```
+//! use tenancy_audit::{codec::Codec, store::{AuditStore, MemoryAuditStore}};
+//! use tenancy_core::{AuditEvent, Outcome, TenantId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tenancy_audit::Error> {
+//! let store = MemoryAuditStore::new();
+//! let acme = TenantId::parse("acme")?;
+//! let e = Codec::default().encode(&AuditEvent::new(acme.clone(), "records.read", Outcome::Success))?;
+//! let first = store.append(&[e.clone(), e]).await?;
+//! assert_eq!((first[0].seq, first[1].duplicate), (1, true));
+//! assert_eq!(store.head(&acme).await?.map(|h| h.seq), Some(1));
+//! # Ok(()) }
+//! ```
+
+mod file;
+mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use tenancy_core::{EventId, TenantId};
+
+use crate::Result;
+use crate::chain::{Anchor, ChainHead, StoredRecord, genesis, link};
+use crate::codec::EncodedEvent;
+
+pub use file::{FileAuditStore, FsyncPolicy};
+pub use memory::MemoryAuditStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgAuditStore, PgAuditStoreBuilder, SCHEMA_SQL};
+
+/// What happened to one appended event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The event.
+    pub event_id: EventId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its `seq` (the earlier one when it was a duplicate).
+    pub seq: u64,
+    /// Whether the event id was already stored, so nothing was written.
+    pub duplicate: bool,
+}
+
+/// A position in a tenant's stored order, for paging through [`AuditStore::scan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanCursor(pub u64);
+
+impl ScanCursor {
+    /// The start of a chain.
+    pub const START: Self = Self(0);
+}
+
+/// One page of [`AuditStore::scan`].
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    /// Records in stored order.
+    pub records: Vec<StoredRecord>,
+    /// Where the next page starts; `None` at the end.
+    pub next: Option<ScanCursor>,
+}
+
+/// Chained, append-only storage of encoded events.
+#[async_trait]
+pub trait AuditStore: Send + Sync + fmt::Debug + 'static {
+    /// Appends events in order: each gets its tenant's next `seq`, chained to the previous
+    /// hash. An event id already stored for its tenant (or repeated in the batch) is reported
+    /// as a duplicate and not written. Either the whole batch is stored or none of it.
+    async fn append(&self, events: &[EncodedEvent]) -> Result<Vec<Appended>>;
+
+    /// Up to `limit` records of `tenant` in stored order (by `seq` unless the storage was
+    /// tampered with), from `cursor`.
+    async fn scan(&self, tenant: &TenantId, cursor: ScanCursor, limit: usize) -> Result<ScanPage>;
+
+    /// Up to `limit` records of `tenant`, newest first, with `seq` below `before` when given.
+    async fn newest(
+        &self,
+        tenant: &TenantId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>>;
+
+    /// The tenant's last record, if any.
+    async fn head(&self, tenant: &TenantId) -> Result<Option<ChainHead>>;
+
+    /// The tenant's purge anchor, if a purge happened.
+    async fn anchor(&self, tenant: &TenantId) -> Result<Option<Anchor>>;
+
+    /// Deletes the tenant's records up to and including `anchor.seq` and keeps `anchor` as the
+    /// chain's new start. Refused unless `anchor.hash` is the stored hash at `anchor.seq`.
+    /// Returns how many records were deleted. Use [`retention`](crate::retention), which
+    /// records the purge as an event first.
+    async fn purge(&self, tenant: &TenantId, anchor: Anchor) -> Result<u64>;
+
+    /// Every tenant with a chain.
+    async fn tenants(&self) -> Result<Vec<TenantId>>;
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TenantChain {
+    pub(crate) head: Option<ChainHead>,
+    pub(crate) anchor: Option<Anchor>,
+    pub(crate) ids: HashMap<EventId, u64>,
+}
+
+impl TenantChain {
+    fn next(&self, tenant: &TenantId) -> (u64, crate::chain::Digest) {
+        match (self.head, self.anchor) {
+            (Some(h), _) => (h.seq + 1, h.hash),
+            (None, Some(a)) => (a.seq + 1, a.hash),
+            (None, None) => (1, genesis(tenant)),
+        }
+    }
+}
+
+/// Chain heads and seen event ids of stores that keep them in memory (memory and file).
+#[derive(Debug, Default)]
+pub(crate) struct Chains {
+    pub(crate) tenants: HashMap<TenantId, TenantChain>,
+}
+
+impl Chains {
+    /// The records a batch would add, and the per-event outcomes; nothing changes until
+    /// [`Chains::commit`].
+    pub(crate) fn prepare(&self, events: &[EncodedEvent]) -> (Vec<StoredRecord>, Vec<Appended>) {
+        let mut staged: HashMap<&TenantId, (u64, crate::chain::Digest)> = HashMap::new();
+        let mut batch_ids: HashMap<(&TenantId, EventId), u64> = HashMap::new();
+        let mut records = Vec::new();
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let chain = self.tenants.get(&e.tenant);
+            let known = chain
+                .and_then(|c| c.ids.get(&e.event_id).copied())
+                .or_else(|| batch_ids.get(&(&e.tenant, e.event_id)).copied());
+            if let Some(seq) = known {
+                out.push(Appended {
+                    event_id: e.event_id,
+                    tenant: e.tenant.clone(),
+                    seq,
+                    duplicate: true,
+                });
+                continue;
+            }
+            let (seq, prev) = *staged
+                .entry(&e.tenant)
+                .or_insert_with(|| chain.map_or((1, genesis(&e.tenant)), |c| c.next(&e.tenant)));
+            let hash = link(&e.tenant, seq, &prev, &e.payload);
+            staged.insert(&e.tenant, (seq + 1, hash));
+            batch_ids.insert((&e.tenant, e.event_id), seq);
+            records.push(StoredRecord {
+                tenant: e.tenant.clone(),
+                seq,
+                event_id: e.event_id,
+                occurred_at: e.occurred_at,
+                payload: e.payload.clone(),
+                prev_hash: prev,
+                hash,
+            });
+            out.push(Appended {
+                event_id: e.event_id,
+                tenant: e.tenant.clone(),
+                seq,
+                duplicate: false,
+            });
+        }
+        (records, out)
+    }
+
+    /// Takes stored records into the heads and id sets.
+    pub(crate) fn commit(&mut self, records: &[StoredRecord]) {
+        for r in records {
+            self.observe(r);
+        }
+    }
+
+    /// Notes a record read back from storage (the last one seen of a tenant is its head).
+    pub(crate) fn observe(&mut self, r: &StoredRecord) {
+        let c = self.tenants.entry(r.tenant.clone()).or_default();
+        c.ids.insert(r.event_id, r.seq);
+        c.head = Some(r.head());
+    }
+
+    pub(crate) fn set_anchor(&mut self, tenant: &TenantId, anchor: Anchor) {
+        self.tenants.entry(tenant.clone()).or_default().anchor = Some(anchor);
+    }
+}
+
+/// Whether `anchor` may be purged to: its hash is the stored hash at its `seq`.
+pub(crate) fn check_purge(records: &[StoredRecord], anchor: Anchor) -> Result<()> {
+    match records.iter().find(|r| r.seq == anchor.seq) {
+        Some(r) if r.hash == anchor.hash => Ok(()),
+        _ => Err(crate::Error::Conflict(
+            "purge anchor does not match the stored chain",
+        )),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use crate::codec::Codec;
+    use tenancy_core::{AuditEvent, Outcome};
+
+    pub(crate) fn encoded(tenant: &TenantId, i: usize) -> EncodedEvent {
+        Codec::default()
+            .encode(
+                &AuditEvent::new(tenant.clone(), "records.read", Outcome::Success)
+                    .with_resource("record", i.to_string()),
+            )
+            .unwrap()
+    }
+}
