@@ -1,0 +1,313 @@
+//! The actix-web middleware: [`SetRequestId`], [`Authenticate`], [`ResolveTenant`],
+//! [`RateLimit`], [`Audit`], and [`TenancyMiddleware`] which runs all five in one service.
+//!
+//! Each is a [`Transform`] over the same [`Tenancy`] the tower layers use, and each stage
+//! calls the same decision as its tower twin, so the answers match byte for byte. As with
+//! actix-web's `wrap`, the middleware registered last runs first: prefer
+//! [`TenancyMiddleware`], which keeps the order right.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use actix_web::{test, web, App, HttpResponse};
+//! use tenancy_actix::TenancyMiddleware;
+//!
+//! # #[actix_web::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
+//! # #[derive(Debug)] struct Refuse;
+//! # #[async_trait::async_trait] impl tenancy_core::TokenVerifier for Refuse {
+//! #     async fn verify(&self, _: &str) -> tenancy_core::Result<tenancy_core::Claims> {
+//! #         Err(tenancy_core::Error::Rejected(tenancy_core::TokenRejection::BadSignature))
+//! #     }
+//! # }
+//! # let (verifier, directory, limiter, audit) = (Arc::new(Refuse), Arc::new(MemoryTenantDirectory::new()),
+//! #     Arc::new(MemoryRateLimiter::new()), Arc::new(MemoryAuditSink::new()));
+//! let tenancy = TenancyMiddleware::builder(verifier, directory, limiter, audit)
+//!     .with_public_route("/health")?
+//!     .build()?;
+//! let app = test::init_service(
+//!     App::new()
+//!         .wrap(TenancyMiddleware::new(tenancy))
+//!         .route("/health", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+//!         .route("/v1/me", web::get().to(|| async { HttpResponse::Ok().finish() })),
+//! )
+//! .await;
+//! let health = test::call_service(&app, test::TestRequest::get().uri("/health").to_request()).await;
+//! assert_eq!(health.status(), 200);
+//! let me = test::call_service(&app, test::TestRequest::get().uri("/v1/me").to_request()).await;
+//! assert_eq!(me.status(), 401);
+//! assert_eq!(me.headers()["www-authenticate"], "Bearer");
+//! # Ok(()) }
+//! ```
+
+use std::future::{Ready, ready};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::header::HeaderValue;
+use actix_web::{Error as ActixError, HttpMessage};
+use tenancy_core::{AuditSink, Claims, RateLimiter, TenantContext, TenantDirectory, TokenVerifier};
+use tenancy_http::{
+    AuditNote, Header, REQUEST_ID_HEADER, Rejection, RequestMeta, Resolved, Tenancy, TenancyBuilder,
+};
+use tracing::Instrument;
+
+use crate::head::{Head, meta_for, render, set_headers};
+
+/// Which stages a middleware runs.
+#[derive(Debug, Clone, Copy)]
+struct Stages {
+    request_id: bool,
+    authenticate: bool,
+    resolve: bool,
+    rate_limit: bool,
+    audit: bool,
+}
+
+const NONE: Stages = Stages {
+    request_id: false,
+    authenticate: false,
+    resolve: false,
+    rate_limit: false,
+    audit: false,
+};
+
+macro_rules! transform {
+    ($(#[$meta:meta])* $name:ident, $stages:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            tenancy: Tenancy,
+        }
+
+        impl $name {
+            /// The middleware deciding with `tenancy`.
+            pub fn new(tenancy: Tenancy) -> Self {
+                Self { tenancy }
+            }
+        }
+
+        impl From<Tenancy> for $name {
+            fn from(tenancy: Tenancy) -> Self {
+                Self::new(tenancy)
+            }
+        }
+
+        impl<S, B> Transform<S, ServiceRequest> for $name
+        where
+            S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = ActixError> + 'static,
+            B: MessageBody + 'static,
+        {
+            type Response = ServiceResponse<EitherBody<B>>;
+            type Error = ActixError;
+            type Transform = TenancyService<S>;
+            type InitError = ();
+            type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+            fn new_transform(&self, service: S) -> Self::Future {
+                ready(Ok(TenancyService {
+                    service: Rc::new(service),
+                    tenancy: self.tenancy.clone(),
+                    stages: $stages,
+                }))
+            }
+        }
+    };
+}
+
+transform!(
+    /// Request id (echoed when sane), route rules, client address through trusted proxies,
+    /// the `tenancy.request` span, the head bound (431); on the way out `X-Request-Id` on
+    /// every response and the request metrics.
+    SetRequestId,
+    Stages { request_id: true, ..NONE }
+);
+transform!(
+    /// Bearer token → verified claims; the same 401 for every failure, 503 when the verifier
+    /// cannot decide. Public routes pass.
+    Authenticate,
+    Stages { authenticate: true, ..NONE }
+);
+transform!(
+    /// Verified claims → tenant context; 403 on a tenant header that disagrees, an unknown or
+    /// a suspended tenant.
+    ResolveTenant,
+    Stages { resolve: true, ..NONE }
+);
+transform!(
+    /// Per-tenant and per-user limits with headers on every limited response; 429 with
+    /// `Retry-After`, 503 when the limiter fails closed; super admins and exempt routes pass.
+    RateLimit,
+    Stages { rate_limit: true, ..NONE }
+);
+transform!(
+    /// Audit events for audited routes and for denials the handler gave.
+    Audit,
+    Stages { audit: true, ..NONE }
+);
+transform!(
+    /// All five stages, in order, in one service.
+    TenancyMiddleware,
+    Stages { request_id: true, authenticate: true, resolve: true, rate_limit: true, audit: true }
+);
+
+impl TenancyMiddleware {
+    /// Starts the shared configuration with the four backends; add tiers, trusted proxies
+    /// and route rules, `build()` it, and pass it to [`TenancyMiddleware::new`].
+    pub fn builder(
+        verifier: Arc<dyn TokenVerifier>,
+        directory: Arc<dyn TenantDirectory>,
+        limiter: Arc<dyn RateLimiter>,
+        audit: Arc<dyn AuditSink>,
+    ) -> TenancyBuilder {
+        Tenancy::builder(verifier, directory, limiter, audit)
+    }
+}
+
+/// The service every tenancy middleware produces.
+#[derive(Debug)]
+pub struct TenancyService<S> {
+    service: Rc<S>,
+    tenancy: Tenancy,
+    stages: Stages,
+}
+
+type Reply<B> = ServiceResponse<EitherBody<B>>;
+
+fn reject<B>(req: ServiceRequest, r: &Rejection) -> Reply<B> {
+    req.into_response(render(r)).map_into_right_body()
+}
+
+impl<S, B> Service<ServiceRequest> for TenancyService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = ActixError> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = Reply<B>;
+    type Error = ActixError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Reply<B>, ActixError>>>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        let tenancy = self.tenancy.clone();
+        let stages = self.stages;
+        let meta = if stages.request_id {
+            let meta = tenancy.begin(&Head::routed(&req));
+            if let Err(r) = tenancy.check_headers(&meta, &Head::plain(&req)) {
+                tenancy.finish(&meta, r.status());
+                return Box::pin(ready(Ok(reject(req, &r))));
+            }
+            req.extensions_mut().insert(meta.clone());
+            req.extensions_mut().insert(meta.request_id().clone());
+            meta
+        } else {
+            meta_for(&tenancy, &req)
+        };
+        let span = meta.span().clone();
+        Box::pin(
+            async move {
+                let http_req = req.request().clone();
+                let result = run(&tenancy, stages, &meta, service, req).await;
+                if !stages.request_id {
+                    return result;
+                }
+                // Errors become responses here, so that they too carry the request id and
+                // are counted.
+                let mut res = match result {
+                    Ok(res) => res,
+                    Err(e) => {
+                        ServiceResponse::new(http_req, e.error_response()).map_into_right_body()
+                    }
+                };
+                if let Ok(v) = HeaderValue::from_str(meta.request_id().as_str()) {
+                    res.headers_mut().insert(
+                        actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER),
+                        v,
+                    );
+                }
+                tenancy.finish(&meta, res.status().as_u16());
+                Ok(res)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+async fn run<S, B>(
+    tenancy: &Tenancy,
+    stages: Stages,
+    meta: &RequestMeta,
+    service: Rc<S>,
+    req: ServiceRequest,
+) -> Result<Reply<B>, ActixError>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = ActixError> + 'static,
+    B: MessageBody + 'static,
+{
+    if stages.authenticate && !meta.is_public() {
+        let authorization = Header::read(&Head::plain(&req), "authorization");
+        match tenancy.authenticate(meta, authorization).await {
+            Ok(Some(claims)) => {
+                req.extensions_mut().insert(claims);
+            }
+            Ok(None) => {}
+            Err(r) => return Ok(reject(req, &r)),
+        }
+    }
+    if stages.resolve {
+        let claims = req.extensions_mut().remove::<Claims>();
+        match claims {
+            Some(claims) => {
+                let header = Header::read(&Head::plain(&req), tenancy.tenant_header());
+                match tenancy.resolve_tenant(meta, &claims, header).await {
+                    Ok(resolved) => {
+                        let mut ext = req.extensions_mut();
+                        ext.insert(claims);
+                        ext.insert::<TenantContext>(resolved.context.clone());
+                        ext.insert(resolved);
+                    }
+                    Err(r) => return Ok(reject(req, &r)),
+                }
+            }
+            None if meta.is_public() => {}
+            None => {
+                let r = Rejection::missing_layer("ResolveTenant", "Authenticate")
+                    .with_request_id(meta.request_id());
+                return Ok(reject(req, &r));
+            }
+        }
+    }
+    let mut limit_headers = Vec::new();
+    if stages.rate_limit {
+        let resolved = req.extensions_mut().remove::<Resolved>();
+        if resolved.is_none() && !meta.is_public() {
+            let r = Rejection::missing_layer("RateLimit", "ResolveTenant")
+                .with_request_id(meta.request_id());
+            return Ok(reject(req, &r));
+        }
+        match tenancy.rate_limit(meta, resolved.as_ref()).await {
+            Ok(h) => limit_headers = h,
+            Err(r) => return Ok(reject(req, &r)),
+        }
+        if let Some(r) = resolved {
+            req.extensions_mut().insert(r);
+        }
+    }
+    let mut res = service.call(req).await?;
+    set_headers(res.headers_mut(), &limit_headers);
+    if stages.audit {
+        let status = res.status().as_u16();
+        if tenancy.audits(meta, status) {
+            let note = res.response_mut().extensions_mut().remove::<AuditNote>();
+            if let Err(r) = tenancy.audit_response(meta, status, note).await {
+                let http_req = res.request().clone();
+                return Ok(ServiceResponse::new(http_req, render(&r)).map_into_right_body());
+            }
+        }
+    }
+    Ok(res.map_into_left_body())
+}

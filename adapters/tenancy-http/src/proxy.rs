@@ -1,0 +1,260 @@
+//! The client address, taken from the peer or, only through trusted proxies, from
+//! `Forwarded` / `X-Forwarded-For`.
+//!
+//! Why this default: with no trusted proxy configured, forwarding headers are ignored and the
+//! peer address is the client. A client can write any `X-Forwarded-For` it likes, so the
+//! header is believed only as far as it was appended by a proxy on the list, walking from the
+//! right (the hop closest to us) and stopping at the first address that is not a trusted
+//! proxy. The leftmost entry, which the client controls, is never trusted by position.
+//!
+//! ```
+//! use std::net::IpAddr;
+//! use tenancy_http::TrustedProxies;
+//!
+//! let proxies = TrustedProxies::parse(["10.0.0.0/8"])?;
+//! let peer: IpAddr = "10.1.2.3".parse().unwrap();
+//! let xff: &[&[u8]] = &[b"6.6.6.6, 203.0.113.9, 10.0.0.7"];
+//! assert_eq!(proxies.client_addr(Some(peer), &[], xff), Some("203.0.113.9".parse().unwrap()));
+//!
+//! // From an untrusted peer the header is ignored.
+//! let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+//! assert_eq!(proxies.client_addr(Some(stranger), &[], xff), Some(stranger));
+//! # Ok::<(), tenancy_http::Error>(())
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::{Error, Result};
+
+/// An IP network: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr` or `addr/prefix` (IPv4 or IPv6).
+    pub fn parse(s: &str) -> Result<Self> {
+        let err = |reason| Error::InvalidProxy {
+            entry: s.to_owned(),
+            reason,
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| err("not an IP address"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| err("prefix length out of range"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The proxies whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// No trusted proxy: the peer address is always the client (the default).
+    pub fn none() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Parses a list of addresses and CIDR networks.
+    pub fn parse<I, S>(entries: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        entries
+            .into_iter()
+            .map(|e| IpNet::parse(e.as_ref()))
+            .collect::<Result<Vec<_>>>()
+            .map(Self)
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The client address for a request from `peer` carrying these `Forwarded` and
+    /// `X-Forwarded-For` header values (each in arrival order).
+    ///
+    /// `Forwarded` is used when present, else `X-Forwarded-For`. Hops are read from the right;
+    /// the first one that is not a trusted proxy is the client. A hop that cannot be read (an
+    /// obfuscated identifier, `unknown`, garbage) ends the walk at the last trusted hop, since
+    /// nothing further left can be attributed. Without a peer there is no address.
+    pub fn client_addr(
+        &self,
+        peer: Option<IpAddr>,
+        forwarded: &[&[u8]],
+        x_forwarded_for: &[&[u8]],
+    ) -> Option<IpAddr> {
+        let peer = peer?.to_canonical();
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let hops: Vec<Option<IpAddr>> = if forwarded.is_empty() {
+            x_forwarded_for
+                .iter()
+                .flat_map(|v| v.split(|b| *b == b','))
+                .map(|h| std::str::from_utf8(h).ok().and_then(parse_hop))
+                .collect()
+        } else {
+            forwarded
+                .iter()
+                .flat_map(|v| v.split(|b| *b == b','))
+                .map(forwarded_for)
+                .collect()
+        };
+        let mut current = peer;
+        for hop in hops.into_iter().rev() {
+            match hop {
+                Some(ip) => {
+                    current = ip;
+                    if !self.is_trusted(ip) {
+                        return Some(ip);
+                    }
+                }
+                None => return Some(current),
+            }
+        }
+        Some(current)
+    }
+}
+
+/// One hop: a bare address, an address with a port, or a bracketed IPv6 address with an
+/// optional port.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_matches('"');
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    let inner = s.strip_prefix('[')?.split(']').next()?;
+    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// The `for=` parameter of one `Forwarded` element (RFC 7239).
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    let element = std::str::from_utf8(element).ok()?;
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("for").then(|| parse_hop(v))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks() {
+        let n = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains(ip("10.255.0.1")));
+        assert!(n.contains(ip("::ffff:10.0.0.1")));
+        assert!(!n.contains(ip("11.0.0.1")));
+        let all = IpNet::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains(ip("1.2.3.4")));
+        let v6 = IpNet::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(ip("2001:db8:1::5")));
+        assert!(!v6.contains(ip("2001:db9::5")));
+        assert!(IpNet::parse("::1").unwrap().contains(ip("::1")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "host",
+            "10.0.0.0/x",
+            "1.2.3.4/-1",
+        ] {
+            assert!(IpNet::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn leftmost_entry_is_never_believed_by_position() {
+        let p = TrustedProxies::parse(["10.0.0.0/8", "192.168.0.1"]).unwrap();
+        let peer = Some(ip("10.0.0.1"));
+        // The client forged "1.1.1.1"; the trusted proxy appended the real peer it saw.
+        let xff: &[&[u8]] = &[b"1.1.1.1", b"203.0.113.5, 192.168.0.1"];
+        assert_eq!(p.client_addr(peer, &[], xff), Some(ip("203.0.113.5")));
+        // All hops trusted: the leftmost hop is the client.
+        let xff: &[&[u8]] = &[b"10.9.9.9, 192.168.0.1"];
+        assert_eq!(p.client_addr(peer, &[], xff), Some(ip("10.9.9.9")));
+        // Garbage between: stop at the last trusted hop.
+        let xff: &[&[u8]] = &[b"7.7.7.7, unknown, 10.2.2.2"];
+        assert_eq!(p.client_addr(peer, &[], xff), Some(ip("10.2.2.2")));
+        // No header: the peer.
+        assert_eq!(p.client_addr(peer, &[], &[]), peer);
+        assert_eq!(p.client_addr(None, &[], xff), None);
+    }
+
+    #[test]
+    fn forwarded_wins_over_x_forwarded_for() {
+        let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let fwd: &[&[u8]] =
+            &[b"for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.0.0.3:80"];
+        let xff: &[&[u8]] = &[b"9.9.9.9"];
+        assert_eq!(
+            p.client_addr(Some(ip("10.0.0.2")), fwd, xff),
+            Some(ip("2001:db8:cafe::17"))
+        );
+        let no_for: &[&[u8]] = &[b"proto=https;by=10.0.0.3"];
+        assert_eq!(
+            p.client_addr(Some(ip("10.0.0.2")), no_for, xff),
+            Some(ip("10.0.0.2"))
+        );
+    }
+
+    #[test]
+    fn untrusted_peer_headers_are_ignored() {
+        let p = TrustedProxies::none();
+        let xff: &[&[u8]] = &[b"1.2.3.4"];
+        assert_eq!(
+            p.client_addr(Some(ip("203.0.113.1")), &[], xff),
+            Some(ip("203.0.113.1"))
+        );
+    }
+}

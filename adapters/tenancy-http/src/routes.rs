@@ -1,0 +1,350 @@
+//! Route rules: which routes are public, which are exempt from rate limits, and which are
+//! audited under which action.
+//!
+//! Patterns use the syntax axum and actix-web share: literal segments, `{name}` for one
+//! segment, and a final `{*name}` for the rest of the path (zero or more segments). The first
+//! rule whose method and pattern match a request applies. Matching runs on the request path
+//! itself, so both adapters (and plain hyper or tonic services) classify a request the same
+//! way without asking the framework's router.
+//!
+//! ```
+//! use tenancy_http::{RouteRule, RouteTable};
+//!
+//! let table = RouteTable::new(vec![
+//!     RouteRule::new("/health")?.public(),
+//!     RouteRule::new("/v1/admin/{*rest}")?.exempt(),
+//!     RouteRule::new("/v1/records/{id}")?.method("GET").audit("records.read")?.resource("record", "id"),
+//! ]);
+//! let m = table.find("GET", "/v1/records/42").unwrap();
+//! assert_eq!(m.template(), "/v1/records/{id}");
+//! assert_eq!(m.param("id"), Some("42"));
+//! assert!(table.find("GET", "/v1/admin/tenants/acme").unwrap().rule().is_exempt());
+//! assert!(table.find("DELETE", "/v1/records/42").is_none());
+//! # Ok::<(), tenancy_http::Error>(())
+//! ```
+
+use std::sync::Arc;
+
+use crate::{Error, Result};
+
+/// Longest path parameter kept for an audit record, in bytes.
+const PARAM_MAX_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+    Rest(String),
+}
+
+/// How a route is audited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSpec {
+    /// The action recorded (`records.read`).
+    pub action: String,
+    /// The resource type recorded, when the route names one.
+    pub resource_kind: Option<String>,
+    /// The path parameter holding the resource id.
+    pub resource_param: Option<String>,
+    /// Whether the response waits until the event is stored.
+    pub sync: bool,
+}
+
+/// One route rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    template: String,
+    segments: Vec<Segment>,
+    method: Option<String>,
+    public: bool,
+    exempt: bool,
+    audit: Option<AuditSpec>,
+}
+
+fn check_action(action: &str) -> Result<()> {
+    let ok = !action.is_empty()
+        && action.len() <= 64
+        && action.as_bytes()[0].is_ascii_lowercase()
+        && action.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(tenancy_core::ParseError::new(
+            "audit action",
+            "must be 1 to 64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter",
+        )
+        .into())
+    }
+}
+
+impl RouteRule {
+    /// A rule for every method on `pattern`: authenticated, limited, not audited.
+    pub fn new(pattern: &str) -> Result<Self> {
+        let err = |reason| Error::InvalidRoute {
+            pattern: pattern.to_owned(),
+            reason,
+        };
+        let rest = pattern
+            .strip_prefix('/')
+            .ok_or_else(|| err("must start with '/'"))?;
+        let mut segments = Vec::new();
+        if !rest.is_empty() {
+            let parts: Vec<&str> = rest.split('/').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let seg = if let Some(name) =
+                    part.strip_prefix("{*").and_then(|p| p.strip_suffix('}'))
+                {
+                    if i + 1 != parts.len() {
+                        return Err(err("`{*name}` must be the last segment"));
+                    }
+                    Segment::Rest(check_param(name).ok_or_else(|| err("bad parameter name"))?)
+                } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+                {
+                    Segment::Param(check_param(name).ok_or_else(|| err("bad parameter name"))?)
+                } else if part.contains(['{', '}']) {
+                    return Err(err("braces only around a whole segment"));
+                } else if part.is_empty() && i + 1 != parts.len() {
+                    return Err(err("empty segment"));
+                } else {
+                    Segment::Literal((*part).to_owned())
+                };
+                segments.push(seg);
+            }
+        }
+        Ok(Self {
+            template: pattern.to_owned(),
+            segments,
+            method: None,
+            public: false,
+            exempt: false,
+            audit: None,
+        })
+    }
+
+    /// Applies only to this method (`GET`, `POST`, ...; compared case-sensitively, as HTTP
+    /// methods are).
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_owned());
+        self
+    }
+
+    /// No authentication, tenant or tenant limit: the route serves anyone (health, metrics,
+    /// login). An anonymous per-address limit still applies when one is configured.
+    pub fn public(mut self) -> Self {
+        self.public = true;
+        self
+    }
+
+    /// Authenticated, but not rate limited (admin routes).
+    pub fn exempt(mut self) -> Self {
+        self.exempt = true;
+        self
+    }
+
+    /// Audits every response of this route under `action` (`area.verb`).
+    pub fn audit(mut self, action: &str) -> Result<Self> {
+        check_action(action)?;
+        self.audit = Some(AuditSpec {
+            action: action.to_owned(),
+            resource_kind: None,
+            resource_param: None,
+            sync: false,
+        });
+        Ok(self)
+    }
+
+    /// Names the audited resource: its type, and the path parameter that holds its id.
+    /// Has no effect unless the route is audited.
+    pub fn resource(mut self, kind: &str, param: &str) -> Self {
+        if let Some(a) = &mut self.audit {
+            a.resource_kind = Some(kind.to_owned());
+            a.resource_param = Some(param.to_owned());
+        }
+        self
+    }
+
+    /// The response waits until the audit event is stored; when it cannot be stored the
+    /// client gets a 500 instead of the handler's answer. Has no effect unless audited.
+    pub fn audit_sync(mut self) -> Self {
+        if let Some(a) = &mut self.audit {
+            a.sync = true;
+        }
+        self
+    }
+
+    /// The pattern as configured: the route template used in metrics and audit records.
+    pub fn template(&self) -> &str {
+        &self.template
+    }
+
+    /// Whether the route is public.
+    pub fn is_public(&self) -> bool {
+        self.public
+    }
+
+    /// Whether the route is exempt from rate limits.
+    pub fn is_exempt(&self) -> bool {
+        self.exempt
+    }
+
+    /// How the route is audited, if it is.
+    pub fn audit_spec(&self) -> Option<&AuditSpec> {
+        self.audit.as_ref()
+    }
+
+    fn matches(&self, method: &str, path: &str) -> Option<Vec<(String, String)>> {
+        if self.method.as_deref().is_some_and(|m| m != method) {
+            return None;
+        }
+        let rest = path.strip_prefix('/')?;
+        let mut parts = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect::<Vec<_>>()
+        };
+        if self.segments.is_empty() {
+            return parts.is_empty().then(Vec::new);
+        }
+        let mut params = Vec::new();
+        let mut i = 0;
+        for seg in &self.segments {
+            match seg {
+                Segment::Literal(l) => {
+                    if parts.get(i)? != l {
+                        return None;
+                    }
+                }
+                Segment::Param(name) => {
+                    let v = parts.get(i).filter(|v| !v.is_empty())?;
+                    params.push((name.clone(), bounded(v)));
+                }
+                Segment::Rest(name) => {
+                    let v = parts.split_off(i.min(parts.len())).join("/");
+                    params.push((name.clone(), bounded(&v)));
+                    return Some(params);
+                }
+            }
+            i += 1;
+        }
+        (i == parts.len()).then_some(params)
+    }
+}
+
+fn check_param(name: &str) -> Option<String> {
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then(|| name.to_owned())
+}
+
+fn bounded(v: &str) -> String {
+    if v.len() <= PARAM_MAX_LEN {
+        return v.to_owned();
+    }
+    let mut end = PARAM_MAX_LEN;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_owned()
+}
+
+/// A rule that matched a request, with the path parameters it captured.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    rule: Arc<RouteRule>,
+    params: Vec<(String, String)>,
+}
+
+impl RouteMatch {
+    /// The rule.
+    pub fn rule(&self) -> &RouteRule {
+        &self.rule
+    }
+
+    /// The route template.
+    pub fn template(&self) -> &str {
+        &self.rule.template
+    }
+
+    /// A captured path parameter (raw, percent-encoded as sent; at most 128 bytes).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Route rules in order; the first match applies.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable(Vec<Arc<RouteRule>>);
+
+impl RouteTable {
+    /// A table of `rules`, tried in order.
+    pub fn new(rules: Vec<RouteRule>) -> Self {
+        Self(rules.into_iter().map(Arc::new).collect())
+    }
+
+    /// Appends a rule.
+    pub fn push(&mut self, rule: RouteRule) {
+        self.0.push(Arc::new(rule));
+    }
+
+    /// The first rule matching `method` and `path`.
+    pub fn find(&self, method: &str, path: &str) -> Option<RouteMatch> {
+        self.0.iter().find_map(|r| {
+            r.matches(method, path).map(|params| RouteMatch {
+                rule: Arc::clone(r),
+                params,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_validated() {
+        for bad in [
+            "",
+            "v1",
+            "/a/{*rest}/b",
+            "/a{b}",
+            "/a/{}",
+            "/a//b",
+            "/{a-b}",
+        ] {
+            assert!(RouteRule::new(bad).is_err(), "{bad}");
+        }
+        assert!(RouteRule::new("/").is_ok());
+        assert!(RouteRule::new("/a/").is_ok());
+        assert!(RouteRule::new("/x").unwrap().audit("Bad Action").is_err());
+    }
+
+    #[test]
+    fn matching() {
+        let t = RouteTable::new(vec![
+            RouteRule::new("/").unwrap(),
+            RouteRule::new("/v1/records/{id}").unwrap().method("GET"),
+            RouteRule::new("/v1/admin/{*rest}").unwrap(),
+        ]);
+        assert_eq!(t.find("GET", "/").unwrap().template(), "/");
+        assert!(t.find("GET", "/v1/records/").is_none());
+        assert!(t.find("GET", "/v1/records/1/x").is_none());
+        assert!(t.find("POST", "/v1/records/1").is_none());
+        assert_eq!(t.find("GET", "/v1/admin").unwrap().param("rest"), Some(""));
+        assert_eq!(
+            t.find("PUT", "/v1/admin/tenants/acme")
+                .unwrap()
+                .param("rest"),
+            Some("tenants/acme")
+        );
+        assert!(t.find("GET", "/v1/adminx").is_none());
+        assert!(t.find("GET", "no-slash").is_none());
+        let long = format!("/v1/records/{}", "é".repeat(100));
+        let m = t.find("GET", &long).unwrap();
+        assert!(m.param("id").unwrap().len() <= PARAM_MAX_LEN);
+    }
+}

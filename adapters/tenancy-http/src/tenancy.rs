@@ -1,0 +1,885 @@
+//! [`Tenancy`]: the decisions every adapter makes, in request order, written once.
+//!
+//! An adapter reads the request head through [`RequestHead`], then calls, in order:
+//! [`Tenancy::begin`] and [`Tenancy::check_headers`] (request id, route, client address,
+//! header bound), [`Tenancy::authenticate`], [`Tenancy::resolve_tenant`],
+//! [`Tenancy::rate_limit`], the handler, [`Tenancy::audit_response`] and [`Tenancy::finish`].
+//! Each step either lets the request go on or returns a [`Rejection`] that the adapter renders
+//! as it is. Denials are audited and counted by the step that makes them.
+//!
+//! ```
+//! use std::net::IpAddr;
+//! use std::sync::Arc;
+//! use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
+//! use tenancy_core::{Claims, Result as CoreResult, TokenVerifier};
+//! use tenancy_http::{Header, RequestHead, Tenancy};
+//!
+//! #[derive(Debug)]
+//! struct NoTokens;
+//! #[async_trait::async_trait]
+//! impl TokenVerifier for NoTokens {
+//!     async fn verify(&self, _: &str) -> CoreResult<Claims> {
+//!         Err(tenancy_core::Error::Rejected(tenancy_core::TokenRejection::BadSignature))
+//!     }
+//! }
+//!
+//! struct Head;
+//! impl RequestHead for Head {
+//!     fn method(&self) -> &str { "GET" }
+//!     fn path(&self) -> &str { "/v1/me" }
+//!     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+//!         (name == "authorization").then_some(&b"Bearer abc"[..]).into_iter()
+//!     }
+//!     fn header_bytes(&self) -> usize { 30 }
+//!     fn peer_addr(&self) -> Option<IpAddr> { "127.0.0.1".parse().ok() }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tenancy_http::Error> {
+//! let tenancy = Tenancy::builder(
+//!     Arc::new(NoTokens),
+//!     Arc::new(MemoryTenantDirectory::new()),
+//!     Arc::new(MemoryRateLimiter::new()),
+//!     Arc::new(MemoryAuditSink::new()),
+//! )
+//! .build()?;
+//! let meta = tenancy.begin(&Head);
+//! tenancy.check_headers(&meta, &Head).unwrap();
+//! let refused = tenancy
+//!     .authenticate(&meta, Header::read(&Head, "authorization"))
+//!     .await
+//!     .unwrap_err();
+//! assert_eq!(refused.status(), 401);
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use tenancy_core::{
+    AuditEvent, AuditSink, Claims, DecisionSource, Denial, FailurePolicy, Limit, Outcome, Quota,
+    RateLimitRequest, RateLimiter, RequestId, SharedClock, TenantContext, TenantDirectory,
+    TenantId, TenantSettings, TierCatalog, TokenRejection, TokenVerifier, UserId,
+};
+use tracing::Span;
+
+use crate::metrics::{self, TenantLabels};
+use crate::problem::{AuthFailure, Rejection, RejectionKind};
+use crate::routes::{RouteMatch, RouteRule, RouteTable};
+use crate::{Error, Result, TrustedProxies};
+
+/// Default bound on the request head (names and values of every header), in bytes.
+///
+/// Why 16 KiB: far above any legitimate head (a large JWT is 2–4 KiB), low enough that a
+/// request cannot make every layer copy and scan megabytes of headers.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default bound on the `Authorization` header, in bytes; larger values are refused before
+/// the verifier sees them.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Default number of tenants that get their own metrics label.
+pub const DEFAULT_MAX_TENANT_LABELS: usize = 100;
+/// The header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The default tenant header.
+pub const DEFAULT_TENANT_HEADER: &str = "x-tenant-id";
+/// The route label of requests no rule or framework route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Read access to a request head, implemented by each adapter for its request type.
+pub trait RequestHead {
+    /// The method (`GET`).
+    fn method(&self) -> &str;
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// Every value of the header `name` (a lowercase name), in arrival order.
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a;
+    /// The size of the head: the names and values of every header, in bytes.
+    fn header_bytes(&self) -> usize;
+    /// The address of the connection's peer.
+    fn peer_addr(&self) -> Option<IpAddr>;
+    /// The route template the framework matched, when it knows one (a metrics label).
+    fn framework_route(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// One header, read for a decision: absent, one value, or several (which is ambiguous for
+/// the headers read here and refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Header {
+    /// Not sent.
+    Absent,
+    /// Sent once.
+    One(Vec<u8>),
+    /// Sent more than once.
+    Many,
+}
+
+impl Header {
+    /// Reads the header `name` (lowercase) from `head`.
+    pub fn read(head: &impl RequestHead, name: &str) -> Self {
+        let mut values = head.header_values(name);
+        match (values.next(), values.next()) {
+            (None, _) => Self::Absent,
+            (Some(v), None) => Self::One(v.to_vec()),
+            (Some(_), Some(_)) => Self::Many,
+        }
+    }
+}
+
+/// What a handler adds to the audit record of its response, through the response's
+/// extensions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditNote {
+    /// Replaces the outcome derived from the status.
+    pub outcome: Option<Outcome>,
+    /// The id of the resource acted on (for example the id of a record just created).
+    pub resource_id: Option<String>,
+    /// Why (a failure class); never a secret.
+    pub reason: Option<String>,
+    /// Further details (redacted by the audit store before anything is kept).
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug)]
+struct MetaInner {
+    request_id: RequestId,
+    client_addr: Option<IpAddr>,
+    route: Option<RouteMatch>,
+    framework_route: Option<String>,
+    started: Instant,
+    span: Span,
+    tenant: OnceLock<TenantId>,
+    context: OnceLock<TenantContext>,
+}
+
+/// What the layers know about one request; cheap to clone, shared by every layer of it.
+#[derive(Debug, Clone)]
+pub struct RequestMeta(Arc<MetaInner>);
+
+impl RequestMeta {
+    /// The request id (the client's when it sent a sane one, else a fresh one).
+    pub fn request_id(&self) -> &RequestId {
+        &self.0.request_id
+    }
+
+    /// The client address, through trusted proxies.
+    pub fn client_addr(&self) -> Option<IpAddr> {
+        self.0.client_addr
+    }
+
+    /// The route rule that matched, if any.
+    pub fn route(&self) -> Option<&RouteMatch> {
+        self.0.route.as_ref()
+    }
+
+    /// The route label: the matched rule's template, else the framework's, else `unmatched`.
+    pub fn route_label(&self) -> &str {
+        self.0
+            .route
+            .as_ref()
+            .map(RouteMatch::template)
+            .or(self.0.framework_route.as_deref())
+            .unwrap_or(UNMATCHED_ROUTE)
+    }
+
+    /// Whether the matched rule makes the route public.
+    pub fn is_public(&self) -> bool {
+        self.route().is_some_and(|m| m.rule().is_public())
+    }
+
+    /// The tenant, once a token has been verified.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        self.0.tenant.get()
+    }
+
+    /// The tenant context, once the tenant has been resolved.
+    pub fn context(&self) -> Option<&TenantContext> {
+        self.0.context.get()
+    }
+
+    /// The request's tracing span (fields `request_id`, `method`, `route`, `tenant`).
+    pub fn span(&self) -> &Span {
+        &self.0.span
+    }
+
+    /// When the request started.
+    pub fn started(&self) -> Instant {
+        self.0.started
+    }
+
+    fn set_tenant(&self, tenant: &TenantId) {
+        if self.0.tenant.set(tenant.clone()).is_ok() {
+            self.0.span.record("tenant", tenant.as_str());
+        }
+    }
+}
+
+/// A resolved tenant: the request's context and the tenant's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The verified context, with tier and request id filled in.
+    pub context: TenantContext,
+    /// The tenant's settings from the directory.
+    pub settings: TenantSettings,
+}
+
+#[derive(Debug)]
+struct Inner {
+    verifier: Arc<dyn TokenVerifier>,
+    directory: Arc<dyn TenantDirectory>,
+    limiter: Arc<dyn RateLimiter>,
+    audit: Arc<dyn AuditSink>,
+    tiers: TierCatalog,
+    proxies: TrustedProxies,
+    routes: RouteTable,
+    clock: SharedClock,
+    tenant_header: String,
+    max_header_bytes: usize,
+    max_token_bytes: usize,
+    anonymous_tenant: TenantId,
+    anonymous_limit: Option<Quota>,
+    failure_policy: FailurePolicy,
+    labels: TenantLabels,
+    audit_denials: bool,
+}
+
+/// Builds a [`Tenancy`].
+#[derive(Debug)]
+pub struct TenancyBuilder {
+    verifier: Arc<dyn TokenVerifier>,
+    directory: Arc<dyn TenantDirectory>,
+    limiter: Arc<dyn RateLimiter>,
+    audit: Arc<dyn AuditSink>,
+    tiers: TierCatalog,
+    proxies: TrustedProxies,
+    routes: RouteTable,
+    clock: SharedClock,
+    tenant_header: String,
+    max_header_bytes: usize,
+    max_token_bytes: usize,
+    anonymous_tenant: Option<TenantId>,
+    anonymous_limit: Option<Quota>,
+    failure_policy: FailurePolicy,
+    max_tenant_labels: usize,
+    audit_denials: bool,
+}
+
+impl TenancyBuilder {
+    /// The tiers whose quotas apply (default: [`TierCatalog::default`]).
+    pub fn with_tiers(mut self, tiers: TierCatalog) -> Self {
+        self.tiers = tiers;
+        self
+    }
+
+    /// The proxies whose `Forwarded` / `X-Forwarded-For` are believed (default: none).
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = proxies;
+        self
+    }
+
+    /// Adds a route rule; rules are tried in the order added.
+    pub fn with_route(mut self, rule: RouteRule) -> Self {
+        self.routes.push(rule);
+        self
+    }
+
+    /// Marks `pattern` (every method) as exempt from rate limits: admin routes.
+    pub fn with_exempt_route(self, pattern: &str) -> Result<Self> {
+        Ok(self.with_route(RouteRule::new(pattern)?.exempt()))
+    }
+
+    /// Marks `pattern` (every method) as public: no token needed.
+    pub fn with_public_route(self, pattern: &str) -> Result<Self> {
+        Ok(self.with_route(RouteRule::new(pattern)?.public()))
+    }
+
+    /// The clock deciding whether a bypass window is open (default: the system clock).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The header that, when sent, must name the token's tenant (default `x-tenant-id`).
+    pub fn with_tenant_header(mut self, name: &str) -> Self {
+        self.tenant_header = name.to_owned();
+        self
+    }
+
+    /// The bound on the request head (default [`DEFAULT_MAX_HEADER_BYTES`]).
+    pub fn with_max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
+        self
+    }
+
+    /// The bound on the `Authorization` header (default [`DEFAULT_MAX_TOKEN_BYTES`]).
+    pub fn with_max_token_bytes(mut self, bytes: usize) -> Self {
+        self.max_token_bytes = bytes;
+        self
+    }
+
+    /// The tenant whose audit trail and limits take requests that have no verified tenant:
+    /// authentication failures and anonymous limits (default `platform`).
+    pub fn with_anonymous_tenant(mut self, tenant: TenantId) -> Self {
+        self.anonymous_tenant = Some(tenant);
+        self
+    }
+
+    /// A limit per client address on public routes (login floods); none by default.
+    pub fn with_anonymous_limit(mut self, quota: Quota) -> Self {
+        self.anonymous_limit = Some(quota);
+        self
+    }
+
+    /// What the limiter does when its backend cannot decide (default
+    /// [`FailurePolicy::FailClosed`]: a 503, never an unlimited service).
+    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
+        self
+    }
+
+    /// How many tenants get their own metrics label (default
+    /// [`DEFAULT_MAX_TENANT_LABELS`]); later tenants share `other`.
+    pub fn with_max_tenant_labels(mut self, max: usize) -> Self {
+        self.max_tenant_labels = max;
+        self
+    }
+
+    /// Whether 401, 403 and 429 answers are audited (default: yes).
+    pub fn with_denial_audit(mut self, enabled: bool) -> Self {
+        self.audit_denials = enabled;
+        self
+    }
+
+    /// Checks the configuration and builds.
+    pub fn build(self) -> Result<Tenancy> {
+        let h = &self.tenant_header;
+        let token = !h.is_empty()
+            && h.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+            });
+        if !token {
+            return Err(Error::InvalidHeaderName { name: h.clone() });
+        }
+        if let Some(q) = &self.anonymous_limit {
+            q.validate()?;
+        }
+        let anonymous_tenant = match self.anonymous_tenant {
+            Some(t) => t,
+            None => TenantId::parse("platform")?,
+        };
+        Ok(Tenancy {
+            inner: Arc::new(Inner {
+                verifier: self.verifier,
+                directory: self.directory,
+                limiter: self.limiter,
+                audit: self.audit,
+                tiers: self.tiers,
+                proxies: self.proxies,
+                routes: self.routes,
+                clock: self.clock,
+                tenant_header: self.tenant_header,
+                max_header_bytes: self.max_header_bytes,
+                max_token_bytes: self.max_token_bytes,
+                anonymous_tenant,
+                anonymous_limit: self.anonymous_limit,
+                failure_policy: self.failure_policy,
+                labels: TenantLabels::new(self.max_tenant_labels),
+                audit_denials: self.audit_denials,
+            }),
+        })
+    }
+}
+
+/// The shared decision logic of the tenancy adapters; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tenancy {
+    inner: Arc<Inner>,
+}
+
+/// Parses `Bearer <token>`: one header, the scheme case-insensitively, one or more spaces,
+/// then a token of the RFC 6750 `b64token` alphabet.
+fn bearer(header: Header, max: usize) -> std::result::Result<String, AuthFailure> {
+    let value = match header {
+        Header::Absent => return Err(AuthFailure::Missing),
+        Header::Many => return Err(AuthFailure::Ambiguous),
+        Header::One(v) => v,
+    };
+    if value.len() > max {
+        return Err(AuthFailure::Oversized);
+    }
+    let (scheme, rest) = value.split_at_checked(6).ok_or(AuthFailure::BadScheme)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return Err(AuthFailure::BadScheme);
+    }
+    let token = rest.trim_ascii();
+    let ok = !token.is_empty()
+        && token
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b));
+    if !ok {
+        return Err(AuthFailure::BadScheme);
+    }
+    // Only ASCII passed the check above.
+    String::from_utf8(token.to_vec()).map_err(|_| AuthFailure::BadScheme)
+}
+
+fn outcome_for(status: u16) -> Outcome {
+    match status {
+        401 | 403 | 429 => Outcome::Denied,
+        500.. => Outcome::Error,
+        400.. => Outcome::Failure,
+        _ => Outcome::Success,
+    }
+}
+
+impl Tenancy {
+    /// Starts a builder with the four backends every deployment chooses.
+    pub fn builder(
+        verifier: Arc<dyn TokenVerifier>,
+        directory: Arc<dyn TenantDirectory>,
+        limiter: Arc<dyn RateLimiter>,
+        audit: Arc<dyn AuditSink>,
+    ) -> TenancyBuilder {
+        TenancyBuilder {
+            verifier,
+            directory,
+            limiter,
+            audit,
+            tiers: TierCatalog::default(),
+            proxies: TrustedProxies::none(),
+            routes: RouteTable::default(),
+            clock: tenancy_core::system_clock(),
+            tenant_header: DEFAULT_TENANT_HEADER.to_owned(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            anonymous_tenant: None,
+            anonymous_limit: None,
+            failure_policy: FailurePolicy::FailClosed,
+            max_tenant_labels: DEFAULT_MAX_TENANT_LABELS,
+            audit_denials: true,
+        }
+    }
+
+    /// The tenant header name.
+    pub fn tenant_header(&self) -> &str {
+        &self.inner.tenant_header
+    }
+
+    /// The tier catalog.
+    pub fn tiers(&self) -> &TierCatalog {
+        &self.inner.tiers
+    }
+
+    /// Step 1: the request id, the matching route rule, the client address and the span.
+    pub fn begin(&self, head: &impl RequestHead) -> RequestMeta {
+        let request_id = match Header::read(head, REQUEST_ID_HEADER) {
+            Header::One(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| RequestId::parse(s).ok()),
+            _ => None,
+        }
+        .unwrap_or_else(RequestId::generate);
+        let route = self.inner.routes.find(head.method(), head.path());
+        let peer = head.peer_addr();
+        let client_addr = if self.inner.proxies.is_empty() {
+            peer.map(|p| p.to_canonical())
+        } else {
+            let fwd: Vec<&[u8]> = head.header_values("forwarded").collect();
+            let xff: Vec<&[u8]> = head.header_values("x-forwarded-for").collect();
+            self.inner.proxies.client_addr(peer, &fwd, &xff)
+        };
+        let framework_route = head.framework_route().map(str::to_owned);
+        let label = route
+            .as_ref()
+            .map(RouteMatch::template)
+            .or(framework_route.as_deref())
+            .unwrap_or(UNMATCHED_ROUTE);
+        let span = tracing::info_span!(
+            "tenancy.request",
+            request_id = %request_id,
+            method = head.method(),
+            route = label,
+            tenant = tracing::field::Empty,
+        );
+        RequestMeta(Arc::new(MetaInner {
+            request_id,
+            client_addr,
+            route,
+            framework_route,
+            started: Instant::now(),
+            span,
+            tenant: OnceLock::new(),
+            context: OnceLock::new(),
+        }))
+    }
+
+    /// Step 1b: refuses a head larger than the configured bound (431).
+    pub fn check_headers(
+        &self,
+        meta: &RequestMeta,
+        head: &impl RequestHead,
+    ) -> std::result::Result<(), Rejection> {
+        if head.header_bytes() > self.inner.max_header_bytes {
+            return Err(Rejection::header_too_large(self.inner.max_header_bytes)
+                .with_request_id(meta.request_id()));
+        }
+        Ok(())
+    }
+
+    /// Step 2: verifies the bearer token. `Ok(None)` on a public route (the token is not
+    /// read there). Every failure answers the same 401; a verifier that cannot decide
+    /// answers 503.
+    pub async fn authenticate(
+        &self,
+        meta: &RequestMeta,
+        authorization: Header,
+    ) -> std::result::Result<Option<Claims>, Rejection> {
+        if meta.is_public() {
+            return Ok(None);
+        }
+        let token = match bearer(authorization, self.inner.max_token_bytes) {
+            Ok(t) => t,
+            Err(f) => return Err(self.unauthorized(meta, f).await),
+        };
+        match self.inner.verifier.verify(&token).await {
+            Ok(claims) => {
+                meta.set_tenant(&claims.tenant_id);
+                Ok(Some(claims))
+            }
+            Err(tenancy_core::Error::Rejected(r)) => {
+                Err(self.unauthorized(meta, AuthFailure::Token(r)).await)
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(parent: meta.span(), error = %e, "token verifier could not decide");
+                metrics::auth_failure("verifier_unavailable");
+                Err(Rejection::unavailable().with_request_id(meta.request_id()))
+            }
+            Err(e) => {
+                tracing::warn!(parent: meta.span(), error = %e, "token verifier failed");
+                Err(self
+                    .unauthorized(meta, AuthFailure::Token(TokenRejection::Malformed))
+                    .await)
+            }
+        }
+    }
+
+    async fn unauthorized(&self, meta: &RequestMeta, failure: AuthFailure) -> Rejection {
+        metrics::auth_failure(failure.as_str());
+        tracing::info!(parent: meta.span(), reason = failure.as_str(), "authentication failed");
+        let r = Rejection::unauthorized(Some(failure)).with_request_id(meta.request_id());
+        self.audit_denial(meta, None, &r).await;
+        r
+    }
+
+    /// Step 3: the tenant from the verified claims. 403 when the tenant header names another
+    /// tenant, the tenant is unknown to the directory, or suspended; 503 when the directory
+    /// cannot answer.
+    pub async fn resolve_tenant(
+        &self,
+        meta: &RequestMeta,
+        claims: &Claims,
+        tenant_header: Header,
+    ) -> std::result::Result<Resolved, Rejection> {
+        meta.set_tenant(&claims.tenant_id);
+        let mut context = TenantContext::from_claims(claims);
+        context.request_id = Some(meta.request_id().clone());
+        let agrees = match &tenant_header {
+            Header::Absent => true,
+            Header::One(v) => v.as_slice() == context.tenant.as_str().as_bytes(),
+            Header::Many => false,
+        };
+        if !agrees {
+            let r = Rejection::tenant_mismatch(&self.inner.tenant_header);
+            return Err(self.deny(meta, &context, r).await);
+        }
+        let settings = match self.inner.directory.get(&context.tenant).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                let r = Rejection::denied(Denial::UnknownTenant);
+                return Err(self.deny(meta, &context, r).await);
+            }
+            Err(e) => {
+                tracing::warn!(parent: meta.span(), error = %e, "tenant directory could not answer");
+                return Err(Rejection::unavailable().with_request_id(meta.request_id()));
+            }
+        };
+        if settings.is_suspended() {
+            let r = Rejection::denied(Denial::TenantSuspended);
+            return Err(self.deny(meta, &context, r).await);
+        }
+        context.tier = Some(settings.tier.clone());
+        let _ = meta.0.context.set(context.clone());
+        Ok(Resolved { context, settings })
+    }
+
+    async fn deny(&self, meta: &RequestMeta, ctx: &TenantContext, r: Rejection) -> Rejection {
+        tracing::info!(parent: meta.span(), reason = %r.kind().label(), "request denied");
+        let r = r.with_request_id(meta.request_id());
+        self.audit_denial(meta, Some(ctx), &r).await;
+        r
+    }
+
+    /// Step 4: the rate limit. Returns the rate-limit headers for the response (none for
+    /// super admins, exempt routes, and public routes without an anonymous limit). 429 when a
+    /// limit is exhausted; 503 when the limiter cannot decide and fails closed. During a
+    /// tenant's bypass window the limits are only observed, and each request they would have
+    /// refused is audited as `ratelimit.bypass`.
+    pub async fn rate_limit(
+        &self,
+        meta: &RequestMeta,
+        resolved: Option<&Resolved>,
+    ) -> std::result::Result<Vec<(&'static str, String)>, Rejection> {
+        if meta.route().is_some_and(|m| m.rule().is_exempt()) {
+            metrics::limiter("exempt");
+            return Ok(Vec::new());
+        }
+        let policy = self.inner.failure_policy;
+        let (request, bypass, ctx) = match resolved {
+            None => {
+                let Some(quota) = self.inner.anonymous_limit.filter(|_| meta.is_public()) else {
+                    return Ok(Vec::new());
+                };
+                let key = match meta.client_addr() {
+                    Some(ip) => format!("ip:{ip}"),
+                    None => "ip:unknown".to_owned(),
+                };
+                let user = UserId::parse(&key).map_err(|_| {
+                    Rejection::misconfigured("client address key")
+                        .with_request_id(meta.request_id())
+                })?;
+                let limits = vec![Limit::user(quota).on_unavailable(policy)];
+                let req =
+                    RateLimitRequest::new(self.inner.anonymous_tenant.clone(), Some(user), limits);
+                (req, false, None)
+            }
+            Some(r) if r.context.is_super_admin() => {
+                metrics::limiter("exempt");
+                return Ok(Vec::new());
+            }
+            Some(r) => {
+                let Some(limits) = r.settings.limits(&self.inner.tiers) else {
+                    tracing::error!(parent: meta.span(), tier = %r.settings.tier, "tier is not in the catalog");
+                    return Err(Rejection::misconfigured(
+                        "the tenant's tier is not in the tier catalog",
+                    )
+                    .with_request_id(meta.request_id()));
+                };
+                let bypass = r.settings.is_bypassed(self.inner.clock.now());
+                let mut ls = vec![
+                    Limit::tenant(limits.tenant).on_unavailable(policy),
+                    Limit::user(limits.user).on_unavailable(policy),
+                ];
+                if bypass {
+                    ls = ls.into_iter().map(Limit::shadow).collect();
+                }
+                let req = RateLimitRequest::new(
+                    r.context.tenant.clone(),
+                    Some(r.context.user.clone()),
+                    ls,
+                );
+                (req, bypass, Some(&r.context))
+            }
+        };
+        let decision = match self.inner.limiter.check(&request).await {
+            Ok(d) => d,
+            Err(e) => {
+                metrics::limiter("error");
+                tracing::warn!(parent: meta.span(), error = %e, "rate limiter could not decide; failing closed");
+                return Err(Rejection::unavailable().with_request_id(meta.request_id()));
+            }
+        };
+        match decision.source {
+            DecisionSource::FailOpen => metrics::limiter("fail_open"),
+            DecisionSource::LocalFallback => metrics::limiter("local_fallback"),
+            _ => {}
+        }
+        if !decision.allowed {
+            metrics::limiter("denied");
+            let r = Rejection::rate_limited(&decision).with_request_id(meta.request_id());
+            tracing::info!(parent: meta.span(), "rate limit exceeded");
+            self.audit_denial(meta, ctx, &r).await;
+            return Err(r);
+        }
+        if bypass && decision.states.iter().any(|s| !s.allowed) {
+            metrics::limiter("bypassed");
+            if let Some(ctx) = ctx {
+                let event = self
+                    .event(meta, Some(ctx), "ratelimit.bypass", Outcome::Success)
+                    .with_reason("bypass_window");
+                self.emit(meta, event, false).await;
+            }
+        } else {
+            metrics::limiter("allowed");
+        }
+        Ok(decision.headers())
+    }
+
+    /// Step 5, after the handler: audits the response when its route is audited, and any
+    /// 401, 403 or 429 the handler itself gave (an extractor's permission check). On a route
+    /// marked [`RouteRule::audit_sync`] the response waits for the store, and a store that
+    /// cannot take the event turns the answer into a 503.
+    pub async fn audit_response(
+        &self,
+        meta: &RequestMeta,
+        status: u16,
+        note: Option<AuditNote>,
+    ) -> std::result::Result<(), Rejection> {
+        let spec = meta.route().and_then(|m| m.rule().audit_spec());
+        let denial = matches!(status, 401 | 403 | 429);
+        if spec.is_none() && !(denial && self.inner.audit_denials) {
+            return Ok(());
+        }
+        let note = note.unwrap_or_default();
+        let action = spec.map_or("http.denied", |s| s.action.as_str());
+        let outcome = note.outcome.unwrap_or_else(|| outcome_for(status));
+        let mut event = self
+            .event(meta, meta.context(), action, outcome)
+            .with_detail("status", status);
+        if let Some(reason) = note.reason {
+            event = event.with_reason(reason);
+        } else if denial {
+            event = event.with_reason(format!("status_{status}"));
+        }
+        if let Some(s) = spec {
+            if let Some(kind) = &s.resource_kind {
+                let id = note.resource_id.or_else(|| {
+                    let p = s.resource_param.as_deref()?;
+                    meta.route()?.param(p).map(str::to_owned)
+                });
+                event.resource = Some(tenancy_core::ResourceRef {
+                    kind: kind.clone(),
+                    id,
+                });
+            }
+        }
+        event.details.extend(note.details);
+        let sync = spec.is_some_and(|s| s.sync);
+        if self.emit(meta, event, sync).await || !sync {
+            Ok(())
+        } else {
+            Err(Rejection::unavailable().with_request_id(meta.request_id()))
+        }
+    }
+
+    /// Whether [`Tenancy::audit_response`] has anything to record for a response with
+    /// `status` (so an adapter can skip the call).
+    pub fn audits(&self, meta: &RequestMeta, status: u16) -> bool {
+        meta.route().and_then(|m| m.rule().audit_spec()).is_some()
+            || (self.inner.audit_denials && matches!(status, 401 | 403 | 429))
+    }
+
+    /// Last: records the request metrics (tenant, route template, status, latency).
+    pub fn finish(&self, meta: &RequestMeta, status: u16) {
+        let elapsed = meta.started().elapsed();
+        let tenant = self.inner.labels.label(meta.tenant());
+        metrics::request(
+            tenant,
+            meta.route_label().to_owned(),
+            status,
+            elapsed.as_secs_f64(),
+        );
+        tracing::debug!(parent: meta.span(), status, elapsed_us = elapsed.as_micros() as u64, "request finished");
+    }
+
+    fn event(
+        &self,
+        meta: &RequestMeta,
+        ctx: Option<&TenantContext>,
+        action: &str,
+        outcome: Outcome,
+    ) -> AuditEvent {
+        let tenant = ctx
+            .map(|c| c.tenant.clone())
+            .unwrap_or_else(|| self.inner.anonymous_tenant.clone());
+        let mut e = AuditEvent::new(tenant, action, outcome)
+            .with_request_id(meta.request_id().clone())
+            .with_route(meta.route_label());
+        if let Some(c) = ctx {
+            e.actor.user = Some(c.user.clone());
+            e.actor.role = Some(c.role.clone());
+            e.actor.session = c.session;
+        }
+        if let Some(ip) = meta.client_addr() {
+            e = e.with_client_addr(ip);
+        }
+        e
+    }
+
+    async fn audit_denial(&self, meta: &RequestMeta, ctx: Option<&TenantContext>, r: &Rejection) {
+        if !self.inner.audit_denials {
+            return;
+        }
+        let spec = meta.route().and_then(|m| m.rule().audit_spec());
+        let action: Cow<'_, str> = match (spec, r.kind()) {
+            (Some(s), _) => Cow::Borrowed(&s.action),
+            (None, RejectionKind::Unauthenticated(_)) => "auth.denied".into(),
+            (None, RejectionKind::RateLimited) => "ratelimit.denied".into(),
+            (None, _) => "tenant.denied".into(),
+        };
+        let event = self
+            .event(meta, ctx, &action, Outcome::Denied)
+            .with_reason(r.kind().label())
+            .with_detail("status", r.status());
+        self.emit(meta, event, false).await;
+    }
+
+    /// Hands an event to the sink; `false` (logged and counted) when it was refused.
+    async fn emit(&self, meta: &RequestMeta, event: AuditEvent, sync: bool) -> bool {
+        let result = if sync {
+            self.inner.audit.record_sync(event).await
+        } else {
+            self.inner.audit.record(event).await
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::audit_failure();
+                tracing::error!(parent: meta.span(), error = %e, "audit sink refused an event");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let one = |s: &str| Header::One(s.as_bytes().to_vec());
+        assert_eq!(
+            bearer(one("Bearer abc.def-_~+/="), 100).unwrap(),
+            "abc.def-_~+/="
+        );
+        assert_eq!(bearer(one("bearer   x  "), 100).unwrap(), "x");
+        assert_eq!(bearer(Header::Absent, 100), Err(AuthFailure::Missing));
+        assert_eq!(bearer(Header::Many, 100), Err(AuthFailure::Ambiguous));
+        for bad in [
+            "Basic abc",
+            "Bearer",
+            "Bearer ",
+            "Bearerabc",
+            "Bearer a b",
+            "Bearer a\"b",
+            "Bearer é",
+        ] {
+            assert_eq!(bearer(one(bad), 100), Err(AuthFailure::BadScheme), "{bad}");
+        }
+        assert_eq!(
+            bearer(one(&format!("Bearer {}", "a".repeat(200))), 100),
+            Err(AuthFailure::Oversized)
+        );
+    }
+
+    #[test]
+    fn outcomes_by_status() {
+        assert_eq!(outcome_for(200), Outcome::Success);
+        assert_eq!(outcome_for(404), Outcome::Failure);
+        assert_eq!(outcome_for(429), Outcome::Denied);
+        assert_eq!(outcome_for(503), Outcome::Error);
+    }
+}

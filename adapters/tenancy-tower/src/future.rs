@@ -1,0 +1,176 @@
+//! The response future shared by every tenancy layer.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tenancy_http::{AuditNote, REQUEST_ID_HEADER, Rejection, RequestMeta, Tenancy};
+use tower_service::Service;
+use tracing::Span;
+
+use crate::head::{render, set_headers};
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a layer does with the inner service's response.
+pub(crate) enum After {
+    Nothing,
+    Headers(Vec<(&'static str, String)>),
+    Audit(Tenancy, RequestMeta),
+    Finish(Tenancy, RequestMeta),
+}
+
+type Before<ReqBody> = BoxFuture<Result<(Request<ReqBody>, After), Rejection>>;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Before { fut: Before<ReqBody>, svc: Option<S> },
+        Inner { #[pin] fut: S::Future, after: Option<After> },
+        Auditing { fut: BoxFuture<Result<(), Rejection>>, response: Option<Response<ResBody>> },
+        Rejected { rejection: Option<Rejection> },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The response future of the tenancy layers: runs the layer's decision, then the inner
+    /// service, then the layer's work on the response. A denial completes it with a problem
+    /// response; errors are only ever the inner service's.
+    pub struct ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody, ResBody>,
+        span: Option<Span>,
+    }
+}
+
+impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn before(fut: Before<ReqBody>, svc: S) -> Self {
+        Self {
+            state: State::Before {
+                fut,
+                svc: Some(svc),
+            },
+            span: None,
+        }
+    }
+
+    pub(crate) fn inner(fut: S::Future, after: After, span: Option<Span>) -> Self {
+        Self {
+            state: State::Inner {
+                fut,
+                after: Some(after),
+            },
+            span,
+        }
+    }
+
+    pub(crate) fn rejected(rejection: Rejection) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+            span: None,
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.as_ref().map(Span::enter);
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Before { fut, svc } => {
+                    let next = match (ready!(fut.as_mut().poll(cx)), svc.take()) {
+                        (Ok((req, after)), Some(mut svc)) => State::Inner {
+                            fut: svc.call(req),
+                            after: Some(after),
+                        },
+                        (Ok(_), None) => State::Rejected {
+                            rejection: Some(Rejection::misconfigured("service taken twice")),
+                        },
+                        (Err(r), _) => State::Rejected { rejection: Some(r) },
+                    };
+                    this.state.set(next);
+                }
+                StateProj::Inner { fut, after } => {
+                    let mut resp = ready!(fut.poll(cx))?;
+                    match after.take().unwrap_or(After::Nothing) {
+                        After::Nothing => {}
+                        After::Headers(h) => set_headers(resp.headers_mut(), &h),
+                        After::Finish(tenancy, meta) => {
+                            if let Ok(v) = HeaderValue::from_str(meta.request_id().as_str()) {
+                                resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+                            }
+                            tenancy.finish(&meta, resp.status().as_u16());
+                        }
+                        After::Audit(tenancy, meta) => {
+                            let status = resp.status().as_u16();
+                            if tenancy.audits(&meta, status) {
+                                let note = resp.extensions_mut().remove::<AuditNote>();
+                                let fut: BoxFuture<Result<(), Rejection>> = Box::pin(async move {
+                                    tenancy.audit_response(&meta, status, note).await
+                                });
+                                this.state.set(State::Auditing {
+                                    fut,
+                                    response: Some(resp),
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(resp));
+                }
+                StateProj::Auditing { fut, response } => {
+                    let out = ready!(fut.as_mut().poll(cx));
+                    let resp = match (out, response.take()) {
+                        (Ok(()), Some(r)) => r,
+                        (Err(rej), _) => render(&rej),
+                        (Ok(()), None) => render(&Rejection::misconfigured("response taken twice")),
+                    };
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(resp));
+                }
+                StateProj::Rejected { rejection } => {
+                    let r = rejection
+                        .take()
+                        .unwrap_or_else(|| Rejection::misconfigured("rejection taken twice"));
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(render(&r)));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}

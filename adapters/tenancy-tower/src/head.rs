@@ -1,0 +1,104 @@
+//! Reading an `http::Request` for the shared decisions.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode};
+use tenancy_http::{PROBLEM_JSON, Rejection, RequestHead, RequestMeta, Tenancy};
+
+/// The connection's peer address, for services that are not axum: insert it into the request
+/// extensions (hyper and tonic servers know it when they accept the connection). With the
+/// `axum` feature, `ConnectInfo<SocketAddr>` is read as well.
+///
+/// ```
+/// use tenancy_tower::PeerAddr;
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(PeerAddr("192.0.2.1:4711".parse().unwrap()));
+/// assert!(req.extensions().get::<PeerAddr>().is_some());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+pub(crate) struct Head<'a, B>(pub(crate) &'a Request<B>);
+
+impl<B> RequestHead for Head<'_, B> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri().path()
+    }
+
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.0
+            .headers()
+            .get_all(name)
+            .into_iter()
+            .map(HeaderValue::as_bytes)
+    }
+
+    fn header_bytes(&self) -> usize {
+        self.0
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum()
+    }
+
+    fn peer_addr(&self) -> Option<IpAddr> {
+        let ext = self.0.extensions();
+        if let Some(p) = ext.get::<PeerAddr>() {
+            return Some(p.0.ip());
+        }
+        #[cfg(feature = "axum")]
+        if let Some(c) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+            return Some(c.0.ip());
+        }
+        None
+    }
+
+    fn framework_route(&self) -> Option<&str> {
+        #[cfg(feature = "axum")]
+        if let Some(m) = self.0.extensions().get::<axum::extract::MatchedPath>() {
+            return Some(m.as_str());
+        }
+        None
+    }
+}
+
+/// The request's meta, begun here when no `SetRequestId` layer ran before.
+pub(crate) fn meta_for<B>(tenancy: &Tenancy, req: &mut Request<B>) -> RequestMeta {
+    if let Some(m) = req.extensions().get::<RequestMeta>() {
+        return m.clone();
+    }
+    let meta = tenancy.begin(&Head(req));
+    req.extensions_mut().insert(meta.clone());
+    req.extensions_mut().insert(meta.request_id().clone());
+    meta
+}
+
+/// Copies rate-limit (or other) headers into a response, replacing same-named ones.
+pub(crate) fn set_headers(map: &mut HeaderMap, headers: &[(&'static str, String)]) {
+    for (k, v) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            map.insert(name, value);
+        }
+    }
+}
+
+/// Renders a rejection as an `http::Response`.
+pub(crate) fn render<B: From<Bytes>>(r: &Rejection) -> Response<B> {
+    let mut resp = Response::new(B::from(r.body()));
+    *resp.status_mut() =
+        StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    set_headers(resp.headers_mut(), r.headers());
+    resp
+}

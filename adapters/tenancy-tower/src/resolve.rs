@@ -1,0 +1,95 @@
+//! [`ResolveTenant`]: turns the verified claims into the request's
+//! [`TenantContext`](tenancy_core::TenantContext), checked against the
+//! [`TenantDirectory`](tenancy_core::TenantDirectory).
+//!
+//! The tenant comes from the verified `tenant_id` claim only. A tenant header
+//! (`X-Tenant-Id`) that names another tenant answers 403, as do a tenant the directory does
+//! not know and a suspended tenant. The context (with its tier and request id) and the
+//! tenant's settings go into the request extensions for the rate limit and the extractors.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use tenancy_tower::ResolveTenantLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use std::sync::Arc;
+//! # use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
+//! # #[derive(Debug)] struct Refuse;
+//! # #[async_trait::async_trait] impl tenancy_core::TokenVerifier for Refuse {
+//! #     async fn verify(&self, _: &str) -> tenancy_core::Result<tenancy_core::Claims> {
+//! #         Err(tenancy_core::Error::Rejected(tenancy_core::TokenRejection::BadSignature))
+//! #     }
+//! # }
+//! # let tenancy = tenancy_http::Tenancy::builder(Arc::new(Refuse), Arc::new(MemoryTenantDirectory::new()),
+//! #     Arc::new(MemoryRateLimiter::new()), Arc::new(MemoryAuditSink::new())).build()?;
+//! // Without `Authenticate` in front, the layer says what is missing.
+//! let svc = ServiceBuilder::new()
+//!     .layer(ResolveTenantLayer::new(tenancy))
+//!     .service_fn(|_req: http::Request<String>| async {
+//!         Ok::<_, Infallible>(http::Response::new(String::new()))
+//!     });
+//! let resp = svc.oneshot(http::Request::new(String::new())).await?;
+//! assert_eq!(resp.status(), 500);
+//! assert!(resp.body().contains("Authenticate"));
+//! # Ok(()) }
+//! ```
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tenancy_core::{Claims, TenantContext};
+use tenancy_http::{Header, Rejection};
+use tower_service::Service;
+
+use crate::future::{After, ResponseFuture};
+use crate::head::{Head, meta_for};
+use crate::macros::take_ready;
+
+tenancy_layer!(
+    /// Tenant resolution: see the [module docs](self).
+    ResolveTenant,
+    /// Applies [`ResolveTenant`].
+    ResolveTenantLayer
+);
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResolveTenant<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let meta = meta_for(&self.tenancy, &mut req);
+        let Some(claims) = req.extensions_mut().remove::<Claims>() else {
+            if meta.is_public() {
+                return ResponseFuture::inner(self.inner.call(req), After::Nothing, None);
+            }
+            return ResponseFuture::rejected(
+                Rejection::missing_layer("ResolveTenant", "Authenticate")
+                    .with_request_id(meta.request_id()),
+            );
+        };
+        let header = Header::read(&Head(&req), self.tenancy.tenant_header());
+        let tenancy = self.tenancy.clone();
+        let fut = Box::pin(async move {
+            let resolved = tenancy.resolve_tenant(&meta, &claims, header).await?;
+            let ext = req.extensions_mut();
+            ext.insert(claims);
+            ext.insert::<TenantContext>(resolved.context.clone());
+            ext.insert(resolved);
+            Ok((req, After::Nothing))
+        });
+        ResponseFuture::before(fut, take_ready(&mut self.inner))
+    }
+}
