@@ -1,0 +1,490 @@
+//! Appends, the dispatcher and outages against the memory, JSONL file and PostgreSQL stores.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Connection as _;
+use tenancy_audit::chain::{Anchor, ChainHead, StoredRecord};
+use tenancy_audit::codec::EncodedEvent;
+use tenancy_audit::store::{
+    Appended, AuditStore, FileAuditStore, MemoryAuditStore, PgAuditStore, ScanCursor, ScanPage,
+};
+use tenancy_audit::verify::verify;
+use tenancy_audit::{AuditDispatcher, Error};
+use tenancy_core::testkit::{self, Fixture};
+use tenancy_core::{AuditSink, TenantId};
+
+use common::{all, encoded, event, events};
+
+async fn pg() -> Option<(tenancy_tests::TestDatabase, PgAuditStore)> {
+    let db = tenancy_tests::postgres().await?;
+    let store = PgAuditStore::builder(db.url())
+        .with_max_connections(8)
+        .with_acquire_timeout(Duration::from_secs(2))
+        .connect()
+        .unwrap();
+    store.migrate().await.unwrap();
+    Some((db, store))
+}
+
+/// Many tasks append to one tenant at once (batches of 1 to 7); the chain is gapless and
+/// verifies.
+async fn concurrent_round_trip(stores: Vec<Arc<dyn AuditStore>>, tenant: &TenantId) {
+    let tasks = 8;
+    let per_task = 40;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let store = Arc::clone(&stores[t % stores.len()]);
+        let tenant = tenant.clone();
+        handles.push(tokio::spawn(async move {
+            let mut i = 0;
+            while i < per_task {
+                let n = (t + i) % 7 + 1;
+                let batch: Vec<EncodedEvent> = (i..(i + n).min(per_task))
+                    .map(|k| encoded(&tenant, t * 1000 + k))
+                    .collect();
+                i += batch.len();
+                store.append(&batch).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let records = all(stores[0].as_ref(), tenant).await;
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let want: Vec<u64> = (1..=(tasks * per_task) as u64).collect();
+    assert_eq!(seqs, want, "gapless, no forks");
+    let report = verify(stores[0].as_ref(), tenant, &[]).await.unwrap();
+    assert!(report.is_valid(), "{report:?}");
+    assert_eq!(report.records, (tasks * per_task) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_memory() {
+    let fx = Fixture::new();
+    concurrent_round_trip(vec![Arc::new(MemoryAuditStore::new())], &fx.tenant("c")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileAuditStore::open(dir.path().join("a.jsonl"))
+        .await
+        .unwrap();
+    let fx = Fixture::new();
+    concurrent_round_trip(vec![Arc::new(store.clone())], &fx.tenant("c")).await;
+    // Reopening reads the same chain back.
+    let again = FileAuditStore::open(dir.path().join("a.jsonl"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.head(&fx.tenant("c")).await.unwrap(),
+        store.head(&fx.tenant("c")).await.unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_postgres_from_several_pools() {
+    let Some((db, store)) = pg().await else {
+        return;
+    };
+    // Three independent pools stand for three processes: only the database serialises them.
+    let mut stores: Vec<Arc<dyn AuditStore>> = vec![Arc::new(store)];
+    for _ in 0..2 {
+        stores.push(Arc::new(PgAuditStore::builder(db.url()).connect().unwrap()));
+    }
+    let fx = Fixture::new();
+    concurrent_round_trip(stores, &fx.tenant("c")).await;
+}
+
+#[tokio::test]
+async fn postgres_runtime_role_may_only_insert_and_select() {
+    let Some((db, store)) = pg().await else {
+        return;
+    };
+    let role = tenancy_tests::unique("audit_rt_");
+    let password = tenancy_tests::unique("pw");
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOBYPASSRLS"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    store.grant_runtime(&role).await.unwrap();
+    let url = db.url().replacen(
+        "postgres://postgres@",
+        &format!("postgres://{role}:{password}@"),
+        1,
+    );
+    let result = async {
+        let rt = PgAuditStore::builder(&url).connect().unwrap();
+        let fx = Fixture::new();
+        let t = fx.tenant("r");
+        rt.append(&[encoded(&t, 1), encoded(&t, 2)]).await.unwrap();
+        assert!(verify(&rt, &t, &[]).await.unwrap().is_valid());
+        let mut conn = rt.pool().acquire().await.unwrap();
+        for sql in [
+            "UPDATE tenancy_audit.events SET payload = payload",
+            "DELETE FROM tenancy_audit.events",
+            "TRUNCATE tenancy_audit.events",
+            "DELETE FROM tenancy_audit.anchors",
+            "SELECT tenancy_audit.purge('x', 1, '\\x00')",
+        ] {
+            let err = sqlx::raw_sql(sql).execute(&mut *conn).await.unwrap_err();
+            assert!(
+                err.to_string().contains("permission denied"),
+                "{sql}: {err}"
+            );
+        }
+        drop(conn);
+        rt.pool().close().await;
+        // The owner is stopped by the triggers.
+        for sql in [
+            "UPDATE tenancy_audit.events SET payload = payload",
+            "DELETE FROM tenancy_audit.events",
+            "TRUNCATE tenancy_audit.events",
+        ] {
+            let err = sqlx::raw_sql(sql).execute(&mut admin).await.unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+    }
+    .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    result
+}
+
+async fn sink_suite(store: Arc<dyn AuditStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = AuditDispatcher::builder(Arc::clone(&store))
+        .with_spool(dir.path().join("spool"))
+        .start()
+        .await
+        .unwrap();
+    let read_store = Arc::clone(&store);
+    testkit::audit_sink(
+        &sink,
+        move |t| {
+            let s = Arc::clone(&read_store);
+            async move { events(&s, t).await }
+        },
+        &Fixture::new(),
+    )
+    .await;
+    sink.shutdown().await.unwrap();
+    assert!(matches!(
+        sink.record(event(&Fixture::new().tenant("x"), 0)).await,
+        Err(e) if e.kind() == tenancy_core::ErrorKind::Unavailable
+    ));
+}
+
+#[tokio::test]
+async fn dispatcher_conforms_over_memory() {
+    sink_suite(Arc::new(MemoryAuditStore::new())).await;
+}
+
+#[tokio::test]
+async fn dispatcher_conforms_over_file() {
+    let dir = tempfile::tempdir().unwrap();
+    sink_suite(Arc::new(
+        FileAuditStore::open(dir.path().join("a.jsonl"))
+            .await
+            .unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn dispatcher_conforms_over_postgres() {
+    let Some((_db, store)) = pg().await else {
+        return;
+    };
+    sink_suite(Arc::new(store)).await;
+}
+
+/// Records `total` events, making the store fail after the first third with `down` and
+/// recover with `up`; nothing is lost, nothing duplicated, order kept.
+async fn outage<D, U>(store: Arc<dyn AuditStore>, down: D, up: U)
+where
+    D: AsyncFnOnce(),
+    U: AsyncFnOnce(),
+{
+    let dir = tempfile::tempdir().unwrap();
+    let sink = AuditDispatcher::builder(Arc::clone(&store))
+        .with_spool(dir.path().join("spool"))
+        .with_batch_size(16)
+        .with_sync_timeout(Duration::from_millis(300))
+        .with_retry(Duration::from_millis(20), Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("o");
+    let mut sent = Vec::new();
+    let mut down = Some(down);
+    for i in 0..300 {
+        if i == 100 {
+            sink.flush().await.unwrap();
+            if let Some(down) = down.take() {
+                down().await;
+            }
+        }
+        let e = event(&tenant, i);
+        sent.push(e.event_id);
+        sink.record(e).await.unwrap();
+        if i == 200 {
+            // The store is down: a synchronous caller hears that its events are spooled.
+            let err = sink.flush().await.unwrap_err();
+            assert_eq!(err.kind(), tenancy_core::ErrorKind::Unavailable, "{err}");
+        }
+    }
+    assert!(sink.stats().spooled > 0, "{:?}", sink.stats());
+    up().await;
+    let mut stored = false;
+    for _ in 0..100 {
+        if sink.flush().await.is_ok() {
+            stored = true;
+            break;
+        }
+    }
+    assert!(stored, "store recovered but events not replayed");
+    sink.shutdown().await.unwrap();
+    let got: Vec<_> = events(&store, tenant.clone())
+        .await
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(got.len(), sent.len(), "count in = count stored");
+    assert_eq!(got, sent, "in order, once each");
+    assert!(
+        verify(store.as_ref(), &tenant, &[])
+            .await
+            .unwrap()
+            .is_valid()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_outage_loses_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    std::fs::create_dir(&dir).unwrap();
+    let store = FileAuditStore::open(dir.join("audit.jsonl")).await.unwrap();
+    let (d1, d2) = (dir.clone(), dir.clone());
+    let aside = root.path().join("aside");
+    let (a1, a2) = (aside.clone(), aside);
+    outage(
+        Arc::new(store),
+        // The store's directory is replaced by a plain file: opening fails even for root.
+        async move || {
+            std::fs::rename(&d1, &a1).unwrap();
+            std::fs::write(&d1, b"not a directory").unwrap();
+        },
+        async move || {
+            std::fs::remove_file(&d2).unwrap();
+            std::fs::rename(&a2, &d2).unwrap();
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_loses_nothing() {
+    let Some((db, store)) = pg().await else {
+        return;
+    };
+    let admin_url = db.admin_url().to_owned();
+    let name = db.name().to_owned();
+    let block = format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = '{name}' AND pid <> pg_backend_pid();"
+    );
+    let unblock = format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true;");
+    let (u1, u2) = (admin_url.clone(), admin_url);
+    outage(
+        Arc::new(store),
+        async move || {
+            let mut c = sqlx::PgConnection::connect(&u1).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(block))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        },
+        async move || {
+            let mut c = sqlx::PgConnection::connect(&u2).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(unblock))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+}
+
+/// A real store whose appends go through and then never return: the writer is stuck after
+/// the store has the events and before the spool cursor moves.
+#[derive(Debug)]
+struct StallAfterAppend(Arc<dyn AuditStore>);
+
+#[async_trait]
+impl AuditStore for StallAfterAppend {
+    async fn append(&self, events: &[EncodedEvent]) -> tenancy_audit::Result<Vec<Appended>> {
+        self.0.append(events).await?;
+        std::future::pending().await
+    }
+    async fn scan(&self, t: &TenantId, c: ScanCursor, l: usize) -> tenancy_audit::Result<ScanPage> {
+        self.0.scan(t, c, l).await
+    }
+    async fn newest(
+        &self,
+        t: &TenantId,
+        b: Option<u64>,
+        l: usize,
+    ) -> tenancy_audit::Result<Vec<StoredRecord>> {
+        self.0.newest(t, b, l).await
+    }
+    async fn head(&self, t: &TenantId) -> tenancy_audit::Result<Option<ChainHead>> {
+        self.0.head(t).await
+    }
+    async fn anchor(&self, t: &TenantId) -> tenancy_audit::Result<Option<Anchor>> {
+        self.0.anchor(t).await
+    }
+    async fn purge(&self, t: &TenantId, a: Anchor) -> tenancy_audit::Result<u64> {
+        self.0.purge(t, a).await
+    }
+    async fn tenants(&self) -> tenancy_audit::Result<Vec<TenantId>> {
+        self.0.tenants().await
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn killed_writer_between_spool_and_replay_loses_and_duplicates_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    std::fs::create_dir(&dir).unwrap();
+    let spool = root.path().join("audit.spool");
+    let aside = root.path().join("aside");
+    let tenant = Fixture::new().tenant("k");
+    let main = runtime();
+    let store: Arc<dyn AuditStore> = Arc::new(
+        main.block_on(FileAuditStore::open(dir.join("audit.jsonl")))
+            .unwrap(),
+    );
+
+    // 1. The store is down; 60 events are spooled; the process dies.
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, b"x").unwrap();
+    let rt = runtime();
+    let sent: Vec<_> = rt.block_on(async {
+        let sink = AuditDispatcher::builder(Arc::clone(&store))
+            .with_spool(&spool)
+            .with_sync_timeout(Duration::from_millis(100))
+            .start()
+            .await
+            .unwrap();
+        let mut sent = Vec::new();
+        for i in 0..60 {
+            let e = event(&tenant, i);
+            sent.push(e.event_id);
+            sink.record(e).await.unwrap();
+        }
+        assert!(sink.flush().await.is_err(), "store is down");
+        assert_eq!(sink.stats().spooled, 60);
+        sent
+    });
+    rt.shutdown_background();
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    assert!(main.block_on(all(store.as_ref(), &tenant)).is_empty());
+
+    // 2. The next process replays into the store and dies before recording that it did.
+    let rt = runtime();
+    let stalled: Arc<dyn AuditStore> = Arc::new(StallAfterAppend(Arc::clone(&store)));
+    rt.block_on(async {
+        let _sink = AuditDispatcher::builder(stalled)
+            .with_spool(&spool)
+            .start()
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if all(store.as_ref(), &tenant).await.len() == 60 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("replay did not reach the store");
+    });
+    rt.shutdown_background();
+
+    // 3. A third start replays the same spool again: the store keeps each event once.
+    main.block_on(async {
+        let sink = AuditDispatcher::builder(Arc::clone(&store))
+            .with_spool(&spool)
+            .start()
+            .await
+            .unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(sink.stats().replayed, 60, "the spool was replayed again");
+        sink.shutdown().await.unwrap();
+        let got: Vec<_> = events(&store, tenant.clone())
+            .await
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(got, sent, "nothing lost, nothing duplicated, in order");
+        assert!(
+            verify(store.as_ref(), &tenant, &[])
+                .await
+                .unwrap()
+                .is_valid()
+        );
+    });
+    assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0, "spool emptied");
+}
+
+#[tokio::test]
+async fn full_queue_applies_back_pressure_instead_of_dropping() {
+    let store = MemoryAuditStore::new();
+    let sink = AuditDispatcher::builder(Arc::new(store.clone()))
+        .with_capacity(4)
+        .with_batch_size(2)
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("q");
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        let s = sink.clone();
+        let t = tenant.clone();
+        handles.push(tokio::spawn(async move { s.record(event(&t, i)).await }));
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    sink.shutdown().await.unwrap();
+    assert_eq!(store.records(&tenant).len(), 200);
+    assert!(matches!(
+        AuditDispatcher::builder(Arc::new(store))
+            .with_capacity(0)
+            .start()
+            .await,
+        Err(Error::InvalidConfig(_))
+    ));
+}
