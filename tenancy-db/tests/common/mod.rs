@@ -19,12 +19,27 @@ use tenancy_db::{DbConfig, Environment, TenantPool};
 pub struct Roles {
     admin_url: String,
     names: Vec<String>,
+    /// When set, `DROP OWNED BY` runs in this database first (for roles dropped while the
+    /// test database still exists).
+    db_url: Option<String>,
+}
+
+impl Roles {
+    /// Drops `role` (and what it holds in the test database) when the guard is dropped.
+    pub fn guard(env: &TestEnv, role: &RoleName) -> Self {
+        Self {
+            admin_url: env.db.admin_url().to_owned(),
+            names: vec![role.to_string()],
+            db_url: Some(env.db.url().to_owned()),
+        }
+    }
 }
 
 impl Drop for Roles {
     fn drop(&mut self) {
         let admin = self.admin_url.clone();
         let names = std::mem::take(&mut self.names);
+        let db_url = self.db_url.take();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -33,6 +48,17 @@ impl Drop for Roles {
                 return;
             };
             rt.block_on(async move {
+                if let Some(url) = db_url
+                    && let Ok(mut conn) = PgConnection::connect(&url).await
+                {
+                    for name in &names {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP OWNED BY \"{name}\""
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                }
                 if let Ok(mut conn) = PgConnection::connect(&admin).await {
                     for name in names {
                         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -93,6 +119,7 @@ impl TestEnv {
                 platform.to_string(),
                 owner.to_string(),
             ],
+            db_url: None,
         };
         let env = Self {
             db,

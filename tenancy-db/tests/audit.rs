@@ -1,0 +1,269 @@
+//! The catalog audit: start-up refusal for unsafe roles, and one seeded defect per finding.
+
+mod common;
+
+use common::TestEnv;
+use sqlx::PgConnection;
+use tenancy_db::schema::RoleName;
+use tenancy_db::{Error, Finding, TenantPool, audit_catalog};
+
+async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn findings(env: &TestEnv) -> Vec<Finding> {
+    let mut conn = env.connect_as(&env.runtime).await;
+    audit_catalog(&mut conn, None).await.expect("audit").findings().to_vec()
+}
+
+#[tokio::test]
+async fn unsafe_roles_are_refused_at_start_up() {
+    let Some(env) = TestEnv::new().await else { return };
+
+    // The runtime role passes.
+    let pool = TenantPool::connect(env.runtime_config()).await.expect("runtime role is clean");
+    assert!(pool.audit().await.unwrap().is_clean());
+    pool.close().await;
+
+    // A superuser.
+    let admin_user = env.options().get_username().to_owned();
+    let err = TenantPool::connect(env.config_as(&admin_user)).await.unwrap_err();
+    let Error::Audit(report) = &err else { panic!("superuser: {err:?}") };
+    assert!(
+        report.findings().contains(&Finding::Superuser { role: admin_user.clone() }),
+        "{report}"
+    );
+    assert!(err.to_string().contains("superuser"), "{err}");
+
+    // A BYPASSRLS role (otherwise like the runtime role).
+    let bypass = RoleName::parse(&tenancy_tests::unique("tdb_")).unwrap();
+    let _guard = common::Roles::guard(&env, &bypass);
+    let mut admin = env.admin().await;
+    tenancy_db::schema::create_runtime_role(&mut admin, &bypass).await.unwrap();
+    exec(&mut admin, &format!("ALTER ROLE \"{bypass}\" BYPASSRLS")).await;
+    let err = TenantPool::connect(env.config_as(bypass.as_str())).await.unwrap_err();
+    let Error::Audit(report) = &err else { panic!("bypassrls: {err:?}") };
+    assert_eq!(
+        report.findings(),
+        &[Finding::BypassRls { role: bypass.to_string() }],
+        "{report}"
+    );
+
+    // The owner of the tenant tables.
+    let err = TenantPool::connect(env.config_as(env.owner.as_str())).await.unwrap_err();
+    let Error::Audit(report) = &err else { panic!("owner: {err:?}") };
+    let owned: Vec<&str> = report
+        .findings()
+        .iter()
+        .filter_map(|f| match f {
+            Finding::OwnsTenantTable { table, .. } => Some(table.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(owned, vec!["public.comments", "public.records", "tenancy.sessions"], "{report}");
+    assert!(err.to_string().contains("owns tenant table public.records"), "{err}");
+
+    // A member of a privileged role (it could SET ROLE to it).
+    let privileged = RoleName::parse(&tenancy_tests::unique("tdx_")).unwrap();
+    let _guard2 = common::Roles::guard(&env, &privileged);
+    exec(
+        &mut admin,
+        &format!(
+            "CREATE ROLE \"{privileged}\" NOLOGIN BYPASSRLS; GRANT \"{privileged}\" TO \"{}\"",
+            env.runtime
+        ),
+    )
+    .await;
+    let err = TenantPool::connect(env.runtime_config()).await.unwrap_err();
+    let Error::Audit(report) = &err else { panic!("member: {err:?}") };
+    assert_eq!(
+        report.findings(),
+        &[Finding::MemberOfPrivilegedRole {
+            role: env.runtime.to_string(),
+            privileged: privileged.to_string()
+        }],
+        "{report}"
+    );
+    exec(&mut admin, &format!("REVOKE \"{privileged}\" FROM \"{}\"", env.runtime)).await;
+    // A member of the owner role.
+    exec(&mut admin, &format!("GRANT \"{}\" TO \"{}\"", env.owner, env.runtime)).await;
+    let f = findings(&env).await;
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert!(f.iter().all(|f| matches!(f, Finding::OwnsTenantTable { .. })), "{f:?}");
+    exec(&mut admin, &format!("REVOKE \"{}\" FROM \"{}\"", env.owner, env.runtime)).await;
+    assert_eq!(findings(&env).await, vec![]);
+}
+
+#[tokio::test]
+async fn each_finding_comes_from_a_seeded_defect() {
+    let Some(env) = TestEnv::new().await else { return };
+    let mut owner = env.connect_as(&env.owner).await;
+    assert_eq!(findings(&env).await, vec![], "clean to begin with");
+    let records = || "public.records".to_owned();
+
+    // (defect, finding, repair)
+    let cases: Vec<(String, Vec<Finding>, String)> = vec![
+        (
+            "ALTER TABLE records DISABLE ROW LEVEL SECURITY".into(),
+            vec![Finding::RlsDisabled { table: records() }],
+            "ALTER TABLE records ENABLE ROW LEVEL SECURITY".into(),
+        ),
+        (
+            "ALTER TABLE records NO FORCE ROW LEVEL SECURITY".into(),
+            vec![Finding::RlsNotForced { table: records() }],
+            "ALTER TABLE records FORCE ROW LEVEL SECURITY".into(),
+        ),
+        (
+            "DROP POLICY tenancy_isolation ON records".into(),
+            vec![Finding::PolicyMissing { table: records() }],
+            "SELECT tenancy.protect_table('records')".into(),
+        ),
+        (
+            "ALTER POLICY tenancy_isolation ON records USING (tenant_id = (SELECT tenancy.current_tenant_id()) OR true)".into(),
+            vec![Finding::PolicyMissing { table: records() }],
+            "SELECT tenancy.protect_table('records')".into(),
+        ),
+        (
+            "ALTER POLICY tenancy_isolation ON records WITH CHECK (true)".into(),
+            vec![Finding::PolicyMissing { table: records() }],
+            "SELECT tenancy.protect_table('records')".into(),
+        ),
+        (
+            format!("ALTER POLICY tenancy_isolation ON records TO \"{}\"", env.platform),
+            vec![Finding::PolicyMissing { table: records() }],
+            "SELECT tenancy.protect_table('records')".into(),
+        ),
+        (
+            "CREATE TABLE audit_log (tenant_id text NOT NULL, line text)".into(),
+            vec![
+                Finding::RlsDisabled { table: "public.audit_log".into() },
+                Finding::RlsNotForced { table: "public.audit_log".into() },
+                Finding::PolicyMissing { table: "public.audit_log".into() },
+            ],
+            "DROP TABLE audit_log".into(),
+        ),
+        (
+            format!("GRANT TRUNCATE ON records TO \"{}\"", env.runtime),
+            vec![Finding::UnfilteredPrivilege {
+                role: env.runtime.to_string(),
+                table: records(),
+                privilege: "TRUNCATE",
+            }],
+            format!("REVOKE TRUNCATE ON records FROM \"{}\"", env.runtime),
+        ),
+        (
+            format!("GRANT REFERENCES ON records TO \"{}\"", env.runtime),
+            vec![Finding::UnfilteredPrivilege {
+                role: env.runtime.to_string(),
+                table: records(),
+                privilege: "REFERENCES",
+            }],
+            format!("REVOKE REFERENCES ON records FROM \"{}\"", env.runtime),
+        ),
+        (
+            "CREATE UNIQUE INDEX records_title_global ON records (title)".into(),
+            vec![Finding::UniqueWithoutTenant {
+                table: records(),
+                index: "public.records_title_global".into(),
+            }],
+            "DROP INDEX records_title_global".into(),
+        ),
+        (
+            // tenant_id only as an INCLUDE column does not make it part of the key.
+            "CREATE UNIQUE INDEX records_title_incl ON records (title) INCLUDE (tenant_id)".into(),
+            vec![Finding::UniqueWithoutTenant {
+                table: records(),
+                index: "public.records_title_incl".into(),
+            }],
+            "DROP INDEX records_title_incl".into(),
+        ),
+        (
+            "ALTER TABLE records ADD CONSTRAINT records_body_key UNIQUE (body)".into(),
+            vec![Finding::UniqueWithoutTenant {
+                table: records(),
+                index: "public.records_body_key".into(),
+            }],
+            "ALTER TABLE records DROP CONSTRAINT records_body_key".into(),
+        ),
+        (
+            "CREATE TABLE categories (id int PRIMARY KEY);
+             ALTER TABLE records ADD COLUMN category int;
+             ALTER TABLE records ADD CONSTRAINT records_category_fk FOREIGN KEY (category) REFERENCES categories (id) NOT VALID".into(),
+            vec![Finding::ForeignKeyWithoutTenant {
+                table: records(),
+                constraint: "records_category_fk".into(),
+                references: "public.categories".into(),
+            }],
+            "ALTER TABLE records DROP COLUMN category; DROP TABLE categories".into(),
+        ),
+        (
+            "CREATE VIEW records_view AS SELECT id, title FROM records".into(),
+            vec![Finding::ViewNotSecurityInvoker { view: "public.records_view".into() }],
+            "DROP VIEW records_view".into(),
+        ),
+        (
+            // Through another view: the inner one is fine, the outer one is not.
+            "CREATE VIEW inner_view WITH (security_invoker = on) AS SELECT id, title FROM records;
+             CREATE VIEW outer_view AS SELECT * FROM inner_view".into(),
+            vec![Finding::ViewNotSecurityInvoker { view: "public.outer_view".into() }],
+            "DROP VIEW outer_view; DROP VIEW inner_view".into(),
+        ),
+        (
+            "CREATE MATERIALIZED VIEW records_mv AS SELECT id, title FROM records WITH NO DATA".into(),
+            vec![Finding::MaterializedViewOverTenantTable { view: "public.records_mv".into() }],
+            "DROP MATERIALIZED VIEW records_mv".into(),
+        ),
+    ];
+    for (defect, want, repair) in cases {
+        exec(&mut owner, &defect).await;
+        let got = findings(&env).await;
+        assert_eq!(got, want, "defect: {defect}");
+        for f in &got {
+            let text = f.to_string();
+            let named = match f {
+                Finding::ViewNotSecurityInvoker { view } | Finding::MaterializedViewOverTenantTable { view } => view,
+                Finding::RlsDisabled { table }
+                | Finding::RlsNotForced { table }
+                | Finding::PolicyMissing { table }
+                | Finding::UniqueWithoutTenant { table, .. }
+                | Finding::ForeignKeyWithoutTenant { table, .. }
+                | Finding::UnfilteredPrivilege { table, .. } => table,
+                other => panic!("unexpected finding {other:?}"),
+            };
+            assert!(text.contains(named.as_str()), "{text} does not name {named}");
+        }
+        exec(&mut owner, &repair).await;
+        assert_eq!(findings(&env).await, vec![], "after repairing: {defect}");
+    }
+
+    // A foreign key whose tenant_id is paired with a column other than tenant_id.
+    exec(
+        &mut owner,
+        "ALTER TABLE records ADD COLUMN other_tenant text;
+         ALTER TABLE records ADD CONSTRAINT records_other_key UNIQUE (tenant_id, other_tenant, id);
+         ALTER TABLE comments ADD COLUMN rec_tenant text;
+         ALTER TABLE comments ADD CONSTRAINT comments_cross_fk
+             FOREIGN KEY (rec_tenant, tenant_id, record_id) REFERENCES records (tenant_id, other_tenant, id) NOT VALID",
+    )
+    .await;
+    assert_eq!(
+        findings(&env).await,
+        vec![Finding::ForeignKeyWithoutTenant {
+            table: "public.comments".into(),
+            constraint: "comments_cross_fk".into(),
+            references: "public.records".into(),
+        }]
+    );
+    exec(&mut owner, "ALTER TABLE comments DROP CONSTRAINT comments_cross_fk").await;
+    assert_eq!(findings(&env).await, vec![]);
+
+    // Missing helper: a database where the migrations never ran.
+    let Some(bare) = tenancy_tests::postgres().await else { return };
+    let mut conn = <PgConnection as sqlx::Connection>::connect(bare.url()).await.unwrap();
+    let report = audit_catalog(&mut conn, Some(&env.runtime)).await.unwrap();
+    assert_eq!(report.findings(), &[Finding::HelperMissing]);
+    assert!(report.to_string().contains("tenancy.current_tenant_id() is missing"));
+}
