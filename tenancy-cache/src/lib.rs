@@ -1,0 +1,49 @@
+//! `tenancy-cache`: the Redis backends of the tenancy crates, on one Redis node or a Redis
+//! Cluster, over a `bb8` pool of multiplexed connections.
+//!
+//! - [`RedisSessionStore`]: [`SessionStore`](tenancy_core::SessionStore) +
+//!   [`SessionAdmin`](tenancy_core::SessionAdmin), with idle and absolute expiry on the
+//!   store's clock, a per-user index, atomic optimistic versioning and id rotation.
+//! - [`RedisPool`] / [`RedisConfig`]: the pool, its timeouts, connect retries with backoff, and
+//!   a [`HealthCheck`](tenancy_core::HealthCheck) (ping latency, pool figures).
+//! - [`keys`]: the one place where Redis keys are built. A tenant's keys share one Cluster
+//!   slot (`{t:<tenant>}`); user ids and cache keys are encoded so that no character in them can
+//!   leave the tenant's namespace.
+//!
+//! ```no_run
+//! use tenancy_cache::{RedisConfig, RedisSessionStore};
+//! use tenancy_core::{NewSession, SessionStore, TenantId, UserId};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = RedisConfig::single("redis://127.0.0.1:6379").connect().await?;
+//! let sessions = RedisSessionStore::new(pool.clone());
+//! let s = sessions
+//!     .create(NewSession::new(TenantId::parse("acme")?, UserId::parse("alice")?))
+//!     .await?;
+//! assert!(sessions.load(&s.tenant, &s.id).await?.is_some());
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! | feature      | enables                                    | default |
+//! |--------------|--------------------------------------------|---------|
+//! | `rate-limit` | `RedisRateLimiter`                         | yes     |
+//! | `session`    | [`RedisSessionStore`]                      | yes     |
+//! | `cache`      | `RedisTenantCache`                         | yes     |
+//!
+//! Redis Cluster support is always built in: [`RedisConfig::cluster`] gives a pool that every
+//! backend uses unchanged.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod error;
+pub mod keys;
+mod lua;
+pub mod pool;
+#[cfg(feature = "session")]
+pub mod session;
+
+pub use error::{Error, Result};
+pub use pool::{PoolFigures, RedisConfig, RedisPool};
+#[cfg(feature = "session")]
+pub use session::RedisSessionStore;

@@ -1,0 +1,542 @@
+//! The connection pool: [`RedisConfig`] (a builder) and [`RedisPool`] (cheap to clone), for
+//! one Redis node or a Redis Cluster, with connect and response timeouts, retry with
+//! exponential backoff on connect, and a health check (ping latency and pool figures).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tenancy_cache::RedisConfig;
+//! use tenancy_core::HealthCheck;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), tenancy_cache::Error> {
+//! let pool = RedisConfig::single("redis://127.0.0.1:6379")
+//!     .with_pool_size(16)
+//!     .with_connect_timeout(Duration::from_millis(500))
+//!     .connect()
+//!     .await?;
+//! let health = pool.check().await;
+//! println!("{:?} {:?}", health.status, health.figures);
+//!
+//! let cluster = RedisConfig::cluster(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"])
+//!     .connect()
+//!     .await?;
+//! assert!(cluster.is_cluster());
+//! # Ok(()) }
+//! ```
+//!
+//! The pool is a `bb8` pool over multiplexed connections. A connection is not pinged when it is
+//! checked out (that would double the round trips of every rate-limit decision); instead a
+//! connection whose command fails with a connection error is marked broken and dropped when it
+//! goes back to the pool, and the next checkout opens a fresh one.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, Value};
+use tenancy_core::{Health, HealthCheck};
+
+use crate::error::{Error, Result};
+
+/// Default number of pooled connections.
+///
+/// Why this default: each connection is multiplexed, so a handful carry thousands of
+/// concurrent requests; 16 keeps Redis's client count low when many instances share it.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+/// Default bound on opening one TCP connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default bound on waiting for one reply.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default bound on waiting for a pooled connection.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+enum Target {
+    Single(Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// How to reach Redis and how to pool connections; [`RedisConfig::connect`] builds the pool.
+#[derive(Clone)]
+pub struct RedisConfig {
+    urls: Vec<String>,
+    cluster: bool,
+    pool_size: u32,
+    min_idle: Option<u32>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    acquire_timeout: Duration,
+    connect_attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry passwords: show only how many there are.
+        f.debug_struct("RedisConfig")
+            .field("nodes", &self.urls.len())
+            .field("cluster", &self.cluster)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("connect_attempts", &self.connect_attempts)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    fn new(urls: Vec<String>, cluster: bool) -> Self {
+        Self {
+            urls,
+            cluster,
+            pool_size: DEFAULT_POOL_SIZE,
+            min_idle: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            connect_attempts: 3,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+
+    /// One Redis server (`redis://host:port/db`, `rediss://` for TLS when the `redis` crate is
+    /// built with it).
+    pub fn single(url: impl Into<String>) -> Self {
+        Self::new(vec![url.into()], false)
+    }
+
+    /// A Redis Cluster, reached through any of these nodes.
+    pub fn cluster<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(urls.into_iter().map(Into::into).collect(), true)
+    }
+
+    /// Pooled connections (at least 1).
+    pub fn with_pool_size(mut self, n: u32) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+
+    /// Connections kept open while idle (none by default: connections open on demand).
+    pub fn with_min_idle(mut self, n: u32) -> Self {
+        self.min_idle = Some(n);
+        self
+    }
+
+    /// Bound on opening one connection.
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Bound on waiting for one reply; a connection that times out is replaced.
+    pub fn with_response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// Bound on waiting for a pooled connection (including opening one).
+    pub fn with_acquire_timeout(mut self, d: Duration) -> Self {
+        self.acquire_timeout = d;
+        self
+    }
+
+    /// Connect attempts per new connection (at least 1), with exponential backoff starting
+    /// at `backoff` and doubling up to one second.
+    pub fn with_connect_retries(mut self, attempts: u32, backoff: Duration) -> Self {
+        self.connect_attempts = attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    fn target(&self) -> Result<Target> {
+        let bad = |e: RedisError| {
+            tracing::debug!(error = %e, "refused Redis URL");
+            Error::invalid("redis url", "not a valid Redis URL")
+        };
+        if self.urls.is_empty() {
+            return Err(Error::invalid("redis url", "at least one URL is needed"));
+        }
+        if self.cluster {
+            let client = ClusterClient::builder(self.urls.iter().map(String::as_str))
+                .connection_timeout(self.connect_timeout)
+                .response_timeout(self.response_timeout)
+                .build()
+                .map_err(bad)?;
+            Ok(Target::Cluster(Box::new(client)))
+        } else {
+            if self.urls.len() != 1 {
+                return Err(Error::invalid("redis url", "a single node takes one URL"));
+            }
+            Ok(Target::Single(
+                Client::open(self.urls[0].as_str()).map_err(bad)?,
+            ))
+        }
+    }
+
+    /// Builds the pool without connecting: the first use opens connections. For services that
+    /// must start while Redis is down (the rate limiter then follows its failure policies).
+    ///
+    /// Errors: [`Error::Invalid`] for a malformed URL.
+    pub fn connect_lazy(self) -> Result<RedisPool> {
+        let manager = Manager {
+            target: self.target()?,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            attempts: self.connect_attempts,
+            backoff: self.backoff,
+            max_backoff: self.max_backoff,
+        };
+        let last_error = Arc::new(Mutex::new(None));
+        let pool = bb8::Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(self.min_idle)
+            .test_on_check_out(false)
+            .connection_timeout(self.acquire_timeout)
+            .retry_connection(false)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .max_lifetime(Some(Duration::from_secs(1800)))
+            .error_sink(Box::new(Sink(last_error.clone())))
+            .build_unchecked(manager);
+        Ok(RedisPool {
+            inner: Arc::new(PoolInner {
+                pool,
+                cluster: self.cluster,
+                acquire_timeout: self.acquire_timeout,
+                last_error,
+            }),
+        })
+    }
+
+    /// Builds the pool and opens one connection (with the configured retries), so that a
+    /// wrong address fails at start-up.
+    ///
+    /// Errors: [`Error::Invalid`] for a malformed URL, [`Error::Connect`] when Redis cannot be
+    /// reached, [`Error::PoolTimeout`] when it did not answer in time.
+    pub async fn connect(self) -> Result<RedisPool> {
+        let pool = self.connect_lazy()?;
+        pool.ping().await?;
+        Ok(pool)
+    }
+}
+
+/// A connection as the pool holds it: one node or one cluster handle, plus a broken flag set
+/// when a command fails with a connection error.
+pub(crate) struct Conn {
+    inner: ConnInner,
+    broken: bool,
+}
+
+enum ConnInner {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        match &mut self.inner {
+            ConnInner::Single(c) => c.req_packed_command(cmd),
+            ConnInner::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match &mut self.inner {
+            ConnInner::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            ConnInner::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.inner {
+            ConnInner::Single(c) => c.get_db(),
+            ConnInner::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Manager {
+    target: Target,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl Manager {
+    async fn connect_once(&self) -> Result<ConnInner, RedisError> {
+        match &self.target {
+            Target::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.response_timeout));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(ConnInner::Single)
+            }
+            Target::Cluster(client) => client.get_async_connection().await.map(ConnInner::Cluster),
+        }
+    }
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let mut delay = self.backoff;
+        let mut attempt = 1;
+        loop {
+            match self.connect_once().await {
+                Ok(inner) => {
+                    return Ok(Conn {
+                        inner,
+                        broken: false,
+                    });
+                }
+                Err(e) if attempt >= self.attempts => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "Redis connect failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.max_backoff);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        redis::cmd("PING").query_async::<()>(conn).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken
+    }
+}
+
+/// Keeps the last connect error, so that a pool timeout can say why.
+#[derive(Debug, Clone)]
+struct Sink(Arc<Mutex<Option<RedisError>>>);
+
+impl bb8::ErrorSink<RedisError> for Sink {
+    fn sink(&self, error: RedisError) {
+        tracing::debug!(error = %error, "Redis connection failed");
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
+        Box::new(self.clone())
+    }
+}
+
+/// Pool figures for dashboards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolFigures {
+    /// Open connections.
+    pub connections: u32,
+    /// Open connections not checked out.
+    pub idle: u32,
+    /// Connections opened since the pool was built.
+    pub created: u64,
+    /// Connections dropped because a command failed on them.
+    pub closed_broken: u64,
+    /// Checkouts that timed out.
+    pub acquire_timeouts: u64,
+}
+
+/// A pool of Redis connections (one node or a cluster); cheap to clone.
+#[derive(Clone)]
+pub struct RedisPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    pool: bb8::Pool<Manager>,
+    cluster: bool,
+    acquire_timeout: Duration,
+    last_error: Arc<Mutex<Option<RedisError>>>,
+}
+
+impl fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPool")
+            .field("cluster", &self.inner.cluster)
+            .field("figures", &self.figures())
+            .finish()
+    }
+}
+
+/// Whether an error means the connection itself is gone (as opposed to an error reply).
+fn breaks_connection(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+}
+
+impl RedisPool {
+    /// Whether this pool talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
+    }
+
+    /// Current pool figures.
+    pub fn figures(&self) -> PoolFigures {
+        let s = self.inner.pool.state();
+        PoolFigures {
+            connections: s.connections,
+            idle: s.idle_connections,
+            created: s.statistics.connections_created,
+            closed_broken: s.statistics.connections_closed_broken,
+            acquire_timeouts: s.statistics.get_timed_out,
+        }
+    }
+
+    /// Sends `PING` and returns the round-trip time.
+    ///
+    /// Errors: as for any command ([`Error::Connect`], [`Error::PoolTimeout`],
+    /// [`Error::Redis`]).
+    pub async fn ping(&self) -> Result<Duration> {
+        let start = Instant::now();
+        self.query::<()>(&redis::cmd("PING")).await?;
+        Ok(start.elapsed())
+    }
+
+    /// Runs one command on a pooled connection.
+    ///
+    /// Errors: [`Error::Connect`] or [`Error::PoolTimeout`] when no connection could be had,
+    /// [`Error::Redis`] when the command failed, [`Error::Corrupt`] when the reply does not
+    /// convert to `T`.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        let mut conn = self.conn().await?;
+        let value = cmd
+            .query_async::<Value>(&mut *conn)
+            .await
+            .map_err(|e| failed(&mut conn, e))?;
+        convert(value)
+    }
+
+    /// Runs a pipeline on one pooled connection and returns its replies.
+    pub(crate) async fn pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
+        let mut conn = self.conn().await?;
+        pipe.query_async::<Vec<Value>>(&mut *conn)
+            .await
+            .map_err(|e| failed(&mut conn, e))
+    }
+
+    /// Runs `script` with `EVALSHA`, and with `EVAL` (which also caches it again) when the
+    /// server answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). One round trip in the
+    /// common case.
+    pub(crate) async fn eval(
+        &self,
+        script: &Lua,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<Value> {
+        let build = |verb: &str, body: &[u8]| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        let mut conn = self.conn().await?;
+        let evalsha = build("EVALSHA", script.sha.as_bytes());
+        match evalsha.query_async::<Value>(&mut *conn).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                tracing::debug!(script = script.name, "script not cached; sending it again");
+                build("EVAL", script.source.as_bytes())
+                    .query_async::<Value>(&mut *conn)
+                    .await
+                    .map_err(|e| failed(&mut conn, e))
+            }
+            Err(e) => Err(failed(&mut conn, e)),
+        }
+    }
+
+    async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>> {
+        match self.inner.pool.get().await {
+            Ok(c) => Ok(c),
+            Err(bb8::RunError::User(e)) => Err(Error::Connect(e)),
+            Err(bb8::RunError::TimedOut) => {
+                let last = self
+                    .inner
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                Err(match last {
+                    Some(e) => Error::Connect(e),
+                    None => Error::PoolTimeout(self.inner.acquire_timeout),
+                })
+            }
+        }
+    }
+}
+
+/// Marks the connection broken when the error means it is gone, and wraps the error.
+fn failed(conn: &mut Conn, e: RedisError) -> Error {
+    if breaks_connection(&e) {
+        conn.broken = true;
+    }
+    Error::Redis(e)
+}
+
+fn convert<T: FromRedisValue>(v: Value) -> Result<T> {
+    T::from_redis_value(v).map_err(|e| Error::Corrupt(Box::new(e)))
+}
+
+#[async_trait]
+impl HealthCheck for RedisPool {
+    fn component(&self) -> &str {
+        "redis"
+    }
+
+    /// Pings with the pool's acquire timeout as the bound; `Down` when the ping fails,
+    /// `Degraded` when it succeeded but some checkouts timed out since the last check.
+    async fn check(&self) -> Health {
+        let bound = self.inner.acquire_timeout + Duration::from_millis(500);
+        let health = match tokio::time::timeout(bound, self.ping()).await {
+            Ok(Ok(rtt)) => Health::up().with_latency(rtt),
+            Ok(Err(e)) => Health::down(format!("ping failed: {e}")),
+            Err(_) => Health::down(format!("ping timed out after {bound:?}")),
+        };
+        let f = self.figures();
+        health
+            .with_figure("connections", u64::from(f.connections))
+            .with_figure("idle", u64::from(f.idle))
+            .with_figure("created", f.created)
+            .with_figure("closed_broken", f.closed_broken)
+            .with_figure("acquire_timeouts", f.acquire_timeouts)
+    }
+}
+
+/// A Lua script with its SHA1, as sent with `EVALSHA`.
+#[derive(Debug)]
+pub(crate) struct Lua {
+    pub(crate) name: &'static str,
+    pub(crate) source: String,
+    pub(crate) sha: String,
+}
+
+impl Lua {
+    pub(crate) fn new(name: &'static str, source: String) -> Self {
+        let sha = redis::Script::new(&source).get_hash().to_owned();
+        Self { name, source, sha }
+    }
+}

@@ -1,0 +1,664 @@
+//! [`RedisSessionStore`]: sessions in Redis, implementing [`SessionStore`] and
+//! [`SessionAdmin`].
+//!
+//! ```no_run
+//! use tenancy_cache::{RedisConfig, RedisSessionStore};
+//! use tenancy_core::{ErrorKind, NewSession, SessionAdmin, SessionStore, TenantId, UserId};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = RedisConfig::single("redis://127.0.0.1:6379").connect().await?;
+//! let store = RedisSessionStore::new(pool);
+//! let (acme, alice) = (TenantId::parse("acme")?, UserId::parse("alice")?);
+//!
+//! let mut s = store.create(NewSession::new(acme.clone(), alice.clone())).await?;
+//! s.data.insert("refresh".into(), "hash-of-token".into());
+//! let stale = s.clone();
+//! let s = store.save(&s).await?;                        // version 2
+//! assert_eq!(store.save(&stale).await.unwrap_err().kind(), ErrorKind::Conflict);
+//! let s = store.rotate(&acme, &s.id).await?;            // new id, old id ends at once
+//! assert_eq!(store.list_user(&acme, &alice).await?.len(), 1);
+//! store.revoke_user(&acme, &alice).await?;
+//! assert!(store.load(&acme, &s.id).await?.is_none());
+//! # Ok(()) }
+//! ```
+//!
+//! # How sessions are stored
+//! Each session is a hash under `<ns>:s:{t:<tenant>}:id:<id>` (see [`keys`](crate::keys))
+//! holding its immutable header (id, tenant, user, creation and absolute expiry), its data, its
+//! version, its last activity and its idle timeout; a set per user lists the user's session
+//! ids. Every change (create, touch, save, delete, rotate, revoke) is one Lua script, so the
+//! version check and the write are one atomic step and a stale copy can never overwrite a newer
+//! one.
+//!
+//! Whether a session is live is decided on the store's [`Clock`](tenancy_core::Clock) (the
+//! system clock by default, a [`ManualClock`](tenancy_core::ManualClock) in tests); Redis key
+//! expiry only reclaims memory, a few seconds after the session has ended on that clock.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Value;
+use serde::{Deserialize, Serialize};
+use tenancy_core::{
+    Health, HealthCheck, NewSession, ParseError, Session, SessionAdmin, SessionData, SessionId,
+    SessionStore, SharedClock, TenantId, UserId, system_clock,
+};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::keys::KeySpace;
+use crate::lua::{PRELUDE, dec, parse_u64};
+use crate::pool::{Lua, RedisPool};
+
+/// Longest accepted idle timeout or absolute lifetime.
+///
+/// Why this bound: a session that lives longer than a year is a credential that is never
+/// re-checked; refusing it catches a unit mistake (milliseconds passed as seconds).
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Largest accepted session data, serialized as JSON.
+pub const MAX_SESSION_DATA_BYTES: usize = 1 << 20;
+
+/// Redis keeps an ended session this long before dropping it (memory only: the session is
+/// already refused on the store's clock).
+const GC_GRACE_MS: u64 = 5_000;
+
+const SESSION_LUA: &str = r"
+local FIELDS = {'m', 'd', 'v', 's', 'a', 'i'}
+local function fields(key)
+  return redis.call('HMGET', key, unpack(FIELDS))
+end
+-- The session's deadline, min(seen + idle, absolute), in two limbs; nil when absent.
+local function deadline(key)
+  local f = redis.call('HMGET', key, 's', 'a', 'i')
+  if not f[1] and not f[2] and not f[3] then return nil end
+  local sh, sl = split(f[1])
+  local ah, al = split(f[2])
+  local idle = tonumber(f[3])
+  if not sh or not ah or not idle then error(corrupt('session state')) end
+  local dh, dl = sh + idle, sl
+  if le(ah, al, dh, dl) then dh, dl = ah, al end
+  return dh, dl
+end
+-- Whether the session is live at (nh, nl), and its deadline.
+local function is_live(key, nh, nl)
+  local dh, dl = deadline(key)
+  if not dh then return false end
+  return not le(dh, dl, nh, nl), dh, dl
+end
+local function gc(key, nh, nl)
+  local live, dh, dl = is_live(key, nh, nl)
+  if live then
+    redis.call('PEXPIRE', key, ms_until(nh, nl, dh, dl) + GRACE)
+  else
+    redis.call('PEXPIRE', key, GRACE)
+  end
+end
+local function extend_index(idx, nh, nl, abs)
+  local ah, al = split(abs)
+  local want = ms_until(nh, nl, ah, al) + GRACE
+  if redis.call('PTTL', idx) < want then redis.call('PEXPIRE', idx, want) end
+end
+local nh, nl = split(ARGV[1])
+if not nh then return redis.error_reply('ERR bad clock argument') end
+";
+
+fn script(name: &'static str, body: &str) -> Lua {
+    Lua::new(
+        name,
+        format!("local GRACE = {GC_GRACE_MS}\n{PRELUDE}{SESSION_LUA}{body}"),
+    )
+}
+
+// KEYS: session, index. ARGV: now, header, data, seen, absolute, idle, id.
+static CREATE: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        "session_create",
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'm', ARGV[2], 'd', ARGV[3], 'v', '1', 's', ARGV[4], 'a', ARGV[5], 'i', ARGV[6])
+gc(KEYS[1], nh, nl)
+redis.call('SADD', KEYS[2], ARGV[7])
+extend_index(KEYS[2], nh, nl, ARGV[5])
+return 1
+",
+    )
+});
+
+// KEYS: session. ARGV: now.
+static TOUCH: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        "session_touch",
+        r"
+if not is_live(KEYS[1], nh, nl) then return false end
+redis.call('HSET', KEYS[1], 's', ARGV[1])
+gc(KEYS[1], nh, nl)
+return fields(KEYS[1])
+",
+    )
+});
+
+// KEYS: session. ARGV: now, expected version, data, idle. Returns -1 (ended), -2 (stale) or the
+// new fields.
+static SAVE: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        "session_save",
+        r"
+if not is_live(KEYS[1], nh, nl) then return -1 end
+local v = redis.call('HGET', KEYS[1], 'v')
+if v ~= ARGV[2] then return -2 end
+local nv = string.format('%.0f', tonumber(v) + 1)
+redis.call('HSET', KEYS[1], 'd', ARGV[3], 'i', ARGV[4], 'v', nv, 's', ARGV[1])
+gc(KEYS[1], nh, nl)
+return fields(KEYS[1])
+",
+    )
+});
+
+// KEYS: session. ARGV: now. Returns 1 when the session was live.
+static DELETE: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        "session_delete",
+        r"
+local live = is_live(KEYS[1], nh, nl)
+redis.call('DEL', KEYS[1])
+if live then return 1 end
+return 0
+",
+    )
+});
+
+// KEYS: old session, new session, index. ARGV: now, old header, new header, old id, new id.
+// Returns -1 (ended), -2 (header changed), -3 (new id taken) or the new fields.
+static ROTATE: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        "session_rotate",
+        r"
+if not is_live(KEYS[1], nh, nl) then return -1 end
+local f = redis.call('HMGET', KEYS[1], 'm', 'd', 'v', 'a', 'i')
+if f[1] ~= ARGV[2] then return -2 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -3 end
+local nv = string.format('%.0f', tonumber(f[3]) + 1)
+redis.call('HSET', KEYS[2], 'm', ARGV[3], 'd', f[2], 'v', nv, 's', ARGV[1], 'a', f[4], 'i', f[5])
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[5])
+gc(KEYS[2], nh, nl)
+extend_index(KEYS[3], nh, nl, f[4])
+return fields(KEYS[2])
+",
+    )
+});
+
+// KEYS: index, then sessions. ARGV: now, then the sessions' ids. Returns how many were live.
+static REVOKE: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        "session_revoke",
+        r"
+local n = 0
+for i = 2, #KEYS do
+  if is_live(KEYS[i], nh, nl) then n = n + 1 end
+  redis.call('DEL', KEYS[i])
+  redis.call('SREM', KEYS[1], ARGV[i])
+end
+return n
+",
+    )
+});
+
+/// The immutable part of a session, stored once at creation (`m`).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    id: SessionId,
+    tenant: TenantId,
+    user: UserId,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+impl Header {
+    fn of(s: &Session) -> Self {
+        Self {
+            id: s.id,
+            tenant: s.tenant.clone(),
+            user: s.user.clone(),
+            created_at: s.created_at,
+            expires_at: s.expires_at,
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| Error::Corrupt(Box::new(e)))
+    }
+}
+
+/// Sessions in Redis (one node or a Cluster), namespaced by tenant; cheap to clone.
+///
+/// See the [module documentation](self) for the storage layout and an example.
+#[derive(Clone)]
+pub struct RedisSessionStore {
+    pool: RedisPool,
+    keys: KeySpace,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for RedisSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSessionStore")
+            .field("namespace", &self.keys.namespace())
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+fn nanos_of(t: OffsetDateTime) -> Result<u64> {
+    u64::try_from(t.unix_timestamp_nanos())
+        .map_err(|_| Error::invalid("session time", "must lie between 1970 and 2554"))
+}
+
+fn time_of(nanos: u64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
+        .map_err(|e| Error::Corrupt(Box::new(e)))
+}
+
+fn check_ttl(what: &'static str, d: Duration) -> Result<()> {
+    if d < Duration::from_secs(1) || d > MAX_SESSION_TTL {
+        return Err(Error::Invalid(ParseError::new(
+            what,
+            "must be between 1 second and 366 days",
+        )));
+    }
+    Ok(())
+}
+
+fn encode_data(data: &SessionData) -> Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(data).map_err(|e| Error::Corrupt(Box::new(e)))?;
+    if bytes.len() > MAX_SESSION_DATA_BYTES {
+        return Err(Error::invalid(
+            "session data",
+            "must be at most 1 MiB as JSON",
+        ));
+    }
+    Ok(bytes)
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// A session from its six fields (`m d v s a i`), checked against the key it was read from.
+fn decode(fields: &[Value], tenant: &TenantId, id: &SessionId) -> Result<Option<Session>> {
+    if fields.len() != 6 {
+        return Err(Error::corrupt("session: wrong number of fields"));
+    }
+    if fields.iter().all(|f| matches!(f, Value::Nil)) {
+        return Ok(None);
+    }
+    let get = |i: usize| bytes(&fields[i]).ok_or_else(|| Error::corrupt("session: field missing"));
+    let num = |i: usize| {
+        get(i).and_then(|b| parse_u64(b).ok_or_else(|| Error::corrupt("session: bad number")))
+    };
+    let header: Header =
+        serde_json::from_slice(get(0)?).map_err(|e| Error::Corrupt(Box::new(e)))?;
+    let data: SessionData =
+        serde_json::from_slice(get(1)?).map_err(|e| Error::Corrupt(Box::new(e)))?;
+    if header.id != *id || header.tenant != *tenant {
+        return Err(Error::corrupt("session: header does not match its key"));
+    }
+    Ok(Some(Session {
+        id: header.id,
+        tenant: header.tenant,
+        user: header.user,
+        created_at: header.created_at,
+        last_seen_at: time_of(num(3)?)?,
+        expires_at: header.expires_at,
+        idle_timeout_secs: num(5)?,
+        version: num(2)?,
+        data,
+    }))
+}
+
+fn array(v: Value) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(a) => Ok(a),
+        _ => Err(Error::corrupt("session: unexpected reply")),
+    }
+}
+
+fn conflict() -> tenancy_core::Error {
+    tenancy_core::Error::Conflict("session was changed by another writer".into())
+}
+
+impl RedisSessionStore {
+    /// A store on `pool`, in the default namespace, deciding expiry on the system clock.
+    pub fn new(pool: RedisPool) -> Self {
+        Self {
+            pool,
+            keys: KeySpace::default(),
+            clock: system_clock(),
+        }
+    }
+
+    /// The same store in another key space (another namespace).
+    pub fn with_key_space(mut self, keys: KeySpace) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// The same store deciding idle and absolute expiry on `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &RedisPool {
+        &self.pool
+    }
+
+    fn now(&self) -> (u64, Vec<u8>, OffsetDateTime) {
+        let n = self.clock.now_nanos();
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(n))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        (n, dec(n), t)
+    }
+
+    async fn load_raw(&self, tenant: &TenantId, id: &SessionId) -> Result<Option<Session>> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.session(tenant, id))
+            .arg(&["m", "d", "v", "s", "a", "i"]);
+        let fields: Vec<Value> = self.pool.query(&cmd).await?;
+        decode(&fields, tenant, id)
+    }
+
+    async fn create_inner(&self, new: NewSession) -> Result<Session> {
+        check_ttl("idle timeout", new.idle_timeout)?;
+        check_ttl("absolute lifetime", new.absolute_ttl)?;
+        let data = encode_data(&new.data)?;
+        let (_, now, now_t) = self.now();
+        // A fresh 128-bit id never collides in practice; the script refuses one that does.
+        for _ in 0..3 {
+            let session = new.clone().into_session(now_t);
+            let header = Header::of(&session).encode()?;
+            let keys = [
+                self.keys.session(&session.tenant, &session.id),
+                self.keys.session_index(&session.tenant, &session.user),
+            ];
+            let args = [
+                now.clone(),
+                header,
+                data.clone(),
+                now.clone(),
+                dec(nanos_of(session.expires_at)?),
+                dec(session.idle_timeout_secs),
+                session.id.as_str().as_bytes().to_vec(),
+            ];
+            if self.pool.eval(&CREATE, &keys, &args).await? == Value::Int(1) {
+                return Ok(session);
+            }
+        }
+        Err(Error::corrupt("session: three fresh ids were all taken"))
+    }
+
+    async fn save_inner(&self, session: &Session) -> Result<std::result::Result<Session, i64>> {
+        check_ttl(
+            "idle timeout",
+            Duration::from_secs(session.idle_timeout_secs),
+        )?;
+        let data = encode_data(&session.data)?;
+        let (_, now, _) = self.now();
+        let keys = [self.keys.session(&session.tenant, &session.id)];
+        let args = [
+            now,
+            dec(session.version),
+            data,
+            dec(session.idle_timeout_secs),
+        ];
+        match self.pool.eval(&SAVE, &keys, &args).await? {
+            Value::Int(code) => Ok(Err(code)),
+            v => decode(&array(v)?, &session.tenant, &session.id)?
+                .map(Ok)
+                .ok_or_else(|| Error::corrupt("session: vanished during save")),
+        }
+    }
+
+    async fn rotate_inner(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> Result<std::result::Result<Session, i64>> {
+        let (_, now, now_t) = self.now();
+        let Some(current) = self.load_raw(tenant, id).await? else {
+            return Ok(Err(-1));
+        };
+        if !current.is_live(now_t) {
+            return Ok(Err(-1));
+        }
+        let old_header = Header::of(&current);
+        let mut code = -3;
+        for _ in 0..3 {
+            let new_id = SessionId::generate();
+            let new_header = Header {
+                id: new_id,
+                ..Header::of(&current)
+            };
+            let keys = [
+                self.keys.session(tenant, id),
+                self.keys.session(tenant, &new_id),
+                self.keys.session_index(tenant, &current.user),
+            ];
+            let args = [
+                now.clone(),
+                old_header.encode()?,
+                new_header.encode()?,
+                id.as_str().as_bytes().to_vec(),
+                new_id.as_str().as_bytes().to_vec(),
+            ];
+            match self.pool.eval(&ROTATE, &keys, &args).await? {
+                Value::Int(-3) => continue,
+                Value::Int(c) => {
+                    code = c;
+                    break;
+                }
+                v => {
+                    return decode(&array(v)?, tenant, &new_id)?
+                        .map(Ok)
+                        .ok_or_else(|| Error::corrupt("session: vanished during rotation"));
+                }
+            }
+        }
+        Ok(Err(code))
+    }
+
+    async fn list_inner(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<Session>> {
+        let index = self.keys.session_index(tenant, user);
+        let ids: Vec<String> = self.pool.query(redis::cmd("SMEMBERS").arg(&index)).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut parsed = Vec::with_capacity(ids.len());
+        let mut pipe = redis::pipe();
+        for raw in &ids {
+            let id = SessionId::parse(raw).map_err(|e| Error::Corrupt(Box::new(e)))?;
+            pipe.cmd("HMGET")
+                .arg(self.keys.session(tenant, &id))
+                .arg(&["m", "d", "v", "s", "a", "i"]);
+            parsed.push(id);
+        }
+        let replies = self.pool.pipeline(&pipe).await?;
+        let (_, _, now_t) = self.now();
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (id, reply) in parsed.iter().zip(replies) {
+            match decode(&array(reply)?, tenant, id)? {
+                Some(s) if s.user != *user => {
+                    return Err(Error::corrupt("session index names another user's session"));
+                }
+                Some(s) if s.is_live(now_t) => out.push(s),
+                Some(_) => {}
+                None => gone.push(id.as_str().to_owned()),
+            }
+        }
+        if !gone.is_empty() {
+            // Ids of sessions Redis already dropped: tidy the index (best effort).
+            let _ = self
+                .pool
+                .query::<()>(redis::cmd("SREM").arg(&index).arg(&gone))
+                .await;
+        }
+        out.sort_by_key(|s| (s.created_at, s.id));
+        Ok(out)
+    }
+
+    async fn revoke_inner(&self, tenant: &TenantId, user: &UserId) -> Result<u64> {
+        let index = self.keys.session_index(tenant, user);
+        let mut total = 0u64;
+        // Sessions created while a round runs are caught by the next one.
+        for _ in 0..16 {
+            let ids: Vec<String> = self.pool.query(redis::cmd("SMEMBERS").arg(&index)).await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut keys = vec![index.clone()];
+            let (_, now, _) = self.now();
+            let mut args = vec![now];
+            for raw in &ids {
+                let id = SessionId::parse(raw).map_err(|e| Error::Corrupt(Box::new(e)))?;
+                keys.push(self.keys.session(tenant, &id));
+                args.push(raw.as_bytes().to_vec());
+            }
+            match self.pool.eval(&REVOKE, &keys, &args).await? {
+                Value::Int(n) => total += u64::try_from(n).unwrap_or(0),
+                _ => return Err(Error::corrupt("session: unexpected reply")),
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn create(&self, new: NewSession) -> tenancy_core::Result<Session> {
+        Ok(self.create_inner(new).await?)
+    }
+
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> tenancy_core::Result<Option<Session>> {
+        let (_, _, now_t) = self.now();
+        Ok(self
+            .load_raw(tenant, id)
+            .await?
+            .filter(|s| s.is_live(now_t)))
+    }
+
+    async fn touch(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> tenancy_core::Result<Option<Session>> {
+        let (_, now, _) = self.now();
+        let keys = [self.keys.session(tenant, id)];
+        match self.pool.eval(&TOUCH, &keys, &[now]).await? {
+            Value::Nil => Ok(None),
+            v => Ok(decode(&array(v)?, tenant, id)?),
+        }
+    }
+
+    async fn save(&self, session: &Session) -> tenancy_core::Result<Session> {
+        match self.save_inner(session).await? {
+            Ok(s) => Ok(s),
+            Err(-2) => Err(conflict()),
+            Err(_) => Err(tenancy_core::Error::NotFound),
+        }
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<bool> {
+        let (_, now, _) = self.now();
+        let keys = [self.keys.session(tenant, id)];
+        Ok(self.pool.eval(&DELETE, &keys, &[now]).await? == Value::Int(1))
+    }
+
+    async fn rotate(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<Session> {
+        match self.rotate_inner(tenant, id).await? {
+            Ok(s) => Ok(s),
+            Err(-2) => Err(conflict()),
+            Err(-3) => Err(tenancy_core::Error::Conflict(
+                "no fresh session id was free".into(),
+            )),
+            Err(_) => Err(tenancy_core::Error::NotFound),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionAdmin for RedisSessionStore {
+    async fn list_user(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> tenancy_core::Result<Vec<Session>> {
+        Ok(self.list_inner(tenant, user).await?)
+    }
+
+    async fn revoke_user(&self, tenant: &TenantId, user: &UserId) -> tenancy_core::Result<u64> {
+        Ok(self.revoke_inner(tenant, user).await?)
+    }
+}
+
+#[async_trait]
+impl HealthCheck for RedisSessionStore {
+    fn component(&self) -> &str {
+        "sessions"
+    }
+
+    async fn check(&self) -> Health {
+        self.pool.check().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_bounds() {
+        assert!(check_ttl("x", Duration::from_millis(999)).is_err());
+        assert!(check_ttl("x", Duration::from_secs(1)).is_ok());
+        assert!(check_ttl("x", MAX_SESSION_TTL).is_ok());
+        assert!(check_ttl("x", MAX_SESSION_TTL + Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn decoding_refuses_a_header_from_another_key() {
+        let t = TenantId::parse("acme").unwrap();
+        let s = NewSession::new(t.clone(), UserId::parse("u").unwrap())
+            .into_session(OffsetDateTime::UNIX_EPOCH + Duration::from_secs(10));
+        let f = |h: &Header| {
+            vec![
+                Value::BulkString(h.encode().unwrap()),
+                Value::BulkString(b"{}".to_vec()),
+                Value::BulkString(b"1".to_vec()),
+                Value::BulkString(b"10000000000".to_vec()),
+                Value::BulkString(b"99".to_vec()),
+                Value::BulkString(b"1800".to_vec()),
+            ]
+        };
+        let ok = decode(&f(&Header::of(&s)), &t, &s.id).unwrap().unwrap();
+        assert_eq!(ok.id, s.id);
+        let other = TenantId::parse("globex").unwrap();
+        assert!(decode(&f(&Header::of(&s)), &other, &s.id).is_err());
+        assert!(decode(&f(&Header::of(&s)), &t, &SessionId::generate()).is_err());
+        assert_eq!(decode(&vec![Value::Nil; 6], &t, &s.id).unwrap(), None);
+    }
+}
