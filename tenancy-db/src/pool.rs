@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{Connection as _, PgConnection, Postgres, Transaction};
 use tenancy_core::TenantId;
 
 use crate::config::{BeginMode, DbConfig};
@@ -142,27 +142,40 @@ impl Shared {
         Error::from(e)
     }
 
-    async fn begin_plain(&self) -> Result<Transaction<'static, Postgres>> {
+    /// Opens a transaction with `statement` (or a plain `BEGIN`). A pooled connection that
+    /// turns out dead (the server restarted or ended it) is discarded and the next one tried:
+    /// a failed `BEGIN` has done nothing, so this retry is safe.
+    async fn begin_with(&self, statement: Option<&str>) -> Result<Transaction<'static, Postgres>> {
         let waiting = Waiting::new(&self.stats.waiting);
-        let tx = self.pool.begin().await.map_err(|e| self.map_acquire(e))?;
+        let mut attempt = 0;
+        let tx = loop {
+            attempt += 1;
+            let r = match statement {
+                Some(sql) => self.pool.begin_with(sqlx::AssertSqlSafe(sql.to_owned())).await,
+                None => self.pool.begin().await,
+            };
+            match r {
+                Ok(tx) => break tx,
+                Err(e) if attempt <= self.max && connection_lost(&e) => {
+                    tracing::debug!(target: "tenancy_db::pool", error = %e, "discarding a dead connection");
+                }
+                Err(e) => return Err(self.map_acquire(e)),
+            }
+        };
         drop(waiting);
         self.stats.acquired.fetch_add(1, Ordering::Relaxed);
         Ok(tx)
+    }
+
+    async fn begin_plain(&self) -> Result<Transaction<'static, Postgres>> {
+        self.begin_with(None).await
     }
 
     async fn begin_tenant(&self, tenant: &TenantId) -> Result<Transaction<'static, Postgres>> {
         match self.begin_mode {
             BeginMode::OneMessage => {
                 let sql = one_message_begin(tenant)?;
-                let waiting = Waiting::new(&self.stats.waiting);
-                let tx = self
-                    .pool
-                    .begin_with(sqlx::AssertSqlSafe(sql))
-                    .await
-                    .map_err(|e| self.map_acquire(e))?;
-                drop(waiting);
-                self.stats.acquired.fetch_add(1, Ordering::Relaxed);
-                Ok(tx)
+                self.begin_with(Some(&sql)).await
             }
             BeginMode::TwoRoundTrips => {
                 let mut tx = self.begin_plain().await?;
@@ -193,6 +206,18 @@ pub(crate) fn one_message_begin(tenant: &TenantId) -> Result<String> {
         });
     }
     Ok(format!("BEGIN; SET LOCAL app.tenant_id = '{t}'"))
+}
+
+/// Whether `e` says the connection itself is gone (I/O failure, or the server ended the
+/// session), as opposed to a failure of the statement.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
 }
 
 fn retryable(e: &sqlx::Error) -> bool {
@@ -246,13 +271,18 @@ pub(crate) async fn connect_shared(config: &DbConfig, component: &'static str) -
         });
     }
 
+    // Probe with single connections so that each attempt fails fast (a pool's own connect
+    // keeps retrying until its acquire timeout), then open the pool.
     let connect = config.connect_options();
     let mut delay = config.connect_backoff;
     let mut attempt = 0;
-    let pool = loop {
+    loop {
         attempt += 1;
-        match options.clone().connect_with(connect.clone()).await {
-            Ok(pool) => break pool,
+        match PgConnection::connect_with(&connect).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                break;
+            }
             Err(e) if attempt < config.connect_attempts && retryable(&e) => {
                 tracing::warn!(
                     target: "tenancy_db::pool",
@@ -270,7 +300,8 @@ pub(crate) async fn connect_shared(config: &DbConfig, component: &'static str) -
                 });
             }
         }
-    };
+    }
+    let pool = options.connect_lazy_with(connect);
 
     let shared = Arc::new(Shared {
         pool,
