@@ -210,17 +210,18 @@ where
         let span = meta.span().clone();
         Box::pin(
             async move {
-                let http_req = req.request().clone();
                 let result = run(&tenancy, stages, &meta, service, req).await;
                 if !stages.request_id {
                     return result;
                 }
-                // Errors become responses here, so that they too carry the request id and
-                // are counted.
+                // actix-web turns handler errors into responses before they reach any
+                // middleware; an error here comes from another middleware. It is counted and
+                // passed on (the request is no longer at hand to build a response from).
                 let mut res = match result {
                     Ok(res) => res,
                     Err(e) => {
-                        ServiceResponse::new(http_req, e.error_response()).map_into_right_body()
+                        tenancy.finish(&meta, e.as_response_error().status_code().as_u16());
+                        return Err(e);
                     }
                 };
                 if let Ok(v) = HeaderValue::from_str(meta.request_id().as_str()) {
@@ -304,8 +305,7 @@ where
         if tenancy.audits(meta, status) {
             let note = res.response_mut().extensions_mut().remove::<AuditNote>();
             if let Err(r) = tenancy.audit_response(meta, status, note).await {
-                let http_req = res.request().clone();
-                return Ok(ServiceResponse::new(http_req, render(&r)).map_into_right_body());
+                return Ok(res.into_response(render(&r)).map_into_right_body());
             }
         }
     }
