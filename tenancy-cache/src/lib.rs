@@ -1,6 +1,10 @@
 //! `tenancy-cache`: the Redis backends of the tenancy crates, on one Redis node or a Redis
 //! Cluster, over a `bb8` pool of multiplexed connections.
 //!
+//! - [`RedisRateLimiter`]: [`RateLimiter`](tenancy_core::RateLimiter) +
+//!   [`QuotaAdmin`](tenancy_core::QuotaAdmin): GCRA for every limit of a request (tenant and
+//!   user, several windows, weights, shadow limits) in one Lua script and one round trip,
+//!   failure policies per limit, a circuit breaker and a cache of recent denials.
 //! - [`RedisSessionStore`]: [`SessionStore`](tenancy_core::SessionStore) +
 //!   [`SessionAdmin`](tenancy_core::SessionAdmin), with idle and absolute expiry on the
 //!   store's clock, a per-user index, atomic optimistic versioning and id rotation.
@@ -27,7 +31,7 @@
 //! # Features
 //! | feature      | enables                                    | default |
 //! |--------------|--------------------------------------------|---------|
-//! | `rate-limit` | `RedisRateLimiter`                         | yes     |
+//! | `rate-limit` | [`RedisRateLimiter`]                       | yes     |
 //! | `session`    | [`RedisSessionStore`]                      | yes     |
 //! | `cache`      | `RedisTenantCache`                         | yes     |
 //!
@@ -38,12 +42,16 @@
 
 pub mod error;
 pub mod keys;
+#[cfg(feature = "rate-limit")]
+pub mod limiter;
 mod lua;
 pub mod pool;
 #[cfg(feature = "session")]
 pub mod session;
 
 pub use error::{Error, Result};
+#[cfg(feature = "rate-limit")]
+pub use limiter::{RedisRateLimiter, RedisRateLimiterBuilder};
 pub use pool::{PoolFigures, RedisConfig, RedisPool};
 #[cfg(feature = "session")]
 pub use session::RedisSessionStore;
