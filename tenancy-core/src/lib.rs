@@ -76,7 +76,7 @@ pub use id::{
 };
 pub use ratelimit::{
     DecisionSource, FailurePolicy, GcraOutcome, Limit, LimitMode, LimitScope, LimitState,
-    QuotaAdmin, RateLimitDecision, RateLimitRequest, RateLimiter, gcra,
+    LimitStates, QuotaAdmin, RateLimitDecision, RateLimitRequest, RateLimiter, gcra,
 };
 pub use role::{Permission, PermissionSet, Role};
 pub use session::{

@@ -242,6 +242,119 @@ impl LimitState {
     }
 }
 
+/// How many limit states a decision holds without a heap allocation.
+const INLINE_STATES: usize = 2;
+
+/// The per-limit states of a decision: a slice (`Deref<Target = [LimitState]>`) that holds up
+/// to two states inline (the usual tenant and user limit), so that a typical decision
+/// allocates nothing; more spill to the heap.
+#[derive(Clone)]
+pub struct LimitStates {
+    inline: [LimitState; INLINE_STATES],
+    len: usize,
+    spill: Vec<LimitState>,
+}
+
+const FILLER: LimitState = LimitState {
+    limit: Limit {
+        scope: LimitScope::Tenant,
+        quota: Quota::per_second(1),
+        mode: LimitMode::Enforce,
+        on_unavailable: FailurePolicy::FailClosed,
+    },
+    allowed: true,
+    remaining: 0,
+    reset_after: Duration::ZERO,
+    retry_after: Duration::ZERO,
+};
+
+impl LimitStates {
+    /// No states.
+    pub const fn new() -> Self {
+        Self {
+            inline: [FILLER; INLINE_STATES],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    /// Appends a state.
+    pub fn push(&mut self, state: LimitState) {
+        if self.spill.is_empty() && self.len < INLINE_STATES {
+            self.inline[self.len] = state;
+            self.len += 1;
+            return;
+        }
+        if self.spill.is_empty() {
+            self.spill.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spill.push(state);
+    }
+}
+
+impl Default for LimitStates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for LimitStates {
+    type Target = [LimitState];
+    fn deref(&self) -> &[LimitState] {
+        if self.spill.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+}
+
+impl std::ops::DerefMut for LimitStates {
+    fn deref_mut(&mut self) -> &mut [LimitState] {
+        if self.spill.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spill
+        }
+    }
+}
+
+impl fmt::Debug for LimitStates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for LimitStates {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for LimitStates {}
+
+impl FromIterator<LimitState> for LimitStates {
+    fn from_iter<I: IntoIterator<Item = LimitState>>(iter: I) -> Self {
+        let mut out = Self::new();
+        iter.into_iter().for_each(|s| out.push(s));
+        out
+    }
+}
+
+impl From<Vec<LimitState>> for LimitStates {
+    fn from(v: Vec<LimitState>) -> Self {
+        v.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a LimitStates {
+    type Item = &'a LimitState;
+    type IntoIter = std::slice::Iter<'a, LimitState>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// How a decision was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DecisionSource {
@@ -262,7 +375,7 @@ pub struct RateLimitDecision {
     /// Whether the request may proceed.
     pub allowed: bool,
     /// One state per applicable limit, in request order.
-    pub states: Vec<LimitState>,
+    pub states: LimitStates,
     /// How the decision was reached.
     pub source: DecisionSource,
 }
@@ -278,15 +391,27 @@ impl RateLimitDecision {
         tats: &[Option<u64>],
         now: u64,
     ) -> (Self, Vec<Option<u64>>) {
-        let mut states = Vec::with_capacity(tats.len());
-        let mut writes = Vec::with_capacity(tats.len());
+        let mut writes = vec![None; tats.len()];
+        let decision = Self::decide_into(request, tats, now, &mut writes);
+        (decision, writes)
+    }
+
+    /// [`RateLimitDecision::decide`] writing the TATs to store into `writes` (same length as
+    /// `tats`), for backends that keep them on the stack.
+    pub fn decide_into(
+        request: &RateLimitRequest,
+        tats: &[Option<u64>],
+        now: u64,
+        writes: &mut [Option<u64>],
+    ) -> Self {
+        let mut states = LimitStates::new();
         let mut allowed = true;
-        for (limit, tat) in request.applicable().zip(tats) {
+        for ((limit, tat), write) in request.applicable().zip(tats).zip(writes.iter_mut()) {
             let o = gcra(*tat, now, &limit.quota, request.cost);
             if !o.allowed && limit.mode == LimitMode::Enforce {
                 allowed = false;
             }
-            writes.push(o.allowed.then_some(o.tat));
+            *write = o.allowed.then_some(o.tat);
             states.push(LimitState::from_outcome(*limit, &o));
         }
         if !allowed {
@@ -301,21 +426,18 @@ impl RateLimitDecision {
                 }
             }
         }
-        (
-            Self {
-                allowed,
-                states,
-                source: DecisionSource::Backend,
-            },
-            writes,
-        )
+        Self {
+            allowed,
+            states,
+            source: DecisionSource::Backend,
+        }
     }
 
     /// An allowed decision with no limit states: a request that no limit applies to.
     pub fn unlimited() -> Self {
         Self {
             allowed: true,
-            states: Vec::new(),
+            states: LimitStates::new(),
             source: DecisionSource::Backend,
         }
     }
@@ -515,6 +637,24 @@ mod tests {
             "\"tenant-3600\";r=99;t=4, \"user-3600\";r=1;t=360"
         );
         assert!(!h.contains_key("retry-after"));
+    }
+
+    #[test]
+    fn limit_states_spill_past_the_inline_capacity() {
+        let r = req((1..=6)
+            .map(|m| Limit::tenant(Quota::per_minute(m)))
+            .collect());
+        let (d, _) = RateLimitDecision::decide(&r, &[None; 6], S);
+        assert_eq!(d.states.len(), 6);
+        assert_eq!(
+            d.states
+                .iter()
+                .map(|s| s.limit.quota.limit)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        let copy: LimitStates = d.states.iter().copied().collect();
+        assert_eq!(copy, d.states);
     }
 
     #[test]

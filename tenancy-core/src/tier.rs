@@ -81,9 +81,17 @@ impl Quota {
 
     /// The time one request "costs": `period / limit`, in nanoseconds (at least 1).
     pub fn emission_interval_nanos(&self) -> u64 {
-        let period = u128::from(self.period_secs) * 1_000_000_000;
-        let t = period / u128::from(self.limit.max(1));
-        u64::try_from(t).unwrap_or(u64::MAX).max(1)
+        let limit = self.limit.max(1);
+        // u64 arithmetic for every period up to 584 years; 128-bit division is far slower and
+        // this sits on the hot path of every limiter decision.
+        let t = match self.period_secs.checked_mul(1_000_000_000) {
+            Some(period) => period / limit,
+            None => {
+                let t = u128::from(self.period_secs) * 1_000_000_000 / u128::from(limit);
+                u64::try_from(t).unwrap_or(u64::MAX)
+            }
+        };
+        t.max(1)
     }
 
     /// Checks that limit, period and burst are all positive.
@@ -337,6 +345,11 @@ mod tests {
             1_000_000_000
         );
         assert_eq!(Quota::per_second(u64::MAX).emission_interval_nanos(), 1);
+        assert_eq!(Quota::new(1, u64::MAX).emission_interval_nanos(), u64::MAX);
+        assert_eq!(
+            Quota::new(1_000_000_000, u64::MAX / 2).emission_interval_nanos(),
+            u64::MAX / 2
+        );
     }
 
     #[test]

@@ -1,112 +1,123 @@
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use foldhash::fast::RandomState;
+use foldhash::quality::RandomState;
 
 use super::lock;
 use crate::{
     Health, HealthCheck, LimitScope, LimitState, QuotaAdmin, RateLimitDecision, RateLimitRequest,
-    RateLimiter, Result, SharedClock, SystemClock, TenantId, UserId, gcra,
+    RateLimiter, Result, SharedClock, SystemClock, TenantId, gcra,
 };
 
 const SHARDS: usize = 64;
-/// Default bound on stored keys (tenant and user entries together).
+/// Default bound on stored keys (one per tenant or user and period).
 pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 const MIN_SWEEP_INTERVAL: usize = 64;
+/// Limits decided with stack storage; a request with more uses the heap.
+const INLINE_LIMITS: usize = 8;
 
-/// One stored TAT, for one period of one scope.
+/// A 128-bit key derived from (tenant, user, scope, period) with secret per-limiter seeds.
+type Key = u128;
+
+/// Keys are already uniformly random: the map uses their low bits as the hash.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(b);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
-struct Cell {
-    period_secs: u64,
+struct Entry {
     tat: u64,
+    /// The tenant's 64-bit tag, so that a tenant's keys can be found for [`QuotaAdmin::reset`].
+    tenant_tag: u64,
 }
 
-type Cells = Vec<Cell>;
-
-#[derive(Debug, Default)]
-struct TenantSlot {
-    cells: Cells,
-    users: HashMap<UserId, Cells, RandomState>,
-}
-
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shard {
-    tenants: HashMap<TenantId, TenantSlot, RandomState>,
-    /// Tenant slots plus user entries.
-    keys: usize,
+    map: HashMap<Key, Entry, BuildHasherDefault<KeyHasher>>,
     inserts_since_sweep: usize,
     /// Keys left by the last sweep: the next sweep waits for as many inserts, which keeps the
     /// sweeping cost amortised O(1) per insert.
     keys_after_sweep: usize,
 }
 
-fn find(cells: &[Cell], period_secs: u64) -> Option<u64> {
-    cells
-        .iter()
-        .find(|c| c.period_secs == period_secs)
-        .map(|c| c.tat)
-}
-
-fn store(cells: &mut Cells, period_secs: u64, tat: u64) {
-    match cells.iter_mut().find(|c| c.period_secs == period_secs) {
-        Some(c) => c.tat = tat,
-        None => cells.push(Cell { period_secs, tat }),
-    }
-}
-
-/// Drops cells that are fully rested at `now`; returns whether any remain.
-fn retain_live(cells: &mut Cells, now: u64) -> bool {
-    cells.retain(|c| c.tat > now);
-    !cells.is_empty()
-}
-
 impl Shard {
-    /// Removes every rested entry. A rested key decides exactly like a missing one, so this
+    /// Removes every rested key. A rested key decides exactly like a missing one, so this
     /// changes no decision.
     fn sweep(&mut self, now: u64) {
-        let mut removed = 0;
-        self.tenants.retain(|_, slot| {
-            let before = slot.users.len();
-            slot.users.retain(|_, cells| retain_live(cells, now));
-            removed += before - slot.users.len();
-            let live = retain_live(&mut slot.cells, now) || !slot.users.is_empty();
-            if !live {
-                removed += 1;
-            }
-            live
-        });
-        self.keys -= removed;
+        self.map.retain(|_, e| e.tat > now);
         self.inserts_since_sweep = 0;
-        self.keys_after_sweep = self.keys;
+        self.keys_after_sweep = self.map.len();
     }
 
-    /// Makes room for `needed` new keys under `cap`: first by sweeping, then by evicting the
-    /// entries of arbitrary tenants (a reset of their limits: the bound wins over accuracy).
+    /// Makes room for `needed` new keys under `cap`: by sweeping when due or when full, then by
+    /// evicting arbitrary keys (a reset of those limits: the bound wins over accuracy).
     fn make_room(&mut self, needed: usize, cap: usize, now: u64) {
-        if self.keys + needed <= cap {
-            return;
+        self.inserts_since_sweep += needed;
+        if self.inserts_since_sweep >= self.keys_after_sweep.max(MIN_SWEEP_INTERVAL)
+            || self.map.len() + needed > cap
+        {
+            self.sweep(now);
         }
-        self.sweep(now);
-        while self.keys + needed > cap {
-            let Some(victim) = self.tenants.keys().next().cloned() else {
+        while self.map.len() + needed > cap {
+            let Some(victim) = self.map.keys().next().copied() else {
                 return;
             };
-            if let Some(slot) = self.tenants.remove(&victim) {
-                self.keys -= 1 + slot.users.len();
-            }
+            self.map.remove(&victim);
         }
+    }
+}
+
+/// The keys of one request: the tenant's hash, and the user's when there is one.
+struct RequestKeys {
+    tenant: u128,
+    user: Option<u128>,
+}
+
+impl RequestKeys {
+    fn key(&self, scope: LimitScope, period_secs: u64) -> Option<Key> {
+        let base = match scope {
+            LimitScope::Tenant => self.tenant,
+            LimitScope::User => self.user?,
+        };
+        // Distinct periods of one base give distinct keys; the scope bit separates a tenant key
+        // from a user key even in the (2^-128) event that their bases coincide.
+        let salt = u128::from(period_secs.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            | (u128::from(scope == LimitScope::User) << 127);
+        Some(base ^ salt.rotate_left(64))
     }
 }
 
 /// An in-process GCRA rate limiter with bounded memory.
 ///
-/// A tenant's tenant-wide and per-user states live in the same shard, so one lock covers a
-/// whole decision: all limits are decided together and a denial consumes nothing. Rested keys
-/// are swept during ordinary calls (amortised, no background task), and the number of stored
-/// keys never exceeds the configured bound.
+/// All keys of a tenant (tenant-wide and per-user) live in the same shard, so one lock covers
+/// a whole decision: all limits are decided together and a denial consumes nothing. Rested
+/// keys are swept during ordinary calls (amortised, no background task), and the number of
+/// stored keys never exceeds the configured bound.
+///
+/// Keys are 128-bit hashes of (tenant, user, scope, period) under seeds drawn at random for
+/// each limiter, never exposed: memory per key stays small and fixed whatever the length of
+/// the ids. Two ids share a limit only if their hashes collide, which the 128-bit width makes
+/// negligible (about 2^-88 for a million keys).
 ///
 /// ```
 /// use tenancy_core::{memory::MemoryRateLimiter, Limit, Quota, RateLimitRequest, TenantId, UserId};
@@ -131,7 +142,7 @@ pub struct MemoryRateLimiter {
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    seeds: [RandomState; 2],
     clock: SharedClock,
     max_keys_per_shard: usize,
 }
@@ -162,7 +173,7 @@ impl MemoryRateLimiter {
         Self::build(clock, DEFAULT_MAX_KEYS)
     }
 
-    /// The same limiter with another bound on stored keys (at least one per shard).
+    /// The same limiter with another bound on stored keys (at least two per shard).
     pub fn with_max_keys(self, max_keys: usize) -> Self {
         Self::build(self.inner.clock.clone(), max_keys)
     }
@@ -171,21 +182,36 @@ impl MemoryRateLimiter {
         Self {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-                hasher: RandomState::default(),
+                seeds: [RandomState::default(), RandomState::default()],
                 clock,
                 max_keys_per_shard: (max_keys / SHARDS).max(2),
             }),
         }
     }
 
-    fn shard(&self, tenant: &TenantId) -> &Mutex<Shard> {
-        let h = self.inner.hasher.hash_one(tenant.as_str());
-        &self.inner.shards[(h as usize) % SHARDS]
+    fn hash128<T: std::hash::Hash + ?Sized>(&self, v: &T) -> u128 {
+        let [a, b] = &self.inner.seeds;
+        (u128::from(a.hash_one(v)) << 64) | u128::from(b.hash_one(v))
     }
 
-    /// Keys currently stored (tenant slots and user entries), swept or not.
+    fn keys(&self, req: &RateLimitRequest) -> RequestKeys {
+        let tenant = self.hash128(req.tenant.as_str());
+        RequestKeys {
+            tenant,
+            user: req
+                .user
+                .as_ref()
+                .map(|u| self.hash128(&(req.tenant.as_str(), u.as_str()))),
+        }
+    }
+
+    fn shard(&self, tenant_hash: u128) -> &Mutex<Shard> {
+        &self.inner.shards[(tenant_hash as u64 as usize) % SHARDS]
+    }
+
+    /// Keys currently stored, swept or not.
     pub fn key_count(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).keys).sum()
+        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
     }
 
     /// Sweeps every shard now (normally done during calls).
@@ -196,69 +222,77 @@ impl MemoryRateLimiter {
         }
     }
 
-    fn read_tats(slot: Option<&TenantSlot>, req: &RateLimitRequest) -> Vec<Option<u64>> {
-        let user_cells = match (slot, &req.user) {
-            (Some(slot), Some(user)) => slot.users.get(user.as_str()),
-            _ => None,
-        };
-        req.applicable()
-            .map(|l| match l.scope {
-                LimitScope::Tenant => slot.and_then(|s| find(&s.cells, l.quota.period_secs)),
-                LimitScope::User => user_cells.and_then(|c| find(c, l.quota.period_secs)),
-            })
-            .collect()
-    }
-
     /// Decides synchronously (the [`RateLimiter`] impl calls this).
     pub fn check_now(&self, req: &RateLimitRequest) -> RateLimitDecision {
+        let n = req.applicable().count();
+        if n > INLINE_LIMITS {
+            let mut keys = vec![None; n];
+            let mut tats = vec![None; n];
+            let mut writes = vec![None; n];
+            return self.decide(req, &mut keys, &mut tats, &mut writes);
+        }
+        let mut keys = [None; INLINE_LIMITS];
+        let mut tats = [None; INLINE_LIMITS];
+        let mut writes = [None; INLINE_LIMITS];
+        self.decide(req, &mut keys[..n], &mut tats[..n], &mut writes[..n])
+    }
+
+    fn decide(
+        &self,
+        req: &RateLimitRequest,
+        keys: &mut [Option<Key>],
+        tats: &mut [Option<u64>],
+        writes: &mut [Option<u64>],
+    ) -> RateLimitDecision {
+        let rk = self.keys(req);
+        for (slot, l) in keys.iter_mut().zip(req.applicable()) {
+            *slot = rk.key(l.scope, l.quota.period_secs);
+        }
         let now = self.inner.clock.now_nanos();
-        let mut shard = lock(self.shard(&req.tenant));
-        let tats = Self::read_tats(shard.tenants.get(req.tenant.as_str()), req);
-        let (decision, writes) = RateLimitDecision::decide(req, &tats, now);
-        if !writes.iter().any(Option::is_some) {
+        let mut shard = lock(self.shard(rk.tenant));
+        // Fast path, the common case of a tenant limit and a user limit whose keys exist:
+        // one probe per key, updated in place.
+        if let [Some(k0), Some(k1)] = *keys
+            && k0 != k1
+            && let [Some(e0), Some(e1)] = shard.map.get_disjoint_mut([&k0, &k1])
+        {
+            tats[0] = Some(e0.tat);
+            tats[1] = Some(e1.tat);
+            let decision = RateLimitDecision::decide_into(req, tats, now, writes);
+            if decision.allowed {
+                if let Some(t) = writes[0] {
+                    e0.tat = t;
+                }
+                if let Some(t) = writes[1] {
+                    e1.tat = t;
+                }
+            }
             return decision;
         }
-
-        let shard = &mut *shard;
-        let has_slot = shard.tenants.contains_key(req.tenant.as_str());
-        let has_user = match (&req.user, shard.tenants.get(req.tenant.as_str())) {
-            (Some(u), Some(slot)) => slot.users.contains_key(u.as_str()),
-            _ => false,
-        };
-        let writes_user = req
-            .applicable()
-            .zip(&writes)
-            .any(|(l, w)| l.scope == LimitScope::User && w.is_some());
-        let new_keys = usize::from(!has_slot) + usize::from(writes_user && !has_user);
-        if new_keys > 0 {
-            shard.inserts_since_sweep += new_keys;
-            if shard.inserts_since_sweep >= shard.keys_after_sweep.max(MIN_SWEEP_INTERVAL) {
-                shard.sweep(now);
-            }
-            shard.make_room(new_keys, self.inner.max_keys_per_shard, now);
+        for (tat, key) in tats.iter_mut().zip(keys.iter()) {
+            *tat = key.and_then(|k| shard.map.get(&k)).map(|e| e.tat);
         }
-        let slot = match shard.tenants.get_mut(req.tenant.as_str()) {
-            Some(slot) => slot,
-            None => {
-                shard.keys += 1;
-                shard.tenants.entry(req.tenant.clone()).or_default()
+        let decision = RateLimitDecision::decide_into(req, tats, now, writes);
+        if decision.allowed {
+            let new_keys = writes
+                .iter()
+                .zip(tats.iter())
+                .filter(|(w, t)| w.is_some() && t.is_none())
+                .count();
+            if new_keys > 0 {
+                shard.make_room(new_keys, self.inner.max_keys_per_shard, now);
             }
-        };
-        for (limit, write) in req.applicable().zip(&writes) {
-            let Some(tat) = *write else { continue };
-            match (limit.scope, &req.user) {
-                (LimitScope::Tenant, _) => store(&mut slot.cells, limit.quota.period_secs, tat),
-                (LimitScope::User, Some(user)) => {
-                    let cells = match slot.users.get_mut(user.as_str()) {
-                        Some(cells) => cells,
-                        None => {
-                            shard.keys += 1;
-                            slot.users.entry(user.clone()).or_default()
-                        }
-                    };
-                    store(cells, limit.quota.period_secs, tat);
+            let tenant_tag = rk.tenant as u64;
+            for (write, key) in writes.iter().zip(keys.iter()) {
+                if let (Some(tat), Some(key)) = (write, key) {
+                    shard.map.insert(
+                        *key,
+                        Entry {
+                            tat: *tat,
+                            tenant_tag,
+                        },
+                    );
                 }
-                (LimitScope::User, None) => {}
             }
         }
         decision
@@ -275,21 +309,27 @@ impl RateLimiter for MemoryRateLimiter {
 #[async_trait]
 impl QuotaAdmin for MemoryRateLimiter {
     async fn usage(&self, request: &RateLimitRequest) -> Result<Vec<LimitState>> {
+        let rk = self.keys(request);
         let now = self.inner.clock.now_nanos();
-        let shard = lock(self.shard(&request.tenant));
-        let tats = Self::read_tats(shard.tenants.get(request.tenant.as_str()), request);
+        let shard = lock(self.shard(rk.tenant));
         Ok(request
             .applicable()
-            .zip(tats)
-            .map(|(l, tat)| LimitState::from_outcome(*l, &gcra(tat, now, &l.quota, 0)))
+            .map(|l| {
+                let tat = rk
+                    .key(l.scope, l.quota.period_secs)
+                    .and_then(|k| shard.map.get(&k))
+                    .map(|e| e.tat);
+                LimitState::from_outcome(*l, &gcra(tat, now, &l.quota, 0))
+            })
             .collect())
     }
 
     async fn reset(&self, tenant: &TenantId) -> Result<()> {
-        let mut shard = lock(self.shard(tenant));
-        if let Some(slot) = shard.tenants.remove(tenant.as_str()) {
-            shard.keys -= 1 + slot.users.len();
-        }
+        let hash = self.hash128(tenant.as_str());
+        let tag = hash as u64;
+        lock(self.shard(hash))
+            .map
+            .retain(|_, e| e.tenant_tag != tag);
         Ok(())
     }
 }
@@ -310,7 +350,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{Limit, ManualClock, Quota};
+    use crate::{Limit, ManualClock, Quota, UserId};
 
     fn req(tenant: &str, user: &str, limits: Vec<Limit>) -> RateLimitRequest {
         RateLimitRequest::new(
@@ -358,6 +398,126 @@ mod tests {
         for i in 0..10_000 {
             limiter.check_now(&req(&format!("t{i}"), &format!("u{i}"), limits.clone()));
             assert!(limiter.key_count() <= 640);
+        }
+    }
+
+    #[tokio::test]
+    async fn usage_consumes_nothing_and_reset_forgets_one_tenant() {
+        let limiter = MemoryRateLimiter::with_clock(Arc::new(ManualClock::new()));
+        let limits = vec![
+            Limit::tenant(Quota::per_hour(10).with_burst(3)),
+            Limit::user(Quota::per_hour(10).with_burst(3)),
+        ];
+        for t in ["acme", "globex"] {
+            for _ in 0..3 {
+                assert!(limiter.check_now(&req(t, "bob", limits.clone())).allowed);
+            }
+        }
+        let acme = req("acme", "bob", limits.clone());
+        for _ in 0..3 {
+            let usage = limiter.usage(&acme).await.unwrap();
+            assert_eq!(
+                usage.iter().map(|s| s.remaining).collect::<Vec<_>>(),
+                vec![0, 0]
+            );
+        }
+        limiter
+            .reset(&TenantId::parse("acme").unwrap())
+            .await
+            .unwrap();
+        assert!(limiter.check_now(&acme).allowed, "reset tenant is rested");
+        assert!(
+            !limiter.check_now(&req("globex", "bob", limits)).allowed,
+            "reset touched another tenant"
+        );
+    }
+
+    #[test]
+    fn ids_that_share_text_do_not_share_keys() {
+        let limiter = MemoryRateLimiter::with_clock(Arc::new(ManualClock::new()));
+        let user = vec![Limit::user(Quota::per_hour(1).with_burst(1))];
+        // ("ab", "c") and ("a", "bc") concatenate to the same text.
+        assert!(limiter.check_now(&req("ab", "c", user.clone())).allowed);
+        assert!(limiter.check_now(&req("a", "bc", user.clone())).allowed);
+        // A user named like a tenant does not share the tenant's key.
+        let both = vec![
+            Limit::tenant(Quota::per_hour(1).with_burst(1)),
+            Limit::user(Quota::per_hour(1).with_burst(1)),
+        ];
+        assert!(limiter.check_now(&req("acme", "acme", both)).allowed);
+    }
+
+    #[test]
+    fn exact_burst_and_exact_retry_after_on_a_fake_clock() {
+        let clock = ManualClock::new();
+        let limiter = MemoryRateLimiter::with_clock(Arc::new(clock.clone()));
+        // 6 per minute: one every 10 s, 4 at once.
+        let limits = vec![Limit::tenant(Quota::per_minute(6).with_burst(4))];
+        for i in 0..4 {
+            assert!(
+                limiter
+                    .check_now(&req("acme", "bob", limits.clone()))
+                    .allowed,
+                "burst {i}"
+            );
+        }
+        let denied = limiter.check_now(&req("acme", "bob", limits.clone()));
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after(), Some(Duration::from_secs(10)));
+        assert_eq!(denied.states[0].reset_after, Duration::from_secs(40));
+        clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+        assert!(
+            !limiter
+                .check_now(&req("acme", "bob", limits.clone()))
+                .allowed,
+            "one nanosecond early"
+        );
+        clock.advance(Duration::from_nanos(1));
+        assert!(
+            limiter
+                .check_now(&req("acme", "bob", limits.clone()))
+                .allowed,
+            "exactly on time"
+        );
+        assert!(
+            !limiter
+                .check_now(&req("acme", "bob", limits.clone()))
+                .allowed
+        );
+        // Fully rested after burst x interval.
+        clock.advance(Duration::from_secs(40));
+        for i in 0..4 {
+            assert!(
+                limiter
+                    .check_now(&req("acme", "bob", limits.clone()))
+                    .allowed,
+                "rested {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn sixty_four_threads_never_exceed_the_quota() {
+        let clock = ManualClock::new();
+        let limiter = MemoryRateLimiter::with_clock(Arc::new(clock.clone()));
+        let limits = vec![
+            Limit::tenant(Quota::per_second(10).with_burst(25)),
+            Limit::user(Quota::per_second(10).with_burst(1000)),
+        ];
+        for round in 0..3 {
+            let admitted: usize = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..64)
+                    .map(|t| {
+                        let limiter = limiter.clone();
+                        let r = req("acme", &format!("u{}", t % 7), limits.clone());
+                        s.spawn(move || (0..10).filter(|_| limiter.check_now(&r).allowed).count())
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+            });
+            // Round 0 starts rested (burst 25); later rounds get exactly 2 s of refill (20).
+            assert_eq!(admitted, if round == 0 { 25 } else { 20 }, "round {round}");
+            clock.advance(Duration::from_secs(2));
         }
     }
 

@@ -4,6 +4,19 @@
 //! fallback; a service running several instances needs a shared backend (Redis, PostgreSQL)
 //! for limits and sessions. Every backend here bounds its memory without a background task:
 //! expired state is reclaimed during ordinary calls, amortised over them.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tenancy_core::memory::{MemoryRateLimiter, MemorySessionStore, MemoryTenantDirectory};
+//! use tenancy_core::{ManualClock, RateLimiter, SessionStore, TenantDirectory};
+//!
+//! // Every backend is cheap to clone and usable as `Arc<dyn Trait>`; tests pass a fake clock.
+//! let clock = Arc::new(ManualClock::new());
+//! let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::with_clock(clock.clone()));
+//! let sessions: Arc<dyn SessionStore> = Arc::new(MemorySessionStore::with_clock(clock));
+//! let directory: Arc<dyn TenantDirectory> = Arc::new(MemoryTenantDirectory::new());
+//! # let _ = (limiter, sessions, directory);
+//! ```
 
 mod audit;
 mod cache;
