@@ -8,6 +8,8 @@
 //! - [`RedisSessionStore`]: [`SessionStore`](tenancy_core::SessionStore) +
 //!   [`SessionAdmin`](tenancy_core::SessionAdmin), with idle and absolute expiry on the
 //!   store's clock, a per-user index, atomic optimistic versioning and id rotation.
+//! - [`RedisTenantCache`]: [`TenantCache`](tenancy_core::TenantCache), with TTLs, hit and miss
+//!   counts, and invalidation of all of a tenant's entries in one step.
 //! - [`RedisPool`] / [`RedisConfig`]: the pool, its timeouts, connect retries with backoff, and
 //!   a [`HealthCheck`](tenancy_core::HealthCheck) (ping latency, pool figures).
 //! - [`keys`]: the one place where Redis keys are built. A tenant's keys share one Cluster
@@ -33,13 +35,15 @@
 //! |--------------|--------------------------------------------|---------|
 //! | `rate-limit` | [`RedisRateLimiter`]                       | yes     |
 //! | `session`    | [`RedisSessionStore`]                      | yes     |
-//! | `cache`      | `RedisTenantCache`                         | yes     |
+//! | `cache`      | [`RedisTenantCache`]                       | yes     |
 //!
 //! Redis Cluster support is always built in: [`RedisConfig::cluster`] gives a pool that every
 //! backend uses unchanged.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "cache")]
+pub mod cache;
 pub mod error;
 pub mod keys;
 #[cfg(feature = "rate-limit")]
@@ -49,6 +53,8 @@ pub mod pool;
 #[cfg(feature = "session")]
 pub mod session;
 
+#[cfg(feature = "cache")]
+pub use cache::RedisTenantCache;
 pub use error::{Error, Result};
 #[cfg(feature = "rate-limit")]
 pub use limiter::{RedisRateLimiter, RedisRateLimiterBuilder};

@@ -695,12 +695,12 @@ async fn the_script_agrees_with_core_arithmetic_at_the_edges() {
     for i in 0..300 {
         let t = fx.tenant(&format!("edge{}", i % 4));
         let mut limits = vec![Limit::tenant(rng.pick(&quotas))];
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             let mut q = rng.pick(&quotas);
             q.period_secs = q.period_secs.saturating_add(1);
             limits.push(Limit::user(q));
         }
-        if rng.next() % 3 == 0 {
+        if rng.next().is_multiple_of(3) {
             limits[0] = limits[0].shadow();
         }
         let r =
