@@ -36,7 +36,7 @@
 //! assert_eq!(health.status(), 200);
 //! let me = test::call_service(&app, test::TestRequest::get().uri("/v1/me").to_request()).await;
 //! assert_eq!(me.status(), 401);
-//! assert_eq!(me.headers()["www-authenticate"], "Bearer");
+//! assert_eq!(me.headers().get("www-authenticate").unwrap(), "Bearer");
 //! # Ok(()) }
 //! ```
 

@@ -118,7 +118,7 @@ impl World {
             ..QuotaOverrides::default()
         };
         let mut limited = TenantSettings::new(tier("standard"));
-        limited.overrides = tiny.clone();
+        limited.overrides = tiny;
         put("limited", limited).await;
         let mut bypassed = TenantSettings::new(tier("standard"));
         bypassed.overrides = tiny;
@@ -828,9 +828,10 @@ fn comparable(mut s: Seen, case: &str) -> Seen {
     s
 }
 
-fn audit_summary(
-    events: &[AuditEvent],
-) -> Vec<(String, String, Outcome, Option<String>, Option<String>)> {
+/// Tenant, action, outcome, reason, client address.
+type AuditRow = (String, String, Outcome, Option<String>, Option<String>);
+
+fn audit_summary(events: &[AuditEvent]) -> Vec<AuditRow> {
     events
         .iter()
         .map(|e| {

@@ -113,9 +113,12 @@ impl AuthFailure {
     }
 }
 
-/// A refusal, ready to be rendered by any HTTP framework.
+/// A refusal, ready to be rendered by any HTTP framework (boxed: it travels in `Err`s).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
+pub struct Rejection(Box<Parts>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parts {
     kind: RejectionKind,
     problem: Problem,
     headers: Vec<(&'static str, String)>,
@@ -126,7 +129,7 @@ impl fmt::Display for Rejection {
         write!(
             f,
             "{} {}: {}",
-            self.problem.status, self.problem.title, self.problem.detail
+            self.0.problem.status, self.0.problem.title, self.0.problem.detail
         )
     }
 }
@@ -141,7 +144,7 @@ impl Rejection {
         title: &'static str,
         detail: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self {
+        Self(Box::new(Parts {
             kind,
             problem: Problem {
                 kind: Cow::Owned(format!("urn:tenancy:problem:{slug}")),
@@ -151,7 +154,7 @@ impl Rejection {
                 request_id: None,
             },
             headers: Vec::new(),
-        }
+        }))
     }
 
     /// 401 with `WWW-Authenticate: Bearer`; the body is the same whatever the `failure`.
@@ -167,7 +170,7 @@ impl Rejection {
             "Unauthorized",
             "a valid bearer token is required",
         );
-        r.headers.push(("www-authenticate", "Bearer".to_owned()));
+        r.0.headers.push(("www-authenticate", "Bearer".to_owned()));
         r
     }
 
@@ -213,9 +216,9 @@ impl Rejection {
             "Too Many Requests",
             format!("rate limit exceeded; retry in {secs} s"),
         );
-        r.headers.extend(decision.headers());
-        if !r.headers.iter().any(|(k, _)| *k == "retry-after") {
-            r.headers.push(("retry-after", secs.to_string()));
+        r.0.headers.extend(decision.headers());
+        if !r.0.headers.iter().any(|(k, _)| *k == "retry-after") {
+            r.0.headers.push(("retry-after", secs.to_string()));
         }
         r
     }
@@ -267,36 +270,38 @@ impl Rejection {
 
     /// The same rejection carrying `id` in its body and an `X-Request-Id` header.
     pub fn with_request_id(mut self, id: &RequestId) -> Self {
-        self.problem.request_id = Some(id.clone());
-        self.headers.retain(|(k, _)| *k != "x-request-id");
-        self.headers.push(("x-request-id", id.as_str().to_owned()));
+        self.0.problem.request_id = Some(id.clone());
+        self.0.headers.retain(|(k, _)| *k != "x-request-id");
+        self.0
+            .headers
+            .push(("x-request-id", id.as_str().to_owned()));
         self
     }
 
     /// The HTTP status.
     pub fn status(&self) -> u16 {
-        self.problem.status
+        self.0.problem.status
     }
 
     /// Why.
     pub fn kind(&self) -> &RejectionKind {
-        &self.kind
+        &self.0.kind
     }
 
     /// The problem document.
     pub fn problem(&self) -> &Problem {
-        &self.problem
+        &self.0.problem
     }
 
     /// Headers to send (lowercase names), besides `Content-Type`.
     pub fn headers(&self) -> &[(&'static str, String)] {
-        &self.headers
+        &self.0.headers
     }
 
     /// The problem+json body.
     pub fn body(&self) -> Bytes {
         // Serialising a struct of strings and integers cannot fail.
-        Bytes::from(serde_json::to_vec(&self.problem).unwrap_or_default())
+        Bytes::from(serde_json::to_vec(&self.0.problem).unwrap_or_default())
     }
 }
 

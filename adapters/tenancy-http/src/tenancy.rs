@@ -743,17 +743,15 @@ impl Tenancy {
         } else if denial {
             event = event.with_reason(format!("status_{status}"));
         }
-        if let Some(s) = spec {
-            if let Some(kind) = &s.resource_kind {
-                let id = note.resource_id.or_else(|| {
-                    let p = s.resource_param.as_deref()?;
-                    meta.route()?.param(p).map(str::to_owned)
-                });
-                event.resource = Some(tenancy_core::ResourceRef {
-                    kind: kind.clone(),
-                    id,
-                });
-            }
+        if let Some((s, kind)) = spec.and_then(|s| s.resource_kind.as_ref().map(|k| (s, k))) {
+            let id = note.resource_id.or_else(|| {
+                let p = s.resource_param.as_deref()?;
+                meta.route()?.param(p).map(str::to_owned)
+            });
+            event.resource = Some(tenancy_core::ResourceRef {
+                kind: kind.clone(),
+                id,
+            });
         }
         event.details.extend(note.details);
         let sync = spec.is_some_and(|s| s.sync);

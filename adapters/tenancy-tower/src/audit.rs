@@ -25,13 +25,13 @@
 //! #     Arc::new(MemoryRateLimiter::new()), Arc::new(MemoryAuditSink::new())).build()?;
 //! let svc = ServiceBuilder::new()
 //!     .layer(AuditLayer::new(tenancy))
-//!     .service_fn(|_req: http::Request<String>| async {
-//!         let mut resp = http::Response::new(String::from("created"));
+//!     .service_fn(|_req: http::Request<axum::body::Body>| async {
+//!         let mut resp = http::Response::new(axum::body::Body::from("created"));
 //!         resp.extensions_mut().insert(AuditNote { resource_id: Some("42".into()), ..Default::default() });
 //!         Ok::<_, Infallible>(resp)
 //!     });
-//! let resp = svc.oneshot(http::Request::new(String::new())).await?;
-//! assert_eq!(resp.body(), "created");
+//! let resp = svc.oneshot(http::Request::new(axum::body::Body::empty())).await?;
+//! assert_eq!(axum::body::to_bytes(resp.into_body(), 4096).await?, "created");
 //! # Ok(()) }
 //! ```
 

@@ -26,10 +26,10 @@
 //! #     Arc::new(MemoryRateLimiter::new()), Arc::new(MemoryAuditSink::new())).build()?;
 //! let svc = ServiceBuilder::new()
 //!     .layer(AuthenticateLayer::new(tenancy))
-//!     .service_fn(|_req: http::Request<String>| async {
-//!         Ok::<_, Infallible>(http::Response::new(String::from("secret")))
+//!     .service_fn(|_req: http::Request<axum::body::Body>| async {
+//!         Ok::<_, Infallible>(http::Response::new(axum::body::Body::from("secret")))
 //!     });
-//! let resp = svc.oneshot(http::Request::new(String::new())).await?;
+//! let resp = svc.oneshot(http::Request::new(axum::body::Body::empty())).await?;
 //! assert_eq!(resp.status(), 401);
 //! assert_eq!(resp.headers()["www-authenticate"], "Bearer");
 //! # Ok(()) }

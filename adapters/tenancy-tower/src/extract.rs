@@ -5,7 +5,7 @@
 //! fails loudly on its first request instead of serving without a tenant.
 //!
 //! ```
-//! use axum::{routing::get, Json, Router};
+//! use axum::{routing::get, Router};
 //! use tenancy_tower::{permission, RequirePermission, Tenant};
 //!
 //! permission!(pub RecordsRead = "records:read");

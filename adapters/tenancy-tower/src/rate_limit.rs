@@ -28,12 +28,13 @@
 //! #     Arc::new(MemoryRateLimiter::new()), Arc::new(MemoryAuditSink::new())).build()?;
 //! let svc = ServiceBuilder::new()
 //!     .layer(RateLimitLayer::new(tenancy))
-//!     .service_fn(|_req: http::Request<String>| async {
-//!         Ok::<_, Infallible>(http::Response::new(String::new()))
+//!     .service_fn(|_req: http::Request<axum::body::Body>| async {
+//!         Ok::<_, Infallible>(http::Response::new(axum::body::Body::empty()))
 //!     });
 //! // It needs `ResolveTenant` in front of it (or `TenancyLayer`, which stacks them all).
-//! let resp = svc.oneshot(http::Request::new(String::new())).await?;
-//! assert!(resp.body().contains("ResolveTenant"));
+//! let resp = svc.oneshot(http::Request::new(axum::body::Body::empty())).await?;
+//! let body = axum::body::to_bytes(resp.into_body(), 4096).await?;
+//! assert!(String::from_utf8_lossy(&body).contains("ResolveTenant"));
 //! # Ok(()) }
 //! ```
 

@@ -23,10 +23,10 @@
 //! #     Arc::new(MemoryRateLimiter::new()), Arc::new(MemoryAuditSink::new())).build()?;
 //! let svc = ServiceBuilder::new()
 //!     .layer(SetRequestIdLayer::new(tenancy))
-//!     .service_fn(|_req: http::Request<String>| async {
-//!         Ok::<_, Infallible>(http::Response::new(String::from("hi")))
+//!     .service_fn(|_req: http::Request<axum::body::Body>| async {
+//!         Ok::<_, Infallible>(http::Response::new(axum::body::Body::from("hi")))
 //!     });
-//! let req = http::Request::builder().header("x-request-id", "abc-1").body(String::new())?;
+//! let req = http::Request::builder().header("x-request-id", "abc-1").body(axum::body::Body::empty())?;
 //! let resp = svc.oneshot(req).await?;
 //! assert_eq!(resp.headers()["x-request-id"], "abc-1");
 //! # Ok(()) }

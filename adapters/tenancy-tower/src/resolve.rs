@@ -1,5 +1,5 @@
 //! [`ResolveTenant`]: turns the verified claims into the request's
-//! [`TenantContext`](tenancy_core::TenantContext), checked against the
+//! [`tenancy_core::TenantContext`], checked against the
 //! [`TenantDirectory`](tenancy_core::TenantDirectory).
 //!
 //! The tenant comes from the verified `tenant_id` claim only. A tenant header
@@ -27,12 +27,13 @@
 //! // Without `Authenticate` in front, the layer says what is missing.
 //! let svc = ServiceBuilder::new()
 //!     .layer(ResolveTenantLayer::new(tenancy))
-//!     .service_fn(|_req: http::Request<String>| async {
-//!         Ok::<_, Infallible>(http::Response::new(String::new()))
+//!     .service_fn(|_req: http::Request<axum::body::Body>| async {
+//!         Ok::<_, Infallible>(http::Response::new(axum::body::Body::empty()))
 //!     });
-//! let resp = svc.oneshot(http::Request::new(String::new())).await?;
+//! let resp = svc.oneshot(http::Request::new(axum::body::Body::empty())).await?;
 //! assert_eq!(resp.status(), 500);
-//! assert!(resp.body().contains("Authenticate"));
+//! let body = axum::body::to_bytes(resp.into_body(), 4096).await?;
+//! assert!(String::from_utf8_lossy(&body).contains("Authenticate"));
 //! # Ok(()) }
 //! ```
 

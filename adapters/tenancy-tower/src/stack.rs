@@ -25,12 +25,12 @@
 //!     .build()?;
 //! let svc = ServiceBuilder::new()
 //!     .layer(TenancyLayer::new(tenancy))
-//!     .service_fn(|_req: http::Request<String>| async {
-//!         Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+//!     .service_fn(|_req: http::Request<axum::body::Body>| async {
+//!         Ok::<_, Infallible>(http::Response::new(axum::body::Body::from("ok")))
 //!     });
-//! let health = http::Request::builder().uri("/health").body(String::new())?;
+//! let health = http::Request::builder().uri("/health").body(axum::body::Body::empty())?;
 //! assert_eq!(svc.clone().oneshot(health).await?.status(), 200);
-//! let me = http::Request::builder().uri("/v1/me").body(String::new())?;
+//! let me = http::Request::builder().uri("/v1/me").body(axum::body::Body::empty())?;
 //! let resp = svc.oneshot(me).await?;
 //! assert_eq!(resp.status(), 401);
 //! assert!(resp.headers().contains_key("x-request-id"));
