@@ -47,7 +47,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Connection as _, PgConnection, Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection as _, PgConnection, Postgres, SqlSafeStr as _};
 use tenancy_core::TenantId;
 
 use crate::config::{BeginMode, DbConfig};
@@ -145,21 +146,23 @@ impl Shared {
     /// Opens a transaction with `statement` (or a plain `BEGIN`). A pooled connection that
     /// turns out dead (the server restarted or ended it) is discarded and the next one tried:
     /// a failed `BEGIN` has done nothing, so this retry is safe.
-    async fn begin_with(&self, statement: Option<&str>) -> Result<Transaction<'static, Postgres>> {
+    async fn begin_with(&self, statement: Option<&str>) -> Result<OpenTx> {
         let waiting = Waiting::new(&self.stats.waiting);
         let mut attempt = 0;
         let tx = loop {
             attempt += 1;
-            let r = match statement {
-                Some(sql) => self.pool.begin_with(sqlx::AssertSqlSafe(sql.to_owned())).await,
-                None => self.pool.begin().await,
-            };
-            match r {
-                Ok(tx) => break tx,
+            let conn = self.pool.acquire().await.map_err(|e| self.map_acquire(e))?;
+            // Until BEGIN has completed, dropping (an error or a cancelled future) closes the
+            // connection: the server may already be inside the transaction, and sqlx does not
+            // roll back a BEGIN it has not seen complete.
+            let mut pending = Pending(Some(conn));
+            let stmt = statement.map(|s| sqlx::AssertSqlSafe(s.to_owned()).into_sql_str());
+            match tm::begin::<Postgres>(pending.conn(), stmt).await {
+                Ok(()) => break pending.into_open(),
                 Err(e) if attempt <= self.max && connection_lost(&e) => {
                     tracing::debug!(target: "tenancy_db::pool", error = %e, "discarding a dead connection");
                 }
-                Err(e) => return Err(self.map_acquire(e)),
+                Err(e) => return Err(Error::Database(e)),
             }
         };
         drop(waiting);
@@ -167,11 +170,11 @@ impl Shared {
         Ok(tx)
     }
 
-    async fn begin_plain(&self) -> Result<Transaction<'static, Postgres>> {
+    async fn begin_plain(&self) -> Result<OpenTx> {
         self.begin_with(None).await
     }
 
-    async fn begin_tenant(&self, tenant: &TenantId) -> Result<Transaction<'static, Postgres>> {
+    async fn begin_tenant(&self, tenant: &TenantId) -> Result<OpenTx> {
         match self.begin_mode {
             BeginMode::OneMessage => {
                 let sql = one_message_begin(tenant)?;
@@ -186,6 +189,108 @@ impl Shared {
                 Ok(tx)
             }
         }
+    }
+}
+
+/// The transaction manager's operations (the trait lives in `sqlx-core`; sqlx does not
+/// re-export it).
+mod tm {
+    use sqlx::{Database, SqlStr};
+    use sqlx_core::transaction::TransactionManager as _;
+
+    pub(super) async fn begin<DB: Database>(
+        conn: &mut DB::Connection,
+        statement: Option<SqlStr>,
+    ) -> Result<(), sqlx::Error> {
+        DB::TransactionManager::begin(conn, statement).await
+    }
+
+    pub(super) async fn commit<DB: Database>(conn: &mut DB::Connection) -> Result<(), sqlx::Error> {
+        DB::TransactionManager::commit(conn).await
+    }
+
+    pub(super) async fn rollback<DB: Database>(conn: &mut DB::Connection) -> Result<(), sqlx::Error> {
+        DB::TransactionManager::rollback(conn).await
+    }
+
+    pub(super) fn start_rollback<DB: Database>(conn: &mut DB::Connection) {
+        DB::TransactionManager::start_rollback(conn);
+    }
+}
+
+/// A connection whose `BEGIN` has not completed: closed, never pooled again, when dropped.
+struct Pending(Option<PoolConnection<Postgres>>);
+
+impl Pending {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self.0.as_mut() {
+            Some(c) => c,
+            None => unreachable!("a pending connection is only taken by into_open"),
+        }
+    }
+
+    fn into_open(mut self) -> OpenTx {
+        OpenTx { conn: self.0.take() }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+/// An open transaction on a pooled connection. Dropped while open (early return, panic,
+/// cancelled future), it queues a `ROLLBACK` that the pool flushes before lending the
+/// connection again; commit and rollback stay open until the server has answered.
+pub(crate) struct OpenTx {
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl OpenTx {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self.conn.as_mut() {
+            Some(c) => c,
+            None => unreachable!("an open transaction always holds its connection"),
+        }
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        tm::commit::<Postgres>(self.conn()).await?;
+        self.conn = None;
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<()> {
+        tm::rollback::<Postgres>(self.conn()).await?;
+        self.conn = None;
+        Ok(())
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            tm::start_rollback::<Postgres>(conn);
+        }
+    }
+}
+
+impl Deref for OpenTx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self.conn.as_ref() {
+            Some(c) => c,
+            None => unreachable!("an open transaction always holds its connection"),
+        }
+    }
+}
+
+impl DerefMut for OpenTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn()
     }
 }
 
@@ -426,7 +531,7 @@ impl TenantPool {
 /// A transaction bound to one tenant. Derefs to [`PgConnection`], so `&mut *tx` is an sqlx
 /// executor. Rolls back when dropped without [`TenantTx::commit`].
 pub struct TenantTx {
-    tx: Transaction<'static, Postgres>,
+    tx: OpenTx,
     tenant: TenantId,
 }
 
@@ -446,12 +551,12 @@ impl TenantTx {
 
     /// Commits; the tenant setting ends with the transaction.
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(Error::Database)
+        self.tx.commit().await
     }
 
     /// Rolls back; the tenant setting ends with the transaction.
     pub async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await.map_err(Error::Database)
+        self.tx.rollback().await
     }
 }
 
@@ -471,7 +576,7 @@ impl DerefMut for TenantTx {
 /// A transaction with no tenant set, from [`TenantPool::begin_unscoped`]. Tenant tables
 /// refuse it (SQLSTATE `42501`). Rolls back when dropped.
 pub struct UnscopedTx {
-    tx: Transaction<'static, Postgres>,
+    tx: OpenTx,
 }
 
 impl fmt::Debug for UnscopedTx {
@@ -483,12 +588,12 @@ impl fmt::Debug for UnscopedTx {
 impl UnscopedTx {
     /// Commits.
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(Error::Database)
+        self.tx.commit().await
     }
 
     /// Rolls back.
     pub async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await.map_err(Error::Database)
+        self.tx.rollback().await
     }
 }
 
@@ -575,7 +680,7 @@ impl PlatformPool {
 /// A platform transaction (no tenant set). Rolls back when dropped without
 /// [`PlatformTx::commit`].
 pub struct PlatformTx {
-    tx: Transaction<'static, Postgres>,
+    tx: OpenTx,
 }
 
 impl fmt::Debug for PlatformTx {
@@ -587,12 +692,12 @@ impl fmt::Debug for PlatformTx {
 impl PlatformTx {
     /// Commits.
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(Error::Database)
+        self.tx.commit().await
     }
 
     /// Rolls back.
     pub async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await.map_err(Error::Database)
+        self.tx.rollback().await
     }
 }
 

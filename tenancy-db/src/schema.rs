@@ -18,6 +18,12 @@
 //!
 //! Migrations are tracked in `tenancy._migrations`, apart from the application's own.
 //!
+//! `FORCE ROW LEVEL SECURITY` filters the owner too, so DDL that reads a protected table
+//! without a tenant set (validating a new foreign key, building a materialized view) fails
+//! with SQLSTATE `42501`. Run such migrations as a role with `BYPASSRLS` (the owner or
+//! migration role may have it; the catalog audit checks the runtime role), or add the
+//! constraint before protecting the table.
+//!
 //! ```no_run
 //! use sqlx::Connection;
 //! use tenancy_db::schema::{self, RoleName};

@@ -349,6 +349,43 @@ async fn next_borrower_carries_no_tenant_after_panic_cancel_error_commit() {
     pool.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_begin_never_lends_an_open_transaction() {
+    let Some(env) = TestEnv::new().await else { return };
+    let pool = env.runtime_pool(1).await;
+    let (a, _, _) = three_tenants(&env, &pool).await;
+    // Cancel `begin` at every point of its round trip: after each, the next borrower of the
+    // pool's single connection is outside any transaction and has no tenant.
+    let mut cancelled = 0;
+    for step in 0..300u64 {
+        let r = tokio::time::timeout(Duration::from_micros(step * 10), pool.begin(&a)).await;
+        if r.is_err() {
+            cancelled += 1;
+        }
+        drop(r);
+        let mut tx = pool.begin_unscoped().await.unwrap();
+        let (setting, depth): (Option<String>, i64) = sqlx::query_as(
+            "SELECT current_setting('app.tenant_id', true),
+                    (SELECT count(*) FROM pg_stat_activity
+                     WHERE pid = pg_backend_pid() AND backend_xid IS NOT NULL)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(setting.unwrap_or_default(), "", "step {step}: tenant lent with the connection");
+        assert_eq!(depth, 0, "step {step}: a previous transaction wrote and is still open");
+        assert_42501(
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM records")
+                .fetch_one(&mut *tx)
+                .await,
+            "borrower after a cancelled begin",
+        );
+        tx.rollback().await.unwrap();
+    }
+    assert!(cancelled > 0, "no begin was cancelled");
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn release_guard_closes_connections_carrying_a_session_setting() {
     let Some(env) = TestEnv::new().await else { return };
