@@ -145,7 +145,9 @@ fn bench(c: &mut Criterion) {
     };
 
     let mut g = c.benchmark_group("point_lookup");
-    g.bench_function("tenant_tx", |b| b.iter_custom(|iters| run(&s.one_message, iters)));
+    g.bench_function("tenant_tx", |b| {
+        b.iter_custom(|iters| run(&s.one_message, iters))
+    });
     g.bench_function("autocommit_no_rls", |b| {
         b.iter_custom(|iters| {
             s.rt.block_on(async {
@@ -164,13 +166,17 @@ fn bench(c: &mut Criterion) {
                 }
                 start.elapsed()
             })
-        })
+        });
     });
     g.finish();
 
     let mut g = c.benchmark_group("begin_form");
-    g.bench_function("one_message", |b| b.iter_custom(|iters| run(&s.one_message, iters)));
-    g.bench_function("two_round_trips", |b| b.iter_custom(|iters| run(&s.two_trips, iters)));
+    g.bench_function("one_message", |b| {
+        b.iter_custom(|iters| run(&s.one_message, iters))
+    });
+    g.bench_function("two_round_trips", |b| {
+        b.iter_custom(|iters| run(&s.two_trips, iters))
+    });
     g.finish();
 
     s.rt.block_on(async {

@@ -252,6 +252,9 @@ impl fmt::Display for AuditReport {
     }
 }
 
+/// name, RLS enabled, RLS forced, owner, role owns it, policy present, TRUNCATE, REFERENCES.
+type TableRow = (String, bool, bool, String, bool, bool, bool, bool);
+
 const TENANT_TABLES: &str = "
 tt AS (
     SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, c.relrowsecurity,
@@ -269,12 +272,17 @@ tt AS (
 ///
 /// Reads only system catalogs; needs no privilege beyond connecting. Errors only when a
 /// catalog query fails; defects are findings in the report.
-pub async fn audit_catalog(conn: &mut PgConnection, role: Option<&RoleName>) -> Result<AuditReport> {
+pub async fn audit_catalog(
+    conn: &mut PgConnection,
+    role: Option<&RoleName>,
+) -> Result<AuditReport> {
     let role_name: String = match role {
         Some(r) => r.as_str().to_owned(),
-        None => sqlx::query_scalar("SELECT current_user::text")
-            .fetch_one(&mut *conn)
-            .await?,
+        None => {
+            sqlx::query_scalar("SELECT current_user::text")
+                .fetch_one(&mut *conn)
+                .await?
+        }
     };
     let mut findings = Vec::new();
 
@@ -284,7 +292,9 @@ pub async fn audit_catalog(conn: &mut PgConnection, role: Option<&RoleName>) -> 
             .fetch_optional(&mut *conn)
             .await?;
     let Some((superuser, bypass)) = flags else {
-        findings.push(Finding::RoleMissing { role: role_name.clone() });
+        findings.push(Finding::RoleMissing {
+            role: role_name.clone(),
+        });
         return Ok(AuditReport {
             role: role_name,
             findings,
@@ -323,15 +333,18 @@ pub async fn audit_catalog(conn: &mut PgConnection, role: Option<&RoleName>) -> 
         .bind(&role_name)
         .fetch_all(&mut *conn)
         .await?;
-        findings.extend(privileged.into_iter().map(|p| Finding::MemberOfPrivilegedRole {
-            role: role_name.clone(),
-            privileged: p,
-        }));
+        findings.extend(
+            privileged
+                .into_iter()
+                .map(|p| Finding::MemberOfPrivilegedRole {
+                    role: role_name.clone(),
+                    privileged: p,
+                }),
+        );
     }
 
-    let tables: Vec<(String, bool, bool, String, bool, bool, bool, bool)> = sqlx::query_as(
-        sqlx::AssertSqlSafe(format!(
-            "WITH {TENANT_TABLES}
+    let tables: Vec<TableRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {TENANT_TABLES}
              SELECT tt.name, tt.relrowsecurity, tt.relforcerowsecurity,
                     pg_get_userbyid(tt.relowner)::text,
                     pg_has_role($1, tt.relowner, 'MEMBER'),
@@ -349,8 +362,7 @@ pub async fn audit_catalog(conn: &mut PgConnection, role: Option<&RoleName>) -> 
                     has_table_privilege($1, tt.oid, 'TRUNCATE'),
                     has_table_privilege($1, tt.oid, 'REFERENCES')
              FROM tt ORDER BY tt.name"
-        )),
-    )
+    )))
     .bind(&role_name)
     .bind(r"^\(tenant_id = \( SELECT (tenancy\.)?current_tenant_id\(\) AS current_tenant_id\)\)$")
     .bind(helper.unwrap_or(0))

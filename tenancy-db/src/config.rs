@@ -166,7 +166,12 @@ impl DbConfig {
 
     /// Connect attempts at start-up (at least 1) and the first backoff between them; the
     /// backoff doubles after each failure up to `max_backoff`.
-    pub fn with_connect_retry(mut self, attempts: u32, backoff: Duration, max_backoff: Duration) -> Self {
+    pub fn with_connect_retry(
+        mut self,
+        attempts: u32,
+        backoff: Duration,
+        max_backoff: Duration,
+    ) -> Self {
         self.connect_attempts = attempts.max(1);
         self.connect_backoff = backoff;
         self.connect_backoff_max = max_backoff.max(backoff);
@@ -259,8 +264,18 @@ mod tests {
     fn pool_sizes_per_environment() {
         let c = DbConfig::new("postgres://u@localhost/db").unwrap();
         assert_eq!(c.max_connections(), 5);
-        assert_eq!(c.clone().with_environment(Environment::Test).max_connections(), 10);
-        assert_eq!(c.clone().with_environment(Environment::Prod).max_connections(), 20);
+        assert_eq!(
+            c.clone()
+                .with_environment(Environment::Test)
+                .max_connections(),
+            10
+        );
+        assert_eq!(
+            c.clone()
+                .with_environment(Environment::Prod)
+                .max_connections(),
+            20
+        );
         assert_eq!(c.with_max_connections(0).max_connections(), 1);
         assert_eq!("prod".parse::<Environment>().unwrap(), Environment::Prod);
         assert!("staging".parse::<Environment>().is_err());

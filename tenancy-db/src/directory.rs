@@ -102,7 +102,11 @@ impl PgTenantDirectory {
 #[async_trait]
 impl TenantDirectory for PgTenantDirectory {
     async fn get(&self, tenant: &TenantId) -> Result<Option<TenantSettings>> {
-        let mut tx = self.pool.begin_routine_read("tenant directory: get").await.map_err(db)?;
+        let mut tx = self
+            .pool
+            .begin_routine_read("tenant directory: get")
+            .await
+            .map_err(db)?;
         let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM tenancy.tenants WHERE id = $1"
         )))
@@ -149,7 +153,11 @@ impl TenantDirectory for PgTenantDirectory {
     }
 
     async fn remove(&self, tenant: &TenantId) -> Result<bool> {
-        let mut tx = self.pool.begin("tenant directory: remove").await.map_err(db)?;
+        let mut tx = self
+            .pool
+            .begin("tenant directory: remove")
+            .await
+            .map_err(db)?;
         let n = sqlx::query("DELETE FROM tenancy.tenants WHERE id = $1")
             .bind(tenant.as_str())
             .execute(&mut *tx)
@@ -161,7 +169,11 @@ impl TenantDirectory for PgTenantDirectory {
     }
 
     async fn list(&self) -> Result<Vec<(TenantId, TenantSettings)>> {
-        let mut tx = self.pool.begin_routine_read("tenant directory: list").await.map_err(db)?;
+        let mut tx = self
+            .pool
+            .begin_routine_read("tenant directory: list")
+            .await
+            .map_err(db)?;
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM tenancy.tenants ORDER BY id COLLATE \"C\""
         )))

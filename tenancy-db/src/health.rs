@@ -48,7 +48,10 @@ impl HealthState {
     }
 
     fn record(&self, ping: Ping) {
-        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ping);
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ping);
     }
 
     fn last(&self) -> Option<Ping> {

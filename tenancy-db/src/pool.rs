@@ -46,8 +46,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, Postgres, SqlSafeStr as _};
 use tenancy_core::TenantId;
 
@@ -123,7 +123,9 @@ impl fmt::Debug for Shared {
 impl Shared {
     pub(crate) fn metrics(&self) -> PoolMetrics {
         let size = self.pool.size();
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX).min(size);
+        let idle = u32::try_from(self.pool.num_idle())
+            .unwrap_or(u32::MAX)
+            .min(size);
         PoolMetrics {
             max: self.max,
             size,
@@ -209,7 +211,9 @@ mod tm {
         DB::TransactionManager::commit(conn).await
     }
 
-    pub(super) async fn rollback<DB: Database>(conn: &mut DB::Connection) -> Result<(), sqlx::Error> {
+    pub(super) async fn rollback<DB: Database>(
+        conn: &mut DB::Connection,
+    ) -> Result<(), sqlx::Error> {
         DB::TransactionManager::rollback(conn).await
     }
 
@@ -230,7 +234,9 @@ impl Pending {
     }
 
     fn into_open(mut self) -> OpenTx {
-        OpenTx { conn: self.0.take() }
+        OpenTx {
+            conn: self.0.take(),
+        }
     }
 }
 
@@ -336,7 +342,10 @@ fn retryable(e: &sqlx::Error) -> bool {
     }
 }
 
-pub(crate) async fn connect_shared(config: &DbConfig, component: &'static str) -> Result<Arc<Shared>> {
+pub(crate) async fn connect_shared(
+    config: &DbConfig,
+    component: &'static str,
+) -> Result<Arc<Shared>> {
     let stats = Stats::default();
     let max = config.max_connections();
     let mut options = PgPoolOptions::new()

@@ -54,8 +54,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use sqlx::{PgConnection, SqlSafeStr as _};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{PgConnection, SqlSafeStr as _};
 
 use crate::{Error, Result};
 
@@ -229,7 +229,17 @@ mod tests {
 
     #[test]
     fn role_names_refuse_hostile_input() {
-        for bad in ["", "A", "1abc", "a b", "a\"b", "a;b", "pg_x", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "A",
+            "1abc",
+            "a b",
+            "a\"b",
+            "a;b",
+            "pg_x",
+            "é",
+            &"a".repeat(64),
+        ] {
             assert!(RoleName::parse(bad).is_err(), "{bad:?}");
         }
         assert!(RoleName::parse("_x1").is_ok());

@@ -65,8 +65,7 @@ type Row = (
     Json<SessionData>,
 );
 
-const COLUMNS: &str =
-    "tenant_id, id, user_id, created_at, last_seen_at, expires_at, idle_timeout_secs, version, data";
+const COLUMNS: &str = "tenant_id, id, user_id, created_at, last_seen_at, expires_at, idle_timeout_secs, version, data";
 
 fn decode(row: Row) -> Result<Session> {
     let (tenant, id, user, created_at, last_seen_at, expires_at, idle, version, Json(data)) = row;
@@ -87,7 +86,8 @@ fn decode(row: Row) -> Result<Session> {
 /// PostgreSQL keeps microseconds: round instants down so that what is returned equals what
 /// is stored.
 fn micros(t: OffsetDateTime) -> OffsetDateTime {
-    t.replace_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t)
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+        .unwrap_or(t)
 }
 
 fn db(e: Error) -> CoreError {
@@ -132,7 +132,11 @@ impl PgSessionStore {
         Ok(n)
     }
 
-    async fn fetch_live(tx: &mut TenantTx, id: &SessionId, now: OffsetDateTime) -> Result<Option<Session>> {
+    async fn fetch_live(
+        tx: &mut TenantTx,
+        id: &SessionId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Session>> {
         let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM tenancy.sessions WHERE id = $1 AND deadline > $2"
         )))
@@ -145,9 +149,16 @@ impl PgSessionStore {
     }
 }
 
-fn deadline(last_seen: OffsetDateTime, idle_secs: u64, expires: OffsetDateTime) -> Result<OffsetDateTime> {
+fn deadline(
+    last_seen: OffsetDateTime,
+    idle_secs: u64,
+    expires: OffsetDateTime,
+) -> Result<OffsetDateTime> {
     let idle = last_seen
-        .checked_add(time::Duration::try_from(Duration::from_secs(idle_secs)).map_err(|_| range("idle timeout"))?)
+        .checked_add(
+            time::Duration::try_from(Duration::from_secs(idle_secs))
+                .map_err(|_| range("idle timeout"))?,
+        )
         .ok_or_else(|| range("idle timeout"))?;
     Ok(idle.min(expires))
 }
@@ -156,8 +167,10 @@ fn deadline(last_seen: OffsetDateTime, idle_secs: u64, expires: OffsetDateTime) 
 impl SessionStore for PgSessionStore {
     async fn create(&self, new: NewSession) -> Result<Session> {
         let now = self.now();
-        let ttl = time::Duration::try_from(new.absolute_ttl).map_err(|_| range("absolute lifetime"))?;
-        now.checked_add(ttl).ok_or_else(|| range("absolute lifetime"))?;
+        let ttl =
+            time::Duration::try_from(new.absolute_ttl).map_err(|_| range("absolute lifetime"))?;
+        now.checked_add(ttl)
+            .ok_or_else(|| range("absolute lifetime"))?;
         let session = new.into_session(now);
         let idle = i64::try_from(session.idle_timeout_secs).map_err(|_| range("idle timeout"))?;
         let end = deadline(now, session.idle_timeout_secs, session.expires_at)?;
@@ -237,7 +250,9 @@ impl SessionStore for PgSessionStore {
             return Err(CoreError::NotFound);
         };
         if stored_version != version {
-            return Err(CoreError::Conflict("session was changed by another writer".into()));
+            return Err(CoreError::Conflict(
+                "session was changed by another writer".into(),
+            ));
         }
         let end = deadline(now, session.idle_timeout_secs, expires_at)?;
         let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -16,24 +16,38 @@ async fn exec(conn: &mut PgConnection, sql: &str) {
 
 async fn findings(env: &TestEnv) -> Vec<Finding> {
     let mut conn = env.connect_as(&env.runtime).await;
-    audit_catalog(&mut conn, None).await.expect("audit").findings().to_vec()
+    audit_catalog(&mut conn, None)
+        .await
+        .expect("audit")
+        .findings()
+        .to_vec()
 }
 
 #[tokio::test]
 async fn unsafe_roles_are_refused_at_start_up() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
 
     // The runtime role passes.
-    let pool = TenantPool::connect(env.runtime_config()).await.expect("runtime role is clean");
+    let pool = TenantPool::connect(env.runtime_config())
+        .await
+        .expect("runtime role is clean");
     assert!(pool.audit().await.unwrap().is_clean());
     pool.close().await;
 
     // A superuser.
     let admin_user = env.options().get_username().to_owned();
-    let err = TenantPool::connect(env.config_as(&admin_user)).await.unwrap_err();
-    let Error::Audit(report) = &err else { panic!("superuser: {err:?}") };
+    let err = TenantPool::connect(env.config_as(&admin_user))
+        .await
+        .unwrap_err();
+    let Error::Audit(report) = &err else {
+        panic!("superuser: {err:?}")
+    };
     assert!(
-        report.findings().contains(&Finding::Superuser { role: admin_user.clone() }),
+        report.findings().contains(&Finding::Superuser {
+            role: admin_user.clone()
+        }),
         "{report}"
     );
     assert!(err.to_string().contains("superuser"), "{err}");
@@ -42,19 +56,31 @@ async fn unsafe_roles_are_refused_at_start_up() {
     let bypass = RoleName::parse(&tenancy_tests::unique("tdb_")).unwrap();
     let _guard = common::Roles::guard(&env, &bypass);
     let mut admin = env.admin().await;
-    tenancy_db::schema::create_runtime_role(&mut admin, &bypass).await.unwrap();
+    tenancy_db::schema::create_runtime_role(&mut admin, &bypass)
+        .await
+        .unwrap();
     exec(&mut admin, &format!("ALTER ROLE \"{bypass}\" BYPASSRLS")).await;
-    let err = TenantPool::connect(env.config_as(bypass.as_str())).await.unwrap_err();
-    let Error::Audit(report) = &err else { panic!("bypassrls: {err:?}") };
+    let err = TenantPool::connect(env.config_as(bypass.as_str()))
+        .await
+        .unwrap_err();
+    let Error::Audit(report) = &err else {
+        panic!("bypassrls: {err:?}")
+    };
     assert_eq!(
         report.findings(),
-        &[Finding::BypassRls { role: bypass.to_string() }],
+        &[Finding::BypassRls {
+            role: bypass.to_string()
+        }],
         "{report}"
     );
 
     // The owner of the tenant tables.
-    let err = TenantPool::connect(env.config_as(env.owner.as_str())).await.unwrap_err();
-    let Error::Audit(report) = &err else { panic!("owner: {err:?}") };
+    let err = TenantPool::connect(env.config_as(env.owner.as_str()))
+        .await
+        .unwrap_err();
+    let Error::Audit(report) = &err else {
+        panic!("owner: {err:?}")
+    };
     let owned: Vec<&str> = report
         .findings()
         .iter()
@@ -63,8 +89,15 @@ async fn unsafe_roles_are_refused_at_start_up() {
             _ => None,
         })
         .collect();
-    assert_eq!(owned, vec!["public.comments", "public.records", "tenancy.sessions"], "{report}");
-    assert!(err.to_string().contains("owns tenant table public.records"), "{err}");
+    assert_eq!(
+        owned,
+        vec!["public.comments", "public.records", "tenancy.sessions"],
+        "{report}"
+    );
+    assert!(
+        err.to_string().contains("owns tenant table public.records"),
+        "{err}"
+    );
 
     // A member of a privileged role (it could SET ROLE to it).
     let privileged = RoleName::parse(&tenancy_tests::unique("tdx_")).unwrap();
@@ -78,7 +111,9 @@ async fn unsafe_roles_are_refused_at_start_up() {
     )
     .await;
     let err = TenantPool::connect(env.runtime_config()).await.unwrap_err();
-    let Error::Audit(report) = &err else { panic!("member: {err:?}") };
+    let Error::Audit(report) = &err else {
+        panic!("member: {err:?}")
+    };
     assert_eq!(
         report.findings(),
         &[Finding::MemberOfPrivilegedRole {
@@ -87,19 +122,37 @@ async fn unsafe_roles_are_refused_at_start_up() {
         }],
         "{report}"
     );
-    exec(&mut admin, &format!("REVOKE \"{privileged}\" FROM \"{}\"", env.runtime)).await;
+    exec(
+        &mut admin,
+        &format!("REVOKE \"{privileged}\" FROM \"{}\"", env.runtime),
+    )
+    .await;
     // A member of the owner role.
-    exec(&mut admin, &format!("GRANT \"{}\" TO \"{}\"", env.owner, env.runtime)).await;
+    exec(
+        &mut admin,
+        &format!("GRANT \"{}\" TO \"{}\"", env.owner, env.runtime),
+    )
+    .await;
     let f = findings(&env).await;
     assert_eq!(f.len(), 3, "{f:?}");
-    assert!(f.iter().all(|f| matches!(f, Finding::OwnsTenantTable { .. })), "{f:?}");
-    exec(&mut admin, &format!("REVOKE \"{}\" FROM \"{}\"", env.owner, env.runtime)).await;
+    assert!(
+        f.iter()
+            .all(|f| matches!(f, Finding::OwnsTenantTable { .. })),
+        "{f:?}"
+    );
+    exec(
+        &mut admin,
+        &format!("REVOKE \"{}\" FROM \"{}\"", env.owner, env.runtime),
+    )
+    .await;
     assert_eq!(findings(&env).await, vec![]);
 }
 
 #[tokio::test]
 async fn each_finding_comes_from_a_seeded_defect() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let mut owner = env.connect_as(&env.owner).await;
     assert_eq!(findings(&env).await, vec![], "clean to begin with");
     let records = || "public.records".to_owned();
@@ -224,7 +277,8 @@ async fn each_finding_comes_from_a_seeded_defect() {
         for f in &got {
             let text = f.to_string();
             let named = match f {
-                Finding::ViewNotSecurityInvoker { view } | Finding::MaterializedViewOverTenantTable { view } => view,
+                Finding::ViewNotSecurityInvoker { view }
+                | Finding::MaterializedViewOverTenantTable { view } => view,
                 Finding::RlsDisabled { table }
                 | Finding::RlsNotForced { table }
                 | Finding::PolicyMissing { table }
@@ -233,7 +287,10 @@ async fn each_finding_comes_from_a_seeded_defect() {
                 | Finding::UnfilteredPrivilege { table, .. } => table,
                 other => panic!("unexpected finding {other:?}"),
             };
-            assert!(text.contains(named.as_str()), "{text} does not name {named}");
+            assert!(
+                text.contains(named.as_str()),
+                "{text} does not name {named}"
+            );
         }
         exec(&mut owner, &repair).await;
         assert_eq!(findings(&env).await, vec![], "after repairing: {defect}");
@@ -257,13 +314,25 @@ async fn each_finding_comes_from_a_seeded_defect() {
             references: "public.records".into(),
         }]
     );
-    exec(&mut owner, "ALTER TABLE comments DROP CONSTRAINT comments_cross_fk").await;
+    exec(
+        &mut owner,
+        "ALTER TABLE comments DROP CONSTRAINT comments_cross_fk",
+    )
+    .await;
     assert_eq!(findings(&env).await, vec![]);
 
     // Missing helper: a database where the migrations never ran.
-    let Some(bare) = tenancy_tests::postgres().await else { return };
-    let mut conn = <PgConnection as sqlx::Connection>::connect(bare.url()).await.unwrap();
+    let Some(bare) = tenancy_tests::postgres().await else {
+        return;
+    };
+    let mut conn = <PgConnection as sqlx::Connection>::connect(bare.url())
+        .await
+        .unwrap();
     let report = audit_catalog(&mut conn, Some(&env.runtime)).await.unwrap();
     assert_eq!(report.findings(), &[Finding::HelperMissing]);
-    assert!(report.to_string().contains("tenancy.current_tenant_id() is missing"));
+    assert!(
+        report
+            .to_string()
+            .contains("tenancy.current_tenant_id() is missing")
+    );
 }

@@ -16,7 +16,9 @@ use tenancy_db::{PgSessionStore, PgTenantDirectory, PlatformPool, TenantPool};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_store_conformance() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = env.runtime_pool(4).await;
     let clock = ManualClock::new();
     let store = PgSessionStore::with_clock(pool.clone(), Arc::new(clock.clone()));
@@ -50,20 +52,27 @@ async fn session_store_conformance() {
 
 #[tokio::test]
 async fn session_store_reclaims_ended_sessions() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = env.runtime_pool(2).await;
     let clock = ManualClock::new();
     let store = PgSessionStore::with_clock(pool.clone(), Arc::new(clock.clone()));
     let (a, alice) = (tenant("acme"), UserId::parse("alice").unwrap());
     for _ in 0..3 {
         store
-            .create(NewSession::new(a.clone(), alice.clone()).with_idle_timeout(Duration::from_secs(5)))
+            .create(
+                NewSession::new(a.clone(), alice.clone()).with_idle_timeout(Duration::from_secs(5)),
+            )
             .await
             .unwrap();
     }
     clock.advance(Duration::from_secs(10));
     // Creating a session for the same user removes the user's ended ones.
-    store.create(NewSession::new(a.clone(), alice.clone())).await.unwrap();
+    store
+        .create(NewSession::new(a.clone(), alice.clone()))
+        .await
+        .unwrap();
     let mut admin = env.admin().await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.sessions")
         .fetch_one(&mut admin)
@@ -79,7 +88,10 @@ async fn session_store_reclaims_ended_sessions() {
     assert_eq!(store.purge_ended(&a).await.unwrap(), 1);
     // An absurd lifetime is refused with a clear error, and nothing is stored.
     let err = store
-        .create(NewSession::new(a.clone(), alice.clone()).with_absolute_ttl(Duration::from_secs(u64::MAX / 4)))
+        .create(
+            NewSession::new(a.clone(), alice.clone())
+                .with_absolute_ttl(Duration::from_secs(u64::MAX / 4)),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), tenancy_core::ErrorKind::Invalid, "{err}");
@@ -88,7 +100,9 @@ async fn session_store_reclaims_ended_sessions() {
 
 #[tokio::test]
 async fn tenant_directory_conformance() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let platform = PlatformPool::connect(env.config_as(env.platform.as_str()))
         .await
         .unwrap();
@@ -102,10 +116,16 @@ async fn tenant_directory_conformance() {
             .unwrap(),
     );
     let a = tenant("acme");
-    dir.put(&a, TenantSettings::new(TierName::parse("standard").unwrap()))
-        .await
-        .unwrap();
-    assert_eq!(other.get(&a).await.unwrap().unwrap().status, TenantStatus::Active);
+    dir.put(
+        &a,
+        TenantSettings::new(TierName::parse("standard").unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        other.get(&a).await.unwrap().unwrap().status,
+        TenantStatus::Active
+    );
     let mut suspended = TenantSettings::new(TierName::parse("premium").unwrap());
     suspended.status = TenantStatus::Suspended;
     other.put(&a, suspended.clone()).await.unwrap();
@@ -136,7 +156,9 @@ async fn tenant_directory_conformance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_pool_figures_without_touching_the_database() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = TenantPool::connect(
         env.runtime_config()
             .with_max_connections(2)
@@ -164,13 +186,24 @@ async fn health_and_pool_figures_without_touching_the_database() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
     let h = health.check().await;
-    assert!(started.elapsed() < Duration::from_millis(50), "check waited on the database");
-    assert_eq!((h.figures["size"], h.figures["in_use"], h.figures["idle"]), (2, 2, 0), "{h:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "check waited on the database"
+    );
+    assert_eq!(
+        (h.figures["size"], h.figures["in_use"], h.figures["idle"]),
+        (2, 2, 0),
+        "{h:?}"
+    );
     assert_eq!(h.figures["waiting"], 1, "{h:?}");
     let err = waiter.await.unwrap().unwrap_err();
     assert!(matches!(err, tenancy_db::Error::PoolTimedOut(_)), "{err:?}");
     let m = pool.metrics();
-    assert_eq!((m.waiting, m.acquire_timeouts_total, m.acquired_total), (0, 1, 2), "{m:?}");
+    assert_eq!(
+        (m.waiting, m.acquire_timeouts_total, m.acquired_total),
+        (0, 1, 2),
+        "{m:?}"
+    );
     // The background ping keeps running on a busy pool (on a dedicated connection).
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(health.check().await.status, HealthStatus::Up);
@@ -220,7 +253,10 @@ async fn health_and_pool_figures_without_touching_the_database() {
     assert!(up, "health never recovered");
     // And the pool serves again.
     let mut tx = pool.begin(&a).await.unwrap();
-    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(one, 1);
     drop(tx);
     pool.close().await;
@@ -239,7 +275,10 @@ async fn connect_retries_then_reports_the_failure() {
         panic!("{err:?}")
     };
     assert_eq!(attempts, 3);
-    assert!(started.elapsed() >= Duration::from_millis(60), "no backoff between attempts");
+    assert!(
+        started.elapsed() >= Duration::from_millis(60),
+        "no backoff between attempts"
+    );
     let core: tenancy_core::Error = tenancy_db::Error::Connect {
         attempts,
         source: sqlx::Error::PoolClosed,

@@ -29,13 +29,19 @@ async fn counts(env: &TestEnv) -> Vec<(String, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_from_a_never_touch_b() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = env.runtime_pool(4).await;
     let (a, b, c) = three_tenants(&env, &pool).await;
     let before = counts(&env).await;
     assert_eq!(
         before,
-        vec![("acme".into(), 5), ("globex".into(), 5), ("initech".into(), 5)]
+        vec![
+            ("acme".into(), 5),
+            ("globex".into(), 5),
+            ("initech".into(), 5)
+        ]
     );
     let b_id: i64 = {
         let mut tx = pool.begin(&b).await.unwrap();
@@ -52,10 +58,12 @@ async fn statements_from_a_never_touch_b() {
         .await
         .unwrap();
     assert_eq!(tenants, vec!["acme".to_owned()]);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM records WHERE tenant_id IN ('globex', 'initech') OR true")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM records WHERE tenant_id IN ('globex', 'initech') OR true",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
     assert_eq!(n, 5, "an explicit filter for B must not widen A's view");
     // Point lookup of B's id: absent.
     let found: Option<String> =
@@ -73,7 +81,10 @@ async fn statements_from_a_never_touch_b() {
     .await
     .unwrap();
     assert_eq!(joined.len(), 5);
-    assert!(joined.iter().all(|(r, c)| r == "acme" && c == "acme"), "{joined:?}");
+    assert!(
+        joined.iter().all(|(r, c)| r == "acme" && c == "acme"),
+        "{joined:?}"
+    );
     // CTE, including a data-modifying one.
     let cte: i64 = sqlx::query_scalar(
         "WITH mine AS (SELECT * FROM records), touched AS (
@@ -169,16 +180,22 @@ async fn statements_from_a_never_touch_b() {
 
 #[tokio::test]
 async fn no_tenant_context_fails_closed_on_fresh_and_reused_connections() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = env.runtime_pool(1).await;
     let (a, _, _) = three_tenants(&env, &pool).await;
     pool.close().await;
 
     for mode in [BeginMode::OneMessage, BeginMode::TwoRoundTrips] {
         // A fresh pool of one connection.
-        let pool = TenantPool::connect(env.runtime_config().with_max_connections(1).with_begin_mode(mode))
-            .await
-            .unwrap();
+        let pool = TenantPool::connect(
+            env.runtime_config()
+                .with_max_connections(1)
+                .with_begin_mode(mode),
+        )
+        .await
+        .unwrap();
         let mut tx = pool.begin_unscoped().await.unwrap();
         let fresh_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut *tx)
@@ -212,11 +229,15 @@ async fn no_tenant_context_fails_closed_on_fresh_and_reused_connections() {
             .await
             .unwrap();
         assert_eq!(pid, fresh_pid, "pool of one: same backend after A");
-        let setting: Option<String> = sqlx::query_scalar("SELECT current_setting('app.tenant_id', true)")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        assert!(setting.unwrap_or_default().is_empty(), "tenant setting survived the commit");
+        let setting: Option<String> =
+            sqlx::query_scalar("SELECT current_setting('app.tenant_id', true)")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert!(
+            setting.unwrap_or_default().is_empty(),
+            "tenant setting survived the commit"
+        );
         assert_42501(
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM records")
                 .fetch_one(&mut *tx)
@@ -265,7 +286,9 @@ async fn pid_of(pool: &TenantPool, t: &TenantId) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_borrower_carries_no_tenant_after_panic_cancel_error_commit() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = env.runtime_pool(1).await;
     let (a, _, _) = three_tenants(&env, &pool).await;
     let pid = pid_of(&pool, &a).await;
@@ -337,7 +360,10 @@ async fn next_borrower_carries_no_tenant_after_panic_cancel_error_commit() {
     // A TenantTx dropped without commit.
     {
         let mut tx = pool.begin(&a).await.unwrap();
-        sqlx::query("DELETE FROM records").execute(&mut *tx).await.unwrap();
+        sqlx::query("DELETE FROM records")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
     }
     let (p2, setting) = next_borrower(&pool).await;
     assert_eq!((p2, setting.as_str()), (pid, ""), "after drop");
@@ -351,7 +377,9 @@ async fn next_borrower_carries_no_tenant_after_panic_cancel_error_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_begin_never_lends_an_open_transaction() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = env.runtime_pool(1).await;
     let (a, _, _) = three_tenants(&env, &pool).await;
     // Cancel `begin` at every point of its round trip: after each, the next borrower of the
@@ -372,8 +400,15 @@ async fn cancelling_begin_never_lends_an_open_transaction() {
         .fetch_one(&mut *tx)
         .await
         .unwrap();
-        assert_eq!(setting.unwrap_or_default(), "", "step {step}: tenant lent with the connection");
-        assert_eq!(depth, 0, "step {step}: a previous transaction wrote and is still open");
+        assert_eq!(
+            setting.unwrap_or_default(),
+            "",
+            "step {step}: tenant lent with the connection"
+        );
+        assert_eq!(
+            depth, 0,
+            "step {step}: a previous transaction wrote and is still open"
+        );
         assert_42501(
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM records")
                 .fetch_one(&mut *tx)
@@ -388,7 +423,9 @@ async fn cancelling_begin_never_lends_an_open_transaction() {
 
 #[tokio::test]
 async fn release_guard_closes_connections_carrying_a_session_setting() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let a = tenant("acme");
 
     // Without the guard, application SQL that sets the tenant for the session leaks it.
@@ -412,13 +449,21 @@ async fn release_guard_closes_connections_carrying_a_session_setting() {
         .await
         .unwrap()
     };
-    assert_eq!((p2, setting.as_deref()), (pid, Some("acme")), "the hazard the guard exists for");
+    assert_eq!(
+        (p2, setting.as_deref()),
+        (pid, Some("acme")),
+        "the hazard the guard exists for"
+    );
     plain.close().await;
 
     // With the guard, that connection is closed on release and never lent again.
-    let guarded = TenantPool::connect(env.runtime_config().with_max_connections(1).with_release_guard(true))
-        .await
-        .unwrap();
+    let guarded = TenantPool::connect(
+        env.runtime_config()
+            .with_max_connections(1)
+            .with_release_guard(true),
+    )
+    .await
+    .unwrap();
     let mut tx = guarded.begin(&a).await.unwrap();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut *tx)
@@ -442,7 +487,9 @@ async fn release_guard_closes_connections_carrying_a_session_setting() {
 
 #[tokio::test]
 async fn hostile_tenant_ids_never_reach_sql() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = env.runtime_pool(2).await;
     let (a, _, _) = three_tenants(&env, &pool).await;
     let long = "a".repeat(10 * 1024);
@@ -466,7 +513,13 @@ async fn hostile_tenant_ids_never_reach_sql() {
     // Defence in depth: even a hostile value placed in the setting by other means (here a
     // bind parameter, so nothing is injected) is refused by the helper, not matched.
     let mut tx = pool.begin_unscoped().await.unwrap();
-    for h in ["x' OR '1'='1", "'; RESET ALL; --", long.as_str(), "acmé", "😀"] {
+    for h in [
+        "x' OR '1'='1",
+        "'; RESET ALL; --",
+        long.as_str(),
+        "acmé",
+        "😀",
+    ] {
         sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
         sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
             .bind(h)
@@ -479,7 +532,10 @@ async fn hostile_tenant_ids_never_reach_sql() {
                 .await,
             h,
         );
-        sqlx::query("ROLLBACK TO SAVEPOINT s").execute(&mut *tx).await.unwrap();
+        sqlx::query("ROLLBACK TO SAVEPOINT s")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
     }
     drop(tx);
     // Nothing was damaged, and the good tenant still works.
@@ -496,14 +552,19 @@ async fn hostile_tenant_ids_never_reach_sql() {
 
 #[tokio::test]
 async fn runtime_role_cannot_escape_row_level_security() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     let pool = env.runtime_pool(1).await;
     let (a, _, _) = three_tenants(&env, &pool).await;
 
     let mut tx = pool.begin(&a).await.unwrap();
     // row_security = off: allowed to set, but then any RLS-filtered query errors (42501)
     // instead of returning unfiltered rows.
-    sqlx::query("SET LOCAL row_security = off").execute(&mut *tx).await.unwrap();
+    sqlx::query("SET LOCAL row_security = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     assert_42501(
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM records")
             .fetch_one(&mut *tx)
@@ -525,13 +586,17 @@ async fn runtime_role_cannot_escape_row_level_security() {
     ];
     for sql in attempts {
         let mut tx = pool.begin(&a).await.unwrap();
-        let r = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await;
+        let r = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await;
         assert_42501(r, sql);
     }
     let owner_sql = format!("SET ROLE \"{}\"", env.owner);
     let mut tx = pool.begin(&a).await.unwrap();
     assert_42501(
-        sqlx::raw_sql(sqlx::AssertSqlSafe(owner_sql)).execute(&mut *tx).await,
+        sqlx::raw_sql(sqlx::AssertSqlSafe(owner_sql))
+            .execute(&mut *tx)
+            .await,
         "SET ROLE owner",
     );
     drop(tx);
@@ -541,20 +606,29 @@ async fn runtime_role_cannot_escape_row_level_security() {
 
 #[tokio::test]
 async fn both_begin_forms_scope_the_tenant_to_the_transaction() {
-    let Some(env) = TestEnv::new().await else { return };
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
     for mode in [BeginMode::OneMessage, BeginMode::TwoRoundTrips] {
-        let pool = TenantPool::connect(env.runtime_config().with_max_connections(1).with_begin_mode(mode))
-            .await
-            .unwrap();
-        let t = tenant("acme");
-        let mut tx = pool.begin(&t).await.unwrap();
-        let (setting, local): (String, String) = sqlx::query_as(
-            "SELECT current_setting('app.tenant_id'), tenancy.current_tenant_id()",
+        let pool = TenantPool::connect(
+            env.runtime_config()
+                .with_max_connections(1)
+                .with_begin_mode(mode),
         )
-        .fetch_one(&mut *tx)
         .await
         .unwrap();
-        assert_eq!((setting.as_str(), local.as_str()), ("acme", "acme"), "{mode:?}");
+        let t = tenant("acme");
+        let mut tx = pool.begin(&t).await.unwrap();
+        let (setting, local): (String, String) =
+            sqlx::query_as("SELECT current_setting('app.tenant_id'), tenancy.current_tenant_id()")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(
+            (setting.as_str(), local.as_str()),
+            ("acme", "acme"),
+            "{mode:?}"
+        );
         tx.commit().await.unwrap();
         let m = pool.metrics();
         assert_eq!((m.max, m.acquired_total), (1, 1), "{mode:?}");

@@ -52,11 +52,10 @@ impl Drop for Roles {
                     && let Ok(mut conn) = PgConnection::connect(&url).await
                 {
                     for name in &names {
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "DROP OWNED BY \"{name}\""
-                        )))
-                        .execute(&mut conn)
-                        .await;
+                        let _ =
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP OWNED BY \"{name}\"")))
+                                .execute(&mut conn)
+                                .await;
                     }
                 }
                 if let Ok(mut conn) = PgConnection::connect(&admin).await {
@@ -114,11 +113,7 @@ impl TestEnv {
         let platform = RoleName::parse(&tenancy_tests::unique("tdp_")).expect("platform role");
         let roles = Roles {
             admin_url: db.admin_url().to_owned(),
-            names: vec![
-                runtime.to_string(),
-                platform.to_string(),
-                owner.to_string(),
-            ],
+            names: vec![runtime.to_string(), platform.to_string(), owner.to_string()],
             db_url: None,
         };
         let env = Self {
