@@ -38,6 +38,20 @@ pub struct CacheStats {
 }
 
 /// A cache whose entries belong to tenants.
+///
+/// ```
+/// use std::time::Duration;
+/// use tenancy_core::{memory::MemoryTenantCache, TenantCache, TenantId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tenancy_core::Error> {
+/// let cache = MemoryTenantCache::new();
+/// let acme = TenantId::parse("acme")?;
+/// cache.set(&acme, "report:2026", b"...", Duration::from_secs(300)).await?;
+/// cache.invalidate_tenant(&acme).await?;
+/// assert_eq!(cache.get(&acme, "report:2026").await?, None);
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait TenantCache: Send + Sync + fmt::Debug + 'static {
     /// The live value under `key` in `tenant`'s namespace.

@@ -19,6 +19,23 @@ pub enum Upsert {
 }
 
 /// Knows every tenant and its settings.
+///
+/// ```
+/// use tenancy_core::memory::MemoryTenantDirectory;
+/// use tenancy_core::{TenantDirectory, TenantId, TenantSettings, TenantStatus, TierName};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tenancy_core::Error> {
+/// let dir = MemoryTenantDirectory::new();
+/// let acme = TenantId::parse("acme")?;
+/// dir.put(&acme, TenantSettings::new(TierName::parse("standard")?)).await?;
+/// // Suspend: the next request for acme sees it.
+/// let mut s = dir.get(&acme).await?.expect("known tenant");
+/// s.status = TenantStatus::Suspended;
+/// dir.put(&acme, s).await?;
+/// assert!(dir.get(&acme).await?.expect("known tenant").is_suspended());
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait TenantDirectory: Send + Sync + fmt::Debug + 'static {
     /// The tenant's settings, or `None` for an unknown tenant.

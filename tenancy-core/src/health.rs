@@ -1,4 +1,11 @@
 //! Health checks: [`HealthCheck`] and [`Health`].
+//!
+//! ```
+//! use tenancy_core::{Health, HealthStatus};
+//! let h = Health::degraded("serving from cached keys").with_figure("keys", 3);
+//! assert_eq!(h.status, HealthStatus::Degraded);
+//! assert!(HealthStatus::Down > HealthStatus::Degraded, "worst status sorts last");
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -78,6 +85,18 @@ impl Health {
 }
 
 /// A component that can report its health.
+///
+/// ```
+/// use tenancy_core::{memory::MemoryRateLimiter, HealthCheck, HealthStatus};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = MemoryRateLimiter::new();
+/// let health = limiter.check().await;
+/// assert_eq!((limiter.component(), health.status), ("rate_limiter", HealthStatus::Up));
+/// assert_eq!(health.figures.get("keys"), Some(&0));
+/// # }
+/// ```
 #[async_trait]
 pub trait HealthCheck: Send + Sync + fmt::Debug + 'static {
     /// The component's name in health reports (`"database"`, `"redis"`, `"audit"`, ...).

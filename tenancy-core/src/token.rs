@@ -8,6 +8,35 @@ use crate::{Claims, Result};
 
 /// Turns a bearer token into verified [`Claims`].
 ///
+/// `tenancy-auth`'s `JwtVerifier` is the implementation for JWTs; any other scheme (opaque
+/// tokens looked up in a database, mTLS identities) implements this trait:
+///
+/// ```
+/// use async_trait::async_trait;
+/// use tenancy_core::{Claims, Error, TokenRejection, TokenVerifier};
+///
+/// /// Opaque tokens issued by an introspection service, here a fixed table.
+/// #[derive(Debug)]
+/// struct Table(Vec<(String, Claims)>);
+///
+/// #[async_trait]
+/// impl TokenVerifier for Table {
+///     async fn verify(&self, token: &str) -> Result<Claims, Error> {
+///         self.0
+///             .iter()
+///             .find(|(t, _)| t == token)
+///             .map(|(_, c)| c.clone())
+///             .ok_or(Error::Rejected(TokenRejection::UnknownKey))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let v = Table(vec![]);
+/// assert!(matches!(v.verify("nope").await, Err(Error::Rejected(_))));
+/// # }
+/// ```
+///
 /// A refusal is [`Error::Rejected`](crate::Error::Rejected) with the reason for operators; a
 /// verifier that cannot decide (key provider down and no cached keys) returns
 /// [`Error::Unavailable`](crate::Error::Unavailable).
