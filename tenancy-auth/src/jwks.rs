@@ -215,6 +215,8 @@ struct State {
     fetches: u64,
     failures: u64,
     skipped_keys: usize,
+    /// Completed fetch attempts, including those refused by the open breaker.
+    attempts: u64,
 }
 
 struct Inner {
@@ -320,7 +322,7 @@ impl JwksKeySetBuilder {
     pub fn build(self) -> Result<JwksKeySet> {
         let is_https = self.url.starts_with("https://");
         let is_http = self.url.starts_with("http://");
-        if !is_https && !(is_http && self.allow_http) {
+        if !(is_https || (is_http && self.allow_http)) {
             return Err(Error::Config(
                 "the JWKS URL must be https:// (or http:// with allow_plain_http)",
             ));
@@ -475,11 +477,10 @@ impl JwksKeySet {
     /// [`Error::Fetch`] or [`Error::InvalidKeySet`] when the fetch fails; the last good set is
     /// kept either way.
     pub async fn refresh(&self) -> Result<Arc<KeySet>> {
-        let started = self.now();
+        let attempts_before = self.read().attempts;
         let _guard = self.inner.fetch_lock.lock().await;
-        // Someone else fetched while we waited: use that.
-        if let Some(at) = self.read().fetched_at
-            && at >= started
+        // Someone else fetched while we waited: use that rather than asking again.
+        if self.read().attempts != attempts_before
             && let Some(k) = self.cached()
         {
             return Ok(k);
@@ -491,6 +492,7 @@ impl JwksKeySet {
         let now = self.now();
         {
             let mut s = self.write();
+            s.attempts += 1;
             if s.open_until.is_some_and(|until| until > now) {
                 return Err(Error::CircuitOpen);
             }

@@ -177,13 +177,11 @@ fn check_public(key: &DecodingKey, alg: Algorithm) -> Result<()> {
                 });
             }
         }
-        AlgorithmParameters::OctetKeyPair(p) => {
-            if p.curve != EllipticCurve::Ed25519 {
-                return Err(Error::WeakKey {
-                    alg,
-                    reason: "only Ed25519 keys are supported for EdDSA",
-                });
-            }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve != EllipticCurve::Ed25519 => {
+            return Err(Error::WeakKey {
+                alg,
+                reason: "only Ed25519 keys are supported for EdDSA",
+            });
         }
         _ => {}
     }

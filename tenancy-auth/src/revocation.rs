@@ -137,7 +137,7 @@ impl Denylist for MemoryDenylist {
 mod tests {
     use std::time::Duration;
 
-    use tenancy_core::ManualClock;
+    use tenancy_core::{Clock as _, ManualClock};
 
     use super::*;
 

@@ -11,7 +11,7 @@
 //! | no key with the header's `kid` (after a permitted JWKS refresh), or none for its `alg` | `UnknownKey` |
 //! | the key found is bound to another algorithm than the header's | `AlgorithmNotAllowed` |
 //! | signature does not verify (stripped, flipped byte, wrong key) | `BadSignature` |
-//! | claims not a JSON object or with duplicate members; a required claim missing or mistyped | `Malformed`, `MissingClaim`, `InvalidClaim` |
+//! | claims not a JSON object or with duplicate members; a required claim missing or mistyped; a date past year 9999 | `Malformed`, `MissingClaim`, `InvalidClaim` |
 //! | `exp` passed, `nbf` or `iat` in the future (each beyond the leeway) | `Expired`, `NotYetValid` |
 //! | `iss` not the issuer whose keys verified it, or that issuer not trusted for the token's tenant | `WrongIssuer` |
 //! | `aud` without any of the configured audiences | `WrongAudience` |
@@ -82,6 +82,9 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Default verification cache capacity (entries).
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
+/// 9999-12-31T23:59:59Z: `exp`, `nbf` and `iat` beyond it are refused as invalid.
+const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 
 fn reject(r: TokenRejection) -> Error {
     Error::Rejected(r)
@@ -233,6 +236,7 @@ impl JwtVerifierBuilder {
     ///
     /// Errors: no issuer, no audience, no allowed algorithm, the same issuer twice,
     /// `require_session` without a session store, a maximum length under 64 bytes.
+    #[cfg_attr(not(feature = "jwks"), allow(irrefutable_let_patterns))]
     pub fn build(self) -> crate::Result<JwtVerifier> {
         use crate::Error as E;
         if self.issuers.is_empty() {
@@ -481,6 +485,7 @@ impl JwtVerifier {
             .ok_or(reject(TokenRejection::UnknownIssuer))
     }
 
+    #[cfg_attr(not(feature = "jwks"), allow(unused_variables))]
     async fn keys(&self, source: &KeySource, kid: Option<&str>) -> Result<Arc<KeySet>> {
         match source {
             KeySource::Static(k) => Ok(Arc::clone(k)),
@@ -526,6 +531,16 @@ impl JwtVerifier {
     }
 
     fn check_claims(&self, issuer: &TrustedIssuer, claims: &Claims) -> Result<()> {
+        // A date past year 9999 is no real expiry; it is refused rather than trusted forever.
+        if claims.exp > MAX_NUMERIC_DATE {
+            return Err(reject(TokenRejection::InvalidClaim("exp")));
+        }
+        if claims.nbf.is_some_and(|t| t > MAX_NUMERIC_DATE) {
+            return Err(reject(TokenRejection::InvalidClaim("nbf")));
+        }
+        if claims.iat.is_some_and(|t| t > MAX_NUMERIC_DATE) {
+            return Err(reject(TokenRejection::InvalidClaim("iat")));
+        }
         let now = self.now();
         let leeway = self.inner.leeway;
         if now >= claims.exp.saturating_add(leeway) {
@@ -567,7 +582,8 @@ impl JwtVerifier {
         if let Some(store) = &self.inner.sessions {
             match &claims.sid {
                 Some(sid) => {
-                    if store.load(&claims.tenant_id, sid).await?.is_none() {
+                    let live = store.load(&claims.tenant_id, sid).await?;
+                    if live.is_none() {
                         return Err(reject(TokenRejection::SessionEnded));
                     }
                 }
@@ -634,9 +650,10 @@ impl HealthCheck for JwtVerifier {
     /// `Up` with static keys; with JWKS sources, the worst of their states: `Degraded` while
     /// serving cached keys during a provider outage, `Down` when a source has no key at all.
     async fn check(&self) -> Health {
-        let mut status = HealthStatus::Up;
-        let mut notes = Vec::new();
         #[cfg_attr(not(feature = "jwks"), allow(unused_mut))]
+        let mut status = HealthStatus::Up;
+        #[cfg_attr(not(feature = "jwks"), allow(unused_mut))]
+        let mut notes: Vec<String> = Vec::new();
         let mut keys = 0u64;
         for i in &self.inner.issuers {
             match &i.keys {

@@ -1,0 +1,401 @@
+//! JWKS against a real local HTTP server: rotation (a new key appears, an old one is retired),
+//! the unknown-`kid` refresh rate limit, provider outage with the circuit breaker, recovery,
+//! cold start with the provider down, bad documents, and background refresh.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tenancy_auth::{Algorithm, BreakerState, JwksKeySet, JwtVerifier, SigningKey};
+use tenancy_core::{
+    Error, HealthCheck, HealthStatus, ManualClock, TokenRejection as R, TokenVerifier,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A JWKS endpoint whose document the test changes, and which it can stop and restart on the
+/// same port.
+struct JwksServer {
+    addr: SocketAddr,
+    doc: Arc<Mutex<(StatusCode, String)>>,
+    hits: Arc<AtomicU64>,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl JwksServer {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut s = Self {
+            addr: listener.local_addr().unwrap(),
+            doc: Arc::new(Mutex::new((StatusCode::OK, r#"{"keys":[]}"#.into()))),
+            hits: Arc::new(AtomicU64::new(0)),
+            tasks: None,
+        };
+        s.serve(listener);
+        s
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let doc = self.doc.clone();
+        let hits = self.hits.clone();
+        let mut tasks = JoinSet::new();
+        let conns = Arc::new(Mutex::new(JoinSet::new()));
+        let conns_for_drop = conns.clone();
+        tasks.spawn(async move {
+            let _keep = conns_for_drop;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let doc = doc.clone();
+                let hits = hits.clone();
+                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let (status, body) = doc.lock().unwrap().clone();
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                conns.lock().unwrap().spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    fn set(&self, keys: &[&SigningKey]) {
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|k| k.public_jwk().unwrap().unwrap())
+            .collect();
+        *self.doc.lock().unwrap() = (StatusCode::OK, json!({ "keys": keys }).to_string());
+    }
+
+    fn set_raw(&self, status: StatusCode, body: &str) {
+        *self.doc.lock().unwrap() = (status, body.to_owned());
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening and drops every open connection.
+    async fn stop(&mut self) {
+        if let Some(mut t) = self.tasks.take() {
+            t.shutdown().await;
+        }
+        // Connection tasks die with their JoinSet, dropped with the accept task.
+        tokio::task::yield_now().await;
+    }
+
+    async fn restart(&mut self) {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("rebind {}: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+fn rsa_key(file: &str, kid: &str) -> SigningKey {
+    SigningKey::rsa_pem(&key_bytes(file), Algorithm::RS256)
+        .unwrap()
+        .with_kid(kid)
+}
+
+fn ec_key(kid: &str) -> SigningKey {
+    SigningKey::ec_pem(&key_bytes("ec256_private.pem"), Algorithm::ES256)
+        .unwrap()
+        .with_kid(kid)
+}
+
+fn mint(key: &SigningKey, clock: &ManualClock) -> String {
+    tenancy_auth::TokenIssuer::builder(key.clone(), ISS, AUD)
+        .clock(shared(clock))
+        .build()
+        .unwrap()
+        .access_token(
+            &"acme".parse().unwrap(),
+            &"alice".parse().unwrap(),
+            &"user".parse().unwrap(),
+            &Default::default(),
+            None,
+        )
+        .unwrap()
+}
+
+fn jwks(server: &JwksServer, clock: &ManualClock) -> JwksKeySet {
+    JwksKeySet::builder(server.url())
+        .allow_plain_http()
+        .background_refresh(false)
+        .refresh_interval(Duration::from_secs(300))
+        .min_refresh_interval(Duration::from_secs(30))
+        .failure_threshold(3)
+        .open_for(Duration::from_secs(60))
+        .fetch_timeout(Duration::from_secs(2))
+        .clock(shared(clock))
+        .build()
+        .unwrap()
+}
+
+fn verifier(source: &JwksKeySet, clock: &ManualClock) -> JwtVerifier {
+    JwtVerifier::builder()
+        .issuer(ISS, source.clone())
+        .audience(AUD)
+        .algorithms([Algorithm::RS256, Algorithm::ES256])
+        .clock(shared(clock))
+        .build()
+        .unwrap()
+}
+
+fn reason(e: Error) -> R {
+    match e {
+        Error::Rejected(r) => r,
+        other => panic!("expected a rejection, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn rotation_new_key_appears_old_key_retires() {
+    let server = JwksServer::start().await;
+    let clock = ManualClock::new();
+    let (a, b) = (
+        rsa_key("rsa_private.pem", "a"),
+        rsa_key("rsa2_private.pem", "b"),
+    );
+    server.set(&[&a]);
+    let source = jwks(&server, &clock);
+    let v = verifier(&source, &clock);
+
+    let token_a = mint(&a, &clock);
+    v.verify(&token_a).await.unwrap();
+    assert_eq!(server.hits(), 1, "first use fetches once");
+    v.verify(&token_a).await.unwrap();
+    assert_eq!(server.hits(), 1, "cached keys are reused");
+
+    // The provider adds key b; a token signed by it triggers one refresh and verifies.
+    server.set(&[&a, &b]);
+    let token_b = mint(&b, &clock);
+    v.verify(&token_b).await.unwrap();
+    assert_eq!(server.hits(), 2);
+
+    // Random kids within the rate-limit interval cost the provider nothing more.
+    for i in 0..50 {
+        let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+        h.kid = Some(format!("random-{i}"));
+        let t = jsonwebtoken::encode(&h, &json!({}), &encoding_key(Algorithm::RS256)).unwrap();
+        assert_eq!(reason(v.verify(&t).await.unwrap_err()), R::UnknownKey);
+    }
+    assert_eq!(server.hits(), 2, "unknown kids hammered the provider");
+
+    // Key a is retired. After the next refresh, token_a is refused, even though it was
+    // cached as valid.
+    server.set(&[&b]);
+    clock.advance(Duration::from_secs(301));
+    v.verify(&token_b).await.unwrap(); // stale: refreshes inline
+    assert_eq!(server.hits(), 3);
+    assert!(source.cached().unwrap().get("a").is_none());
+    assert_eq!(reason(v.verify(&token_a).await.unwrap_err()), R::UnknownKey);
+    v.verify(&token_b).await.unwrap();
+
+    // An ES256 key joins the set alongside RSA.
+    let e = ec_key("e");
+    server.set(&[&b, &e]);
+    clock.advance(Duration::from_secs(31));
+    v.verify(&mint(&e, &clock)).await.unwrap();
+}
+
+#[tokio::test]
+async fn outage_serves_cached_keys_opens_the_breaker_and_recovers() {
+    let mut server = JwksServer::start().await;
+    let clock = ManualClock::new();
+    let (a, b) = (
+        rsa_key("rsa_private.pem", "a"),
+        rsa_key("rsa2_private.pem", "b"),
+    );
+    server.set(&[&a]);
+    let source = jwks(&server, &clock);
+    let v = verifier(&source, &clock);
+    let token_a = mint(&a, &clock);
+    v.verify(&token_a).await.unwrap();
+    assert_eq!(source.health().status, HealthStatus::Up);
+    assert_eq!(v.check().await.status, HealthStatus::Up);
+
+    server.stop().await;
+    // Each stale verification tries a refresh; each fails; tokens keep verifying.
+    for i in 0..3 {
+        clock.advance(Duration::from_secs(301));
+        let fresh = mint(&a, &clock);
+        v.verify(&fresh)
+            .await
+            .unwrap_or_else(|e| panic!("attempt {i}: {e}"));
+    }
+    let (fetches, failures) = source.fetch_counts();
+    assert_eq!((fetches, failures), (4, 3));
+    assert!(
+        matches!(source.breaker(), BreakerState::Open { .. }),
+        "{:?}",
+        source.breaker()
+    );
+    let h = v.check().await;
+    assert_eq!(h.status, HealthStatus::Degraded, "{h:?}");
+    assert!(h.detail.unwrap_or_default().contains("cached keys"));
+
+    // While open, nothing is sent, even for unknown kids, and cached keys still verify.
+    clock.advance(Duration::from_secs(31));
+    let token_b = mint(&b, &clock);
+    assert_eq!(reason(v.verify(&token_b).await.unwrap_err()), R::UnknownKey);
+    v.verify(&mint(&a, &clock)).await.unwrap();
+    assert_eq!(
+        source.fetch_counts().0,
+        4,
+        "requests sent while the breaker was open"
+    );
+    assert!(matches!(
+        source.refresh().await,
+        Err(tenancy_auth::Error::CircuitOpen)
+    ));
+
+    // The provider comes back with a rotated set; after the open period the next use is the
+    // trial request, which closes the breaker.
+    server.set(&[&a, &b]);
+    server.restart().await;
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(source.breaker(), BreakerState::HalfOpen);
+    v.verify(&token_b).await.unwrap();
+    assert_eq!(source.breaker(), BreakerState::Closed);
+    assert_eq!(v.check().await.status, HealthStatus::Up);
+    assert!(server.hits() >= 2);
+}
+
+#[tokio::test]
+async fn cold_start_with_the_provider_down_is_unavailable_not_rejected() {
+    let mut server = JwksServer::start().await;
+    let clock = ManualClock::new();
+    let a = rsa_key("rsa_private.pem", "a");
+    server.set(&[&a]);
+    server.stop().await;
+    let source = jwks(&server, &clock);
+    let v = verifier(&source, &clock);
+    let token = mint(&a, &clock);
+    let e = v.verify(&token).await.unwrap_err();
+    assert!(matches!(e, Error::Unavailable(_)), "{e}");
+    assert!(e.is_retryable());
+    assert_eq!(v.check().await.status, HealthStatus::Down);
+
+    server.restart().await;
+    v.verify(&token).await.unwrap();
+    assert_eq!(v.check().await.status, HealthStatus::Up);
+}
+
+#[tokio::test]
+async fn bad_documents_never_replace_a_good_set() {
+    let server = JwksServer::start().await;
+    let clock = ManualClock::new();
+    let a = rsa_key("rsa_private.pem", "a");
+    server.set(&[&a]);
+    let source = jwks(&server, &clock);
+    source.refresh().await.unwrap();
+    for (status, body) in [
+        (StatusCode::OK, "not json"),
+        (StatusCode::OK, r#"{"keys":[]}"#),
+        (
+            StatusCode::OK,
+            r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB","kid":"tiny"}]}"#,
+        ),
+        (StatusCode::INTERNAL_SERVER_ERROR, "{}"),
+    ] {
+        server.set_raw(status, body);
+        clock.advance(Duration::from_secs(61));
+        assert!(source.refresh().await.is_err(), "{status} {body}");
+        assert!(source.cached().unwrap().get("a").is_some());
+    }
+    // A document with one usable key among unusable ones is accepted; the others are skipped.
+    let jwk = a.public_jwk().unwrap().unwrap();
+    server.set_raw(
+        StatusCode::OK,
+        &json!({"keys": [jwk, {"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}, {"kty":"XYZ"}]})
+            .to_string(),
+    );
+    clock.advance(Duration::from_secs(61));
+    let set = source.refresh().await.unwrap();
+    assert_eq!(set.len(), 1);
+    assert_eq!(source.health().figures.get("skipped_keys"), Some(&2));
+}
+
+#[tokio::test]
+async fn plain_http_needs_an_explicit_opt_in() {
+    let e = JwksKeySet::builder("http://127.0.0.1:1/jwks")
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, tenancy_auth::Error::Config(_)));
+    let e = JwksKeySet::builder("ftp://example/jwks")
+        .allow_plain_http()
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, tenancy_auth::Error::Config(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_refresh_picks_up_new_keys() {
+    let server = JwksServer::start().await;
+    let (a, b) = (
+        rsa_key("rsa_private.pem", "a"),
+        rsa_key("rsa2_private.pem", "b"),
+    );
+    server.set(&[&a]);
+    let source = JwksKeySet::builder(server.url())
+        .allow_plain_http()
+        .refresh_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    source.refresh().await.unwrap();
+    server.set(&[&b]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while source.cached().unwrap().get("b").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "background refresh did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(source.cached().unwrap().get("a").is_none());
+    // Dropping the last handle stops the task: no more requests reach the server.
+    drop(source);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits = server.hits();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.hits(), hits, "background task outlived its key set");
+}

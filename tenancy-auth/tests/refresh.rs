@@ -1,0 +1,217 @@
+//! Refresh tokens end to end on a real session store: rotation on every use, reuse detection
+//! that ends the whole session, logout, expiry, and a race between two refreshes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tenancy_auth::{Algorithm, JwtVerifier, TokenIssuer, TokenPair};
+use tenancy_core::memory::MemorySessionStore;
+use tenancy_core::{
+    Error, ManualClock, PermissionSet, SessionStore, TenantId, TokenRejection as R, TokenVerifier,
+};
+
+struct Fixture {
+    issuer: TokenIssuer,
+    verifier: JwtVerifier,
+    store: Arc<dyn SessionStore>,
+    tenant: TenantId,
+}
+
+fn fixture(store: Arc<dyn SessionStore>, clock: &ManualClock, tenant: &str) -> Fixture {
+    let (sk, vk) = signing(Algorithm::HS256);
+    let issuer = TokenIssuer::builder(sk, ISS, AUD)
+        .sessions(store.clone())
+        .session_idle_timeout(Duration::from_secs(600))
+        .clock(shared(clock))
+        .build()
+        .unwrap();
+    let verifier = JwtVerifier::builder()
+        .issuer(ISS, vk)
+        .audience(AUD)
+        .sessions(store.clone())
+        .require_session()
+        .clock(shared(clock))
+        .build()
+        .unwrap();
+    Fixture {
+        issuer,
+        verifier,
+        store,
+        tenant: TenantId::parse(tenant).unwrap(),
+    }
+}
+
+fn rejected(e: &Error) -> Option<R> {
+    match e {
+        Error::Rejected(r) => Some(*r),
+        _ => None,
+    }
+}
+
+impl Fixture {
+    async fn login(&self, user: &str) -> TokenPair {
+        let perms: PermissionSet = ["records:read".parse().unwrap()].into_iter().collect();
+        self.issuer
+            .login(
+                &self.tenant,
+                &user.parse().unwrap(),
+                &"user".parse().unwrap(),
+                &perms,
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn refresh_err(&self, t: &str) -> Option<R> {
+        rejected(&self.issuer.refresh(t).await.unwrap_err())
+    }
+
+    async fn verify_err(&self, t: &str) -> Option<R> {
+        rejected(&self.verifier.verify(t).await.unwrap_err())
+    }
+}
+
+/// The whole life of a refresh family; runs on any session store.
+pub async fn rotation_and_reuse(store: Arc<dyn SessionStore>, tenant: &str) {
+    let clock = ManualClock::new();
+    let f = fixture(store, &clock, tenant);
+    let p1 = f.login("alice").await;
+    assert_eq!(p1.tenant, f.tenant);
+    let c1 = f.verifier.verify(&p1.access_token).await.unwrap();
+    assert_eq!(c1.sid, Some(p1.session));
+    assert!(c1.permissions.allows(&"records:read".parse().unwrap()));
+
+    // The store holds only a hash of the refresh secret.
+    let stored = f.store.load(&f.tenant, &p1.session).await.unwrap().unwrap();
+    let secret = p1
+        .refresh_token
+        .expose()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let data = serde_json::to_string(&stored.data).unwrap();
+    assert!(!data.contains(&secret), "refresh secret stored in clear");
+
+    // Rotation: each use returns a new token for the same session.
+    let p2 = f.issuer.refresh(p1.refresh_token.expose()).await.unwrap();
+    assert_ne!(p2.refresh_token, p1.refresh_token);
+    assert_eq!(p2.session, p1.session);
+    let p3 = f.issuer.refresh(p2.refresh_token.expose()).await.unwrap();
+    let c3 = f.verifier.verify(&p3.access_token).await.unwrap();
+    assert_eq!(c3.user_id.as_str(), "alice");
+    assert!(
+        c3.permissions.allows(&"records:read".parse().unwrap()),
+        "permissions kept"
+    );
+
+    // A made-up secret for a real session: refused, but it revokes nothing.
+    let forged = format!("rt1.{}.{}.{}", f.tenant, p3.session, b64(&[0u8; 32]));
+    assert_eq!(f.refresh_err(&forged).await, Some(R::BadSignature));
+    f.verifier.verify(&p3.access_token).await.unwrap();
+
+    // The same token presented under another tenant finds no session.
+    let other_tenant =
+        p3.refresh_token
+            .expose()
+            .replacen(&format!(".{}.", f.tenant), ".zz-other.", 1);
+    assert_eq!(f.refresh_err(&other_tenant).await, Some(R::SessionEnded));
+
+    // Reuse of a spent token: the whole session ends.
+    assert_eq!(
+        f.refresh_err(p1.refresh_token.expose()).await,
+        Some(R::Revoked)
+    );
+    assert!(
+        f.store
+            .load(&f.tenant, &p1.session)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(f.verify_err(&p3.access_token).await, Some(R::SessionEnded));
+    assert_eq!(
+        f.refresh_err(p3.refresh_token.expose()).await,
+        Some(R::SessionEnded)
+    );
+    assert_eq!(
+        f.refresh_err(p2.refresh_token.expose()).await,
+        Some(R::SessionEnded)
+    );
+
+    // Logout ends a session and both of its tokens.
+    let q = f.login("bob").await;
+    f.verifier.verify(&q.access_token).await.unwrap();
+    assert!(f.issuer.logout(&f.tenant, &q.session).await.unwrap());
+    assert_eq!(f.verify_err(&q.access_token).await, Some(R::SessionEnded));
+    assert_eq!(
+        f.refresh_err(q.refresh_token.expose()).await,
+        Some(R::SessionEnded)
+    );
+
+    // Other users' sessions are untouched by all this.
+    let r = f.login("carol").await;
+    f.verifier.verify(&r.access_token).await.unwrap();
+    f.issuer.refresh(r.refresh_token.expose()).await.unwrap();
+}
+
+/// Two refreshes racing with the same token: one wins, the other is reuse and ends the
+/// session.
+pub async fn racing_refreshes(store: Arc<dyn SessionStore>, tenant: &str) {
+    let clock = ManualClock::new();
+    let f = Arc::new(fixture(store, &clock, tenant));
+    for round in 0..5 {
+        let p = f.login(&format!("racer{round}")).await;
+        let t = p.refresh_token.expose().to_owned();
+        let (a, b) = tokio::join!(f.issuer.refresh(&t), f.issuer.refresh(&t));
+        let outcomes = [a, b];
+        let wins = outcomes.iter().filter(|o| o.is_ok()).count();
+        let reuse = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(Error::Rejected(R::Revoked))))
+            .count();
+        assert_eq!((wins, reuse), (1, 1), "round {round}: {outcomes:?}");
+        assert!(f.store.load(&f.tenant, &p.session).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn memory_rotation_and_reuse() {
+    rotation_and_reuse(Arc::new(MemorySessionStore::new()), "acme").await;
+}
+
+#[tokio::test]
+async fn memory_racing_refreshes() {
+    racing_refreshes(Arc::new(MemorySessionStore::new()), "acme").await;
+}
+
+#[tokio::test]
+async fn idle_sessions_end_with_their_refresh_tokens() {
+    let clock = ManualClock::new();
+    let store: Arc<dyn SessionStore> = Arc::new(MemorySessionStore::with_clock(shared(&clock)));
+    let f = fixture(store, &clock, "acme");
+    let p = f.login("alice").await;
+    clock.advance(Duration::from_secs(300));
+    let p2 = f.issuer.refresh(p.refresh_token.expose()).await.unwrap();
+    clock.advance(Duration::from_secs(601));
+    assert_eq!(
+        f.refresh_err(p2.refresh_token.expose()).await,
+        Some(R::SessionEnded)
+    );
+}
+
+#[tokio::test]
+async fn malformed_refresh_tokens_are_refused() {
+    let f = fixture(
+        Arc::new(MemorySessionStore::new()),
+        &ManualClock::new(),
+        "acme",
+    );
+    for t in ["", "rt1", "rt1.acme.x.y", "eyJhbGciOi.x.y", "rt1.ACME.a.b"] {
+        assert_eq!(f.refresh_err(t).await, Some(R::Malformed), "{t:?}");
+    }
+    assert_eq!(f.refresh_err(&"rt1.".repeat(200)).await, Some(R::Oversized));
+}
