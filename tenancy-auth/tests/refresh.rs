@@ -215,3 +215,33 @@ async fn malformed_refresh_tokens_are_refused() {
     }
     assert_eq!(f.refresh_err(&"rt1.".repeat(200)).await, Some(R::Oversized));
 }
+
+async fn redis_store() -> Option<Arc<dyn SessionStore>> {
+    let redis = tenancy_tests::redis().await?;
+    let pool = tenancy_cache::RedisConfig::single(redis.url())
+        .with_response_timeout(Duration::from_secs(5))
+        .with_acquire_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("pool on the test Redis");
+    let keys = tenancy_cache::keys::KeySpace::new(redis.prefix()).expect("prefix is a namespace");
+    Some(Arc::new(
+        tenancy_cache::RedisSessionStore::new(pool).with_key_space(keys),
+    ))
+}
+
+#[tokio::test]
+async fn redis_rotation_and_reuse() {
+    let Some(store) = redis_store().await else {
+        return;
+    };
+    rotation_and_reuse(store, "acme").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_racing_refreshes() {
+    let Some(store) = redis_store().await else {
+        return;
+    };
+    racing_refreshes(store, "acme").await;
+}
