@@ -1,0 +1,599 @@
+//! [`Config`]: every setting of the server, from `TENANCY_*` variables and an optional TOML
+//! file, checked before anything starts.
+//!
+//! | variable | TOML key | default | meaning |
+//! |---|---|---|---|
+//! | `TENANCY_CONFIG` | — | none | a TOML file with any of the keys below (variables win over the file) |
+//! | `TENANCY_LISTEN` | `listen` | `127.0.0.1:8080` | address to listen on |
+//! | `TENANCY_ENV` | `env` | `dev` | `dev`, `test` or `prod` |
+//! | `TENANCY_JWT_SECRET` | `jwt_secret` | a fixed dev-only secret outside prod | HS256 secret, at least 32 bytes |
+//! | `TENANCY_JWT_PUBLIC_KEY_FILE` | `jwt_public_key_file` | none | PEM public key (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA) |
+//! | `TENANCY_JWT_PRIVATE_KEY_FILE` | `jwt_private_key_file` | none | PEM private key matching the public key, for issuing tokens at login |
+//! | `TENANCY_JWT_JWKS_URL` | `jwt_jwks_url` | none | verify tokens with keys from a JWKS URL (login then needs a signing key too) |
+//! | `TENANCY_JWT_ISSUER` | `jwt_issuer` | `tenancy-server` | `iss` written and required |
+//! | `TENANCY_JWT_AUDIENCE` | `jwt_audience` | `tenancy-api` | `aud` written and required |
+//! | `TENANCY_ACCESS_TOKEN_TTL` | `access_token_ttl_secs` | `300` | access token lifetime, seconds |
+//! | `TENANCY_DATABASE_URL` | `database_url` | none (memory) | PostgreSQL for records, sessions, tenant directory and audit |
+//! | `TENANCY_DATABASE_OWNER_URL` | `database_owner_url` | `TENANCY_DATABASE_URL` | the role that runs migrations and owns the tables |
+//! | `TENANCY_DATABASE_RUNTIME_ROLE` | `database_runtime_role` | `tenancy_runtime` | the role tenant requests run as, when the database URL's own role may bypass row-level security (dev and test only) |
+//! | `TENANCY_REDIS_URL` | `redis_url` | none (memory) | Redis for rate limits and sessions |
+//! | `TENANCY_DATA_DIR` | `data_dir` | `./tenancy-data` | the JSONL audit file and the audit spool |
+//! | `TENANCY_DEMO_USERS` | `demo_users` | `true` in dev and test, `false` in prod | seed the demo tenants and users |
+//! | `TENANCY_RATE_LIMIT_FAILURE` | `rate_limit_failure` | `local` | when Redis cannot decide: `local`, `fail_closed` or `fail_open` |
+//! | `TENANCY_HEALTH_INTERVAL` | `health_interval_secs` | `5` | seconds between background component checks |
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use tenancy_server::Config;
+//!
+//! let vars = HashMap::from([("TENANCY_LISTEN".to_owned(), "127.0.0.1:0".to_owned())]);
+//! let config = Config::from_vars(&vars)?;
+//! assert_eq!(config.listen.port(), 0);
+//! assert!(config.demo_users);
+//!
+//! let bad = HashMap::from([("TENANCY_ENV".to_owned(), "prod".to_owned())]);
+//! let err = Config::from_vars(&bad).unwrap_err();
+//! assert!(err.to_string().contains("TENANCY_JWT_SECRET"));
+//! # Ok::<(), tenancy_server::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tenancy_core::FailurePolicy;
+
+use crate::{Error, Result};
+
+/// The HS256 secret used outside prod when none is configured.
+///
+/// Why a fixed value rather than a random one: `tenancy-server token` and a running dev
+/// server must agree on the key without any setup. It is public, so prod refuses to start
+/// without a key of its own.
+pub const DEV_JWT_SECRET: &str = "tenancy-dev-secret-not-for-production-use";
+
+/// The environment the server runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Env {
+    /// Local development: demo data, the dev key when none is set.
+    Dev,
+    /// Automated tests: like dev, with cheaper password hashing.
+    Test,
+    /// Production: every unsafe setting is refused at start.
+    Prod,
+}
+
+impl Env {
+    /// `dev`, `test` or `prod`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dev => "dev",
+            Self::Test => "test",
+            Self::Prod => "prod",
+        }
+    }
+}
+
+impl FromStr for Env {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "dev" => Ok(Self::Dev),
+            "test" => Ok(Self::Test),
+            "prod" => Ok(Self::Prod),
+            _ => Err("must be dev, test or prod"),
+        }
+    }
+}
+
+/// Where the server's token verification keys come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyConfig {
+    /// An HS256 shared secret.
+    Secret(String),
+    /// A PEM public key file, with an optional private key file for issuing.
+    PublicKey {
+        /// The public key file.
+        public: PathBuf,
+        /// The private key file, when this server issues tokens.
+        private: Option<PathBuf>,
+    },
+    /// A JWKS URL, with an optional private key file for issuing.
+    Jwks {
+        /// The URL.
+        url: String,
+        /// The private key file, when this server issues tokens.
+        private: Option<PathBuf>,
+    },
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Secret([redacted])"),
+            Self::PublicKey { public, private } => f
+                .debug_struct("PublicKey")
+                .field("public", public)
+                .field("private", private)
+                .finish(),
+            Self::Jwks { url, private } => f
+                .debug_struct("Jwks")
+                .field("url", url)
+                .field("private", private)
+                .finish(),
+        }
+    }
+}
+
+/// The validated configuration of the server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The environment.
+    pub env: Env,
+    /// Token keys.
+    pub key: KeyConfig,
+    /// Whether `key` is the public dev secret (no key was configured).
+    pub dev_key: bool,
+    /// `iss` of issued tokens, required of verified ones.
+    pub issuer: String,
+    /// `aud` of issued tokens, required of verified ones.
+    pub audience: String,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// PostgreSQL for records, sessions, tenant directory and audit.
+    pub database_url: Option<String>,
+    /// The role that runs migrations (defaults to `database_url`).
+    pub database_owner_url: Option<String>,
+    /// The runtime role used when `database_url`'s role may bypass row-level security.
+    pub database_runtime_role: String,
+    /// Redis for rate limits and sessions.
+    pub redis_url: Option<String>,
+    /// Key prefix of every Redis key (default `tenancy`).
+    pub redis_namespace: String,
+    /// Directory of the JSONL audit file and the spool.
+    pub data_dir: PathBuf,
+    /// Seed the demo tenants and users.
+    pub demo_users: bool,
+    /// What the rate limiter does when Redis cannot decide.
+    pub rate_limit_failure: FailurePolicy,
+    /// Seconds between background component checks.
+    pub health_interval: Duration,
+}
+
+/// The raw settings, as read from the file and the environment, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<String>,
+    env: Option<String>,
+    jwt_secret: Option<String>,
+    jwt_public_key_file: Option<PathBuf>,
+    jwt_private_key_file: Option<PathBuf>,
+    jwt_jwks_url: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    access_token_ttl_secs: Option<u64>,
+    database_url: Option<String>,
+    database_owner_url: Option<String>,
+    database_runtime_role: Option<String>,
+    redis_url: Option<String>,
+    redis_namespace: Option<String>,
+    data_dir: Option<PathBuf>,
+    demo_users: Option<bool>,
+    rate_limit_failure: Option<String>,
+    health_interval_secs: Option<u64>,
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> Error {
+    Error::Config {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// `TENANCY_FOO` for the TOML key `foo`, the name errors use.
+fn var_name(key: &'static str) -> &'static str {
+    match key {
+        "listen" => "TENANCY_LISTEN",
+        "env" => "TENANCY_ENV",
+        "jwt_secret" => "TENANCY_JWT_SECRET",
+        "jwt_public_key_file" => "TENANCY_JWT_PUBLIC_KEY_FILE",
+        "jwt_private_key_file" => "TENANCY_JWT_PRIVATE_KEY_FILE",
+        "jwt_jwks_url" => "TENANCY_JWT_JWKS_URL",
+        "jwt_issuer" => "TENANCY_JWT_ISSUER",
+        "jwt_audience" => "TENANCY_JWT_AUDIENCE",
+        "access_token_ttl_secs" => "TENANCY_ACCESS_TOKEN_TTL",
+        "database_url" => "TENANCY_DATABASE_URL",
+        "database_owner_url" => "TENANCY_DATABASE_OWNER_URL",
+        "database_runtime_role" => "TENANCY_DATABASE_RUNTIME_ROLE",
+        "redis_url" => "TENANCY_REDIS_URL",
+        "redis_namespace" => "TENANCY_REDIS_NAMESPACE",
+        "data_dir" => "TENANCY_DATA_DIR",
+        "demo_users" => "TENANCY_DEMO_USERS",
+        "rate_limit_failure" => "TENANCY_RATE_LIMIT_FAILURE",
+        "health_interval_secs" => "TENANCY_HEALTH_INTERVAL",
+        _ => "TENANCY_CONFIG",
+    }
+}
+
+impl Raw {
+    fn overlay(&mut self, vars: &HashMap<String, String>) -> Result<()> {
+        let get = |key: &'static str| {
+            vars.get(var_name(key))
+                .filter(|v| !v.is_empty())
+                .map(String::clone)
+        };
+        let num = |key: &'static str| -> Result<Option<u64>> {
+            get(key)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| invalid(var_name(key), "must be a whole number"))
+                })
+                .transpose()
+        };
+        macro_rules! take {
+            ($field:ident) => {
+                if let Some(v) = get(stringify!($field)) {
+                    self.$field = Some(v.into());
+                }
+            };
+        }
+        take!(listen);
+        take!(env);
+        take!(jwt_secret);
+        take!(jwt_public_key_file);
+        take!(jwt_private_key_file);
+        take!(jwt_jwks_url);
+        take!(jwt_issuer);
+        take!(jwt_audience);
+        take!(database_url);
+        take!(database_owner_url);
+        take!(database_runtime_role);
+        take!(redis_url);
+        take!(redis_namespace);
+        take!(data_dir);
+        take!(rate_limit_failure);
+        if let Some(v) = num("access_token_ttl_secs")? {
+            self.access_token_ttl_secs = Some(v);
+        }
+        if let Some(v) = num("health_interval_secs")? {
+            self.health_interval_secs = Some(v);
+        }
+        if let Some(v) = get("demo_users") {
+            self.demo_users = Some(match v.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(invalid("TENANCY_DEMO_USERS", "must be true or false")),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads `TENANCY_CONFIG` (when set) and every `TENANCY_*` variable of the process, and
+    /// validates.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting that is wrong.
+    pub fn from_env() -> Result<Self> {
+        let vars: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("TENANCY_"))
+            .collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Like [`Config::from_env`], from the given variables (the file named by
+    /// `TENANCY_CONFIG` among them is read).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting that is wrong.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self> {
+        let mut raw = match vars.get("TENANCY_CONFIG").filter(|v| !v.is_empty()) {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid("TENANCY_CONFIG", format!("cannot read {path}: {e}")))?;
+                Self::parse_toml(&text)?
+            }
+            None => Raw::default(),
+        };
+        raw.overlay(vars)?;
+        Self::validate(raw)
+    }
+
+    /// Parses and validates a TOML configuration alone (no variables).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting that is wrong, or `TENANCY_CONFIG` for a file
+    /// that is not valid TOML or has unknown keys.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        Self::validate(Self::parse_toml(text)?)
+    }
+
+    fn parse_toml(text: &str) -> Result<Raw> {
+        toml::from_str(text).map_err(|e| invalid("TENANCY_CONFIG", e.message().to_owned()))
+    }
+
+    fn validate(raw: Raw) -> Result<Self> {
+        let env = match raw.env.as_deref() {
+            None => Env::Dev,
+            Some(s) => s.parse().map_err(|e: &str| invalid("TENANCY_ENV", e))?,
+        };
+        let listen = match raw.listen.as_deref() {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(s) => s.parse().map_err(|_| {
+                invalid(
+                    "TENANCY_LISTEN",
+                    format!("{s:?} is not an address like 127.0.0.1:8080"),
+                )
+            })?,
+        };
+        let keys = [
+            raw.jwt_secret.is_some(),
+            raw.jwt_public_key_file.is_some(),
+            raw.jwt_jwks_url.is_some(),
+        ];
+        if keys.iter().filter(|k| **k).count() > 1 {
+            return Err(invalid(
+                "TENANCY_JWT_SECRET",
+                "set only one of TENANCY_JWT_SECRET, TENANCY_JWT_PUBLIC_KEY_FILE and TENANCY_JWT_JWKS_URL",
+            ));
+        }
+        let mut dev_key = false;
+        let key = if let Some(secret) = raw.jwt_secret {
+            if secret.len() < 32 {
+                return Err(invalid(
+                    "TENANCY_JWT_SECRET",
+                    "must be at least 32 bytes (HS256 keys shorter than the hash are guessable)",
+                ));
+            }
+            if secret == DEV_JWT_SECRET && env == Env::Prod {
+                return Err(invalid(
+                    "TENANCY_JWT_SECRET",
+                    "the public dev secret is refused in prod",
+                ));
+            }
+            KeyConfig::Secret(secret)
+        } else if let Some(public) = raw.jwt_public_key_file {
+            KeyConfig::PublicKey {
+                public,
+                private: raw.jwt_private_key_file,
+            }
+        } else if let Some(url) = raw.jwt_jwks_url {
+            if env == Env::Prod && !url.starts_with("https://") {
+                return Err(invalid("TENANCY_JWT_JWKS_URL", "must be https:// in prod"));
+            }
+            KeyConfig::Jwks {
+                url,
+                private: raw.jwt_private_key_file,
+            }
+        } else if env == Env::Prod {
+            return Err(invalid(
+                "TENANCY_JWT_SECRET",
+                "prod needs a key: set TENANCY_JWT_SECRET, TENANCY_JWT_PUBLIC_KEY_FILE or TENANCY_JWT_JWKS_URL",
+            ));
+        } else {
+            dev_key = true;
+            KeyConfig::Secret(DEV_JWT_SECRET.to_owned())
+        };
+        let nonempty =
+            |v: Option<String>, setting: &'static str, default: &str| -> Result<String> {
+                match v {
+                    None => Ok(default.to_owned()),
+                    Some(s) if s.trim().is_empty() || s.len() > 256 => {
+                        Err(invalid(setting, "must be 1 to 256 characters"))
+                    }
+                    Some(s) => Ok(s),
+                }
+            };
+        let issuer = nonempty(raw.jwt_issuer, "TENANCY_JWT_ISSUER", "tenancy-server")?;
+        let audience = nonempty(raw.jwt_audience, "TENANCY_JWT_AUDIENCE", "tenancy-api")?;
+        let ttl = raw.access_token_ttl_secs.unwrap_or(300);
+        if !(10..=86_400).contains(&ttl) {
+            return Err(invalid(
+                "TENANCY_ACCESS_TOKEN_TTL",
+                "must be between 10 and 86400 seconds",
+            ));
+        }
+        for (url, setting) in [
+            (&raw.database_url, "TENANCY_DATABASE_URL"),
+            (&raw.database_owner_url, "TENANCY_DATABASE_OWNER_URL"),
+        ] {
+            if let Some(u) = url
+                && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+            {
+                return Err(invalid(setting, "must be a postgres:// URL"));
+            }
+        }
+        if raw.database_owner_url.is_some() && raw.database_url.is_none() {
+            return Err(invalid(
+                "TENANCY_DATABASE_OWNER_URL",
+                "needs TENANCY_DATABASE_URL as well",
+            ));
+        }
+        let runtime_role = raw
+            .database_runtime_role
+            .unwrap_or_else(|| "tenancy_runtime".to_owned());
+        tenancy_db::schema::RoleName::parse(&runtime_role)
+            .map_err(|e| invalid("TENANCY_DATABASE_RUNTIME_ROLE", e.to_string()))?;
+        if let Some(u) = &raw.redis_url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "TENANCY_REDIS_URL",
+                "must be a redis:// or rediss:// URL",
+            ));
+        }
+        let redis_namespace = raw.redis_namespace.unwrap_or_else(|| "tenancy".to_owned());
+        tenancy_cache::keys::KeySpace::new(&redis_namespace)
+            .map_err(|e| invalid("TENANCY_REDIS_NAMESPACE", e.to_string()))?;
+        let demo_users = raw.demo_users.unwrap_or(env != Env::Prod);
+        if demo_users && env == Env::Prod {
+            return Err(invalid(
+                "TENANCY_DEMO_USERS",
+                "demo users (password `password`) are refused in prod",
+            ));
+        }
+        let rate_limit_failure = match raw.rate_limit_failure.as_deref() {
+            None | Some("local") => FailurePolicy::Local,
+            Some("fail_closed") => FailurePolicy::FailClosed,
+            Some("fail_open") => FailurePolicy::FailOpen,
+            Some(_) => {
+                return Err(invalid(
+                    "TENANCY_RATE_LIMIT_FAILURE",
+                    "must be local, fail_closed or fail_open",
+                ));
+            }
+        };
+        let interval = raw.health_interval_secs.unwrap_or(5);
+        if !(1..=300).contains(&interval) {
+            return Err(invalid(
+                "TENANCY_HEALTH_INTERVAL",
+                "must be between 1 and 300 seconds",
+            ));
+        }
+        Ok(Self {
+            listen,
+            env,
+            key,
+            dev_key,
+            issuer,
+            audience,
+            access_token_ttl: Duration::from_secs(ttl),
+            database_url: raw.database_url,
+            database_owner_url: raw.database_owner_url,
+            database_runtime_role: runtime_role,
+            redis_url: raw.redis_url,
+            redis_namespace,
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("tenancy-data")),
+            demo_users,
+            rate_limit_failure,
+            health_interval: Duration::from_secs(interval),
+        })
+    }
+
+    /// A configuration for tests: `test` environment, listening on `127.0.0.1:0`, data in
+    /// `data_dir`, everything else at its default.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        let mut vars = HashMap::new();
+        vars.insert("TENANCY_ENV".to_owned(), "test".to_owned());
+        vars.insert("TENANCY_LISTEN".to_owned(), "127.0.0.1:0".to_owned());
+        let mut c =
+            Self::from_vars(&vars).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"));
+        c.data_dir = data_dir.into();
+        c
+    }
+
+    /// The JSONL audit file used when no database is configured.
+    pub fn audit_file(&self) -> PathBuf {
+        self.data_dir.join("audit.jsonl")
+    }
+
+    /// The spool the audit dispatcher writes to while its store is down.
+    pub fn audit_spool(&self) -> PathBuf {
+        self.data_dir.join("audit.spool")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn err(pairs: &[(&str, &str)]) -> String {
+        Config::from_vars(&vars(pairs)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_the_memory_demo() {
+        let c = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.env, Env::Dev);
+        assert!(c.dev_key && c.demo_users);
+        assert!(c.database_url.is_none() && c.redis_url.is_none());
+        assert_eq!(c.audit_file(), PathBuf::from("tenancy-data/audit.jsonl"));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        assert!(err(&[("TENANCY_LISTEN", "nope")]).contains("TENANCY_LISTEN"));
+        assert!(err(&[("TENANCY_ENV", "staging")]).contains("TENANCY_ENV"));
+        assert!(err(&[("TENANCY_JWT_SECRET", "short")]).contains("TENANCY_JWT_SECRET"));
+        assert!(err(&[("TENANCY_DATABASE_URL", "mysql://x")]).contains("TENANCY_DATABASE_URL"));
+        assert!(err(&[("TENANCY_REDIS_URL", "http://x")]).contains("TENANCY_REDIS_URL"));
+        assert!(err(&[("TENANCY_ACCESS_TOKEN_TTL", "x")]).contains("TENANCY_ACCESS_TOKEN_TTL"));
+        assert!(
+            err(&[("TENANCY_RATE_LIMIT_FAILURE", "maybe")]).contains("TENANCY_RATE_LIMIT_FAILURE")
+        );
+        assert!(
+            err(&[("TENANCY_DATABASE_RUNTIME_ROLE", "Robert'); DROP")])
+                .contains("TENANCY_DATABASE_RUNTIME_ROLE")
+        );
+    }
+
+    #[test]
+    fn prod_refuses_unsafe_settings() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        assert!(err(&[("TENANCY_ENV", "prod")]).contains("TENANCY_JWT_SECRET"));
+        assert!(
+            err(&[
+                ("TENANCY_ENV", "prod"),
+                ("TENANCY_JWT_SECRET", DEV_JWT_SECRET)
+            ])
+            .contains("dev secret")
+        );
+        assert!(
+            err(&[
+                ("TENANCY_ENV", "prod"),
+                ("TENANCY_JWT_SECRET", secret),
+                ("TENANCY_DEMO_USERS", "true")
+            ])
+            .contains("TENANCY_DEMO_USERS")
+        );
+        let ok = Config::from_vars(&vars(&[
+            ("TENANCY_ENV", "prod"),
+            ("TENANCY_JWT_SECRET", secret),
+        ]))
+        .unwrap();
+        assert!(!ok.demo_users && !ok.dev_key);
+    }
+
+    #[test]
+    fn toml_file_with_variables_on_top() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenancy.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\njwt_audience = \"files\"\nhealth_interval_secs = 2\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::from_vars(&vars(&[
+            ("TENANCY_CONFIG", p),
+            ("TENANCY_JWT_AUDIENCE", "vars"),
+        ]))
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.audience, "vars");
+        assert_eq!(c.health_interval, Duration::from_secs(2));
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let e = err(&[("TENANCY_CONFIG", p)]);
+        assert!(e.contains("TENANCY_CONFIG") && e.contains("lisen"), "{e}");
+    }
+}

@@ -1,0 +1,50 @@
+//! `tenancy-server`: the reference assembly of the tenancy crates — a multi-tenant HTTP API
+//! on axum, runnable with nothing installed, and a library to embed or re-serve it.
+//!
+//! - [`Config`]: every setting from `TENANCY_*` variables and an optional TOML file,
+//!   validated at start (errors name the setting; prod refuses unsafe settings).
+//! - [`App`]: the assembled, framework-free state. Memory backends and a JSONL audit file by
+//!   default; PostgreSQL (records under row-level security, sessions, tenant directory,
+//!   audit) with `TENANCY_DATABASE_URL`; Redis (limits, sessions) with `TENANCY_REDIS_URL`.
+//! - [`records`] and [`ops`]: every endpoint's behaviour as plain async functions over an
+//!   [`App`] and a verified [`TenantContext`](tenancy_core::TenantContext), so a second
+//!   framework serves the same contract by calling them.
+//! - [`http`]: the axum routes, a thin layer over the operations.
+//! - [`start`] / [`serve`]: run the server on an address or on a listener you bound (tests
+//!   bind `127.0.0.1:0`), and get a [`Server`] handle with the bound address and a graceful
+//!   [`Server::shutdown`] that drains the audit queue.
+//!
+//! ```no_run
+//! use tenancy_server::{Config, serve, App};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = App::build(Config::for_tests("./tenancy-data-test")).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = serve(app, listener).await?;
+//! println!("listening on http://{}", server.local_addr());
+//! // ... talk HTTP to it ...
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! | feature | enables | default |
+//! |---------|---------|---------|
+//! | —       | this crate has no optional features: memory, PostgreSQL and Redis are chosen at run time | — |
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod openapi;
+pub mod ops;
+pub mod records;
+mod server;
+pub mod users;
+
+pub use app::App;
+pub use config::{Config, Env};
+pub use error::{Error, Result};
+pub use server::{Server, serve, start};

@@ -1,0 +1,310 @@
+//! The OpenAPI 3.1 document served at `GET /openapi.json`.
+//!
+//! ```
+//! let doc = tenancy_server::openapi::document();
+//! assert_eq!(doc["openapi"], "3.1.0");
+//! assert!(doc["paths"]["/v1/records/{id}"]["delete"].is_object());
+//! ```
+
+use serde_json::{Value, json};
+
+/// Every documented operation: method, path, whether it needs a token, and the statuses
+/// it documents. The walk test in `tests/` calls each of them.
+pub const OPERATIONS: &[(&str, &str, bool, &[u16])] = &[
+    ("get", "/health", false, &[200, 503]),
+    ("get", "/metrics", false, &[200]),
+    ("get", "/openapi.json", false, &[200]),
+    (
+        "post",
+        "/v1/auth/login",
+        false,
+        &[200, 400, 401, 403, 413, 415],
+    ),
+    ("post", "/v1/auth/refresh", false, &[200, 400, 401]),
+    ("post", "/v1/auth/logout", true, &[204, 401]),
+    ("get", "/v1/me", true, &[200, 401, 403]),
+    ("get", "/v1/records", true, &[200, 401, 403, 429]),
+    (
+        "post",
+        "/v1/records",
+        true,
+        &[201, 400, 401, 403, 413, 415, 429],
+    ),
+    ("get", "/v1/records/{id}", true, &[200, 401, 403, 404, 429]),
+    (
+        "delete",
+        "/v1/records/{id}",
+        true,
+        &[204, 401, 403, 404, 429],
+    ),
+    ("get", "/v1/tenant/audit", true, &[200, 400, 401, 403, 429]),
+    (
+        "put",
+        "/v1/admin/tenants/{tenant}",
+        true,
+        &[200, 201, 400, 401, 403],
+    ),
+    (
+        "get",
+        "/v1/admin/tenants/{tenant}",
+        true,
+        &[200, 401, 403, 404],
+    ),
+    (
+        "put",
+        "/v1/admin/tenants/{tenant}/limits",
+        true,
+        &[200, 400, 401, 403, 404],
+    ),
+    (
+        "post",
+        "/v1/admin/tenants/{tenant}/bypass",
+        true,
+        &[200, 400, 401, 403, 404],
+    ),
+    (
+        "post",
+        "/v1/admin/tenants/{tenant}/suspend",
+        true,
+        &[200, 401, 403, 404],
+    ),
+    (
+        "post",
+        "/v1/admin/tenants/{tenant}/resume",
+        true,
+        &[200, 401, 403, 404],
+    ),
+    ("get", "/v1/admin/audit/verify", true, &[200, 400, 401, 403]),
+];
+
+fn summary(method: &str, path: &str) -> &'static str {
+    match (method, path) {
+        ("get", "/health") => "Component health (503 naming what is down)",
+        ("get", "/metrics") => "Prometheus metrics",
+        ("get", "/openapi.json") => "This document",
+        ("post", "/v1/auth/login") => "Log in; returns an access and a refresh token",
+        ("post", "/v1/auth/refresh") => {
+            "Spend a refresh token for a new pair (reuse revokes the session)"
+        }
+        ("post", "/v1/auth/logout") => "End the session of the presented token",
+        ("get", "/v1/me") => "The caller's tenant context",
+        ("get", "/v1/records") => "The caller's tenant's records, newest first (records:read)",
+        ("post", "/v1/records") => "Create a record (records:write)",
+        ("get", "/v1/records/{id}") => {
+            "One record; 404 when absent or another tenant's (records:read)"
+        }
+        ("delete", "/v1/records/{id}") => {
+            "Delete a record; 404 when absent or another tenant's (records:write)"
+        }
+        ("get", "/v1/tenant/audit") => {
+            "The caller's tenant's audit events, newest first (audit:read)"
+        }
+        ("put", "/v1/admin/tenants/{tenant}") => {
+            "Create a tenant (201) or change its tier (200) (super_admin)"
+        }
+        ("get", "/v1/admin/tenants/{tenant}") => {
+            "Tier, limits, status and usage of a tenant (super_admin)"
+        }
+        ("put", "/v1/admin/tenants/{tenant}/limits") => "Override a tenant's quotas (super_admin)",
+        ("post", "/v1/admin/tenants/{tenant}/bypass") => {
+            "Emergency bypass of a tenant's limits (super_admin)"
+        }
+        ("post", "/v1/admin/tenants/{tenant}/suspend") => {
+            "Suspend a tenant: its tokens get 403 (super_admin)"
+        }
+        ("post", "/v1/admin/tenants/{tenant}/resume") => "Resume a suspended tenant (super_admin)",
+        ("get", "/v1/admin/audit/verify") => "Verify a tenant's audit chain (super_admin)",
+        _ => "",
+    }
+}
+
+fn obj(props: &[(&str, Value)], required: &[&str]) -> Value {
+    let p: serde_json::Map<String, Value> = props
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    json!({"type": "object", "properties": p, "required": required, "additionalProperties": false})
+}
+
+fn s() -> Value {
+    json!({"type": "string"})
+}
+
+fn n() -> Value {
+    json!({"type": "integer", "minimum": 0})
+}
+
+fn request_body(method: &str, path: &str) -> Option<Value> {
+    let schema = match (method, path) {
+        ("post", "/v1/auth/login") => obj(
+            &[("tenant_id", s()), ("username", s()), ("password", s())],
+            &["tenant_id", "username", "password"],
+        ),
+        ("post", "/v1/auth/refresh") => obj(&[("refresh_token", s())], &["refresh_token"]),
+        ("post", "/v1/records") => obj(
+            &[
+                (
+                    "title",
+                    json!({"type": "string", "minLength": 1, "maxLength": 200}),
+                ),
+                ("body", json!({"type": "string", "maxLength": 32768})),
+            ],
+            &["title", "body"],
+        ),
+        ("put", "/v1/admin/tenants/{tenant}") => obj(
+            &[(
+                "tier",
+                json!({"type": "string", "enum": ["standard", "premium"]}),
+            )],
+            &["tier"],
+        ),
+        ("put", "/v1/admin/tenants/{tenant}/limits") => obj(
+            &[
+                ("tier", s()),
+                ("tenant_per_hour", n()),
+                ("tenant_burst", n()),
+                ("user_per_hour", n()),
+                ("user_burst", n()),
+            ],
+            &[],
+        ),
+        ("post", "/v1/admin/tenants/{tenant}/bypass") => obj(
+            &[(
+                "seconds",
+                json!({"type": "integer", "minimum": 0, "maximum": 86400}),
+            )],
+            &["seconds"],
+        ),
+        _ => return None,
+    };
+    Some(json!({"required": true, "content": {"application/json": {"schema": schema}}}))
+}
+
+fn parameters(path: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for name in ["id", "tenant"] {
+        if path.contains(&format!("{{{name}}}")) {
+            out.push(json!({"name": name, "in": "path", "required": true, "schema": s()}));
+        }
+    }
+    match path {
+        "/v1/records" => out.push(json!({"name": "limit", "in": "query", "schema": n()})),
+        "/v1/tenant/audit" => {
+            out.push(json!({"name": "before", "in": "query", "schema": n()}));
+            out.push(json!({"name": "limit", "in": "query", "schema": n()}));
+        }
+        "/v1/admin/audit/verify" => {
+            out.push(json!({"name": "tenant", "in": "query", "required": true, "schema": s()}));
+        }
+        _ => {}
+    }
+    out
+}
+
+fn ok_schema(method: &str, path: &str) -> Value {
+    let tokens = obj(
+        &[
+            ("access_token", s()),
+            ("refresh_token", s()),
+            ("token_type", json!({"const": "Bearer"})),
+            ("expires_in", n()),
+        ],
+        &["access_token", "refresh_token", "token_type", "expires_in"],
+    );
+    let record = obj(
+        &[
+            ("id", s()),
+            ("title", s()),
+            ("body", s()),
+            (
+                "created_at",
+                json!({"type": "string", "format": "date-time"}),
+            ),
+        ],
+        &["id", "title", "body", "created_at"],
+    );
+    let tenant = json!({"type": "object", "required": ["tenant", "status", "tier"]});
+    match (method, path) {
+        ("get", "/health") => json!({"type": "object", "required": ["status", "components"]}),
+        ("post", "/v1/auth/login" | "/v1/auth/refresh") => tokens,
+        ("get", "/v1/me") => json!({"type": "object",
+            "required": ["tenant_id", "user_id", "role", "permissions", "tier"]}),
+        ("get", "/v1/records") => json!({"type": "object", "required": ["records"],
+            "properties": {"records": {"type": "array", "items": record}}}),
+        ("post", "/v1/records") | ("get", "/v1/records/{id}") => record,
+        ("get", "/v1/tenant/audit") => {
+            json!({"type": "object", "required": ["events", "next_before"]})
+        }
+        ("get", "/v1/admin/audit/verify") => obj(
+            &[
+                ("valid", json!({"type": "boolean"})),
+                ("events", n()),
+                ("first_bad_seq", json!({"type": ["integer", "null"]})),
+                ("reason", json!({"type": ["string", "null"]})),
+            ],
+            &["valid", "events", "first_bad_seq", "reason"],
+        ),
+        (_, p) if p.starts_with("/v1/admin/tenants/") => tenant,
+        _ => json!({"type": "object"}),
+    }
+}
+
+fn responses(method: &str, path: &str, statuses: &[u16]) -> Value {
+    let mut out = serde_json::Map::new();
+    for &st in statuses {
+        let v = match st {
+            204 => json!({"description": "No Content"}),
+            200 | 201 if path == "/metrics" => json!({"description": "Prometheus text",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}),
+            200 | 201 => json!({"description": "OK",
+                "content": {"application/json": {"schema": ok_schema(method, path)}}}),
+            503 if path == "/health" => json!({"description": "A component is down",
+                "content": {"application/json": {"schema": ok_schema(method, path)}}}),
+            _ => json!({"description": "Problem",
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}),
+        };
+        out.insert(st.to_string(), v);
+    }
+    Value::Object(out)
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for &(method, path, auth, statuses) in OPERATIONS {
+        let mut op = json!({
+            "summary": summary(method, path),
+            "responses": responses(method, path, statuses),
+        });
+        if auth {
+            op["security"] = json!([{"bearer": []}]);
+        } else {
+            op["security"] = json!([]);
+        }
+        let params = parameters(path);
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
+        }
+        if let Some(body) = request_body(method, path) {
+            op["requestBody"] = body;
+        }
+        let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
+        entry[method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tenancy reference server",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Every response carries X-Request-Id; responses to a tenant's users carry X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, RateLimit-Policy and RateLimit; 429 carries Retry-After. A request whose X-Tenant-Id differs from the token's tenant gets 403. Bodies are at most 64 KiB and refuse unknown fields.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {"Problem": obj(
+                &[("type", s()), ("title", s()), ("status", n()), ("detail", s()), ("request_id", s())],
+                &["type", "title", "status", "detail"],
+            )},
+        },
+    })
+}

@@ -1,0 +1,669 @@
+//! The operations behind every endpoint except records (see [`records`](crate::records)),
+//! free of any web framework: each takes the [`App`], the caller's verified
+//! [`TenantContext`] where there is one, and the parsed body, and returns a serialisable
+//! answer or an [`Error`] that knows its status.
+//!
+//! | endpoint | operation |
+//! |---|---|
+//! | `POST /v1/auth/login` | [`login`] |
+//! | `POST /v1/auth/refresh` | [`refresh`] |
+//! | `POST /v1/auth/logout` | [`logout`] |
+//! | `GET /v1/me` | [`me`] |
+//! | `GET /v1/tenant/audit` | [`tenant_audit`] |
+//! | `PUT /v1/admin/tenants/{tenant}` | [`put_tenant`] |
+//! | `GET /v1/admin/tenants/{tenant}` | [`get_tenant`] |
+//! | `PUT /v1/admin/tenants/{tenant}/limits` | [`put_limits`] |
+//! | `POST /v1/admin/tenants/{tenant}/bypass` | [`bypass`] |
+//! | `POST /v1/admin/tenants/{tenant}/suspend`, `/resume` | [`set_status`] |
+//! | `GET /v1/admin/audit/verify` | [`verify_audit`] |
+//! | `GET /health` | [`health`] |
+//!
+//! ```no_run
+//! use tenancy_server::{ops, App, Config};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), tenancy_server::Error> {
+//! let app = App::build(Config::for_tests("/tmp/tenancy-doc")).await?;
+//! let login = ops::LoginRequest {
+//!     tenant_id: "acme".into(), username: "bob".into(), password: "password".into(),
+//! };
+//! let tokens = ops::login(&app, login, None).await?;
+//! assert_eq!(tokens.token_type, "Bearer");
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tenancy_audit::store::FileAuditStore;
+use tenancy_core::{
+    AuditEvent, AuditSink as _, HealthStatus, Limit, Outcome, QuotaOverrides, RateLimitRequest,
+    RequestId, TenantContext, TenantId, TenantSettings, TenantStatus, TierName, TokenRejection,
+    Upsert, UserId,
+};
+use time::OffsetDateTime;
+
+use crate::app::{App, AuditBackend};
+use crate::users::permissions_for;
+use crate::{Error, Result};
+
+/// Longest password accepted, in bytes (longer ones are refused before hashing).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest bypass window, in seconds.
+pub const MAX_BYPASS_SECS: u64 = 24 * 3600;
+/// Default and largest page of `GET /v1/tenant/audit`.
+pub const AUDIT_PAGE: (usize, usize) = (50, 500);
+
+/// The body of `POST /v1/auth/login`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+/// The body of `POST /v1/auth/refresh`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The refresh token from the last login or refresh.
+    pub refresh_token: String,
+}
+
+/// A token pair, as login and refresh return it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    /// The access token (a JWT).
+    pub access_token: String,
+    /// The refresh token (opaque; spent by its first use).
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+/// `GET /v1/me`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Me {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The role.
+    pub role: String,
+    /// The permissions.
+    pub permissions: Vec<String>,
+    /// The tenant's tier.
+    pub tier: Option<String>,
+    /// The session the token belongs to.
+    pub session_id: Option<String>,
+}
+
+fn event(
+    tenant: &TenantId,
+    action: &str,
+    outcome: Outcome,
+    request_id: Option<&RequestId>,
+) -> AuditEvent {
+    let mut e = AuditEvent::new(tenant.clone(), action, outcome);
+    if let Some(id) = request_id {
+        e = e.with_request_id(id.clone());
+    }
+    e
+}
+
+fn platform() -> TenantId {
+    TenantId::parse("platform").unwrap_or_else(|_| unreachable!("a valid id"))
+}
+
+/// Checks the credentials and starts a session. Every failure is the same 401; the attempt
+/// is audited in the tenant's trail (the platform's for an unknown tenant).
+///
+/// # Errors
+/// 401 for wrong credentials or an unknown tenant; 403 when the tenant is suspended; 503
+/// when a backend cannot answer.
+pub async fn login(
+    app: &App,
+    req: LoginRequest,
+    request_id: Option<&RequestId>,
+) -> Result<TokenResponse> {
+    let tenant = TenantId::parse(&req.tenant_id).ok();
+    let settings = match &tenant {
+        Some(t) => app.directory().get(t).await?,
+        None => None,
+    };
+    let audit_tenant = match (&tenant, &settings) {
+        (Some(t), Some(_)) => t.clone(),
+        _ => platform(),
+    };
+    let user = match (&tenant, &settings) {
+        (Some(t), Some(_)) if req.password.len() <= MAX_PASSWORD_BYTES => {
+            app.users().check(t, &req.username, &req.password).await?
+        }
+        _ => None,
+    };
+    let username = UserId::parse(&req.username).ok();
+    let Some(user) = user else {
+        let mut e = event(&audit_tenant, "auth.login", Outcome::Denied, request_id)
+            .with_reason("bad_credentials");
+        if let Some(u) = username {
+            e = e.with_user(u);
+        }
+        app.record(e).await;
+        return Err(Error::Unauthorized);
+    };
+    let (Some(tenant), Some(settings)) = (tenant, settings) else {
+        return Err(Error::Unauthorized);
+    };
+    if settings.is_suspended() {
+        app.record(
+            event(&tenant, "auth.login", Outcome::Denied, request_id)
+                .with_user(user.id.clone())
+                .with_reason("tenant_suspended"),
+        )
+        .await;
+        return Err(Error::Forbidden("the tenant is suspended".into()));
+    }
+    let issuer = app.issuer().ok_or_else(|| {
+        Error::Forbidden("this server verifies tokens but does not issue them".into())
+    })?;
+    let pair = issuer
+        .login(&tenant, &user.id, &user.role, &permissions_for(&user.role))
+        .await?;
+    app.record(
+        event(&tenant, "auth.login", Outcome::Success, request_id)
+            .with_user(user.id.clone())
+            .with_role(user.role.clone())
+            .with_session(pair.session),
+    )
+    .await;
+    Ok(TokenResponse {
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token.expose().to_owned(),
+        token_type: "Bearer",
+        expires_in: pair.expires_in,
+    })
+}
+
+/// Spends a refresh token and returns a new pair. A spent token presented again ends the
+/// whole session (its access tokens are refused from then on). Audited either way.
+///
+/// # Errors
+/// 401 for any refused refresh token; 503 when the session store cannot answer.
+pub async fn refresh(
+    app: &App,
+    req: RefreshRequest,
+    request_id: Option<&RequestId>,
+) -> Result<TokenResponse> {
+    let issuer = app.issuer().ok_or_else(|| {
+        Error::Forbidden("this server verifies tokens but does not issue them".into())
+    })?;
+    // The tenant named inside the token, for the audit trail only (the issuer checks it).
+    let named = req
+        .refresh_token
+        .split('.')
+        .nth(1)
+        .and_then(|t| TenantId::parse(t).ok());
+    let known = match &named {
+        Some(t) => app.directory().get(t).await?.map(|s| (t.clone(), s)),
+        None => None,
+    };
+    let audit_tenant = known.as_ref().map_or_else(platform, |(t, _)| t.clone());
+    match issuer.refresh(&req.refresh_token).await {
+        Ok(pair) => {
+            if known.as_ref().is_some_and(|(_, s)| s.is_suspended()) {
+                issuer.logout(&pair.tenant, &pair.session).await?;
+                return Err(Error::Forbidden("the tenant is suspended".into()));
+            }
+            app.record(
+                event(&audit_tenant, "auth.refresh", Outcome::Success, request_id)
+                    .with_session(pair.session),
+            )
+            .await;
+            Ok(TokenResponse {
+                access_token: pair.access_token,
+                refresh_token: pair.refresh_token.expose().to_owned(),
+                token_type: "Bearer",
+                expires_in: pair.expires_in,
+            })
+        }
+        Err(tenancy_core::Error::Rejected(r)) => {
+            let reason = match r {
+                TokenRejection::Revoked => "refresh_token_reused_session_revoked",
+                _ => "refresh_token_refused",
+            };
+            app.record(
+                event(&audit_tenant, "auth.refresh", Outcome::Denied, request_id)
+                    .with_reason(reason),
+            )
+            .await;
+            Err(Error::Unauthorized)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Ends the caller's session: its refresh token and every access token bound to it are
+/// refused from now on. (A token without a session has nothing to end.)
+///
+/// # Errors
+/// 503 when the session store cannot answer.
+pub async fn logout(app: &App, ctx: &TenantContext) -> Result<()> {
+    if let Some(sid) = &ctx.session {
+        match app.issuer() {
+            Some(i) => {
+                i.logout(&ctx.tenant, sid).await?;
+            }
+            None => {
+                app.sessions().delete(&ctx.tenant, sid).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The caller's tenant context.
+pub fn me(ctx: &TenantContext) -> Me {
+    Me {
+        tenant_id: ctx.tenant.to_string(),
+        user_id: ctx.user.to_string(),
+        role: ctx.role.as_str().to_owned(),
+        permissions: ctx
+            .permissions
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect(),
+        tier: ctx.tier.as_ref().map(ToString::to_string),
+        session_id: ctx.session.map(|s| s.to_string()),
+    }
+}
+
+/// One page of `GET /v1/tenant/audit`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    /// Events, newest first; each is the stored (redacted) event plus its `seq`.
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `before` for the next page; `null` on the last page.
+    pub next_before: Option<u64>,
+}
+
+async fn flush(app: &App) {
+    // Show what has been accepted so far; a store that is down leaves it in the spool.
+    let _ = tokio::time::timeout(Duration::from_secs(2), app.audit().flush()).await;
+}
+
+/// The caller's tenant's audit events, newest first. Needs `audit:read` (tenant admins).
+///
+/// # Errors
+/// 403 without the permission; 400 for a limit of 0; 503 when the store cannot answer.
+pub async fn tenant_audit(
+    app: &App,
+    ctx: &TenantContext,
+    before: Option<u64>,
+    limit: Option<usize>,
+) -> Result<AuditPage> {
+    let p = tenancy_core::Permission::parse("audit:read").map_err(tenancy_core::Error::from)?;
+    ctx.require(&p)?;
+    let limit = limit.unwrap_or(AUDIT_PAGE.0);
+    if limit == 0 || limit > AUDIT_PAGE.1 {
+        return Err(Error::BadRequest(
+            format!("`limit` must be 1 to {}", AUDIT_PAGE.1).into(),
+        ));
+    }
+    flush(app).await;
+    let entries =
+        tenancy_audit::newest_events(app.audit_store().as_ref(), &ctx.tenant, before, limit)
+            .await?;
+    let next_before = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    let events = entries
+        .into_iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(&e.event).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("seq".into(), e.seq.into());
+                o.insert("hash".into(), e.hash.to_string().into());
+            }
+            v
+        })
+        .collect();
+    Ok(AuditPage {
+        events,
+        next_before,
+    })
+}
+
+fn require_super_admin(ctx: &TenantContext) -> Result<()> {
+    if ctx.is_super_admin() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("role `super_admin` is required".into()))
+    }
+}
+
+fn parse_tenant(s: &str) -> Result<TenantId> {
+    TenantId::parse(s).map_err(|e| Error::BadRequest(format!("tenant id: {e}").into()))
+}
+
+/// A tenant as the admin endpoints show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantView {
+    /// The tenant.
+    pub tenant: String,
+    /// `active` or `suspended`.
+    pub status: &'static str,
+    /// The tier.
+    pub tier: String,
+    /// The quotas in force (after overrides).
+    pub limits: Option<tenancy_core::EffectiveLimits>,
+    /// The overrides.
+    pub overrides: QuotaOverrides,
+    /// End of the emergency bypass, when one is in force.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub bypass_until: Option<OffsetDateTime>,
+    /// Current usage of the tenant-wide limit: `{"limit", "remaining", "reset_after_secs"}`.
+    pub usage: Option<serde_json::Value>,
+}
+
+async fn view(app: &App, tenant: &TenantId, s: &TenantSettings, usage: bool) -> TenantView {
+    let limits = s.limits(app.tiers());
+    let usage = match (usage, &limits) {
+        (true, Some(l)) => {
+            let req = RateLimitRequest::new(tenant.clone(), None, vec![Limit::tenant(l.tenant)]);
+            match app.quotas().usage(&req).await {
+                Ok(states) => states.first().map(|st| {
+                    serde_json::json!({
+                        "limit": st.limit.quota.limit,
+                        "remaining": st.remaining,
+                        "reset_after_secs": st.reset_after.as_secs(),
+                    })
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage unavailable");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let now = OffsetDateTime::now_utc();
+    TenantView {
+        tenant: tenant.to_string(),
+        status: s.status.as_str(),
+        tier: s.tier.to_string(),
+        limits,
+        overrides: s.overrides.clone(),
+        bypass_until: s.bypass_until.filter(|u| *u > now),
+        usage,
+    }
+}
+
+async fn admin_event(app: &App, ctx: &TenantContext, target: &TenantId, action: &str) {
+    let mut e = AuditEvent::new(target.clone(), action, Outcome::Success)
+        .with_user(ctx.user.clone())
+        .with_role(ctx.role.clone())
+        .with_resource("tenant", target.as_str())
+        .with_detail("actor_tenant", ctx.tenant.as_str());
+    if let Some(id) = &ctx.request_id {
+        e = e.with_request_id(id.clone());
+    }
+    // Admin actions wait for the store: an answer means the trail has them.
+    if let Err(err) = app.audit().record_sync(e).await {
+        tracing::error!(error = %err, action, "admin audit event not yet stored");
+    }
+}
+
+/// The body of `PUT /v1/admin/tenants/{tenant}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutTenant {
+    /// `standard` or `premium`.
+    pub tier: String,
+}
+
+fn parse_tier(app: &App, tier: &str) -> Result<TierName> {
+    let name = TierName::parse(tier).map_err(|e| Error::BadRequest(format!("tier: {e}").into()))?;
+    if app.tiers().get(&name).is_none() {
+        let known: Vec<String> = app.tiers().iter().map(|t| t.name.to_string()).collect();
+        return Err(Error::BadRequest(
+            format!("unknown tier {tier:?}; known: {}", known.join(", ")).into(),
+        ));
+    }
+    Ok(name)
+}
+
+/// Creates the tenant (`true`) or changes its tier (`false`). Super admins only.
+///
+/// # Errors
+/// 403 for other callers; 400 for a bad tenant id or unknown tier.
+pub async fn put_tenant(
+    app: &App,
+    ctx: &TenantContext,
+    tenant: &str,
+    body: PutTenant,
+) -> Result<(bool, TenantView)> {
+    require_super_admin(ctx)?;
+    let t = parse_tenant(tenant)?;
+    let tier = parse_tier(app, &body.tier)?;
+    let settings = match app.directory().get(&t).await? {
+        Some(mut s) => {
+            s.tier = tier;
+            s
+        }
+        None => TenantSettings::new(tier),
+    };
+    let created = app.directory().put(&t, settings.clone()).await? == Upsert::Created;
+    admin_event(
+        app,
+        ctx,
+        &t,
+        if created {
+            "admin.tenant.create"
+        } else {
+            "admin.tenant.tier"
+        },
+    )
+    .await;
+    Ok((created, view(app, &t, &settings, false).await))
+}
+
+async fn existing(app: &App, t: &TenantId) -> Result<TenantSettings> {
+    app.directory().get(t).await?.ok_or(Error::NotFound)
+}
+
+/// Tier, limits, status and current usage of a tenant. Super admins only.
+///
+/// # Errors
+/// 403 for other callers; 404 for an unknown tenant.
+pub async fn get_tenant(app: &App, ctx: &TenantContext, tenant: &str) -> Result<TenantView> {
+    require_super_admin(ctx)?;
+    let t = parse_tenant(tenant)?;
+    let s = existing(app, &t).await?;
+    Ok(view(app, &t, &s, true).await)
+}
+
+/// The body of `PUT /v1/admin/tenants/{tenant}/limits`: each field given replaces the
+/// tier's value for this tenant.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutLimits {
+    /// A new tier.
+    pub tier: Option<String>,
+    /// Tenant-wide requests per hour.
+    pub tenant_per_hour: Option<u64>,
+    /// Tenant-wide burst.
+    pub tenant_burst: Option<u64>,
+    /// Per-user requests per hour.
+    pub user_per_hour: Option<u64>,
+    /// Per-user burst.
+    pub user_burst: Option<u64>,
+}
+
+/// Overrides a tenant's quotas; effective on its next request. Super admins only.
+///
+/// # Errors
+/// 403 for other callers; 404 for an unknown tenant; 400 for a zero or huge value.
+pub async fn put_limits(
+    app: &App,
+    ctx: &TenantContext,
+    tenant: &str,
+    body: PutLimits,
+) -> Result<TenantView> {
+    require_super_admin(ctx)?;
+    let t = parse_tenant(tenant)?;
+    let mut s = existing(app, &t).await?;
+    for (name, v) in [
+        ("tenant_per_hour", body.tenant_per_hour),
+        ("tenant_burst", body.tenant_burst),
+        ("user_per_hour", body.user_per_hour),
+        ("user_burst", body.user_burst),
+    ] {
+        if v.is_some_and(|v| v == 0 || v > 1_000_000_000) {
+            return Err(Error::BadRequest(
+                format!("`{name}` must be 1 to 1000000000").into(),
+            ));
+        }
+    }
+    if let Some(tier) = &body.tier {
+        s.tier = parse_tier(app, tier)?;
+    }
+    let o = &mut s.overrides;
+    o.tenant_per_hour = body.tenant_per_hour.or(o.tenant_per_hour);
+    o.tenant_burst = body.tenant_burst.or(o.tenant_burst);
+    o.user_per_hour = body.user_per_hour.or(o.user_per_hour);
+    o.user_burst = body.user_burst.or(o.user_burst);
+    app.directory().put(&t, s.clone()).await?;
+    admin_event(app, ctx, &t, "admin.tenant.limits").await;
+    Ok(view(app, &t, &s, false).await)
+}
+
+/// The body of `POST /v1/admin/tenants/{tenant}/bypass`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bypass {
+    /// How long the tenant's limits are not enforced, 0 (end it) to 86400.
+    pub seconds: u64,
+}
+
+/// Opens (or, with 0 seconds, closes) an emergency bypass of a tenant's limits. Audited;
+/// every request the limits would have refused meanwhile is audited too. Super admins only.
+///
+/// # Errors
+/// 403 for other callers; 404 for an unknown tenant; 400 for more than a day.
+pub async fn bypass(
+    app: &App,
+    ctx: &TenantContext,
+    tenant: &str,
+    body: Bypass,
+) -> Result<TenantView> {
+    require_super_admin(ctx)?;
+    let t = parse_tenant(tenant)?;
+    if body.seconds > MAX_BYPASS_SECS {
+        return Err(Error::BadRequest(
+            format!("`seconds` must be 0 to {MAX_BYPASS_SECS}").into(),
+        ));
+    }
+    let mut s = existing(app, &t).await?;
+    s.bypass_until =
+        (body.seconds > 0).then(|| OffsetDateTime::now_utc() + Duration::from_secs(body.seconds));
+    app.directory().put(&t, s.clone()).await?;
+    admin_event(app, ctx, &t, "admin.tenant.bypass").await;
+    Ok(view(app, &t, &s, false).await)
+}
+
+/// Suspends or resumes a tenant; a suspended tenant's tokens get 403 from the next request
+/// on. Super admins only.
+///
+/// # Errors
+/// 403 for other callers (and for suspending the caller's own tenant); 404 for an unknown
+/// tenant.
+pub async fn set_status(
+    app: &App,
+    ctx: &TenantContext,
+    tenant: &str,
+    suspend: bool,
+) -> Result<TenantView> {
+    require_super_admin(ctx)?;
+    let t = parse_tenant(tenant)?;
+    if suspend && t == ctx.tenant {
+        return Err(Error::Forbidden(
+            "a super admin cannot suspend its own tenant".into(),
+        ));
+    }
+    let mut s = existing(app, &t).await?;
+    s.status = if suspend {
+        TenantStatus::Suspended
+    } else {
+        TenantStatus::Active
+    };
+    app.directory().put(&t, s.clone()).await?;
+    let action = if suspend {
+        "admin.tenant.suspend"
+    } else {
+        "admin.tenant.resume"
+    };
+    admin_event(app, ctx, &t, action).await;
+    Ok(view(app, &t, &s, false).await)
+}
+
+/// Verifies a tenant's audit chain: `{"valid", "events", "first_bad_seq", "reason"}`. The
+/// JSONL file is read afresh from disk, so a change made to it behind the server's back is
+/// seen. Super admins only.
+///
+/// # Errors
+/// 403 for other callers; 400 for a bad tenant id; 503 when the store cannot be read.
+pub async fn verify_audit(
+    app: &App,
+    ctx: &TenantContext,
+    tenant: &str,
+) -> Result<serde_json::Value> {
+    require_super_admin(ctx)?;
+    let t = parse_tenant(tenant)?;
+    flush(app).await;
+    let result = match app.audit_backend() {
+        AuditBackend::File(path) => {
+            match FileAuditStore::builder(path.clone())
+                .read_only()
+                .open()
+                .await
+            {
+                Ok(store) => tenancy_audit::verify::verify(&store, &t, &[]).await,
+                Err(e) => Err(e),
+            }
+        }
+        AuditBackend::Postgres(pg) => tenancy_audit::verify::verify(pg, &t, &[]).await,
+    };
+    match result {
+        Ok(v) => Ok(v.summary()),
+        Err(tenancy_audit::Error::Malformed { .. }) => Ok(serde_json::json!({
+            "valid": false, "events": 0, "first_bad_seq": null, "reason": "unreadable",
+        })),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /health`: the cached component checks; `(false, body)` when one is down.
+pub fn health(app: &App) -> (bool, serde_json::Value) {
+    let components = app.health();
+    let down = components.values().any(|h| h.status == HealthStatus::Down);
+    let body = serde_json::json!({
+        "status": if down { "degraded" } else { "ok" },
+        "components": components.iter().map(|(name, h)| {
+            let status = match h.status {
+                HealthStatus::Up => "up",
+                HealthStatus::Degraded => "degraded",
+                _ => "down",
+            };
+            (name.clone(), serde_json::json!({
+                "status": status,
+                "latency_ms": h.latency_ms,
+            }))
+        }).collect::<serde_json::Map<_, _>>(),
+    });
+    (!down, body)
+}
