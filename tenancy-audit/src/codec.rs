@@ -143,6 +143,33 @@ pub fn decode(payload: &[u8]) -> Result<AuditEvent> {
     Ok(env.event)
 }
 
+/// The fields verification compares, read without decoding the whole event.
+#[derive(Deserialize)]
+pub(crate) struct Header<'a> {
+    #[serde(borrow)]
+    pub(crate) event: HeaderEvent<'a>,
+    pub(crate) v: u32,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HeaderEvent<'a> {
+    #[serde(borrow)]
+    pub(crate) tenant: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub(crate) event_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub(crate) occurred_at: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub(crate) action: std::borrow::Cow<'a, str>,
+}
+
+/// Reads the [`Header`] of stored bytes; `None` when they are not a version-1 payload.
+pub(crate) fn header(payload: &[u8]) -> Option<Header<'_>> {
+    serde_json::from_slice::<Header<'_>>(payload)
+        .ok()
+        .filter(|h| h.v == FORMAT_VERSION)
+}
+
 /// Drops sub-microsecond precision.
 pub(crate) fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
     let nanos = t.nanosecond();

@@ -31,17 +31,19 @@ use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
-use tenancy_core::TenantId;
+use tenancy_core::{EventId, TenantId};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::chain::{Anchor, ChainHead, Digest, StoredRecord, genesis, link};
 use crate::checkpoint::TrustedCheckpoint;
-use crate::codec::decode;
+use crate::codec::{decode, header};
 use crate::retention::PURGE_ACTION;
 use crate::store::{AuditStore, ScanCursor};
 use crate::{Error, Result};
 
 /// How many records one verification page reads.
-pub const PAGE: usize = 2_000;
+pub const PAGE: usize = 5_000;
 
 /// How far a misplaced record's true position is searched for, to tell a reordering from a
 /// modification.
@@ -238,15 +240,19 @@ impl ChainVerifier {
         if r.seq < n {
             return Some(Reason::Reordered);
         }
-        let Ok(event) = decode(&r.payload) else {
+        let Some(header) = header(&r.payload) else {
             return Some(Reason::Modified);
         };
-        if event.tenant != self.tenant {
+        let event = &header.event;
+        if event.tenant != self.tenant.as_str() {
             return Some(Reason::Spliced);
         }
+        let same_id = EventId::parse(&event.event_id).is_ok_and(|id| id == r.event_id);
+        let same_time =
+            OffsetDateTime::parse(&event.occurred_at, &Rfc3339).is_ok_and(|t| t == r.occurred_at);
         let consistent =
             r.prev_hash == self.prev && link(&self.tenant, n, &self.prev, &r.payload) == r.hash;
-        if consistent && event.event_id == r.event_id && event.occurred_at == r.occurred_at {
+        if consistent && same_id && same_time {
             return None;
         }
         // Is this an intact record of another position of this chain?
@@ -254,7 +260,7 @@ impl ChainVerifier {
         let moved = (lo..=n + REORDER_WINDOW)
             .filter(|k| *k != n)
             .any(|k| link(&self.tenant, k, &r.prev_hash, &r.payload) == r.hash);
-        Some(if moved && event.event_id == r.event_id {
+        Some(if moved && same_id {
             Reason::Reordered
         } else {
             Reason::Modified
@@ -265,6 +271,9 @@ impl ChainVerifier {
         let Some(anchor) = self.anchor else {
             return false;
         };
+        if header(&r.payload).is_none_or(|h| h.event.action != PURGE_ACTION) {
+            return false;
+        }
         let Ok(event) = decode(&r.payload) else {
             return false;
         };

@@ -488,3 +488,54 @@ async fn full_queue_applies_back_pressure_instead_of_dropping() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+/// Appends from several operating-system processes at once: this test starts copies of its
+/// own test binary as writers (they take the child branch through the environment) while it
+/// appends too; the chain must come out gapless and verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_appends_from_several_processes() {
+    const CHILD: &str = "TENANCY_AUDIT_TEST_WRITER";
+    const PER_WRITER: usize = 120;
+    if let Ok(spec) = std::env::var(CHILD) {
+        let (url, tenant) = spec.split_once(' ').unwrap();
+        let tenant = TenantId::parse(tenant).unwrap();
+        let store = PgAuditStore::builder(url).connect().unwrap();
+        let pid = std::process::id() as usize;
+        for chunk in 0..(PER_WRITER / 6) {
+            let batch: Vec<EncodedEvent> = (0..6)
+                .map(|i| encoded(&tenant, pid * 10_000 + chunk * 6 + i))
+                .collect();
+            store.append(&batch).await.unwrap();
+        }
+        return;
+    }
+    let Some((db, store)) = pg().await else {
+        return;
+    };
+    let tenant = Fixture::new().tenant("p");
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "postgres_appends_from_several_processes",
+                    "--quiet",
+                ])
+                .env(CHILD, format!("{} {}", db.url(), tenant))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for i in 0..PER_WRITER {
+        store.append(&[encoded(&tenant, i)]).await.unwrap();
+    }
+    for mut c in children {
+        assert!(c.wait().await.unwrap().success(), "a writer process failed");
+    }
+    let records = all(&store, &tenant).await;
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=(4 * PER_WRITER) as u64).collect::<Vec<_>>());
+    assert!(verify(&store, &tenant, &[]).await.unwrap().is_valid());
+}

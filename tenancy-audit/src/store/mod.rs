@@ -209,19 +209,3 @@ pub(crate) fn check_purge(records: &[StoredRecord], anchor: Anchor) -> Result<()
         )),
     }
 }
-
-#[cfg(test)]
-pub(crate) mod tests_support {
-    use super::*;
-    use crate::codec::Codec;
-    use tenancy_core::{AuditEvent, Outcome};
-
-    pub(crate) fn encoded(tenant: &TenantId, i: usize) -> EncodedEvent {
-        Codec::default()
-            .encode(
-                &AuditEvent::new(tenant.clone(), "records.read", Outcome::Success)
-                    .with_resource("record", i.to_string()),
-            )
-            .unwrap()
-    }
-}

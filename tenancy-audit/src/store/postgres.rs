@@ -141,7 +141,7 @@ impl PgAuditStoreBuilder {
     }
 
     /// Creates the pool without connecting yet (so a service can start while the database
-    /// is down; the dispatcher spools until it is back).
+    /// is down; the dispatcher spools until it is back). Call it inside a tokio runtime.
     ///
     /// # Errors
     /// [`Error::Database`] for a malformed URL.
@@ -295,9 +295,12 @@ impl PgAuditStore {
             .collect();
         let owners: Vec<&str> = events.iter().map(|e| e.tenant.as_str()).collect();
         let seen = sqlx::query(
-            "SELECT e.tenant_id, e.event_id, e.seq FROM tenancy_audit.events e
-             JOIN unnest($1::text[], $2::bytea[]) AS x(tenant_id, event_id)
-               ON e.tenant_id = x.tenant_id AND e.event_id = x.event_id",
+            // One index probe per event (a join could pick a scan of the whole table).
+            "SELECT x.tenant_id, x.event_id, e.seq
+             FROM unnest($1::text[], $2::bytea[]) AS x(tenant_id, event_id)
+             JOIN LATERAL (SELECT seq FROM tenancy_audit.events e
+                           WHERE e.tenant_id = x.tenant_id AND e.event_id = x.event_id) e
+               ON true",
         )
         .bind(&owners)
         .bind(&ids)

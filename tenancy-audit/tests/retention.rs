@@ -1,0 +1,117 @@
+//! Retention purges on every store: verification of what remains still passes, the purge is
+//! an event, a forged anchor is caught, and a chain that does not verify is not purged.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenancy_audit::codec::Codec;
+use tenancy_audit::retention::{PURGE_ACTION, Retention};
+use tenancy_audit::store::{AuditStore, FileAuditStore, MemoryAuditStore, PgAuditStore};
+use tenancy_audit::verify::{Reason, verify};
+use tenancy_core::testkit::Fixture;
+use tenancy_core::{Clock, ManualClock};
+
+use common::{all, event};
+
+async fn purge_suite(store: &dyn AuditStore) {
+    let clock = ManualClock::new();
+    let t = Fixture::new().tenant("ret");
+    let codec = Codec::default();
+    // 10 old events, then 40 days later 5 recent ones.
+    for i in 0..10 {
+        let e = event(&t, i).at(clock.now());
+        store.append(&[codec.encode(&e).unwrap()]).await.unwrap();
+        clock.advance(Duration::from_secs(60));
+    }
+    clock.advance(Duration::from_secs(86_400 * 40));
+    for i in 10..15 {
+        let e = event(&t, i).at(clock.now());
+        store.append(&[codec.encode(&e).unwrap()]).await.unwrap();
+    }
+    let retention = Retention::new()
+        .with_max_age(time::Duration::days(30))
+        .with_clock(Arc::new(clock.clone()));
+    let report = retention.purge(store, &t).await.unwrap();
+    assert_eq!(report.purged, 10);
+    assert_eq!(report.anchor.map(|a| a.seq), Some(10));
+    assert_eq!(report.event_seq, Some(16));
+    let left = all(store, &t).await;
+    assert_eq!(left.first().map(|r| r.seq), Some(11));
+    let last = tenancy_audit::codec::decode(&left.last().unwrap().payload).unwrap();
+    assert_eq!(last.action, PURGE_ACTION);
+    let v = verify(store, &t, &[]).await.unwrap();
+    assert!(v.is_valid(), "{v:?}");
+    assert_eq!(v.records, 6);
+    // Nothing more is old enough: a second purge does nothing.
+    assert_eq!(retention.purge(store, &t).await.unwrap().purged, 0);
+    // Appends continue the chain after a purge.
+    store
+        .append(&[codec.encode(&event(&t, 99)).unwrap()])
+        .await
+        .unwrap();
+    assert!(verify(store, &t, &[]).await.unwrap().is_valid());
+}
+
+#[tokio::test]
+async fn purge_keeps_memory_chain_verifiable() {
+    purge_suite(&MemoryAuditStore::new()).await;
+}
+
+#[tokio::test]
+async fn purge_keeps_file_chain_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let store = FileAuditStore::open(&path).await.unwrap();
+    purge_suite(&store).await;
+    // The anchor survives a reopen.
+    let again = FileAuditStore::open(&path).await.unwrap();
+    let t = again.tenants().await.unwrap();
+    assert!(verify(&again, &t[0], &[]).await.unwrap().is_valid());
+}
+
+#[tokio::test]
+async fn purge_keeps_postgres_chain_verifiable() {
+    let Some(db) = tenancy_tests::postgres().await else {
+        return;
+    };
+    let store = PgAuditStore::builder(db.url()).connect().unwrap();
+    store.migrate().await.unwrap();
+    purge_suite(&store).await;
+}
+
+#[tokio::test]
+async fn unconfirmed_anchor_and_tampered_chain_are_refused() {
+    let store = MemoryAuditStore::new();
+    let t = Fixture::new().tenant("f");
+    for i in 0..5 {
+        store
+            .append(&[Codec::default().encode(&event(&t, i)).unwrap()])
+            .await
+            .unwrap();
+    }
+    // A prefix deleted through the store without a purge event: caught.
+    let third = store.records(&t)[2].head();
+    store
+        .purge(
+            &t,
+            tenancy_audit::Anchor {
+                seq: third.seq,
+                hash: third.hash,
+            },
+        )
+        .await
+        .unwrap();
+    let v = verify(&store, &t, &[]).await.unwrap();
+    assert_eq!(v.finding.map(|f| f.reason), Some(Reason::UnconfirmedPurge));
+    // And such a chain is not purged further.
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(86_400 * 365 * 20));
+    let err = Retention::new()
+        .with_clock(Arc::new(clock))
+        .purge(&store, &t)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tenancy_audit::Error::Conflict(_)), "{err}");
+}
