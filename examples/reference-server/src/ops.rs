@@ -504,7 +504,8 @@ pub struct PutLimits {
     pub user_burst: Option<u64>,
 }
 
-/// Overrides a tenant's quotas; effective on its next request. Super admins only.
+/// Overrides a tenant's quotas; effective on its next request (the tenant's limiter state
+/// starts afresh). Super admins only.
 ///
 /// # Errors
 /// 403 for other callers; 404 for an unknown tenant; 400 for a zero or huge value.
@@ -538,6 +539,9 @@ pub async fn put_limits(
     o.user_per_hour = body.user_per_hour.or(o.user_per_hour);
     o.user_burst = body.user_burst.or(o.user_burst);
     app.directory().put(&t, s.clone()).await?;
+    // Limiter state is kept per (scope, period): without a reset, usage counted under the
+    // old quota would delay the new one. An admin change starts the tenant afresh.
+    app.quotas().reset(&t).await?;
     admin_event(app, ctx, &t, "admin.tenant.limits").await;
     Ok(view(app, &t, &s, false).await)
 }
