@@ -175,6 +175,12 @@ static SCAN: LazyLock<Lua> = LazyLock::new(|| {
     )
 });
 
+/// The SHA1 under which the decision script is sent with `EVALSHA`: for operators checking
+/// `SCRIPT EXISTS` on a server, and for load tests that run the same script.
+pub fn decision_script_sha() -> &'static str {
+    &DECIDE.sha
+}
+
 /// Counters of a limiter (and its clones), since it was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

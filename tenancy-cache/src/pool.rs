@@ -23,12 +23,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The pool is a `bb8` pool over multiplexed connections. A connection is not pinged when it is
-//! checked out (that would double the round trips of every rate-limit decision); instead a
-//! connection whose command fails with a connection error is marked broken and dropped when it
-//! goes back to the pool, and the next checkout opens a fresh one.
+//! The pool is a `bb8` pool over multiplexed connections. A command borrows a pooled
+//! connection only to clone its handle, so concurrent commands share the pooled sockets
+//! (pipelined by the `redis` crate) instead of queueing for a checkout. A connection is not
+//! pinged when it is checked out (that would double the round trips of every rate-limit
+//! decision); instead a connection whose command fails with a connection error is marked
+//! broken, the pool drops it, and the next checkout opens a fresh one.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,9 +46,10 @@ use crate::error::{Error, Result};
 
 /// Default number of pooled connections.
 ///
-/// Why this default: each connection is multiplexed, so a handful carry thousands of
-/// concurrent requests; 16 keeps Redis's client count low when many instances share it.
-pub const DEFAULT_POOL_SIZE: u32 = 16;
+/// Why this default: each connection is multiplexed and shared by concurrent commands, so a
+/// few carry tens of thousands of requests per second; a small pool keeps Redis's client
+/// count low when many instances share it.
+pub const DEFAULT_POOL_SIZE: u32 = 4;
 /// Default bound on opening one TCP connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default bound on waiting for one reply.
@@ -187,8 +191,10 @@ impl RedisConfig {
     ///
     /// Errors: [`Error::Invalid`] for a malformed URL.
     pub fn connect_lazy(self) -> Result<RedisPool> {
+        let opened = Arc::new(AtomicU64::new(0));
         let manager = Manager {
             target: self.target()?,
+            opened: opened.clone(),
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             attempts: self.connect_attempts,
@@ -212,6 +218,7 @@ impl RedisConfig {
                 cluster: self.cluster,
                 acquire_timeout: self.acquire_timeout,
                 last_error,
+                opened,
             }),
         })
     }
@@ -228,13 +235,16 @@ impl RedisConfig {
     }
 }
 
-/// A connection as the pool holds it: one node or one cluster handle, plus a broken flag set
-/// when a command fails with a connection error.
+/// A connection as the pool holds it: one node or one cluster handle (both multiplexed, so
+/// clones share one socket), plus a broken flag, shared by the clones, set when a command fails
+/// with a connection error.
+#[derive(Clone)]
 pub(crate) struct Conn {
     inner: ConnInner,
-    broken: bool,
+    broken: Arc<AtomicBool>,
 }
 
+#[derive(Clone)]
 enum ConnInner {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
@@ -270,6 +280,7 @@ impl ConnectionLike for Conn {
 
 struct Manager {
     target: Target,
+    opened: Arc<AtomicU64>,
     connect_timeout: Duration,
     response_timeout: Duration,
     attempts: u32,
@@ -304,9 +315,10 @@ impl bb8::ManageConnection for Manager {
         loop {
             match self.connect_once().await {
                 Ok(inner) => {
+                    self.opened.fetch_add(1, Ordering::Relaxed);
                     return Ok(Conn {
                         inner,
-                        broken: false,
+                        broken: Arc::default(),
                     });
                 }
                 Err(e) if attempt >= self.attempts => return Err(e),
@@ -325,7 +337,7 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken
+        conn.broken.load(Ordering::Relaxed)
     }
 }
 
@@ -374,6 +386,7 @@ struct PoolInner {
     cluster: bool,
     acquire_timeout: Duration,
     last_error: Arc<Mutex<Option<RedisError>>>,
+    opened: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for RedisPool {
@@ -402,7 +415,7 @@ impl RedisPool {
         PoolFigures {
             connections: s.connections,
             idle: s.idle_connections,
-            created: s.statistics.connections_created,
+            created: self.inner.opened.load(Ordering::Relaxed),
             closed_broken: s.statistics.connections_closed_broken,
             acquire_timeouts: s.statistics.get_timed_out,
         }
@@ -426,18 +439,18 @@ impl RedisPool {
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
         let mut conn = self.conn().await?;
         let value = cmd
-            .query_async::<Value>(&mut *conn)
+            .query_async::<Value>(&mut conn)
             .await
-            .map_err(|e| failed(&mut conn, e))?;
+            .map_err(|e| failed(&conn, e))?;
         convert(value)
     }
 
     /// Runs a pipeline on one pooled connection and returns its replies.
     pub(crate) async fn pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
         let mut conn = self.conn().await?;
-        pipe.query_async::<Vec<Value>>(&mut *conn)
+        pipe.query_async::<Vec<Value>>(&mut conn)
             .await
-            .map_err(|e| failed(&mut conn, e))
+            .map_err(|e| failed(&conn, e))
     }
 
     /// Runs `script` with `EVALSHA`, and with `EVAL` (which also caches it again) when the
@@ -456,20 +469,47 @@ impl RedisPool {
         };
         let mut conn = self.conn().await?;
         let evalsha = build("EVALSHA", script.sha.as_bytes());
-        match evalsha.query_async::<Value>(&mut *conn).await {
+        match evalsha.query_async::<Value>(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 tracing::debug!(script = script.name, "script not cached; sending it again");
                 build("EVAL", script.source.as_bytes())
-                    .query_async::<Value>(&mut *conn)
+                    .query_async::<Value>(&mut conn)
                     .await
-                    .map_err(|e| failed(&mut conn, e))
+                    .map_err(|e| failed(&conn, e))
             }
-            Err(e) => Err(failed(&mut conn, e)),
+            Err(e) => Err(failed(&conn, e)),
         }
     }
 
-    async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>> {
+    /// A connection to send on. The pooled connection is only borrowed long enough to clone
+    /// it: a multiplexed connection carries many requests at once, so callers never queue
+    /// behind each other for a checkout. A connection found broken goes back to the pool,
+    /// which drops it, and the next one is taken.
+    async fn conn(&self) -> Result<Conn> {
+        for _ in 0..=self.inner.pool.state().connections {
+            let pooled = self.checkout().await?;
+            if !pooled.broken.load(Ordering::Relaxed) {
+                return Ok(pooled.clone());
+            }
+        }
+        self.checkout().await.map(|c| c.clone())
+    }
+
+    async fn checkout(&self) -> Result<bb8::PooledConnection<'_, Manager>> {
+        if self.inner.pool.state().connections == 0 {
+            // Nothing open (first use, or every connection broke): connect here, so that an
+            // unreachable Redis fails after the connect retries instead of after the whole
+            // acquire timeout.
+            let conn = self
+                .inner
+                .pool
+                .dedicated_connection()
+                .await
+                .map_err(Error::Connect)?;
+            // When the pool filled up meanwhile, this connection is simply dropped.
+            let _ = self.inner.pool.add(conn);
+        }
         match self.inner.pool.get().await {
             Ok(c) => Ok(c),
             Err(bb8::RunError::User(e)) => Err(Error::Connect(e)),
@@ -490,9 +530,9 @@ impl RedisPool {
 }
 
 /// Marks the connection broken when the error means it is gone, and wraps the error.
-fn failed(conn: &mut Conn, e: RedisError) -> Error {
+fn failed(conn: &Conn, e: RedisError) -> Error {
     if breaks_connection(&e) {
-        conn.broken = true;
+        conn.broken.store(true, Ordering::Relaxed);
     }
     Error::Redis(e)
 }

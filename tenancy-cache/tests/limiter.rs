@@ -147,9 +147,10 @@ async fn one_round_trip_per_decision_counted_by_redis() {
     let fx = Fixture::new();
     let (t, u) = (fx.tenant("rtt"), fx.user("alice"));
     // Two windows for the tenant and one for the user: three limits, one script call.
+    // Emission intervals of a minute or more: the run's duration changes no verdict.
     let limits = vec![
-        Limit::tenant(Quota::per_minute(1000).with_burst(30)),
-        Limit::tenant(Quota::per_hour(10_000).with_burst(1000)),
+        Limit::tenant(Quota::per_minute(1).with_burst(30)),
+        Limit::tenant(Quota::per_hour(100).with_burst(1000)),
         Limit::user(Quota::per_hour(100).with_burst(40)),
     ];
     let no_cache = RedisRateLimiter::builder(pool.clone())

@@ -1,0 +1,110 @@
+//! The pool: health figures, connect retries with backoff, recovery after a restart, and the
+//! error kinds backends report while Redis is away.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::DedicatedRedis;
+use tenancy_cache::{Error, RedisConfig, RedisSessionStore};
+use tenancy_core::testkit::Fixture;
+use tenancy_core::{ErrorKind, HealthCheck, HealthStatus, NewSession, SessionStore};
+
+#[tokio::test]
+async fn health_reports_latency_and_pool_figures() {
+    let Some((pool, _)) = common::single().await else {
+        return;
+    };
+    let h = pool.check().await;
+    assert_eq!(h.status, HealthStatus::Up, "{h:?}");
+    assert!(h.latency_ms.is_some());
+    assert!(
+        h.figures["connections"] >= 1 && h.figures["created"] >= 1,
+        "{h:?}"
+    );
+    assert_eq!(pool.component(), "redis");
+}
+
+#[tokio::test]
+async fn connecting_to_nothing_retries_with_backoff_then_fails_clearly() {
+    let Some(mut server) = DedicatedRedis::start().await else {
+        return;
+    };
+    let url = server.url();
+    server.stop();
+    let start = Instant::now();
+    let err = RedisConfig::single(url)
+        .with_connect_retries(3, Duration::from_millis(100))
+        .with_acquire_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect_err("nothing listens there");
+    let took = start.elapsed();
+    assert!(matches!(err, Error::Connect(_)), "{err:?}");
+    // Three attempts: 100 ms, then 200 ms of backoff between them.
+    assert!(took >= Duration::from_millis(300), "no backoff: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the first failure ends the wait: {took:?}"
+    );
+    assert_eq!(
+        tenancy_core::Error::from(err).kind(),
+        ErrorKind::Unavailable
+    );
+}
+
+#[tokio::test]
+async fn malformed_urls_are_refused_up_front() {
+    for url in ["", "http://x", "redis://[::1"] {
+        let err = RedisConfig::single(url).connect_lazy().expect_err(url);
+        assert!(matches!(err, Error::Invalid(_)), "{url}: {err:?}");
+    }
+    let err = RedisConfig::cluster(Vec::<String>::new())
+        .connect_lazy()
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)));
+}
+
+#[tokio::test]
+async fn sessions_report_unavailable_while_redis_is_down_and_work_after_a_restart() {
+    let Some(mut server) = DedicatedRedis::start().await else {
+        return;
+    };
+    let pool = RedisConfig::single(server.url())
+        .with_acquire_timeout(Duration::from_millis(500))
+        .with_connect_retries(1, Duration::ZERO)
+        .connect()
+        .await
+        .unwrap();
+    let store = RedisSessionStore::new(pool.clone());
+    let fx = Fixture::new();
+    let s = store
+        .create(NewSession::new(fx.tenant("down"), fx.user("alice")))
+        .await
+        .unwrap();
+    server.stop();
+    let err = store.load(&s.tenant, &s.id).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let err = store.save(&s).await.unwrap_err();
+    assert!(
+        err.is_retryable(),
+        "a save while Redis is down is not a conflict: {err}"
+    );
+    assert_eq!(pool.check().await.status, HealthStatus::Down);
+    server.restart().await;
+    // The dead connections were dropped; new ones open on demand. (The server restarted
+    // empty: no persistence.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.load(&s.tenant, &s.id).await {
+            Ok(found) => {
+                assert_eq!(found, None);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "no recovery: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pool.figures().closed_broken >= 1, "{:?}", pool.figures());
+    assert_eq!(pool.check().await.status, HealthStatus::Up);
+}
