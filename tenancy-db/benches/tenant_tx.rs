@@ -146,7 +146,7 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("point_lookup");
     g.bench_function("tenant_tx", |b| {
-        b.iter_custom(|iters| run(&s.one_message, iters))
+        b.iter_custom(|iters| run(&s.one_message, iters));
     });
     g.bench_function("autocommit_no_rls", |b| {
         b.iter_custom(|iters| {
@@ -172,18 +172,67 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("begin_form");
     g.bench_function("one_message", |b| {
-        b.iter_custom(|iters| run(&s.one_message, iters))
+        b.iter_custom(|iters| run(&s.one_message, iters));
     });
     g.bench_function("two_round_trips", |b| {
-        b.iter_custom(|iters| run(&s.two_trips, iters))
+        b.iter_custom(|iters| run(&s.two_trips, iters));
     });
     g.finish();
+
+    // The CPU is shared with other work, and load drifts between criterion's groups; as a
+    // check on the ratios, time the two sides of each comparison interleaved, one operation
+    // each in turn, and compare medians.
+    s.rt.block_on(async {
+        let mut lookups = (Vec::new(), Vec::new());
+        let mut forms = (Vec::new(), Vec::new());
+        for i in 0..4000usize {
+            let (t, id) = &tenants[i % tenants.len()];
+            let (owner, pid) = &s.ids[i % s.ids.len()];
+            let start = Instant::now();
+            lookup_in_tx(&s.one_message, t, *id).await;
+            lookups.0.push(start.elapsed());
+            let start = Instant::now();
+            let row: (String, String) = sqlx::query_as(
+                "SELECT title, body FROM records_plain WHERE owner_id = $1 AND id = $2",
+            )
+            .bind(owner)
+            .bind(pid)
+            .fetch_one(&s.plain)
+            .await
+            .expect("lookup");
+            std::hint::black_box(row);
+            lookups.1.push(start.elapsed());
+            let start = Instant::now();
+            lookup_in_tx(&s.two_trips, t, *id).await;
+            forms.1.push(start.elapsed());
+            forms.0.push(lookups.0[i]);
+        }
+        report("point lookup", "tenant_tx", "autocommit_no_rls", lookups);
+        report("begin form", "one_message", "two_round_trips", forms);
+    });
 
     s.rt.block_on(async {
         s.one_message.close().await;
         s.two_trips.close().await;
         s.plain.close().await;
     });
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[allow(clippy::print_stdout)]
+fn report(what: &str, a: &str, b: &str, (xs, ys): (Vec<Duration>, Vec<Duration>)) {
+    let n = xs.len();
+    let (ma, mb) = (median(xs), median(ys));
+    println!(
+        "interleaved {what} ({n} pairs): {a} median {:.1} µs, {b} median {:.1} µs, ratio {a}/{b} = {:.2}",
+        ma.as_secs_f64() * 1e6,
+        mb.as_secs_f64() * 1e6,
+        ma.as_secs_f64() / mb.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, bench);
