@@ -226,11 +226,7 @@ fn var_name(key: &'static str) -> &'static str {
 
 impl Raw {
     fn overlay(&mut self, vars: &HashMap<String, String>) -> Result<()> {
-        let get = |key: &'static str| {
-            vars.get(var_name(key))
-                .filter(|v| !v.is_empty())
-                .map(String::clone)
-        };
+        let get = |key: &'static str| vars.get(var_name(key)).filter(|v| !v.is_empty()).cloned();
         let num = |key: &'static str| -> Result<Option<u64>> {
             get(key)
                 .map(|v| {

@@ -1,5 +1,5 @@
 //! The axum routes: a thin layer that parses requests, calls the framework-free operations
-//! in [`ops`](crate::ops) and [`records`](crate::records), and renders their answers.
+//! in [`ops`] and [`records`], and renders their answers.
 //!
 //! [`router`] returns the whole API with the tenancy stack (request id, authentication,
 //! tenant resolution, rate limits, audit) and the 64 KiB body limit in front of it.

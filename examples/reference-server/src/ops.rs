@@ -397,7 +397,7 @@ async fn view(app: &App, tenant: &TenantId, s: &TenantSettings, usage: bool) -> 
         status: s.status.as_str(),
         tier: s.tier.to_string(),
         limits,
-        overrides: s.overrides.clone(),
+        overrides: s.overrides,
         bypass_until: s.bypass_until.filter(|u| *u > now),
         usage,
     }

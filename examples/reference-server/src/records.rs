@@ -15,7 +15,8 @@
 //! let ctx = |tenant: &str| -> Result<TenantContext, Box<dyn std::error::Error>> {
 //!     let json = format!(r#"{{"iss":"i","aud":"a","sub":"bob","exp":4102444800,"tenant_id":"{tenant}",
 //!         "user_id":"bob","user_role":"user","permissions":["records:read","records:write"]}}"#);
-//!     Ok(TenantContext::from_claims(&Claims::from_json(json.as_bytes())?))
+//!     let claims = Claims::from_json(json.as_bytes()).map_err(tenancy_core::Error::Rejected)?;
+//!     Ok(TenantContext::from_claims(&claims))
 //! };
 //! let acme = ctx("acme")?;
 //! let rec = records::create(&store, &acme, NewRecord { title: "hello".into(), body: "world".into() }).await?;
