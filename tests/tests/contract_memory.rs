@@ -74,3 +74,78 @@ fn transcripts_that_differ_fail() {
     b.body = serde_json::json!({"detail": "Query deserialize error"});
     assert_same(("a", &[a]), ("b", &[b]));
 }
+
+/// Every operation of the OpenAPI document, called on both servers without a token and
+/// with one: each answers with a status the document lists, and both answer alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_documented_operation_answers_as_documented_on_both_servers() {
+    use tenancy_server::openapi::{OPERATIONS, document};
+
+    let doc = document();
+    let mut transcripts = Vec::new();
+    for flavor in Flavor::BOTH {
+        let mut h = Harness::memory(flavor).await;
+        let (alice, _) = h.login("acme", "alice").await;
+        let (root, _) = h.login("platform", "root").await;
+        let mut log = Vec::new();
+        // Logout last: it ends the session the other calls use.
+        let mut ops: Vec<_> = OPERATIONS.iter().collect();
+        ops.sort_by_key(|(_, path, _, _)| *path == "/v1/auth/logout");
+        for (method, template, needs_token, statuses) in ops {
+            assert!(
+                doc["paths"][*template][*method].is_object(),
+                "{method} {template} is in the document"
+            );
+            let mut path = template
+                .replace("{id}", "00000000000000000000000000000000")
+                .replace("{tenant}", "globex");
+            if path.ends_with("/verify") {
+                path.push_str("?tenant=globex");
+            }
+            let body = match (*method, *template) {
+                ("post", "/v1/auth/login") => {
+                    Some(r#"{"tenant_id":"acme","username":"alice","password":"password"}"#)
+                }
+                ("post", "/v1/auth/refresh") => Some(r#"{"refresh_token":"spent"}"#),
+                ("post", "/v1/records") => Some(r#"{"title":"t","body":"b"}"#),
+                ("put", "/v1/admin/tenants/{tenant}") => Some(r#"{"tier":"premium"}"#),
+                ("put", _) => Some(r#"{"user_burst":30}"#),
+                ("post", p) if p.ends_with("/bypass") => Some(r#"{"seconds":0}"#),
+                _ => None,
+            };
+            let token = if template.starts_with("/v1/admin") {
+                &root
+            } else {
+                &alice
+            };
+            let m = method.to_ascii_uppercase();
+            let who = format!("{} {m} {path}", flavor.name());
+            let anonymous = h.send(&m, &path, None, body, &[]).await;
+            if *needs_token {
+                assert_eq!(anonymous.status, 401, "{who}: {}", anonymous.text);
+            }
+            assert!(
+                statuses.contains(&anonymous.status),
+                "{who} without a token: {} is not documented ({statuses:?}): {}",
+                anonymous.status,
+                anonymous.text
+            );
+            let authed = h.send(&m, &path, Some(token), body, &[]).await;
+            assert!(
+                statuses.contains(&authed.status),
+                "{who}: {} is not documented ({statuses:?}): {}",
+                authed.status,
+                authed.text
+            );
+            log.push(common::entry(
+                &format!("{m} {template} anonymous"),
+                &anonymous,
+                None,
+            ));
+            log.push(common::entry(&format!("{m} {template}"), &authed, None));
+        }
+        assert!(h.stop().await);
+        transcripts.push(log);
+    }
+    assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
+}

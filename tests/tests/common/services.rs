@@ -33,8 +33,8 @@ fn wait_port(port: u16, up: bool, within: Duration) -> bool {
     }
 }
 
-/// Whether `program` can be run (it is on the `PATH`).
-fn available(program: &str) -> bool {
+/// Whether `program` can be run.
+fn available(program: impl AsRef<std::ffi::OsStr>) -> bool {
     Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
@@ -121,12 +121,33 @@ impl Drop for RedisInstance {
     }
 }
 
+/// A PostgreSQL server program: on the `PATH`, else the newest of Debian's
+/// `/usr/lib/postgresql/<version>/bin`.
+fn pg_program(name: &str) -> Option<PathBuf> {
+    if available(name) {
+        return Some(PathBuf::from(name));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let p = e.path().join("bin").join(name);
+            p.exists().then_some((v, p))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
 /// A private PostgreSQL cluster: its own data directory, port and socket directory.
 #[derive(Debug)]
 pub struct PgCluster {
     port: u16,
     root: tempfile::TempDir,
     as_postgres: bool,
+    initdb: PathBuf,
+    pg_ctl: PathBuf,
 }
 
 impl PgCluster {
@@ -134,10 +155,10 @@ impl PgCluster {
         self.root.path().join("data")
     }
 
-    fn command(&self, program: &str) -> Command {
+    fn command(&self, program: &Path) -> Command {
         if self.as_postgres {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", program]);
+            c.args(["-u", "postgres", "--"]).arg(program);
             c
         } else {
             Command::new(program)
@@ -147,10 +168,13 @@ impl PgCluster {
     /// Creates and starts a cluster, or returns `None` (after saying why; a panic when
     /// services are required) when the PostgreSQL programs are not installed.
     pub fn start() -> Option<Self> {
-        if !available("initdb") || !available("pg_ctl") {
-            tenancy_tests::service_missing("initdb/pg_ctl (for the outage tests)", &"not on PATH");
+        let (Some(initdb), Some(pg_ctl)) = (pg_program("initdb"), pg_program("pg_ctl")) else {
+            tenancy_tests::service_missing(
+                "initdb/pg_ctl (for the outage tests)",
+                &"not on PATH nor in /usr/lib/postgresql/*/bin",
+            );
             return None;
-        }
+        };
         // PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
         let root_user = Command::new("id")
             .arg("-u")
@@ -164,6 +188,8 @@ impl PgCluster {
             port: free_port(),
             root,
             as_postgres: root_user,
+            initdb,
+            pg_ctl,
         };
         if root_user {
             let ok = Command::new("chown")
@@ -174,7 +200,7 @@ impl PgCluster {
             assert!(ok, "chown the cluster directory to postgres");
         }
         let out = cluster
-            .command("initdb")
+            .command(&cluster.initdb)
             .arg("-D")
             .arg(cluster.data())
             .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
@@ -206,7 +232,7 @@ impl PgCluster {
             self.root.path().display()
         );
         let out = self
-            .command("pg_ctl")
+            .command(&self.pg_ctl)
             .arg("-D")
             .arg(self.data())
             .arg("-l")
@@ -236,7 +262,7 @@ impl PgCluster {
     }
 
     fn stop(&self, mode: &str) -> bool {
-        self.command("pg_ctl")
+        self.command(&self.pg_ctl)
             .arg("-D")
             .arg(self.data())
             .args(["-m", mode, "-w", "stop"])
