@@ -211,7 +211,7 @@ fn main() {
     let rt = Runtime::new().expect("runtime");
     let pool = rt.block_on(async {
         RedisConfig::single(format!("redis://127.0.0.1:{}", server.port))
-            .with_min_idle(16)
+            .with_min_idle(4)
             .connect()
             .await
             .expect("pool")

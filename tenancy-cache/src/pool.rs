@@ -129,7 +129,8 @@ impl RedisConfig {
         self
     }
 
-    /// Connections kept open while idle (none by default: connections open on demand).
+    /// Connections kept open while idle (none by default: connections open on demand); at
+    /// most the pool size.
     pub fn with_min_idle(mut self, n: u32) -> Self {
         self.min_idle = Some(n);
         self
@@ -204,7 +205,7 @@ impl RedisConfig {
         let last_error = Arc::new(Mutex::new(None));
         let pool = bb8::Pool::builder()
             .max_size(self.pool_size)
-            .min_idle(self.min_idle)
+            .min_idle(self.min_idle.map(|n| n.min(self.pool_size)))
             .test_on_check_out(false)
             .connection_timeout(self.acquire_timeout)
             .retry_connection(false)

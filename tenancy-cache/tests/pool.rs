@@ -54,6 +54,20 @@ async fn connecting_to_nothing_retries_with_backoff_then_fails_clearly() {
 }
 
 #[tokio::test]
+async fn a_min_idle_above_the_pool_size_is_clamped() {
+    let Some(redis) = tenancy_tests::redis().await else {
+        return;
+    };
+    let pool = RedisConfig::single(redis.url())
+        .with_pool_size(2)
+        .with_min_idle(10)
+        .connect()
+        .await
+        .unwrap();
+    assert!(pool.figures().connections <= 2);
+}
+
+#[tokio::test]
 async fn malformed_urls_are_refused_up_front() {
     for url in ["", "http://x", "redis://[::1"] {
         let err = RedisConfig::single(url).connect_lazy().expect_err(url);
