@@ -47,15 +47,19 @@
 //! # Features
 //! | feature | enables | default |
 //! |---------|---------|---------|
-//! | —       | this crate has no optional features | — |
+//! | `db`    | the [`TenantTx`] extractor: a `tenancy_db` transaction bound to the request's tenant | no |
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "db")]
+pub mod db;
 pub mod error;
 pub mod extract;
 mod head;
 pub mod middleware;
 
+#[cfg(feature = "db")]
+pub use db::TenantTx;
 pub use error::{Error, Result};
 pub use extract::{PermissionName, RequirePermission, Tenant};
 pub use middleware::{

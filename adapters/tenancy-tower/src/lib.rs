@@ -46,6 +46,7 @@
 //! | feature | enables | default |
 //! |---------|---------|---------|
 //! | `axum`  | the extractors [`Tenant`], `Option<Tenant>` and [`RequirePermission`]; route templates from `MatchedPath`; peer addresses from `ConnectInfo<SocketAddr>` | no |
+//! | `db`    | the [`TenantTx`] extractor: a `tenancy_db` transaction bound to the request's tenant (implies `axum`) | no |
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -54,6 +55,8 @@ mod macros;
 
 pub mod audit;
 pub mod authenticate;
+#[cfg(feature = "db")]
+pub mod db;
 pub mod error;
 #[cfg(feature = "axum")]
 pub mod extract;
@@ -66,6 +69,8 @@ pub mod stack;
 
 pub use audit::{Audit, AuditLayer};
 pub use authenticate::{Authenticate, AuthenticateLayer};
+#[cfg(feature = "db")]
+pub use db::TenantTx;
 pub use error::{Error, Result};
 #[cfg(feature = "axum")]
 pub use extract::{PermissionName, RequirePermission, Tenant};
