@@ -51,7 +51,7 @@ impl Digest {
 
     /// Parses 64 lowercase hex digits.
     pub fn parse_hex(s: &str) -> Result<Self, ParseError> {
-        let bytes = crate::hex::decode(s).ok_or_else(|| bad_digest())?;
+        let bytes = crate::hex::decode(s).ok_or_else(bad_digest)?;
         Self::from_slice(&bytes).ok_or_else(bad_digest)
     }
 

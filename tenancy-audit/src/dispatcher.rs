@@ -538,11 +538,11 @@ impl Writer {
                         break;
                     }
                 };
-                if !events.is_empty() {
-                    if let Err(e) = self.store.append(&events).await {
-                        self.failed(e);
-                        break;
-                    }
+                if !events.is_empty()
+                    && let Err(e) = self.store.append(&events).await
+                {
+                    self.failed(e);
+                    break;
                 }
                 let n = events.len() as u64;
                 self.counters.stored.fetch_add(n, Ordering::Relaxed);

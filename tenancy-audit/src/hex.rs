@@ -12,7 +12,7 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 
 /// Decodes lowercase hex; `None` for odd lengths or any other character.
 pub(crate) fn decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| match c {

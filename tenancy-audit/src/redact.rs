@@ -303,10 +303,10 @@ impl RedactionPolicy {
                     .and_then(|h| SessionId::parse(&URL_SAFE_NO_PAD.encode(&h[..16])).ok()),
             };
         }
-        if let Some(resource) = event.resource.as_mut() {
-            if let Some(id) = resource.id.take() {
-                resource.id = self.text(&tenant, self.resource_id, id);
-            }
+        if let Some(resource) = event.resource.as_mut()
+            && let Some(id) = resource.id.take()
+        {
+            resource.id = self.text(&tenant, self.resource_id, id);
         }
         if let Some(reason) = event.reason.take() {
             event.reason = self.text(&tenant, self.reason, reason);

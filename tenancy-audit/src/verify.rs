@@ -1,7 +1,7 @@
 //! Walks a tenant's chain and reports the first bad `seq` and why.
 //!
 //! Internal checks, record by record: the `seq` is the next one, the stored `prev_hash` is
-//! the previous record's hash, the stored hash is the [`link`](crate::chain::link) of the
+//! the previous record's hash, the stored hash is the [`chain::link`](crate::chain::link) of the
 //! record's tenant, `seq`, previous hash and exact bytes, the bytes decode, and the event inside
 //! names this tenant and the same id and time as the record's columns.
 //!
@@ -305,13 +305,13 @@ impl ChainVerifier {
                 finding = Some(f);
             }
         };
-        if let Some(a) = self.anchor {
-            if !self.purge_confirmed {
-                consider(Finding {
-                    seq: a.seq + 1,
-                    reason: Reason::UnconfirmedPurge,
-                });
-            }
+        if let Some(a) = self.anchor
+            && !self.purge_confirmed
+        {
+            consider(Finding {
+                seq: a.seq + 1,
+                reason: Reason::UnconfirmedPurge,
+            });
         }
         let verified_to = self.next_seq - 1;
         for (seq, hash) in &self.wanted {

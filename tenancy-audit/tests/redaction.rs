@@ -77,7 +77,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (jsonl, ce) = rt.block_on(async {
             let store = MemoryAuditStore::new();
-            store.append(&[encoded.clone()]).await.unwrap();
+            store.append(std::slice::from_ref(&encoded)).await.unwrap();
             let mut jsonl = Vec::new();
             export::export(&store, &tenant, Format::JsonLines, &mut jsonl).await.unwrap();
             let mut ce = Vec::new();

@@ -121,7 +121,10 @@ async fn postgres_runtime_role_may_only_insert_and_select() {
         &format!("postgres://{role}:{password}@"),
         1,
     );
-    let result = async {
+    // Run the checks in a task so that the role is dropped even when one fails.
+    let owner_url = db.url().to_owned();
+    let outcome = tokio::spawn(async move {
+        let mut admin = sqlx::PgConnection::connect(&owner_url).await.unwrap();
         let rt = PgAuditStore::builder(&url).connect().unwrap();
         let fx = Fixture::new();
         let t = fx.tenant("r");
@@ -152,7 +155,7 @@ async fn postgres_runtime_role_may_only_insert_and_select() {
             let err = sqlx::raw_sql(sql).execute(&mut admin).await.unwrap_err();
             assert!(err.to_string().contains("append-only"), "{sql}: {err}");
         }
-    }
+    })
     .await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""
@@ -160,7 +163,9 @@ async fn postgres_runtime_role_may_only_insert_and_select() {
     .execute(&mut admin)
     .await
     .unwrap();
-    result
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 async fn sink_suite(store: Arc<dyn AuditStore>) {

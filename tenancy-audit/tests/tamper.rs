@@ -207,7 +207,12 @@ async fn memory_store_detects_every_tampering() {
     let (a, _b, ra, rb) = genuine(&fx).await;
     let cp = checkpoint(&a, &ra);
     let clean = MemoryAuditStore::from_records(ra.clone());
-    assert!(verify(&clean, &a, &[cp.clone()]).await.unwrap().is_valid());
+    assert!(
+        verify(&clean, &a, std::slice::from_ref(&cp))
+            .await
+            .unwrap()
+            .is_valid()
+    );
     for case in cases() {
         let mut t = ra.clone();
         (case.tamper)(&mut t, &rb);
@@ -339,7 +344,12 @@ async fn postgres_store_detects_every_tampering() {
     let ra = all(&store, &a).await;
     let rb = all(&store, &b).await;
     let cp = checkpoint(&a, &ra);
-    assert!(verify(&store, &a, &[cp.clone()]).await.unwrap().is_valid());
+    assert!(
+        verify(&store, &a, std::slice::from_ref(&cp))
+            .await
+            .unwrap()
+            .is_valid()
+    );
     for case in cases() {
         if !case.seq_ordered_too {
             // Rows of a table have no order but their `seq`: trading places while keeping

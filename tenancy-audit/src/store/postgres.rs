@@ -195,6 +195,18 @@ fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// The batch's rows as one array per column, for `unnest`.
+#[derive(Default)]
+struct Columns<'a>(
+    Vec<&'a str>,
+    Vec<i64>,
+    Vec<Vec<u8>>,
+    Vec<OffsetDateTime>,
+    Vec<&'a [u8]>,
+    Vec<Vec<u8>>,
+    Vec<Vec<u8>>,
+);
+
 const COLUMNS: &str = "tenant_id, seq, event_id, occurred_at, payload, prev_hash, hash";
 
 impl PgAuditStore {
@@ -341,15 +353,7 @@ impl PgAuditStore {
         }
         let (records, out) = chains.prepare(events);
         if !records.is_empty() {
-            let mut cols: (
-                Vec<&str>,
-                Vec<i64>,
-                Vec<Vec<u8>>,
-                Vec<OffsetDateTime>,
-                Vec<&[u8]>,
-                Vec<Vec<u8>>,
-                Vec<Vec<u8>>,
-            ) = Default::default();
+            let mut cols = Columns::default();
             for r in &records {
                 cols.0.push(r.tenant.as_str());
                 cols.1.push(seq_i64(r.seq));
