@@ -462,8 +462,9 @@ pub fn contract() -> Vec<Step> {
         C(case("admin lifts the quota", "PUT", "/v1/admin/tenants/acme/limits", Some("root"), 200)
             .json(r#"{"user_per_hour":300,"user_burst":30}"#)),
         C(case("lifted on the next request", "GET", "/v1/me", Some("bob"), 200).check(tier_limit)),
-        C(case("tiny quota again", "PUT", "/v1/admin/tenants/acme/limits", Some("root"), 200)
-            .json(r#"{"user_per_hour":3600,"user_burst":2}"#)),
+        // One request a minute: nothing refills while the bypass is open and closed again.
+        C(case("slow quota", "PUT", "/v1/admin/tenants/acme/limits", Some("root"), 200)
+            .json(r#"{"user_per_hour":60,"user_burst":2}"#)),
         Step::UntilLimited(case("limited before the bypass", "GET", "/v1/me", Some("bob"), 429), 8),
         C(case("bypass", "POST", "/v1/admin/tenants/acme/bypass", Some("root"), 200)
             .json(r#"{"seconds":60}"#)
