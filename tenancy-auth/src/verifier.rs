@@ -617,6 +617,20 @@ fn check_signature(parts: &Parts<'_>, key: &VerifyKey) -> Result<bool> {
 #[async_trait]
 impl TokenVerifier for JwtVerifier {
     async fn verify(&self, token: &str) -> Result<Claims> {
+        let result = self.verify_cached(token).await;
+        if let Err(e) = &result {
+            // The reason is for operators; the token itself is never logged.
+            match e {
+                Error::Rejected(r) => tracing::debug!(reason = r.as_str(), "token rejected"),
+                other => tracing::warn!(error = %other, "token verification could not decide"),
+            }
+        }
+        result
+    }
+}
+
+impl JwtVerifier {
+    async fn verify_cached(&self, token: &str) -> Result<Claims> {
         let claims = match &self.inner.cache {
             Some(cache) => {
                 if token.len() > self.inner.max_len {

@@ -207,3 +207,36 @@ async fn leeway_applies_to_exp_and_nbf() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn the_cache_serves_repeats_and_never_past_exp() {
+    let clock = clock();
+    let v = JwtVerifier::builder()
+        .issuer(ISS, signing(Algorithm::HS256).1)
+        .audience(AUD)
+        .leeway(std::time::Duration::ZERO)
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    let n = now(&clock);
+    let mut c = claims(n);
+    c.insert("exp".into(), (n + 60).into());
+    let t = token(Algorithm::HS256, &c);
+    v.verify(&t).await.unwrap();
+    for _ in 0..5 {
+        v.verify(&t).await.unwrap();
+    }
+    let s = v.cache_stats();
+    assert_eq!((s.entries, s.hits, s.misses), (1, 5, 1));
+    clock.advance(std::time::Duration::from_secs(59));
+    v.verify(&t).await.unwrap();
+    assert_eq!(v.cache_stats().hits, 6);
+    clock.advance(std::time::Duration::from_secs(1));
+    let e = v.verify(&t).await.unwrap_err();
+    assert!(
+        matches!(e, tenancy_core::Error::Rejected(TokenRejection::Expired)),
+        "{e}"
+    );
+    assert_eq!(v.cache_stats().entries, 0, "an expired token stayed cached");
+    v.clear_cache();
+}
