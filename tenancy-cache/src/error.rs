@@ -64,6 +64,7 @@ impl Error {
         }
     }
 
+    #[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
     pub(crate) fn corrupt(msg: &'static str) -> Self {
         Self::Corrupt(msg.into())
     }

@@ -48,6 +48,7 @@ pub mod error;
 pub mod keys;
 #[cfg(feature = "rate-limit")]
 pub mod limiter;
+#[cfg(any(feature = "rate-limit", feature = "session"))]
 mod lua;
 pub mod pool;
 #[cfg(feature = "session")]

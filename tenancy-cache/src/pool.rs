@@ -447,6 +447,7 @@ impl RedisPool {
     }
 
     /// Runs a pipeline on one pooled connection and returns its replies.
+    #[cfg(feature = "session")]
     pub(crate) async fn pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
         let mut conn = self.conn().await?;
         pipe.query_async::<Vec<Value>>(&mut conn)
@@ -454,6 +455,7 @@ impl RedisPool {
             .map_err(|e| failed(&conn, e))
     }
 
+    #[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
     /// Runs `script` with `EVALSHA`, and with `EVAL` (which also caches it again) when the
     /// server answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). One round trip in the
     /// common case.
@@ -568,6 +570,7 @@ impl HealthCheck for RedisPool {
 }
 
 /// A Lua script with its SHA1, as sent with `EVALSHA`.
+#[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
 #[derive(Debug)]
 pub(crate) struct Lua {
     pub(crate) name: &'static str,
@@ -575,6 +578,7 @@ pub(crate) struct Lua {
     pub(crate) sha: String,
 }
 
+#[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
 impl Lua {
     pub(crate) fn new(name: &'static str, source: String) -> Self {
         let sha = redis::Script::new(&source).get_hash().to_owned();
