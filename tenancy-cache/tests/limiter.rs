@@ -759,3 +759,37 @@ async fn reset_and_isolation_on_the_cluster() {
         assert_eq!(usage[0].remaining, 0, "reset of one tenant reached {t}");
     }
 }
+
+#[tokio::test]
+async fn the_denial_cache_answers_until_the_retry_time_then_redis_decides_again() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let l = limiter(pool, ks);
+    let fx = Fixture::new();
+    let (t, u) = (fx.tenant("retry"), fx.user("alice"));
+    // Ten per second, burst 1: after one request the next slot is 100 ms away.
+    let limits = vec![Limit::tenant(Quota::per_second(10).with_burst(1))];
+    assert!(l.check(&req(&t, &u, limits.clone())).await.unwrap().allowed);
+    let first = l.check(&req(&t, &u, limits.clone())).await.unwrap();
+    assert_eq!(
+        (first.allowed, first.source),
+        (false, DecisionSource::Backend)
+    );
+    let cached = l.check(&req(&t, &u, limits.clone())).await.unwrap();
+    assert_eq!(
+        (cached.allowed, cached.source),
+        (false, DecisionSource::DenialCache)
+    );
+    assert!(cached.retry_after().unwrap() <= first.retry_after().unwrap());
+    // Another tenant is not held back by this tenant's denial.
+    let other = l
+        .check(&req(&fx.tenant("retry-other"), &u, limits.clone()))
+        .await
+        .unwrap();
+    assert_eq!(other.source, DecisionSource::Backend);
+    tokio::time::sleep(first.retry_after().unwrap() + Duration::from_millis(20)).await;
+    let after = l.check(&req(&t, &u, limits)).await.unwrap();
+    assert!(after.allowed, "the retry time has passed");
+    assert_eq!(after.source, DecisionSource::Backend);
+}
