@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `tenancy_http_requests_total` | counter | `tenant`, `route`, `status` |
 //! | `tenancy_http_request_duration_seconds` | histogram | `tenant`, `route` |
-//! | `tenancy_ratelimit_decisions_total` | counter | `outcome` (`allowed`, `denied`, `bypassed`, `fail_open`, `local_fallback`, `error`) |
+//! | `tenancy_ratelimit_decisions_total` | counter | `outcome` (`allowed`, `denied`, `bypassed`, `exempt`, `fail_open`, `local_fallback`, `error`) |
 //! | `tenancy_auth_failures_total` | counter | `reason` |
 //! | `tenancy_audit_failures_total` | counter | — |
 //!
