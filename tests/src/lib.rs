@@ -4,7 +4,7 @@
 //! - Service addresses come from `TENANCY_TEST_DATABASE_URL` (default
 //!   `postgres://postgres@127.0.0.1:5432/postgres`) and `TENANCY_TEST_REDIS_URL` (default
 //!   `redis://127.0.0.1:6379`).
-//! - When a service cannot be reached, [`postgres`] and [`redis`] print why on stderr and
+//! - When a service cannot be reached, [`postgres()`] and [`redis()`] print why on stderr and
 //!   return `None`, so the test returns early; with `TENANCY_REQUIRE_SERVICES=1` (as `.ci/run`
 //!   sets) they panic instead, so a missing service fails the run.
 //!
