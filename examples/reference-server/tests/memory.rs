@@ -26,7 +26,7 @@ async fn contract_in_memory_mode() {
     lines[target] = lines[target].replacen("records.create", "records.cleate", 1);
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     scenario::tampered(&h).await;
-    h.stop().await;
+    h.stop_after_tamper().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

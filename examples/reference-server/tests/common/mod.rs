@@ -71,6 +71,18 @@ impl Harness {
         self.dir
     }
 
+    /// Shuts down after the audit file was altered behind the server's back: the store may
+    /// refuse to append to a file it no longer recognises, leaving events in the spool, so
+    /// the shutdown may report them as not yet stored (and only that).
+    pub async fn stop_after_tamper(mut self) {
+        if let Some(s) = self.server.take() {
+            match s.shutdown().await {
+                Ok(()) | Err(tenancy_server::Error::Unavailable(_)) => {}
+                Err(e) => panic!("unexpected shutdown error: {e}"),
+            }
+        }
+    }
+
     /// Sends a request; `body` is sent as `application/json` when given.
     pub async fn send(
         &self,
