@@ -116,3 +116,32 @@ async fn redis_alone_keeps_limits_and_sessions_in_redis() {
     assert_eq!(health.body["components"]["redis"]["status"], "up");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prod_refuses_a_runtime_role_that_can_bypass_row_level_security() {
+    let Some(db) = tenancy_tests::postgres().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vars = std::collections::HashMap::from([
+        ("TENANCY_ENV".to_owned(), "prod".to_owned()),
+        (
+            "TENANCY_JWT_SECRET".to_owned(),
+            "0123456789abcdef0123456789abcdef".to_owned(),
+        ),
+        ("TENANCY_DATABASE_URL".to_owned(), db.url().to_owned()),
+        (
+            "TENANCY_DATA_DIR".to_owned(),
+            dir.path().to_string_lossy().into_owned(),
+        ),
+    ]);
+    let config = tenancy_server::Config::from_vars(&vars).unwrap();
+    let err = tenancy_server::App::build(config).await.unwrap_err();
+    match err {
+        tenancy_server::Error::Config { setting, reason } => {
+            assert_eq!(setting, "TENANCY_DATABASE_URL");
+            assert!(reason.contains("bypass row-level security"), "{reason}");
+        }
+        other => panic!("expected a configuration error, got {other}"),
+    }
+}
