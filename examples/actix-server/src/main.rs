@@ -49,6 +49,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    tenancy_server::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

@@ -48,3 +48,26 @@ pub use app::App;
 pub use config::{Config, Env};
 pub use error::{Error, Result};
 pub use server::{Server, serve, start};
+
+/// Sends the server's logs (5xx causes, audit spooling, start-up, shutdown) to stderr.
+///
+/// The filter comes from `TENANCY_LOG` (then `RUST_LOG`), in `tracing` directive syntax, and
+/// defaults to `info`. Call it once, first thing in `main`; later calls do nothing. Libraries
+/// never call it: embedding services install their own subscriber.
+///
+/// ```
+/// tenancy_server::init_logging();
+/// tenancy_server::init_logging(); // harmless
+/// ```
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("TENANCY_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -51,6 +51,7 @@ fn flag<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    tenancy_server::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = match words.as_slice() {
