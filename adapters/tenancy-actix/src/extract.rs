@@ -33,6 +33,7 @@ use std::ops::Deref;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use tenancy_core::{Denial, Permission, TenantContext};
+use tenancy_http::PermissionName;
 use tenancy_http::{Rejection, RequestMeta};
 
 use crate::Error;
@@ -66,33 +67,6 @@ impl FromRequest for Tenant {
                 }),
         )
     }
-}
-
-/// A permission known at compile time, for [`RequirePermission`]; declare one with
-/// [`permission!`](crate::permission).
-pub trait PermissionName: 'static {
-    /// The permission, `resource:action`.
-    const PERMISSION: &'static str;
-}
-
-/// Declares a type naming a permission, for [`RequirePermission`].
-///
-/// ```
-/// tenancy_actix::permission!(pub RecordsWrite = "records:write");
-/// use tenancy_actix::PermissionName;
-/// assert_eq!(RecordsWrite::PERMISSION, "records:write");
-/// ```
-#[macro_export]
-macro_rules! permission {
-    ($vis:vis $name:ident = $perm:literal) => {
-        #[doc = concat!("The permission `", $perm, "`.")]
-        #[derive(Debug, Clone, Copy)]
-        $vis struct $name;
-
-        impl $crate::PermissionName for $name {
-            const PERMISSION: &'static str = $perm;
-        }
-    };
 }
 
 /// The tenant context of a caller holding permission `P`; any other caller gets a 403

@@ -61,8 +61,9 @@ pub mod middleware;
 #[cfg(feature = "db")]
 pub use db::TenantTx;
 pub use error::{Error, Result};
-pub use extract::{PermissionName, RequirePermission, Tenant};
+pub use extract::{RequirePermission, Tenant};
 pub use middleware::{
     Audit, Authenticate, RateLimit, ResolveTenant, SetRequestId, TenancyMiddleware, TenancyService,
 };
 pub use tenancy_http::{self as http_core, AuditNote, Tenancy, TenancyBuilder};
+pub use tenancy_http::{PermissionName, permission};

@@ -30,6 +30,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod permission;
 pub mod problem;
 pub mod proxy;
 pub mod routes;
@@ -37,6 +38,7 @@ pub mod tenancy;
 
 pub use error::{Error, Result};
 pub use metrics::TenantLabels;
+pub use permission::PermissionName;
 pub use problem::{AuthFailure, PROBLEM_JSON, Problem, Rejection, RejectionKind};
 pub use proxy::{IpNet, TrustedProxies};
 pub use routes::{AuditSpec, RouteMatch, RouteRule, RouteTable};

@@ -37,6 +37,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use tenancy_core::{Denial, Permission, TenantContext};
+use tenancy_http::PermissionName;
 use tenancy_http::{AuditNote, Rejection, RequestMeta};
 
 use crate::Error;
@@ -85,33 +86,6 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Tenant {
         }
         Ok(parts.extensions.get::<TenantContext>().cloned().map(Tenant))
     }
-}
-
-/// A permission known at compile time, for [`RequirePermission`]; declare one with
-/// [`permission!`](crate::permission).
-pub trait PermissionName: Send + Sync + 'static {
-    /// The permission, `resource:action`.
-    const PERMISSION: &'static str;
-}
-
-/// Declares a type naming a permission, for [`RequirePermission`].
-///
-/// ```
-/// tenancy_tower::permission!(pub RecordsWrite = "records:write");
-/// use tenancy_tower::PermissionName;
-/// assert_eq!(RecordsWrite::PERMISSION, "records:write");
-/// ```
-#[macro_export]
-macro_rules! permission {
-    ($vis:vis $name:ident = $perm:literal) => {
-        #[doc = concat!("The permission `", $perm, "`.")]
-        #[derive(Debug, Clone, Copy)]
-        $vis struct $name;
-
-        impl $crate::PermissionName for $name {
-            const PERMISSION: &'static str = $perm;
-        }
-    };
 }
 
 /// The tenant context of a caller holding permission `P`; any other caller gets a 403

@@ -73,7 +73,7 @@ pub use authenticate::{Authenticate, AuthenticateLayer};
 pub use db::TenantTx;
 pub use error::{Error, Result};
 #[cfg(feature = "axum")]
-pub use extract::{PermissionName, RequirePermission, Tenant};
+pub use extract::{RequirePermission, Tenant};
 pub use future::ResponseFuture;
 pub use head::PeerAddr;
 pub use rate_limit::{RateLimit, RateLimitLayer};
@@ -81,3 +81,5 @@ pub use request_id::{SetRequestId, SetRequestIdLayer};
 pub use resolve::{ResolveTenant, ResolveTenantLayer};
 pub use stack::{TenancyLayer, TenancyService};
 pub use tenancy_http::{self as http_core, AuditNote, Tenancy, TenancyBuilder};
+#[cfg(feature = "axum")]
+pub use tenancy_http::{PermissionName, permission};
