@@ -382,15 +382,33 @@ async fn cancelling_begin_never_lends_an_open_transaction() {
     };
     let pool = env.runtime_pool(1).await;
     let (a, _, _) = three_tenants(&env, &pool).await;
-    // Cancel `begin` at every point of its round trip: after each, the next borrower of the
-    // pool's single connection is outside any transaction and has no tenant.
+    // Cancel `begin` at every point of its round trip: dropped after 1, 2, ... polls (each
+    // poll after the first follows a wake-up from the socket or the pool), so the cut points do
+    // not depend on how fast the machine is. After each, the next borrower of the pool's single
+    // connection is outside any transaction and has no tenant.
     let mut cancelled = 0;
     for step in 0..300u64 {
-        let r = tokio::time::timeout(Duration::from_micros(step * 10), pool.begin(&a)).await;
-        if r.is_err() {
-            cancelled += 1;
+        let polls_allowed = 1 + step % 12;
+        // The future lives in this block only: dropping it is the cancellation.
+        let finished = {
+            let mut fut = std::pin::pin!(pool.begin(&a));
+            let mut polls = 0;
+            std::future::poll_fn(|cx| {
+                polls += 1;
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+                    std::task::Poll::Pending if polls >= polls_allowed => {
+                        std::task::Poll::Ready(None)
+                    }
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            })
+            .await
+        };
+        match finished {
+            None => cancelled += 1,
+            Some(r) => drop(r.unwrap()),
         }
-        drop(r);
         let mut tx = pool.begin_unscoped().await.unwrap();
         let (setting, depth): (Option<String>, i64) = sqlx::query_as(
             "SELECT current_setting('app.tenant_id', true),

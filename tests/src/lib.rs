@@ -18,6 +18,8 @@
 //! # }
 //! ```
 
+pub mod http;
+
 use std::time::Duration;
 
 use sqlx::Connection as _;

@@ -11,13 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tenancy_server::{App, Config};
+use tenancy_tests::http::Client;
+pub use tenancy_tests::http::Reply;
 
 /// Which framework serves the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,23 +47,8 @@ pub struct Harness {
     running: Option<Running>,
     app: App,
     pub base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client,
     pub dir: tempfile::TempDir,
-}
-
-/// An answer: status, headers, body as JSON (`Null` when not JSON) and as text.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Value,
-    pub text: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
 }
 
 /// The test configuration (environment `test`, data in `dir`) with `edit` applied.
@@ -104,9 +86,7 @@ impl Harness {
             running: Some(running),
             app,
             base: format!("http://{addr}"),
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(5))
-                .build_http(),
+            client: Client::new(format!("http://{addr}"), flavor.name()),
             dir,
         }
     }
@@ -142,45 +122,7 @@ impl Harness {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if body.is_some()
-            && !headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        {
-            req = req.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
-            .expect("a valid request");
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
-            .await
-            .unwrap_or_else(|_| panic!("{} {method} {path}: no answer in 30 s", self.flavor.name()))
-            .unwrap_or_else(|e| panic!("{} {method} {path}: {e}", self.flavor.name()));
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .expect("the body arrives")
-            .to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            text,
-        }
+        self.client.send(method, path, token, body, headers).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {

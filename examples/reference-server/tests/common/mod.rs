@@ -4,35 +4,16 @@
 
 pub mod scenario;
 
-use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tenancy_server::{App, Config, Server};
+use tenancy_tests::http::Client;
+pub use tenancy_tests::http::Reply;
 
 pub struct Harness {
     pub server: Option<Server>,
     pub base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client,
     pub dir: tempfile::TempDir,
-}
-
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Value,
-    pub text: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
 }
 
 pub fn memory_config(dir: &std::path::Path) -> Config {
@@ -47,8 +28,8 @@ impl Harness {
         let base = format!("http://{}", server.local_addr());
         Self {
             server: Some(server),
+            client: Client::new(base.clone(), "tenancy-server"),
             base,
-            client: Client::builder(TokioExecutor::new()).build_http(),
             dir,
         }
     }
@@ -92,36 +73,7 @@ impl Harness {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
-            .await
-            .expect("answer in time")
-            .expect("request sent");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            text,
-        }
+        self.client.send(method, path, token, body, headers).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {
