@@ -149,3 +149,211 @@ async fn every_documented_operation_answers_as_documented_on_both_servers() {
     }
     assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
 }
+
+/// Every event of a trail (read with `token`) that answers the request `request_id`.
+async fn events_of(h: &Harness, token: &str, request_id: &str) -> Vec<serde_json::Value> {
+    let r = h.get("/v1/tenant/audit?limit=500", Some(token)).await;
+    assert_eq!(r.status, 200, "{}: {}", h.flavor.name(), r.text);
+    r.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["origin"]["request_id"] == request_id)
+        .cloned()
+        .collect()
+}
+
+/// Each login and refresh, refused or not, leaves exactly one audit event, in the trail of
+/// the tenant concerned (the platform's when the tenant is unknown), carrying the client
+/// address and the route: never a second, anonymous `http.denied` record in the platform
+/// trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_login_and_refresh_is_audited_once_on_both_servers() {
+    let mut transcripts = Vec::new();
+    for flavor in Flavor::BOTH {
+        let mut h = Harness::memory(flavor).await;
+        let (root, _) = h.login("platform", "root").await;
+        let (alice, _) = h.login("acme", "alice").await;
+        let (galice, _) = h.login("globex", "alice").await;
+        let (_, gbob_refresh) = h.login("globex", "bob").await;
+        let (_, bob_refresh) = h.login("acme", "bob").await;
+        let send = |rid: &'static str, path: &'static str, body: String| {
+            let h = &h;
+            async move {
+                h.send("POST", path, None, Some(&body), &[("x-request-id", rid)])
+                    .await
+            }
+        };
+        let login = |tenant: &str, password: &str| {
+            serde_json::json!({"tenant_id": tenant, "username": "bob", "password": password})
+                .to_string()
+        };
+        let refresh = |t: &str| serde_json::json!({"refresh_token": t}).to_string();
+        let mut log = Vec::new();
+        for (rid, path, body, status) in [
+            (
+                "rid-bad-password",
+                "/v1/auth/login",
+                login("acme", "nope"),
+                401,
+            ),
+            (
+                "rid-unknown-tenant",
+                "/v1/auth/login",
+                login("nosuch", "password"),
+                401,
+            ),
+            (
+                "rid-good-login",
+                "/v1/auth/login",
+                login("acme", "password"),
+                200,
+            ),
+            (
+                "rid-refresh",
+                "/v1/auth/refresh",
+                refresh(&bob_refresh),
+                200,
+            ),
+            ("rid-reuse", "/v1/auth/refresh", refresh(&bob_refresh), 401),
+            ("rid-junk-refresh", "/v1/auth/refresh", refresh("junk"), 401),
+        ] {
+            let r = send(rid, path, body).await;
+            assert_eq!(r.status, status, "{} {rid}: {}", flavor.name(), r.text);
+            log.push(common::entry(rid, &r, None));
+        }
+        let globex = |action: &'static str| {
+            let (h, root) = (&h, &root);
+            async move {
+                let path = format!("/v1/admin/tenants/globex/{action}");
+                let s = h.post(&path, Some(root), &serde_json::json!({})).await;
+                assert_eq!(s.status, 200, "{action}: {}", s.text);
+            }
+        };
+        globex("suspend").await;
+        let r = send("rid-suspended", "/v1/auth/refresh", refresh(&gbob_refresh)).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        log.push(common::entry("rid-suspended", &r, None));
+        globex("resume").await;
+
+        let trails = [("acme", &alice), ("globex", &galice), ("platform", &root)];
+        for (rid, tenant, action, outcome, reason) in [
+            (
+                "rid-bad-password",
+                "acme",
+                "auth.login",
+                "denied",
+                Some("bad_credentials"),
+            ),
+            (
+                "rid-unknown-tenant",
+                "platform",
+                "auth.login",
+                "denied",
+                Some("bad_credentials"),
+            ),
+            ("rid-good-login", "acme", "auth.login", "success", None),
+            ("rid-refresh", "acme", "auth.refresh", "success", None),
+            (
+                "rid-reuse",
+                "acme",
+                "auth.refresh",
+                "denied",
+                Some("refresh_token_reused_session_revoked"),
+            ),
+            (
+                "rid-junk-refresh",
+                "platform",
+                "auth.refresh",
+                "denied",
+                Some("refresh_token_refused"),
+            ),
+            (
+                "rid-suspended",
+                "globex",
+                "auth.refresh",
+                "denied",
+                Some("tenant_suspended"),
+            ),
+        ] {
+            let who = format!("{} {rid}", flavor.name());
+            let mut found = Vec::new();
+            for (trail, token) in trails {
+                for e in events_of(&h, token, rid).await {
+                    found.push((trail, e));
+                }
+            }
+            assert_eq!(found.len(), 1, "{who}: one event, got {found:?}");
+            let (trail, e) = &found[0];
+            assert_eq!(*trail, tenant, "{who}: {e}");
+            assert_eq!(e["action"], action, "{who}: {e}");
+            assert_eq!(e["outcome"], outcome, "{who}: {e}");
+            assert_eq!(e["reason"].as_str(), reason, "{who}: {e}");
+            assert_eq!(e["origin"]["client_addr"], "127.0.0.1", "{who}: {e}");
+            let route = if action == "auth.login" {
+                "/v1/auth/login"
+            } else {
+                "/v1/auth/refresh"
+            };
+            assert_eq!(e["origin"]["route"], route, "{who}: {e}");
+        }
+        assert!(h.stop().await);
+        transcripts.push(log);
+    }
+    assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
+}
+
+/// A prod-like configuration: environment `prod`, a key of its own, data in `dir`, and
+/// `metrics_allow` when given.
+fn prod_config(dir: &std::path::Path, metrics_allow: Option<&str>) -> tenancy_server::Config {
+    let mut vars = std::collections::HashMap::from([
+        ("TENANCY_ENV".to_owned(), "prod".to_owned()),
+        ("TENANCY_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        (
+            "TENANCY_JWT_SECRET".to_owned(),
+            "prod-test-secret-0123456789abcdef0123".to_owned(),
+        ),
+        ("TENANCY_DATA_DIR".to_owned(), dir.display().to_string()),
+    ]);
+    if let Some(allow) = metrics_allow {
+        vars.insert("TENANCY_METRICS_ALLOW".to_owned(), allow.to_owned());
+    }
+    tenancy_server::Config::from_vars(&vars).expect("a valid prod configuration")
+}
+
+/// In prod, `/metrics` answers loopback and private addresses only (or the configured
+/// networks); any other client gets the 404 of a path that does not exist, on both servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_are_private_in_prod_on_both_servers() {
+    let mut transcripts = Vec::new();
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut log = Vec::new();
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = prod_config(dir.path(), None);
+        let mut h = Harness::start(flavor, c, dir).await;
+        let r = h.get("/metrics", None).await;
+        assert_eq!(r.status, 200, "{who}: loopback is private: {}", r.text);
+        assert!(r.text.contains("tenancy_component_up"), "{who}: {}", r.text);
+        log.push(common::entry("metrics from loopback", &r, None));
+        assert!(h.stop().await);
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = prod_config(dir.path(), Some("192.0.2.0/24, 2001:db8::/32"));
+        let mut h = Harness::start(flavor, c, dir).await;
+        let r = h.get("/metrics", None).await;
+        common::assert_problem(who, &r, 404);
+        assert_eq!(
+            r.body["type"], "urn:tenancy:problem:not-found",
+            "{who}: a refused scrape looks like a path that does not exist: {}",
+            r.text
+        );
+        log.push(common::entry("metrics from outside the list", &r, None));
+        let health = h.get("/health", None).await;
+        assert_eq!(health.status, 200, "{who}: {}", health.text);
+        assert!(h.stop().await);
+        transcripts.push(log);
+    }
+    assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
+}

@@ -1,20 +1,18 @@
-//! The actix-web routes: each reads the request, calls the operation the axum route calls,
-//! and renders the answer the way `tenancy_server::http` does.
+//! The actix-web routes: each reads the request into a [`Call`], calls the framework-free
+//! endpoint of [`tenancy_server::web`] the axum route calls, and sends its [`Answer`].
 
 use std::future::{Ready, ready};
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage as _, HttpRequest, HttpResponse, ResponseError, web};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use tenancy_actix::http_core::PROBLEM_JSON;
-use tenancy_actix::{AuditNote, Tenant};
+use tenancy_actix::Tenant;
+use tenancy_actix::http_core::RequestMeta;
 use tenancy_core::RequestId;
-use tenancy_server::app::{MAX_BODY_BYTES, metrics_handle};
-use tenancy_server::records::{self, NewRecord};
-use tenancy_server::{App, Error, openapi, ops};
+use tenancy_server::app::MAX_BODY_BYTES;
+use tenancy_server::web::{self as endpoints, Answer, BodyError, Call};
+use tenancy_server::{App, Error};
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
@@ -50,324 +48,169 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-/// An operation's [`Error`] with the request id to quote in its problem body.
+/// Sends an [`Answer`], with its audit note in the response extensions for the middleware.
+fn reply(a: Answer) -> HttpResponse {
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = HttpResponse::build(status);
+    for (name, value) in a.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.insert_header((HeaderName::from_static(name), v));
+        }
+    }
+    let mut resp = resp.body(a.body);
+    if let Some(note) = a.audit {
+        resp.extensions_mut().insert(note);
+    }
+    resp
+}
+
+/// The [`Call`] of a request: the app from the app data, the origin the middleware
+/// resolved, the query string and the content type.
+struct Req(Call);
+
+/// The app is missing from the app data: [`configure`] was mounted without it.
 #[derive(Debug)]
-pub(crate) struct ApiError(Error, Option<RequestId>);
+struct MissingApp;
 
-impl std::fmt::Display for ApiError {
+impl std::fmt::Display for MissingApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        f.write_str("tenancy_server::App missing from the app data")
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    /// problem+json; a 401 carries `WWW-Authenticate: Bearer`; the cause of a 5xx goes to
-    /// the log, not the body.
+impl ResponseError for MissingApp {
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        if status.is_server_error() {
-            tracing::error!(error = %self.0, source = ?std::error::Error::source(&self.0), "request failed");
-        }
-        let mut resp = HttpResponse::build(status);
-        resp.insert_header((header::CONTENT_TYPE, PROBLEM_JSON));
-        if status == StatusCode::UNAUTHORIZED {
-            resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-        }
-        resp.body(serde_json::to_vec(&self.0.problem(self.1.as_ref())).unwrap_or_default())
+        tracing::error!("{self}");
+        reply(Answer::problem(
+            &Error::Internal(self.to_string().into()),
+            None,
+        ))
     }
-}
-
-type Reply = Result<HttpResponse, ApiError>;
-
-/// The app and the request id the middleware assigned.
-struct Req {
-    app: App,
-    id: Option<RequestId>,
-    query: String,
-    content_type: Option<HeaderValue>,
 }
 
 impl FromRequest for Req {
-    type Error = actix_web::Error;
-    type Future = Ready<Result<Self, actix_web::Error>>;
+    type Error = MissingApp;
+    type Future = Ready<Result<Self, MissingApp>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(match req.app_data::<web::Data<App>>() {
-            Some(app) => Ok(Self {
-                app: app.get_ref().clone(),
-                id: req.extensions().get::<RequestId>().cloned(),
-                query: req.query_string().to_owned(),
-                content_type: req.headers().get(header::CONTENT_TYPE).cloned(),
-            }),
-            None => Err(actix_web::error::ErrorInternalServerError(
-                "tenancy_server::App missing from the app data",
-            )),
-        })
+        ready(
+            req.app_data::<web::Data<App>>()
+                .ok_or(MissingApp)
+                .map(|app| {
+                    let mut call = Call::new(app.get_ref().clone())
+                        .with_origin({
+                            let ext = req.extensions();
+                            endpoints::origin(ext.get::<RequestMeta>(), ext.get::<RequestId>())
+                        })
+                        .with_query(req.query_string());
+                    if let Some(ct) = req
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        call = call.with_content_type(ct);
+                    }
+                    Self(call)
+                }),
+        )
     }
 }
 
 /// The request body as read under the 64 KiB limit.
-type Body = Result<web::Bytes, actix_web::Error>;
+type RawBody = Result<web::Bytes, actix_web::Error>;
 
-impl Req {
-    fn err(&self, e: impl Into<Error>) -> ApiError {
-        ApiError(e.into(), self.id.clone())
-    }
-
-    /// A JSON body: `application/json` (or `+json`), at most 64 KiB, no unknown fields;
-    /// refused with 415, 413, or 400 saying what is wrong with the document, as the axum
-    /// routes refuse it.
-    fn json<T: DeserializeOwned>(&self, body: Body) -> Result<T, ApiError> {
-        let json = self
-            .content_type
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|m| {
-                let m = m.trim().to_ascii_lowercase();
-                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-            });
-        if !json {
-            return Err(self.err(Error::UnsupportedMediaType));
+fn body(b: &RawBody) -> endpoints::Body<'_> {
+    match b {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(BodyError::TooLarge)
         }
-        let bytes = body.map_err(|e| {
-            self.err(
-                if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::PayloadTooLarge(MAX_BODY_BYTES)
-                } else {
-                    Error::BadRequest("the request body could not be read".into())
-                },
-            )
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            let what = match e.classify() {
-                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                    "malformed JSON"
-                }
-                _ => "invalid request body",
-            };
-            self.err(Error::BadRequest(format!("{what}: {e}").into()))
-        })
-    }
-
-    /// The query string, parsed by the very function the axum routes use, so refusals
-    /// read the same.
-    fn query<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        let uri: axum::http::Uri = format!("/?{}", self.query)
-            .parse()
-            .map_err(|_| self.err(Error::BadRequest("query: not a valid query string".into())))?;
-        axum::extract::Query::<T>::try_from_uri(&uri)
-            .map(|q| q.0)
-            .map_err(|r| {
-                self.err(Error::BadRequest(
-                    format!("query: {}", r.body_text()).into(),
-                ))
-            })
+        Err(_) => Err(BodyError::Unreadable),
     }
 }
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("application/json")
-        .body(serde_json::to_vec(body).unwrap_or_default())
+async fn not_found(Req(c): Req) -> HttpResponse {
+    reply(endpoints::not_found(&c))
 }
 
-async fn not_found(r: Req) -> HttpResponse {
-    r.err(Error::NotFound).error_response()
+async fn method_not_allowed(Req(c): Req) -> HttpResponse {
+    reply(endpoints::method_not_allowed(&c))
 }
 
-async fn method_not_allowed(r: Req) -> HttpResponse {
-    let body = serde_json::json!({
-        "type": "urn:tenancy:problem:method-not-allowed",
-        "title": "Method Not Allowed",
-        "status": 405,
-        "detail": "this method is not allowed on this path",
-        "request_id": r.id,
-    });
-    HttpResponse::MethodNotAllowed()
-        .insert_header((header::CONTENT_TYPE, PROBLEM_JSON))
-        .body(serde_json::to_vec(&body).unwrap_or_default())
+async fn health(Req(c): Req) -> HttpResponse {
+    reply(endpoints::health(&c))
 }
 
-async fn health(r: Req) -> HttpResponse {
-    let (ok, body) = ops::health(&r.app);
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json_response(status, &body)
-}
-
-async fn metrics(r: Req) -> HttpResponse {
-    let stats = r.app.audit().stats();
-    metrics::gauge!("tenancy_audit_events_stored").set(stats.stored as f64);
-    metrics::gauge!("tenancy_audit_events_spooled").set(stats.spooled as f64);
-    metrics::gauge!("tenancy_audit_store_errors").set(stats.store_errors as f64);
-    for (name, h) in r.app.health() {
-        let up = if h.status == tenancy_core::HealthStatus::Down {
-            0.0
-        } else {
-            1.0
-        };
-        metrics::gauge!("tenancy_component_up", "component" => name).set(up);
-    }
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics_handle().render())
+async fn metrics(Req(c): Req) -> HttpResponse {
+    reply(endpoints::metrics(&c))
 }
 
 async fn openapi_doc() -> HttpResponse {
-    json_response(StatusCode::OK, &openapi::document())
+    reply(endpoints::openapi())
 }
 
-async fn login(r: Req, body: Body) -> Reply {
-    let t = ops::login(&r.app, r.json(body)?, r.id.as_ref())
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &t))
+async fn login(Req(c): Req, b: RawBody) -> HttpResponse {
+    reply(endpoints::login(&c, body(&b)).await)
 }
 
-async fn refresh(r: Req, body: Body) -> Reply {
-    let t = ops::refresh(&r.app, r.json(body)?, r.id.as_ref())
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &t))
+async fn refresh(Req(c): Req, b: RawBody) -> HttpResponse {
+    reply(endpoints::refresh(&c, body(&b)).await)
 }
 
-async fn logout(r: Req, Tenant(ctx): Tenant) -> Reply {
-    ops::logout(&r.app, &ctx).await.map_err(|e| r.err(e))?;
-    Ok(HttpResponse::NoContent().finish())
+async fn logout(Req(c): Req, Tenant(ctx): Tenant) -> HttpResponse {
+    reply(endpoints::logout(&c, &ctx).await)
 }
 
 async fn me(Tenant(ctx): Tenant) -> HttpResponse {
-    json_response(StatusCode::OK, &ops::me(&ctx))
+    reply(endpoints::me(&ctx))
 }
 
-// The query documents of the axum routes (private there).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<usize>,
+async fn list_records(Req(c): Req, Tenant(ctx): Tenant) -> HttpResponse {
+    reply(endpoints::list_records(&c, &ctx).await)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditQuery {
-    before: Option<u64>,
-    limit: Option<usize>,
+async fn create_record(Req(c): Req, Tenant(ctx): Tenant, b: RawBody) -> HttpResponse {
+    reply(endpoints::create_record(&c, &ctx, body(&b)).await)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyQuery {
-    tenant: String,
+async fn get_record(Req(c): Req, Tenant(ctx): Tenant, id: web::Path<String>) -> HttpResponse {
+    reply(endpoints::get_record(&c, &ctx, &id).await)
 }
 
-async fn list_records(r: Req, Tenant(ctx): Tenant) -> Reply {
-    let q: ListQuery = r.query()?;
-    let list = records::list(r.app.records(), &ctx, q.limit.unwrap_or(100))
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "records": list }),
-    ))
+async fn delete_record(Req(c): Req, Tenant(ctx): Tenant, id: web::Path<String>) -> HttpResponse {
+    reply(endpoints::delete_record(&c, &ctx, &id).await)
 }
 
-async fn create_record(r: Req, Tenant(ctx): Tenant, body: Body) -> Reply {
-    let new: NewRecord = r.json(body)?;
-    let rec = records::create(r.app.records(), &ctx, new)
-        .await
-        .map_err(|e| r.err(e))?;
-    let mut resp = json_response(StatusCode::CREATED, &rec);
-    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/records/{}", rec.id)) {
-        resp.headers_mut().insert(header::LOCATION, loc);
-    }
-    resp.extensions_mut().insert(AuditNote {
-        resource_id: Some(rec.id),
-        ..AuditNote::default()
-    });
-    Ok(resp)
+async fn tenant_audit(Req(c): Req, Tenant(ctx): Tenant) -> HttpResponse {
+    reply(endpoints::tenant_audit(&c, &ctx).await)
 }
 
-async fn get_record(r: Req, Tenant(ctx): Tenant, id: web::Path<String>) -> Reply {
-    let rec = records::get(r.app.records(), &ctx, &id)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &rec))
+type TenantPath = web::Path<String>;
+
+async fn put_tenant(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath, b: RawBody) -> HttpResponse {
+    reply(endpoints::put_tenant(&c, &ctx, &t, body(&b)).await)
 }
 
-async fn delete_record(r: Req, Tenant(ctx): Tenant, id: web::Path<String>) -> Reply {
-    records::delete(r.app.records(), &ctx, &id)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(HttpResponse::NoContent().finish())
+async fn get_tenant(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath) -> HttpResponse {
+    reply(endpoints::get_tenant(&c, &ctx, &t).await)
 }
 
-async fn tenant_audit(r: Req, Tenant(ctx): Tenant) -> Reply {
-    let q: AuditQuery = r.query()?;
-    let page = ops::tenant_audit(&r.app, &ctx, q.before, q.limit)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &page))
+async fn put_limits(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath, b: RawBody) -> HttpResponse {
+    reply(endpoints::put_limits(&c, &ctx, &t, body(&b)).await)
 }
 
-async fn put_tenant(r: Req, Tenant(ctx): Tenant, t: web::Path<String>, body: Body) -> Reply {
-    let (created, v) = ops::put_tenant(&r.app, &ctx, &t, r.json(body)?)
-        .await
-        .map_err(|e| r.err(e))?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(json_response(status, &v))
+async fn bypass(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath, b: RawBody) -> HttpResponse {
+    reply(endpoints::bypass(&c, &ctx, &t, body(&b)).await)
 }
 
-async fn get_tenant(r: Req, Tenant(ctx): Tenant, t: web::Path<String>) -> Reply {
-    let v = ops::get_tenant(&r.app, &ctx, &t)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
+async fn suspend(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath) -> HttpResponse {
+    reply(endpoints::set_status(&c, &ctx, &t, true).await)
 }
 
-async fn put_limits(r: Req, Tenant(ctx): Tenant, t: web::Path<String>, body: Body) -> Reply {
-    let v = ops::put_limits(&r.app, &ctx, &t, r.json(body)?)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
+async fn resume(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath) -> HttpResponse {
+    reply(endpoints::set_status(&c, &ctx, &t, false).await)
 }
 
-async fn bypass(r: Req, Tenant(ctx): Tenant, t: web::Path<String>, body: Body) -> Reply {
-    let v = ops::bypass(&r.app, &ctx, &t, r.json(body)?)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
-}
-
-async fn suspend(r: Req, Tenant(ctx): Tenant, t: web::Path<String>) -> Reply {
-    let v = ops::set_status(&r.app, &ctx, &t, true)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
-}
-
-async fn resume(r: Req, Tenant(ctx): Tenant, t: web::Path<String>) -> Reply {
-    let v = ops::set_status(&r.app, &ctx, &t, false)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
-}
-
-async fn verify(r: Req, Tenant(ctx): Tenant) -> Reply {
-    let q: VerifyQuery = r.query()?;
-    let v = ops::verify_audit(&r.app, &ctx, &q.tenant)
-        .await
-        .map_err(|e| r.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
+async fn verify(Req(c): Req, Tenant(ctx): Tenant) -> HttpResponse {
+    reply(endpoints::verify_audit(&c, &ctx).await)
 }

@@ -3,9 +3,10 @@
 //! Nothing here decides anything about tenants, tokens, limits, records or audit. The
 //! [`App`] is `tenancy-server`'s (same [`Config`], same backends), the request steps are the
 //! [`tenancy_actix`] middleware deciding with the app's own [`Tenancy`](tenancy_actix::Tenancy),
-//! and every handler calls the framework-free operation of
-//! [`tenancy_server::ops`] or [`tenancy_server::records`] that the axum route calls. What
-//! is left is actix-web glue: reading bodies and queries, rendering answers.
+//! and every handler calls the framework-free endpoint of [`tenancy_server::web`] that the
+//! axum route calls (body and query parsing, problem rendering and the `/metrics` address
+//! rule included). What is left is actix-web glue: handing the request's parts to the
+//! endpoint and its answer to actix-web.
 //!
 //! - [`serve`]: serve an [`App`] on a listener you bound (tests bind `127.0.0.1:0`).
 //! - [`start`]: build the [`App`] from a [`Config`], bind `config.listen`, serve.

@@ -201,12 +201,15 @@ fn verifier(config: &Config, sessions: Arc<dyn SessionStore>) -> Result<JwtVerif
             b.issuer(config.issuer.clone(), k).algorithms([alg])
         }
         KeyConfig::Jwks { url, .. } => {
-            let set = tenancy_auth::JwksKeySet::builder(url.clone())
-                .build()
-                .map_err(|e| Error::Config {
-                    setting: "TENANCY_JWT_JWKS_URL",
-                    reason: e.to_string(),
-                })?;
+            let mut set = tenancy_auth::JwksKeySet::builder(url.clone());
+            // Prod refuses http:// at validation; elsewhere a local provider may be plain.
+            if config.env != Env::Prod {
+                set = set.allow_plain_http();
+            }
+            let set = set.build().map_err(|e| Error::Config {
+                setting: "TENANCY_JWT_JWKS_URL",
+                reason: e.to_string(),
+            })?;
             b.issuer(config.issuer.clone(), set).algorithms([
                 Algorithm::RS256,
                 Algorithm::ES256,
@@ -217,6 +220,34 @@ fn verifier(config: &Config, sessions: Arc<dyn SessionStore>) -> Result<JwtVerif
     b.build().map_err(|e| Error::Startup {
         what: "token verifier",
         source: Box::new(e),
+    })
+}
+
+/// Refuses a private key that does not match the public key: the server would issue tokens
+/// it then refuses. A token minted with the one must verify with the other.
+async fn check_key_pair(issuer: &TokenIssuer, verifier: &JwtVerifier) -> Result<()> {
+    use tenancy_core::TokenVerifier as _;
+    let mismatch = |reason: String| Error::Config {
+        setting: "TENANCY_JWT_PRIVATE_KEY_FILE",
+        reason,
+    };
+    let probe = (|| {
+        Some((
+            TenantId::parse("platform").ok()?,
+            tenancy_core::UserId::parse("key-check").ok()?,
+            tenancy_core::Role::parse("user").ok()?,
+        ))
+    })()
+    .ok_or_else(|| mismatch("cannot build the key check".into()))?;
+    let token = issuer
+        .access_token(&probe.0, &probe.1, &probe.2, &Default::default(), None)
+        .map_err(|e| mismatch(format!("cannot sign with this key: {e}")))?;
+    verifier.verify(&token).await.map(|_| ()).map_err(|_| {
+        mismatch(
+            "tokens signed with this key do not verify with TENANCY_JWT_PUBLIC_KEY_FILE; \
+             give the matching pair"
+                .into(),
+        )
     })
 }
 
@@ -465,6 +496,51 @@ async fn connect_database(config: &Config, url: &str) -> Result<(Database, PgAud
     ))
 }
 
+/// Routes whose operation audits every outcome itself, once, in the trail of the tenant
+/// concerned (`auth.login`, `auth.refresh`; see [`ops::login`](crate::ops::login)).
+pub const SELF_AUDITED_ROUTES: &[&str] = &["/v1/auth/login", "/v1/auth/refresh"];
+
+/// The audit sink of the request layer: the dispatcher, without the layer's generic
+/// `http.denied` record of a 401 or 403 that a [`SELF_AUDITED_ROUTES`] operation answered
+/// and has already recorded (a failed login would otherwise be audited twice: in the
+/// tenant's trail with the user and reason, and again anonymously in the platform's).
+#[derive(Debug, Clone)]
+struct LayerAudit(AuditDispatcher);
+
+impl LayerAudit {
+    fn keeps(e: &tenancy_core::AuditEvent) -> bool {
+        e.action != "http.denied"
+            || !e
+                .origin
+                .route
+                .as_deref()
+                .is_some_and(|r| SELF_AUDITED_ROUTES.contains(&r))
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for LayerAudit {
+    async fn record(&self, event: tenancy_core::AuditEvent) -> tenancy_core::Result<()> {
+        if Self::keeps(&event) {
+            self.0.record(event).await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn record_sync(&self, event: tenancy_core::AuditEvent) -> tenancy_core::Result<()> {
+        if Self::keeps(&event) {
+            self.0.record_sync(event).await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn flush(&self) -> tenancy_core::Result<()> {
+        self.0.flush().await
+    }
+}
+
 /// The audit store as a health component: a read of the platform chain's head, bounded.
 #[derive(Debug)]
 struct AuditHealth {
@@ -514,6 +590,10 @@ impl App {
     /// Builds every backend the configuration names, runs migrations and the catalog audit
     /// (PostgreSQL), seeds the demo data (dev and test), starts the audit dispatcher and the
     /// background health checks.
+    ///
+    /// The request layer audits denials and audited routes into the same dispatcher, except
+    /// the `http.denied` records of [`SELF_AUDITED_ROUTES`], whose operations record each
+    /// outcome themselves: every login and refresh leaves exactly one audit event.
     ///
     /// # Errors
     /// [`Error::Config`] naming a setting, or [`Error::Startup`] naming the backend that
@@ -626,13 +706,16 @@ impl App {
             ),
             None => None,
         };
+        if let (Some(issuer), KeyConfig::PublicKey { .. }) = (&issuer, &config.key) {
+            check_key_pair(issuer, &verifier).await?;
+        }
 
         let tiers = TierCatalog::default();
         let mut builder = Tenancy::builder(
             verifier.clone(),
             directory.clone(),
             limiter.clone(),
-            Arc::new(dispatcher.clone()),
+            Arc::new(LayerAudit(dispatcher.clone())),
         )
         .with_tiers(tiers.clone())
         .with_failure_policy(config.rate_limit_failure);

@@ -21,6 +21,7 @@
 //! | `TENANCY_DEMO_USERS` | `demo_users` | `true` in dev and test, `false` in prod | seed the demo tenants and users |
 //! | `TENANCY_RATE_LIMIT_FAILURE` | `rate_limit_failure` | `local` | when Redis cannot decide: `local`, `fail_closed` or `fail_open` |
 //! | `TENANCY_HEALTH_INTERVAL` | `health_interval_secs` | `5` | seconds between background component checks |
+//! | `TENANCY_METRICS_ALLOW` | `metrics_allow` | `private` in prod, `any` elsewhere | who may read `GET /metrics`: `any`, `private` (loopback and private networks) or a comma-separated list of addresses and networks (`10.0.0.0/8, 192.0.2.7`); others get 404. Prod refuses `any` |
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -46,6 +47,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tenancy_core::FailurePolicy;
+use tenancy_http::IpNet;
 
 use crate::{Error, Result};
 
@@ -130,6 +132,89 @@ impl fmt::Debug for KeyConfig {
     }
 }
 
+/// Who may read `GET /metrics` (client addresses as the request layer resolves them,
+/// through trusted proxies).
+///
+/// Why `private` is the prod default: the metrics name tenants, routes and the health of
+/// every backend; a scraper runs next to the server, not on the internet.
+///
+/// ```
+/// use tenancy_server::config::MetricsAllow;
+///
+/// let private = MetricsAllow::private();
+/// assert!(private.allows(Some("127.0.0.1".parse().unwrap())));
+/// assert!(private.allows(Some("10.1.2.3".parse().unwrap())));
+/// assert!(!private.allows(Some("203.0.113.9".parse().unwrap())));
+/// assert!(!private.allows(None));
+/// assert!(MetricsAllow::Anyone.allows(None));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricsAllow {
+    /// Every client.
+    Anyone,
+    /// Clients inside one of these networks.
+    Networks(Vec<IpNet>),
+}
+
+/// Loopback and private networks: IPv4 127/8, 10/8, 172.16/12, 192.168/16; IPv6 ::1 and
+/// unique local fc00::/7.
+const PRIVATE_NETWORKS: [&str; 6] = [
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+];
+
+impl MetricsAllow {
+    /// Loopback and private networks only.
+    pub fn private() -> Self {
+        Self::Networks(
+            PRIVATE_NETWORKS
+                .iter()
+                .filter_map(|n| IpNet::parse(n).ok())
+                .collect(),
+        )
+    }
+
+    /// Whether a client at `addr` may read the metrics (an unknown address may not, unless
+    /// anyone may).
+    pub fn allows(&self, addr: Option<std::net::IpAddr>) -> bool {
+        match self {
+            Self::Anyone => true,
+            Self::Networks(nets) => addr.is_some_and(|a| nets.iter().any(|n| n.contains(a))),
+        }
+    }
+
+    fn parse(s: &str, env: Env) -> Result<Self> {
+        const SETTING: &str = "TENANCY_METRICS_ALLOW";
+        match s.trim() {
+            "any" if env == Env::Prod => Err(invalid(
+                SETTING,
+                "`any` is refused in prod: name the scraper's networks, or `private`",
+            )),
+            "any" => Ok(Self::Anyone),
+            "private" => Ok(Self::private()),
+            list => {
+                let nets = list
+                    .split(',')
+                    .map(|n| {
+                        IpNet::parse(n.trim()).map_err(|e| {
+                            invalid(
+                                SETTING,
+                                format!("{e}; expected `any`, `private` or addresses and networks like 10.0.0.0/8"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Self::Networks(nets))
+            }
+        }
+    }
+}
+
 /// The validated configuration of the server.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -166,6 +251,8 @@ pub struct Config {
     pub rate_limit_failure: FailurePolicy,
     /// Seconds between background component checks.
     pub health_interval: Duration,
+    /// Who may read `GET /metrics`.
+    pub metrics_allow: MetricsAllow,
 }
 
 /// The raw settings, as read from the file and the environment, before validation.
@@ -190,6 +277,7 @@ struct Raw {
     demo_users: Option<bool>,
     rate_limit_failure: Option<String>,
     health_interval_secs: Option<u64>,
+    metrics_allow: Option<String>,
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> Error {
@@ -220,6 +308,7 @@ fn var_name(key: &'static str) -> &'static str {
         "demo_users" => "TENANCY_DEMO_USERS",
         "rate_limit_failure" => "TENANCY_RATE_LIMIT_FAILURE",
         "health_interval_secs" => "TENANCY_HEALTH_INTERVAL",
+        "metrics_allow" => "TENANCY_METRICS_ALLOW",
         _ => "TENANCY_CONFIG",
     }
 }
@@ -257,6 +346,7 @@ impl Raw {
         take!(redis_namespace);
         take!(data_dir);
         take!(rate_limit_failure);
+        take!(metrics_allow);
         if let Some(v) = num("access_token_ttl_secs")? {
             self.access_token_ttl_secs = Some(v);
         }
@@ -456,6 +546,11 @@ impl Config {
                 "must be between 1 and 300 seconds",
             ));
         }
+        let metrics_allow = match raw.metrics_allow.as_deref() {
+            Some(s) => MetricsAllow::parse(s, env)?,
+            None if env == Env::Prod => MetricsAllow::private(),
+            None => MetricsAllow::Anyone,
+        };
         Ok(Self {
             listen,
             env,
@@ -475,6 +570,7 @@ impl Config {
             demo_users,
             rate_limit_failure,
             health_interval: Duration::from_secs(interval),
+            metrics_allow,
         })
     }
 
@@ -541,6 +637,42 @@ mod tests {
             err(&[("TENANCY_DATABASE_RUNTIME_ROLE", "Robert'); DROP")])
                 .contains("TENANCY_DATABASE_RUNTIME_ROLE")
         );
+        let e = err(&[("TENANCY_METRICS_ALLOW", "10.0.0.0/8, intranet")]);
+        assert!(
+            e.contains("TENANCY_METRICS_ALLOW") && e.contains("intranet"),
+            "{e}"
+        );
+        assert!(err(&[("TENANCY_METRICS_ALLOW", "10.0.0.0/33")]).contains("TENANCY_METRICS_ALLOW"));
+    }
+
+    #[test]
+    fn metrics_are_private_in_prod_and_open_elsewhere() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let dev = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(dev.metrics_allow, MetricsAllow::Anyone);
+        let prod = Config::from_vars(&vars(&[
+            ("TENANCY_ENV", "prod"),
+            ("TENANCY_JWT_SECRET", secret),
+        ]))
+        .unwrap();
+        assert_eq!(prod.metrics_allow, MetricsAllow::private());
+        let e = err(&[
+            ("TENANCY_ENV", "prod"),
+            ("TENANCY_JWT_SECRET", secret),
+            ("TENANCY_METRICS_ALLOW", "any"),
+        ]);
+        assert!(e.contains("TENANCY_METRICS_ALLOW"), "{e}");
+        let listed = Config::from_vars(&vars(&[
+            ("TENANCY_ENV", "prod"),
+            ("TENANCY_JWT_SECRET", secret),
+            ("TENANCY_METRICS_ALLOW", "192.0.2.7, 2001:db8::/32"),
+        ]))
+        .unwrap();
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert!(listed.metrics_allow.allows(ip("192.0.2.7")));
+        assert!(listed.metrics_allow.allows(ip("2001:db8::1")));
+        assert!(!listed.metrics_allow.allows(ip("127.0.0.1")));
+        assert!(!listed.metrics_allow.allows(ip("192.0.2.8")));
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum Error {
     /// Absent, or another tenant's (404).
     #[error("not found")]
     NotFound,
+    /// The path exists but not for this method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// A concurrent change won (409).
     #[error("conflict")]
     Conflict,
@@ -104,6 +107,7 @@ impl Error {
             Self::Unauthorized => 401,
             Self::Forbidden(_) => 403,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
             Self::PayloadTooLarge(_) => 413,
             Self::UnsupportedMediaType => 415,
@@ -123,6 +127,11 @@ impl Error {
             ),
             Self::Forbidden(d) => ("forbidden", "Forbidden", d.clone()),
             Self::NotFound => ("not-found", "Not Found", "no such resource".into()),
+            Self::MethodNotAllowed => (
+                "method-not-allowed",
+                "Method Not Allowed",
+                "this method is not allowed on this path".into(),
+            ),
             Self::Conflict => (
                 "conflict",
                 "Conflict",

@@ -1,5 +1,5 @@
-//! The axum routes: a thin layer that parses requests, calls the framework-free operations
-//! in [`ops`] and [`records`], and renders their answers.
+//! The axum routes: each reads the request into a [`Call`], calls the framework-free
+//! endpoint in [`web`], and sends its [`Answer`].
 //!
 //! [`router`] returns the whole API with the tenancy stack (request id, authentication,
 //! tenant resolution, rate limits, audit) and the 64 KiB body limit in front of it.
@@ -16,139 +16,90 @@
 //! ```
 
 use axum::Router;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use tenancy_core::RequestId;
-use tenancy_http::{AuditNote, PROBLEM_JSON};
+use tenancy_http::RequestMeta;
 use tenancy_tower::{TenancyLayer, Tenant};
 
-use crate::app::{App, MAX_BODY_BYTES, metrics_handle};
-use crate::records::{self, NewRecord};
-use crate::{Error, openapi, ops};
+use crate::app::{App, MAX_BODY_BYTES};
+use crate::web::{self, Answer, BodyError, Call};
 
-/// An [`Error`] with the request id to quote in its problem body.
-#[derive(Debug)]
-pub struct ApiError(pub Error, pub Option<RequestId>);
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        Self(e, None)
-    }
-}
-
-/// Renders `e` as an `application/problem+json` response (a 401 carries
-/// `WWW-Authenticate: Bearer`). The cause of a 5xx goes to the log, not the body.
-pub fn problem_response(e: &Error, request_id: Option<&RequestId>) -> Response {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() {
-        tracing::error!(error = %e, source = ?std::error::Error::source(e), "request failed");
-    }
-    let body = serde_json::to_vec(&e.problem(request_id)).unwrap_or_default();
-    let mut resp = (status, body).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    if status == StatusCode::UNAUTHORIZED {
-        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    resp
-}
-
-impl IntoResponse for ApiError {
+impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        problem_response(&self.0, self.1.as_ref())
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = Response::new(axum::body::Body::from(self.body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        }
+        if let Some(note) = self.audit {
+            resp.extensions_mut().insert(note);
+        }
+        resp
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
-
-/// The request id the tenancy layer assigned.
-#[derive(Debug, Clone, Default)]
-pub struct ReqId(pub Option<RequestId>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ReqId {
+impl FromRequestParts<App> for Call {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut http::request::Parts,
-        _: &S,
+        app: &App,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.extensions.get::<RequestId>().cloned()))
-    }
-}
-
-impl ReqId {
-    fn err(&self, e: impl Into<Error>) -> ApiError {
-        ApiError(e.into(), self.0.clone())
-    }
-}
-
-/// A JSON body: `application/json`, at most 64 KiB, no unknown fields. Refusals are
-/// problem+json: 415, 413, or 400 saying what is wrong with the document.
-#[derive(Debug)]
-pub struct Json<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let id = req.extensions().get::<RequestId>().cloned();
-        let json = req
-            .headers()
+        let mut call = Call::new(app.clone())
+            .with_origin(web::origin(
+                parts.extensions.get::<RequestMeta>(),
+                parts.extensions.get::<RequestId>(),
+            ))
+            .with_query(parts.uri.query().unwrap_or_default());
+        if let Some(ct) = parts
+            .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|m| {
-                let m = m.trim().to_ascii_lowercase();
-                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-            })
-            .unwrap_or(false);
-        if !json {
-            return Err(ApiError(Error::UnsupportedMediaType, id));
+        {
+            call = call.with_content_type(ct);
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r: BytesRejection| {
-                let e = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::PayloadTooLarge(MAX_BODY_BYTES)
-                } else {
-                    Error::BadRequest("the request body could not be read".into())
-                };
-                ApiError(e, id.clone())
-            })?;
-        serde_json::from_slice(&bytes).map(Json).map_err(|e| {
-            let what = match e.classify() {
-                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                    "malformed JSON"
-                }
-                _ => "invalid request body",
-            };
-            ApiError(Error::BadRequest(format!("{what}: {e}").into()), id)
-        })
+        Ok(call)
     }
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>, id: &ReqId) -> ApiResult<T> {
-    q.map(|Query(v)| v).map_err(|r| {
-        id.err(Error::BadRequest(
-            format!("query: {}", r.body_text()).into(),
-        ))
-    })
+/// The request body as read under [`DefaultBodyLimit`].
+type RawBody = Result<Bytes, BytesRejection>;
+
+fn body(b: &RawBody) -> web::Body<'_> {
+    match b {
+        Ok(bytes) => Ok(bytes),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Unreadable),
+    }
 }
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut resp = (status, bytes).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+/// A path parameter; one axum cannot decode answers like a path that does not exist.
+struct Param(String);
+
+impl FromRequestParts<App> for Param {
+    type Rejection = Answer;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        app: &App,
+    ) -> Result<Self, Answer> {
+        match Path::<String>::from_request_parts(parts, app).await {
+            Ok(Path(p)) => Ok(Self(p)),
+            Err(_) => {
+                let Ok(c) = Call::from_request_parts(parts, app).await;
+                Err(web::not_found(&c))
+            }
+        }
+    }
 }
 
 /// The whole API with the tenancy stack and the body limit.
@@ -181,281 +132,86 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-async fn not_found(id: ReqId) -> ApiError {
-    id.err(Error::NotFound)
+async fn not_found(c: Call) -> Answer {
+    web::not_found(&c)
 }
 
-async fn method_not_allowed(id: ReqId) -> Response {
-    let mut resp = problem_response(
-        &Error::BadRequest("method not allowed on this path".into()),
-        id.0.as_ref(),
-    );
-    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    let body = serde_json::json!({
-        "type": "urn:tenancy:problem:method-not-allowed",
-        "title": "Method Not Allowed",
-        "status": 405,
-        "detail": "this method is not allowed on this path",
-        "request_id": id.0,
-    });
-    *resp.body_mut() = axum::body::Body::from(serde_json::to_vec(&body).unwrap_or_default());
-    resp
+async fn method_not_allowed(c: Call) -> Answer {
+    web::method_not_allowed(&c)
 }
 
-async fn health(State(app): State<App>) -> Response {
-    let (ok, body) = ops::health(&app);
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json_response(status, &body)
+async fn health(c: Call) -> Answer {
+    web::health(&c)
 }
 
-async fn metrics(State(app): State<App>) -> Response {
-    let stats = app.audit().stats();
-    metrics::gauge!("tenancy_audit_events_stored").set(stats.stored as f64);
-    metrics::gauge!("tenancy_audit_events_spooled").set(stats.spooled as f64);
-    metrics::gauge!("tenancy_audit_store_errors").set(stats.store_errors as f64);
-    for (name, h) in app.health() {
-        let up = if h.status == tenancy_core::HealthStatus::Down {
-            0.0
-        } else {
-            1.0
-        };
-        metrics::gauge!("tenancy_component_up", "component" => name).set(up);
-    }
-    let text = metrics_handle().render();
-    let mut resp = text.into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
+async fn metrics(c: Call) -> Answer {
+    web::metrics(&c)
 }
 
-async fn openapi_doc() -> Response {
-    json_response(StatusCode::OK, &openapi::document())
+async fn openapi_doc() -> Answer {
+    web::openapi()
 }
 
-async fn login(
-    State(app): State<App>,
-    id: ReqId,
-    Json(body): Json<ops::LoginRequest>,
-) -> ApiResult<Response> {
-    let t = ops::login(&app, body, id.0.as_ref())
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &t))
+async fn login(c: Call, b: RawBody) -> Answer {
+    web::login(&c, body(&b)).await
 }
 
-async fn refresh(
-    State(app): State<App>,
-    id: ReqId,
-    Json(body): Json<ops::RefreshRequest>,
-) -> ApiResult<Response> {
-    let t = ops::refresh(&app, body, id.0.as_ref())
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &t))
+async fn refresh(c: Call, b: RawBody) -> Answer {
+    web::refresh(&c, body(&b)).await
 }
 
-async fn logout(State(app): State<App>, id: ReqId, Tenant(ctx): Tenant) -> ApiResult<StatusCode> {
-    ops::logout(&app, &ctx).await.map_err(|e| id.err(e))?;
-    Ok(StatusCode::NO_CONTENT)
+async fn logout(c: Call, Tenant(ctx): Tenant) -> Answer {
+    web::logout(&c, &ctx).await
 }
 
-async fn me(Tenant(ctx): Tenant) -> Response {
-    json_response(StatusCode::OK, &ops::me(&ctx))
+async fn me(Tenant(ctx): Tenant) -> Answer {
+    web::me(&ctx)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<usize>,
+async fn list_records(c: Call, Tenant(ctx): Tenant) -> Answer {
+    web::list_records(&c, &ctx).await
 }
 
-async fn list_records(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult<Response> {
-    let q = query(q, &id)?;
-    let list = records::list(app.records(), &ctx, q.limit.unwrap_or(100))
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "records": list }),
-    ))
+async fn create_record(c: Call, Tenant(ctx): Tenant, b: RawBody) -> Answer {
+    web::create_record(&c, &ctx, body(&b)).await
 }
 
-async fn create_record(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    Json(body): Json<NewRecord>,
-) -> ApiResult<Response> {
-    let rec = records::create(app.records(), &ctx, body)
-        .await
-        .map_err(|e| id.err(e))?;
-    let mut resp = json_response(StatusCode::CREATED, &rec);
-    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/records/{}", rec.id)) {
-        resp.headers_mut().insert(header::LOCATION, loc);
-    }
-    resp.extensions_mut().insert(AuditNote {
-        resource_id: Some(rec.id),
-        ..AuditNote::default()
-    });
-    Ok(resp)
+async fn get_record(c: Call, Tenant(ctx): Tenant, Param(id): Param) -> Answer {
+    web::get_record(&c, &ctx, &id).await
 }
 
-async fn get_record(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> ApiResult<Response> {
-    let Ok(Path(rid)) = path else {
-        return Err(id.err(Error::NotFound));
-    };
-    let rec = records::get(app.records(), &ctx, &rid)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &rec))
+async fn delete_record(c: Call, Tenant(ctx): Tenant, Param(id): Param) -> Answer {
+    web::delete_record(&c, &ctx, &id).await
 }
 
-async fn delete_record(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> ApiResult<StatusCode> {
-    let Ok(Path(rid)) = path else {
-        return Err(id.err(Error::NotFound));
-    };
-    records::delete(app.records(), &ctx, &rid)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(StatusCode::NO_CONTENT)
+async fn tenant_audit(c: Call, Tenant(ctx): Tenant) -> Answer {
+    web::tenant_audit(&c, &ctx).await
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditQuery {
-    before: Option<u64>,
-    limit: Option<usize>,
+async fn put_tenant(c: Call, Tenant(ctx): Tenant, Param(t): Param, b: RawBody) -> Answer {
+    web::put_tenant(&c, &ctx, &t, body(&b)).await
 }
 
-async fn tenant_audit(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    q: Result<Query<AuditQuery>, QueryRejection>,
-) -> ApiResult<Response> {
-    let q = query(q, &id)?;
-    let page = ops::tenant_audit(&app, &ctx, q.before, q.limit)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &page))
+async fn get_tenant(c: Call, Tenant(ctx): Tenant, Param(t): Param) -> Answer {
+    web::get_tenant(&c, &ctx, &t).await
 }
 
-async fn put_tenant(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    Path(tenant): Path<String>,
-    Json(body): Json<ops::PutTenant>,
-) -> ApiResult<Response> {
-    let (created, v) = ops::put_tenant(&app, &ctx, &tenant, body)
-        .await
-        .map_err(|e| id.err(e))?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(json_response(status, &v))
+async fn put_limits(c: Call, Tenant(ctx): Tenant, Param(t): Param, b: RawBody) -> Answer {
+    web::put_limits(&c, &ctx, &t, body(&b)).await
 }
 
-async fn get_tenant(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    Path(tenant): Path<String>,
-) -> ApiResult<Response> {
-    let v = ops::get_tenant(&app, &ctx, &tenant)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
+async fn bypass(c: Call, Tenant(ctx): Tenant, Param(t): Param, b: RawBody) -> Answer {
+    web::bypass(&c, &ctx, &t, body(&b)).await
 }
 
-async fn put_limits(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    Path(tenant): Path<String>,
-    Json(body): Json<ops::PutLimits>,
-) -> ApiResult<Response> {
-    let v = ops::put_limits(&app, &ctx, &tenant, body)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
+async fn suspend(c: Call, Tenant(ctx): Tenant, Param(t): Param) -> Answer {
+    web::set_status(&c, &ctx, &t, true).await
 }
 
-async fn bypass(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    Path(tenant): Path<String>,
-    Json(body): Json<ops::Bypass>,
-) -> ApiResult<Response> {
-    let v = ops::bypass(&app, &ctx, &tenant, body)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
+async fn resume(c: Call, Tenant(ctx): Tenant, Param(t): Param) -> Answer {
+    web::set_status(&c, &ctx, &t, false).await
 }
 
-async fn suspend(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    Path(tenant): Path<String>,
-) -> ApiResult<Response> {
-    let v = ops::set_status(&app, &ctx, &tenant, true)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
-}
-
-async fn resume(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    Path(tenant): Path<String>,
-) -> ApiResult<Response> {
-    let v = ops::set_status(&app, &ctx, &tenant, false)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyQuery {
-    tenant: String,
-}
-
-async fn verify(
-    State(app): State<App>,
-    id: ReqId,
-    Tenant(ctx): Tenant,
-    q: Result<Query<VerifyQuery>, QueryRejection>,
-) -> ApiResult<Response> {
-    let q = query(q, &id)?;
-    let v = ops::verify_audit(&app, &ctx, &q.tenant)
-        .await
-        .map_err(|e| id.err(e))?;
-    Ok(json_response(StatusCode::OK, &v))
+async fn verify(c: Call, Tenant(ctx): Tenant) -> Answer {
+    web::verify_audit(&c, &ctx).await
 }

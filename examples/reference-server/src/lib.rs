@@ -9,7 +9,9 @@
 //! - [`records`] and [`ops`]: every endpoint's behaviour as plain async functions over an
 //!   [`App`] and a verified [`TenantContext`](tenancy_core::TenantContext), so a second
 //!   framework serves the same contract by calling them.
-//! - [`http`]: the axum routes, a thin layer over the operations.
+//! - [`web`]: each endpoint's HTTP answer, framework-free: body and query parsing with their
+//!   refusals, problem rendering, the `/metrics` address rule. Both servers call it.
+//! - [`http`]: the axum routes, a thin layer over [`web`].
 //! - [`start`] / [`serve`]: run the server on an address or on a listener you bound (tests
 //!   bind `127.0.0.1:0`), and get a [`Server`] handle with the bound address and a graceful
 //!   [`Server::shutdown`] that drains the audit queue.
@@ -43,6 +45,7 @@ pub mod ops;
 pub mod records;
 mod server;
 pub mod users;
+pub mod web;
 
 pub use app::App;
 pub use config::{Config, Env};

@@ -26,7 +26,7 @@
 //! let login = ops::LoginRequest {
 //!     tenant_id: "acme".into(), username: "bob".into(), password: "password".into(),
 //! };
-//! let tokens = ops::login(&app, login, None).await?;
+//! let tokens = ops::login(&app, login, &tenancy_core::Origin::default()).await?;
 //! assert_eq!(tokens.token_type, "Bearer");
 //! # Ok(()) }
 //! ```
@@ -36,9 +36,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tenancy_audit::store::FileAuditStore;
 use tenancy_core::{
-    AuditEvent, AuditSink as _, HealthStatus, Limit, Outcome, QuotaOverrides, RateLimitRequest,
-    RequestId, TenantContext, TenantId, TenantSettings, TenantStatus, TierName, TokenRejection,
-    Upsert, UserId,
+    AuditEvent, AuditSink as _, HealthStatus, Limit, Origin, Outcome, QuotaOverrides,
+    RateLimitRequest, TenantContext, TenantId, TenantSettings, TenantStatus, TierName,
+    TokenRejection, Upsert, UserId,
 };
 use time::OffsetDateTime;
 
@@ -103,16 +103,9 @@ pub struct Me {
     pub session_id: Option<String>,
 }
 
-fn event(
-    tenant: &TenantId,
-    action: &str,
-    outcome: Outcome,
-    request_id: Option<&RequestId>,
-) -> AuditEvent {
+fn event(tenant: &TenantId, action: &str, outcome: Outcome, origin: &Origin) -> AuditEvent {
     let mut e = AuditEvent::new(tenant.clone(), action, outcome);
-    if let Some(id) = request_id {
-        e = e.with_request_id(id.clone());
-    }
+    e.origin = origin.clone();
     e
 }
 
@@ -120,17 +113,16 @@ fn platform() -> TenantId {
     TenantId::parse("platform").unwrap_or_else(|_| unreachable!("a valid id"))
 }
 
-/// Checks the credentials and starts a session. Every failure is the same 401; the attempt
-/// is audited in the tenant's trail (the platform's for an unknown tenant).
+/// Checks the credentials and starts a session. Every failure is the same 401. Each attempt
+/// is audited once, as `auth.login` in the tenant's trail (the platform's for an unknown
+/// tenant), with `origin` (request id, route, client address): a tenant admin sees the
+/// failed logins against the tenant, and the request layer's generic `http.denied` record
+/// of the 401 is not kept (see [`App::build`](crate::App::build)).
 ///
 /// # Errors
 /// 401 for wrong credentials or an unknown tenant; 403 when the tenant is suspended; 503
 /// when a backend cannot answer.
-pub async fn login(
-    app: &App,
-    req: LoginRequest,
-    request_id: Option<&RequestId>,
-) -> Result<TokenResponse> {
+pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<TokenResponse> {
     let tenant = TenantId::parse(&req.tenant_id).ok();
     let settings = match &tenant {
         Some(t) => app.directory().get(t).await?,
@@ -148,7 +140,7 @@ pub async fn login(
     };
     let username = UserId::parse(&req.username).ok();
     let Some(user) = user else {
-        let mut e = event(&audit_tenant, "auth.login", Outcome::Denied, request_id)
+        let mut e = event(&audit_tenant, "auth.login", Outcome::Denied, origin)
             .with_reason("bad_credentials");
         if let Some(u) = username {
             e = e.with_user(u);
@@ -161,7 +153,7 @@ pub async fn login(
     };
     if settings.is_suspended() {
         app.record(
-            event(&tenant, "auth.login", Outcome::Denied, request_id)
+            event(&tenant, "auth.login", Outcome::Denied, origin)
                 .with_user(user.id.clone())
                 .with_reason("tenant_suspended"),
         )
@@ -175,7 +167,7 @@ pub async fn login(
         .login(&tenant, &user.id, &user.role, &permissions_for(&user.role))
         .await?;
     app.record(
-        event(&tenant, "auth.login", Outcome::Success, request_id)
+        event(&tenant, "auth.login", Outcome::Success, origin)
             .with_user(user.id.clone())
             .with_role(user.role.clone())
             .with_session(pair.session),
@@ -190,15 +182,12 @@ pub async fn login(
 }
 
 /// Spends a refresh token and returns a new pair. A spent token presented again ends the
-/// whole session (its access tokens are refused from then on). Audited either way.
+/// whole session (its access tokens are refused from then on). Audited once either way, as
+/// `auth.refresh` in the trail of the tenant the token names (the platform's when unknown).
 ///
 /// # Errors
 /// 401 for any refused refresh token; 503 when the session store cannot answer.
-pub async fn refresh(
-    app: &App,
-    req: RefreshRequest,
-    request_id: Option<&RequestId>,
-) -> Result<TokenResponse> {
+pub async fn refresh(app: &App, req: RefreshRequest, origin: &Origin) -> Result<TokenResponse> {
     let issuer = app.issuer().ok_or_else(|| {
         Error::Forbidden("this server verifies tokens but does not issue them".into())
     })?;
@@ -217,10 +206,16 @@ pub async fn refresh(
         Ok(pair) => {
             if known.as_ref().is_some_and(|(_, s)| s.is_suspended()) {
                 issuer.logout(&pair.tenant, &pair.session).await?;
+                app.record(
+                    event(&audit_tenant, "auth.refresh", Outcome::Denied, origin)
+                        .with_session(pair.session)
+                        .with_reason("tenant_suspended"),
+                )
+                .await;
                 return Err(Error::Forbidden("the tenant is suspended".into()));
             }
             app.record(
-                event(&audit_tenant, "auth.refresh", Outcome::Success, request_id)
+                event(&audit_tenant, "auth.refresh", Outcome::Success, origin)
                     .with_session(pair.session),
             )
             .await;
@@ -237,8 +232,7 @@ pub async fn refresh(
                 _ => "refresh_token_refused",
             };
             app.record(
-                event(&audit_tenant, "auth.refresh", Outcome::Denied, request_id)
-                    .with_reason(reason),
+                event(&audit_tenant, "auth.refresh", Outcome::Denied, origin).with_reason(reason),
             )
             .await;
             Err(Error::Unauthorized)
@@ -380,7 +374,7 @@ async fn view(app: &App, tenant: &TenantId, s: &TenantSettings, usage: bool) -> 
                     serde_json::json!({
                         "limit": st.limit.quota.limit,
                         "remaining": st.remaining,
-                        "reset_after_secs": st.reset_after.as_secs(),
+                        "reset_after_secs": st.reset_after().as_secs(),
                     })
                 }),
                 Err(e) => {

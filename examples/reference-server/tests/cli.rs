@@ -3,19 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::Harness;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tenancy-server"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TENANCY_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
+use common::{Harness, bin};
 
 #[test]
 fn bad_settings_name_the_variable_and_fail() {
@@ -38,24 +26,7 @@ fn bad_settings_name_the_variable_and_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minted_tokens_work_and_the_file_verifies() {
     let h = Harness::memory().await;
-    let out = bin()
-        .args([
-            "token",
-            "--tenant",
-            "acme",
-            "--user",
-            "dave",
-            "--role",
-            "tenant_admin",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let token = common::mint_with_cli(&[], "acme", "dave", "tenant_admin");
     let me = h.get("/v1/me", &token).await;
     assert_eq!(me.status, 200, "{}", me.text);
     assert_eq!(me.body["user_id"], "dave");
@@ -96,4 +67,103 @@ async fn minted_tokens_work_and_the_file_verifies() {
     assert_eq!(summary["valid"], false);
     assert!(summary["first_bad_seq"].is_u64());
     drop(dir);
+}
+
+/// `audit verify --checkpoint FILE --checkpoint-key HEX`: valid when the chain still
+/// reaches the signed head with the signed hash; invalid when the checkpoint disagrees
+/// (another hash at its `seq`, or a `seq` past the end) or the chain was altered; refused
+/// when the checkpoint's signature is not the given key's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_against_a_signed_checkpoint() {
+    use tenancy_audit::chain::{ChainHead, Digest};
+    use tenancy_audit::checkpoint::{CheckpointSigner, verifying_key_to_hex};
+    use tenancy_audit::store::{AuditStore as _, FileAuditStore};
+
+    let h = Harness::memory().await;
+    let token = h.login("acme", "alice").await;
+    h.create_records(&token, 3).await;
+    let file = h.app().config().audit_file();
+    let dir = h.stop().await;
+
+    let acme: tenancy_core::TenantId = "acme".parse().unwrap();
+    let store = FileAuditStore::builder(file.clone())
+        .read_only()
+        .open()
+        .await
+        .unwrap();
+    let head = store.head(&acme).await.unwrap().expect("acme has a chain");
+    drop(store);
+    let signer = CheckpointSigner::from_seed("ops-1", [7; 32]);
+    let key = verifying_key_to_hex(&signer.verifying_key());
+    let write = |name: &str, head: ChainHead, signer: &CheckpointSigner| {
+        let cp = signer.sign(&acme, head, time::OffsetDateTime::now_utc());
+        let p = dir.path().join(name);
+        std::fs::write(&p, serde_json::to_string(&cp).unwrap()).unwrap();
+        p
+    };
+    let verify = |checkpoint: &std::path::Path, key: &str| {
+        let out = bin()
+            .args(["audit", "verify", "--tenant", "acme", "--file"])
+            .arg(&file)
+            .arg("--checkpoint")
+            .arg(checkpoint)
+            .args(["--checkpoint-key", key])
+            .output()
+            .unwrap();
+        let summary = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok();
+        (
+            out.status.success(),
+            summary,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let matching = write("matching.json", head, &signer);
+    let (ok, summary, err) = verify(&matching, &key);
+    assert!(ok, "{err}");
+    let summary = summary.expect("a summary");
+    assert_eq!(summary["valid"], true, "{summary}");
+    // A login and three records.
+    assert!(
+        summary["events"].as_u64().is_some_and(|n| n >= 4),
+        "{summary}"
+    );
+
+    let rewritten = ChainHead {
+        seq: head.seq,
+        hash: Digest([0xab; 32]),
+    };
+    let disagreeing = write("disagreeing.json", rewritten, &signer);
+    let (ok, summary, err) = verify(&disagreeing, &key);
+    assert!(!ok, "{err}");
+    let summary = summary.expect("a summary");
+    assert_eq!(summary["valid"], false, "{summary}");
+    assert_eq!(summary["reason"], "rewritten", "{summary}");
+
+    let beyond = ChainHead {
+        seq: head.seq + 5,
+        hash: head.hash,
+    };
+    let truncated = write("beyond.json", beyond, &signer);
+    let (ok, summary, _) = verify(&truncated, &key);
+    assert!(!ok);
+    assert_eq!(summary.expect("a summary")["reason"], "truncated");
+
+    let stranger = CheckpointSigner::from_seed("ops-1", [8; 32]);
+    let forged = write("forged.json", head, &stranger);
+    let (ok, summary, err) = verify(&forged, &key);
+    assert!(
+        !ok && summary.is_none(),
+        "a forged checkpoint is refused: {err}"
+    );
+    assert!(err.contains("--checkpoint"), "{err}");
+
+    // The chain altered under a checkpoint that matched it.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen("records.create", "records.delete", 1)).unwrap();
+    let (ok, summary, err) = verify(&matching, &key);
+    assert!(!ok, "{err}");
+    let summary = summary.expect("a summary");
+    assert_eq!(summary["valid"], false, "{summary}");
+    assert!(summary["first_bad_seq"].is_u64(), "{summary}");
 }

@@ -33,16 +33,7 @@ async fn contract_in_memory_mode() {
 async fn shutdown_drains_the_audit_queue_into_the_file() {
     let h = Harness::memory().await;
     let alice = h.login("acme", "alice").await;
-    for i in 0..20 {
-        let r = h
-            .post(
-                "/v1/records",
-                Some(&alice),
-                &serde_json::json!({"title": format!("r{i}"), "body": ""}),
-            )
-            .await;
-        assert_eq!(r.status, 201);
-    }
+    h.create_records(&alice, 20).await;
     let path = h.app().config().audit_file();
     let _dir = h.stop().await;
     let text = std::fs::read_to_string(&path).unwrap();

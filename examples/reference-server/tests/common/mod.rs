@@ -110,6 +110,20 @@ impl Harness {
             .to_owned()
     }
 
+    /// Creates `n` records (`r0`, `r1`, ...) with `token`.
+    pub async fn create_records(&self, token: &str, n: usize) {
+        for i in 0..n {
+            let r = self
+                .post(
+                    "/v1/records",
+                    Some(token),
+                    &serde_json::json!({"title": format!("r{i}"), "body": ""}),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text);
+        }
+    }
+
     /// Every action recorded in `tenant`'s audit trail, newest first (read as `admin`).
     pub async fn actions(&self, admin_token: &str) -> Vec<(String, String)> {
         let r = self.get("/v1/tenant/audit?limit=500", admin_token).await;
@@ -126,6 +140,33 @@ impl Harness {
             })
             .collect()
     }
+}
+
+/// The `tenancy-server` binary, inheriting no `TENANCY_*` variable.
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tenancy-server"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TENANCY_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// The token `tenancy-server token --tenant T --user U --role R` prints with the settings
+/// `vars`.
+pub fn mint_with_cli(vars: &[(&str, String)], tenant: &str, user: &str, role: &str) -> String {
+    let out = bin()
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(["token", "--tenant", tenant, "--user", user, "--role", role])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Asserts a problem+json answer with `status`.
