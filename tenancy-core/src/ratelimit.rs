@@ -184,6 +184,7 @@ pub struct GcraOutcome {
 /// in nanoseconds since the Unix epoch.
 ///
 /// A weight larger than the burst never fits; its retry-after is `u64::MAX`.
+#[inline]
 pub fn gcra(tat: Option<u64>, now: u64, quota: &Quota, cost: u64) -> GcraOutcome {
     let t = quota.emission_interval_nanos();
     let capacity = t.saturating_mul(quota.burst);
@@ -223,22 +224,44 @@ pub struct LimitState {
     pub allowed: bool,
     /// Requests that still fit now.
     pub remaining: u64,
-    /// Time until the limit is fully restored.
-    pub reset_after: Duration,
-    /// Time until the request would fit under this limit (zero when allowed).
-    pub retry_after: Duration,
+    /// Nanoseconds until the limit is fully restored (see [`LimitState::reset_after`]).
+    pub reset_after_nanos: u64,
+    /// Nanoseconds until the request would fit under this limit, 0 when allowed (see
+    /// [`LimitState::retry_after`]).
+    pub retry_after_nanos: u64,
 }
 
 impl LimitState {
     /// The state after a GCRA outcome for `limit`.
+    #[inline]
     pub fn from_outcome(limit: Limit, o: &GcraOutcome) -> Self {
         Self {
             limit,
             allowed: o.allowed,
             remaining: o.remaining,
-            reset_after: Duration::from_nanos(o.reset_after_nanos),
-            retry_after: Duration::from_nanos(o.retry_after_nanos),
+            reset_after_nanos: o.reset_after_nanos,
+            retry_after_nanos: o.retry_after_nanos,
         }
+    }
+
+    /// Time until the limit is fully restored.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tenancy_core::{gcra, Limit, LimitState, Quota};
+    ///
+    /// let limit = Limit::tenant(Quota::per_second(10).with_burst(5));
+    /// let state = LimitState::from_outcome(limit, &gcra(None, 0, &limit.quota, 2));
+    /// assert_eq!(state.reset_after(), Duration::from_millis(200));
+    /// assert_eq!(state.retry_after(), Duration::ZERO);
+    /// ```
+    pub fn reset_after(&self) -> Duration {
+        Duration::from_nanos(self.reset_after_nanos)
+    }
+
+    /// Time until the request would fit under this limit (zero when allowed).
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_nanos(self.retry_after_nanos)
     }
 }
 
@@ -264,12 +287,13 @@ const FILLER: LimitState = LimitState {
     },
     allowed: true,
     remaining: 0,
-    reset_after: Duration::ZERO,
-    retry_after: Duration::ZERO,
+    reset_after_nanos: 0,
+    retry_after_nanos: 0,
 };
 
 impl LimitStates {
     /// No states.
+    #[inline]
     pub const fn new() -> Self {
         Self {
             inline: [FILLER; INLINE_STATES],
@@ -279,6 +303,7 @@ impl LimitStates {
     }
 
     /// Appends a state.
+    #[inline]
     pub fn push(&mut self, state: LimitState) {
         if self.spill.is_empty() && self.len < INLINE_STATES {
             self.inline[self.len] = state;
@@ -404,36 +429,45 @@ impl RateLimitDecision {
         now: u64,
         writes: &mut [Option<u64>],
     ) -> Self {
-        let mut states = LimitStates::new();
-        let mut allowed = true;
+        let mut out = Self::unlimited();
+        out.fill(request, tats, now, writes);
+        out
+    }
+
+    /// [`RateLimitDecision::decide_into`] into `self`, which must be [`unlimited`](Self::unlimited):
+    /// the decision is large enough that returning it by value costs a copy, which a backend
+    /// on the hot path avoids by deciding into its own return value.
+    pub(crate) fn fill(
+        &mut self,
+        request: &RateLimitRequest,
+        tats: &[Option<u64>],
+        now: u64,
+        writes: &mut [Option<u64>],
+    ) {
         for ((limit, tat), write) in request.applicable().zip(tats).zip(writes.iter_mut()) {
             let o = gcra(*tat, now, &limit.quota, request.cost);
             if !o.allowed && limit.mode == LimitMode::Enforce {
-                allowed = false;
+                self.allowed = false;
             }
             *write = o.allowed.then_some(o.tat);
-            states.push(LimitState::from_outcome(*limit, &o));
+            self.states.push(LimitState::from_outcome(*limit, &o));
         }
-        if !allowed {
+        if !self.allowed {
             // Nothing is consumed: report what each limit that would have allowed still has.
             for ((limit, tat), (state, write)) in request
                 .applicable()
                 .zip(tats)
-                .zip(states.iter_mut().zip(writes.iter_mut()))
+                .zip(self.states.iter_mut().zip(writes.iter_mut()))
             {
                 if write.take().is_some() {
                     *state = LimitState::from_outcome(*limit, &gcra(*tat, now, &limit.quota, 0));
                 }
             }
         }
-        Self {
-            allowed,
-            states,
-            source: DecisionSource::Backend,
-        }
     }
 
     /// An allowed decision with no limit states: a request that no limit applies to.
+    #[inline]
     pub fn unlimited() -> Self {
         Self {
             allowed: true,
@@ -460,8 +494,9 @@ impl RateLimitDecision {
         self.states
             .iter()
             .filter(|s| !s.allowed && s.limit.mode == LimitMode::Enforce)
-            .map(|s| s.retry_after)
+            .map(|s| s.retry_after_nanos)
             .max()
+            .map(Duration::from_nanos)
     }
 
     /// `Retry-After` in whole seconds: rounded up, never 0.
@@ -477,7 +512,7 @@ impl RateLimitDecision {
         if let Some(h) = self.headline() {
             out.push(("x-ratelimit-limit", h.limit.quota.limit.to_string()));
             out.push(("x-ratelimit-remaining", h.remaining.to_string()));
-            out.push(("x-ratelimit-reset", ceil_secs(h.reset_after).to_string()));
+            out.push(("x-ratelimit-reset", ceil_secs(h.reset_after()).to_string()));
         }
         if !self.states.is_empty() {
             let policy = self
@@ -501,7 +536,7 @@ impl RateLimitDecision {
                         "\"{}\";r={};t={}",
                         s.limit.name(),
                         s.remaining,
-                        ceil_secs(s.reset_after)
+                        ceil_secs(s.reset_after())
                     )
                 })
                 .collect::<Vec<_>>()

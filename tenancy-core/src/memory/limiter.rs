@@ -17,12 +17,15 @@ const SHARDS: usize = 64;
 pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 const MIN_SWEEP_INTERVAL: usize = 64;
 /// Limits decided with stack storage; a request with more uses the heap.
-const INLINE_LIMITS: usize = 8;
+const INLINE_LIMITS: usize = 4;
 
-/// A 128-bit key derived from (tenant, user, scope, period) with secret per-limiter seeds.
+/// A 128-bit key: the low half is the tenant's tag, a 64-bit keyed hash of the tenant id (so a
+/// tenant's keys can be found for [`QuotaAdmin::reset`]); the high half tells the tenant's keys
+/// apart: a second 64-bit keyed hash of the tenant, or of (tenant, user), mixed with the scope
+/// and the period.
 type Key = u128;
 
-/// Keys are already uniformly random: the map uses their low bits as the hash.
+/// Keys are already uniformly random: the map uses their high half as the hash.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -40,15 +43,14 @@ impl Hasher for KeyHasher {
     }
 
     fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
+        self.0 = (v >> 64) as u64;
     }
 }
 
+/// A key's theoretical arrival time (nanoseconds since the epoch).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     tat: u64,
-    /// The tenant's 64-bit tag, so that a tenant's keys can be found for [`QuotaAdmin::reset`].
-    tenant_tag: u64,
 }
 
 #[derive(Default)]
@@ -87,23 +89,25 @@ impl Shard {
     }
 }
 
-/// The keys of one request: the tenant's hash, and the user's when there is one.
+/// The hashes of one request: the tenant's tag and second hash, and the user's hash when there
+/// is a user.
 struct RequestKeys {
-    tenant: u128,
-    user: Option<u128>,
+    tag: u64,
+    tenant: u64,
+    user: Option<u64>,
 }
 
 impl RequestKeys {
     fn key(&self, scope: LimitScope, period_secs: u64) -> Option<Key> {
-        let base = match scope {
-            LimitScope::Tenant => self.tenant,
-            LimitScope::User => self.user?,
+        let (base, scope_bit) = match scope {
+            LimitScope::Tenant => (self.tenant, 0),
+            LimitScope::User => (self.user?, 1 << 63),
         };
-        // Distinct periods of one base give distinct keys; the scope bit separates a tenant key
-        // from a user key even in the (2^-128) event that their bases coincide.
-        let salt = u128::from(period_secs.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            | (u128::from(scope == LimitScope::User) << 127);
-        Some(base ^ salt.rotate_left(64))
+        // Multiplying by an odd constant is a bijection: distinct periods of one base give
+        // distinct keys. The scope bit keeps a tenant key and a user key apart even when
+        // their bases would otherwise meet.
+        let salt = period_secs.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ scope_bit;
+        Some((u128::from(base ^ salt) << 64) | u128::from(self.tag))
     }
 }
 
@@ -114,10 +118,12 @@ impl RequestKeys {
 /// keys are swept during ordinary calls (amortised, no background task), and the number of
 /// stored keys never exceeds the configured bound.
 ///
-/// Keys are 128-bit hashes of (tenant, user, scope, period) under seeds drawn at random for
-/// each limiter, never exposed: memory per key stays small and fixed whatever the length of
-/// the ids. Two ids share a limit only if their hashes collide, which the 128-bit width makes
-/// negligible (about 2^-88 for a million keys).
+/// Keys are 128-bit values made of keyed hashes of (tenant, user, scope, period) under seeds
+/// drawn at random for each limiter, never exposed: memory per key stays small and fixed
+/// whatever the length of the ids. Two tenants share a limit only if two independent 64-bit
+/// hashes of both collide (about 2^-88 for a million tenants); two users of one tenant share a
+/// per-user limit only if a 64-bit hash collides (about 2^-25 for a million users in one
+/// tenant), and the secret seeds leave nobody a way to aim for a collision.
 ///
 /// ```
 /// use tenancy_core::{memory::MemoryRateLimiter, Limit, Quota, RateLimitRequest, TenantId, UserId};
@@ -189,24 +195,23 @@ impl MemoryRateLimiter {
         }
     }
 
-    fn hash128<T: std::hash::Hash + ?Sized>(&self, v: &T) -> u128 {
-        let [a, b] = &self.inner.seeds;
-        (u128::from(a.hash_one(v)) << 64) | u128::from(b.hash_one(v))
+    /// The tenant's tag: a keyed hash that picks the shard and marks the tenant's keys.
+    fn tag(&self, tenant: &TenantId) -> u64 {
+        self.inner.seeds[0].hash_one(tenant.as_str())
     }
 
     fn keys(&self, req: &RateLimitRequest) -> RequestKeys {
-        let tenant = self.hash128(req.tenant.as_str());
+        let [_, b] = &self.inner.seeds;
+        let tenant = b.hash_one(req.tenant.as_str());
         RequestKeys {
+            tag: self.tag(&req.tenant),
             tenant,
-            user: req
-                .user
-                .as_ref()
-                .map(|u| self.hash128(&(req.tenant.as_str(), u.as_str()))),
+            user: req.user.as_ref().map(|u| b.hash_one((tenant, u.as_str()))),
         }
     }
 
-    fn shard(&self, tenant_hash: u128) -> &Mutex<Shard> {
-        &self.inner.shards[(tenant_hash as u64 as usize) % SHARDS]
+    fn shard(&self, tag: u64) -> &Mutex<Shard> {
+        &self.inner.shards[(tag as usize) % SHARDS]
     }
 
     /// Keys currently stored, swept or not.
@@ -224,17 +229,27 @@ impl MemoryRateLimiter {
 
     /// Decides synchronously (the [`RateLimiter`] impl calls this).
     pub fn check_now(&self, req: &RateLimitRequest) -> RateLimitDecision {
+        // Decided into the return value itself: a decision is too large to move for free.
+        let mut out = RateLimitDecision::unlimited();
         let n = req.applicable().count();
         if n > INLINE_LIMITS {
             let mut keys = vec![None; n];
             let mut tats = vec![None; n];
             let mut writes = vec![None; n];
-            return self.decide(req, &mut keys, &mut tats, &mut writes);
+            self.decide(req, &mut keys, &mut tats, &mut writes, &mut out);
+        } else {
+            let mut keys = [None; INLINE_LIMITS];
+            let mut tats = [None; INLINE_LIMITS];
+            let mut writes = [None; INLINE_LIMITS];
+            self.decide(
+                req,
+                &mut keys[..n],
+                &mut tats[..n],
+                &mut writes[..n],
+                &mut out,
+            );
         }
-        let mut keys = [None; INLINE_LIMITS];
-        let mut tats = [None; INLINE_LIMITS];
-        let mut writes = [None; INLINE_LIMITS];
-        self.decide(req, &mut keys[..n], &mut tats[..n], &mut writes[..n])
+        out
     }
 
     fn decide(
@@ -243,59 +258,48 @@ impl MemoryRateLimiter {
         keys: &mut [Option<Key>],
         tats: &mut [Option<u64>],
         writes: &mut [Option<u64>],
-    ) -> RateLimitDecision {
+        out: &mut RateLimitDecision,
+    ) {
         let rk = self.keys(req);
         for (slot, l) in keys.iter_mut().zip(req.applicable()) {
             *slot = rk.key(l.scope, l.quota.period_secs);
         }
         let now = self.inner.clock.now_nanos();
-        let mut shard = lock(self.shard(rk.tenant));
+        let mut shard = lock(self.shard(rk.tag));
         // Fast path, the common case of a tenant limit and a user limit whose keys exist:
-        // one probe per key, updated in place.
+        // one probe per key, updated in place. `writes` holds nothing after a denial.
         if let [Some(k0), Some(k1)] = *keys
             && k0 != k1
             && let [Some(e0), Some(e1)] = shard.map.get_disjoint_mut([&k0, &k1])
         {
             tats[0] = Some(e0.tat);
             tats[1] = Some(e1.tat);
-            let decision = RateLimitDecision::decide_into(req, tats, now, writes);
-            if decision.allowed {
-                if let Some(t) = writes[0] {
-                    e0.tat = t;
-                }
-                if let Some(t) = writes[1] {
-                    e1.tat = t;
-                }
+            out.fill(req, tats, now, writes);
+            if let Some(t) = writes[0] {
+                e0.tat = t;
             }
-            return decision;
+            if let Some(t) = writes[1] {
+                e1.tat = t;
+            }
+            return;
         }
         for (tat, key) in tats.iter_mut().zip(keys.iter()) {
             *tat = key.and_then(|k| shard.map.get(&k)).map(|e| e.tat);
         }
-        let decision = RateLimitDecision::decide_into(req, tats, now, writes);
-        if decision.allowed {
-            let new_keys = writes
-                .iter()
-                .zip(tats.iter())
-                .filter(|(w, t)| w.is_some() && t.is_none())
-                .count();
-            if new_keys > 0 {
-                shard.make_room(new_keys, self.inner.max_keys_per_shard, now);
-            }
-            let tenant_tag = rk.tenant as u64;
-            for (write, key) in writes.iter().zip(keys.iter()) {
-                if let (Some(tat), Some(key)) = (write, key) {
-                    shard.map.insert(
-                        *key,
-                        Entry {
-                            tat: *tat,
-                            tenant_tag,
-                        },
-                    );
-                }
+        out.fill(req, tats, now, writes);
+        let new_keys = writes
+            .iter()
+            .zip(tats.iter())
+            .filter(|(w, t)| w.is_some() && t.is_none())
+            .count();
+        if new_keys > 0 {
+            shard.make_room(new_keys, self.inner.max_keys_per_shard, now);
+        }
+        for (write, key) in writes.iter().zip(keys.iter()) {
+            if let (Some(tat), Some(key)) = (write, key) {
+                shard.map.insert(*key, Entry { tat: *tat });
             }
         }
-        decision
     }
 }
 
@@ -311,7 +315,7 @@ impl QuotaAdmin for MemoryRateLimiter {
     async fn usage(&self, request: &RateLimitRequest) -> Result<Vec<LimitState>> {
         let rk = self.keys(request);
         let now = self.inner.clock.now_nanos();
-        let shard = lock(self.shard(rk.tenant));
+        let shard = lock(self.shard(rk.tag));
         Ok(request
             .applicable()
             .map(|l| {
@@ -324,12 +328,11 @@ impl QuotaAdmin for MemoryRateLimiter {
             .collect())
     }
 
+    /// Forgets every key tagged with the tenant's tag (and, with probability 2^-64 per other
+    /// tenant, those of a tenant whose tag collides: a reset of its limits, never a denial).
     async fn reset(&self, tenant: &TenantId) -> Result<()> {
-        let hash = self.hash128(tenant.as_str());
-        let tag = hash as u64;
-        lock(self.shard(hash))
-            .map
-            .retain(|_, e| e.tenant_tag != tag);
+        let tag = self.tag(tenant);
+        lock(self.shard(tag)).map.retain(|k, _| *k as u64 != tag);
         Ok(())
     }
 }
@@ -464,7 +467,7 @@ mod tests {
         let denied = limiter.check_now(&req("acme", "bob", limits.clone()));
         assert!(!denied.allowed);
         assert_eq!(denied.retry_after(), Some(Duration::from_secs(10)));
-        assert_eq!(denied.states[0].reset_after, Duration::from_secs(40));
+        assert_eq!(denied.states[0].reset_after(), Duration::from_secs(40));
         clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
         assert!(
             !limiter
