@@ -161,13 +161,7 @@ pub async fn serve(app: App, listener: TcpListener) -> Result<Server> {
 /// As [`App::build`]; an [`Error::App`] naming `TENANCY_LISTEN` when the address cannot be
 /// bound.
 pub async fn start(config: Config) -> Result<Server> {
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| tenancy_server::Error::Config {
-                setting: "TENANCY_LISTEN",
-                reason: format!("cannot listen on {}: {e}", config.listen),
-            })?;
+    let listener = tenancy_server::bind(&config).await?;
     let app = App::build(config).await?;
     serve(app, listener).await
 }

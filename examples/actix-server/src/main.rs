@@ -26,27 +26,6 @@ fn fail(e: &dyn std::error::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tenancy_server::init_logging();
@@ -91,7 +70,7 @@ async fn main() -> ExitCode {
             server.local_addr()
         );
     }
-    shutdown_signal().await;
+    tenancy_server::shutdown_signal().await;
     println!("stopping: finishing in-flight requests and flushing the audit queue");
     match server.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,

@@ -398,6 +398,20 @@ pub async fn migrate(owner_url: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the database role `user` is a superuser or may bypass row-level security.
+///
+/// # Errors
+/// [`Error::Startup`] when the catalog cannot be read.
+pub async fn role_bypasses_rls(conn: &mut sqlx::PgConnection, user: &str) -> Result<bool> {
+    let privileged: Option<(bool, bool)> =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+            .bind(user)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| startup("role check")(boxed(e)))?;
+    Ok(privileged.is_some_and(|(s, b)| s || b))
+}
+
 /// Connects the PostgreSQL side: migrations as the owner, the runtime role, the catalog
 /// audit (refusing to serve on findings), the tenant and platform pools and the audit store.
 async fn connect_database(config: &Config, url: &str) -> Result<(Database, PgAuditStore)> {
@@ -416,13 +430,7 @@ async fn connect_database(config: &Config, url: &str) -> Result<(Database, PgAud
         .await
         .map_err(|e| startup("database connection (owner)")(boxed(e)))?;
     let user = opts.get_username().to_owned();
-    let privileged: Option<(bool, bool)> =
-        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
-            .bind(&user)
-            .fetch_optional(&mut owner)
-            .await
-            .map_err(|e| startup("role check")(boxed(e)))?;
-    let bypasses = privileged.is_some_and(|(s, b)| s || b);
+    let bypasses = role_bypasses_rls(&mut owner, &user).await?;
     let runtime_opts = if bypasses {
         if config.env == Env::Prod {
             return Err(Error::Config {

@@ -69,27 +69,6 @@ async fn main() -> ExitCode {
     run.unwrap_or_else(fail)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
 async fn serve() -> Result<ExitCode, String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let dev_key = config.dev_key;
@@ -138,7 +117,7 @@ async fn serve() -> Result<ExitCode, String> {
         );
     }
     println!("  API description: http://{addr}/openapi.json   stop with Ctrl-C");
-    shutdown_signal().await;
+    tenancy_server::shutdown_signal().await;
     println!("shutting down: finishing requests and flushing the audit trail");
     match server.shutdown().await {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -274,14 +253,10 @@ async fn db_check() -> Result<ExitCode, String> {
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let user = opts.get_username().to_owned();
-    let privileged: Option<(bool, bool)> =
-        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
-            .bind(&user)
-            .fetch_optional(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-    let role = if privileged.is_some_and(|(s, b)| s || b) && config.env != tenancy_server::Env::Prod
-    {
+    let bypasses = app::role_bypasses_rls(&mut conn, &user)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let role = if bypasses && config.env != tenancy_server::Env::Prod {
         config.database_runtime_role.clone()
     } else {
         user

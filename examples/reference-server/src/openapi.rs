@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 /// it documents. The walk test in `tests/` calls each of them.
 pub const OPERATIONS: &[(&str, &str, bool, &[u16])] = &[
     ("get", "/health", false, &[200, 503]),
-    ("get", "/metrics", false, &[200]),
+    ("get", "/metrics", false, &[200, 404]),
     ("get", "/openapi.json", false, &[200]),
     (
         "post",
@@ -20,7 +20,12 @@ pub const OPERATIONS: &[(&str, &str, bool, &[u16])] = &[
         false,
         &[200, 400, 401, 403, 413, 415],
     ),
-    ("post", "/v1/auth/refresh", false, &[200, 400, 401]),
+    (
+        "post",
+        "/v1/auth/refresh",
+        false,
+        &[200, 400, 401, 403, 413, 415],
+    ),
     ("post", "/v1/auth/logout", true, &[204, 401]),
     ("get", "/v1/me", true, &[200, 401, 403]),
     ("get", "/v1/records", true, &[200, 401, 403, 429]),
@@ -80,7 +85,9 @@ pub const OPERATIONS: &[(&str, &str, bool, &[u16])] = &[
 fn summary(method: &str, path: &str) -> &'static str {
     match (method, path) {
         ("get", "/health") => "Component health (503 naming what is down)",
-        ("get", "/metrics") => "Prometheus metrics",
+        ("get", "/metrics") => {
+            "Prometheus metrics, to clients in TENANCY_METRICS_ALLOW (404 to others)"
+        }
         ("get", "/openapi.json") => "This document",
         ("post", "/v1/auth/login") => "Log in; returns an access and a refresh token",
         ("post", "/v1/auth/refresh") => {

@@ -86,6 +86,17 @@ pub struct TokenResponse {
     pub expires_in: u64,
 }
 
+impl From<tenancy_auth::TokenPair> for TokenResponse {
+    fn from(pair: tenancy_auth::TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token.expose().to_owned(),
+            token_type: "Bearer",
+            expires_in: pair.expires_in,
+        }
+    }
+}
+
 /// `GET /v1/me`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Me {
@@ -173,12 +184,7 @@ pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<Toke
             .with_session(pair.session),
     )
     .await;
-    Ok(TokenResponse {
-        access_token: pair.access_token,
-        refresh_token: pair.refresh_token.expose().to_owned(),
-        token_type: "Bearer",
-        expires_in: pair.expires_in,
-    })
+    Ok(TokenResponse::from(pair))
 }
 
 /// Spends a refresh token and returns a new pair. A spent token presented again ends the
@@ -219,12 +225,7 @@ pub async fn refresh(app: &App, req: RefreshRequest, origin: &Origin) -> Result<
                     .with_session(pair.session),
             )
             .await;
-            Ok(TokenResponse {
-                access_token: pair.access_token,
-                refresh_token: pair.refresh_token.expose().to_owned(),
-                token_type: "Bearer",
-                expires_in: pair.expires_in,
-            })
+            Ok(TokenResponse::from(pair))
         }
         Err(tenancy_core::Error::Rejected(r)) => {
             let reason = match r {

@@ -53,14 +53,44 @@ pub async fn serve(app: App, listener: TcpListener) -> Result<Server> {
 /// As [`App::build`]; [`Error::Config`] naming `TENANCY_LISTEN` when the address cannot be
 /// bound.
 pub async fn start(config: Config) -> Result<Server> {
-    let listener = TcpListener::bind(config.listen)
+    let listener = bind(&config).await?;
+    let app = App::build(config).await?;
+    serve(app, listener).await
+}
+
+/// Binds `config.listen`.
+///
+/// # Errors
+/// [`Error::Config`] naming `TENANCY_LISTEN` when the address cannot be bound.
+pub async fn bind(config: &Config) -> Result<TcpListener> {
+    TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Config {
             setting: "TENANCY_LISTEN",
             reason: format!("cannot listen on {}: {e}", config.listen),
-        })?;
-    let app = App::build(config).await?;
-    serve(app, listener).await
+        })
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM: when a binary serving an [`App`] should stop.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }
 
 impl Server {
