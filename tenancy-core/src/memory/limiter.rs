@@ -89,25 +89,26 @@ impl Shard {
     }
 }
 
-/// The hashes of one request: the tenant's tag and second hash, and the user's hash when there
-/// is a user.
+/// The hashes of one request: the tenant's tag and second hash, and the user's hash (unused
+/// without a user: [`RateLimitRequest::applicable`] then has no user limit).
 struct RequestKeys {
     tag: u64,
     tenant: u64,
-    user: Option<u64>,
+    user: u64,
 }
 
 impl RequestKeys {
-    fn key(&self, scope: LimitScope, period_secs: u64) -> Option<Key> {
+    /// The key of an applicable limit.
+    fn key(&self, scope: LimitScope, period_secs: u64) -> Key {
         let (base, scope_bit) = match scope {
             LimitScope::Tenant => (self.tenant, 0),
-            LimitScope::User => (self.user?, 1 << 63),
+            LimitScope::User => (self.user, 1 << 63),
         };
         // Multiplying by an odd constant is a bijection: distinct periods of one base give
         // distinct keys. The scope bit keeps a tenant key and a user key apart even when
         // their bases would otherwise meet.
         let salt = period_secs.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ scope_bit;
-        Some((u128::from(base ^ salt) << 64) | u128::from(self.tag))
+        (u128::from(base ^ salt) << 64) | u128::from(self.tag)
     }
 }
 
@@ -206,7 +207,10 @@ impl MemoryRateLimiter {
         RequestKeys {
             tag: self.tag(&req.tenant),
             tenant,
-            user: req.user.as_ref().map(|u| b.hash_one((tenant, u.as_str()))),
+            user: req
+                .user
+                .as_ref()
+                .map_or(0, |u| b.hash_one((tenant, u.as_str()))),
         }
     }
 
@@ -233,12 +237,12 @@ impl MemoryRateLimiter {
         let mut out = RateLimitDecision::unlimited();
         let n = req.applicable().count();
         if n > INLINE_LIMITS {
-            let mut keys = vec![None; n];
+            let mut keys = vec![0; n];
             let mut tats = vec![None; n];
             let mut writes = vec![None; n];
             self.decide(req, &mut keys, &mut tats, &mut writes, &mut out);
         } else {
-            let mut keys = [None; INLINE_LIMITS];
+            let mut keys = [0; INLINE_LIMITS];
             let mut tats = [None; INLINE_LIMITS];
             let mut writes = [None; INLINE_LIMITS];
             self.decide(
@@ -255,7 +259,7 @@ impl MemoryRateLimiter {
     fn decide(
         &self,
         req: &RateLimitRequest,
-        keys: &mut [Option<Key>],
+        keys: &mut [Key],
         tats: &mut [Option<u64>],
         writes: &mut [Option<u64>],
         out: &mut RateLimitDecision,
@@ -268,7 +272,7 @@ impl MemoryRateLimiter {
         let mut shard = lock(self.shard(rk.tag));
         // Fast path, the common case of a tenant limit and a user limit whose keys exist:
         // one probe per key, updated in place. `writes` holds nothing after a denial.
-        if let [Some(k0), Some(k1)] = *keys
+        if let [k0, k1] = *keys
             && k0 != k1
             && let [Some(e0), Some(e1)] = shard.map.get_disjoint_mut([&k0, &k1])
         {
@@ -284,7 +288,7 @@ impl MemoryRateLimiter {
             return;
         }
         for (tat, key) in tats.iter_mut().zip(keys.iter()) {
-            *tat = key.and_then(|k| shard.map.get(&k)).map(|e| e.tat);
+            *tat = shard.map.get(key).map(|e| e.tat);
         }
         out.fill(req, tats, now, writes);
         let new_keys = writes
@@ -296,7 +300,7 @@ impl MemoryRateLimiter {
             shard.make_room(new_keys, self.inner.max_keys_per_shard, now);
         }
         for (write, key) in writes.iter().zip(keys.iter()) {
-            if let (Some(tat), Some(key)) = (write, key) {
+            if let Some(tat) = write {
                 shard.map.insert(*key, Entry { tat: *tat });
             }
         }
@@ -319,9 +323,9 @@ impl QuotaAdmin for MemoryRateLimiter {
         Ok(request
             .applicable()
             .map(|l| {
-                let tat = rk
-                    .key(l.scope, l.quota.period_secs)
-                    .and_then(|k| shard.map.get(&k))
+                let tat = shard
+                    .map
+                    .get(&rk.key(l.scope, l.quota.period_secs))
                     .map(|e| e.tat);
                 LimitState::from_outcome(*l, &gcra(tat, now, &l.quota, 0))
             })
