@@ -274,6 +274,11 @@ pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Waits until every accepted event is stored.
+    ///
+    /// Errors: [`Error::Unavailable`](crate::Error::Unavailable) when the store is down and a
+    /// sink that never drops an event is holding accepted events aside (a spool) until it
+    /// returns: nothing is lost, but the events are not stored yet. Callers that need them in
+    /// the store retry later; callers that only need them safe may treat this as done.
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
