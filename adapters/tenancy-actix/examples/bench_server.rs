@@ -15,8 +15,11 @@
 //! - `full-noaudit`: as `full`, with the route not audited (no event per request), to show
 //!   what the audit pipeline costs.
 //!
-//! Both frameworks serve with two worker threads; the audit writer runs on a thread of its
-//! own in both. The first line printed is a bearer token for the `full` variants.
+//! Both frameworks serve with two worker threads. The audit writer runs where each example
+//! server runs it: for axum a task on the server's runtime (as `tenancy-server` starts it);
+//! for actix-web, whose workers are single-threaded runtimes of their own, on a separate
+//! runtime thread (as `tenancy-actix-server` keeps it on its tokio runtime). The first line
+//! printed is a bearer token for the `full` variants.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,7 +63,7 @@ fn fail(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Starts the audit dispatcher on a thread of its own and returns it.
+/// Starts the audit dispatcher on a runtime thread of its own and returns it (actix-web).
 fn audit_dispatcher() -> AuditDispatcher {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -141,7 +144,13 @@ fn serve_axum(full: Option<Full>, port: u16) {
     rt.block_on(async move {
         let mut app = Router::new().route("/v1/records", get(|| async { "ok" }));
         if let Some(full) = full {
-            let t = tenancy(full, Arc::new(audit_dispatcher())).await;
+            // As `tenancy-server` does: the dispatcher's writer is a task on the server's
+            // runtime.
+            let dispatcher = AuditDispatcher::builder(Arc::new(MemoryAuditStore::new()))
+                .start()
+                .await
+                .unwrap_or_else(|e| fail(&format!("audit dispatcher: {e}")));
+            let t = tenancy(full, Arc::new(dispatcher)).await;
             app = app.layer(tenancy_tower::TenancyLayer::new(t));
         }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -5,6 +5,18 @@
 set -euo pipefail
 DURATION="${1:-10s}"
 CONNECTIONS="${2:-64}"
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "wrk not found; installing it with apt-get" >&2
+    apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; }
+  else
+    echo "wrk is not installed: install it (Debian/Ubuntu: sudo apt-get install -y wrk) and rerun" >&2
+    exit 1
+  fi
+fi
+for tool in curl; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "$tool is not installed" >&2; exit 1; }
+done
 cargo build --release -p tenancy-actix --example bench_server >&2
 BIN="target/release/examples/bench_server"
 PORT=18080

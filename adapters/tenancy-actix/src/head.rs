@@ -1,29 +1,40 @@
 //! Reading an actix-web request for the shared decisions, and rendering rejections.
 
+use std::cell::OnceCell;
 use std::net::IpAddr;
 
 use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use actix_web::http::header::{
+    CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use actix_web::{HttpMessage, HttpResponse};
-use tenancy_http::{PROBLEM_JSON, Rejection, RequestHead, RequestMeta, Tenancy};
+use tenancy_http::{PROBLEM_JSON, REQUEST_ID_HEADER, Rejection, RequestHead, RequestMeta, Tenancy};
 
 pub(crate) struct Head<'a> {
     req: &'a ServiceRequest,
-    pattern: Option<String>,
+    routed: bool,
+    /// The pattern actix-web matched, looked up (a new string) only when asked for: the
+    /// decisions ask only when no route rule matched.
+    pattern: OnceCell<Option<String>>,
 }
 
 impl<'a> Head<'a> {
     /// A head that does not know the framework's route.
     pub(crate) fn plain(req: &'a ServiceRequest) -> Self {
-        Self { req, pattern: None }
+        Self {
+            req,
+            routed: false,
+            pattern: OnceCell::new(),
+        }
     }
 
     /// A head that also knows the route pattern actix-web matched.
     pub(crate) fn routed(req: &'a ServiceRequest) -> Self {
         Self {
             req,
-            pattern: req.match_pattern(),
+            routed: true,
+            pattern: OnceCell::new(),
         }
     }
 }
@@ -38,12 +49,7 @@ impl RequestHead for Head<'_> {
     }
 
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.req
-            .headers()
-            .get_all(name)
-            .map(HeaderValue::as_bytes)
-            .collect::<Vec<_>>()
-            .into_iter()
+        self.req.headers().get_all(name).map(HeaderValue::as_bytes)
     }
 
     fn header_bytes(&self) -> usize {
@@ -59,7 +65,9 @@ impl RequestHead for Head<'_> {
     }
 
     fn framework_route(&self) -> Option<&str> {
-        self.pattern.as_deref()
+        self.pattern
+            .get_or_init(|| self.routed.then(|| self.req.match_pattern()).flatten())
+            .as_deref()
     }
 }
 
@@ -74,16 +82,49 @@ pub(crate) fn meta_for(tenancy: &Tenancy, req: &ServiceRequest) -> RequestMeta {
     meta
 }
 
+/// `X-Request-Id`, parsed once.
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
+/// The name of a header the decisions set: the usual ones are constants (no parsing, no
+/// allocation per response), any other is parsed.
+fn header_name(name: &'static str) -> Option<HeaderName> {
+    const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    Some(match name {
+        "x-ratelimit-limit" => LIMIT,
+        "x-ratelimit-remaining" => REMAINING,
+        "x-ratelimit-reset" => RESET,
+        "ratelimit-policy" => POLICY,
+        "ratelimit" => RATELIMIT,
+        "retry-after" => RETRY_AFTER,
+        "www-authenticate" => WWW_AUTHENTICATE,
+        REQUEST_ID_HEADER => REQUEST_ID,
+        other => return HeaderName::from_bytes(other.as_bytes()).ok(),
+    })
+}
+
 /// Copies headers into a response, replacing same-named ones.
 pub(crate) fn set_headers(
     map: &mut actix_web::http::header::HeaderMap,
     headers: &[(&'static str, String)],
 ) {
     for (k, v) in headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
+        if let (Some(name), Ok(value)) = (header_name(k), HeaderValue::from_str(v)) {
+            map.insert(name, value);
+        }
+    }
+}
+
+/// As [`set_headers`], taking the values over instead of copying them.
+pub(crate) fn move_headers(
+    map: &mut actix_web::http::header::HeaderMap,
+    headers: Vec<(&'static str, String)>,
+) {
+    for (k, v) in headers {
+        if let (Some(name), Ok(value)) = (header_name(k), HeaderValue::try_from(v)) {
             map.insert(name, value);
         }
     }
@@ -97,4 +138,31 @@ pub(crate) fn render(r: &Rejection) -> HttpResponse {
         .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     set_headers(resp.headers_mut(), r.headers());
     resp.map_into_boxed_body()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_are_the_parsed_names() {
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "ratelimit-policy",
+            "ratelimit",
+            "retry-after",
+            "www-authenticate",
+            REQUEST_ID_HEADER,
+            "x-other",
+        ] {
+            assert_eq!(
+                header_name(name),
+                HeaderName::from_bytes(name.as_bytes()).ok(),
+                "{name}"
+            );
+        }
+        assert_eq!(header_name("bad name"), None);
+    }
 }

@@ -49,12 +49,10 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forwar
 use actix_web::http::header::HeaderValue;
 use actix_web::{Error as ActixError, HttpMessage};
 use tenancy_core::{AuditSink, Claims, RateLimiter, TenantContext, TenantDirectory, TokenVerifier};
-use tenancy_http::{
-    AuditNote, Header, REQUEST_ID_HEADER, Rejection, RequestMeta, Resolved, Tenancy, TenancyBuilder,
-};
+use tenancy_http::{AuditNote, Header, Rejection, RequestMeta, Resolved, Tenancy, TenancyBuilder};
 use tracing::Instrument;
 
-use crate::head::{Head, meta_for, render, set_headers};
+use crate::head::{Head, REQUEST_ID, meta_for, move_headers, render};
 
 /// Which stages a middleware runs.
 #[derive(Debug, Clone, Copy)]
@@ -225,10 +223,7 @@ where
                     }
                 };
                 if let Ok(v) = HeaderValue::from_str(meta.request_id().as_str()) {
-                    res.headers_mut().insert(
-                        actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER),
-                        v,
-                    );
+                    res.headers_mut().insert(REQUEST_ID, v);
                 }
                 tenancy.finish(&meta, res.status().as_u16());
                 Ok(res)
@@ -299,7 +294,7 @@ where
         }
     }
     let mut res = service.call(req).await?;
-    set_headers(res.headers_mut(), &limit_headers);
+    move_headers(res.headers_mut(), limit_headers);
     if stages.audit {
         let status = res.status().as_u16();
         if tenancy.audits(meta, status) {

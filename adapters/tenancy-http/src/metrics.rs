@@ -25,9 +25,10 @@
 //! # Ok::<(), tenancy_core::ParseError>(())
 //! ```
 
-use std::collections::HashSet;
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
+use metrics::SharedString;
 use tenancy_core::TenantId;
 
 /// Requests by tenant, route and status.
@@ -50,7 +51,9 @@ pub const NONE: &str = "none";
 #[derive(Debug)]
 pub struct TenantLabels {
     max: usize,
-    seen: RwLock<HashSet<TenantId>>,
+    /// Each admitted tenant with its label, shared so that a request's label is a reference
+    /// count, not a new string.
+    seen: RwLock<HashMap<TenantId, Arc<str>>>,
 }
 
 impl TenantLabels {
@@ -58,37 +61,59 @@ impl TenantLabels {
     pub fn new(max: usize) -> Self {
         Self {
             max,
-            seen: RwLock::new(HashSet::new()),
+            seen: RwLock::new(HashMap::new()),
         }
     }
 
     /// The label for `tenant`.
     pub fn label(&self, tenant: Option<&TenantId>) -> String {
+        self.shared(tenant).to_string()
+    }
+
+    /// The label for `tenant`, as the `metrics` facade takes it (no copy of the name).
+    pub(crate) fn shared(&self, tenant: Option<&TenantId>) -> SharedString {
         let Some(tenant) = tenant else {
-            return NONE.to_owned();
+            return SharedString::const_str(NONE);
         };
         {
             let seen = self
                 .seen
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen.contains(tenant) {
-                return tenant.as_str().to_owned();
+            if let Some(label) = seen.get(tenant) {
+                return SharedString::from_shared(Arc::clone(label));
             }
             if seen.len() >= self.max {
-                return OTHER.to_owned();
+                return SharedString::const_str(OTHER);
             }
         }
         let mut seen = self
             .seen
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.contains(tenant) || seen.len() < self.max {
-            seen.insert(tenant.clone());
-            tenant.as_str().to_owned()
-        } else {
-            OTHER.to_owned()
+        if let Some(label) = seen.get(tenant) {
+            return SharedString::from_shared(Arc::clone(label));
         }
+        if seen.len() < self.max {
+            let label: Arc<str> = Arc::from(tenant.as_str());
+            seen.insert(tenant.clone(), Arc::clone(&label));
+            SharedString::from_shared(label)
+        } else {
+            SharedString::const_str(OTHER)
+        }
+    }
+}
+
+/// The status label: a shared string per status code, made once.
+fn status_label(status: u16) -> SharedString {
+    static LABELS: OnceLock<Vec<Arc<str>>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (100..1000u16).map(|s| Arc::from(s.to_string())).collect());
+    match status
+        .checked_sub(100)
+        .and_then(|i| labels.get(usize::from(i)))
+    {
+        Some(label) => SharedString::from_shared(Arc::clone(label)),
+        None => SharedString::from_owned(status.to_string()),
     }
 }
 
@@ -104,7 +129,7 @@ pub(crate) fn audit_failure() {
     metrics::counter!(AUDIT_FAILURES_TOTAL).increment(1);
 }
 
-pub(crate) fn request(tenant: String, route: String, status: u16, seconds: f64) {
+pub(crate) fn request(tenant: SharedString, route: SharedString, status: u16, seconds: f64) {
     metrics::histogram!(
         REQUEST_DURATION_SECONDS,
         "tenant" => tenant.clone(),
@@ -115,7 +140,7 @@ pub(crate) fn request(tenant: String, route: String, status: u16, seconds: f64) 
         REQUESTS_TOTAL,
         "tenant" => tenant,
         "route" => route,
-        "status" => status.to_string()
+        "status" => status_label(status)
     )
     .increment(1);
 }
@@ -125,9 +150,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn status_labels_are_the_decimal_code() {
+        for status in [100u16, 200, 204, 401, 429, 503, 599, 999, 1000, 0] {
+            assert_eq!(status_label(status).as_ref(), status.to_string());
+        }
+    }
+
+    #[test]
     fn bound_holds_under_many_tenants() {
         let labels = TenantLabels::new(3);
-        let distinct: HashSet<String> = (0..100)
+        let distinct: std::collections::HashSet<String> = (0..100)
             .map(|i| labels.label(Some(&TenantId::parse(&format!("t{i}")).unwrap())))
             .collect();
         assert_eq!(distinct.len(), 4);

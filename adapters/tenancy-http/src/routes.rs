@@ -53,7 +53,8 @@ pub struct AuditSpec {
 /// One route rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRule {
-    template: String,
+    /// Shared: every request on the route hands it to the metrics facade as a label.
+    template: Arc<str>,
     segments: Vec<Segment>,
     method: Option<String>,
     public: bool,
@@ -114,7 +115,7 @@ impl RouteRule {
             }
         }
         Ok(Self {
-            template: pattern.to_owned(),
+            template: Arc::from(pattern),
             segments,
             method: None,
             public: false,
@@ -263,6 +264,11 @@ impl RouteMatch {
 
     /// The route template.
     pub fn template(&self) -> &str {
+        &self.rule.template
+    }
+
+    /// The route template, shared.
+    pub(crate) fn shared_template(&self) -> &Arc<str> {
         &self.rule.template
     }
 

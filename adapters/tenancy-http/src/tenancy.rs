@@ -58,10 +58,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use ::metrics::SharedString;
 use tenancy_core::{
     AuditEvent, AuditSink, Claims, DecisionSource, Denial, FailurePolicy, Limit, Outcome, Quota,
-    RateLimitRequest, RateLimiter, RequestId, SharedClock, TenantContext, TenantDirectory,
-    TenantId, TenantSettings, TierCatalog, TokenRejection, TokenVerifier, UserId,
+    RateLimitDecision, RateLimitRequest, RateLimiter, RequestId, SharedClock, TenantContext,
+    TenantDirectory, TenantId, TenantSettings, TierCatalog, TokenRejection, TokenVerifier, UserId,
 };
 use tracing::Span;
 
@@ -148,7 +149,8 @@ struct MetaInner {
     request_id: RequestId,
     client_addr: Option<IpAddr>,
     route: Option<RouteMatch>,
-    framework_route: Option<String>,
+    /// The framework's route template; only kept when no rule matched (it is the label then).
+    framework_route: Option<Arc<str>>,
     started: Instant,
     span: Span,
     tenant: OnceLock<TenantId>,
@@ -208,6 +210,15 @@ impl RequestMeta {
     /// When the request started.
     pub fn started(&self) -> Instant {
         self.0.started
+    }
+
+    /// [`RequestMeta::route_label`] as a metrics label, without copying the template.
+    fn route_label_shared(&self) -> SharedString {
+        match (&self.0.route, &self.0.framework_route) {
+            (Some(m), _) => SharedString::from_shared(Arc::clone(m.shared_template())),
+            (None, Some(f)) => SharedString::from_shared(Arc::clone(f)),
+            (None, None) => SharedString::const_str(UNMATCHED_ROUTE),
+        }
     }
 
     fn set_tenant(&self, tenant: &TenantId) {
@@ -415,15 +426,78 @@ fn bearer(header: Header, max: usize) -> std::result::Result<String, AuthFailure
         return Err(AuthFailure::BadScheme);
     }
     let token = rest.trim_ascii();
-    let ok = !token.is_empty()
-        && token
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b));
+    let ok = !token.is_empty() && token.iter().all(|&b| B64TOKEN[usize::from(b)]);
     if !ok {
         return Err(AuthFailure::BadScheme);
     }
     // Only ASCII passed the check above.
     String::from_utf8(token.to_vec()).map_err(|_| AuthFailure::BadScheme)
+}
+
+/// The RFC 6750 `b64token` alphabet as a table: ASCII letters and digits and `-._~+/=`.
+static B64TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+        i += 1;
+    }
+    t
+};
+
+/// The rate-limit response headers of an allowing decision, rendered straight into one
+/// string each (no intermediate strings or vectors): the same names and bytes as
+/// [`RateLimitDecision::headers`], which stays the definition (a test holds them equal).
+fn limit_headers(d: &RateLimitDecision) -> Vec<(&'static str, String)> {
+    fn ceil_secs(nanos: u64) -> u64 {
+        nanos.div_ceil(1_000_000_000)
+    }
+    let mut n = itoa::Buffer::new();
+    let mut out = Vec::with_capacity(6);
+    if let Some(h) = d.headline() {
+        out.push((
+            "x-ratelimit-limit",
+            n.format(h.limit.quota.limit).to_owned(),
+        ));
+        out.push(("x-ratelimit-remaining", n.format(h.remaining).to_owned()));
+        out.push((
+            "x-ratelimit-reset",
+            n.format(ceil_secs(h.reset_after_nanos)).to_owned(),
+        ));
+    }
+    if !d.states.is_empty() {
+        let mut policy = String::with_capacity(32 * d.states.len());
+        let mut current = String::with_capacity(32 * d.states.len());
+        for (i, s) in d.states.iter().enumerate() {
+            if i > 0 {
+                policy.push_str(", ");
+                current.push_str(", ");
+            }
+            for out in [&mut policy, &mut current] {
+                out.push('"');
+                out.push_str(s.limit.scope.as_str());
+                out.push('-');
+                out.push_str(n.format(s.limit.quota.period_secs));
+                out.push('"');
+            }
+            policy.push_str(";q=");
+            policy.push_str(n.format(s.limit.quota.limit));
+            policy.push_str(";w=");
+            policy.push_str(n.format(s.limit.quota.period_secs));
+            current.push_str(";r=");
+            current.push_str(n.format(s.remaining));
+            current.push_str(";t=");
+            current.push_str(n.format(ceil_secs(s.reset_after_nanos)));
+        }
+        out.push(("ratelimit-policy", policy));
+        out.push(("ratelimit", current));
+    }
+    if let Some(secs) = d.retry_after_secs() {
+        out.push(("retry-after", n.format(secs).to_owned()));
+    }
+    out
 }
 
 fn outcome_for(status: u16) -> Outcome {
@@ -491,7 +565,10 @@ impl Tenancy {
             let xff: Vec<&[u8]> = head.header_values("x-forwarded-for").collect();
             self.inner.proxies.client_addr(peer, &fwd, &xff)
         };
-        let framework_route = head.framework_route().map(str::to_owned);
+        let framework_route = match route {
+            Some(_) => None,
+            None => head.framework_route().map(Arc::<str>::from),
+        };
         let label = route
             .as_ref()
             .map(RouteMatch::template)
@@ -714,7 +791,7 @@ impl Tenancy {
         } else {
             metrics::limiter("allowed");
         }
-        Ok(decision.headers())
+        Ok(limit_headers(&decision))
     }
 
     /// Step 5, after the handler: audits the response when its route is audited, and any
@@ -772,10 +849,10 @@ impl Tenancy {
     /// Last: records the request metrics (tenant, route template, status, latency).
     pub fn finish(&self, meta: &RequestMeta, status: u16) {
         let elapsed = meta.started().elapsed();
-        let tenant = self.inner.labels.label(meta.tenant());
+        let tenant = self.inner.labels.shared(meta.tenant());
         metrics::request(
             tenant,
-            meta.route_label().to_owned(),
+            meta.route_label_shared(),
             status,
             elapsed.as_secs_f64(),
         );
@@ -871,6 +948,64 @@ mod tests {
             bearer(one(&format!("Bearer {}", "a".repeat(200))), 100),
             Err(AuthFailure::Oversized)
         );
+    }
+
+    #[test]
+    fn bearer_alphabet_table() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+            assert_eq!(B64TOKEN[usize::from(b)], expected, "byte {b}");
+        }
+    }
+
+    #[test]
+    fn limit_headers_match_the_decision_headers() {
+        use std::time::Duration;
+        use tenancy_core::memory::MemoryRateLimiter;
+        use tenancy_core::{LimitMode, ManualClock};
+
+        let tenant = TenantId::parse("acme").unwrap();
+        let user = UserId::parse("bob").unwrap();
+        let quotas = [
+            Quota::per_hour(1000).with_burst(100),
+            Quota::per_minute(3).with_burst(2),
+            Quota::per_second(7),
+            Quota::new(1_000_000_000_000, 86_400).with_burst(1_000_000_000),
+        ];
+        let mut seen_denied = false;
+        let mut seen_shadow = false;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (qi, q) in quotas.iter().enumerate() {
+            let p = quotas[(qi + 1) % quotas.len()];
+            let shapes: Vec<Vec<Limit>> = vec![
+                vec![],
+                vec![Limit::tenant(*q)],
+                vec![Limit::tenant(*q), Limit::user(p)],
+                vec![Limit::tenant(*q).shadow(), Limit::user(p)],
+                vec![Limit::tenant(*q).shadow(), Limit::user(p).shadow()],
+                vec![
+                    Limit::tenant(*q),
+                    Limit::user(p),
+                    Limit::user(Quota::per_hour(5)),
+                ],
+            ];
+            for limits in shapes {
+                let clock = ManualClock::new();
+                let limiter = MemoryRateLimiter::with_clock(Arc::new(clock.clone()));
+                let req = RateLimitRequest::new(tenant.clone(), Some(user.clone()), limits.clone());
+                seen_shadow |= limits.iter().any(|l| l.mode == LimitMode::Shadow);
+                for _ in 0..12 {
+                    let d = rt.block_on(limiter.check(&req)).unwrap();
+                    seen_denied |= !d.allowed;
+                    assert_eq!(limit_headers(&d), d.headers(), "{limits:?}");
+                    // Odd steps, so that reset times fall between whole seconds.
+                    clock.advance(Duration::from_nanos(345_678_901));
+                }
+            }
+        }
+        assert!(seen_denied && seen_shadow);
     }
 
     #[test]

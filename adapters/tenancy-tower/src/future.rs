@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tenancy_http::{AuditNote, REQUEST_ID_HEADER, Rejection, RequestMeta, Tenancy};
+use tenancy_http::{AuditNote, Rejection, RequestMeta, Tenancy};
 use tower_service::Service;
 use tracing::Span;
 
-use crate::head::{render, set_headers};
+use crate::head::{REQUEST_ID, move_headers, render};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -23,6 +23,32 @@ pub(crate) enum After {
     Headers(Vec<(&'static str, String)>),
     Audit(Tenancy, RequestMeta),
     Finish(Tenancy, RequestMeta),
+    /// The whole stack in one: audit (as [`After::Audit`]), then the rate-limit headers, then
+    /// the request id and metrics (as [`After::Finish`]), in the order the separate layers
+    /// nest.
+    Stack(Tenancy, RequestMeta, Vec<(&'static str, String)>),
+}
+
+impl After {
+    /// Applies everything but the audit to a response.
+    fn apply<B>(self, resp: &mut Response<B>) {
+        match self {
+            Self::Nothing | Self::Audit(..) => {}
+            Self::Headers(h) => move_headers(resp.headers_mut(), h),
+            Self::Finish(tenancy, meta) => finish(resp, &tenancy, &meta),
+            Self::Stack(tenancy, meta, h) => {
+                move_headers(resp.headers_mut(), h);
+                finish(resp, &tenancy, &meta);
+            }
+        }
+    }
+}
+
+fn finish<B>(resp: &mut Response<B>, tenancy: &Tenancy, meta: &RequestMeta) {
+    if let Ok(v) = HeaderValue::from_str(meta.request_id().as_str()) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    tenancy.finish(meta, resp.status().as_u16());
 }
 
 type Before<ReqBody> = BoxFuture<Result<(Request<ReqBody>, After), Rejection>>;
@@ -33,10 +59,14 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        Before { fut: Before<ReqBody>, svc: Option<S> },
+        Before { fut: Before<ReqBody>, svc: Option<S>, on_reject: Option<After> },
         Inner { #[pin] fut: S::Future, after: Option<After> },
-        Auditing { fut: BoxFuture<Result<(), Rejection>>, response: Option<Response<ResBody>> },
-        Rejected { rejection: Option<Rejection> },
+        Auditing {
+            fut: BoxFuture<Result<(), Rejection>>,
+            response: Option<Response<ResBody>>,
+            then: Option<After>,
+        },
+        Rejected { rejection: Option<Rejection>, then: Option<After> },
         Done,
     }
 }
@@ -69,12 +99,23 @@ where
     S: Service<Request<ReqBody>>,
 {
     pub(crate) fn before(fut: Before<ReqBody>, svc: S) -> Self {
+        Self::before_with(fut, svc, After::Nothing, None)
+    }
+
+    /// `on_reject` is applied to the response a rejection of `fut` renders.
+    pub(crate) fn before_with(
+        fut: Before<ReqBody>,
+        svc: S,
+        on_reject: After,
+        span: Option<Span>,
+    ) -> Self {
         Self {
             state: State::Before {
                 fut,
                 svc: Some(svc),
+                on_reject: Some(on_reject),
             },
-            span: None,
+            span,
         }
     }
 
@@ -92,6 +133,7 @@ where
         Self {
             state: State::Rejected {
                 rejection: Some(rejection),
+                then: None,
             },
             span: None,
         }
@@ -110,7 +152,11 @@ where
         let _entered = this.span.as_ref().map(Span::enter);
         loop {
             match this.state.as_mut().project() {
-                StateProj::Before { fut, svc } => {
+                StateProj::Before {
+                    fut,
+                    svc,
+                    on_reject,
+                } => {
                     let next = match (ready!(fut.as_mut().poll(cx)), svc.take()) {
                         (Ok((req, after)), Some(mut svc)) => State::Inner {
                             fut: svc.call(req),
@@ -118,56 +164,71 @@ where
                         },
                         (Ok(_), None) => State::Rejected {
                             rejection: Some(Rejection::misconfigured("service taken twice")),
+                            then: on_reject.take(),
                         },
-                        (Err(r), _) => State::Rejected { rejection: Some(r) },
+                        (Err(r), _) => State::Rejected {
+                            rejection: Some(r),
+                            then: on_reject.take(),
+                        },
                     };
                     this.state.set(next);
                 }
                 StateProj::Inner { fut, after } => {
                     let mut resp = ready!(fut.poll(cx))?;
-                    match after.take().unwrap_or(After::Nothing) {
-                        After::Nothing => {}
-                        After::Headers(h) => set_headers(resp.headers_mut(), &h),
-                        After::Finish(tenancy, meta) => {
-                            if let Ok(v) = HeaderValue::from_str(meta.request_id().as_str()) {
-                                resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-                            }
-                            tenancy.finish(&meta, resp.status().as_u16());
-                        }
-                        After::Audit(tenancy, meta) => {
+                    let after = after.take().unwrap_or(After::Nothing);
+                    let audit = match &after {
+                        After::Audit(tenancy, meta) | After::Stack(tenancy, meta, _) => {
                             let status = resp.status().as_u16();
-                            if tenancy.audits(&meta, status) {
-                                let note = resp.extensions_mut().remove::<AuditNote>();
-                                let fut: BoxFuture<Result<(), Rejection>> = Box::pin(async move {
-                                    tenancy.audit_response(&meta, status, note).await
-                                });
-                                this.state.set(State::Auditing {
-                                    fut,
-                                    response: Some(resp),
-                                });
-                                continue;
-                            }
+                            tenancy
+                                .audits(meta, status)
+                                .then(|| (tenancy.clone(), meta.clone(), status))
                         }
+                        _ => None,
+                    };
+                    if let Some((tenancy, meta, status)) = audit {
+                        let note = resp.extensions_mut().remove::<AuditNote>();
+                        let fut: BoxFuture<Result<(), Rejection>> =
+                            Box::pin(
+                                async move { tenancy.audit_response(&meta, status, note).await },
+                            );
+                        this.state.set(State::Auditing {
+                            fut,
+                            response: Some(resp),
+                            then: Some(after),
+                        });
+                        continue;
                     }
+                    after.apply(&mut resp);
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(resp));
                 }
-                StateProj::Auditing { fut, response } => {
+                StateProj::Auditing {
+                    fut,
+                    response,
+                    then,
+                } => {
                     let out = ready!(fut.as_mut().poll(cx));
-                    let resp = match (out, response.take()) {
+                    let mut resp = match (out, response.take()) {
                         (Ok(()), Some(r)) => r,
                         (Err(rej), _) => render(&rej),
                         (Ok(()), None) => render(&Rejection::misconfigured("response taken twice")),
                     };
+                    if let Some(then) = then.take() {
+                        then.apply(&mut resp);
+                    }
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(resp));
                 }
-                StateProj::Rejected { rejection } => {
+                StateProj::Rejected { rejection, then } => {
                     let r = rejection
                         .take()
                         .unwrap_or_else(|| Rejection::misconfigured("rejection taken twice"));
+                    let mut resp = render(&r);
+                    if let Some(then) = then.take() {
+                        then.apply(&mut resp);
+                    }
                     this.state.set(State::Done);
-                    return Poll::Ready(Ok(render(&r)));
+                    return Poll::Ready(Ok(resp));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }

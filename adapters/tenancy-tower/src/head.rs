@@ -3,9 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request, Response, StatusCode};
-use tenancy_http::{PROBLEM_JSON, Rejection, RequestHead, RequestMeta, Tenancy};
+use tenancy_http::{PROBLEM_JSON, REQUEST_ID_HEADER, Rejection, RequestHead, RequestMeta, Tenancy};
 
 /// The connection's peer address, for services that are not axum: insert it into the request
 /// extensions (hyper and tonic servers know it when they accept the connection). With the
@@ -80,13 +80,43 @@ pub(crate) fn meta_for<B>(tenancy: &Tenancy, req: &mut Request<B>) -> RequestMet
     meta
 }
 
+/// `X-Request-Id`, parsed once.
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
+/// The name of a header the decisions set: the usual ones are constants (no parsing, no
+/// allocation per response), any other is parsed.
+fn header_name(name: &'static str) -> Option<HeaderName> {
+    const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    Some(match name {
+        "x-ratelimit-limit" => LIMIT,
+        "x-ratelimit-remaining" => REMAINING,
+        "x-ratelimit-reset" => RESET,
+        "ratelimit-policy" => POLICY,
+        "ratelimit" => RATELIMIT,
+        "retry-after" => RETRY_AFTER,
+        "www-authenticate" => WWW_AUTHENTICATE,
+        REQUEST_ID_HEADER => REQUEST_ID,
+        other => return HeaderName::from_bytes(other.as_bytes()).ok(),
+    })
+}
+
 /// Copies rate-limit (or other) headers into a response, replacing same-named ones.
 pub(crate) fn set_headers(map: &mut HeaderMap, headers: &[(&'static str, String)]) {
     for (k, v) in headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
+        if let (Some(name), Ok(value)) = (header_name(k), HeaderValue::from_str(v)) {
+            map.insert(name, value);
+        }
+    }
+}
+
+/// As [`set_headers`], taking the values over instead of copying them.
+pub(crate) fn move_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
+    for (k, v) in headers {
+        if let (Some(name), Ok(value)) = (header_name(k), HeaderValue::try_from(v)) {
             map.insert(name, value);
         }
     }
@@ -101,4 +131,31 @@ pub(crate) fn render<B: From<Bytes>>(r: &Rejection) -> Response<B> {
         .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     set_headers(resp.headers_mut(), r.headers());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_are_the_parsed_names() {
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "ratelimit-policy",
+            "ratelimit",
+            "retry-after",
+            "www-authenticate",
+            REQUEST_ID_HEADER,
+            "x-other",
+        ] {
+            assert_eq!(
+                header_name(name),
+                HeaderName::from_bytes(name.as_bytes()).ok(),
+                "{name}"
+            );
+        }
+        assert_eq!(header_name("bad name"), None);
+    }
 }
