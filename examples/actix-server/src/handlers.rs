@@ -53,8 +53,11 @@ fn reply(a: Answer) -> HttpResponse {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = HttpResponse::build(status);
     for (name, value) in a.headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            resp.insert_header((HeaderName::from_static(name), v));
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            resp.insert_header((n, v));
         }
     }
     let mut resp = resp.body(a.body);

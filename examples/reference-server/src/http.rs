@@ -36,8 +36,11 @@ impl IntoResponse for Answer {
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         for (name, value) in self.headers {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert(HeaderName::from_static(name), v);
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                h.insert(n, v);
             }
         }
         if let Some(note) = self.audit {

@@ -49,7 +49,8 @@ pub const RECORDS_PAGE: usize = 100;
 pub struct Answer {
     /// The status code.
     pub status: u16,
-    /// Headers to set (lowercase names).
+    /// Headers to set (names in lowercase; a name or value that is not valid HTTP is not
+    /// sent).
     pub headers: Vec<(&'static str, String)>,
     /// The body.
     pub body: Vec<u8>,
