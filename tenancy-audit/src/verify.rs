@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
-use tenancy_core::{EventId, TenantId};
+use tenancy_core::TenantId;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -39,11 +39,11 @@ use crate::chain::{Anchor, ChainHead, Digest, StoredRecord, genesis, link};
 use crate::checkpoint::TrustedCheckpoint;
 use crate::codec::{decode, header};
 use crate::retention::PURGE_ACTION;
-use crate::store::{AuditStore, ScanCursor};
+use crate::store::AuditStore;
 use crate::{Error, Result};
 
-/// How many records one verification page reads.
-pub const PAGE: usize = 5_000;
+/// How many records one page of a paged read (export, retention) holds.
+pub const PAGE: usize = crate::store::WALK_PAGE;
 
 /// How far a misplaced record's true position is searched for, to tell a reordering from a
 /// modification.
@@ -247,7 +247,9 @@ impl ChainVerifier {
         if event.tenant != self.tenant.as_str() {
             return Some(Reason::Spliced);
         }
-        let same_id = EventId::parse(&event.event_id).is_ok_and(|id| id == r.event_id);
+        // The payload's id is the column's id exactly when it is its 32 lowercase hex digits
+        // (the only form an id parses from), so compare the text without parsing.
+        let same_id = event.event_id.as_bytes() == crate::hex::encode_16(r.event_id.as_bytes());
         let same_time =
             OffsetDateTime::parse(&event.occurred_at, &Rfc3339).is_ok_and(|t| t == r.occurred_at);
         let consistent =
@@ -368,16 +370,6 @@ pub async fn verify<S: AuditStore + ?Sized>(
 ) -> Result<Verification> {
     let anchor = store.anchor(tenant).await?;
     let mut v = ChainVerifier::new(tenant.clone(), anchor).with_checkpoints(checkpoints)?;
-    let mut cursor = ScanCursor::START;
-    loop {
-        let page = store.scan(tenant, cursor, PAGE).await?;
-        for r in &page.records {
-            v.push(r);
-        }
-        match page.next {
-            Some(next) => cursor = next,
-            None => break,
-        }
-    }
+    store.walk(tenant, &mut |r| v.push(r)).await?;
     Ok(v.finish())
 }

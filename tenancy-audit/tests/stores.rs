@@ -101,6 +101,88 @@ async fn concurrent_appends_postgres_from_several_pools() {
     concurrent_round_trip(stores, &fx.tenant("c")).await;
 }
 
+/// A batch over two tenants mixing new events, events stored by an earlier batch and events
+/// repeated within the batch: duplicates keep their first `seq`, the new events get the next
+/// ones in batch order, and `walk` reads each chain back whole, past a page boundary.
+async fn duplicates_and_walk(store: Arc<dyn AuditStore>, fx: &Fixture) {
+    let (a, b) = (fx.tenant("dup-a"), fx.tenant("dup-b"));
+    let first: Vec<EncodedEvent> = (0..3).map(|i| encoded(&a, i)).collect();
+    store.append(&first).await.unwrap();
+    let new_b = encoded(&b, 10);
+    let batch = vec![
+        new_b.clone(),
+        first[1].clone(),
+        encoded(&a, 3),
+        new_b,
+        first[0].clone(),
+        encoded(&a, 4),
+    ];
+    let out = store.append(&batch).await.unwrap();
+    let got: Vec<(&str, u64, bool)> = out
+        .iter()
+        .map(|o| (o.tenant.as_str(), o.seq, o.duplicate))
+        .collect();
+    let (an, bn) = (a.as_str(), b.as_str());
+    assert_eq!(
+        got,
+        vec![
+            (bn, 1, false),
+            (an, 2, true),
+            (an, 4, false),
+            (bn, 1, true),
+            (an, 1, true),
+            (an, 5, false),
+        ]
+    );
+    let ids: Vec<_> = all(store.as_ref(), &a)
+        .await
+        .iter()
+        .map(|r| r.event_id)
+        .collect();
+    let want: Vec<_> = [&first[0], &first[1], &first[2], &batch[2], &batch[5]]
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(ids, want, "stored once each, in order");
+
+    // More than one page of the default walk.
+    let n = tenancy_audit::store::WALK_PAGE + 7;
+    let c = fx.tenant("walk");
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+        let events: Vec<EncodedEvent> = chunk.iter().map(|i| encoded(&c, *i)).collect();
+        store.append(&events).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    let walked = store.walk(&c, &mut |r| seqs.push(r.seq)).await.unwrap();
+    assert_eq!(walked, n as u64);
+    assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
+    let report = verify(store.as_ref(), &c, &[]).await.unwrap();
+    assert!(report.is_valid(), "{report:?}");
+    assert_eq!(report.records, n as u64);
+}
+
+#[tokio::test]
+async fn duplicates_and_walk_memory() {
+    duplicates_and_walk(Arc::new(MemoryAuditStore::new()), &Fixture::new()).await;
+}
+
+#[tokio::test]
+async fn duplicates_and_walk_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileAuditStore::open(dir.path().join("a.jsonl"))
+        .await
+        .unwrap();
+    duplicates_and_walk(Arc::new(store), &Fixture::new()).await;
+}
+
+#[tokio::test]
+async fn duplicates_and_walk_postgres() {
+    let Some((_db, store)) = pg().await else {
+        return;
+    };
+    duplicates_and_walk(Arc::new(store), &Fixture::new()).await;
+}
+
 #[tokio::test]
 async fn postgres_runtime_role_may_only_insert_and_select() {
     let Some((db, store)) = pg().await else {

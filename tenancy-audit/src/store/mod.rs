@@ -44,6 +44,9 @@ pub use memory::MemoryAuditStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgAuditStore, PgAuditStoreBuilder, SCHEMA_SQL};
 
+/// How many records [`AuditStore::walk`] reads per page by default.
+pub const WALK_PAGE: usize = 5_000;
+
 /// What happened to one appended event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -86,6 +89,31 @@ pub trait AuditStore: Send + Sync + fmt::Debug + 'static {
     /// Up to `limit` records of `tenant` in stored order (by `seq` unless the storage was
     /// tampered with), from `cursor`.
     async fn scan(&self, tenant: &TenantId, cursor: ScanCursor, limit: usize) -> Result<ScanPage>;
+
+    /// Feeds every record of `tenant` in stored order to `visit`, one at a time, and returns
+    /// how many there were. What [`verify`](crate::verify::verify) reads a chain with.
+    ///
+    /// The default pages through [`AuditStore::scan`]. A backend may stream instead and pass
+    /// the same record value each time with new contents, so `visit` must copy what it keeps.
+    async fn walk(
+        &self,
+        tenant: &TenantId,
+        visit: &mut (dyn for<'r> FnMut(&'r StoredRecord) + Send),
+    ) -> Result<u64> {
+        let mut cursor = ScanCursor::START;
+        let mut n = 0;
+        loop {
+            let page = self.scan(tenant, cursor, WALK_PAGE).await?;
+            for r in &page.records {
+                visit(r);
+            }
+            n += page.records.len() as u64;
+            match page.next {
+                Some(next) => cursor = next,
+                None => return Ok(n),
+            }
+        }
+    }
 
     /// Up to `limit` records of `tenant`, newest first, with `seq` below `before` when given.
     async fn newest(

@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 use tenancy_core::{EventId, ParseError, TenantId};
 use time::OffsetDateTime;
 
-use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, TenantChain};
+use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, TenantChain, WALK_PAGE};
 use crate::chain::{Anchor, ChainHead, Digest, StoredRecord};
 use crate::codec::EncodedEvent;
 use crate::{Error, Result};
@@ -97,8 +97,12 @@ REVOKE ALL ON FUNCTION tenancy_audit.purge(text, bigint, bytea) FROM PUBLIC;
 ///   transaction-scoped advisory lock per tenant (in sorted order), reads the head, inserts,
 ///   and commits; the primary key `(tenant_id, seq)` makes a fork impossible even without the
 ///   lock, and `UNIQUE (tenant_id, event_id)` backs idempotency.
-/// - Batched: a batch is one transaction of five statements whatever its size or number of
-///   tenants (the rows go in through `unnest` arrays).
+/// - Batched: a batch is one transaction of four statements between `BEGIN` and `COMMIT`
+///   whatever its size or number of tenants: the locks, the heads, the batch's event ids
+///   already stored, and one `INSERT ... SELECT FROM unnest(...)` of every row.
+/// - Plans that do not depend on statistics: every statement reaches rows through an index
+///   by construction, so a cached plan made while the table was empty stays fast when it is
+///   large (and with autovacuum off).
 ///
 /// ```no_run
 /// use tenancy_audit::store::{AuditStore, PgAuditStore};
@@ -167,10 +171,12 @@ fn digest(bytes: &[u8]) -> Result<Digest> {
 }
 
 fn event_id(bytes: &[u8]) -> Result<EventId> {
-    if bytes.len() != 16 {
-        return Err(Error::malformed_plain("event_id column is not 16 bytes"));
-    }
-    Ok(EventId::parse(&crate::hex::encode(bytes))?)
+    let bytes = <&[u8; 16]>::try_from(bytes)
+        .map_err(|_| Error::malformed_plain("event_id column is not 16 bytes"))?;
+    let hex = crate::hex::encode_16(bytes);
+    // Hex digits are ASCII.
+    let hex = std::str::from_utf8(&hex).map_err(|e| Error::malformed("event_id column", e))?;
+    Ok(EventId::parse(hex)?)
 }
 
 fn tenant(s: &str) -> Result<TenantId> {
@@ -191,6 +197,27 @@ fn record(row: &PgRow) -> Result<StoredRecord> {
     })
 }
 
+enum FillError {
+    Db(sqlx::Error),
+    Malformed(Error),
+}
+
+/// Decodes a row of `seq, event_id, occurred_at, payload, prev_hash, hash` into `r`, reusing
+/// its buffers.
+fn fill(r: &mut StoredRecord, row: &PgRow) -> Result<(), FillError> {
+    let seq: i64 = row.try_get(0).map_err(FillError::Db)?;
+    r.seq =
+        u64::try_from(seq).map_err(|e| FillError::Malformed(Error::malformed("seq column", e)))?;
+    r.event_id = event_id(row.try_get(1).map_err(FillError::Db)?).map_err(FillError::Malformed)?;
+    r.occurred_at = row.try_get(2).map_err(FillError::Db)?;
+    let payload: &[u8] = row.try_get(3).map_err(FillError::Db)?;
+    r.payload.clear();
+    r.payload.extend_from_slice(payload);
+    r.prev_hash = digest(row.try_get(4).map_err(FillError::Db)?).map_err(FillError::Malformed)?;
+    r.hash = digest(row.try_get(5).map_err(FillError::Db)?).map_err(FillError::Malformed)?;
+    Ok(())
+}
+
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
@@ -200,11 +227,11 @@ fn seq_i64(seq: u64) -> i64 {
 struct Columns<'a>(
     Vec<&'a str>,
     Vec<i64>,
-    Vec<Vec<u8>>,
+    Vec<&'a [u8]>,
     Vec<OffsetDateTime>,
     Vec<&'a [u8]>,
-    Vec<Vec<u8>>,
-    Vec<Vec<u8>>,
+    Vec<&'a [u8]>,
+    Vec<&'a [u8]>,
 );
 
 const COLUMNS: &str = "tenant_id, seq, event_id, occurred_at, payload, prev_hash, hash";
@@ -282,6 +309,9 @@ impl PgAuditStore {
         tenants.sort_unstable();
         tenants.dedup();
         let mut tx = self.pool.begin().await?;
+        // The locks come first, in a statement of their own: a statement reads the snapshot
+        // taken when it starts, so heads read in the same statement could predate a writer
+        // that held a lock and committed meanwhile.
         sqlx::query(
             "SELECT count(pg_advisory_xact_lock($1, hashtext(t)))
              FROM (SELECT t FROM unnest($2::text[]) AS u(t) ORDER BY t) AS s",
@@ -301,55 +331,57 @@ impl PgAuditStore {
         .bind(&tenants)
         .fetch_all(&mut *tx)
         .await?;
-        let ids: Vec<Vec<u8>> = events
-            .iter()
-            .map(|e| e.event_id.as_bytes().to_vec())
-            .collect();
+
+        let decode = |e: Error| sqlx::Error::Decode(Box::new(e));
+        let mut chains = Chains::default();
+        for row in &heads {
+            let t = tenant(row.try_get(0)?).map_err(decode)?;
+            let mut c = TenantChain::default();
+            if let Some(seq) = row.try_get::<Option<i64>, _>(1)? {
+                c.head = Some(ChainHead {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    hash: digest(row.try_get(2)?).map_err(decode)?,
+                });
+            }
+            if let Some(seq) = row.try_get::<Option<i64>, _>(3)? {
+                c.anchor = Some(Anchor {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    hash: digest(row.try_get(4)?).map_err(decode)?,
+                });
+            }
+            chains.tenants.insert(t, c);
+        }
         let owners: Vec<&str> = events.iter().map(|e| e.tenant.as_str()).collect();
-        let seen = sqlx::query(
-            // One index probe per event (a join could pick a scan of the whole table).
-            "SELECT x.tenant_id, x.event_id, e.seq
-             FROM unnest($1::text[], $2::bytea[]) AS x(tenant_id, event_id)
-             JOIN LATERAL (SELECT seq FROM tenancy_audit.events e
-                           WHERE e.tenant_id = x.tenant_id AND e.event_id = x.event_id) e
-               ON true",
+        let ids: Vec<&[u8]> = events.iter().map(|e| &e.event_id.as_bytes()[..]).collect();
+        let stored = sqlx::query(
+            // A correlated subquery: always one probe of the unique index per event, whatever
+            // the statistics said when the statement was first planned (a join planned while
+            // the table was empty stays a sequential scan in the cached plan). `OFFSET 0` keeps
+            // the probe from being evaluated twice; only the events found come back.
+            "SELECT i, seq FROM (
+                 SELECT x.i, (SELECT e.seq FROM tenancy_audit.events e
+                              WHERE e.tenant_id = x.tenant_id AND e.event_id = x.event_id) AS seq
+                 FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS x(tenant_id, event_id, i)
+                 OFFSET 0) AS p
+             WHERE seq IS NOT NULL",
         )
         .bind(&owners)
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-
-        let decode = |e: Error| sqlx::Error::Decode(Box::new(e));
-        let mut chains = Chains::default();
-        for row in &heads {
-            let t = tenant(row.try_get("tenant_id")?).map_err(decode)?;
-            let mut c = TenantChain::default();
-            if let Some(seq) = row.try_get::<Option<i64>, _>("seq")? {
-                let hash: Vec<u8> = row.try_get("hash")?;
-                c.head = Some(ChainHead {
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    hash: digest(&hash).map_err(decode)?,
-                });
-            }
-            if let Some(seq) = row.try_get::<Option<i64>, _>("a_seq")? {
-                let hash: Vec<u8> = row.try_get("a_hash")?;
-                c.anchor = Some(Anchor {
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    hash: digest(&hash).map_err(decode)?,
-                });
-            }
-            chains.tenants.insert(t, c);
-        }
-        for row in &seen {
-            let t = tenant(row.try_get("tenant_id")?).map_err(decode)?;
-            let id = event_id(row.try_get("event_id")?).map_err(decode)?;
-            let seq: i64 = row.try_get("seq")?;
+        for row in &stored {
+            let i: i64 = row.try_get(0)?;
+            let seq: i64 = row.try_get(1)?;
+            let e = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| events.get(i))
+                .ok_or_else(|| decode(Error::malformed_plain("stored event index out of range")))?;
             chains
                 .tenants
-                .entry(t)
+                .entry(e.tenant.clone())
                 .or_default()
                 .ids
-                .insert(id, u64::try_from(seq).unwrap_or(0));
+                .insert(e.event_id, u64::try_from(seq).unwrap_or(0));
         }
         let (records, out) = chains.prepare(events);
         if !records.is_empty() {
@@ -357,11 +389,11 @@ impl PgAuditStore {
             for r in &records {
                 cols.0.push(r.tenant.as_str());
                 cols.1.push(seq_i64(r.seq));
-                cols.2.push(r.event_id.as_bytes().to_vec());
+                cols.2.push(&r.event_id.as_bytes()[..]);
                 cols.3.push(r.occurred_at);
                 cols.4.push(&r.payload);
-                cols.5.push(r.prev_hash.as_bytes().to_vec());
-                cols.6.push(r.hash.as_bytes().to_vec());
+                cols.5.push(&r.prev_hash.as_bytes()[..]);
+                cols.6.push(&r.hash.as_bytes()[..]);
             }
             sqlx::query(
                 "INSERT INTO tenancy_audit.events
@@ -431,6 +463,54 @@ impl AuditStore for PgAuditStore {
         Ok(ScanPage { records, next })
     }
 
+    async fn walk(
+        &self,
+        tenant: &TenantId,
+        visit: &mut (dyn for<'r> FnMut(&'r StoredRecord) + Send),
+    ) -> Result<u64> {
+        // Pages in `seq` order (an index scan whatever the statistics), each page streamed: a
+        // row is checked while the server is still sending the next ones, so reading and
+        // hashing overlap. Only the columns a record needs; the tenant is the one asked for.
+        let mut r = StoredRecord {
+            tenant: tenant.clone(),
+            seq: 0,
+            event_id: EventId::generate(),
+            occurred_at: OffsetDateTime::UNIX_EPOCH,
+            payload: Vec::new(),
+            prev_hash: Digest([0; 32]),
+            hash: Digest([0; 32]),
+        };
+        let limit = i64::try_from(WALK_PAGE).unwrap_or(i64::MAX);
+        let mut after = 0;
+        let mut total = 0;
+        loop {
+            let mut rows = sqlx::query(
+                "SELECT seq, event_id, occurred_at, payload, prev_hash, hash
+                 FROM tenancy_audit.events
+                 WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(tenant.as_str())
+            .bind(after)
+            .bind(limit)
+            .fetch(&self.pool);
+            let mut n = 0;
+            while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+                let row = row.map_err(|e| db("scan audit events", e))?;
+                fill(&mut r, &row).map_err(|e| match e {
+                    FillError::Db(e) => db("decode audit row", e),
+                    FillError::Malformed(e) => e,
+                })?;
+                after = seq_i64(r.seq);
+                visit(&r);
+                n += 1;
+            }
+            total += n;
+            if n < WALK_PAGE as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
     async fn newest(
         &self,
         tenant: &TenantId,
@@ -439,7 +519,7 @@ impl AuditStore for PgAuditStore {
     ) -> Result<Vec<StoredRecord>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM tenancy_audit.events
-             WHERE tenant_id = $1 AND ($2::int8 IS NULL OR seq < $2)
+             WHERE tenant_id = $1 AND seq < coalesce($2::int8, 9223372036854775807)
              ORDER BY seq DESC LIMIT $3"
         )))
         .bind(tenant.as_str())
