@@ -430,8 +430,14 @@ fn bearer(header: Header, max: usize) -> std::result::Result<String, AuthFailure
     if !ok {
         return Err(AuthFailure::BadScheme);
     }
+    // The token in place: the header's own buffer becomes the string (no second copy).
+    let start = 6 + (rest.len() - rest.trim_ascii_start().len());
+    let end = start + token.len();
+    let mut value = value;
+    value.truncate(end);
+    value.drain(..start);
     // Only ASCII passed the check above.
-    String::from_utf8(token.to_vec()).map_err(|_| AuthFailure::BadScheme)
+    String::from_utf8(value).map_err(|_| AuthFailure::BadScheme)
 }
 
 /// The RFC 6750 `b64token` alphabet as a table: ASCII letters and digits and `-._~+/=`.
@@ -500,6 +506,25 @@ fn limit_headers(d: &RateLimitDecision) -> Vec<(&'static str, String)> {
     out
 }
 
+/// A fresh request id in the form of [`RequestId::generate`] (128 random bits, 22 characters
+/// of URL-safe base64), drawn from the thread's CSPRNG (`rand`'s `ThreadRng`: ChaCha12,
+/// seeded and regularly reseeded from the operating system) instead of a system call per
+/// request. Ids stay unguessable.
+fn fresh_request_id() -> RequestId {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let mut text = [0u8; 22];
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode_slice(raw, &mut text)
+        .unwrap_or_default();
+    std::str::from_utf8(&text[..n])
+        .ok()
+        .and_then(|s| RequestId::parse(s).ok())
+        .unwrap_or_else(RequestId::generate)
+}
+
 fn outcome_for(status: u16) -> Outcome {
     match status {
         401 | 403 | 429 => Outcome::Denied,
@@ -555,7 +580,7 @@ impl Tenancy {
                 .and_then(|s| RequestId::parse(s).ok()),
             _ => None,
         }
-        .unwrap_or_else(RequestId::generate);
+        .unwrap_or_else(fresh_request_id);
         let route = self.inner.routes.find(head.method(), head.path());
         let peer = head.peer_addr();
         let client_addr = if self.inner.proxies.is_empty() {
@@ -948,6 +973,22 @@ mod tests {
             bearer(one(&format!("Bearer {}", "a".repeat(200))), 100),
             Err(AuthFailure::Oversized)
         );
+    }
+
+    #[test]
+    fn fresh_request_ids_are_22_url_safe_characters_and_distinct() {
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| fresh_request_id().as_str().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{id}"
+            );
+        }
     }
 
     #[test]
