@@ -35,12 +35,12 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tenancy_core::{AuditEvent, AuditSink};
+use tenancy_core::{AuditEvent, AuditSink, Health, HealthCheck};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -79,6 +79,9 @@ struct Counters {
     spooled: AtomicU64,
     replayed: AtomicU64,
     store_errors: AtomicU64,
+    /// Whether events wait for the store (in the spool or in memory), as of the writer's
+    /// last turn.
+    backlog: AtomicBool,
 }
 
 /// Builds an [`AuditDispatcher`].
@@ -260,6 +263,7 @@ impl AuditDispatcher {
 
 #[async_trait]
 impl AuditSink for AuditDispatcher {
+    /// Queues the event; waits only while the queue is full.
     async fn record(&self, event: AuditEvent) -> tenancy_core::Result<()> {
         self.tx
             .send(Msg::Event(Box::new(event)))
@@ -267,8 +271,56 @@ impl AuditSink for AuditDispatcher {
             .map_err(|_| Error::Closed.into())
     }
 
+    /// Returns once every event queued before it is in the store. While the store is down,
+    /// events are spooled rather than stored: after the sync timeout (default 5 s) this
+    /// returns [`Error::Spooled`] (kind `Unavailable`); the events are safe on disk and are
+    /// replayed, in order, when the store is back. `record_sync` is `record` then `flush`.
     async fn flush(&self) -> tenancy_core::Result<()> {
         Ok(self.flush_inner().await?)
+    }
+}
+
+/// `Up` while events reach the store; `Degraded` while the store fails and events wait in the
+/// spool (or in memory without one), nothing lost; `Down` once the writer has stopped. The
+/// figures are the [`DispatcherStats`] and the events queued now.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tenancy_audit::{AuditDispatcher, store::MemoryAuditStore};
+/// use tenancy_core::{HealthCheck, HealthStatus};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tenancy_audit::Error> {
+/// let audit = AuditDispatcher::builder(Arc::new(MemoryAuditStore::new())).start().await?;
+/// assert_eq!((audit.component(), audit.check().await.status), ("audit", HealthStatus::Up));
+/// audit.shutdown().await?;
+/// assert_eq!(audit.check().await.status, HealthStatus::Down);
+/// # Ok(()) }
+/// ```
+#[async_trait]
+impl HealthCheck for AuditDispatcher {
+    fn component(&self) -> &str {
+        "audit"
+    }
+
+    async fn check(&self) -> Health {
+        let stats = self.stats();
+        let health = if self.tx.is_closed() {
+            Health::down("audit writer stopped")
+        } else if self.counters.backlog.load(Ordering::Relaxed) {
+            Health::degraded("audit store failing; events spooled for replay")
+        } else {
+            Health::up()
+        };
+        health
+            .with_figure(
+                "queued",
+                (self.tx.max_capacity() - self.tx.capacity()) as u64,
+            )
+            .with_figure("stored", stats.stored)
+            .with_figure("spooled", stats.spooled)
+            .with_figure("replayed", stats.replayed)
+            .with_figure("store_errors", stats.store_errors)
     }
 }
 
@@ -323,6 +375,7 @@ impl Writer {
     }
 
     async fn run(mut self) {
+        self.publish();
         loop {
             let msg = if self.backlog() || !self.waiters.is_empty() {
                 let wake = self.wake_at();
@@ -331,6 +384,7 @@ impl Writer {
                     () = tokio::time::sleep_until(wake) => {
                         self.retry().await;
                         self.expire_waiters();
+                        self.publish();
                         continue;
                     }
                     m = self.rx.recv(), if self.held.is_empty() => m,
@@ -375,7 +429,15 @@ impl Writer {
                 }
             }
             self.write(events).await;
+            self.publish();
         }
+    }
+
+    /// Makes the backlog visible to [`HealthCheck::check`].
+    fn publish(&self) {
+        self.counters
+            .backlog
+            .store(self.backlog(), Ordering::Relaxed);
     }
 
     fn take_more(&mut self, msgs: &mut Vec<Msg>) {
@@ -404,6 +466,8 @@ impl Writer {
     }
 
     fn add_waiter(&mut self, reply: oneshot::Sender<Result<()>>) {
+        // Health reflects the state a waiter is answered in before the answer arrives.
+        self.publish();
         if !self.backlog() {
             let _ = reply.send(Ok(()));
             return;
@@ -417,6 +481,7 @@ impl Writer {
     }
 
     fn release_waiters(&mut self) {
+        self.publish();
         if !self.held.is_empty() {
             return;
         }

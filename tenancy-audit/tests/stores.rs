@@ -15,7 +15,7 @@ use tenancy_audit::store::{
 use tenancy_audit::verify::verify;
 use tenancy_audit::{AuditDispatcher, Error};
 use tenancy_core::testkit::{self, Fixture};
-use tenancy_core::{AuditSink, TenantId};
+use tenancy_core::{AuditSink, HealthCheck, HealthStatus, TenantId};
 
 use common::{all, encoded, event, events};
 
@@ -331,6 +331,10 @@ where
             // The store is down: a synchronous caller hears that its events are spooled.
             let err = sink.flush().await.unwrap_err();
             assert_eq!(err.kind(), tenancy_core::ErrorKind::Unavailable, "{err}");
+            // And the health check says so.
+            let health = sink.check().await;
+            assert_eq!(health.status, HealthStatus::Degraded, "{health:?}");
+            assert!(health.figures["spooled"] > 0, "{health:?}");
         }
     }
     assert!(sink.stats().spooled > 0, "{:?}", sink.stats());
@@ -343,7 +347,9 @@ where
         }
     }
     assert!(stored, "store recovered but events not replayed");
+    assert_eq!(sink.check().await.status, HealthStatus::Up);
     sink.shutdown().await.unwrap();
+    assert_eq!(sink.check().await.status, HealthStatus::Down);
     let got: Vec<_> = events(&store, tenant.clone())
         .await
         .iter()
