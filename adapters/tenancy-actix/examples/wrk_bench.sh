@@ -2,9 +2,15 @@
 # Full tenancy stack against the bare handler, for axum and actix-web, with wrk on loopback,
 # all in one run. Usage (from the workspace root):
 #   adapters/tenancy-actix/examples/wrk_bench.sh [duration, default 10s] [connections, default 64]
+# Environment: VARIANTS (default "bare full full-noaudit full-nocache"); ROUNDS (default 1):
+# with more, every framework and variant is measured once per round, rounds interleaved, and
+# the medians are summarised at the end (steadier ratios on a machine shared with other work).
+# Columns: requests per second, wrk's p50 and p99 latency, and the server process's CPU time
+# (user + system, all its threads) per request, read from /proc.
 set -euo pipefail
 DURATION="${1:-10s}"
 CONNECTIONS="${2:-64}"
+ROUNDS="${ROUNDS:-1}"
 if ! command -v wrk >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "wrk not found; installing it with apt-get" >&2
@@ -20,29 +26,52 @@ done
 cargo build --release -p tenancy-actix --example bench_server >&2
 BIN="target/release/examples/bench_server"
 PORT=18080
-printf '%-6s %-13s %12s %10s %10s\n' framework variant "req/s" "p50" "p99"
-for framework in axum actix; do
-  for variant in ${VARIANTS:-bare full full-noaudit full-nocache}; do
-    PORT=$((PORT + 1))
-    "$BIN" "$framework" "$variant" "$PORT" > /tmp/bench_server.$$.out &
-    pid=$!
-    for _ in $(seq 50); do
-      if curl -s -o /dev/null "http://127.0.0.1:$PORT/v1/records"; then break; fi
-      sleep 0.1
+CLK="$(getconf CLK_TCK)"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+RESULTS="$(mktemp)"
+trap 'rm -f "$RESULTS" /tmp/bench_server.$$.out' EXIT
+printf '%-5s %-6s %-13s %12s %10s %10s %12s\n' round framework variant "req/s" "p50" "p99" "cpu us/req"
+for round in $(seq "$ROUNDS"); do
+  for framework in axum actix; do
+    for variant in ${VARIANTS:-bare full full-noaudit full-nocache}; do
+      PORT=$((PORT + 1))
+      "$BIN" "$framework" "$variant" "$PORT" > /tmp/bench_server.$$.out &
+      pid=$!
+      for _ in $(seq 50); do
+        if curl -s -o /dev/null "http://127.0.0.1:$PORT/v1/records"; then break; fi
+        sleep 0.1
+      done
+      token="$(head -n1 /tmp/bench_server.$$.out)"
+      url="http://127.0.0.1:$PORT/v1/records"
+      status="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url")"
+      [ "$status" = 200 ] || { echo "$framework $variant answered $status" >&2; kill "$pid"; exit 1; }
+      wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "$url" > /dev/null
+      before="$(ticks "$pid")"
+      out="$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url")"
+      after="$(ticks "$pid")"
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+      rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+      p50="$(echo "$out" | awk '$1=="50%" {print $2}')"
+      p99="$(echo "$out" | awk '$1=="99%" {print $2}')"
+      requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+      non2xx="$(echo "$out" | awk '/Non-2xx/ {print $5}')"
+      [ -z "$non2xx" ] || { echo "$framework $variant: $non2xx non-2xx answers" >&2; exit 1; }
+      cpu="$(awk -v t=$((after - before)) -v clk="$CLK" -v n="$requests" 'BEGIN { printf "%.1f", t / clk * 1e6 / n }')"
+      printf '%-5s %-6s %-13s %12s %10s %10s %12s\n' "$round" "$framework" "$variant" "$rps" "$p50" "$p99" "$cpu"
+      echo "$framework $variant $rps $cpu" >> "$RESULTS"
     done
-    token="$(head -n1 /tmp/bench_server.$$.out)"
-    url="http://127.0.0.1:$PORT/v1/records"
-    status="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url")"
-    [ "$status" = 200 ] || { echo "$framework $variant answered $status" >&2; kill "$pid"; exit 1; }
-    wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "$url" > /dev/null
-    out="$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url")"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
-    p50="$(echo "$out" | awk '$1=="50%" {print $2}')"
-    p99="$(echo "$out" | awk '$1=="99%" {print $2}')"
-    non2xx="$(echo "$out" | awk '/Non-2xx/ {print $5}')"
-    [ -z "$non2xx" ] || { echo "$framework $variant: $non2xx non-2xx answers" >&2; exit 1; }
-    printf '%-6s %-13s %12s %10s %10s\n' "$framework" "$variant" "$rps" "$p50" "$p99"
   done
 done
-rm -f /tmp/bench_server.$$.out
+if [ "$ROUNDS" -gt 1 ]; then
+  echo
+  echo "medians over $ROUNDS rounds (ratio: median req/s over the framework's median bare req/s)"
+  printf '%-6s %-13s %12s %8s %12s\n' framework variant "req/s" ratio "cpu us/req"
+  for framework in axum actix; do
+    bare="$(awk -v f="$framework" '$1==f && $2=="bare" {print $3}' "$RESULTS" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')"
+    for variant in ${VARIANTS:-bare full full-noaudit full-nocache}; do
+      med() { awk -v f="$framework" -v v="$variant" -v c="$1" '$1==f && $2==v {print $c}' "$RESULTS" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+      rps="$(med 3)"; cpu="$(med 4)"
+      printf '%-6s %-13s %12.0f %8.2f %12.1f\n' "$framework" "$variant" "$rps" "$(awk -v a="$rps" -v b="$bare" 'BEGIN {print a / b}')" "$cpu"
+    done
+  done
+fi

@@ -60,9 +60,10 @@ use std::time::Instant;
 
 use ::metrics::SharedString;
 use tenancy_core::{
-    AuditEvent, AuditSink, Claims, DecisionSource, Denial, FailurePolicy, Limit, Outcome, Quota,
-    RateLimitDecision, RateLimitRequest, RateLimiter, RequestId, SharedClock, TenantContext,
-    TenantDirectory, TenantId, TenantSettings, TierCatalog, TokenRejection, TokenVerifier, UserId,
+    Actor, AuditEvent, AuditSink, Claims, DecisionSource, Denial, EventId, FailurePolicy, Limit,
+    Origin, Outcome, Quota, RateLimitDecision, RateLimitRequest, RateLimiter, RequestId,
+    SharedClock, TenantContext, TenantDirectory, TenantId, TenantSettings, TierCatalog,
+    TokenRejection, TokenVerifier, UserId,
 };
 use tracing::Span;
 
@@ -525,6 +526,25 @@ fn fresh_request_id() -> RequestId {
         .unwrap_or_else(RequestId::generate)
 }
 
+/// A fresh event id as [`EventId::generate`] makes it (128 random bits), drawn from the
+/// thread's CSPRNG like [`fresh_request_id`]: an idempotency key, unique without a system
+/// call per audited request.
+fn fresh_event_id() -> EventId {
+    use rand::RngCore as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let mut text = [0u8; 32];
+    for (i, b) in raw.iter().enumerate() {
+        text[2 * i] = HEX[usize::from(b >> 4)];
+        text[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+    std::str::from_utf8(&text)
+        .ok()
+        .and_then(|s| EventId::parse(s).ok())
+        .unwrap_or_else(EventId::generate)
+}
+
 fn outcome_for(status: u16) -> Outcome {
     match status {
         401 | 403 | 429 => Outcome::Denied,
@@ -894,9 +914,21 @@ impl Tenancy {
         let tenant = ctx
             .map(|c| c.tenant.clone())
             .unwrap_or_else(|| self.inner.anonymous_tenant.clone());
-        let mut e = AuditEvent::new(tenant, action, outcome)
-            .with_request_id(meta.request_id().clone())
-            .with_route(meta.route_label());
+        // As `AuditEvent::new`, with the event id from the thread's CSPRNG.
+        let mut e = AuditEvent {
+            event_id: fresh_event_id(),
+            occurred_at: time::OffsetDateTime::now_utc(),
+            tenant,
+            actor: Actor::default(),
+            action: action.to_owned(),
+            resource: None,
+            origin: Origin::default(),
+            outcome,
+            reason: None,
+            details: serde_json::Map::new(),
+        }
+        .with_request_id(meta.request_id().clone())
+        .with_route(meta.route_label());
         if let Some(c) = ctx {
             e.actor.user = Some(c.user.clone());
             e.actor.role = Some(c.role.clone());
@@ -988,6 +1020,15 @@ mod tests {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
                 "{id}"
             );
+        }
+    }
+
+    #[test]
+    fn fresh_event_ids_are_distinct_and_round_trip() {
+        let ids: std::collections::HashSet<EventId> = (0..1000).map(|_| fresh_event_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(EventId::parse(&id.to_string()).unwrap(), *id);
         }
     }
 
