@@ -87,8 +87,12 @@ fn pg_appends(c: &mut Criterion) {
     let one = fx.tenant("one");
     let many: Vec<TenantId> = (0..100).map(|i| fx.tenant(&format!("m{i}"))).collect();
     let codec = Codec::default();
+    // Successive batches start at the next tenant, so single appends over 100 tenants go to
+    // each tenant in turn rather than always to the first.
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let batch = |tenants: &[TenantId], n: usize| -> Vec<EncodedEvent> {
-        (0..n)
+        let start = next.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        (start..start + n)
             .map(|i| {
                 codec
                     .encode(&event(&tenants[i % tenants.len()], i as u64))

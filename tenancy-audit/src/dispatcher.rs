@@ -423,6 +423,8 @@ impl Writer {
                     Msg::Shutdown(reply) => {
                         self.write(std::mem::take(&mut events)).await;
                         let res = self.drain().await;
+                        // Closed before the answer, so a health check after `shutdown` sees it.
+                        self.rx.close();
                         let _ = reply.send(res);
                         return;
                     }

@@ -97,9 +97,11 @@ REVOKE ALL ON FUNCTION tenancy_audit.purge(text, bigint, bytea) FROM PUBLIC;
 ///   transaction-scoped advisory lock per tenant (in sorted order), reads the head, inserts,
 ///   and commits; the primary key `(tenant_id, seq)` makes a fork impossible even without the
 ///   lock, and `UNIQUE (tenant_id, event_id)` backs idempotency.
-/// - Batched: a batch is one transaction of four statements between `BEGIN` and `COMMIT`
-///   whatever its size or number of tenants: the locks, the heads, the batch's event ids
-///   already stored, and one `INSERT ... SELECT FROM unnest(...)` of every row.
+/// - Batched: a batch is one transaction of three statements between `BEGIN` and `COMMIT`
+///   whatever its size or number of tenants: the locks, the heads, and one
+///   `INSERT ... SELECT FROM unnest(...)` of every row. An event id stored before (a replay
+///   after an outage) fails that insert on the unique index; the batch is then redone with a
+///   fourth statement that looks the batch's ids up, so they are reported as duplicates.
 /// - Plans that do not depend on statistics: every statement reaches rows through an index
 ///   by construction, so a cached plan made while the table was empty stays fast when it is
 ///   large (and with autovacuum off).
@@ -304,7 +306,14 @@ impl PgAuditStore {
         Ok(())
     }
 
-    async fn append_once(&self, events: &[EncodedEvent]) -> Result<Vec<Appended>, sqlx::Error> {
+    /// One attempt at a batch. With `check_stored`, first looks up which of the batch's event
+    /// ids are stored already; without, an insert that meets one fails on the unique index
+    /// and the caller retries with it.
+    async fn append_once(
+        &self,
+        events: &[EncodedEvent],
+        check_stored: bool,
+    ) -> Result<Vec<Appended>, sqlx::Error> {
         let mut tenants: Vec<&str> = events.iter().map(|e| e.tenant.as_str()).collect();
         tenants.sort_unstable();
         tenants.dedup();
@@ -351,37 +360,44 @@ impl PgAuditStore {
             }
             chains.tenants.insert(t, c);
         }
-        let owners: Vec<&str> = events.iter().map(|e| e.tenant.as_str()).collect();
-        let ids: Vec<&[u8]> = events.iter().map(|e| &e.event_id.as_bytes()[..]).collect();
-        let stored = sqlx::query(
-            // A correlated subquery: always one probe of the unique index per event, whatever
-            // the statistics said when the statement was first planned (a join planned while
-            // the table was empty stays a sequential scan in the cached plan). `OFFSET 0` keeps
-            // the probe from being evaluated twice; only the events found come back.
-            "SELECT i, seq FROM (
-                 SELECT x.i, (SELECT e.seq FROM tenancy_audit.events e
-                              WHERE e.tenant_id = x.tenant_id AND e.event_id = x.event_id) AS seq
-                 FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS x(tenant_id, event_id, i)
-                 OFFSET 0) AS p
-             WHERE seq IS NOT NULL",
-        )
-        .bind(&owners)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &stored {
-            let i: i64 = row.try_get(0)?;
-            let seq: i64 = row.try_get(1)?;
-            let e = usize::try_from(i - 1)
-                .ok()
-                .and_then(|i| events.get(i))
-                .ok_or_else(|| decode(Error::malformed_plain("stored event index out of range")))?;
-            chains
-                .tenants
-                .entry(e.tenant.clone())
-                .or_default()
-                .ids
-                .insert(e.event_id, u64::try_from(seq).unwrap_or(0));
+        if check_stored {
+            let owners: Vec<&str> = events.iter().map(|e| e.tenant.as_str()).collect();
+            let ids: Vec<&[u8]> = events.iter().map(|e| &e.event_id.as_bytes()[..]).collect();
+            let stored = sqlx::query(
+                // A correlated subquery: always one probe of the unique index per event,
+                // whatever the statistics said when the statement was first planned (a join
+                // planned while the table was empty stays a sequential scan in the cached
+                // plan). `OFFSET 0` keeps the probe from being evaluated twice; only the
+                // events found come back.
+                "SELECT i, seq FROM (
+                     SELECT x.i, (SELECT e.seq FROM tenancy_audit.events e
+                                  WHERE e.tenant_id = x.tenant_id
+                                    AND e.event_id = x.event_id) AS seq
+                     FROM unnest($1::text[], $2::bytea[])
+                          WITH ORDINALITY AS x(tenant_id, event_id, i)
+                     OFFSET 0) AS p
+                 WHERE seq IS NOT NULL",
+            )
+            .bind(&owners)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &stored {
+                let i: i64 = row.try_get(0)?;
+                let seq: i64 = row.try_get(1)?;
+                let e = usize::try_from(i - 1)
+                    .ok()
+                    .and_then(|i| events.get(i))
+                    .ok_or_else(|| {
+                        decode(Error::malformed_plain("stored event index out of range"))
+                    })?;
+                chains
+                    .tenants
+                    .entry(e.tenant.clone())
+                    .or_default()
+                    .ids
+                    .insert(e.event_id, u64::try_from(seq).unwrap_or(0));
+            }
         }
         let (records, out) = chains.prepare(events);
         if !records.is_empty() {
@@ -423,13 +439,17 @@ impl AuditStore for PgAuditStore {
             return Ok(Vec::new());
         }
         let mut attempt = 0;
+        let mut check_stored = false;
         loop {
-            match self.append_once(events).await {
+            match self.append_once(events, check_stored).await {
                 Ok(out) => return Ok(out),
-                // A concurrent writer that ignored the lock won the same seq: read the new
-                // head and try again; the primary key kept the chain from forking.
+                // An event id of the batch was stored before (a replay), or a concurrent
+                // writer that ignored the lock won the same seq (the primary key kept the
+                // chain from forking): try again, reading the heads anew and looking the
+                // batch's ids up first.
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < 3 => {
                     attempt += 1;
+                    check_stored = true;
                 }
                 Err(sqlx::Error::Decode(e)) => {
                     return Err(Error::Malformed {
