@@ -96,6 +96,19 @@ impl EventId {
         &self.0
     }
 
+    /// The id with these raw bytes (as stored by a backend that keeps ids in binary).
+    ///
+    /// ```
+    /// use tenancy_core::EventId;
+    ///
+    /// let id = EventId::generate();
+    /// assert_eq!(EventId::from_bytes(*id.as_bytes()), id);
+    /// assert_eq!(EventId::from_bytes([0xab; 16]).to_string(), "ab".repeat(16));
+    /// ```
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     /// Parses 32 lowercase hex digits.
     pub fn parse(s: &str) -> std::result::Result<Self, crate::ParseError> {
         let err = || crate::ParseError::new("event id", "must be 32 lowercase hex digits");

@@ -173,12 +173,9 @@ fn digest(bytes: &[u8]) -> Result<Digest> {
 }
 
 fn event_id(bytes: &[u8]) -> Result<EventId> {
-    let bytes = <&[u8; 16]>::try_from(bytes)
+    let bytes = <[u8; 16]>::try_from(bytes)
         .map_err(|_| Error::malformed_plain("event_id column is not 16 bytes"))?;
-    let hex = crate::hex::encode_16(bytes);
-    // Hex digits are ASCII.
-    let hex = std::str::from_utf8(&hex).map_err(|e| Error::malformed("event_id column", e))?;
-    Ok(EventId::parse(hex)?)
+    Ok(EventId::from_bytes(bytes))
 }
 
 fn tenant(s: &str) -> Result<TenantId> {
