@@ -144,7 +144,9 @@ where
     }
 }
 
-/// Stacks [`SetRequestId`], [`Authenticate`], [`ResolveTenant`], [`RateLimit`] and [`Audit`].
+/// Stacks [`SetRequestId`](crate::SetRequestId), [`Authenticate`](crate::Authenticate),
+/// [`ResolveTenant`](crate::ResolveTenant), [`RateLimit`](crate::RateLimit) and
+/// [`Audit`](crate::Audit), as one [`TenancyService`].
 #[derive(Debug, Clone)]
 pub struct TenancyLayer {
     tenancy: Tenancy,
