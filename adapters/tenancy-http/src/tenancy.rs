@@ -531,18 +531,9 @@ fn fresh_request_id() -> RequestId {
 /// call per audited request.
 fn fresh_event_id() -> EventId {
     use rand::RngCore as _;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut raw = [0u8; 16];
     rand::rng().fill_bytes(&mut raw);
-    let mut text = [0u8; 32];
-    for (i, b) in raw.iter().enumerate() {
-        text[2 * i] = HEX[usize::from(b >> 4)];
-        text[2 * i + 1] = HEX[usize::from(b & 0x0f)];
-    }
-    std::str::from_utf8(&text)
-        .ok()
-        .and_then(|s| EventId::parse(s).ok())
-        .unwrap_or_else(EventId::generate)
+    EventId::from_bytes(raw)
 }
 
 fn outcome_for(status: u16) -> Outcome {
