@@ -63,7 +63,7 @@ async fn exactly_burst_requests_pass_then_the_right_retry_after() {
     for i in 0..5u64 {
         let d = l.check(&req(&t, &u, limits.clone())).await.unwrap();
         assert!(d.allowed, "request {i}");
-        assert_eq!(d.states[0].remaining, 4 - i);
+        assert_eq!(d.states[0].remaining(), 4 - i);
         assert_eq!(d.source, DecisionSource::Backend);
     }
     let denied = l.check(&req(&t, &u, limits.clone())).await.unwrap();
@@ -270,7 +270,7 @@ async fn a_denied_request_moves_neither_counter() {
     );
     // usage() reads the same state without consuming.
     let usage = l.usage(&req(&t, &u, limits.clone())).await.unwrap();
-    assert_eq!((usage[0].remaining, usage[1].remaining), (9, 0));
+    assert_eq!((usage[0].remaining(), usage[1].remaining()), (9, 0));
     assert_eq!(get(&pool, &tenant_key).await, before.0, "usage consumed");
 }
 
@@ -315,7 +315,7 @@ async fn tenant_b_is_untouched_while_tenant_a_is_flooded() {
         .await
         .unwrap();
     assert!(d.allowed && d.source == DecisionSource::Backend);
-    assert_eq!((d.states[0].remaining, d.states[1].remaining), (4, 4));
+    assert_eq!((d.states[0].remaining(), d.states[1].remaining()), (4, 4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,7 +645,7 @@ async fn idle_keys_expire_and_tier_changes_apply_on_the_next_request() {
         DecisionSource::Backend,
         "the denial cache did not hold it back"
     );
-    assert_eq!(d.states[0].remaining, 9, "(1440 s - 792 s) / 72 s");
+    assert_eq!(d.states[0].remaining(), 9, "(1440 s - 792 s) / 72 s");
     // And a downgrade too: back on standard, the 792 s used exceed its 720 s capacity.
     assert!(!l.check(&req(&t, &u, standard)).await.unwrap().allowed);
 }
@@ -756,7 +756,7 @@ async fn reset_and_isolation_on_the_cluster() {
     );
     for t in &tenants[1..] {
         let usage = l.usage(&req(t, &star, limits.clone())).await.unwrap();
-        assert_eq!(usage[0].remaining, 0, "reset of one tenant reached {t}");
+        assert_eq!(usage[0].remaining(), 0, "reset of one tenant reached {t}");
     }
 }
 

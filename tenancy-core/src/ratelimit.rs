@@ -172,12 +172,19 @@ pub struct GcraOutcome {
     pub allowed: bool,
     /// The TAT to store when the whole decision is allowed (the old one when denied).
     pub tat: u64,
-    /// Requests of weight 1 that would still fit right after this decision.
-    pub remaining: u64,
     /// Nanoseconds until the key is fully rested.
     pub reset_after_nanos: u64,
     /// Nanoseconds until this request would fit (0 when allowed).
     pub retry_after_nanos: u64,
+}
+
+impl GcraOutcome {
+    /// Requests of weight 1 that would still fit right after this decision, under `quota` (the
+    /// quota it was decided with). Computed when asked, so that a decision costs no division
+    /// for a figure only the response headers read.
+    pub fn remaining(&self, quota: &Quota) -> u64 {
+        quota.remaining_after(self.reset_after_nanos)
+    }
 }
 
 /// GCRA for one key: `tat` is the stored TAT (`None` for a rested key), `now` and the result
@@ -195,7 +202,6 @@ pub fn gcra(tat: Option<u64>, now: u64, quota: &Quota, cost: u64) -> GcraOutcome
         GcraOutcome {
             allowed: true,
             tat: new_tat,
-            remaining: (capacity - used_after) / t,
             reset_after_nanos: used_after,
             retry_after_nanos: 0,
         }
@@ -204,7 +210,6 @@ pub fn gcra(tat: Option<u64>, now: u64, quota: &Quota, cost: u64) -> GcraOutcome
         GcraOutcome {
             allowed: false,
             tat: base,
-            remaining: capacity.saturating_sub(used) / t,
             reset_after_nanos: used,
             retry_after_nanos: if cost > quota.burst {
                 u64::MAX
@@ -222,8 +227,6 @@ pub struct LimitState {
     pub limit: Limit,
     /// Whether this limit alone would allow the request.
     pub allowed: bool,
-    /// Requests that still fit now.
-    pub remaining: u64,
     /// Nanoseconds until the limit is fully restored (see [`LimitState::reset_after`]).
     pub reset_after_nanos: u64,
     /// Nanoseconds until the request would fit under this limit, 0 when allowed (see
@@ -238,10 +241,15 @@ impl LimitState {
         Self {
             limit,
             allowed: o.allowed,
-            remaining: o.remaining,
             reset_after_nanos: o.reset_after_nanos,
             retry_after_nanos: o.retry_after_nanos,
         }
+    }
+
+    /// Requests of weight 1 that still fit now (computed from the quota and
+    /// [`reset_after_nanos`](Self::reset_after_nanos)).
+    pub fn remaining(&self) -> u64 {
+        self.limit.quota.remaining_after(self.reset_after_nanos)
     }
 
     /// Time until the limit is fully restored.
@@ -286,7 +294,6 @@ const FILLER: LimitState = LimitState {
         on_unavailable: FailurePolicy::FailClosed,
     },
     allowed: true,
-    remaining: 0,
     reset_after_nanos: 0,
     retry_after_nanos: 0,
 };
@@ -482,7 +489,7 @@ impl RateLimitDecision {
         self.states
             .iter()
             .filter(|s| s.limit.mode == LimitMode::Enforce)
-            .min_by_key(|s| (s.allowed, s.remaining))
+            .min_by_key(|s| (s.allowed, s.remaining()))
             .or_else(|| self.states.first())
     }
 
@@ -511,7 +518,7 @@ impl RateLimitDecision {
         let mut out = Vec::with_capacity(6);
         if let Some(h) = self.headline() {
             out.push(("x-ratelimit-limit", h.limit.quota.limit.to_string()));
-            out.push(("x-ratelimit-remaining", h.remaining.to_string()));
+            out.push(("x-ratelimit-remaining", h.remaining().to_string()));
             out.push(("x-ratelimit-reset", ceil_secs(h.reset_after()).to_string()));
         }
         if !self.states.is_empty() {
@@ -535,7 +542,7 @@ impl RateLimitDecision {
                     format!(
                         "\"{}\";r={};t={}",
                         s.limit.name(),
-                        s.remaining,
+                        s.remaining(),
                         ceil_secs(s.reset_after())
                     )
                 })
@@ -598,7 +605,7 @@ mod tests {
         for i in 0..5 {
             let o = gcra(tat, now, &q, 1);
             assert!(o.allowed, "request {i}");
-            assert_eq!(o.remaining, 4 - i);
+            assert_eq!(o.remaining(&q), 4 - i);
             tat = Some(o.tat);
         }
         let denied = gcra(tat, now, &q, 1);
@@ -616,7 +623,7 @@ mod tests {
         let q = Quota::per_second(10).with_burst(10);
         let o = gcra(None, S, &q, 10);
         assert!(o.allowed);
-        assert_eq!(o.remaining, 0);
+        assert_eq!(o.remaining(&q), 0);
         let too_big = gcra(None, S, &q, 11);
         assert!(!too_big.allowed);
         assert_eq!(too_big.retry_after_nanos, u64::MAX);

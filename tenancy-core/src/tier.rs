@@ -79,6 +79,22 @@ impl Quota {
         Duration::from_secs(self.period_secs)
     }
 
+    /// Requests of weight 1 that fit in a limit of this quota whose key is `used_nanos` from
+    /// rested (GCRA's TAT minus now): `(burst × interval − used) / interval`, rounded down.
+    ///
+    /// ```
+    /// use tenancy_core::Quota;
+    ///
+    /// let q = Quota::per_second(10).with_burst(5); // one request every 100 ms
+    /// assert_eq!(q.remaining_after(0), 5);
+    /// assert_eq!(q.remaining_after(150_000_000), 3);
+    /// assert_eq!(q.remaining_after(u64::MAX), 0);
+    /// ```
+    pub fn remaining_after(&self, used_nanos: u64) -> u64 {
+        let t = self.emission_interval_nanos();
+        t.saturating_mul(self.burst).saturating_sub(used_nanos) / t
+    }
+
     /// The time one request "costs": `period / limit`, in nanoseconds (at least 1).
     pub fn emission_interval_nanos(&self) -> u64 {
         let limit = self.limit.max(1);

@@ -468,7 +468,7 @@ fn limit_headers(d: &RateLimitDecision) -> Vec<(&'static str, String)> {
             "x-ratelimit-limit",
             n.format(h.limit.quota.limit).to_owned(),
         ));
-        out.push(("x-ratelimit-remaining", n.format(h.remaining).to_owned()));
+        out.push(("x-ratelimit-remaining", n.format(h.remaining()).to_owned()));
         out.push((
             "x-ratelimit-reset",
             n.format(ceil_secs(h.reset_after_nanos)).to_owned(),
@@ -494,7 +494,7 @@ fn limit_headers(d: &RateLimitDecision) -> Vec<(&'static str, String)> {
             policy.push_str(";w=");
             policy.push_str(n.format(s.limit.quota.period_secs));
             current.push_str(";r=");
-            current.push_str(n.format(s.remaining));
+            current.push_str(n.format(s.remaining()));
             current.push_str(";t=");
             current.push_str(n.format(ceil_secs(s.reset_after_nanos)));
         }

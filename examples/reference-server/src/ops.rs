@@ -374,7 +374,7 @@ async fn view(app: &App, tenant: &TenantId, s: &TenantSettings, usage: bool) -> 
                 Ok(states) => states.first().map(|st| {
                     serde_json::json!({
                         "limit": st.limit.quota.limit,
-                        "remaining": st.remaining,
+                        "remaining": st.remaining(),
                         "reset_after_secs": st.reset_after().as_secs(),
                     })
                 }),

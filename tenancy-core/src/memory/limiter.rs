@@ -439,7 +439,7 @@ mod tests {
         for _ in 0..3 {
             let usage = limiter.usage(&acme).await.unwrap();
             assert_eq!(
-                usage.iter().map(|s| s.remaining).collect::<Vec<_>>(),
+                usage.iter().map(|s| s.remaining()).collect::<Vec<_>>(),
                 vec![0, 0]
             );
         }
@@ -564,6 +564,6 @@ mod tests {
         }
         let other = limiter.check_now(&req("acme", "carol", limits));
         assert!(other.allowed);
-        assert_eq!(other.states[0].remaining, 8);
+        assert_eq!(other.states[0].remaining(), 8);
     }
 }

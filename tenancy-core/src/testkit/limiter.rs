@@ -32,7 +32,7 @@ pub async fn rate_limiter(limiter: Arc<dyn RateLimiter>, fx: &Fixture) {
         let d = check(l, &req(&t, &alice, limits.clone()), "burst").await;
         assert!(d.allowed, "burst: request {i} of 3 must pass");
         assert_eq!(
-            d.states[0].remaining,
+            d.states[0].remaining(),
             2 - i,
             "burst: remaining after request {i}"
         );
@@ -71,7 +71,8 @@ pub async fn rate_limiter(limiter: Arc<dyn RateLimiter>, fx: &Fixture) {
     let other = check(l, &req(&t, &bob, limits.clone()), "atomic").await;
     assert!(other.allowed, "atomic: another user still passes");
     assert_eq!(
-        other.states[0].remaining, 8,
+        other.states[0].remaining(),
+        8,
         "atomic: denied requests moved the tenant counter"
     );
 
@@ -93,11 +94,13 @@ pub async fn rate_limiter(limiter: Arc<dyn RateLimiter>, fx: &Fixture) {
     let db = check(l, &req(&b, &alice, limits.clone()), "isolation").await;
     assert!(db.allowed, "isolation: tenant B must not be exhausted by A");
     assert_eq!(
-        db.states[0].remaining, 4,
+        db.states[0].remaining(),
+        4,
         "isolation: tenant B's counter moved with A's traffic"
     );
     assert_eq!(
-        db.states[1].remaining, 4,
+        db.states[1].remaining(),
+        4,
         "isolation: B's alice shares state with A's alice"
     );
 
@@ -106,7 +109,7 @@ pub async fn rate_limiter(limiter: Arc<dyn RateLimiter>, fx: &Fixture) {
     let limits = vec![Limit::tenant(Quota::per_hour(60).with_burst(5))];
     let d = check(l, &req(&t, &alice, limits.clone()).with_cost(3), "weight").await;
     assert!(
-        d.allowed && d.states[0].remaining == 2,
+        d.allowed && d.states[0].remaining() == 2,
         "weight: 3 of 5 used"
     );
     assert!(
@@ -144,7 +147,8 @@ pub async fn rate_limiter(limiter: Arc<dyn RateLimiter>, fx: &Fixture) {
         "windows: the minute window denies"
     );
     assert_eq!(
-        d.states[1].remaining, 3,
+        d.states[1].remaining(),
+        3,
         "windows: hour window consumed twice only"
     );
 
