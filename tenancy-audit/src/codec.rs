@@ -103,7 +103,14 @@ impl Codec {
     /// # Errors
     /// [`Error::Encode`] if serialisation fails.
     pub fn encode(&self, event: &AuditEvent) -> Result<EncodedEvent> {
-        let mut event = event.clone();
+        self.encode_owned(event.clone())
+    }
+
+    /// [`Codec::encode`] for an event the caller no longer needs: no copy is made.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if serialisation fails.
+    pub fn encode_owned(&self, mut event: AuditEvent) -> Result<EncodedEvent> {
         self.policy.apply(&mut event);
         event.occurred_at = truncate_micros(event.occurred_at);
         let value = serde_json::to_value(EnvelopeOut {
@@ -179,6 +186,25 @@ pub(crate) fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
 fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
+            // `serde_json::Map` is a `BTreeMap` unless its `preserve_order` feature is on:
+            // its keys then come in byte order already and need no sorting.
+            let sorted = map
+                .keys()
+                .zip(map.keys().skip(1))
+                .all(|(a, b)| a.as_bytes() < b.as_bytes());
+            if sorted {
+                out.push(b'{');
+                for (i, (k, x)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_string(k, out);
+                    out.push(b':');
+                    write_canonical(x, out);
+                }
+                out.push(b'}');
+                return;
+            }
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             out.push(b'{');
@@ -205,7 +231,10 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::String(s) => write_string(s, out),
-        other => out.extend_from_slice(other.to_string().as_bytes()),
+        // Numbers, booleans and null: serde_json's own compact form, written in place.
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
     }
 }
 
@@ -243,5 +272,32 @@ mod tests {
             Err(Error::Malformed { .. })
         ));
         assert!(decode(b"not json").is_err());
+    }
+
+    #[test]
+    fn canonical_form_of_every_kind_of_value_is_pinned() {
+        // Stored payloads are hashed: this exact text must never change.
+        let v = serde_json::json!({
+            "z": null,
+            "é": "accent",
+            "a": [true, false, -7, 18446744073709551615u64, 1.5, "q\"\u{1}\n"],
+            "m": {"b": {"d": 1, "c": 2}, "a": {}},
+            "A": 0,
+        });
+        let mut out = Vec::new();
+        write_canonical(&v, &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"A":0,"a":[true,false,-7,18446744073709551615,1.5,"q\"\u0001\n"],"m":{"a":{},"b":{"c":2,"d":1}},"z":null,"é":"accent"}"#
+        );
+    }
+
+    #[test]
+    fn event_ids_print_as_lowercase_hex() {
+        let id = EventId::from_bytes([
+            0x00, 0x01, 0x7f, 0x80, 0xab, 0xcd, 0xef, 0xff, 0, 0, 0, 0, 0, 0, 0x10, 0x9a,
+        ]);
+        assert_eq!(id.to_string(), "00017f80abcdefff000000000000109a");
+        assert_eq!(EventId::parse(&id.to_string()).unwrap(), id);
     }
 }

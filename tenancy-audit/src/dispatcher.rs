@@ -408,14 +408,17 @@ impl Writer {
             let mut events = Vec::new();
             for m in msgs {
                 match m {
-                    Msg::Event(e) => match self.codec.encode(&e) {
-                        Ok(enc) => events.push(enc),
-                        Err(err) => tracing::error!(
-                            event_id = %e.event_id,
-                            error = %err,
-                            "audit event cannot be encoded"
-                        ),
-                    },
+                    Msg::Event(e) => {
+                        let event_id = e.event_id;
+                        match self.codec.encode_owned(*e) {
+                            Ok(enc) => events.push(enc),
+                            Err(err) => tracing::error!(
+                                event_id = %event_id,
+                                error = %err,
+                                "audit event cannot be encoded"
+                            ),
+                        }
+                    }
                     Msg::Flush(reply) => {
                         self.write(std::mem::take(&mut events)).await;
                         self.add_waiter(reply);
