@@ -59,6 +59,7 @@ pub struct RouteRule {
     method: Option<String>,
     public: bool,
     exempt: bool,
+    audits_own_denials: bool,
     audit: Option<AuditSpec>,
 }
 
@@ -120,6 +121,7 @@ impl RouteRule {
             method: None,
             public: false,
             exempt: false,
+            audits_own_denials: false,
             audit: None,
         })
     }
@@ -141,6 +143,14 @@ impl RouteRule {
     /// Authenticated, but not rate limited (admin routes).
     pub fn exempt(mut self) -> Self {
         self.exempt = true;
+        self
+    }
+
+    /// The handler records its own 401 and 403 answers (a login that audits every attempt in
+    /// the tenant's trail): the layer adds no generic `http.denied` record for them. Denials
+    /// the layer itself gives (authentication, tenant, limits) are still recorded.
+    pub fn handler_audits_denials(mut self) -> Self {
+        self.audits_own_denials = true;
         self
     }
 
@@ -188,6 +198,11 @@ impl RouteRule {
     /// Whether the route is exempt from rate limits.
     pub fn is_exempt(&self) -> bool {
         self.exempt
+    }
+
+    /// Whether the handler records its own denials ([`RouteRule::handler_audits_denials`]).
+    pub fn audits_own_denials(&self) -> bool {
+        self.audits_own_denials
     }
 
     /// How the route is audited, if it is.

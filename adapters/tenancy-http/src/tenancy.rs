@@ -831,18 +831,22 @@ impl Tenancy {
     }
 
     /// Step 5, after the handler: audits the response when its route is audited, and any
-    /// 401, 403 or 429 the handler itself gave (an extractor's permission check). On a route
-    /// marked [`RouteRule::audit_sync`] the response waits for the store, and a store that
-    /// cannot take the event turns the answer into a 503.
+    /// 401, 403 or 429 the handler itself gave (an extractor's permission check), except the
+    /// 401 and 403 of a route whose handler records them ([`RouteRule::handler_audits_denials`]).
+    /// On a route marked [`RouteRule::audit_sync`] the response waits for the store, and a
+    /// store that cannot take the event turns the answer into a 503.
     pub async fn audit_response(
         &self,
         meta: &RequestMeta,
         status: u16,
         note: Option<AuditNote>,
     ) -> std::result::Result<(), Rejection> {
-        let spec = meta.route().and_then(|m| m.rule().audit_spec());
+        let rule = meta.route().map(|m| m.rule());
+        let spec = rule.and_then(|r| r.audit_spec());
         let denial = matches!(status, 401 | 403 | 429);
-        if spec.is_none() && !(denial && self.inner.audit_denials) {
+        let recorded_by_handler =
+            matches!(status, 401 | 403) && rule.is_some_and(|r| r.audits_own_denials());
+        if spec.is_none() && !(denial && self.inner.audit_denials && !recorded_by_handler) {
             return Ok(());
         }
         let note = note.unwrap_or_default();

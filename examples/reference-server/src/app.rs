@@ -261,8 +261,9 @@ pub fn route_rules() -> std::result::Result<Vec<RouteRule>, tenancy_http::Error>
         r("/health")?.public(),
         r("/metrics")?.public(),
         r("/openapi.json")?.public(),
-        r("/v1/auth/login")?.public(),
-        r("/v1/auth/refresh")?.public(),
+        // `ops::login` and `ops::refresh` audit every outcome (`auth.login`, `auth.refresh`).
+        r("/v1/auth/login")?.public().handler_audits_denials(),
+        r("/v1/auth/refresh")?.public().handler_audits_denials(),
         r("/v1/auth/logout")?.audit("auth.logout")?,
         r("/v1/records")?.method("GET").audit("records.list")?,
         r("/v1/records")?
@@ -504,51 +505,6 @@ async fn connect_database(config: &Config, url: &str) -> Result<(Database, PgAud
     ))
 }
 
-/// Routes whose operation audits every outcome itself, once, in the trail of the tenant
-/// concerned (`auth.login`, `auth.refresh`; see [`ops::login`](crate::ops::login)).
-pub const SELF_AUDITED_ROUTES: &[&str] = &["/v1/auth/login", "/v1/auth/refresh"];
-
-/// The audit sink of the request layer: the dispatcher, without the layer's generic
-/// `http.denied` record of a 401 or 403 that a [`SELF_AUDITED_ROUTES`] operation answered
-/// and has already recorded (a failed login would otherwise be audited twice: in the
-/// tenant's trail with the user and reason, and again anonymously in the platform's).
-#[derive(Debug, Clone)]
-struct LayerAudit(AuditDispatcher);
-
-impl LayerAudit {
-    fn keeps(e: &tenancy_core::AuditEvent) -> bool {
-        e.action != "http.denied"
-            || !e
-                .origin
-                .route
-                .as_deref()
-                .is_some_and(|r| SELF_AUDITED_ROUTES.contains(&r))
-    }
-}
-
-#[async_trait::async_trait]
-impl AuditSink for LayerAudit {
-    async fn record(&self, event: tenancy_core::AuditEvent) -> tenancy_core::Result<()> {
-        if Self::keeps(&event) {
-            self.0.record(event).await
-        } else {
-            Ok(())
-        }
-    }
-
-    async fn record_sync(&self, event: tenancy_core::AuditEvent) -> tenancy_core::Result<()> {
-        if Self::keeps(&event) {
-            self.0.record_sync(event).await
-        } else {
-            Ok(())
-        }
-    }
-
-    async fn flush(&self) -> tenancy_core::Result<()> {
-        self.0.flush().await
-    }
-}
-
 /// The audit store as a health component: a read of the platform chain's head, bounded.
 #[derive(Debug)]
 struct AuditHealth {
@@ -599,9 +555,9 @@ impl App {
     /// (PostgreSQL), seeds the demo data (dev and test), starts the audit dispatcher and the
     /// background health checks.
     ///
-    /// The request layer audits denials and audited routes into the same dispatcher, except
-    /// the `http.denied` records of [`SELF_AUDITED_ROUTES`], whose operations record each
-    /// outcome themselves: every login and refresh leaves exactly one audit event.
+    /// The request layer audits denials and audited routes into the same dispatcher. Login
+    /// and refresh record every outcome themselves, once, in the trail of the tenant
+    /// concerned; their routes are marked so that the layer adds no second record.
     ///
     /// # Errors
     /// [`Error::Config`] naming a setting, or [`Error::Startup`] naming the backend that
@@ -723,7 +679,7 @@ impl App {
             verifier.clone(),
             directory.clone(),
             limiter.clone(),
-            Arc::new(LayerAudit(dispatcher.clone())),
+            Arc::new(dispatcher.clone()),
         )
         .with_tiers(tiers.clone())
         .with_failure_policy(config.rate_limit_failure);
