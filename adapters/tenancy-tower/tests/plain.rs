@@ -205,10 +205,22 @@ async fn run(make: fn(Tenancy) -> Svc) -> Vec<(u16, Vec<(String, String)>, Bytes
     out
 }
 
-#[tokio::test]
-async fn the_stack_answers_as_the_layers_stacked_one_by_one() {
-    let stacked = run(stacked).await;
-    let layered = run(layered).await;
+/// Both tests log from the same callsites. tracing caches each callsite's interest
+/// globally: a callsite first met on a thread without a subscriber while the span test is
+/// installing its own can be left disabled for that test. The tests take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_stack_answers_as_the_layers_stacked_one_by_one() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (stacked, layered) = runtime().block_on(async { (run(stacked).await, run(layered).await) });
     assert_eq!(stacked, layered);
     let statuses: Vec<u16> = stacked.iter().map(|(s, _, _)| *s).collect();
     assert_eq!(
@@ -326,12 +338,12 @@ impl Subscriber for Capture {
 
 #[test]
 fn the_request_span_carries_request_id_and_tenant_and_wraps_the_handler() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let capture = Capture::default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _guard = tracing::subscriber::set_default(capture.clone());
+    // Callsites met before this subscriber existed are asked again.
+    tracing::callsite::rebuild_interest_cache();
     rt.block_on(async {
         let clock = ManualClock::new();
         let svc = stacked(tenancy(&clock).await);
