@@ -515,44 +515,50 @@ impl RateLimitDecision {
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`, `RateLimit-Policy`,
     /// `RateLimit`, and `Retry-After` when denied.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
+        // On every limited response: each value is written straight into its own string.
+        let mut n = itoa::Buffer::new();
         let mut out = Vec::with_capacity(6);
         if let Some(h) = self.headline() {
-            out.push(("x-ratelimit-limit", h.limit.quota.limit.to_string()));
-            out.push(("x-ratelimit-remaining", h.remaining().to_string()));
-            out.push(("x-ratelimit-reset", ceil_secs(h.reset_after()).to_string()));
+            out.push((
+                "x-ratelimit-limit",
+                n.format(h.limit.quota.limit).to_owned(),
+            ));
+            out.push(("x-ratelimit-remaining", n.format(h.remaining()).to_owned()));
+            out.push((
+                "x-ratelimit-reset",
+                n.format(ceil_secs(h.reset_after())).to_owned(),
+            ));
         }
         if !self.states.is_empty() {
-            let policy = self
-                .states
-                .iter()
-                .map(|s| {
-                    format!(
-                        "\"{}\";q={};w={}",
-                        s.limit.name(),
-                        s.limit.quota.limit,
-                        s.limit.quota.period_secs
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let current = self
-                .states
-                .iter()
-                .map(|s| {
-                    format!(
-                        "\"{}\";r={};t={}",
-                        s.limit.name(),
-                        s.remaining(),
-                        ceil_secs(s.reset_after())
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let mut policy = String::with_capacity(32 * self.states.len());
+            let mut current = String::with_capacity(32 * self.states.len());
+            for (i, s) in self.states.iter().enumerate() {
+                if i > 0 {
+                    policy.push_str(", ");
+                    current.push_str(", ");
+                }
+                for text in [&mut policy, &mut current] {
+                    // The policy name, as `Limit::name` spells it.
+                    text.push('"');
+                    text.push_str(s.limit.scope.as_str());
+                    text.push('-');
+                    text.push_str(n.format(s.limit.quota.period_secs));
+                    text.push('"');
+                }
+                policy.push_str(";q=");
+                policy.push_str(n.format(s.limit.quota.limit));
+                policy.push_str(";w=");
+                policy.push_str(n.format(s.limit.quota.period_secs));
+                current.push_str(";r=");
+                current.push_str(n.format(s.remaining()));
+                current.push_str(";t=");
+                current.push_str(n.format(ceil_secs(s.reset_after())));
+            }
             out.push(("ratelimit-policy", policy));
             out.push(("ratelimit", current));
         }
         if let Some(secs) = self.retry_after_secs() {
-            out.push(("retry-after", secs.to_string()));
+            out.push(("retry-after", n.format(secs).to_owned()));
         }
         out
     }
@@ -679,6 +685,33 @@ mod tests {
             "\"tenant-3600\";r=99;t=4, \"user-3600\";r=1;t=360"
         );
         assert!(!h.contains_key("retry-after"));
+    }
+
+    #[test]
+    fn a_denial_names_its_limit_and_when_to_retry() {
+        let r = req(vec![
+            Limit::tenant(Quota::per_second(1).with_burst(5)),
+            Limit::user(Quota::per_second(1).with_burst(1)),
+        ]);
+        let (d, _) = RateLimitDecision::decide(&r, &[None, Some(10 * S)], S);
+        assert_eq!(
+            d.headers(),
+            vec![
+                ("x-ratelimit-limit", "1".to_owned()),
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-reset", "9".to_owned()),
+                (
+                    "ratelimit-policy",
+                    "\"tenant-1\";q=1;w=1, \"user-1\";q=1;w=1".to_owned()
+                ),
+                (
+                    "ratelimit",
+                    "\"tenant-1\";r=5;t=0, \"user-1\";r=0;t=9".to_owned()
+                ),
+                ("retry-after", "9".to_owned()),
+            ]
+        );
+        assert_eq!(RateLimitDecision::unlimited().headers(), vec![]);
     }
 
     #[test]
