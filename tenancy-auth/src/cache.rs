@@ -24,12 +24,12 @@
 //! ```
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
-use tenancy_core::Claims;
+use tenancy_core::{Claims, UniformHasher};
 
 const SHARDS: usize = 16;
 
@@ -53,29 +53,11 @@ struct Entry {
     epoch: u64,
 }
 
-/// Hashes a SHA-256 digest by taking 8 of its bytes: the digest is already uniform, and an
-/// attacker cannot aim at a bucket without a SHA-256 preimage, so no keyed hash is needed.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 32]` hashes as its length, then its bytes: fold them in 8 at a time.
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
-        }
-    }
-}
-
 #[derive(Default)]
 struct Shard {
-    map: HashMap<[u8; 32], Entry, BuildHasherDefault<DigestHasher>>,
+    /// Keyed by the token's SHA-256 digest, already uniform: an attacker cannot aim at a
+    /// bucket without a SHA-256 preimage, so the map keeps the digest's bits as its hash.
+    map: HashMap<[u8; 32], Entry, BuildHasherDefault<UniformHasher>>,
     inserts_since_sweep: usize,
 }
 

@@ -50,6 +50,7 @@ mod clock;
 mod context;
 mod directory;
 pub mod error;
+mod hash;
 mod health;
 mod id;
 mod ratelimit;
@@ -70,6 +71,7 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use context::TenantContext;
 pub use directory::{TenantDirectory, Upsert};
 pub use error::{BoxError, Denial, Error, ErrorKind, ParseError, Result, TokenRejection};
+pub use hash::UniformHasher;
 pub use health::{Health, HealthCheck, HealthStatus};
 pub use id::{
     REQUEST_ID_MAX_LEN, RequestId, SessionId, TENANT_ID_MAX_LEN, TenantId, USER_ID_MAX_LEN, UserId,

@@ -9,7 +9,7 @@ use foldhash::quality::RandomState;
 use super::lock;
 use crate::{
     Health, HealthCheck, LimitScope, LimitState, QuotaAdmin, RateLimitDecision, RateLimitRequest,
-    RateLimiter, Result, SharedClock, SystemClock, TenantId, gcra,
+    RateLimiter, Result, SharedClock, SystemClock, TenantId, UniformHasher, gcra,
 };
 
 const SHARDS: usize = 64;
@@ -37,28 +37,6 @@ impl std::hash::Hash for Key {
     }
 }
 
-/// Keys are already uniformly random: the map uses [`Key::id`] as the hash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 /// A key's theoretical arrival time (nanoseconds since the epoch).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -67,7 +45,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Key, Entry, BuildHasherDefault<KeyHasher>>,
+    map: HashMap<Key, Entry, BuildHasherDefault<UniformHasher>>,
     inserts_since_sweep: usize,
     /// Keys left by the last sweep: the next sweep waits for as many inserts, which keeps the
     /// sweeping cost amortised O(1) per insert.
