@@ -1,4 +1,5 @@
-//! Benchmarks: enqueue cost on the request path, PostgreSQL appends per second (one tenant and
+//! Benchmarks: enqueue cost on the request path, the writer's cost per event (encode, chain,
+//! memory store), PostgreSQL appends per second (one tenant and
 //! 100 tenants, batched and not), verification rows per second.
 //!
 //! `cargo bench -p tenancy-audit --all-features -- --warm-up-time 1 --measurement-time 3`
@@ -64,6 +65,52 @@ fn enqueue(c: &mut Criterion) {
                 for e in events {
                     sink.record_sync(e).await.unwrap();
                 }
+                start.elapsed()
+            })
+        });
+    });
+    g.finish();
+}
+
+/// The writer's work per event, off the request path: redact and encode (canonical form),
+/// and then chain-hash and keep it in the memory store. `serde_json::to_vec` of the same event
+/// (not canonical, not redacted) is the scale it is measured against.
+fn writer(c: &mut Criterion) {
+    let rt = rt();
+    let tenant = Fixture::new().tenant("bench");
+    let mut e = event(&tenant, 42).with_role(tenancy_core::Role::User);
+    e.origin.request_id = Some(tenancy_core::RequestId::generate());
+    e.origin.client_addr = Some(std::net::IpAddr::from([192, 0, 2, 7]));
+    let codec = Codec::default();
+    let mut g = c.benchmark_group("audit_writer");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("serde_json::to_vec (scale)", |b| {
+        b.iter(|| serde_json::to_vec(std::hint::black_box(&e)).unwrap());
+    });
+    g.bench_function("Codec::encode", |b| {
+        b.iter(|| codec.encode(std::hint::black_box(&e)).unwrap());
+    });
+    let store = MemoryAuditStore::new();
+    g.bench_function("encode + memory append, batches of 64", |b| {
+        b.iter_custom(|iters| {
+            let events: Vec<AuditEvent> = (0..iters)
+                .map(|_| {
+                    let mut x = e.clone();
+                    x.event_id = tenancy_core::EventId::generate();
+                    x
+                })
+                .collect();
+            rt.block_on(async {
+                let start = Instant::now();
+                let mut batch = Vec::with_capacity(64);
+                for x in events {
+                    batch.push(codec.encode_owned(x).unwrap());
+                    if batch.len() == 64 {
+                        store.append(&batch).await.unwrap();
+                        batch.clear();
+                    }
+                }
+                store.append(&batch).await.unwrap();
                 start.elapsed()
             })
         });
@@ -197,5 +244,5 @@ fn verification(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, enqueue, verification, pg_appends);
+criterion_group!(benches, enqueue, writer, verification, pg_appends);
 criterion_main!(benches);

@@ -25,9 +25,10 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tenancy_core::{AuditEvent, EventId, TenantId};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::redact::RedactionPolicy;
 use crate::{Error, Result};
@@ -62,12 +63,6 @@ impl EncodedEvent {
             payload,
         })
     }
-}
-
-#[derive(Serialize)]
-struct EnvelopeOut<'a> {
-    event: &'a AuditEvent,
-    v: u32,
 }
 
 #[derive(Deserialize)]
@@ -113,13 +108,8 @@ impl Codec {
     pub fn encode_owned(&self, mut event: AuditEvent) -> Result<EncodedEvent> {
         self.policy.apply(&mut event);
         event.occurred_at = truncate_micros(event.occurred_at);
-        let value = serde_json::to_value(EnvelopeOut {
-            event: &event,
-            v: FORMAT_VERSION,
-        })
-        .map_err(Error::Encode)?;
-        let mut payload = Vec::with_capacity(256);
-        write_canonical(&value, &mut payload);
+        let mut payload = Vec::with_capacity(512);
+        write_envelope(&event, &mut payload).map_err(Error::Encode)?;
         Ok(EncodedEvent {
             tenant: event.tenant,
             event_id: event.event_id,
@@ -183,43 +173,143 @@ pub(crate) fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(nanos - nanos % 1_000).unwrap_or(t)
 }
 
+/// Writes `{"event":<event>,"v":1}` in canonical form, field by field.
+///
+/// The event's own fields have a fixed shape, so their keys are written in byte order here
+/// without building a [`Value`] tree; only `details`, whose shape is the caller's, goes
+/// through [`write_canonical`]. The test `direct_encoding_equals_the_canonical_form_of_the_serde_tree`
+/// holds these bytes equal to the canonical form of the event's serde serialisation.
+fn write_envelope(event: &AuditEvent, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    // Destructured without `..`: a new field is a compile error here until it is written.
+    let AuditEvent {
+        event_id,
+        occurred_at,
+        tenant,
+        actor,
+        action,
+        resource,
+        origin,
+        outcome,
+        reason,
+        details,
+    } = event;
+    let mut env = Object::open(out);
+    env.key(b"event");
+    let mut ev = Object::open(env.out);
+    ev.field(b"action", action)?;
+    ev.key(b"actor");
+    let mut a = Object::open(ev.out);
+    a.optional(b"role", actor.role.as_ref())?;
+    a.optional(b"session", actor.session.as_ref())?;
+    a.optional(b"user", actor.user.as_ref())?;
+    a.close();
+    if !details.is_empty() {
+        ev.key(b"details");
+        write_object(details, ev.out);
+    }
+    ev.field(b"event_id", event_id)?;
+    ev.key(b"occurred_at");
+    // RFC 3339 text needs no JSON escaping: written in place between quotes.
+    ev.out.push(b'"');
+    occurred_at
+        .format_into(&mut *ev.out, &Rfc3339)
+        .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+    ev.out.push(b'"');
+    ev.key(b"origin");
+    let mut o = Object::open(ev.out);
+    o.optional(b"client_addr", origin.client_addr.as_ref())?;
+    o.optional(b"request_id", origin.request_id.as_ref())?;
+    o.optional(b"route", origin.route.as_ref())?;
+    o.close();
+    ev.field(b"outcome", outcome)?;
+    ev.optional(b"reason", reason.as_ref())?;
+    if let Some(resource) = resource {
+        ev.key(b"resource");
+        let mut r = Object::open(ev.out);
+        r.optional(b"id", resource.id.as_ref())?;
+        r.field(b"kind", &resource.kind)?;
+        r.close();
+    }
+    ev.field(b"tenant", tenant)?;
+    ev.close();
+    env.field(b"v", &FORMAT_VERSION)?;
+    env.close();
+    Ok(())
+}
+
+/// A JSON object being written; the caller passes keys in byte order.
+struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'a> Object<'a> {
+    fn open(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, empty: true }
+    }
+
+    /// Writes `"key":` (keys are plain ASCII names that need no escaping).
+    fn key(&mut self, key: &[u8]) {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key);
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T) -> serde_json::Result<()> {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, value)
+    }
+
+    fn optional<T: Serialize>(&mut self, key: &[u8], value: Option<&T>) -> serde_json::Result<()> {
+        match value {
+            Some(v) => self.field(key, v),
+            None => Ok(()),
+        }
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    // `serde_json::Map` is a `BTreeMap` unless its `preserve_order` feature is on: its keys
+    // then come in byte order already and need no sorting.
+    let sorted = map
+        .keys()
+        .zip(map.keys().skip(1))
+        .all(|(a, b)| a.as_bytes() < b.as_bytes());
+    if sorted {
+        write_entries(map.iter(), out);
+    } else {
+        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        write_entries(entries.into_iter(), out);
+    }
+}
+
+/// Writes an object's entries, given in byte order of their keys.
+fn write_entries<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (k, x)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(k, out);
+        out.push(b':');
+        write_canonical(x, out);
+    }
+    out.push(b'}');
+}
+
 fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
-        Value::Object(map) => {
-            // `serde_json::Map` is a `BTreeMap` unless its `preserve_order` feature is on:
-            // its keys then come in byte order already and need no sorting.
-            let sorted = map
-                .keys()
-                .zip(map.keys().skip(1))
-                .all(|(a, b)| a.as_bytes() < b.as_bytes());
-            if sorted {
-                out.push(b'{');
-                for (i, (k, x)) in map.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_string(k, out);
-                    out.push(b':');
-                    write_canonical(x, out);
-                }
-                out.push(b'}');
-                return;
-            }
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                if let Some(x) = map.get(k) {
-                    write_canonical(x, out);
-                }
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, x) in items.iter().enumerate() {
@@ -290,6 +380,103 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             r#"{"A":0,"a":[true,false,-7,18446744073709551615,1.5,"q\"\u0001\n"],"m":{"a":{},"b":{"c":2,"d":1}},"z":null,"é":"accent"}"#
         );
+    }
+
+    /// The canonical form of the event's serde serialisation: what `write_envelope` must equal.
+    fn reference(event: &AuditEvent) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            event: &'a AuditEvent,
+            v: u32,
+        }
+        let value = serde_json::to_value(Envelope {
+            event,
+            v: FORMAT_VERSION,
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        write_canonical(&value, &mut out);
+        out
+    }
+
+    fn full_event() -> AuditEvent {
+        let mut e = AuditEvent::new(
+            TenantId::parse("acme").unwrap(),
+            "records.update",
+            Outcome::Denied,
+        )
+        .with_user(tenancy_core::UserId::parse("alice@example.com").unwrap())
+        .with_role(tenancy_core::Role::TenantAdmin)
+        .with_resource("record", "42")
+        .with_route("/v1/records/{id}")
+        .with_reason("missing \"records:write\"\n")
+        .with_detail("z", serde_json::json!({"b": [1, null, 2.5], "a": "é"}))
+        .with_detail("A", true);
+        e.event_id = EventId::from_bytes([0xab; 16]);
+        e.occurred_at =
+            OffsetDateTime::from_unix_timestamp_nanos(1_795_336_201_123_456_000).unwrap();
+        e.origin.request_id = Some(tenancy_core::RequestId::parse("req-1").unwrap());
+        e.origin.client_addr = Some("2001:db8::7".parse().unwrap());
+        e.actor.session = Some(tenancy_core::SessionId::generate());
+        e
+    }
+
+    #[test]
+    fn an_event_with_every_field_encodes_to_pinned_bytes() {
+        // Stored payloads are hashed: this exact text must never change. (The default policy
+        // drops the session.)
+        let encoded = Codec::default().encode(&full_event()).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&encoded.payload).unwrap(),
+            concat!(
+                r#"{"event":{"action":"records.update","actor":{"role":"tenant_admin","user":"alice@example.com"},"#,
+                r#""details":{"A":true,"z":{"a":"é","b":[1,null,2.5]}},"#,
+                r#""event_id":"abababababababababababababababab","occurred_at":"2026-11-22T08:30:01.123456Z","#,
+                r#""origin":{"client_addr":"2001:db8::7","request_id":"req-1","route":"/v1/records/{id}"},"#,
+                r#""outcome":"denied","reason":"missing \"records:write\"\n","#,
+                r#""resource":{"id":"42","kind":"record"},"tenant":"acme"},"v":1}"#
+            )
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn direct_encoding_equals_the_canonical_form_of_the_serde_tree(
+            user in proptest::option::of("[a-zA-Z0-9@._-]{1,20}"),
+            role in proptest::option::of(0..3u8),
+            session in proptest::bool::ANY,
+            resource in proptest::option::of(("[a-z]{1,8}", proptest::option::of("\\PC{0,12}"))),
+            route in proptest::option::of("/[a-z{}/]{0,16}"),
+            request_id in proptest::option::of("[a-zA-Z0-9-]{1,16}"),
+            addr in proptest::option::of(proptest::prelude::any::<std::net::IpAddr>()),
+            reason in proptest::option::of("\\PC{0,16}|[\\x00-\\x1f\"\\\\]{1,4}"),
+            outcome in 0..4u8,
+            nanos in 0..1_000_000_000u32,
+            details in proptest::collection::btree_map("\\PC{1,6}", proptest::prelude::any::<i64>(), 0..4),
+            action in "[a-z]{1,6}\\.[a-z]{1,6}",
+        ) {
+            let outcome = [Outcome::Success, Outcome::Denied, Outcome::Failure, Outcome::Error][usize::from(outcome)];
+            let mut e = AuditEvent::new(TenantId::parse("t-1").unwrap(), action, outcome);
+            e.occurred_at = truncate_micros(e.occurred_at.replace_nanosecond(nanos).unwrap());
+            e.actor.user = user.map(|u| tenancy_core::UserId::parse(&u).unwrap());
+            e.actor.role = role.map(|r| [tenancy_core::Role::User, tenancy_core::Role::TenantAdmin, tenancy_core::Role::SuperAdmin][usize::from(r)].clone());
+            e.actor.session = session.then(tenancy_core::SessionId::generate);
+            e.resource = resource.map(|(kind, id)| tenancy_core::ResourceRef { kind, id });
+            e.origin.route = route;
+            e.origin.request_id = request_id.map(|r| tenancy_core::RequestId::parse(&r).unwrap());
+            e.origin.client_addr = addr;
+            e.reason = reason;
+            for (k, v) in details {
+                e.details.insert(k, v.into());
+            }
+            let mut direct = Vec::new();
+            write_envelope(&e, &mut direct).unwrap();
+            proptest::prop_assert_eq!(
+                String::from_utf8(direct.clone()).unwrap(),
+                String::from_utf8(reference(&e)).unwrap()
+            );
+            proptest::prop_assert_eq!(decode(&direct).unwrap(), e);
+        }
     }
 
     #[test]

@@ -318,8 +318,7 @@ impl RedactionPolicy {
                 AddrAction::Truncate => Some(truncate(addr)),
             };
         }
-        let details = std::mem::take(&mut event.details);
-        event.details = self.object(&tenant, details, false);
+        self.object(&tenant, &mut event.details, false);
     }
 
     fn text(&self, tenant: &TenantId, action: FieldAction, value: String) -> Option<String> {
@@ -332,7 +331,23 @@ impl RedactionPolicy {
     }
 
     fn action_for(&self, key: &str, nested: bool) -> FieldAction {
-        let k = normalise(key);
+        // Short ASCII keys (nearly all) are normalised on the stack.
+        let mut buf = [0u8; 64];
+        let owned;
+        let k: &str = match buf.get_mut(..key.len()) {
+            Some(dst) if key.is_ascii() => {
+                let mut n = 0;
+                for b in key.bytes().filter(|b| *b != b'-' && *b != b'_') {
+                    dst[n] = b.to_ascii_lowercase();
+                    n += 1;
+                }
+                std::str::from_utf8(&dst[..n]).unwrap_or_default()
+            }
+            _ => {
+                owned = normalise(key);
+                &owned
+            }
+        };
         if let Some((_, a)) = self.detail_rules.iter().rev().find(|(r, _)| *r == k) {
             return *a;
         }
@@ -347,37 +362,35 @@ impl RedactionPolicy {
         }
     }
 
-    fn object(
-        &self,
-        tenant: &TenantId,
-        map: serde_json::Map<String, Value>,
-        nested: bool,
-    ) -> serde_json::Map<String, Value> {
-        let mut out = serde_json::Map::new();
-        for (k, v) in map {
-            let action = self.action_for(&k, nested);
-            let v = match action {
-                FieldAction::Drop => continue,
-                FieldAction::Mask => Value::String(MASK.to_owned()),
+    /// Applies the detail rules to an object, in place (nothing is copied when nothing is
+    /// redacted).
+    fn object(&self, tenant: &TenantId, map: &mut serde_json::Map<String, Value>, nested: bool) {
+        map.retain(|k, v| {
+            match self.action_for(k, nested) {
+                FieldAction::Drop => return false,
+                FieldAction::Mask => *v = Value::String(MASK.to_owned()),
                 FieldAction::Hash => {
-                    let bytes = match &v {
-                        Value::String(s) => s.as_bytes().to_vec(),
-                        other => other.to_string().into_bytes(),
+                    let hashed = match &*v {
+                        Value::String(s) => self.hash_text(tenant, s.as_bytes()),
+                        other => self.hash_text(tenant, other.to_string().as_bytes()),
                     };
-                    Value::String(self.hash_text(tenant, &bytes))
+                    *v = Value::String(hashed);
                 }
                 FieldAction::Keep => self.value(tenant, v),
-            };
-            out.insert(k, v);
-        }
-        out
+            }
+            true
+        });
     }
 
-    fn value(&self, tenant: &TenantId, v: Value) -> Value {
+    fn value(&self, tenant: &TenantId, v: &mut Value) {
         match v {
-            Value::Object(m) => Value::Object(self.object(tenant, m, true)),
-            Value::Array(a) => Value::Array(a.into_iter().map(|x| self.value(tenant, x)).collect()),
-            other => other,
+            Value::Object(m) => self.object(tenant, m, true),
+            Value::Array(a) => {
+                for x in a {
+                    self.value(tenant, x);
+                }
+            }
+            _ => {}
         }
     }
 }

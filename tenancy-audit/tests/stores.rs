@@ -250,13 +250,21 @@ async fn postgres_runtime_role_may_only_insert_and_select() {
     }
 }
 
-async fn sink_suite(store: Arc<dyn AuditStore>) {
+/// Where the dispatcher's writer runs.
+#[derive(Clone, Copy)]
+enum Writer {
+    Task,
+    OwnThread,
+}
+
+async fn sink_suite(store: Arc<dyn AuditStore>, writer: Writer) {
     let dir = tempfile::tempdir().unwrap();
-    let sink = AuditDispatcher::builder(Arc::clone(&store))
-        .with_spool(dir.path().join("spool"))
-        .start()
-        .await
-        .unwrap();
+    let builder = AuditDispatcher::builder(Arc::clone(&store)).with_spool(dir.path().join("spool"));
+    let sink = match writer {
+        Writer::Task => builder.start().await,
+        Writer::OwnThread => builder.start_on_own_thread().await,
+    }
+    .unwrap();
     let read_store = Arc::clone(&store);
     testkit::audit_sink(
         &sink,
@@ -276,17 +284,25 @@ async fn sink_suite(store: Arc<dyn AuditStore>) {
 
 #[tokio::test]
 async fn dispatcher_conforms_over_memory() {
-    sink_suite(Arc::new(MemoryAuditStore::new())).await;
+    sink_suite(Arc::new(MemoryAuditStore::new()), Writer::Task).await;
+}
+
+#[tokio::test]
+async fn dispatcher_conforms_over_memory_on_its_own_thread() {
+    sink_suite(Arc::new(MemoryAuditStore::new()), Writer::OwnThread).await;
 }
 
 #[tokio::test]
 async fn dispatcher_conforms_over_file() {
     let dir = tempfile::tempdir().unwrap();
-    sink_suite(Arc::new(
-        FileAuditStore::open(dir.path().join("a.jsonl"))
-            .await
-            .unwrap(),
-    ))
+    sink_suite(
+        Arc::new(
+            FileAuditStore::open(dir.path().join("a.jsonl"))
+                .await
+                .unwrap(),
+        ),
+        Writer::Task,
+    )
     .await;
 }
 
@@ -295,7 +311,21 @@ async fn dispatcher_conforms_over_postgres() {
     let Some((_db, store)) = pg().await else {
         return;
     };
-    sink_suite(Arc::new(store)).await;
+    sink_suite(Arc::new(store), Writer::Task).await;
+}
+
+/// The writer's thread opens its own connections from the pool the test's runtime reads
+/// through; after the shutdown the pool still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatcher_conforms_over_postgres_on_its_own_thread() {
+    let Some((_db, store)) = pg().await else {
+        return;
+    };
+    let store: Arc<dyn AuditStore> = Arc::new(store);
+    sink_suite(Arc::clone(&store), Writer::OwnThread).await;
+    for _ in 0..3 {
+        assert!(!store.tenants().await.unwrap().is_empty());
+    }
 }
 
 /// Records `total` events, making the store fail after the first third with `down` and
@@ -423,19 +453,43 @@ async fn postgres_outage_loses_nothing() {
     .await;
 }
 
-/// A real store whose appends go through and then never return: the writer is stuck after
-/// the store has the events and before the spool cursor moves.
+/// A real store that counts its appends, and with `stall` set never returns from one after
+/// it went through: the writer is then stuck after the store has the events and before the
+/// spool cursor moves.
 #[derive(Debug)]
-struct StallAfterAppend(Arc<dyn AuditStore>);
+struct Spy {
+    inner: Arc<dyn AuditStore>,
+    appends: std::sync::atomic::AtomicUsize,
+    stall: bool,
+}
+
+impl Spy {
+    fn new(inner: Arc<dyn AuditStore>, stall: bool) -> Self {
+        Self {
+            inner,
+            appends: std::sync::atomic::AtomicUsize::new(0),
+            stall,
+        }
+    }
+
+    fn appends(&self) -> usize {
+        self.appends.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 #[async_trait]
-impl AuditStore for StallAfterAppend {
+impl AuditStore for Spy {
     async fn append(&self, events: &[EncodedEvent]) -> tenancy_audit::Result<Vec<Appended>> {
-        self.0.append(events).await?;
-        std::future::pending().await
+        let out = self.inner.append(events).await?;
+        self.appends
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.stall {
+            std::future::pending::<()>().await;
+        }
+        Ok(out)
     }
     async fn scan(&self, t: &TenantId, c: ScanCursor, l: usize) -> tenancy_audit::Result<ScanPage> {
-        self.0.scan(t, c, l).await
+        self.inner.scan(t, c, l).await
     }
     async fn newest(
         &self,
@@ -443,19 +497,19 @@ impl AuditStore for StallAfterAppend {
         b: Option<u64>,
         l: usize,
     ) -> tenancy_audit::Result<Vec<StoredRecord>> {
-        self.0.newest(t, b, l).await
+        self.inner.newest(t, b, l).await
     }
     async fn head(&self, t: &TenantId) -> tenancy_audit::Result<Option<ChainHead>> {
-        self.0.head(t).await
+        self.inner.head(t).await
     }
     async fn anchor(&self, t: &TenantId) -> tenancy_audit::Result<Option<Anchor>> {
-        self.0.anchor(t).await
+        self.inner.anchor(t).await
     }
     async fn purge(&self, t: &TenantId, a: Anchor) -> tenancy_audit::Result<u64> {
-        self.0.purge(t, a).await
+        self.inner.purge(t, a).await
     }
     async fn tenants(&self) -> tenancy_audit::Result<Vec<TenantId>> {
-        self.0.tenants().await
+        self.inner.tenants().await
     }
 }
 
@@ -509,7 +563,7 @@ fn killed_writer_between_spool_and_replay_loses_and_duplicates_nothing() {
 
     // 2. The next process replays into the store and dies before recording that it did.
     let rt = runtime();
-    let stalled: Arc<dyn AuditStore> = Arc::new(StallAfterAppend(Arc::clone(&store)));
+    let stalled: Arc<dyn AuditStore> = Arc::new(Spy::new(Arc::clone(&store), true));
     rt.block_on(async {
         let _sink = AuditDispatcher::builder(stalled)
             .with_spool(&spool)
@@ -550,6 +604,68 @@ fn killed_writer_between_spool_and_replay_loses_and_duplicates_nothing() {
         );
     });
     assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0, "spool emptied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_lingers_for_more_events_but_never_keeps_a_caller_waiting() {
+    let store = MemoryAuditStore::new();
+    let spy = Arc::new(Spy::new(Arc::new(store.clone()), false));
+    let sink = AuditDispatcher::builder(Arc::clone(&spy) as Arc<dyn AuditStore>)
+        .with_linger(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("linger");
+    // The first event is appended at once; the writer then lingers, and the events that
+    // arrive meanwhile are appended together when it ends.
+    sink.record(event(&tenant, 0)).await.unwrap();
+    let started = std::time::Instant::now();
+    while store.records(&tenant).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "first event not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for i in 1..=20 {
+        sink.record(event(&tenant, i)).await.unwrap();
+    }
+    while store.records(&tenant).len() < 21 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "lingering events not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        spy.appends(),
+        2,
+        "the 20 lingering events went in one append"
+    );
+    sink.shutdown().await.unwrap();
+
+    // A caller that waits for the store does not wait out the linger, nor does a flush or a
+    // shutdown: with an hour's linger, these return at once.
+    let sink = AuditDispatcher::builder(Arc::new(store.clone()))
+        .with_linger(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        for i in 21..24 {
+            sink.record_sync(event(&tenant, i)).await.unwrap();
+            assert_eq!(store.records(&tenant).len(), i + 1);
+        }
+        sink.record(event(&tenant, 24)).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(store.records(&tenant).len(), 25);
+        sink.record(event(&tenant, 25)).await.unwrap();
+        sink.shutdown().await.unwrap();
+    })
+    .await
+    .expect("a waiting caller was kept waiting for the linger");
+    assert_eq!(store.records(&tenant).len(), 26);
+    assert!(verify(&store, &tenant, &[]).await.unwrap().is_valid());
 }
 
 #[tokio::test]

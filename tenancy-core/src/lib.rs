@@ -78,7 +78,8 @@ pub use id::{
 };
 pub use ratelimit::{
     DecisionSource, FailurePolicy, GcraOutcome, Limit, LimitMode, LimitScope, LimitState,
-    LimitStates, QuotaAdmin, RateLimitDecision, RateLimitRequest, RateLimiter, gcra,
+    LimitStates, QuotaAdmin, RateLimitDecision, RateLimitHeaders, RateLimitRequest, RateLimiter,
+    gcra,
 };
 pub use role::{Permission, PermissionSet, Role};
 pub use session::{

@@ -513,54 +513,162 @@ impl RateLimitDecision {
 
     /// The rate-limit response headers, as (name, value) pairs, for any HTTP framework:
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`, `RateLimit-Policy`,
-    /// `RateLimit`, and `Retry-After` when denied.
+    /// `RateLimit`, and `Retry-After` when denied. [`RateLimitDecision::header_block`] gives
+    /// the same headers without a string per value.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        // On every limited response: each value is written straight into its own string.
+        self.header_block()
+            .iter()
+            .map(|(name, value)| (name, value.to_owned()))
+            .collect()
+    }
+
+    /// The headers of [`RateLimitDecision::headers`], every value written into one string.
+    ///
+    /// ```
+    /// use tenancy_core::{Limit, Quota, RateLimitDecision, RateLimitRequest, TenantId};
+    ///
+    /// let request = RateLimitRequest::new(
+    ///     TenantId::parse("acme")?,
+    ///     None,
+    ///     vec![Limit::tenant(Quota::per_minute(60))],
+    /// );
+    /// // A first request, at time 0 (nanoseconds): allowed.
+    /// let (decision, _) = RateLimitDecision::decide(&request, &[None], 0);
+    /// let block = decision.header_block();
+    /// assert_eq!(block.get("x-ratelimit-limit"), Some("60"));
+    /// assert_eq!(block.get("ratelimit-policy"), Some("\"tenant-60\";q=60;w=60"));
+    /// assert_eq!(block.iter().count(), 5);
+    /// let (text, ranges) = block.clone().into_parts();
+    /// for ((name, range), (same, value)) in ranges.zip(block.iter()) {
+    ///     assert_eq!((name, &text[range]), (same, value));
+    /// }
+    /// assert_eq!(decision.headers()[0], ("x-ratelimit-limit", "60".to_owned()));
+    /// # Ok::<(), tenancy_core::ParseError>(())
+    /// ```
+    pub fn header_block(&self) -> RateLimitHeaders {
         let mut n = itoa::Buffer::new();
-        let mut out = Vec::with_capacity(6);
-        if let Some(h) = self.headline() {
-            out.push((
-                "x-ratelimit-limit",
-                n.format(h.limit.quota.limit).to_owned(),
-            ));
-            out.push(("x-ratelimit-remaining", n.format(h.remaining()).to_owned()));
-            out.push((
-                "x-ratelimit-reset",
-                n.format(ceil_secs(h.reset_after())).to_owned(),
-            ));
+        let mut h = RateLimitHeaders {
+            text: String::with_capacity(48 + 96 * self.states.len()),
+            ..RateLimitHeaders::default()
+        };
+        if let Some(head) = self.headline() {
+            h.push("x-ratelimit-limit", |t| {
+                t.push_str(n.format(head.limit.quota.limit));
+            });
+            h.push("x-ratelimit-remaining", |t| {
+                t.push_str(n.format(head.remaining()));
+            });
+            h.push("x-ratelimit-reset", |t| {
+                t.push_str(n.format(ceil_secs(head.reset_after())));
+            });
         }
         if !self.states.is_empty() {
-            let mut policy = String::with_capacity(32 * self.states.len());
-            let mut current = String::with_capacity(32 * self.states.len());
-            for (i, s) in self.states.iter().enumerate() {
-                if i > 0 {
-                    policy.push_str(", ");
-                    current.push_str(", ");
+            // The policy name, as `Limit::name` spells it.
+            let name = |t: &mut String, s: &LimitState, n: &mut itoa::Buffer| {
+                t.push('"');
+                t.push_str(s.limit.scope.as_str());
+                t.push('-');
+                t.push_str(n.format(s.limit.quota.period_secs));
+                t.push('"');
+            };
+            h.push("ratelimit-policy", |t| {
+                for (i, s) in self.states.iter().enumerate() {
+                    if i > 0 {
+                        t.push_str(", ");
+                    }
+                    name(t, s, &mut n);
+                    t.push_str(";q=");
+                    t.push_str(n.format(s.limit.quota.limit));
+                    t.push_str(";w=");
+                    t.push_str(n.format(s.limit.quota.period_secs));
                 }
-                for text in [&mut policy, &mut current] {
-                    // The policy name, as `Limit::name` spells it.
-                    text.push('"');
-                    text.push_str(s.limit.scope.as_str());
-                    text.push('-');
-                    text.push_str(n.format(s.limit.quota.period_secs));
-                    text.push('"');
+            });
+            h.push("ratelimit", |t| {
+                for (i, s) in self.states.iter().enumerate() {
+                    if i > 0 {
+                        t.push_str(", ");
+                    }
+                    name(t, s, &mut n);
+                    t.push_str(";r=");
+                    t.push_str(n.format(s.remaining()));
+                    t.push_str(";t=");
+                    t.push_str(n.format(ceil_secs(s.reset_after())));
                 }
-                policy.push_str(";q=");
-                policy.push_str(n.format(s.limit.quota.limit));
-                policy.push_str(";w=");
-                policy.push_str(n.format(s.limit.quota.period_secs));
-                current.push_str(";r=");
-                current.push_str(n.format(s.remaining()));
-                current.push_str(";t=");
-                current.push_str(n.format(ceil_secs(s.reset_after())));
-            }
-            out.push(("ratelimit-policy", policy));
-            out.push(("ratelimit", current));
+            });
         }
         if let Some(secs) = self.retry_after_secs() {
-            out.push(("retry-after", n.format(secs).to_owned()));
+            h.push("retry-after", |t| t.push_str(n.format(secs)));
         }
-        out
+        h
+    }
+}
+
+/// The rate-limit headers of one decision ([`RateLimitDecision::header_block`]): up to six
+/// (name, value) pairs whose values share one string, so that an adapter can hand them to its
+/// framework as slices of one buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    text: String,
+    fields: [(&'static str, u32, u32); 6],
+    len: u8,
+}
+
+impl RateLimitHeaders {
+    fn push(&mut self, name: &'static str, write: impl FnOnce(&mut String)) {
+        let start = self.text.len();
+        write(&mut self.text);
+        if let (Some(slot), Ok(a), Ok(b)) = (
+            self.fields.get_mut(usize::from(self.len)),
+            u32::try_from(start),
+            u32::try_from(self.text.len()),
+        ) {
+            *slot = (name, a, b);
+            self.len += 1;
+        }
+    }
+
+    /// Whether there are no headers (an exempt request).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The (name, value) pairs, names in lower case, in the order they are sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.ranges()
+            .map(|(name, r)| (name, self.text.get(r).unwrap_or_default()))
+    }
+
+    /// The value of the header `name` (lower case), if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Each header's name and the byte range of its value in [`RateLimitHeaders::text`].
+    pub fn ranges(&self) -> impl Iterator<Item = (&'static str, std::ops::Range<usize>)> + '_ {
+        self.fields[..usize::from(self.len)]
+            .iter()
+            .map(|&(name, a, b)| (name, a as usize..b as usize))
+    }
+
+    /// Every value, one after the other.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The string of every value, and each header's name with the byte range of its value in
+    /// it: what an adapter needs to share one buffer among the header values.
+    pub fn into_parts(
+        self,
+    ) -> (
+        String,
+        impl Iterator<Item = (&'static str, std::ops::Range<usize>)>,
+    ) {
+        let fields = self.fields;
+        let ranges = fields
+            .into_iter()
+            .take(usize::from(self.len))
+            .map(|(name, a, b)| (name, a as usize..b as usize));
+        (self.text, ranges)
     }
 }
 

@@ -135,10 +135,16 @@ impl Permission {
     }
 }
 
-/// A set of granted permissions.
-#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct PermissionSet(Vec<Permission>);
+/// A set of granted permissions. Cheap to clone: clones share the permissions (a request's
+/// context is cloned into the request and into the decisions).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PermissionSet(Arc<[Permission]>);
+
+impl Default for PermissionSet {
+    fn default() -> Self {
+        Self(Arc::from([]))
+    }
+}
 
 impl PermissionSet {
     /// An empty set.
@@ -154,7 +160,9 @@ impl PermissionSet {
     /// Adds a permission (no duplicates are kept).
     pub fn insert(&mut self, permission: Permission) {
         if !self.0.contains(&permission) {
-            self.0.push(permission);
+            let mut all = self.0.to_vec();
+            all.push(permission);
+            self.0 = Arc::from(all);
         }
     }
 
@@ -176,11 +184,25 @@ impl PermissionSet {
 
 impl FromIterator<Permission> for PermissionSet {
     fn from_iter<I: IntoIterator<Item = Permission>>(iter: I) -> Self {
-        let mut set = Self::new();
+        let mut all: Vec<Permission> = Vec::new();
         for p in iter {
-            set.insert(p);
+            if !all.contains(&p) {
+                all.push(p);
+            }
         }
-        set
+        Self(Arc::from(all))
+    }
+}
+
+impl serde::Serialize for PermissionSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PermissionSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Vec::<Permission>::deserialize(d)?.into_iter().collect())
     }
 }
 

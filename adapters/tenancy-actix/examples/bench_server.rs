@@ -15,10 +15,9 @@
 //! - `full-noaudit`: as `full`, with the route not audited (no event per request), to show
 //!   what the audit pipeline costs.
 //!
-//! Both frameworks serve with two worker threads. The audit writer runs where each example
-//! server runs it: for axum a task on the server's runtime (as `tenancy-server` starts it);
-//! for actix-web, whose workers are single-threaded runtimes of their own, on a separate
-//! runtime thread (as `tenancy-actix-server` keeps it on its tokio runtime). The first line
+//! Both frameworks serve with two worker threads. The audit writer runs where both example
+//! servers run it: on a thread of its own (`AuditDispatcherBuilder::start_on_own_thread`),
+//! lingering 2 ms (the default) after each append for events to gather. The first line
 //! printed is a bearer token for the `full` variants.
 
 use std::net::SocketAddr;
@@ -63,25 +62,13 @@ fn fail(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Starts the audit dispatcher on a runtime thread of its own and returns it (actix-web).
-fn audit_dispatcher() -> AuditDispatcher {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| fail(&format!("audit runtime: {e}")));
-        rt.block_on(async move {
-            let dispatcher = AuditDispatcher::builder(Arc::new(MemoryAuditStore::new()))
-                .start()
-                .await
-                .unwrap_or_else(|e| fail(&format!("audit dispatcher: {e}")));
-            let _ = tx.send(dispatcher);
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv()
-        .unwrap_or_else(|_| fail("the audit thread did not start"))
+/// The audit dispatcher over an in-memory store, its writer on a thread of its own, as
+/// `tenancy-server` and `tenancy-actix-server` start it.
+async fn audit_dispatcher() -> AuditDispatcher {
+    AuditDispatcher::builder(Arc::new(MemoryAuditStore::new()))
+        .start_on_own_thread()
+        .await
+        .unwrap_or_else(|e| fail(&format!("audit dispatcher: {e}")))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,13 +131,7 @@ fn serve_axum(full: Option<Full>, port: u16) {
     rt.block_on(async move {
         let mut app = Router::new().route("/v1/records", get(|| async { "ok" }));
         if let Some(full) = full {
-            // As `tenancy-server` does: the dispatcher's writer is a task on the server's
-            // runtime.
-            let dispatcher = AuditDispatcher::builder(Arc::new(MemoryAuditStore::new()))
-                .start()
-                .await
-                .unwrap_or_else(|e| fail(&format!("audit dispatcher: {e}")));
-            let t = tenancy(full, Arc::new(dispatcher)).await;
+            let t = tenancy(full, Arc::new(audit_dispatcher().await)).await;
             app = app.layer(tenancy_tower::TenancyLayer::new(t));
         }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -179,7 +160,7 @@ fn serve_actix(full: Option<Full>, port: u16) {
                     .await
             }
             Some(full) => {
-                let t = tenancy(full, Arc::new(audit_dispatcher())).await;
+                let t = tenancy(full, Arc::new(audit_dispatcher().await)).await;
                 HttpServer::new(move || {
                     App::new()
                         .wrap(tenancy_actix::TenancyMiddleware::new(t.clone()))

@@ -9,6 +9,7 @@ use actix_web::http::header::{
     CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use actix_web::{HttpMessage, HttpResponse};
+use tenancy_core::RateLimitHeaders;
 use tenancy_http::{PROBLEM_JSON, REQUEST_ID_HEADER, Rejection, RequestHead, RequestMeta, Tenancy};
 
 pub(crate) struct Head<'a> {
@@ -118,13 +119,15 @@ pub(crate) fn set_headers(
     }
 }
 
-/// As [`set_headers`], taking the values over instead of copying them.
+/// Puts a decision's rate-limit headers into a response, replacing same-named ones. The
+/// values stay in the one buffer they were written to: each header value is a slice of it.
 pub(crate) fn move_headers(
     map: &mut actix_web::http::header::HeaderMap,
-    headers: Vec<(&'static str, String)>,
+    headers: RateLimitHeaders,
 ) {
-    for (k, v) in headers {
-        if let (Some(name), Ok(value)) = (header_name(k), HeaderValue::try_from(v)) {
+    for (name, value) in tenancy_http::shared_header_values(headers) {
+        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_maybe_shared(value))
+        {
             map.insert(name, value);
         }
     }

@@ -277,7 +277,7 @@ where
             }
         }
     }
-    let mut limit_headers = Vec::new();
+    let mut limit_headers = tenancy_core::RateLimitHeaders::default();
     if stages.rate_limit {
         let resolved = req.extensions_mut().remove::<Resolved>();
         if resolved.is_none() && !meta.is_public() {

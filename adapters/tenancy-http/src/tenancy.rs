@@ -61,8 +61,9 @@ use std::time::Instant;
 use ::metrics::SharedString;
 use tenancy_core::{
     Actor, AuditEvent, AuditSink, Claims, DecisionSource, Denial, EventId, FailurePolicy, Limit,
-    Origin, Outcome, Quota, RateLimitRequest, RateLimiter, RequestId, SharedClock, TenantContext,
-    TenantDirectory, TenantId, TenantSettings, TierCatalog, TokenRejection, TokenVerifier, UserId,
+    Origin, Outcome, Quota, RateLimitHeaders, RateLimitRequest, RateLimiter, RequestId,
+    SharedClock, TenantContext, TenantDirectory, TenantId, TenantSettings, TierCatalog,
+    TokenRejection, TokenVerifier, UserId,
 };
 use tracing::Span;
 
@@ -690,16 +691,16 @@ impl Tenancy {
         &self,
         meta: &RequestMeta,
         resolved: Option<&Resolved>,
-    ) -> std::result::Result<Vec<(&'static str, String)>, Rejection> {
+    ) -> std::result::Result<RateLimitHeaders, Rejection> {
         if meta.route().is_some_and(|m| m.rule().is_exempt()) {
             metrics::limiter("exempt");
-            return Ok(Vec::new());
+            return Ok(RateLimitHeaders::default());
         }
         let policy = self.inner.failure_policy;
         let (request, bypass, ctx) = match resolved {
             None => {
                 let Some(quota) = self.inner.anonymous_limit.filter(|_| meta.is_public()) else {
-                    return Ok(Vec::new());
+                    return Ok(RateLimitHeaders::default());
                 };
                 let key = match meta.client_addr() {
                     Some(ip) => format!("ip:{ip}"),
@@ -716,7 +717,7 @@ impl Tenancy {
             }
             Some(r) if r.context.is_super_admin() => {
                 metrics::limiter("exempt");
-                return Ok(Vec::new());
+                return Ok(RateLimitHeaders::default());
             }
             Some(r) => {
                 let Some(limits) = r.settings.limits(&self.inner.tiers) else {
@@ -773,7 +774,7 @@ impl Tenancy {
         } else {
             metrics::limiter("allowed");
         }
-        Ok(decision.headers())
+        Ok(decision.header_block())
     }
 
     /// Step 5, after the handler: audits the response when its route is audited, and any
@@ -915,6 +916,27 @@ impl Tenancy {
             }
         }
     }
+}
+
+/// A decision's rate-limit headers as (name, value) pairs whose values are slices of one
+/// shared buffer: an adapter turns each into its framework's header value without a copy.
+///
+/// ```
+/// use tenancy_core::{Limit, Quota, RateLimitDecision, RateLimitRequest, TenantId};
+///
+/// let request = RateLimitRequest::new(TenantId::parse("acme")?, None, vec![Limit::tenant(Quota::per_minute(60))]);
+/// let (decision, _) = RateLimitDecision::decide(&request, &[None], 0);
+/// let values: Vec<_> = tenancy_http::shared_header_values(decision.header_block()).collect();
+/// assert_eq!(values[0], ("x-ratelimit-limit", bytes::Bytes::from_static(b"60")));
+/// assert_eq!(values.len(), decision.headers().len());
+/// # Ok::<(), tenancy_core::ParseError>(())
+/// ```
+pub fn shared_header_values(
+    headers: RateLimitHeaders,
+) -> impl Iterator<Item = (&'static str, bytes::Bytes)> {
+    let (text, ranges) = headers.into_parts();
+    let shared = bytes::Bytes::from(text);
+    ranges.map(move |(name, range)| (name, shared.slice(range)))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tenancy_core::RateLimitHeaders;
 use tenancy_http::{AuditNote, Rejection, RequestMeta, Tenancy};
 use tower_service::Service;
 use tracing::Span;
@@ -20,13 +21,13 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// What a layer does with the inner service's response.
 pub(crate) enum After {
     Nothing,
-    Headers(Vec<(&'static str, String)>),
+    Headers(RateLimitHeaders),
     Audit(Tenancy, RequestMeta),
     Finish(Tenancy, RequestMeta),
     /// The whole stack in one: audit (as [`After::Audit`]), then the rate-limit headers, then
     /// the request id and metrics (as [`After::Finish`]), in the order the separate layers
     /// nest.
-    Stack(Tenancy, RequestMeta, Vec<(&'static str, String)>),
+    Stack(Tenancy, RequestMeta, RateLimitHeaders),
 }
 
 impl After {
@@ -37,6 +38,8 @@ impl After {
             Self::Headers(h) => move_headers(resp.headers_mut(), h),
             Self::Finish(tenancy, meta) => finish(resp, &tenancy, &meta),
             Self::Stack(tenancy, meta, h) => {
+                // The rate-limit headers and the request id, in one growth of the map.
+                resp.headers_mut().reserve(h.iter().count() + 1);
                 move_headers(resp.headers_mut(), h);
                 finish(resp, &tenancy, &meta);
             }

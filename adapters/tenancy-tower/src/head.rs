@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request, Response, StatusCode};
+use tenancy_core::RateLimitHeaders;
 use tenancy_http::{PROBLEM_JSON, REQUEST_ID_HEADER, Rejection, RequestHead, RequestMeta, Tenancy};
 
 /// The connection's peer address, for services that are not axum: insert it into the request
@@ -113,10 +114,12 @@ pub(crate) fn set_headers(map: &mut HeaderMap, headers: &[(&'static str, String)
     }
 }
 
-/// As [`set_headers`], taking the values over instead of copying them.
-pub(crate) fn move_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
-    for (k, v) in headers {
-        if let (Some(name), Ok(value)) = (header_name(k), HeaderValue::try_from(v)) {
+/// Puts a decision's rate-limit headers into a response, replacing same-named ones. The
+/// values stay in the one buffer they were written to: each header value is a slice of it.
+pub(crate) fn move_headers(map: &mut HeaderMap, headers: RateLimitHeaders) {
+    for (name, value) in tenancy_http::shared_header_values(headers) {
+        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_maybe_shared(value))
+        {
             map.insert(name, value);
         }
     }

@@ -646,10 +646,12 @@ impl App {
                 (Arc::new(store), AuditBackend::File(path))
             }
         };
+        // The writer on a thread of its own: its encoding and hashing never take a turn of the
+        // workers that serve requests.
         let dispatcher = AuditDispatcher::builder(audit_store.clone())
             .with_spool(config.audit_spool())
             .with_sync_timeout(Duration::from_secs(3))
-            .start()
+            .start_on_own_thread()
             .await
             .map_err(|e| startup("audit dispatcher")(boxed(e)))?;
         checks.push(Arc::new(AuditHealth {
