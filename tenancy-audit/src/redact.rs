@@ -283,42 +283,52 @@ impl RedactionPolicy {
 
     /// Applies the policy to an event, in place.
     pub fn apply(&self, event: &mut AuditEvent) {
-        let tenant = event.tenant.clone();
-        if let Some(user) = event.actor.user.take() {
-            event.actor.user = match self.user {
+        // Borrowed, not cloned: the tenant id is shared with the threads serving requests.
+        let AuditEvent {
+            tenant,
+            actor,
+            resource,
+            reason,
+            origin,
+            details,
+            ..
+        } = event;
+        let tenant: &TenantId = tenant;
+        if let Some(user) = actor.user.take() {
+            actor.user = match self.user {
                 FieldAction::Keep => Some(user),
                 FieldAction::Drop => None,
                 FieldAction::Mask => UserId::parse(MASK).ok(),
                 FieldAction::Hash => {
-                    UserId::parse(&self.hash_text(&tenant, user.as_str().as_bytes())).ok()
+                    UserId::parse(&self.hash_text(tenant, user.as_str().as_bytes())).ok()
                 }
             };
         }
-        if let Some(session) = event.actor.session.take() {
-            event.actor.session = match self.session {
+        if let Some(session) = actor.session.take() {
+            actor.session = match self.session {
                 FieldAction::Keep => Some(session),
                 FieldAction::Drop | FieldAction::Mask => None,
                 FieldAction::Hash => self
-                    .hash(&tenant, session.as_str().as_bytes())
+                    .hash(tenant, session.as_str().as_bytes())
                     .and_then(|h| SessionId::parse(&URL_SAFE_NO_PAD.encode(&h[..16])).ok()),
             };
         }
-        if let Some(resource) = event.resource.as_mut()
+        if let Some(resource) = resource.as_mut()
             && let Some(id) = resource.id.take()
         {
-            resource.id = self.text(&tenant, self.resource_id, id);
+            resource.id = self.text(tenant, self.resource_id, id);
         }
-        if let Some(reason) = event.reason.take() {
-            event.reason = self.text(&tenant, self.reason, reason);
+        if let Some(text) = reason.take() {
+            *reason = self.text(tenant, self.reason, text);
         }
-        if let Some(addr) = event.origin.client_addr.take() {
-            event.origin.client_addr = match self.client_addr {
+        if let Some(addr) = origin.client_addr.take() {
+            origin.client_addr = match self.client_addr {
                 AddrAction::Keep => Some(addr),
                 AddrAction::Drop => None,
                 AddrAction::Truncate => Some(truncate(addr)),
             };
         }
-        self.object(&tenant, &mut event.details, false);
+        self.object(tenant, details, false);
     }
 
     fn text(&self, tenant: &TenantId, action: FieldAction, value: String) -> Option<String> {

@@ -69,8 +69,15 @@ impl AuditStore for MemoryAuditStore {
         let mut st = self.lock();
         let (records, out) = st.chains.prepare(events);
         st.chains.commit(&records);
-        for r in records {
-            st.records.entry(r.tenant.clone()).or_default().push(r);
+        // One lookup per run of records of the same tenant.
+        let mut records = records.into_iter().peekable();
+        while let Some(first) = records.next() {
+            let tenant = first.tenant.clone();
+            let list = st.records.entry(first.tenant.clone()).or_default();
+            list.push(first);
+            while let Some(r) = records.next_if(|r| r.tenant == tenant) {
+                list.push(r);
+            }
         }
         Ok(out)
     }

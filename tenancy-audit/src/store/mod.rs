@@ -156,6 +156,9 @@ impl TenantChain {
     }
 }
 
+/// Up to this many tenants in one batch, [`Chains::prepare`] finds a tenant by scanning.
+const SCAN_TENANTS: usize = 8;
+
 /// Chain heads and seen event ids of stores that keep them in memory (memory and file).
 #[derive(Debug, Default)]
 pub(crate) struct Chains {
@@ -165,16 +168,61 @@ pub(crate) struct Chains {
 impl Chains {
     /// The records a batch would add, and the per-event outcomes; nothing changes until
     /// [`Chains::commit`].
+    ///
+    /// Each tenant of the batch is looked up once, not once per event: a batch usually holds a
+    /// few tenants, found by a short scan (by index past [`SCAN_TENANTS`]).
     pub(crate) fn prepare(&self, events: &[EncodedEvent]) -> (Vec<StoredRecord>, Vec<Appended>) {
-        let mut staged: HashMap<&TenantId, (u64, crate::chain::Digest)> = HashMap::new();
-        let mut batch_ids: HashMap<(&TenantId, EventId), u64> = HashMap::new();
-        let mut records = Vec::new();
+        /// A tenant of the batch: its stored chain, and its next `seq` and previous hash as
+        /// staged so far.
+        struct Staged<'a> {
+            tenant: &'a TenantId,
+            chain: Option<&'a TenantChain>,
+            seq: u64,
+            prev: crate::chain::Digest,
+        }
+        let mut staged: Vec<Staged<'_>> = Vec::new();
+        let mut index: HashMap<&TenantId, usize> = HashMap::new();
+        // Event ids staged in this batch, by tenant position in `staged`.
+        let mut batch_ids: HashMap<(usize, EventId), u64> = HashMap::with_capacity(events.len());
+        let mut records = Vec::with_capacity(events.len());
         let mut out = Vec::with_capacity(events.len());
+        let mut last: Option<usize> = None;
         for e in events {
-            let chain = self.tenants.get(&e.tenant);
-            let known = chain
+            let t = match last.filter(|&i| staged[i].tenant == &e.tenant) {
+                Some(i) => i,
+                None => {
+                    let found = if staged.len() <= SCAN_TENANTS {
+                        staged.iter().position(|s| s.tenant == &e.tenant)
+                    } else {
+                        index.get(&e.tenant).copied()
+                    };
+                    found.unwrap_or_else(|| {
+                        let chain = self.tenants.get(&e.tenant);
+                        let (seq, prev) =
+                            chain.map_or_else(|| (1, genesis(&e.tenant)), |c| c.next(&e.tenant));
+                        staged.push(Staged {
+                            tenant: &e.tenant,
+                            chain,
+                            seq,
+                            prev,
+                        });
+                        if staged.len() > SCAN_TENANTS {
+                            if index.is_empty() {
+                                index.extend(staged.iter().enumerate().map(|(i, s)| (s.tenant, i)));
+                            } else {
+                                index.insert(&e.tenant, staged.len() - 1);
+                            }
+                        }
+                        staged.len() - 1
+                    })
+                }
+            };
+            last = Some(t);
+            let s = &mut staged[t];
+            let known = s
+                .chain
                 .and_then(|c| c.ids.get(&e.event_id).copied())
-                .or_else(|| batch_ids.get(&(&e.tenant, e.event_id)).copied());
+                .or_else(|| batch_ids.get(&(t, e.event_id)).copied());
             if let Some(seq) = known {
                 out.push(Appended {
                     event_id: e.event_id,
@@ -184,12 +232,11 @@ impl Chains {
                 });
                 continue;
             }
-            let (seq, prev) = *staged
-                .entry(&e.tenant)
-                .or_insert_with(|| chain.map_or((1, genesis(&e.tenant)), |c| c.next(&e.tenant)));
+            let (seq, prev) = (s.seq, s.prev);
             let hash = link(&e.tenant, seq, &prev, &e.payload);
-            staged.insert(&e.tenant, (seq + 1, hash));
-            batch_ids.insert((&e.tenant, e.event_id), seq);
+            s.seq = seq + 1;
+            s.prev = hash;
+            batch_ids.insert((t, e.event_id), seq);
             records.push(StoredRecord {
                 tenant: e.tenant.clone(),
                 seq,
@@ -209,10 +256,18 @@ impl Chains {
         (records, out)
     }
 
-    /// Takes stored records into the heads and id sets.
+    /// Takes stored records into the heads and id sets, one tenant lookup per run of records
+    /// of the same tenant.
     pub(crate) fn commit(&mut self, records: &[StoredRecord]) {
-        for r in records {
-            self.observe(r);
+        for run in records.chunk_by(|a, b| a.tenant == b.tenant) {
+            let (Some(first), Some(last)) = (run.first(), run.last()) else {
+                continue;
+            };
+            let chain = self.tenants.entry(first.tenant.clone()).or_default();
+            for r in run {
+                chain.ids.insert(r.event_id, r.seq);
+            }
+            chain.head = Some(last.head());
         }
     }
 
@@ -235,5 +290,71 @@ pub(crate) fn check_purge(records: &[StoredRecord], anchor: Anchor) -> Result<()
         _ => Err(crate::Error::Conflict(
             "purge anchor does not match the stored chain",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Digest;
+    use crate::codec::Codec;
+    use tenancy_core::{AuditEvent, Outcome};
+
+    fn event(tenant: &TenantId, id: u8) -> EncodedEvent {
+        let mut e = AuditEvent::new(tenant.clone(), "x.y", Outcome::Success);
+        e.event_id = EventId::from_bytes([id; 16]);
+        Codec::default().encode_owned(e).unwrap()
+    }
+
+    /// Many tenants interleaved in one batch (past the scanned few), duplicates inside the
+    /// batch, the same event id in two tenants, and a second batch on top: every record is
+    /// where an independent walk of the rules puts it.
+    #[test]
+    fn a_batch_of_many_interleaved_tenants_chains_each_tenant_on_its_own() {
+        let tenants: Vec<TenantId> = (0..20)
+            .map(|i| TenantId::parse(&format!("t{i}")).unwrap())
+            .collect();
+        let mut batch = Vec::new();
+        for round in 0..3u8 {
+            for t in &tenants {
+                batch.push(event(t, round));
+            }
+        }
+        batch.push(event(&tenants[3], 1)); // a duplicate within the batch
+        let mut chains = Chains::default();
+        let (records, out) = chains.prepare(&batch);
+        chains.commit(&records);
+        assert_eq!(records.len(), 60);
+        assert_eq!(out.len(), 61);
+        assert_eq!(
+            (out[60].duplicate, out[60].seq, &out[60].tenant),
+            (true, 2, &tenants[3])
+        );
+        let mut expect: HashMap<&TenantId, (u64, Digest)> = HashMap::new();
+        for r in &records {
+            let (seq, prev) = expect
+                .get(&r.tenant)
+                .copied()
+                .unwrap_or((1, genesis(&r.tenant)));
+            assert_eq!((r.seq, r.prev_hash), (seq, prev), "{} {}", r.tenant, r.seq);
+            assert!(r.is_self_consistent());
+            expect.insert(&r.tenant, (seq + 1, r.hash));
+        }
+        for t in &tenants {
+            assert_eq!(chains.tenants[t].head.map(|h| h.seq), Some(3));
+        }
+        // A second batch continues each chain; a known id is a duplicate of its first seq.
+        let more = vec![
+            event(&tenants[19], 9),
+            event(&tenants[0], 0),
+            event(&tenants[0], 9),
+        ];
+        let (records, out) = chains.prepare(&more);
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            out.iter().map(|a| (a.seq, a.duplicate)).collect::<Vec<_>>(),
+            vec![(4, false), (1, true), (4, false)]
+        );
+        assert_eq!(records[0].prev_hash, expect[&tenants[19]].1);
     }
 }
