@@ -1,9 +1,11 @@
 //! [`AuditDispatcher`]: the [`AuditSink`] that request handlers call.
 //!
-//! - [`AuditSink::record`] only puts the event on a bounded queue. When the queue is full it
-//!   waits for room (back-pressure); it never drops an event.
-//! - A background writer takes events off the queue in batches, redacts and encodes them
-//!   ([`Codec`]) and appends each batch to the [`AuditStore`]. After an append that did not
+//! - [`AuditSink::record`] redacts and encodes the event ([`Codec`], about half a
+//!   microsecond) and puts the bytes on a bounded queue. When the queue is full it waits for
+//!   room (back-pressure); it never drops an event. Encoding where the event was made keeps
+//!   the event's memory on the thread that allocated it: the writer receives one buffer.
+//! - A background writer takes encoded events off the queue in batches and appends each
+//!   batch to the [`AuditStore`]. After an append that did not
 //!   fill a batch it lingers (2 ms by default) for more events to gather: while requests keep
 //!   coming the writer wakes a few hundred times a second, not once per event.
 //! - When the store fails, the batch goes to a local spool file (synced to disk), and so does
@@ -58,13 +60,8 @@ pub const DEFAULT_BATCH: usize = 512;
 /// Default time the writer waits for more events after an append that did not fill a batch.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(2);
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every message is an event: boxing it would allocate on each record, \
-              on the request path, and free it on the writer's thread"
-)]
 enum Msg {
-    Event(AuditEvent),
+    Event(EncodedEvent),
     Flush(oneshot::Sender<Result<()>>),
     Shutdown(oneshot::Sender<Result<()>>),
 }
@@ -250,7 +247,6 @@ impl AuditDispatcherBuilder {
             rx,
             urgent: Arc::clone(&urgent),
             store: self.store,
-            codec: self.codec,
             batch: self.batch,
             linger: self.linger,
             spool,
@@ -267,6 +263,7 @@ impl AuditDispatcherBuilder {
         };
         let dispatcher = AuditDispatcher {
             tx,
+            codec: Arc::new(self.codec),
             urgent,
             counters,
         };
@@ -278,6 +275,7 @@ impl AuditDispatcherBuilder {
 #[derive(Debug, Clone)]
 pub struct AuditDispatcher {
     tx: mpsc::Sender<Msg>,
+    codec: Arc<Codec>,
     /// Cuts the writer's linger short for a message someone waits on.
     urgent: Arc<Notify>,
     counters: Arc<Counters>,
@@ -342,10 +340,11 @@ impl AuditDispatcher {
 
 #[async_trait]
 impl AuditSink for AuditDispatcher {
-    /// Queues the event; waits only while the queue is full.
+    /// Redacts, encodes and queues the event; waits only while the queue is full.
     async fn record(&self, event: AuditEvent) -> tenancy_core::Result<()> {
+        let encoded = self.codec.encode_owned(event)?;
         self.tx
-            .send(Msg::Event(event))
+            .send(Msg::Event(encoded))
             .await
             .map_err(|_| Error::Closed.into())
     }
@@ -414,7 +413,6 @@ struct Writer {
     rx: mpsc::Receiver<Msg>,
     urgent: Arc<Notify>,
     store: Arc<dyn AuditStore>,
-    codec: Codec,
     batch: usize,
     linger: Duration,
     spool: Option<Arc<Mutex<Spool>>>,
@@ -490,17 +488,7 @@ impl Writer {
             let mut events = Vec::new();
             for m in msgs {
                 match m {
-                    Msg::Event(e) => {
-                        let event_id = e.event_id;
-                        match self.codec.encode_owned(e) {
-                            Ok(enc) => events.push(enc),
-                            Err(err) => tracing::error!(
-                                event_id = %event_id,
-                                error = %err,
-                                "audit event cannot be encoded"
-                            ),
-                        }
-                    }
+                    Msg::Event(e) => events.push(e),
                     Msg::Flush(reply) => {
                         self.write(std::mem::take(&mut events)).await;
                         self.add_waiter(reply);
