@@ -43,7 +43,7 @@ fn enqueue(c: &mut Criterion) {
     });
     let mut g = c.benchmark_group("audit_enqueue");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("record (enqueue only)", |b| {
+    g.bench_function("record (redact, encode, enqueue)", |b| {
         b.iter_custom(|iters| {
             let events: Vec<AuditEvent> = (0..iters).map(|i| event(&tenant, i)).collect();
             rt.block_on(async {

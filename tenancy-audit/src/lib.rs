@@ -7,8 +7,8 @@
 //!   tail or a rehashed rewrite.
 //! - [`store`]: the [`AuditStore`] trait and its backends: memory, JSON lines file, and
 //!   PostgreSQL (feature `postgres`) in an append-only table.
-//! - [`AuditDispatcher`]: the [`tenancy_core::AuditSink`] for request handlers: enqueue only,
-//!   batched background writes, spool to disk while the store is down, replay, drain on
+//! - [`AuditDispatcher`]: the [`tenancy_core::AuditSink`] for request handlers: redact,
+//!   encode and enqueue on the caller's thread (no store round trip), batched background writes, spool to disk while the store is down, replay, drain on
 //!   shutdown; `record_sync` for routes that must not answer first.
 //! - [`retention`]: purge by age without breaking verification; every purge is an event.
 //! - [`export`]: JSON lines and CloudEvents 1.0.
