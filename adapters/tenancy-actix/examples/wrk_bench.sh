@@ -5,8 +5,9 @@
 # Environment: VARIANTS (default "bare full full-noaudit full-nocache"); ROUNDS (default 1):
 # with more, every framework and variant is measured once per round, rounds interleaved, and
 # the medians are summarised at the end (steadier ratios on a machine shared with other work).
-# Columns: requests per second, wrk's p50 and p99 latency, and the server process's CPU time
-# (user + system, all its threads) per request, read from /proc.
+# Columns: requests per second, wrk's p50 and p99 latency, the server process's CPU time
+# (user + system, all its threads) per request, read from /proc, and the same split by thread
+# name (the request workers, and the audit writer's `tenancy-audit` thread).
 set -euo pipefail
 DURATION="${1:-10s}"
 CONNECTIONS="${2:-64}"
@@ -28,9 +29,15 @@ BIN="target/release/examples/bench_server"
 PORT=18080
 CLK="$(getconf CLK_TCK)"
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# "name ticks" for every thread of a process (names with spaces joined by _).
+thread_ticks() {
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s\n' "$(tr ' ' _ < "$t/comm")" "$(awk '{print $14 + $15}' "$t/stat")"
+  done
+}
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS" /tmp/bench_server.$$.out' EXIT
-printf '%-5s %-6s %-13s %12s %10s %10s %12s\n' round framework variant "req/s" "p50" "p99" "cpu us/req"
+printf '%-5s %-6s %-13s %12s %10s %10s %12s  %s\n' round framework variant "req/s" "p50" "p99" "cpu us/req" "by thread (us/req)"
 for round in $(seq "$ROUNDS"); do
   for framework in axum actix; do
     for variant in ${VARIANTS:-bare full full-noaudit full-nocache}; do
@@ -47,8 +54,10 @@ for round in $(seq "$ROUNDS"); do
       [ "$status" = 200 ] || { echo "$framework $variant answered $status" >&2; kill "$pid"; exit 1; }
       wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "$url" > /dev/null
       before="$(ticks "$pid")"
+      threads_before="$(thread_ticks "$pid")"
       out="$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url")"
       after="$(ticks "$pid")"
+      threads_after="$(thread_ticks "$pid")"
       kill "$pid"; wait "$pid" 2>/dev/null || true
       rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
       p50="$(echo "$out" | awk '$1=="50%" {print $2}')"
@@ -57,7 +66,10 @@ for round in $(seq "$ROUNDS"); do
       non2xx="$(echo "$out" | awk '/Non-2xx/ {print $5}')"
       [ -z "$non2xx" ] || { echo "$framework $variant: $non2xx non-2xx answers" >&2; exit 1; }
       cpu="$(awk -v t=$((after - before)) -v clk="$CLK" -v n="$requests" 'BEGIN { printf "%.1f", t / clk * 1e6 / n }')"
-      printf '%-5s %-6s %-13s %12s %10s %10s %12s\n' "$round" "$framework" "$variant" "$rps" "$p50" "$p99" "$cpu"
+      # Per thread name, summed over threads of that name, only threads that ran.
+      by_thread="$(paste <(echo "$threads_before") <(echo "$threads_after") | awk -v clk="$CLK" -v n="$requests" '
+        { d[$1] += $4 - $2 } END { for (k in d) if (d[k] > 0) printf "%s=%.1f ", k, d[k] / clk * 1e6 / n }')"
+      printf '%-5s %-6s %-13s %12s %10s %10s %12s  %s\n' "$round" "$framework" "$variant" "$rps" "$p50" "$p99" "$cpu" "$by_thread"
       echo "$framework $variant $rps $cpu" >> "$RESULTS"
     done
   done
