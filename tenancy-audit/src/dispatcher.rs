@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tenancy_core::{AuditEvent, AuditSink, Health, HealthCheck};
+use tenancy_core::{AuditEvent, AuditSink, Health, HealthCheck, TryRecord};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -347,6 +347,23 @@ impl AuditSink for AuditDispatcher {
             .send(Msg::Event(encoded))
             .await
             .map_err(|_| Error::Closed.into())
+    }
+
+    /// As `record` when the queue has room; hands the event back when it is full.
+    fn try_record(&self, event: AuditEvent) -> TryRecord {
+        let permit = match self.tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => return TryRecord::Wait(Box::new(event)),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return TryRecord::Done(Err(Error::Closed.into()));
+            }
+        };
+        TryRecord::Done(
+            self.codec
+                .encode_owned(event)
+                .map(|encoded| permit.send(Msg::Event(encoded)))
+                .map_err(Into::into),
+        )
     }
 
     /// Returns once every event queued before it is in the store. While the store is down,

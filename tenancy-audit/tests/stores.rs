@@ -668,6 +668,61 @@ async fn the_writer_lingers_for_more_events_but_never_keeps_a_caller_waiting() {
     assert!(verify(&store, &tenant, &[]).await.unwrap().is_valid());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_record_takes_an_event_at_once_or_hands_it_back() {
+    use tenancy_core::TryRecord;
+    // The writer is stuck in its first append, so the queue (room for 2) fills up.
+    let store = MemoryAuditStore::new();
+    let stuck = Arc::new(Spy::new(Arc::new(store.clone()), true));
+    let sink = AuditDispatcher::builder(Arc::clone(&stuck) as Arc<dyn AuditStore>)
+        .with_capacity(2)
+        .with_linger(Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("try");
+    sink.record(event(&tenant, 0)).await.unwrap();
+    let started = std::time::Instant::now();
+    while store.records(&tenant).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "first event not appended"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut taken = 0;
+    let back = loop {
+        let e = event(&tenant, 1 + taken);
+        let id = e.event_id;
+        match sink.try_record(e) {
+            TryRecord::Done(r) => {
+                r.unwrap();
+                taken += 1;
+                assert!(taken <= 2, "more events taken than the queue holds");
+            }
+            TryRecord::Wait(e) => {
+                assert_eq!(e.event_id, id, "the same event comes back");
+                break taken;
+            }
+        }
+    };
+    assert_eq!(
+        back, 2,
+        "the queue took two events, then handed the third back"
+    );
+
+    // A stopped dispatcher refuses at once.
+    let sink = AuditDispatcher::builder(Arc::new(MemoryAuditStore::new()))
+        .start()
+        .await
+        .unwrap();
+    sink.shutdown().await.unwrap();
+    assert!(matches!(
+        sink.try_record(event(&tenant, 9)),
+        TryRecord::Done(Err(e)) if e.kind() == tenancy_core::ErrorKind::Unavailable
+    ));
+}
+
 #[tokio::test]
 async fn full_queue_applies_back_pressure_instead_of_dropping() {
     let store = MemoryAuditStore::new();

@@ -276,6 +276,16 @@ impl AuditEvent {
     }
 }
 
+/// What [`AuditSink::try_record`] did with an event.
+#[derive(Debug)]
+pub enum TryRecord {
+    /// The sink took the event at once, or refused it: what `record` would have returned.
+    Done(Result<()>),
+    /// Taking the event would mean waiting: here it is back, for [`AuditSink::record`]
+    /// (boxed: this is the rare case, and it keeps the common one small).
+    Wait(Box<AuditEvent>),
+}
+
 /// Accepts audit events.
 ///
 /// [`AuditSink::record`] is called on the request path: implementations enqueue and return
@@ -285,6 +295,26 @@ impl AuditEvent {
 pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
     /// Accepts an event; it will be stored even if this returns before it is.
     async fn record(&self, event: AuditEvent) -> Result<()>;
+
+    /// [`AuditSink::record`] without waiting, for a caller that would rather not build a future
+    /// when the sink can take the event at once: [`TryRecord::Done`] with what `record` would
+    /// have returned, or [`TryRecord::Wait`] with the event when taking it would mean waiting
+    /// (a full queue, a sink that writes before it answers); the caller then calls `record`.
+    /// The default always hands the event back.
+    ///
+    /// ```
+    /// use tenancy_core::memory::MemoryAuditSink;
+    /// use tenancy_core::{AuditEvent, AuditSink, Outcome, TenantId, TryRecord};
+    ///
+    /// let sink = MemoryAuditSink::new();
+    /// let event = AuditEvent::new(TenantId::parse("acme")?, "records.read", Outcome::Success);
+    /// assert!(matches!(sink.try_record(event), TryRecord::Done(Ok(()))));
+    /// assert_eq!(sink.events().len(), 1);
+    /// # Ok::<(), tenancy_core::ParseError>(())
+    /// ```
+    fn try_record(&self, event: AuditEvent) -> TryRecord {
+        TryRecord::Wait(Box::new(event))
+    }
 
     /// Accepts an event and waits until it is stored.
     async fn record_sync(&self, event: AuditEvent) -> Result<()> {

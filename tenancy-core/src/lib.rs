@@ -64,7 +64,7 @@ pub mod memory;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use audit::{Actor, AuditEvent, AuditSink, EventId, Origin, Outcome, ResourceRef};
+pub use audit::{Actor, AuditEvent, AuditSink, EventId, Origin, Outcome, ResourceRef, TryRecord};
 pub use cache::{CACHE_KEY_MAX_LEN, CacheStats, TenantCache, check_cache_key};
 pub use claims::{Audience, Claims};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};

@@ -44,6 +44,6 @@ pub use proxy::{IpNet, TrustedProxies};
 pub use routes::{AuditSpec, RouteMatch, RouteRule, RouteTable};
 pub use tenancy::{
     AuditNote, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENANT_LABELS, DEFAULT_MAX_TOKEN_BYTES,
-    DEFAULT_TENANT_HEADER, Header, REQUEST_ID_HEADER, RequestHead, RequestMeta, Resolved, Tenancy,
-    TenancyBuilder, UNMATCHED_ROUTE, shared_header_values,
+    DEFAULT_TENANT_HEADER, Header, PendingAudit, REQUEST_ID_HEADER, RequestHead, RequestMeta,
+    Resolved, Tenancy, TenancyBuilder, UNMATCHED_ROUTE, shared_header_values,
 };

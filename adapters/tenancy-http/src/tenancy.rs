@@ -63,7 +63,7 @@ use tenancy_core::{
     Actor, AuditEvent, AuditSink, Claims, DecisionSource, Denial, EventId, FailurePolicy, Limit,
     Origin, Outcome, Quota, RateLimitHeaders, RateLimitRequest, RateLimiter, RequestId,
     SharedClock, TenantContext, TenantDirectory, TenantId, TenantSettings, TierCatalog,
-    TokenRejection, TokenVerifier, UserId,
+    TokenRejection, TokenVerifier, TryRecord, UserId,
 };
 use tracing::Span;
 
@@ -227,6 +227,14 @@ impl RequestMeta {
             self.0.span.record("tenant", tenant.as_str());
         }
     }
+}
+
+/// An audit event a response still has to hand to the sink ([`Tenancy::try_audit_response`]),
+/// for [`Tenancy::finish_audit`].
+#[derive(Debug)]
+pub struct PendingAudit {
+    event: Box<AuditEvent>,
+    sync: bool,
 }
 
 /// A resolved tenant: the request's context and the tenant's settings.
@@ -787,19 +795,79 @@ impl Tenancy {
     /// 401 and 403 of a route whose handler records them ([`RouteRule::handler_audits_denials`]).
     /// On a route marked [`RouteRule::audit_sync`] the response waits for the store, and a
     /// store that cannot take the event turns the answer into a 503.
+    ///
+    /// [`Tenancy::try_audit_response`] and [`Tenancy::finish_audit`] are the same in two
+    /// steps, for an adapter that would rather not build a future when the sink takes the
+    /// event at once.
     pub async fn audit_response(
         &self,
         meta: &RequestMeta,
         status: u16,
         note: Option<AuditNote>,
     ) -> std::result::Result<(), Rejection> {
+        match self.try_audit_response(meta, status, note) {
+            Ok(()) => Ok(()),
+            Err(pending) => self.finish_audit(meta, pending).await,
+        }
+    }
+
+    /// [`Tenancy::audit_response`] as far as it goes without waiting: `Ok` when the event (if
+    /// any) was handed to the sink at once ([`AuditSink::try_record`]); otherwise the event,
+    /// to pass to [`Tenancy::finish_audit`] (a synchronously audited route, a full queue).
+    pub fn try_audit_response(
+        &self,
+        meta: &RequestMeta,
+        status: u16,
+        note: Option<AuditNote>,
+    ) -> std::result::Result<(), PendingAudit> {
+        let Some((event, sync)) = self.response_event(meta, status, note) else {
+            return Ok(());
+        };
+        if sync {
+            return Err(PendingAudit {
+                event: Box::new(event),
+                sync,
+            });
+        }
+        match self.inner.audit.try_record(event) {
+            TryRecord::Done(result) => {
+                self.accepted(meta, result);
+                Ok(())
+            }
+            TryRecord::Wait(event) => Err(PendingAudit { event, sync: false }),
+        }
+    }
+
+    /// Hands over the event [`Tenancy::try_audit_response`] could not, waiting as
+    /// [`Tenancy::audit_response`] would.
+    pub async fn finish_audit(
+        &self,
+        meta: &RequestMeta,
+        pending: PendingAudit,
+    ) -> std::result::Result<(), Rejection> {
+        let sync = pending.sync;
+        if self.deliver(meta, *pending.event, sync).await || !sync {
+            Ok(())
+        } else {
+            Err(Rejection::unavailable().with_request_id(meta.request_id()))
+        }
+    }
+
+    /// The event a response is audited with, if any, and whether its route waits for the
+    /// store.
+    fn response_event(
+        &self,
+        meta: &RequestMeta,
+        status: u16,
+        note: Option<AuditNote>,
+    ) -> Option<(AuditEvent, bool)> {
         let rule = meta.route().map(|m| m.rule());
         let spec = rule.and_then(|r| r.audit_spec());
         let denial = matches!(status, 401 | 403 | 429);
         let recorded_by_handler =
             matches!(status, 401 | 403) && rule.is_some_and(|r| r.audits_own_denials());
         if spec.is_none() && !(denial && self.inner.audit_denials && !recorded_by_handler) {
-            return Ok(());
+            return None;
         }
         let note = note.unwrap_or_default();
         let action = spec.map_or("http.denied", |s| s.action.as_str());
@@ -823,12 +891,7 @@ impl Tenancy {
             });
         }
         event.details.extend(note.details);
-        let sync = spec.is_some_and(|s| s.sync);
-        if self.emit(meta, event, sync).await || !sync {
-            Ok(())
-        } else {
-            Err(Rejection::unavailable().with_request_id(meta.request_id()))
-        }
+        Some((event, spec.is_some_and(|s| s.sync)))
     }
 
     /// Whether [`Tenancy::audit_response`] has anything to record for a response with
@@ -905,13 +968,30 @@ impl Tenancy {
         self.emit(meta, event, false).await;
     }
 
-    /// Hands an event to the sink; `false` (logged and counted) when it was refused.
+    /// Hands an event to the sink, without a future when it takes it at once; `false`
+    /// (logged and counted) when it was refused.
     async fn emit(&self, meta: &RequestMeta, event: AuditEvent, sync: bool) -> bool {
+        if sync {
+            return self.deliver(meta, event, true).await;
+        }
+        match self.inner.audit.try_record(event) {
+            TryRecord::Done(result) => self.accepted(meta, result),
+            TryRecord::Wait(event) => self.deliver(meta, *event, false).await,
+        }
+    }
+
+    /// Hands an event to the sink, waiting for room (and for the store when `sync`).
+    async fn deliver(&self, meta: &RequestMeta, event: AuditEvent, sync: bool) -> bool {
         let result = if sync {
             self.inner.audit.record_sync(event).await
         } else {
             self.inner.audit.record(event).await
         };
+        self.accepted(meta, result)
+    }
+
+    /// `true` when the sink accepted; `false`, logged and counted, when it refused.
+    fn accepted(&self, meta: &RequestMeta, result: tenancy_core::Result<()>) -> bool {
         match result {
             Ok(()) => true,
             Err(e) => {

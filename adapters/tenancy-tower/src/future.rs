@@ -179,21 +179,25 @@ where
                 StateProj::Inner { fut, after } => {
                     let mut resp = ready!(fut.poll(cx))?;
                     let after = after.take().unwrap_or(After::Nothing);
-                    let audit = match &after {
+                    // Most events are taken at once; only the rest need a future.
+                    let pending = match &after {
                         After::Audit(tenancy, meta) | After::Stack(tenancy, meta, _) => {
                             let status = resp.status().as_u16();
-                            tenancy
-                                .audits(meta, status)
-                                .then(|| (tenancy.clone(), meta.clone(), status))
+                            if tenancy.audits(meta, status) {
+                                let note = resp.extensions_mut().remove::<AuditNote>();
+                                tenancy
+                                    .try_audit_response(meta, status, note)
+                                    .err()
+                                    .map(|p| (tenancy.clone(), meta.clone(), p))
+                            } else {
+                                None
+                            }
                         }
                         _ => None,
                     };
-                    if let Some((tenancy, meta, status)) = audit {
-                        let note = resp.extensions_mut().remove::<AuditNote>();
+                    if let Some((tenancy, meta, pending)) = pending {
                         let fut: BoxFuture<Result<(), Rejection>> =
-                            Box::pin(
-                                async move { tenancy.audit_response(&meta, status, note).await },
-                            );
+                            Box::pin(async move { tenancy.finish_audit(&meta, pending).await });
                         this.state.set(State::Auditing {
                             fut,
                             response: Some(resp),

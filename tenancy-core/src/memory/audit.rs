@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::lock;
-use crate::{AuditEvent, AuditSink, EventId, Result, TenantId};
+use crate::{AuditEvent, AuditSink, EventId, Result, TenantId, TryRecord};
 
 #[derive(Debug, Default)]
 struct State {
@@ -58,10 +58,21 @@ impl MemoryAuditSink {
 #[async_trait]
 impl AuditSink for MemoryAuditSink {
     async fn record(&self, event: AuditEvent) -> Result<()> {
+        self.keep(event);
+        Ok(())
+    }
+
+    fn try_record(&self, event: AuditEvent) -> TryRecord {
+        self.keep(event);
+        TryRecord::Done(Ok(()))
+    }
+}
+
+impl MemoryAuditSink {
+    fn keep(&self, event: AuditEvent) {
         let mut st = lock(&self.state);
         if st.seen.insert(event.event_id) {
             st.events.push(event);
         }
-        Ok(())
     }
 }
