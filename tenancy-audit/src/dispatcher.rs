@@ -181,11 +181,12 @@ impl AuditDispatcherBuilder {
     /// `tenancy-audit`, running a single-threaded tokio runtime) instead of a task on the
     /// caller's runtime.
     ///
-    /// Why: encoding, redaction, hashing and store appends are CPU work. As a task, the writer
-    /// takes turns on the workers that serve requests, and each batch holds a worker for its
-    /// whole length; on its own thread it leaves them to requests, and the operating system
-    /// shares the cores. In the `wrk` benchmark of `docs/benchmarks.md` (axum, two workers,
-    /// an event per request) this costs about 6 µs less CPU per request.
+    /// Why: chaining (two SHA-256 hashes per event) and store appends are CPU work. As a task,
+    /// the writer takes turns on the workers that serve requests, and each batch holds a
+    /// worker for its whole length; on its own thread it leaves them to requests, and the
+    /// operating system shares the cores. In the `wrk` benchmark of `docs/benchmarks.md`
+    /// (axum, two workers, an event per request; measured while the writer still encoded the
+    /// events itself) this cost about 6 µs less CPU per request.
     ///
     /// The store's connections are then opened on the writer's runtime. A connection pool the
     /// store shares with the rest of the program keeps working while the writer runs; after

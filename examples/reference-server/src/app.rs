@@ -646,8 +646,8 @@ impl App {
                 (Arc::new(store), AuditBackend::File(path))
             }
         };
-        // The writer on a thread of its own: its encoding and hashing never take a turn of the
-        // workers that serve requests.
+        // The writer on a thread of its own: its hashing and store appends never take a turn
+        // of the workers that serve requests.
         let dispatcher = AuditDispatcher::builder(audit_store.clone())
             .with_spool(config.audit_spool())
             .with_sync_timeout(Duration::from_secs(3))
