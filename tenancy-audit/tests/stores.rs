@@ -606,6 +606,18 @@ fn killed_writer_between_spool_and_replay_loses_and_duplicates_nothing() {
     assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0, "spool emptied");
 }
 
+/// Waits (up to 5 s) until the store holds `n` records of `tenant`.
+async fn stored(store: &MemoryAuditStore, tenant: &TenantId, n: usize) {
+    let started = std::time::Instant::now();
+    while store.records(tenant).len() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{n} events not stored within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_lingers_for_more_events_but_never_keeps_a_caller_waiting() {
     let store = MemoryAuditStore::new();
@@ -619,24 +631,11 @@ async fn the_writer_lingers_for_more_events_but_never_keeps_a_caller_waiting() {
     // The first event is appended at once; the writer then lingers, and the events that
     // arrive meanwhile are appended together when it ends.
     sink.record(event(&tenant, 0)).await.unwrap();
-    let started = std::time::Instant::now();
-    while store.records(&tenant).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "first event not stored"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    stored(&store, &tenant, 1).await;
     for i in 1..=20 {
         sink.record(event(&tenant, i)).await.unwrap();
     }
-    while store.records(&tenant).len() < 21 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "lingering events not stored"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    stored(&store, &tenant, 21).await;
     assert_eq!(
         spy.appends(),
         2,
@@ -682,14 +681,7 @@ async fn try_record_takes_an_event_at_once_or_hands_it_back() {
         .unwrap();
     let tenant = Fixture::new().tenant("try");
     sink.record(event(&tenant, 0)).await.unwrap();
-    let started = std::time::Instant::now();
-    while store.records(&tenant).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "first event not appended"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    stored(&store, &tenant, 1).await;
     let mut taken = 0;
     let back = loop {
         let e = event(&tenant, 1 + taken);

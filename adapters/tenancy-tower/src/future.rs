@@ -39,7 +39,7 @@ impl After {
             Self::Finish(tenancy, meta) => finish(resp, &tenancy, &meta),
             Self::Stack(tenancy, meta, h) => {
                 // The rate-limit headers and the request id, in one growth of the map.
-                resp.headers_mut().reserve(h.iter().count() + 1);
+                resp.headers_mut().reserve(h.len() + 1);
                 move_headers(resp.headers_mut(), h);
                 finish(resp, &tenancy, &meta);
             }
