@@ -25,8 +25,8 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tenancy_core::{Claims, UniformHasher};
@@ -48,7 +48,8 @@ pub struct CacheStats {
 }
 
 struct Entry {
-    claims: Claims,
+    /// Shared with every caller the entry is served to (no copy per hit).
+    claims: Arc<Claims>,
     exp: i64,
     epoch: u64,
 }
@@ -96,10 +97,10 @@ impl VerificationCache {
     }
 
     /// The cached claims, when present, issued under `epoch` and not expired at `now`.
-    pub(crate) fn get(&self, key: &Digest32, now: i64, epoch: u64) -> Option<Claims> {
+    pub(crate) fn get(&self, key: &Digest32, now: i64, epoch: u64) -> Option<Arc<Claims>> {
         let mut shard = lock(self.shard(key));
         let found = match shard.map.get(key) {
-            Some(e) if e.exp > now && e.epoch == epoch => Some(e.claims.clone()),
+            Some(e) if e.exp > now && e.epoch == epoch => Some(Arc::clone(&e.claims)),
             Some(_) => {
                 shard.map.remove(key);
                 None
@@ -116,7 +117,7 @@ impl VerificationCache {
         found
     }
 
-    pub(crate) fn insert(&self, key: Digest32, claims: &Claims, now: i64, epoch: u64) {
+    pub(crate) fn insert(&self, key: Digest32, claims: &Arc<Claims>, now: i64, epoch: u64) {
         if claims.exp <= now {
             return;
         }
@@ -135,7 +136,7 @@ impl VerificationCache {
         shard.map.insert(
             key,
             Entry {
-                claims: claims.clone(),
+                claims: Arc::clone(claims),
                 exp: claims.exp,
                 epoch,
             },
@@ -162,14 +163,16 @@ impl VerificationCache {
 mod tests {
     use super::*;
 
-    fn claims(exp: i64) -> Claims {
-        Claims::from_json(
+    fn claims(exp: i64) -> Arc<Claims> {
+        Arc::new(
+            Claims::from_json(
             format!(
                 r#"{{"iss":"i","aud":"a","sub":"s","exp":{exp},"tenant_id":"acme","user_id":"u","user_role":"user","permissions":[]}}"#
             )
             .as_bytes(),
+            )
+            .unwrap(),
         )
-        .unwrap()
     }
 
     #[test]

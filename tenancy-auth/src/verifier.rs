@@ -617,6 +617,11 @@ fn check_signature(parts: &Parts<'_>, key: &VerifyKey) -> Result<bool> {
 #[async_trait]
 impl TokenVerifier for JwtVerifier {
     async fn verify(&self, token: &str) -> Result<Claims> {
+        self.verify_shared(token).await.map(Arc::unwrap_or_clone)
+    }
+
+    /// A cache hit is the cached claims themselves, not a copy.
+    async fn verify_shared(&self, token: &str) -> Result<Arc<Claims>> {
         let result = self.verify_cached(token).await;
         if let Err(e) = &result {
             // The reason is for operators; the token itself is never logged.
@@ -630,7 +635,7 @@ impl TokenVerifier for JwtVerifier {
 }
 
 impl JwtVerifier {
-    async fn verify_cached(&self, token: &str) -> Result<Claims> {
+    async fn verify_cached(&self, token: &str) -> Result<Arc<Claims>> {
         let claims = match &self.inner.cache {
             Some(cache) => {
                 if token.len() > self.inner.max_len {
@@ -642,13 +647,13 @@ impl JwtVerifier {
                 match cache.get(&key, now, epoch) {
                     Some(c) => c,
                     None => {
-                        let c = self.verify_signed(token).await?;
+                        let c = Arc::new(self.verify_signed(token).await?);
                         cache.insert(key, &c, now, epoch);
                         c
                     }
                 }
             }
-            None => self.verify_signed(token).await?,
+            None => Arc::new(self.verify_signed(token).await?),
         };
         self.check_live(&claims).await?;
         Ok(claims)

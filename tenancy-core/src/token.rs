@@ -1,6 +1,7 @@
 //! The [`TokenVerifier`] trait.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -44,4 +45,28 @@ use crate::{Claims, Result};
 pub trait TokenVerifier: Send + Sync + fmt::Debug + 'static {
     /// Verifies `token` (without the `Bearer ` prefix).
     async fn verify(&self, token: &str) -> Result<Claims>;
+
+    /// As [`TokenVerifier::verify`], with the claims shared: a verifier that keeps the claims
+    /// it verified (a cache) hands out its own copy instead of cloning it, which is what the
+    /// HTTP layers call on every request. By default, [`TokenVerifier::verify`]'s claims in
+    /// a new [`Arc`].
+    ///
+    /// ```
+    /// # use async_trait::async_trait;
+    /// # use tenancy_core::{Claims, Error, TokenRejection, TokenVerifier};
+    /// # #[derive(Debug)] struct Refuse;
+    /// # #[async_trait] impl TokenVerifier for Refuse {
+    /// #     async fn verify(&self, _: &str) -> Result<Claims, Error> {
+    /// #         Err(Error::Rejected(TokenRejection::BadSignature))
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let refused = Refuse.verify_shared("token").await;
+    /// assert!(matches!(refused, Err(Error::Rejected(TokenRejection::BadSignature))));
+    /// # }
+    /// ```
+    async fn verify_shared(&self, token: &str) -> Result<Arc<Claims>> {
+        self.verify(token).await.map(Arc::new)
+    }
 }

@@ -31,7 +31,6 @@ use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
-use tenancy_core::TenantContext;
 use tenancy_db::TenantPool;
 use tenancy_http::{Rejection, RequestMeta};
 
@@ -72,14 +71,13 @@ impl FromRequest for TenantTx {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let tenant = req
-            .extensions()
-            .get::<TenantContext>()
-            .map(|c| c.tenant.clone());
-        let request_id = req
-            .extensions()
-            .get::<RequestMeta>()
-            .map(|m| m.request_id().clone());
+        let (tenant, request_id) = match req.extensions().get::<RequestMeta>() {
+            Some(m) => (
+                m.context().map(|c| c.tenant.clone()),
+                Some(m.request_id().clone()),
+            ),
+            None => (None, None),
+        };
         let pool = req.app_data::<TenantPool>().cloned().or_else(|| {
             req.app_data::<web::Data<TenantPool>>()
                 .map(|d| TenantPool::clone(d))

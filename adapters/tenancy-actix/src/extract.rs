@@ -1,6 +1,8 @@
 //! Extractors: [`Tenant`] (and `Option<Tenant>`), [`RequirePermission`].
 //!
-//! They read what the middleware put in the request extensions. When the middleware is
+//! They read the request's [`RequestMeta`](tenancy_http::RequestMeta), the one value the
+//! middleware puts in the request extensions (with the claims and the tenant context in it).
+//! When the middleware is
 //! missing, [`Tenant`] and [`RequirePermission`] answer a 500 whose problem body names it.
 //! `Option<Tenant>` is `None` on public routes; note that actix-web's blanket `Option<T>`
 //! extractor also turns a missing middleware into `None`.
@@ -32,9 +34,8 @@ use std::ops::Deref;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
-use tenancy_core::{Denial, Permission, TenantContext};
-use tenancy_http::PermissionName;
-use tenancy_http::{Rejection, RequestMeta};
+use tenancy_core::TenantContext;
+use tenancy_http::{PermissionName, PermissionRefusal, RequestMeta, require_permission};
 
 use crate::Error;
 
@@ -58,7 +59,8 @@ impl FromRequest for Tenant {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(
             req.extensions()
-                .get::<TenantContext>()
+                .get::<RequestMeta>()
+                .and_then(RequestMeta::context)
                 .cloned()
                 .map(Tenant)
                 .ok_or(Error::MissingLayer {
@@ -92,22 +94,12 @@ impl<P: PermissionName> FromRequest for RequirePermission<P> {
 }
 
 fn require<P: PermissionName>(req: &HttpRequest) -> Result<RequirePermission<P>, Error> {
-    let ext = req.extensions();
-    let ctx = ext.get::<TenantContext>().ok_or(Error::MissingLayer {
-        extractor: "RequirePermission",
-        layer: "ResolveTenant",
-    })?;
-    let permission = Permission::parse(P::PERMISSION).map_err(|e| {
-        Error::Rejected(Rejection::misconfigured(format!(
-            "`RequirePermission` names an invalid permission: {e}"
-        )))
-    })?;
-    if ctx.permissions.allows(&permission) {
-        return Ok(RequirePermission(ctx.clone(), PhantomData));
+    match require_permission::<P>(req.extensions().get::<RequestMeta>()) {
+        Ok(ctx) => Ok(RequirePermission(ctx.clone(), PhantomData)),
+        Err(PermissionRefusal::NoContext) => Err(Error::MissingLayer {
+            extractor: "RequirePermission",
+            layer: "ResolveTenant",
+        }),
+        Err(PermissionRefusal::Rejected(r)) => Err(Error::Rejected(r)),
     }
-    let mut r = Rejection::denied(Denial::MissingPermission(permission));
-    if let Some(meta) = ext.get::<RequestMeta>() {
-        r = r.with_request_id(meta.request_id());
-    }
-    Err(Error::Rejected(r))
 }

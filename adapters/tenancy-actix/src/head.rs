@@ -79,7 +79,6 @@ pub(crate) fn meta_for(tenancy: &Tenancy, req: &ServiceRequest) -> RequestMeta {
     }
     let meta = tenancy.begin(&Head::routed(req));
     req.extensions_mut().insert(meta.clone());
-    req.extensions_mut().insert(meta.request_id().clone());
     meta
 }
 

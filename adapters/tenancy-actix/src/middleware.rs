@@ -48,8 +48,8 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::header::HeaderValue;
 use actix_web::{Error as ActixError, HttpMessage};
-use tenancy_core::{AuditSink, Claims, RateLimiter, TenantContext, TenantDirectory, TokenVerifier};
-use tenancy_http::{AuditNote, Header, Rejection, RequestMeta, Resolved, Tenancy, TenancyBuilder};
+use tenancy_core::{AuditSink, RateLimiter, TenantDirectory, TokenVerifier};
+use tenancy_http::{AuditNote, Header, Rejection, RequestMeta, Tenancy, TenancyBuilder};
 use tracing::Instrument;
 
 use crate::head::{Head, REQUEST_ID, meta_for, move_headers, render};
@@ -199,8 +199,9 @@ where
                 tenancy.finish(&meta, r.status());
                 return Box::pin(ready(Ok(reject(req, &r))));
             }
+            // The one value the middleware adds to the extensions: the claims, the tenant
+            // context and the settings are kept in it as they are decided.
             req.extensions_mut().insert(meta.clone());
-            req.extensions_mut().insert(meta.request_id().clone());
             meta
         } else {
             meta_for(&tenancy, &req)
@@ -246,27 +247,16 @@ where
 {
     if stages.authenticate && !meta.is_public() {
         let authorization = Header::read(&Head::plain(&req), "authorization");
-        match tenancy.authenticate(meta, authorization).await {
-            Ok(Some(claims)) => {
-                req.extensions_mut().insert(claims);
-            }
-            Ok(None) => {}
-            Err(r) => return Ok(reject(req, &r)),
+        if let Err(r) = tenancy.authenticate(meta, authorization).await {
+            return Ok(reject(req, &r));
         }
     }
     if stages.resolve {
-        let claims = req.extensions_mut().remove::<Claims>();
-        match claims {
+        match meta.claims() {
             Some(claims) => {
                 let header = Header::read(&Head::plain(&req), tenancy.tenant_header());
-                match tenancy.resolve_tenant(meta, &claims, header).await {
-                    Ok(resolved) => {
-                        let mut ext = req.extensions_mut();
-                        ext.insert(claims);
-                        ext.insert::<TenantContext>(resolved.context.clone());
-                        ext.insert(resolved);
-                    }
-                    Err(r) => return Ok(reject(req, &r)),
+                if let Err(r) = tenancy.resolve_tenant(meta, claims, header).await {
+                    return Ok(reject(req, &r));
                 }
             }
             None if meta.is_public() => {}
@@ -279,18 +269,15 @@ where
     }
     let mut limit_headers = tenancy_core::RateLimitHeaders::default();
     if stages.rate_limit {
-        let resolved = req.extensions_mut().remove::<Resolved>();
+        let resolved = meta.resolved();
         if resolved.is_none() && !meta.is_public() {
             let r = Rejection::missing_layer("RateLimit", "ResolveTenant")
                 .with_request_id(meta.request_id());
             return Ok(reject(req, &r));
         }
-        match tenancy.rate_limit(meta, resolved.as_ref()).await {
+        match tenancy.rate_limit(meta, resolved).await {
             Ok(h) => limit_headers = h,
             Err(r) => return Ok(reject(req, &r)),
-        }
-        if let Some(r) = resolved {
-            req.extensions_mut().insert(r);
         }
     }
     let mut res = service.call(req).await?;

@@ -38,7 +38,7 @@ pub mod tenancy;
 
 pub use error::{Error, Result};
 pub use metrics::TenantLabels;
-pub use permission::PermissionName;
+pub use permission::{PermissionName, PermissionRefusal, require_permission};
 pub use problem::{AuthFailure, PROBLEM_JSON, Problem, Rejection, RejectionKind};
 pub use proxy::{IpNet, TrustedProxies};
 pub use routes::{AuditSpec, RouteMatch, RouteRule, RouteTable};

@@ -155,10 +155,16 @@ struct MetaInner {
     started: Instant,
     span: Span,
     tenant: OnceLock<TenantId>,
-    context: OnceLock<TenantContext>,
+    claims: OnceLock<Arc<Claims>>,
+    resolved: OnceLock<Resolved>,
 }
 
 /// What the layers know about one request; cheap to clone, shared by every layer of it.
+///
+/// The adapters put it in the request's extensions (the only value they add there): the
+/// verified claims, the tenant context and the tenant's settings are read from it, so that
+/// a handler, an extractor or a later layer finds everything the earlier ones decided in one
+/// place.
 #[derive(Debug, Clone)]
 pub struct RequestMeta(Arc<MetaInner>);
 
@@ -198,9 +204,19 @@ impl RequestMeta {
         self.0.tenant.get()
     }
 
-    /// The tenant context, once the tenant has been resolved.
+    /// The verified claims, once a token has been verified ([`Tenancy::authenticate`]).
+    pub fn claims(&self) -> Option<&Arc<Claims>> {
+        self.0.claims.get()
+    }
+
+    /// The tenant context, once the tenant has been resolved ([`Tenancy::resolve_tenant`]).
     pub fn context(&self) -> Option<&TenantContext> {
-        self.0.context.get()
+        self.resolved().map(|r| &r.context)
+    }
+
+    /// The tenant context and the tenant's settings, once the tenant has been resolved.
+    pub fn resolved(&self) -> Option<&Resolved> {
+        self.0.resolved.get()
     }
 
     /// The request's tracing span (fields `request_id`, `method`, `route`, `tenant`).
@@ -585,7 +601,8 @@ impl Tenancy {
             started: Instant::now(),
             span,
             tenant: OnceLock::new(),
-            context: OnceLock::new(),
+            claims: OnceLock::new(),
+            resolved: OnceLock::new(),
         }))
     }
 
@@ -602,14 +619,14 @@ impl Tenancy {
         Ok(())
     }
 
-    /// Step 2: verifies the bearer token. `Ok(None)` on a public route (the token is not
-    /// read there). Every failure answers the same 401; a verifier that cannot decide
-    /// answers 503.
-    pub async fn authenticate(
+    /// Step 2: verifies the bearer token, and keeps the claims in `meta`
+    /// ([`RequestMeta::claims`]). `Ok(None)` on a public route (the token is not read there).
+    /// Every failure answers the same 401; a verifier that cannot decide answers 503.
+    pub async fn authenticate<'m>(
         &self,
-        meta: &RequestMeta,
+        meta: &'m RequestMeta,
         authorization: Header,
-    ) -> std::result::Result<Option<Claims>, Rejection> {
+    ) -> std::result::Result<Option<&'m Claims>, Rejection> {
         if meta.is_public() {
             return Ok(None);
         }
@@ -617,10 +634,12 @@ impl Tenancy {
             Ok(t) => t,
             Err(f) => return Err(self.unauthorized(meta, f).await),
         };
-        match self.inner.verifier.verify(&token).await {
+        match self.inner.verifier.verify_shared(&token).await {
             Ok(claims) => {
                 meta.set_tenant(&claims.tenant_id);
-                Ok(Some(claims))
+                // Verified once per request: a second verification (two stacks) keeps the
+                // first claims, which came from the same header.
+                Ok(Some(meta.0.claims.get_or_init(|| claims)))
             }
             Err(tenancy_core::Error::Rejected(r)) => {
                 Err(self.unauthorized(meta, AuthFailure::Token(r)).await)
@@ -647,15 +666,16 @@ impl Tenancy {
         r
     }
 
-    /// Step 3: the tenant from the verified claims. 403 when the tenant header names another
-    /// tenant, the tenant is unknown to the directory, or suspended; 503 when the directory
-    /// cannot answer.
-    pub async fn resolve_tenant(
+    /// Step 3: the tenant from the verified claims, kept in `meta`
+    /// ([`RequestMeta::resolved`], [`RequestMeta::context`]). 403 when the tenant header names
+    /// another tenant, the tenant is unknown to the directory, or suspended; 503 when the
+    /// directory cannot answer.
+    pub async fn resolve_tenant<'m>(
         &self,
-        meta: &RequestMeta,
+        meta: &'m RequestMeta,
         claims: &Claims,
         tenant_header: Header,
-    ) -> std::result::Result<Resolved, Rejection> {
+    ) -> std::result::Result<&'m Resolved, Rejection> {
         meta.set_tenant(&claims.tenant_id);
         let mut context = TenantContext::from_claims(claims);
         context.request_id = Some(meta.request_id().clone());
@@ -684,8 +704,10 @@ impl Tenancy {
             return Err(self.deny(meta, &context, r).await);
         }
         context.tier = Some(settings.tier.clone());
-        let _ = meta.0.context.set(context.clone());
-        Ok(Resolved { context, settings })
+        Ok(meta
+            .0
+            .resolved
+            .get_or_init(|| Resolved { context, settings }))
     }
 
     async fn deny(&self, meta: &RequestMeta, ctx: &TenantContext, r: Rejection) -> Rejection {

@@ -1,6 +1,7 @@
 //! [`Authenticate`]: verifies the bearer token with the configured
 //! [`TokenVerifier`](tenancy_core::TokenVerifier) and hands the verified
-//! [`Claims`](tenancy_core::Claims) to the next layers through the request extensions.
+//! [`Claims`](tenancy_core::Claims) to the next layers in the request's
+//! [`RequestMeta`](tenancy_http::RequestMeta) ([`RequestMeta::claims`](tenancy_http::RequestMeta::claims)).
 //!
 //! Every failure (no header, two headers, not `Bearer`, oversized, refused by the verifier)
 //! answers the same 401 with `WWW-Authenticate: Bearer`; the reason goes to the log, the
@@ -75,9 +76,7 @@ where
         let authorization = Header::read(&Head(&req), "authorization");
         let tenancy = self.tenancy.clone();
         let fut = Box::pin(async move {
-            if let Some(claims) = tenancy.authenticate(&meta, authorization).await? {
-                req.extensions_mut().insert(claims);
-            }
+            tenancy.authenticate(&meta, authorization).await?;
             Ok((req, After::Nothing))
         });
         ResponseFuture::before(fut, take_ready(&mut self.inner))

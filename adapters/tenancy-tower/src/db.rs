@@ -30,7 +30,6 @@ use std::ops::{Deref, DerefMut};
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
-use tenancy_core::TenantContext;
 use tenancy_db::TenantPool;
 use tenancy_http::{Rejection, RequestMeta};
 
@@ -72,7 +71,8 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
         let tenant = parts
             .extensions
-            .get::<TenantContext>()
+            .get::<RequestMeta>()
+            .and_then(RequestMeta::context)
             .map(|c| c.tenant.clone())
             .ok_or(Error::MissingLayer {
                 extractor: "TenantTx",

@@ -1,6 +1,7 @@
 //! axum extractors (feature `axum`): [`Tenant`], `Option<Tenant>`, [`RequirePermission`].
 //!
-//! They read what the layers put in the request extensions. When a layer is missing the
+//! They read the request's [`RequestMeta`], the one value the layers put in the request
+//! extensions (with the claims and the tenant context in it). When a layer is missing the
 //! rejection is a 500 whose problem body names the layer to add, so a misconfigured router
 //! fails loudly on its first request instead of serving without a tenant.
 //!
@@ -36,9 +37,8 @@ use std::ops::Deref;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use tenancy_core::{Denial, Permission, TenantContext};
-use tenancy_http::PermissionName;
-use tenancy_http::{AuditNote, Rejection, RequestMeta};
+use tenancy_core::TenantContext;
+use tenancy_http::{AuditNote, PermissionName, PermissionRefusal, RequestMeta, require_permission};
 
 use crate::Error;
 use crate::head::render;
@@ -64,7 +64,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
         parts
             .extensions
-            .get::<TenantContext>()
+            .get::<RequestMeta>()
+            .and_then(RequestMeta::context)
             .cloned()
             .map(Tenant)
             .ok_or(Error::MissingLayer {
@@ -78,13 +79,13 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Tenant {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Error> {
-        if parts.extensions.get::<RequestMeta>().is_none() {
+        let Some(meta) = parts.extensions.get::<RequestMeta>() else {
             return Err(Error::MissingLayer {
                 extractor: "Option<Tenant>",
                 layer: "SetRequestId",
             });
-        }
-        Ok(parts.extensions.get::<TenantContext>().cloned().map(Tenant))
+        };
+        Ok(meta.context().cloned().map(Tenant))
     }
 }
 
@@ -105,26 +106,14 @@ impl<S: Send + Sync, P: PermissionName> FromRequestParts<S> for RequirePermissio
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
-        let ctx = parts
-            .extensions
-            .get::<TenantContext>()
-            .ok_or(Error::MissingLayer {
+        match require_permission::<P>(parts.extensions.get::<RequestMeta>()) {
+            Ok(ctx) => Ok(Self(ctx.clone(), PhantomData)),
+            Err(PermissionRefusal::NoContext) => Err(Error::MissingLayer {
                 extractor: "RequirePermission",
                 layer: "ResolveTenant",
-            })?;
-        let permission = Permission::parse(P::PERMISSION).map_err(|e| {
-            Error::Rejected(Rejection::misconfigured(format!(
-                "`RequirePermission` names an invalid permission: {e}"
-            )))
-        })?;
-        if ctx.permissions.allows(&permission) {
-            return Ok(Self(ctx.clone(), PhantomData));
+            }),
+            Err(PermissionRefusal::Rejected(r)) => Err(Error::Rejected(r)),
         }
-        let mut r = Rejection::denied(Denial::MissingPermission(permission));
-        if let Some(meta) = parts.extensions.get::<RequestMeta>() {
-            r = r.with_request_id(meta.request_id());
-        }
-        Err(Error::Rejected(r))
     }
 }
 

@@ -77,7 +77,6 @@ pub(crate) fn meta_for<B>(tenancy: &Tenancy, req: &mut Request<B>) -> RequestMet
     }
     let meta = tenancy.begin(&Head(req));
     req.extensions_mut().insert(meta.clone());
-    req.extensions_mut().insert(meta.request_id().clone());
     meta
 }
 

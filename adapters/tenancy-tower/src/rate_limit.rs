@@ -42,7 +42,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use tenancy_http::{Rejection, Resolved};
+use tenancy_http::Rejection;
 use tower_service::Service;
 
 use crate::future::{After, ResponseFuture};
@@ -72,8 +72,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let meta = meta_for(&self.tenancy, &mut req);
-        let resolved = req.extensions_mut().remove::<Resolved>();
-        if resolved.is_none() && !meta.is_public() {
+        if meta.resolved().is_none() && !meta.is_public() {
             return ResponseFuture::rejected(
                 Rejection::missing_layer("RateLimit", "ResolveTenant")
                     .with_request_id(meta.request_id()),
@@ -81,10 +80,7 @@ where
         }
         let tenancy = self.tenancy.clone();
         let fut = Box::pin(async move {
-            let headers = tenancy.rate_limit(&meta, resolved.as_ref()).await?;
-            if let Some(r) = resolved {
-                req.extensions_mut().insert(r);
-            }
+            let headers = tenancy.rate_limit(&meta, meta.resolved()).await?;
             let after = if headers.is_empty() {
                 After::Nothing
             } else {

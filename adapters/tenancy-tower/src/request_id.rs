@@ -69,7 +69,6 @@ where
             return ResponseFuture::rejected(r);
         }
         req.extensions_mut().insert(meta.clone());
-        req.extensions_mut().insert(meta.request_id().clone());
         let span = meta.span().clone();
         let fut = {
             let _entered = span.enter();

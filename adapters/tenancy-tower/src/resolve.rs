@@ -5,7 +5,8 @@
 //! The tenant comes from the verified `tenant_id` claim only. A tenant header
 //! (`X-Tenant-Id`) that names another tenant answers 403, as do a tenant the directory does
 //! not know and a suspended tenant. The context (with its tier and request id) and the
-//! tenant's settings go into the request extensions for the rate limit and the extractors.
+//! tenant's settings are kept in the request's [`RequestMeta`](tenancy_http::RequestMeta)
+//! for the rate limit and the extractors.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -41,7 +42,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use tenancy_core::{Claims, TenantContext};
 use tenancy_http::{Header, Rejection};
 use tower_service::Service;
 
@@ -72,7 +72,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let meta = meta_for(&self.tenancy, &mut req);
-        let Some(claims) = req.extensions_mut().remove::<Claims>() else {
+        let Some(claims) = meta.claims().cloned() else {
             if meta.is_public() {
                 return ResponseFuture::inner(self.inner.call(req), After::Nothing, None);
             }
@@ -84,11 +84,7 @@ where
         let header = Header::read(&Head(&req), self.tenancy.tenant_header());
         let tenancy = self.tenancy.clone();
         let fut = Box::pin(async move {
-            let resolved = tenancy.resolve_tenant(&meta, &claims, header).await?;
-            let ext = req.extensions_mut();
-            ext.insert(claims);
-            ext.insert::<TenantContext>(resolved.context.clone());
-            ext.insert(resolved);
+            tenancy.resolve_tenant(&meta, &claims, header).await?;
             Ok((req, After::Nothing))
         });
         ResponseFuture::before(fut, take_ready(&mut self.inner))

@@ -42,7 +42,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use tenancy_core::{AuditSink, Claims, RateLimiter, TenantContext, TenantDirectory, TokenVerifier};
+use tenancy_core::{AuditSink, RateLimiter, TenantDirectory, TokenVerifier};
 use tenancy_http::{Header, Rejection, Tenancy, TenancyBuilder};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -96,8 +96,9 @@ where
             self.tenancy.finish(&meta, r.status());
             return ResponseFuture::rejected(r);
         }
+        // The one value the stack adds to the extensions: the claims, the tenant context and
+        // the settings are kept in it as they are decided.
         req.extensions_mut().insert(meta.clone());
-        req.extensions_mut().insert(meta.request_id().clone());
         let public = meta.is_public();
         let authorization = if public {
             Header::Absent
@@ -110,22 +111,14 @@ where
         let on_reject = After::Finish(tenancy.clone(), meta.clone());
         let fut = Box::pin(async move {
             // Authenticate
-            let claims: Option<Claims> = if public {
+            let claims = if public {
                 None
             } else {
                 tenancy.authenticate(&meta, authorization).await?
             };
             // ResolveTenant
             let resolved = match claims {
-                Some(claims) => {
-                    let resolved = tenancy
-                        .resolve_tenant(&meta, &claims, tenant_header)
-                        .await?;
-                    let ext = req.extensions_mut();
-                    ext.insert(claims);
-                    ext.insert::<TenantContext>(resolved.context.clone());
-                    Some(resolved)
-                }
+                Some(claims) => Some(tenancy.resolve_tenant(&meta, claims, tenant_header).await?),
                 None if public => None,
                 None => {
                     return Err(Rejection::missing_layer("ResolveTenant", "Authenticate")
@@ -133,10 +126,7 @@ where
                 }
             };
             // RateLimit
-            let headers = tenancy.rate_limit(&meta, resolved.as_ref()).await?;
-            if let Some(r) = resolved {
-                req.extensions_mut().insert(r);
-            }
+            let headers = tenancy.rate_limit(&meta, resolved).await?;
             // Audit, the rate-limit headers, the request id and the metrics: on the response.
             Ok((req, After::Stack(tenancy, meta, headers)))
         });

@@ -14,10 +14,9 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, Share
 use tenancy_auth::{Algorithm, JwtVerifier, VerifyKey};
 use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
 use tenancy_core::{
-    Clock, ManualClock, QuotaOverrides, TenantContext, TenantDirectory, TenantId, TenantSettings,
-    TierName,
+    Clock, ManualClock, QuotaOverrides, TenantDirectory, TenantId, TenantSettings, TierName,
 };
-use tenancy_http::{RouteRule, Tenancy, TrustedProxies};
+use tenancy_http::{RequestMeta, RouteRule, Tenancy, TrustedProxies};
 use tenancy_tower::{
     AuditLayer, AuthenticateLayer, PeerAddr, RateLimitLayer, ResolveTenantLayer, SetRequestIdLayer,
 };
@@ -207,7 +206,8 @@ fn individual_layers_on_a_plain_service_decide_count_and_audit() {
                 .layer(RateLimitLayer::new(t.clone()))
                 .layer(AuditLayer::new(t))
                 .service_fn(|req: http::Request<Body>| async move {
-                    let ctx = req.extensions().get::<TenantContext>().cloned();
+                    let meta = req.extensions().get::<RequestMeta>();
+                    let ctx = meta.and_then(RequestMeta::context);
                     let body = ctx.map(|c| c.tenant.to_string()).unwrap_or_default();
                     Ok::<_, Infallible>(http::Response::new(Body::from(body)))
                 });

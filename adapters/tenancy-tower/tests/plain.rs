@@ -17,10 +17,10 @@ use jsonwebtoken::{EncodingKey, Header as JwtHeader};
 use tenancy_auth::{Algorithm, JwtVerifier, VerifyKey};
 use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
 use tenancy_core::{
-    Clock, ManualClock, QuotaOverrides, TenantContext, TenantDirectory, TenantId, TenantSettings,
-    TenantStatus, TierName,
+    Claims, Clock, ManualClock, QuotaOverrides, RequestId, TenantContext, TenantDirectory,
+    TenantId, TenantSettings, TenantStatus, TierName,
 };
-use tenancy_http::{RouteRule, Tenancy};
+use tenancy_http::{RequestMeta, Resolved, RouteRule, Tenancy};
 use tenancy_tower::{
     AuditLayer, AuthenticateLayer, PeerAddr, RateLimitLayer, ResolveTenantLayer, SetRequestIdLayer,
     TenancyLayer,
@@ -107,13 +107,21 @@ async fn tenancy(clock: &ManualClock) -> Tenancy {
 }
 
 /// The handler: answers with the tenant it was given, and logs one event (so a test
-/// subscriber can see which span the handler runs in).
+/// subscriber can see which span the handler runs in). The layers add one value to the
+/// extensions, the request's meta, and it carries the claims and the context.
 async fn handler(req: http::Request<String>) -> Result<http::Response<Text>, Infallible> {
-    let tenant = req
-        .extensions()
-        .get::<TenantContext>()
-        .map(|c| c.tenant.to_string())
-        .unwrap_or_default();
+    let meta = req.extensions().get::<RequestMeta>();
+    let ext = req.extensions();
+    assert!(ext.get::<TenantContext>().is_none() && ext.get::<Claims>().is_none());
+    assert!(ext.get::<Resolved>().is_none() && ext.get::<RequestId>().is_none());
+    let context = meta.and_then(RequestMeta::context);
+    if let Some(c) = context {
+        let claims = meta
+            .and_then(RequestMeta::claims)
+            .expect("claims beside the context");
+        assert_eq!(claims.tenant_id, c.tenant);
+    }
+    let tenant = context.map(|c| c.tenant.to_string()).unwrap_or_default();
     tracing::info!(handled = req.uri().path(), "handler ran");
     Ok(http::Response::new(Text(Bytes::from(tenant))))
 }

@@ -9,7 +9,6 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage as _, HttpRequest, HttpResponse, ResponseError, web};
 use tenancy_actix::Tenant;
 use tenancy_actix::http_core::RequestMeta;
-use tenancy_core::RequestId;
 use tenancy_server::app::MAX_BODY_BYTES;
 use tenancy_server::web::{self as endpoints, Answer, BodyError, Call};
 use tenancy_server::{App, Error};
@@ -103,7 +102,7 @@ impl FromRequest for Req {
                     let mut call = Call::new(app.get_ref().clone())
                         .with_origin({
                             let ext = req.extensions();
-                            endpoints::origin(ext.get::<RequestMeta>(), ext.get::<RequestId>())
+                            endpoints::origin(ext.get::<RequestMeta>())
                         })
                         .with_query(req.query_string());
                     if let Some(ct) = req

@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
-use tenancy_core::RequestId;
 use tenancy_http::RequestMeta;
 use tenancy_tower::{TenancyLayer, Tenant};
 
@@ -58,10 +57,7 @@ impl FromRequestParts<App> for Call {
         app: &App,
     ) -> Result<Self, Self::Rejection> {
         let mut call = Call::new(app.clone())
-            .with_origin(web::origin(
-                parts.extensions.get::<RequestMeta>(),
-                parts.extensions.get::<RequestId>(),
-            ))
+            .with_origin(web::origin(parts.extensions.get::<RequestMeta>()))
             .with_query(parts.uri.query().unwrap_or_default());
         if let Some(ct) = parts
             .headers

@@ -232,18 +232,15 @@ pub struct VerifyQuery {
 
 /// The origin of a request as the tenancy layer resolved it (request id, route template,
 /// client address through trusted proxies), from the [`RequestMeta`] it put in the request
-/// extensions; without one, only the bare request id.
-pub fn origin(meta: Option<&RequestMeta>, request_id: Option<&RequestId>) -> Origin {
+/// extensions; without one, nothing is known.
+pub fn origin(meta: Option<&RequestMeta>) -> Origin {
     match meta {
         Some(meta) => Origin {
             request_id: Some(meta.request_id().clone()),
             route: Some(meta.route_label().to_owned()),
             client_addr: meta.client_addr(),
         },
-        None => Origin {
-            request_id: request_id.cloned(),
-            ..Origin::default()
-        },
+        None => Origin::default(),
     }
 }
 
