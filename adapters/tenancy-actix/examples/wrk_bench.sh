@@ -2,7 +2,9 @@
 # Full tenancy stack against the bare handler, for axum and actix-web, with wrk on loopback,
 # all in one run. Usage (from the workspace root):
 #   adapters/tenancy-actix/examples/wrk_bench.sh [duration, default 10s] [connections, default 64]
-# Environment: VARIANTS (default "bare full full-noaudit full-nocache"); ROUNDS (default 1):
+# Environment: PROFILE (default production: the workspace's fat-LTO profile, as a service
+# ships; `release` for the quicker build without LTO); VARIANTS (default
+# "bare full full-noaudit full-nocache"); ROUNDS (default 1):
 # with more, every framework and variant is measured once per round, rounds interleaved, and
 # the medians are summarised at the end (steadier ratios on a machine shared with other work).
 # Columns: requests per second, wrk's p50 and p99 latency, the server process's CPU time
@@ -24,8 +26,9 @@ fi
 for tool in curl; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$tool is not installed" >&2; exit 1; }
 done
-cargo build --release -p tenancy-actix --example bench_server >&2
-BIN="target/release/examples/bench_server"
+PROFILE="${PROFILE:-production}"
+cargo build --profile "$PROFILE" -p tenancy-actix --example bench_server >&2
+BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/examples/bench_server"
 PORT=18080
 CLK="$(getconf CLK_TCK)"
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
