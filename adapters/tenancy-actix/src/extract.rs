@@ -1,9 +1,8 @@
 //! Extractors: [`Tenant`] (and `Option<Tenant>`), [`RequirePermission`].
 //!
-//! They read the request's [`RequestMeta`](tenancy_http::RequestMeta), the one value the
-//! middleware puts in the request extensions (with the claims and the tenant context in it).
-//! When the middleware is
-//! missing, [`Tenant`] and [`RequirePermission`] answer a 500 whose problem body names it.
+//! They read the request's [`RequestMeta`], the one value the middleware puts in the request
+//! extensions (with the claims and the tenant context in it). When the middleware is missing,
+//! [`Tenant`] and [`RequirePermission`] answer a 500 whose problem body names it.
 //! `Option<Tenant>` is `None` on public routes; note that actix-web's blanket `Option<T>`
 //! extractor also turns a missing middleware into `None`.
 //!
