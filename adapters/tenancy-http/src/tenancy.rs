@@ -54,7 +54,9 @@
 //! ```
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -804,7 +806,8 @@ impl Tenancy {
                 let event = self
                     .event(meta, Some(ctx), "ratelimit.bypass", Outcome::Success)
                     .with_reason("bypass_window");
-                self.emit(meta, event, false).await;
+                // Boxed for the reason `audit_denial` is.
+                Box::pin(self.emit(meta, event, false)).await;
             }
         } else {
             metrics::limiter("allowed");
@@ -972,10 +975,23 @@ impl Tenancy {
         e
     }
 
-    async fn audit_denial(&self, meta: &RequestMeta, ctx: Option<&TenantContext>, r: &Rejection) {
-        if !self.inner.audit_denials {
-            return;
-        }
+    /// Audits a denial. Boxed: a denial is the rare path, and unboxed its event would be part
+    /// of the future of every step that can deny, which each request's future holds (and
+    /// moves).
+    fn audit_denial<'a>(
+        &'a self,
+        meta: &'a RequestMeta,
+        ctx: Option<&'a TenantContext>,
+        r: &'a Rejection,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if self.inner.audit_denials {
+                self.record_denial(meta, ctx, r).await;
+            }
+        })
+    }
+
+    async fn record_denial(&self, meta: &RequestMeta, ctx: Option<&TenantContext>, r: &Rejection) {
         let spec = meta.route().and_then(|m| m.rule().audit_spec());
         let action: Cow<'_, str> = match (spec, r.kind()) {
             (Some(s), _) => Cow::Borrowed(&s.action),
