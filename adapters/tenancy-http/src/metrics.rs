@@ -121,8 +121,34 @@ pub(crate) fn auth_failure(reason: &'static str) {
     metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
 }
 
-pub(crate) fn limiter(outcome: &'static str) {
-    metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "outcome" => outcome).increment(1);
+/// A rate-limit decision's outcome, the `outcome` label of `tenancy_ratelimit_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimiterOutcome {
+    Allowed,
+    Bypassed,
+    Denied,
+    Error,
+    Exempt,
+    FailOpen,
+    LocalFallback,
+}
+
+pub(crate) fn limiter(outcome: LimiterOutcome) {
+    // One literal label per arm: the macro then keeps each key in a static (no label vector
+    // built per request, as a label from a variable would need).
+    use LimiterOutcome as O;
+    let counter = match outcome {
+        O::Allowed => metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "outcome" => "allowed"),
+        O::Bypassed => metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "outcome" => "bypassed"),
+        O::Denied => metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "outcome" => "denied"),
+        O::Error => metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "outcome" => "error"),
+        O::Exempt => metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "outcome" => "exempt"),
+        O::FailOpen => metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "outcome" => "fail_open"),
+        O::LocalFallback => {
+            metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "outcome" => "local_fallback")
+        }
+    };
+    counter.increment(1);
 }
 
 pub(crate) fn audit_failure() {

@@ -69,7 +69,7 @@ use tenancy_core::{
 };
 use tracing::Span;
 
-use crate::metrics::{self, TenantLabels};
+use crate::metrics::{self, LimiterOutcome, TenantLabels};
 use crate::problem::{AuthFailure, Rejection, RejectionKind};
 use crate::routes::{RouteMatch, RouteRule, RouteTable};
 use crate::{Error, Result, TrustedProxies};
@@ -730,7 +730,7 @@ impl Tenancy {
         resolved: Option<&Resolved>,
     ) -> std::result::Result<RateLimitHeaders, Rejection> {
         if meta.route().is_some_and(|m| m.rule().is_exempt()) {
-            metrics::limiter("exempt");
+            metrics::limiter(LimiterOutcome::Exempt);
             return Ok(RateLimitHeaders::default());
         }
         let policy = self.inner.failure_policy;
@@ -753,7 +753,7 @@ impl Tenancy {
                 (req, false, None)
             }
             Some(r) if r.context.is_super_admin() => {
-                metrics::limiter("exempt");
+                metrics::limiter(LimiterOutcome::Exempt);
                 return Ok(RateLimitHeaders::default());
             }
             Some(r) => {
@@ -783,25 +783,25 @@ impl Tenancy {
         let decision = match self.inner.limiter.check(&request).await {
             Ok(d) => d,
             Err(e) => {
-                metrics::limiter("error");
+                metrics::limiter(LimiterOutcome::Error);
                 tracing::warn!(parent: meta.span(), error = %e, "rate limiter could not decide; failing closed");
                 return Err(Rejection::unavailable().with_request_id(meta.request_id()));
             }
         };
         match decision.source {
-            DecisionSource::FailOpen => metrics::limiter("fail_open"),
-            DecisionSource::LocalFallback => metrics::limiter("local_fallback"),
+            DecisionSource::FailOpen => metrics::limiter(LimiterOutcome::FailOpen),
+            DecisionSource::LocalFallback => metrics::limiter(LimiterOutcome::LocalFallback),
             _ => {}
         }
         if !decision.allowed {
-            metrics::limiter("denied");
+            metrics::limiter(LimiterOutcome::Denied);
             let r = Rejection::rate_limited(&decision).with_request_id(meta.request_id());
             tracing::info!(parent: meta.span(), "rate limit exceeded");
             self.audit_denial(meta, ctx, &r).await;
             return Err(r);
         }
         if bypass && decision.states.iter().any(|s| !s.allowed) {
-            metrics::limiter("bypassed");
+            metrics::limiter(LimiterOutcome::Bypassed);
             if let Some(ctx) = ctx {
                 let event = self
                     .event(meta, Some(ctx), "ratelimit.bypass", Outcome::Success)
@@ -810,7 +810,7 @@ impl Tenancy {
                 Box::pin(self.emit(meta, event, false)).await;
             }
         } else {
-            metrics::limiter("allowed");
+            metrics::limiter(LimiterOutcome::Allowed);
         }
         Ok(decision.header_block())
     }
