@@ -269,13 +269,12 @@ where
     }
     let mut limit_headers = tenancy_core::RateLimitHeaders::default();
     if stages.rate_limit {
-        let resolved = meta.resolved();
-        if resolved.is_none() && !meta.is_public() {
+        if meta.resolved().is_none() && !meta.is_public() {
             let r = Rejection::missing_layer("RateLimit", "ResolveTenant")
                 .with_request_id(meta.request_id());
             return Ok(reject(req, &r));
         }
-        match tenancy.rate_limit(meta, resolved).await {
+        match tenancy.rate_limit(meta).await {
             Ok(h) => limit_headers = h,
             Err(r) => return Ok(reject(req, &r)),
         }

@@ -719,7 +719,8 @@ impl Tenancy {
         r
     }
 
-    /// Step 4: the rate limit. Returns the rate-limit headers for the response (none for
+    /// Step 4: the rate limit, for the tenant [`Tenancy::resolve_tenant`] kept in `meta` (none:
+    /// an anonymous request). Returns the rate-limit headers for the response (none for
     /// super admins, exempt routes, and public routes without an anonymous limit). 429 when a
     /// limit is exhausted; 503 when the limiter cannot decide and fails closed. During a
     /// tenant's bypass window the limits are only observed, and each request they would have
@@ -727,14 +728,13 @@ impl Tenancy {
     pub async fn rate_limit(
         &self,
         meta: &RequestMeta,
-        resolved: Option<&Resolved>,
     ) -> std::result::Result<RateLimitHeaders, Rejection> {
         if meta.route().is_some_and(|m| m.rule().is_exempt()) {
             metrics::limiter(LimiterOutcome::Exempt);
             return Ok(RateLimitHeaders::default());
         }
         let policy = self.inner.failure_policy;
-        let (request, bypass, ctx) = match resolved {
+        let (request, bypass, ctx) = match meta.resolved() {
             None => {
                 let Some(quota) = self.inner.anonymous_limit.filter(|_| meta.is_public()) else {
                     return Ok(RateLimitHeaders::default());

@@ -80,7 +80,7 @@ where
         }
         let tenancy = self.tenancy.clone();
         let fut = Box::pin(async move {
-            let headers = tenancy.rate_limit(&meta, meta.resolved()).await?;
+            let headers = tenancy.rate_limit(&meta).await?;
             let after = if headers.is_empty() {
                 After::Nothing
             } else {

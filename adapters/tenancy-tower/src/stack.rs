@@ -117,16 +117,18 @@ where
                 tenancy.authenticate(&meta, authorization).await?
             };
             // ResolveTenant
-            let resolved = match claims {
-                Some(claims) => Some(tenancy.resolve_tenant(&meta, claims, tenant_header).await?),
-                None if public => None,
+            match claims {
+                Some(claims) => {
+                    tenancy.resolve_tenant(&meta, claims, tenant_header).await?;
+                }
+                None if public => {}
                 None => {
                     return Err(Rejection::missing_layer("ResolveTenant", "Authenticate")
                         .with_request_id(meta.request_id()));
                 }
-            };
+            }
             // RateLimit
-            let headers = tenancy.rate_limit(&meta, resolved).await?;
+            let headers = tenancy.rate_limit(&meta).await?;
             // Audit, the rate-limit headers, the request id and the metrics: on the response.
             Ok((req, After::Stack(tenancy, meta, headers)))
         });
