@@ -178,8 +178,7 @@ impl AuditDispatcherBuilder {
     }
 
     /// As [`AuditDispatcherBuilder::start`], with the writer on a thread of its own (named
-    /// `tenancy-audit`, running a single-threaded tokio runtime) instead of a task on the
-    /// caller's runtime.
+    /// `tenancy-audit`) instead of a task among the caller's runtime's tasks.
     ///
     /// Why: chaining (two SHA-256 hashes per event) and store appends are CPU work. As a task,
     /// the writer takes turns on the workers that serve requests, and each batch holds a
@@ -188,10 +187,14 @@ impl AuditDispatcherBuilder {
     /// (axum, two workers, an event per request; measured while the writer still encoded the
     /// events itself) this cost about 6 µs less CPU per request.
     ///
-    /// The store's connections are then opened on the writer's runtime. A connection pool the
-    /// store shares with the rest of the program keeps working while the writer runs; after
-    /// [`AuditDispatcher::shutdown`] (or once every handle is dropped) the thread ends, and a
-    /// pool then replaces the connections the writer had opened.
+    /// The thread polls the writer itself but belongs to the caller's runtime
+    /// ([`tokio::runtime::Handle::block_on`]): the store's sockets and the writer's timers are
+    /// the runtime's, so a connection pool the store shares with the rest of the program can
+    /// hand the writer's connections to anyone, before and after the writer ends. (A runtime
+    /// of the thread's own would take its connections' I/O down with it when the writer
+    /// ends, under whoever holds them then.) On a current-thread runtime this needs the
+    /// runtime's `block_on` to be running, as it is under `#[tokio::main]`: that is what
+    /// drives the I/O and timers.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -210,14 +213,10 @@ impl AuditDispatcherBuilder {
     /// ```
     ///
     /// # Errors
-    /// As [`AuditDispatcherBuilder::start`]; [`Error::Io`] when the thread or its runtime
-    /// cannot be started.
+    /// As [`AuditDispatcherBuilder::start`]; [`Error::Io`] when the thread cannot be started.
     pub async fn start_on_own_thread(self) -> Result<AuditDispatcher> {
         let (dispatcher, writer) = self.prepare().await?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("audit writer runtime", e))?;
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("tenancy-audit".into())
             .spawn(move || runtime.block_on(writer.run()))

@@ -314,8 +314,9 @@ async fn dispatcher_conforms_over_postgres() {
     sink_suite(Arc::new(store), Writer::Task).await;
 }
 
-/// The writer's thread opens its own connections from the pool the test's runtime reads
-/// through; after the shutdown the pool still answers.
+/// The writer's thread takes connections from the pool the test's runtime reads through;
+/// once the writer has ended, every connection of the pool, those it used included, still
+/// answers (queries run as many at once as the pool holds, so each connection is used).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatcher_conforms_over_postgres_on_its_own_thread() {
     let Some((_db, store)) = pg().await else {
@@ -323,9 +324,60 @@ async fn dispatcher_conforms_over_postgres_on_its_own_thread() {
     };
     let store: Arc<dyn AuditStore> = Arc::new(store);
     sink_suite(Arc::clone(&store), Writer::OwnThread).await;
-    for _ in 0..3 {
-        assert!(!store.tenants().await.unwrap().is_empty());
+    // At once (the writer's thread may still be ending) and again later.
+    for round in 0..6 {
+        if round == 3 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let queries: Vec<_> = (0..16)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.tenants().await })
+            })
+            .collect();
+        for q in queries {
+            assert!(!q.await.unwrap().unwrap().is_empty());
+        }
     }
+}
+
+/// A pool of one connection, opened by the writer on its own thread, then busy with the
+/// test's queries while the writer ends: the queries never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_writer_opened_outlives_the_writer() {
+    let Some(db) = tenancy_tests::postgres().await else {
+        return;
+    };
+    let migrate = PgAuditStore::builder(db.url()).connect().unwrap();
+    migrate.migrate().await.unwrap();
+    // A fresh pool: its one connection is opened by the writer's first append.
+    let store = PgAuditStore::builder(db.url())
+        .with_max_connections(1)
+        .connect()
+        .unwrap();
+    let store: Arc<dyn AuditStore> = Arc::new(store);
+    let sink = AuditDispatcher::builder(Arc::clone(&store))
+        .start_on_own_thread()
+        .await
+        .unwrap();
+    let tenant = TenantId::parse("acme").unwrap();
+    sink.record_sync(event(&tenant, 1)).await.unwrap();
+    let reader = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + Duration::from_millis(600);
+            let mut n = 0;
+            while tokio::time::Instant::now() < until {
+                assert!(!store.tenants().await.unwrap().is_empty());
+                n += 1;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sink.shutdown().await.unwrap();
+    drop(sink);
+    assert!(reader.await.unwrap() > 10);
 }
 
 /// Records `total` events, making the store fail after the first third with `down` and
