@@ -98,6 +98,22 @@ impl VerificationCache {
 
     /// The cached claims, when present, issued under `epoch` and not expired at `now`.
     pub(crate) fn get(&self, key: &Digest32, now: i64, epoch: u64) -> Option<Arc<Claims>> {
+        self.lookup(key, now, epoch, true)
+    }
+
+    /// As [`VerificationCache::get`], counting a hit but not a miss: for a first look that a
+    /// miss is followed by a `get` of the same key.
+    pub(crate) fn peek(&self, key: &Digest32, now: i64, epoch: u64) -> Option<Arc<Claims>> {
+        self.lookup(key, now, epoch, false)
+    }
+
+    fn lookup(
+        &self,
+        key: &Digest32,
+        now: i64,
+        epoch: u64,
+        count_miss: bool,
+    ) -> Option<Arc<Claims>> {
         let mut shard = lock(self.shard(key));
         let found = match shard.map.get(key) {
             Some(e) if e.exp > now && e.epoch == epoch => Some(Arc::clone(&e.claims)),
@@ -108,12 +124,11 @@ impl VerificationCache {
             None => None,
         };
         drop(shard);
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
+        match &found {
+            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
+            None if count_miss => self.misses.fetch_add(1, Ordering::Relaxed),
+            None => 0,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 

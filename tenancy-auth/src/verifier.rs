@@ -632,6 +632,18 @@ impl TokenVerifier for JwtVerifier {
         }
         result
     }
+
+    /// A cache hit, when nothing else is to be checked (no denylist, no session store: those
+    /// are asked on every call, and asking means waiting).
+    fn try_verify(&self, token: &str) -> Option<Result<Arc<Claims>>> {
+        let i = &self.inner;
+        if i.denylist.is_some() || i.sessions.is_some() || token.len() > i.max_len {
+            return None;
+        }
+        let cache = i.cache.as_ref()?;
+        let epoch = i.epoch.load(Ordering::Acquire);
+        cache.peek(&digest(token), self.now(), epoch).map(Ok)
+    }
 }
 
 impl JwtVerifier {

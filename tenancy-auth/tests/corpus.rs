@@ -708,6 +708,10 @@ async fn revoked_and_session_ended_tokens_are_refused_even_from_cache() {
     v.verify(&revocable).await.unwrap();
     v.verify(&in_session).await.unwrap();
     assert_eq!(v.cache_stats().entries, 2);
+    // Cached, but revocation and sessions are asked on every call: nothing is at hand
+    // without waiting for them.
+    assert!(v.try_verify(&revocable).is_none());
+    assert!(v.try_verify(&in_session).is_none());
 
     denylist
         .revoke(&tenant, "to-revoke", n + 300)

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::*;
 use tenancy_auth::{Algorithm, JwtVerifier, KeySet, VerifyKey};
 use tenancy_core::{TokenRejection, TokenVerifier};
@@ -208,20 +210,25 @@ async fn leeway_applies_to_exp_and_nbf() {
     );
 }
 
-#[tokio::test]
-async fn the_cache_serves_repeats_and_never_past_exp() {
-    let clock = clock();
+/// A caching HS256 verifier without leeway, and a token of it that expires in 60 s.
+fn cached_verifier_and_token(clock: &tenancy_core::ManualClock) -> (JwtVerifier, String) {
     let v = JwtVerifier::builder()
         .issuer(ISS, signing(Algorithm::HS256).1)
         .audience(AUD)
         .leeway(std::time::Duration::ZERO)
-        .clock(shared(&clock))
+        .clock(shared(clock))
         .build()
         .unwrap();
-    let n = now(&clock);
+    let n = now(clock);
     let mut c = claims(n);
     c.insert("exp".into(), (n + 60).into());
-    let t = token(Algorithm::HS256, &c);
+    (v, token(Algorithm::HS256, &c))
+}
+
+#[tokio::test]
+async fn the_cache_serves_repeats_and_never_past_exp() {
+    let clock = clock();
+    let (v, t) = cached_verifier_and_token(&clock);
     v.verify(&t).await.unwrap();
     for _ in 0..5 {
         v.verify(&t).await.unwrap();
@@ -239,4 +246,41 @@ async fn the_cache_serves_repeats_and_never_past_exp() {
     );
     assert_eq!(v.cache_stats().entries, 0, "an expired token stayed cached");
     v.clear_cache();
+}
+
+#[tokio::test]
+async fn try_verify_answers_from_the_cache_only_and_counts_once() {
+    let clock = clock();
+    let (v, t) = cached_verifier_and_token(&clock);
+    // Not verified yet: nothing at hand, and the look counts no miss (`verify_shared`,
+    // which the caller goes on to, counts it).
+    assert!(v.try_verify(&t).is_none());
+    assert!(v.try_verify("not-a-token").is_none());
+    assert_eq!(v.cache_stats().misses, 0);
+    let verified = v.verify_shared(&t).await.unwrap();
+    assert_eq!(v.cache_stats().misses, 1);
+    // Now the cached claims themselves, counted as one hit.
+    let at_once = v.try_verify(&t).expect("a cached token").unwrap();
+    assert!(Arc::ptr_eq(&at_once, &verified));
+    let s = v.cache_stats();
+    assert_eq!((s.hits, s.misses), (1, 1));
+    // Never past `exp`: then `verify_shared` decides (and refuses).
+    clock.advance(std::time::Duration::from_secs(60));
+    assert!(v.try_verify(&t).is_none());
+    let e = v.verify_shared(&t).await.unwrap_err();
+    assert!(
+        matches!(e, tenancy_core::Error::Rejected(TokenRejection::Expired)),
+        "{e}"
+    );
+    // A verifier without a cache has nothing at hand.
+    let uncached = JwtVerifier::builder()
+        .issuer(ISS, signing(Algorithm::HS256).1)
+        .audience(AUD)
+        .clock(shared(&clock))
+        .cache_capacity(0)
+        .build()
+        .unwrap();
+    let t = token(Algorithm::HS256, &claims(now(&clock)));
+    uncached.verify(&t).await.unwrap();
+    assert!(uncached.try_verify(&t).is_none());
 }

@@ -41,6 +41,31 @@ pub trait TenantDirectory: Send + Sync + fmt::Debug + 'static {
     /// The tenant's settings, or `None` for an unknown tenant.
     async fn get(&self, tenant: &TenantId) -> Result<Option<TenantSettings>>;
 
+    /// [`TenantDirectory::get`]'s answer when it is at hand without waiting (a map in memory,
+    /// a cache), else `None`, and the caller awaits `get`. The HTTP layers ask this first on
+    /// every request: an answer here costs no future. By default `None`.
+    ///
+    /// An implementation returns `Some` only with exactly what `get` would return at that
+    /// moment.
+    ///
+    /// ```
+    /// use tenancy_core::memory::MemoryTenantDirectory;
+    /// use tenancy_core::{TenantDirectory, TenantId, TenantSettings, TierName};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let directory = MemoryTenantDirectory::new();
+    /// let acme = TenantId::parse("acme")?;
+    /// directory.put(&acme, TenantSettings::new(TierName::parse("pro")?)).await?;
+    /// let now = directory.try_get(&acme).expect("a map in memory answers at once")?;
+    /// assert_eq!(now, directory.get(&acme).await?);
+    /// # Ok(()) }
+    /// ```
+    fn try_get(&self, tenant: &TenantId) -> Option<Result<Option<TenantSettings>>> {
+        let _ = tenant;
+        None
+    }
+
     /// Creates or replaces the tenant's settings.
     async fn put(&self, tenant: &TenantId, settings: TenantSettings) -> Result<Upsert>;
 

@@ -214,7 +214,28 @@ string_id!(
 impl RequestId {
     /// A fresh random request id (128 bits, URL-safe base64).
     pub fn generate() -> Self {
-        Self(Arc::from(URL_SAFE_NO_PAD.encode(random_bytes::<16>())))
+        Self::from_random(random_bytes::<16>())
+    }
+
+    /// The request id [`RequestId::generate`] makes of 16 random bytes, for a caller that
+    /// draws them from a generator of its own (a thread's CSPRNG, say): 22 characters of
+    /// URL-safe base64, always a valid id, so nothing is checked.
+    ///
+    /// ```
+    /// use tenancy_core::RequestId;
+    /// let id = RequestId::from_random([0xfb; 16]);
+    /// assert_eq!(id.as_str(), "-_v7-_v7-_v7-_v7-_v7-w");
+    /// assert_eq!(RequestId::parse(id.as_str()), Ok(id));
+    /// ```
+    pub fn from_random(raw: [u8; 16]) -> Self {
+        let mut text = [0u8; 22];
+        // 16 bytes always encode to exactly 22 characters of the URL-safe alphabet.
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(raw, &mut text)
+            .unwrap_or_default();
+        Self(Arc::from(
+            std::str::from_utf8(&text[..n]).unwrap_or_default(),
+        ))
     }
 }
 
@@ -372,6 +393,23 @@ mod tests {
         let sid = SessionId::generate();
         let json = serde_json::to_string(&sid).unwrap();
         assert_eq!(serde_json::from_str::<SessionId>(&json).unwrap(), sid);
+    }
+
+    #[test]
+    fn request_ids_from_random_bytes_are_valid_without_a_check() {
+        let mut raw = [0u8; 16];
+        for seed in 0..=255u8 {
+            for (i, b) in raw.iter_mut().enumerate() {
+                *b = seed
+                    .wrapping_mul(31)
+                    .wrapping_add(i as u8)
+                    .rotate_left(u32::from(seed % 8));
+            }
+            let id = RequestId::from_random(raw);
+            assert_eq!(id.as_str().len(), 22);
+            assert_eq!(RequestId::parse(id.as_str()).unwrap(), id);
+            assert_eq!(id.as_str(), URL_SAFE_NO_PAD.encode(raw));
+        }
     }
 
     #[test]

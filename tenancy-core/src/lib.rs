@@ -9,7 +9,11 @@
 //! - tiers and quotas: [`Quota`], [`Tier`], [`TierCatalog`], [`TenantSettings`];
 //! - the traits that backends implement: [`TokenVerifier`], [`RateLimiter`] (+ [`QuotaAdmin`]),
 //!   [`SessionStore`] (+ [`SessionAdmin`]), [`TenantCache`], [`TenantDirectory`],
-//!   [`AuditSink`], [`HealthCheck`];
+//!   [`AuditSink`], [`HealthCheck`]. The request path's four (verifier, directory, limiter,
+//!   audit sink) each have a `try_*` method that answers without waiting when it can
+//!   ([`TokenVerifier::try_verify`], [`TenantDirectory::try_get`],
+//!   [`RateLimiter::try_check`], [`AuditSink::try_record`]), so that a request decided in
+//!   memory costs no future;
 //! - a [`Clock`] so that expiry and limits are tested on a fake clock;
 //! - in-memory backends ([`memory`]) and conformance suites ([`testkit`]).
 //!

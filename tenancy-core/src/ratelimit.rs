@@ -698,6 +698,33 @@ pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
     /// [`Error::Timeout`](crate::Error::Timeout) when a backend could not decide and the limits'
     /// policy is to fail closed.
     async fn check(&self, request: &RateLimitRequest) -> Result<RateLimitDecision>;
+
+    /// [`RateLimiter::check`], when it can decide without waiting (state in this process);
+    /// else `None`, having consumed nothing, and the caller awaits `check`. The HTTP layers
+    /// ask this first on every request: a decision here costs no future. By default `None`.
+    ///
+    /// An implementation returns `Some` only with the decision `check` would have made, and
+    /// consumes the request's weight exactly once either way.
+    ///
+    /// ```
+    /// use tenancy_core::memory::MemoryRateLimiter;
+    /// use tenancy_core::{Limit, Quota, RateLimitRequest, RateLimiter, TenantId};
+    ///
+    /// let limiter = MemoryRateLimiter::new();
+    /// let req = RateLimitRequest::new(
+    ///     TenantId::parse("acme")?,
+    ///     None,
+    ///     vec![Limit::tenant(Quota::per_minute(1))],
+    /// );
+    /// let first = limiter.try_check(&req).expect("decided in memory")?;
+    /// assert!(first.allowed);
+    /// assert!(!limiter.try_check(&req).expect("decided in memory")?.allowed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn try_check(&self, request: &RateLimitRequest) -> Option<Result<RateLimitDecision>> {
+        let _ = request;
+        None
+    }
 }
 
 /// Optional administrative abilities of a rate limiter.

@@ -29,16 +29,24 @@ impl MemoryTenantDirectory {
     pub fn new() -> Self {
         Self::default()
     }
+
+    fn lookup(&self, tenant: &TenantId) -> Option<TenantSettings> {
+        let map = self
+            .tenants
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(tenant).cloned()
+    }
 }
 
 #[async_trait]
 impl TenantDirectory for MemoryTenantDirectory {
     async fn get(&self, tenant: &TenantId) -> Result<Option<TenantSettings>> {
-        let map = self
-            .tenants
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(map.get(tenant).cloned())
+        Ok(self.lookup(tenant))
+    }
+
+    fn try_get(&self, tenant: &TenantId) -> Option<Result<Option<TenantSettings>>> {
+        Some(Ok(self.lookup(tenant)))
     }
 
     async fn put(&self, tenant: &TenantId, settings: TenantSettings) -> Result<Upsert> {

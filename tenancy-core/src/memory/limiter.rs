@@ -305,6 +305,10 @@ impl RateLimiter for MemoryRateLimiter {
     async fn check(&self, request: &RateLimitRequest) -> Result<RateLimitDecision> {
         Ok(self.check_now(request))
     }
+
+    fn try_check(&self, request: &RateLimitRequest) -> Option<Result<RateLimitDecision>> {
+        Some(Ok(self.check_now(request)))
+    }
 }
 
 #[async_trait]

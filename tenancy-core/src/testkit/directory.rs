@@ -1,5 +1,19 @@
 use super::Fixture;
-use crate::{QuotaOverrides, TenantDirectory, TenantSettings, TenantStatus, TierName, Upsert};
+use crate::{
+    QuotaOverrides, TenantDirectory, TenantId, TenantSettings, TenantStatus, TierName, Upsert,
+};
+
+/// `get`, with `try_get` held to the same answer whenever it gives one.
+async fn get<D: TenantDirectory + ?Sized>(dir: &D, tenant: &TenantId) -> Option<TenantSettings> {
+    let now = dir
+        .try_get(tenant)
+        .map(|r| r.unwrap_or_else(|e| panic!("try_get: {e}")));
+    let got = dir.get(tenant).await.unwrap_or_else(|e| panic!("get: {e}"));
+    if let Some(now) = now {
+        assert_eq!(now, got, "try_get disagrees with get");
+    }
+    got
+}
 
 /// The [`TenantDirectory`] conformance suite. The directory should hold no tenant with this
 /// fixture's prefix; tenants of other runs may be present.
@@ -8,11 +22,7 @@ pub async fn tenant_directory<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture
     let standard = TierName::parse("standard").unwrap_or_else(|e| panic!("{e}"));
     let premium = TierName::parse("premium").unwrap_or_else(|e| panic!("{e}"));
 
-    assert_eq!(
-        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
-        None,
-        "unknown tenant"
-    );
+    assert_eq!(get(dir, &a).await, None, "unknown tenant");
     let s = TenantSettings::new(standard.clone());
     assert_eq!(
         dir.put(&a, s.clone())
@@ -20,12 +30,9 @@ pub async fn tenant_directory<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture
             .unwrap_or_else(|e| panic!("put: {e}")),
         Upsert::Created
     );
+    assert_eq!(get(dir, &a).await, Some(s.clone()));
     assert_eq!(
-        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
-        Some(s.clone())
-    );
-    assert_eq!(
-        dir.get(&b).await.unwrap_or_else(|e| panic!("get: {e}")),
+        get(dir, &b).await,
         None,
         "isolation: B exists because A does"
     );
@@ -52,7 +59,7 @@ pub async fn tenant_directory<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture
         Upsert::Updated
     );
     assert_eq!(
-        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
+        get(dir, &a).await,
         Some(changed.clone()),
         "change not visible"
     );
@@ -61,7 +68,7 @@ pub async fn tenant_directory<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture
         .await
         .unwrap_or_else(|e| panic!("put: {e}"));
     assert_eq!(
-        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
+        get(dir, &a).await,
         Some(changed.clone()),
         "isolation: B's put changed A"
     );
@@ -88,16 +95,9 @@ pub async fn tenant_directory<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture
             .await
             .unwrap_or_else(|e| panic!("remove: {e}"))
     );
-    assert_eq!(
-        dir.get(&a).await.unwrap_or_else(|e| panic!("get: {e}")),
-        None,
-        "removed tenant still known"
-    );
+    assert_eq!(get(dir, &a).await, None, "removed tenant still known");
     assert!(
-        dir.get(&b)
-            .await
-            .unwrap_or_else(|e| panic!("get: {e}"))
-            .is_some(),
+        get(dir, &b).await.is_some(),
         "isolation: removing A removed B"
     );
     dir.remove(&b)
