@@ -246,7 +246,9 @@ where
     B: MessageBody + 'static,
 {
     if stages.authenticate && !meta.is_public() {
-        let authorization = Header::read(&Head::plain(&req), "authorization");
+        // Read in place: the token is verified where it lies in the request.
+        let head = Head::plain(&req);
+        let authorization = Header::read(&head, "authorization");
         if let Err(r) = tenancy.authenticate(meta, authorization).await {
             return Ok(reject(req, &r));
         }
@@ -254,7 +256,8 @@ where
     if stages.resolve {
         match meta.claims() {
             Some(claims) => {
-                let header = Header::read(&Head::plain(&req), tenancy.tenant_header());
+                let head = Head::plain(&req);
+                let header = Header::read(&head, tenancy.tenant_header());
                 if let Err(r) = tenancy.resolve_tenant(meta, claims, header).await {
                     return Ok(reject(req, &r));
                 }

@@ -40,12 +40,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use tenancy_http::Header;
 use tower_service::Service;
 
 use crate::future::{After, ResponseFuture};
-use crate::head::{Head, meta_for};
-use crate::macros::take_ready;
+use crate::head::{header, meta_for};
 
 tenancy_layer!(
     /// Bearer authentication: see the [module docs](self).
@@ -73,12 +71,13 @@ where
         if meta.is_public() {
             return ResponseFuture::inner(self.inner.call(req), After::Nothing, None);
         }
-        let authorization = Header::read(&Head(&req), "authorization");
         let tenancy = self.tenancy.clone();
         let fut = Box::pin(async move {
+            // The header is read inside: the token is verified where it lies in the request.
+            let authorization = header(req.headers(), "authorization");
             tenancy.authenticate(&meta, authorization).await?;
             Ok((req, After::Nothing))
         });
-        ResponseFuture::before(fut, take_ready(&mut self.inner))
+        ResponseFuture::decide(fut, &mut self.inner, After::Nothing, None)
     }
 }

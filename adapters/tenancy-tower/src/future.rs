@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -15,6 +15,7 @@ use tower_service::Service;
 use tracing::Span;
 
 use crate::head::{REQUEST_ID, move_headers, render};
+use crate::macros::take_ready;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -54,7 +55,7 @@ fn finish<B>(resp: &mut Response<B>, tenancy: &Tenancy, meta: &RequestMeta) {
     tenancy.finish(meta, resp.status().as_u16());
 }
 
-type Before<ReqBody> = BoxFuture<Result<(Request<ReqBody>, After), Rejection>>;
+pub(crate) type Before<ReqBody> = BoxFuture<Result<(Request<ReqBody>, After), Rejection>>;
 
 pin_project! {
     #[project = StateProj]
@@ -101,25 +102,41 @@ impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn before(fut: Before<ReqBody>, svc: S) -> Self {
-        Self::before_with(fut, svc, After::Nothing, None)
-    }
-
-    /// `on_reject` is applied to the response a rejection of `fut` renders.
-    pub(crate) fn before_with(
-        fut: Before<ReqBody>,
-        svc: S,
+    /// Runs a layer's decision, then `inner`. The decision is polled once here: when it is
+    /// made without waiting (backends that answer at once: a verifier's cache, a directory
+    /// and a limiter in memory), `inner`, which `poll_ready` readied, is called at once and
+    /// needs no clone. Otherwise the decision goes on in the response future, polled with
+    /// the task's waker from its first poll on, with a clone left in `inner`'s place.
+    /// `on_reject` is applied to the response a rejection renders.
+    pub(crate) fn decide(
+        mut fut: Before<ReqBody>,
+        inner: &mut S,
         on_reject: After,
         span: Option<Span>,
-    ) -> Self {
-        Self {
-            state: State::Before {
+    ) -> Self
+    where
+        S: Clone,
+    {
+        let first = {
+            let _entered = span.as_ref().map(Span::enter);
+            fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        };
+        let state = match first {
+            Poll::Ready(Ok((req, after))) => State::Inner {
+                fut: inner.call(req),
+                after: Some(after),
+            },
+            Poll::Ready(Err(r)) => State::Rejected {
+                rejection: Some(r),
+                then: Some(on_reject),
+            },
+            Poll::Pending => State::Before {
                 fut,
-                svc: Some(svc),
+                svc: Some(take_ready(inner)),
                 on_reject: Some(on_reject),
             },
-            span,
-        }
+        };
+        Self { state, span }
     }
 
     pub(crate) fn inner(fut: S::Future, after: After, span: Option<Span>) -> Self {

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use tenancy_core::RateLimitHeaders;
-use tenancy_http::{PROBLEM_JSON, REQUEST_ID_HEADER, Rejection, RequestHead, RequestMeta, Tenancy};
+use tenancy_http::{
+    Header, PROBLEM_JSON, REQUEST_ID_HEADER, Rejection, RequestHead, RequestMeta, Tenancy,
+};
 
 /// The connection's peer address, for services that are not axum: insert it into the request
 /// extensions (hyper and tonic servers know it when they accept the connection). With the
@@ -34,11 +36,7 @@ impl<B> RequestHead for Head<'_, B> {
     }
 
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.0
-            .headers()
-            .get_all(name)
-            .into_iter()
-            .map(HeaderValue::as_bytes)
+        values(self.0.headers(), name)
     }
 
     fn header_bytes(&self) -> usize {
@@ -68,6 +66,16 @@ impl<B> RequestHead for Head<'_, B> {
         }
         None
     }
+}
+
+fn values<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers.get_all(name).into_iter().map(HeaderValue::as_bytes)
+}
+
+/// The header `name` of a request, borrowed from its header map (which, unlike the request,
+/// can be held across an `await` in a `Send` future whatever the body type).
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Header<'a> {
+    Header::from_values(values(headers, name))
 }
 
 /// The request's meta, begun here when no `SetRequestId` layer ran before.

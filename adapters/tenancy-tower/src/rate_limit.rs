@@ -47,7 +47,6 @@ use tower_service::Service;
 
 use crate::future::{After, ResponseFuture};
 use crate::head::meta_for;
-use crate::macros::take_ready;
 
 tenancy_layer!(
     /// Per-tenant and per-user rate limits: see the [module docs](self).
@@ -88,6 +87,6 @@ where
             };
             Ok((req, after))
         });
-        ResponseFuture::before(fut, take_ready(&mut self.inner))
+        ResponseFuture::decide(fut, &mut self.inner, After::Nothing, None)
     }
 }

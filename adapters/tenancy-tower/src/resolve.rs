@@ -42,12 +42,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use tenancy_http::{Header, Rejection};
+use tenancy_http::Rejection;
 use tower_service::Service;
 
 use crate::future::{After, ResponseFuture};
-use crate::head::{Head, meta_for};
-use crate::macros::take_ready;
+use crate::head::{header, meta_for};
 
 tenancy_layer!(
     /// Tenant resolution: see the [module docs](self).
@@ -81,12 +80,14 @@ where
                     .with_request_id(meta.request_id()),
             );
         };
-        let header = Header::read(&Head(&req), self.tenancy.tenant_header());
         let tenancy = self.tenancy.clone();
         let fut = Box::pin(async move {
-            tenancy.resolve_tenant(&meta, &claims, header).await?;
+            let tenant_header = header(req.headers(), tenancy.tenant_header());
+            tenancy
+                .resolve_tenant(&meta, &claims, tenant_header)
+                .await?;
             Ok((req, After::Nothing))
         });
-        ResponseFuture::before(fut, take_ready(&mut self.inner))
+        ResponseFuture::decide(fut, &mut self.inner, After::Nothing, None)
     }
 }

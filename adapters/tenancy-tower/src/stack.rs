@@ -43,13 +43,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use tenancy_core::{AuditSink, RateLimiter, TenantDirectory, TokenVerifier};
-use tenancy_http::{Header, Rejection, Tenancy, TenancyBuilder};
+use tenancy_http::{Rejection, Tenancy, TenancyBuilder};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::future::{After, ResponseFuture};
-use crate::head::Head;
-use crate::macros::take_ready;
+use crate::head::{Head, header};
 
 /// The service [`TenancyLayer`] produces: [`SetRequestId`](crate::SetRequestId),
 /// [`Authenticate`](crate::Authenticate), [`ResolveTenant`](crate::ResolveTenant),
@@ -57,6 +56,12 @@ use crate::macros::take_ready;
 /// same decisions in the same order as the five layers stacked, and one response future
 /// (the five layers stacked by hand would box a future each and clone the inner service at
 /// each level).
+///
+/// `call` polls the decisions once: when every backend answers without waiting (their
+/// `try_*` methods: a verifier's cache, a directory and a limiter in memory), the inner
+/// service is called there and then; otherwise the decisions go on in the response future.
+/// Either way `call` must run where the backends' futures can be polled (inside the server's
+/// runtime, as hyper, axum and tonic call it).
 #[derive(Debug, Clone)]
 pub struct TenancyService<S> {
     inner: S,
@@ -100,25 +105,22 @@ where
         // the settings are kept in it as they are decided.
         req.extensions_mut().insert(meta.clone());
         let public = meta.is_public();
-        let authorization = if public {
-            Header::Absent
-        } else {
-            Header::read(&Head(&req), "authorization")
-        };
-        let tenant_header = Header::read(&Head(&req), self.tenancy.tenant_header());
         let tenancy = self.tenancy.clone();
         let span = meta.span().clone();
         let on_reject = After::Finish(tenancy.clone(), meta.clone());
         let fut = Box::pin(async move {
+            // The headers are read inside: the token is verified where it lies in the request.
             // Authenticate
             let claims = if public {
                 None
             } else {
+                let authorization = header(req.headers(), "authorization");
                 tenancy.authenticate(&meta, authorization).await?
             };
             // ResolveTenant
             match claims {
                 Some(claims) => {
+                    let tenant_header = header(req.headers(), tenancy.tenant_header());
                     tenancy.resolve_tenant(&meta, claims, tenant_header).await?;
                 }
                 None if public => {}
@@ -132,7 +134,7 @@ where
             // Audit, the rate-limit headers, the request id and the metrics: on the response.
             Ok((req, After::Stack(tenancy, meta, headers)))
         });
-        ResponseFuture::before_with(fut, take_ready(&mut self.inner), on_reject, Some(span))
+        ResponseFuture::decide(fut, &mut self.inner, on_reject, Some(span))
     }
 }
 

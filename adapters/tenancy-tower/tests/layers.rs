@@ -3,6 +3,8 @@
 //! `tenancy_auth::JwtVerifier`. Metrics are captured with a local recorder to check names,
 //! labels and the bound on tenant labels.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +16,13 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, Share
 use tenancy_auth::{Algorithm, JwtVerifier, VerifyKey};
 use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
 use tenancy_core::{
-    Clock, ManualClock, QuotaOverrides, TenantDirectory, TenantId, TenantSettings, TierName,
+    Clock, ManualClock, QuotaOverrides, RateLimitRequest, RateLimiter, TenantDirectory, TenantId,
+    TenantSettings, TierName,
 };
-use tenancy_http::{RequestMeta, RouteRule, Tenancy, TrustedProxies};
+use tenancy_http::{RequestMeta, Tenancy, TrustedProxies};
 use tenancy_tower::{
     AuditLayer, AuthenticateLayer, PeerAddr, RateLimitLayer, ResolveTenantLayer, SetRequestIdLayer,
+    TenancyLayer,
 };
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -130,7 +134,53 @@ fn token(clock: &ManualClock, tenant: &str, exp_in: i64) -> String {
     .unwrap()
 }
 
+/// A backend that answers only after yielding once, and never without waiting (its `try_*`
+/// are the traits' `None`): the decisions then go on in the layers' response future.
+#[derive(Debug)]
+struct Waiting<T>(T);
+
+#[async_trait::async_trait]
+impl TenantDirectory for Waiting<MemoryTenantDirectory> {
+    async fn get(&self, tenant: &TenantId) -> tenancy_core::Result<Option<TenantSettings>> {
+        tokio::task::yield_now().await;
+        self.0.get(tenant).await
+    }
+    async fn put(
+        &self,
+        tenant: &TenantId,
+        settings: TenantSettings,
+    ) -> tenancy_core::Result<tenancy_core::Upsert> {
+        self.0.put(tenant, settings).await
+    }
+    async fn remove(&self, tenant: &TenantId) -> tenancy_core::Result<bool> {
+        self.0.remove(tenant).await
+    }
+    async fn list(&self) -> tenancy_core::Result<Vec<(TenantId, TenantSettings)>> {
+        self.0.list().await
+    }
+}
+
+#[async_trait::async_trait]
+impl RateLimiter for Waiting<MemoryRateLimiter> {
+    async fn check(
+        &self,
+        request: &RateLimitRequest,
+    ) -> tenancy_core::Result<tenancy_core::RateLimitDecision> {
+        tokio::task::yield_now().await;
+        self.0.check(request).await
+    }
+}
+
 async fn tenancy(clock: &ManualClock, audit: MemoryAuditSink, tenants: usize) -> Tenancy {
+    tenancy_with(clock, audit, tenants, false).await
+}
+
+async fn tenancy_with(
+    clock: &ManualClock,
+    audit: MemoryAuditSink,
+    tenants: usize,
+    waiting: bool,
+) -> Tenancy {
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let verifier = JwtVerifier::builder()
         .issuer(
@@ -154,24 +204,19 @@ async fn tenancy(clock: &ManualClock, audit: MemoryAuditSink, tenants: usize) ->
             .await
             .unwrap();
     }
-    Tenancy::builder(
-        Arc::new(verifier),
-        Arc::new(directory),
-        Arc::new(MemoryRateLimiter::with_clock(shared.clone())),
-        Arc::new(audit),
-    )
-    .with_clock(shared)
-    .with_max_tenant_labels(3)
-    .with_trusted_proxies(TrustedProxies::parse(["127.0.0.1"]).unwrap())
-    .with_route(
-        RouteRule::new("/items/{id}")
-            .unwrap()
-            .audit("items.read")
-            .unwrap()
-            .resource("item", "id"),
-    )
-    .build()
-    .unwrap()
+    let limiter = MemoryRateLimiter::with_clock(shared.clone());
+    let (directory, limiter): (Arc<dyn TenantDirectory>, Arc<dyn RateLimiter>) = if waiting {
+        (Arc::new(Waiting(directory)), Arc::new(Waiting(limiter)))
+    } else {
+        (Arc::new(directory), Arc::new(limiter))
+    };
+    Tenancy::builder(Arc::new(verifier), directory, limiter, Arc::new(audit))
+        .with_clock(shared)
+        .with_max_tenant_labels(3)
+        .with_trusted_proxies(TrustedProxies::parse(["127.0.0.1"]).unwrap())
+        .with_route(common::items_rule())
+        .build()
+        .unwrap()
 }
 
 fn request(path: &str, token: Option<&str>) -> http::Request<Body> {
@@ -311,4 +356,86 @@ fn individual_layers_on_a_plain_service_decide_count_and_audit() {
         22,
         "one latency sample per request: {histograms:?}"
     );
+}
+
+/// A response as the comparison below sees it: status, headers, body.
+type Answer = (u16, Vec<(String, String)>, bytes::Bytes);
+
+/// The stack decides in `call` when every backend answers at once, and in the response future
+/// when one waits: both give the same answers, call the inner service once per request let
+/// through, and audit the same events.
+#[tokio::test]
+async fn decisions_made_at_once_and_after_waiting_answer_alike() {
+    let mut seen = Vec::new();
+    for waiting in [false, true] {
+        let clock = ManualClock::new();
+        let audit = MemoryAuditSink::new();
+        let t = tenancy_with(&clock, audit.clone(), 2, waiting).await;
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = calls.clone();
+        let svc = ServiceBuilder::new()
+            .layer(TenancyLayer::new(t))
+            .service_fn(move |req: http::Request<Body>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let tenant = req
+                    .extensions()
+                    .get::<RequestMeta>()
+                    .and_then(RequestMeta::context)
+                    .map(|c| c.tenant.to_string())
+                    .unwrap_or_default();
+                async move { Ok::<_, Infallible>(http::Response::new(Body::from(tenant))) }
+            });
+        let known = token(&clock, "t1", 600);
+        let unknown = token(&clock, "t9", 600);
+        let mut answers: Vec<Answer> = Vec::new();
+        for tok in [Some(&known), Some(&known), Some(&unknown), None] {
+            let resp = svc
+                .clone()
+                .oneshot(request("/items/7", tok.map(String::as_str)))
+                .await
+                .unwrap();
+            let mut headers: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .filter(|(k, _)| *k != "x-request-id")
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                .collect();
+            headers.sort();
+            let status = resp.status().as_u16();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            answers.push((status, headers, body));
+        }
+        let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+        assert_eq!(statuses, [200, 429, 403, 401], "waiting: {waiting}");
+        assert_eq!(&answers[0].2[..], b"t1", "waiting: {waiting}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "waiting: {waiting}");
+        let events: Vec<(String, tenancy_core::Outcome)> = audit
+            .events()
+            .into_iter()
+            .map(|e| (e.action, e.outcome))
+            .collect();
+        assert_eq!(events.len(), 4, "waiting: {waiting}: {events:?}");
+        seen.push((answers, events));
+    }
+    // Problem bodies carry the request id, which differs per request: compare the statuses,
+    // the headers and the successful body.
+    let strip = |a: &[Answer]| {
+        a.iter()
+            .map(|(s, h, b)| {
+                (
+                    *s,
+                    h.clone(),
+                    if *s == 200 {
+                        b.clone()
+                    } else {
+                        bytes::Bytes::new()
+                    },
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&seen[0].0), strip(&seen[1].0));
+    assert_eq!(seen[0].1, seen[1].1);
 }

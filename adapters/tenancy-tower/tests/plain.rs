@@ -7,6 +7,8 @@
 //! - The `tenancy.request` span carries the request id, method, route and (once the token is
 //!   verified) the tenant, and the handler runs inside it.
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,7 @@ use tenancy_core::{
     Claims, Clock, ManualClock, QuotaOverrides, RequestId, TenantContext, TenantDirectory,
     TenantId, TenantSettings, TenantStatus, TierName,
 };
-use tenancy_http::{RequestMeta, Resolved, RouteRule, Tenancy};
+use tenancy_http::{RequestMeta, Resolved, Tenancy};
 use tenancy_tower::{
     AuditLayer, AuthenticateLayer, PeerAddr, RateLimitLayer, ResolveTenantLayer, SetRequestIdLayer,
     TenancyLayer,
@@ -95,13 +97,7 @@ async fn tenancy(clock: &ManualClock) -> Tenancy {
     .with_clock(shared)
     .with_public_route("/health")
     .unwrap()
-    .with_route(
-        RouteRule::new("/items/{id}")
-            .unwrap()
-            .audit("items.read")
-            .unwrap()
-            .resource("item", "id"),
-    )
+    .with_route(common::items_rule())
     .build()
     .unwrap()
 }
