@@ -215,36 +215,34 @@ impl RouteRule {
             return None;
         }
         let rest = path.strip_prefix('/')?;
-        let mut parts = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.split('/').collect::<Vec<_>>()
-        };
-        if self.segments.is_empty() {
-            return parts.is_empty().then(Vec::new);
-        }
+        // The path's segments are walked, not collected: every rule before the one that
+        // matches is tried on every request.
+        let mut parts = (!rest.is_empty())
+            .then(|| rest.split('/'))
+            .into_iter()
+            .flatten();
+        // Where the first segment not yet walked starts in `rest`.
+        let mut walked = 0;
         let mut params = Vec::new();
-        let mut i = 0;
         for seg in &self.segments {
             match seg {
                 Segment::Literal(l) => {
-                    if parts.get(i)? != l {
-                        return None;
-                    }
+                    let part = parts.next().filter(|p| p == l)?;
+                    walked += part.len() + 1;
                 }
                 Segment::Param(name) => {
-                    let v = parts.get(i).filter(|v| !v.is_empty())?;
+                    let v = parts.next().filter(|v| !v.is_empty())?;
                     params.push((name.clone(), bounded(v)));
+                    walked += v.len() + 1;
                 }
                 Segment::Rest(name) => {
-                    let v = parts.split_off(i.min(parts.len())).join("/");
-                    params.push((name.clone(), bounded(&v)));
+                    let v = rest.get(walked.min(rest.len())..).unwrap_or_default();
+                    params.push((name.clone(), bounded(v)));
                     return Some(params);
                 }
             }
-            i += 1;
         }
-        (i == parts.len()).then_some(params)
+        parts.next().is_none().then_some(params)
     }
 }
 
@@ -367,5 +365,81 @@ mod tests {
         let long = format!("/v1/records/{}", "é".repeat(100));
         let m = t.find("GET", &long).unwrap();
         assert!(m.param("id").unwrap().len() <= PARAM_MAX_LEN);
+    }
+
+    /// Matching as it was first written (the path's segments collected, then compared), kept
+    /// as the reference the walking matcher is held to.
+    fn collecting(rule: &RouteRule, path: &str) -> Option<Vec<(String, String)>> {
+        let rest = path.strip_prefix('/')?;
+        let mut parts = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect::<Vec<_>>()
+        };
+        let mut params = Vec::new();
+        let mut i = 0;
+        for seg in &rule.segments {
+            match seg {
+                Segment::Literal(l) => {
+                    if parts.get(i)? != l {
+                        return None;
+                    }
+                }
+                Segment::Param(name) => {
+                    let v = parts.get(i).filter(|v| !v.is_empty())?;
+                    params.push((name.clone(), bounded(v)));
+                }
+                Segment::Rest(name) => {
+                    let v = parts.split_off(i.min(parts.len())).join("/");
+                    params.push((name.clone(), bounded(&v)));
+                    return Some(params);
+                }
+            }
+            i += 1;
+        }
+        (i == parts.len()).then_some(params)
+    }
+
+    #[test]
+    fn walking_matches_as_collecting_did() {
+        let rules: Vec<RouteRule> = [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b",
+            "/a/{x}",
+            "/a/{x}/b",
+            "/{x}/{y}",
+            "/a/{*rest}",
+            "/{x}/{*rest}",
+            "/a/b/{*rest}",
+        ]
+        .iter()
+        .map(|p| RouteRule::new(p).unwrap())
+        .collect();
+        // Every path of up to four segments over a small alphabet, with and without a
+        // trailing slash, plus paths without a leading one.
+        let words = ["", "a", "b", "x"];
+        let mut paths = vec![String::new(), "a".to_owned(), "a/b".to_owned()];
+        for n in 0..=4u32 {
+            for mut k in 0..words.len().pow(n) {
+                let mut p = String::new();
+                for _ in 0..n {
+                    p.push('/');
+                    p.push_str(words[k % words.len()]);
+                    k /= words.len();
+                }
+                paths.push(if p.is_empty() { "/".to_owned() } else { p });
+            }
+        }
+        let mut matched = 0;
+        for rule in &rules {
+            for path in &paths {
+                let got = rule.matches("GET", path);
+                matched += usize::from(got.is_some());
+                assert_eq!(got, collecting(rule, path), "{} on {path:?}", rule.template());
+            }
+        }
+        assert!(matched > 100, "{matched}");
     }
 }
