@@ -7,8 +7,9 @@ use crate::{
     Limit, LimitMode, Quota, RateLimitDecision, RateLimitRequest, RateLimiter, TenantId, UserId,
 };
 
-/// Every other decision of the suite is asked of `try_check` first (falling back to `check`
-/// when it answers `None`), so that every case holds for both ways of deciding.
+/// About every other decision of the suite (the turn is shared by suites that run at once) is
+/// asked of `try_check` first, falling back to `check` when it answers `None`: every case
+/// holds for both ways of deciding.
 async fn check(l: &dyn RateLimiter, r: &RateLimitRequest, case: &str) -> RateLimitDecision {
     static TURN: AtomicBool = AtomicBool::new(false);
     let now = if TURN.fetch_xor(true, Ordering::Relaxed) {
