@@ -437,7 +437,12 @@ mod tests {
             for path in &paths {
                 let got = rule.matches("GET", path);
                 matched += usize::from(got.is_some());
-                assert_eq!(got, collecting(rule, path), "{} on {path:?}", rule.template());
+                assert_eq!(
+                    got,
+                    collecting(rule, path),
+                    "{} on {path:?}",
+                    rule.template()
+                );
             }
         }
         assert!(matched > 100, "{matched}");
