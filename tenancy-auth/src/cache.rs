@@ -96,24 +96,10 @@ impl VerificationCache {
         &self.shards[usize::from(key[0]) % SHARDS]
     }
 
-    /// The cached claims, when present, issued under `epoch` and not expired at `now`.
+    /// The cached claims, when present, issued under `epoch` and not expired at `now`; a hit
+    /// is counted. A miss is counted by [`VerificationCache::missed`], where the token is
+    /// then verified (a look that finds the token's keys out of reach verifies nothing).
     pub(crate) fn get(&self, key: &Digest32, now: i64, epoch: u64) -> Option<Arc<Claims>> {
-        self.lookup(key, now, epoch, true)
-    }
-
-    /// As [`VerificationCache::get`], counting a hit but not a miss: for a first look that a
-    /// miss is followed by a `get` of the same key.
-    pub(crate) fn peek(&self, key: &Digest32, now: i64, epoch: u64) -> Option<Arc<Claims>> {
-        self.lookup(key, now, epoch, false)
-    }
-
-    fn lookup(
-        &self,
-        key: &Digest32,
-        now: i64,
-        epoch: u64,
-        count_miss: bool,
-    ) -> Option<Arc<Claims>> {
         let mut shard = lock(self.shard(key));
         let found = match shard.map.get(key) {
             Some(e) if e.exp > now && e.epoch == epoch => Some(Arc::clone(&e.claims)),
@@ -124,12 +110,15 @@ impl VerificationCache {
             None => None,
         };
         drop(shard);
-        match &found {
-            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
-            None if count_miss => self.misses.fetch_add(1, Ordering::Relaxed),
-            None => 0,
-        };
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
         found
+    }
+
+    /// Counts a lookup that went on to full verification.
+    pub(crate) fn missed(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn insert(&self, key: Digest32, claims: &Arc<Claims>, now: i64, epoch: u64) {

@@ -63,7 +63,7 @@ use tenancy_core::{
     TokenRejection, TokenVerifier, system_clock,
 };
 
-use crate::cache::{CacheStats, VerificationCache, digest};
+use crate::cache::{CacheStats, Digest32, VerificationCache, digest};
 use crate::key::{AlgSet, Algorithm, KeySet, VerifyKey, algorithm_name};
 use crate::revocation::Denylist;
 
@@ -499,25 +499,53 @@ impl JwtVerifier {
         let parts = self.split(token)?;
         let issuer = self.choose_issuer(&parts.payload)?;
         let keys = self.keys(&issuer.keys, parts.kid.as_deref()).await?;
+        self.check_signed(&parts, issuer, &keys)
+    }
+
+    /// [`JwtVerifier::verify_signed`] without waiting: `None` when the issuer's keys come
+    /// from a JWKS source (they may have to be fetched).
+    fn try_verify_signed(&self, token: &str) -> Option<Result<Claims>> {
+        let parts = match self.split(token) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let issuer = match self.choose_issuer(&parts.payload) {
+            Ok(i) => i,
+            Err(e) => return Some(Err(e)),
+        };
+        match &issuer.keys {
+            KeySource::Static(keys) => Some(self.check_signed(&parts, issuer, keys)),
+            #[cfg(feature = "jwks")]
+            KeySource::Jwks(_) => None,
+        }
+    }
+
+    /// The signature under `keys`, then the claims.
+    fn check_signed(
+        &self,
+        parts: &Parts<'_>,
+        issuer: &TrustedIssuer,
+        keys: &KeySet,
+    ) -> Result<Claims> {
         let verified = match parts.kid.as_deref() {
             Some(kid) => {
                 let key = keys.get(kid).ok_or(reject(TokenRejection::UnknownKey))?;
                 if key.algorithm() != parts.alg {
                     return Err(reject(TokenRejection::AlgorithmNotAllowed));
                 }
-                check_signature(&parts, key)?
+                check_signature(parts, key)?
             }
             None => {
                 let mut candidates = keys.iter().filter(|k| k.algorithm() == parts.alg);
                 let first = candidates
                     .next()
                     .ok_or(reject(TokenRejection::UnknownKey))?;
-                let mut ok = check_signature(&parts, first)?;
+                let mut ok = check_signature(parts, first)?;
                 for k in candidates {
                     if ok {
                         break;
                     }
-                    ok = check_signature(&parts, k)?;
+                    ok = check_signature(parts, k)?;
                 }
                 ok
             }
@@ -623,49 +651,88 @@ impl TokenVerifier for JwtVerifier {
     /// A cache hit is the cached claims themselves, not a copy.
     async fn verify_shared(&self, token: &str) -> Result<Arc<Claims>> {
         let result = self.verify_cached(token).await;
-        if let Err(e) = &result {
-            // The reason is for operators; the token itself is never logged.
-            match e {
-                Error::Rejected(r) => tracing::debug!(reason = r.as_str(), "token rejected"),
-                other => tracing::warn!(error = %other, "token verification could not decide"),
-            }
-        }
+        log_failure(&result);
         result
     }
 
-    /// A cache hit, when nothing else is to be checked (no denylist, no session store: those
-    /// are asked on every call, and asking means waiting).
+    /// The answer when neither keys nor liveness have to be waited for: a cache hit, or a
+    /// token verified here under static keys; `None` with a denylist or a session store (asked
+    /// on every call) or, on a miss, with keys from a JWKS source.
     fn try_verify(&self, token: &str) -> Option<Result<Arc<Claims>>> {
-        let i = &self.inner;
-        if i.denylist.is_some() || i.sessions.is_some() || token.len() > i.max_len {
+        if self.inner.denylist.is_some() || self.inner.sessions.is_some() {
             return None;
         }
-        let cache = i.cache.as_ref()?;
-        let epoch = i.epoch.load(Ordering::Acquire);
-        cache.peek(&digest(token), self.now(), epoch).map(Ok)
+        let result = match self.lookup(token) {
+            Lookup::Done(result) => result,
+            Lookup::Verify(_) => return None,
+        };
+        log_failure(&result);
+        Some(result)
+    }
+}
+
+/// What the verification cache and static keys answered at once.
+enum Lookup {
+    /// The claims (cached, or verified under static keys), or the refusal.
+    Done(Result<Arc<Claims>>),
+    /// The keys have to be fetched: verify, then cache under this slot (when caching).
+    Verify(Option<(Digest32, i64, u64)>),
+}
+
+/// The reason of a refusal is for operators; the token itself is never logged.
+fn log_failure(result: &Result<Arc<Claims>>) {
+    match result {
+        Ok(_) => {}
+        Err(Error::Rejected(r)) => tracing::debug!(reason = r.as_str(), "token rejected"),
+        Err(other) => tracing::warn!(error = %other, "token verification could not decide"),
     }
 }
 
 impl JwtVerifier {
-    async fn verify_cached(&self, token: &str) -> Result<Arc<Claims>> {
-        let claims = match &self.inner.cache {
-            Some(cache) => {
-                if token.len() > self.inner.max_len {
-                    return Err(reject(TokenRejection::Oversized));
-                }
-                let key = digest(token);
-                let now = self.now();
-                let epoch = self.inner.epoch.load(Ordering::Acquire);
-                match cache.get(&key, now, epoch) {
-                    Some(c) => c,
-                    None => {
-                        let c = Arc::new(self.verify_signed(token).await?);
-                        cache.insert(key, &c, now, epoch);
-                        c
-                    }
-                }
+    /// The cache, then static keys; what is left needs the keys of a JWKS source.
+    fn lookup(&self, token: &str) -> Lookup {
+        let Some(cache) = &self.inner.cache else {
+            return match self.try_verify_signed(token) {
+                Some(result) => Lookup::Done(result.map(Arc::new)),
+                None => Lookup::Verify(None),
+            };
+        };
+        if token.len() > self.inner.max_len {
+            return Lookup::Done(Err(reject(TokenRejection::Oversized)));
+        }
+        let key = digest(token);
+        let now = self.now();
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        if let Some(c) = cache.get(&key, now, epoch) {
+            return Lookup::Done(Ok(c));
+        }
+        match self.try_verify_signed(token) {
+            Some(result) => {
+                cache.missed();
+                Lookup::Done(result.map(|c| {
+                    let c = Arc::new(c);
+                    cache.insert(key, &c, now, epoch);
+                    c
+                }))
             }
-            None => Arc::new(self.verify_signed(token).await?),
+            None => Lookup::Verify(Some((key, now, epoch))),
+        }
+    }
+
+    async fn verify_cached(&self, token: &str) -> Result<Arc<Claims>> {
+        let claims = match self.lookup(token) {
+            Lookup::Done(result) => result?,
+            Lookup::Verify(slot) => {
+                let cache = self.inner.cache.as_ref().zip(slot);
+                if let Some((cache, _)) = &cache {
+                    cache.missed();
+                }
+                let c = Arc::new(self.verify_signed(token).await?);
+                if let Some((cache, (key, now, epoch))) = cache {
+                    cache.insert(key, &c, now, epoch);
+                }
+                c
+            }
         };
         self.check_live(&claims).await?;
         Ok(claims)

@@ -200,8 +200,14 @@ async fn rotation_new_key_appears_old_key_retires() {
     let v = verifier(&source, &clock);
 
     let token_a = mint(&a, &clock);
+    // JWKS keys may have to be fetched: nothing is decided without waiting, nothing fetched.
+    assert!(v.try_verify(&token_a).is_none());
+    assert_eq!((server.hits(), v.cache_stats().misses), (0, 0));
     v.verify(&token_a).await.unwrap();
     assert_eq!(server.hits(), 1, "first use fetches once");
+    assert_eq!(v.cache_stats().misses, 1, "the miss is counted once");
+    // Verified once, the token is answered from the cache at once.
+    assert!(v.try_verify(&token_a).is_some_and(|r| r.is_ok()));
     v.verify(&token_a).await.unwrap();
     assert_eq!(server.hits(), 1, "cached keys are reused");
 

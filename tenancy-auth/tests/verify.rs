@@ -249,30 +249,39 @@ async fn the_cache_serves_repeats_and_never_past_exp() {
 }
 
 #[tokio::test]
-async fn try_verify_answers_from_the_cache_only_and_counts_once() {
+async fn try_verify_answers_at_once_under_static_keys_and_counts_once() {
     let clock = clock();
     let (v, t) = cached_verifier_and_token(&clock);
-    // Not verified yet: nothing at hand, and the look counts no miss (`verify_shared`,
-    // which the caller goes on to, counts it).
-    assert!(v.try_verify(&t).is_none());
-    assert!(v.try_verify("not-a-token").is_none());
-    assert_eq!(v.cache_stats().misses, 0);
-    let verified = v.verify_shared(&t).await.unwrap();
-    assert_eq!(v.cache_stats().misses, 1);
-    // Now the cached claims themselves, counted as one hit.
-    let at_once = v.try_verify(&t).expect("a cached token").unwrap();
-    assert!(Arc::ptr_eq(&at_once, &verified));
+    // Static keys: a token not seen yet is verified at once, counted as one miss and cached.
+    let first = v.try_verify(&t).expect("static keys").unwrap();
     let s = v.cache_stats();
-    assert_eq!((s.hits, s.misses), (1, 1));
-    // Never past `exp`: then `verify_shared` decides (and refuses).
+    assert_eq!((s.entries, s.hits, s.misses), (1, 0, 1));
+    // Then the cached claims themselves, counted as one hit.
+    let again = v.try_verify(&t).expect("a cached token").unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    let awaited = v.verify_shared(&t).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &awaited));
+    let s = v.cache_stats();
+    assert_eq!((s.hits, s.misses), (2, 1));
+    // Refusals are `verify_shared`'s own.
+    for bad in ["not-a-token", "a.b.c", &"x".repeat(20_000)] {
+        let now = v.try_verify(bad).expect("decided at once").unwrap_err();
+        let later = v.verify_shared(bad).await.unwrap_err();
+        assert_eq!(
+            format!("{now:?}"),
+            format!("{later:?}"),
+            "{}",
+            &bad[..bad.len().min(20)]
+        );
+    }
+    // Never past `exp`.
     clock.advance(std::time::Duration::from_secs(60));
-    assert!(v.try_verify(&t).is_none());
-    let e = v.verify_shared(&t).await.unwrap_err();
+    let e = v.try_verify(&t).expect("decided at once").unwrap_err();
     assert!(
         matches!(e, tenancy_core::Error::Rejected(TokenRejection::Expired)),
         "{e}"
     );
-    // A verifier without a cache has nothing at hand.
+    // Without a cache, the same at once, and nothing is counted.
     let uncached = JwtVerifier::builder()
         .issuer(ISS, signing(Algorithm::HS256).1)
         .audience(AUD)
@@ -281,6 +290,7 @@ async fn try_verify_answers_from_the_cache_only_and_counts_once() {
         .build()
         .unwrap();
     let t = token(Algorithm::HS256, &claims(now(&clock)));
-    uncached.verify(&t).await.unwrap();
-    assert!(uncached.try_verify(&t).is_none());
+    let at_once = uncached.try_verify(&t).expect("static keys").unwrap();
+    assert_eq!(*at_once, uncached.verify(&t).await.unwrap());
+    assert_eq!(uncached.cache_stats(), tenancy_auth::CacheStats::default());
 }
