@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::ParseError;
 use crate::role::check_name;
+use crate::{Clock, ParseError};
 
 /// A rate limit: `limit` requests per `period_secs`, of which up to `burst` may arrive at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -341,6 +341,26 @@ impl TenantSettings {
     /// Whether the emergency bypass is in force at `now`.
     pub fn is_bypassed(&self, now: OffsetDateTime) -> bool {
         self.bypass_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether the emergency bypass is in force now by `clock`, which is read only for a
+    /// tenant that has a bypass window (the common tenant costs no clock read).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tenancy_core::{ManualClock, TenantSettings, TierName};
+    ///
+    /// let clock = ManualClock::new();
+    /// let mut s = TenantSettings::new(TierName::parse("standard")?);
+    /// assert!(!s.is_bypassed_by(&clock));
+    /// s.bypass_until = Some(tenancy_core::Clock::now(&clock) + Duration::from_secs(60));
+    /// assert!(s.is_bypassed_by(&clock));
+    /// clock.advance(Duration::from_secs(60));
+    /// assert!(!s.is_bypassed_by(&clock));
+    /// # Ok::<(), tenancy_core::ParseError>(())
+    /// ```
+    pub fn is_bypassed_by(&self, clock: &dyn Clock) -> bool {
+        self.bypass_until.is_some_and(|until| clock.now() < until)
     }
 
     /// Whether the tenant is suspended.

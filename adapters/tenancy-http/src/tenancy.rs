@@ -253,7 +253,9 @@ impl RequestMeta {
     }
 
     fn set_tenant(&self, tenant: &TenantId) {
-        if self.0.tenant.set(tenant.clone()).is_ok() {
+        // Set once per request (authenticate, then resolve_tenant): the second call clones
+        // nothing.
+        if self.0.tenant.get().is_none() && self.0.tenant.set(tenant.clone()).is_ok() {
             self.0.span.record("tenant", tenant.as_str());
         }
     }
@@ -771,9 +773,7 @@ impl Tenancy {
                     )
                     .with_request_id(meta.request_id()));
                 };
-                // The clock is read only for a tenant that has a bypass window at all.
-                let bypass = r.settings.bypass_until.is_some()
-                    && r.settings.is_bypassed(self.inner.clock.now());
+                let bypass = r.settings.is_bypassed_by(&*self.inner.clock);
                 let mut ls = vec![
                     Limit::tenant(limits.tenant).on_unavailable(policy),
                     Limit::user(limits.user).on_unavailable(policy),
