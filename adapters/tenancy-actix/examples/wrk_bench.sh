@@ -5,8 +5,11 @@
 # Environment: PROFILE (default production: the workspace's fat-LTO profile, as a service
 # ships; `release` for the quicker build without LTO); VARIANTS (default
 # "bare full full-noaudit full-nocache"); ROUNDS (default 1):
-# with more, every framework and variant is measured once per round, rounds interleaved, and
-# the medians are summarised at the end (steadier ratios on a machine shared with other work).
+# with more, every framework and variant is measured once per round, rounds interleaved (every
+# other round in reverse order, so that a drift of the machine favours no variant), and the
+# medians are summarised at the end: of requests per second, and of each round's own ratio to
+# the bare handler measured in that round (steadier on a machine shared with other work, whose
+# speed can move by a fifth within a minute).
 # Columns: requests per second, wrk's p50 and p99 latency, the server process's CPU time
 # (user + system, all its threads) per request, read from /proc, and the same split by thread
 # name (the request workers, and the audit writer's `tenancy-audit` thread).
@@ -41,9 +44,16 @@ thread_ticks() {
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS" /tmp/bench_server.$$.out' EXIT
 printf '%-5s %-6s %-13s %12s %10s %10s %12s  %s\n' round framework variant "req/s" "p50" "p99" "cpu us/req" "by thread (us/req)"
+ALL_VARIANTS="${VARIANTS:-bare full full-noaudit full-nocache}"
+# The words of $1 in reverse order.
+reversed() { echo "$1" | tr ' ' '\n' | tac | tr '\n' ' '; }
 for round in $(seq "$ROUNDS"); do
-  for framework in axum actix; do
-    for variant in ${VARIANTS:-bare full full-noaudit full-nocache}; do
+  frameworks="axum actix"; variants="$ALL_VARIANTS"
+  if [ $((round % 2)) = 0 ]; then
+    frameworks="$(reversed "$frameworks")"; variants="$(reversed "$variants")"
+  fi
+  for framework in $frameworks; do
+    for variant in $variants; do
       PORT=$((PORT + 1))
       "$BIN" "$framework" "$variant" "$PORT" > /tmp/bench_server.$$.out &
       pid=$!
@@ -73,20 +83,26 @@ for round in $(seq "$ROUNDS"); do
       by_thread="$(paste <(echo "$threads_before") <(echo "$threads_after") | awk -v clk="$CLK" -v n="$requests" '
         { d[$1] += $4 - $2 } END { for (k in d) if (d[k] > 0) printf "%s=%.1f ", k, d[k] / clk * 1e6 / n }')"
       printf '%-5s %-6s %-13s %12s %10s %10s %12s  %s\n' "$round" "$framework" "$variant" "$rps" "$p50" "$p99" "$cpu" "$by_thread"
-      echo "$framework $variant $rps $cpu" >> "$RESULTS"
+      echo "$framework $variant $rps $cpu $round" >> "$RESULTS"
     done
   done
 done
 if [ "$ROUNDS" -gt 1 ]; then
+  median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
   echo
-  echo "medians over $ROUNDS rounds (ratio: median req/s over the framework's median bare req/s)"
-  printf '%-6s %-13s %12s %8s %12s\n' framework variant "req/s" ratio "cpu us/req"
+  echo "medians over $ROUNDS rounds (ratio: median req/s over the framework's median bare req/s;"
+  echo "paired: the median of each round's req/s over the same round's bare req/s)"
+  printf '%-6s %-13s %12s %8s %8s %12s\n' framework variant "req/s" ratio paired "cpu us/req"
   for framework in axum actix; do
-    bare="$(awk -v f="$framework" '$1==f && $2=="bare" {print $3}' "$RESULTS" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')"
-    for variant in ${VARIANTS:-bare full full-noaudit full-nocache}; do
-      med() { awk -v f="$framework" -v v="$variant" -v c="$1" '$1==f && $2==v {print $c}' "$RESULTS" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-      rps="$(med 3)"; cpu="$(med 4)"
-      printf '%-6s %-13s %12.0f %8.2f %12.1f\n' "$framework" "$variant" "$rps" "$(awk -v a="$rps" -v b="$bare" 'BEGIN {print a / b}')" "$cpu"
+    bare="$(awk -v f="$framework" '$1==f && $2=="bare" {print $3}' "$RESULTS" | median)"
+    for variant in $ALL_VARIANTS; do
+      rps="$(awk -v f="$framework" -v v="$variant" '$1==f && $2==v {print $3}' "$RESULTS" | median)"
+      cpu="$(awk -v f="$framework" -v v="$variant" '$1==f && $2==v {print $4}' "$RESULTS" | median)"
+      paired="$(awk -v f="$framework" -v v="$variant" '
+        $1==f && $2=="bare" {b[$5]=$3} $1==f && $2==v {x[$5]=$3}
+        END {for (r in x) if (b[r] > 0) print x[r] / b[r]}' "$RESULTS" | median)"
+      printf '%-6s %-13s %12.0f %8.2f %8.2f %12.1f\n' "$framework" "$variant" "$rps" \
+        "$(awk -v a="$rps" -v b="$bare" 'BEGIN {print a / b}')" "$paired" "$cpu"
     done
   done
 fi
