@@ -1,17 +1,10 @@
 //! The `tenancy-actix-server` binary: starts from `TENANCY_*` variables, serves, and on
 //! SIGTERM or SIGINT stops, drains the audit queue into the JSONL file and exits 0.
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
 
 /// One HTTP/1.1 exchange over a fresh connection: `(status, body)`.
 fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
@@ -34,24 +27,43 @@ fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
     (status, body)
 }
 
-fn start(port: u16, dir: &std::path::Path) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_tenancy-actix-server"))
+/// Starts the binary on a port the system picks, and returns it with that port once the
+/// binary says it listens. (A port picked beforehand could be taken by someone else before the
+/// binary binds it, and a connect that succeeds may reach that someone instead.)
+fn start(dir: &std::path::Path) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenancy-actix-server"))
         .env("TENANCY_ENV", "test")
-        .env("TENANCY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TENANCY_LISTEN", "127.0.0.1:0")
         .env("TENANCY_DATA_DIR", dir)
         .env_remove("TENANCY_DATABASE_URL")
         .env_remove("TENANCY_REDIS_URL")
         .env_remove("TENANCY_CONFIG")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the whole output, so that the binary never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let addr = addr.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.parse::<std::net::SocketAddr>().map(|a| a.port()));
+            }
+        }
+    });
+    let port = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(port) => port.unwrap(),
+        Err(e) => {
+            let _ = child.kill();
+            panic!(
+                "the server did not say where it listens ({e}): {:?}",
+                child.wait()
+            );
+        }
+    };
+    (child, port)
 }
 
 fn wait(mut child: Child) -> std::process::ExitStatus {
@@ -72,8 +84,7 @@ fn wait(mut child: Child) -> std::process::ExitStatus {
 fn serves_then_stops_on_a_signal_with_the_audit_trail_flushed() {
     for signal in ["-TERM", "-INT"] {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = start(port, dir.path());
+        let (child, port) = start(dir.path());
         let (status, body) = call(
             port,
             "POST",
