@@ -265,6 +265,22 @@ fn actix_routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The actix-web app of the cases: [`actix_routes`] behind the middleware.
+async fn actix_app(
+    tenancy: Tenancy,
+) -> impl actix_web::dev::Service<
+    actix_http::Request,
+    Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+    Error = actix_web::Error,
+> {
+    actix_web::test::init_service(
+        App::new()
+            .wrap(tenancy_actix::TenancyMiddleware::new(tenancy))
+            .configure(actix_routes),
+    )
+    .await
+}
+
 /// One request of a case.
 #[derive(Clone)]
 struct Req {
@@ -798,6 +814,15 @@ fn cases(w: &World) -> Vec<Case> {
             |s| assert_eq!(s[0].body["record_of"], "acme"),
         ),
         case(
+            "audited route with an encoded id",
+            vec![
+                Req::get("/v1/records/%34%32")
+                    .bearer(&bob)
+                    .header("x-request-id", "c-39"),
+            ],
+            |s| assert_eq!(s[0].body["record_of"], "acme"),
+        ),
+        case(
             "insane request id is replaced",
             vec![Req::get("/health").header("x-request-id", "bad id with spaces")],
             |s| {
@@ -852,12 +877,7 @@ async fn axum_and_actix_answer_every_case_alike() {
     let (tower_tenancy, tower_audit, _) = w.tenancy(false).await;
     let (actix_tenancy, actix_audit, _) = w.tenancy(false).await;
     let axum = axum_app(tower_tenancy);
-    let actix = actix_web::test::init_service(
-        App::new()
-            .wrap(tenancy_actix::TenancyMiddleware::new(actix_tenancy))
-            .configure(actix_routes),
-    )
-    .await;
+    let actix = actix_app(actix_tenancy).await;
     let cases = cases(&w);
     assert!(cases.len() >= 30, "{}", cases.len());
     for c in &cases {
@@ -905,6 +925,18 @@ async fn axum_and_actix_answer_every_case_alike() {
     );
     let read = ta.iter().find(|e| e.action == "records.read").unwrap();
     assert_eq!(read.resource.as_ref().unwrap().id.as_deref(), Some("42"));
+    // The id as the handler received it, not as it was spelled in the path.
+    let encoded = ta
+        .iter()
+        .find(|e| {
+            e.origin
+                .request_id
+                .as_ref()
+                .is_some_and(|r| r.as_str() == "c-39")
+        })
+        .unwrap();
+    assert_eq!(encoded.action, "records.read");
+    assert_eq!(encoded.resource.as_ref().unwrap().id.as_deref(), Some("42"));
     assert_eq!(read.origin.route.as_deref(), Some("/v1/records/{id}"));
     assert_eq!(read.actor.user.as_ref().unwrap().as_str(), "bob");
     // The client behind the trusted proxy, not the forged leftmost entry nor the proxy.
@@ -929,18 +961,49 @@ async fn axum_and_actix_answer_every_case_alike() {
     );
 }
 
+/// Requests that one framework routes to an audited handler although the path or method is
+/// not spelled as the rule: actix-web decodes the path before routing, axum answers `HEAD`
+/// with the `GET` handler. The rule (audit, limits) applies to them as to the plain request.
+#[actix_web::test]
+async fn requests_a_framework_routes_to_an_audited_handler_are_audited() {
+    let w = World::new();
+    let bob = w.token("acme", "bob", "user", &["records:read"]);
+    let (tower_tenancy, tower_audit, _) = w.tenancy(false).await;
+    let (actix_tenancy, actix_audit, _) = w.tenancy(false).await;
+    let axum = axum_app(tower_tenancy);
+    let actix = actix_app(actix_tenancy).await;
+    let head = Req {
+        method: "HEAD",
+        ..Req::get("/v1/records/42").bearer(&bob)
+    };
+    let s = call_axum(&axum, &head).await;
+    assert_eq!(s.status, 200, "{s:#?}");
+    assert_limited(&s);
+    let s = call_actix(&actix, &Req::get("/v1/r%65cords/%34%32").bearer(&bob)).await;
+    assert_eq!(
+        (s.status, &s.body["record_of"]),
+        (200, &json!("acme")),
+        "{s:#?}"
+    );
+    assert_limited(&s);
+    for events in [tower_audit.events(), actix_audit.events()] {
+        assert_eq!(events.len(), 1, "{events:#?}");
+        assert_eq!(events[0].action, "records.read");
+        assert_eq!(
+            events[0].resource.as_ref().unwrap().id.as_deref(),
+            Some("42")
+        );
+        assert_eq!(events[0].origin.route.as_deref(), Some("/v1/records/{id}"));
+    }
+}
+
 #[actix_web::test]
 async fn a_failed_limiter_fails_closed_alike() {
     let w = World::new();
     let (t1, _, _) = w.tenancy(true).await;
     let (t2, _, _) = w.tenancy(true).await;
     let axum = axum_app(t1);
-    let actix = actix_web::test::init_service(
-        App::new()
-            .wrap(tenancy_actix::TenancyMiddleware::new(t2))
-            .configure(actix_routes),
-    )
-    .await;
+    let actix = actix_app(t2).await;
     let bob = w.token("acme", "bob", "user", &["records:read"]);
     let r = Req::get("/v1/me")
         .bearer(&bob)
@@ -1014,12 +1077,7 @@ async fn directory_changes_take_effect_on_the_next_request_alike() {
     let (t1, _, d1) = w.tenancy(false).await;
     let (t2, _, d2) = w.tenancy(false).await;
     let axum = axum_app(t1);
-    let actix = actix_web::test::init_service(
-        App::new()
-            .wrap(tenancy_actix::TenancyMiddleware::new(t2))
-            .configure(actix_routes),
-    )
-    .await;
+    let actix = actix_app(t2).await;
     let token = w.token("globex", "gina", "user", &["records:read"]);
     let r = Req::get("/v1/me")
         .bearer(&token)

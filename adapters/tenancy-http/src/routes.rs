@@ -7,6 +7,12 @@
 //! itself, so both adapters (and plain hyper or tonic services) classify a request the same
 //! way without asking the framework's router.
 //!
+//! A path segment matches a literal when its percent-decoded text equals it, and parameters
+//! are captured decoded, as handlers receive them: actix-web routes `/v1/r%65cords/42` to the
+//! handler of `/v1/records/{id}`, so its rule (audit, limits) must apply to it too, and the
+//! audit record names record `42` whether it was sent as `42` or `%34%32`. A rule for `GET`
+//! also applies to `HEAD`, which axum answers with the `GET` handler.
+//!
 //! ```
 //! use tenancy_http::{RouteRule, RouteTable};
 //!
@@ -20,9 +26,13 @@
 //! assert_eq!(m.param("id"), Some("42"));
 //! assert!(table.find("GET", "/v1/admin/tenants/acme").unwrap().rule().is_exempt());
 //! assert!(table.find("DELETE", "/v1/records/42").is_none());
+//! // Encoded and HEAD requests reach the same handler, so the same rule applies.
+//! let m = table.find("HEAD", "/v1/r%65cords/%34%32").unwrap();
+//! assert_eq!((m.template(), m.param("id")), ("/v1/records/{id}", Some("42")));
 //! # Ok::<(), tenancy_http::Error>(())
 //! ```
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::{Error, Result};
@@ -127,7 +137,7 @@ impl RouteRule {
     }
 
     /// Applies only to this method (`GET`, `POST`, ...; compared case-sensitively, as HTTP
-    /// methods are).
+    /// methods are). A rule for `GET` also applies to `HEAD` (the same handler answers it).
     pub fn method(mut self, method: &str) -> Self {
         self.method = Some(method.to_owned());
         self
@@ -211,7 +221,11 @@ impl RouteRule {
     }
 
     fn matches(&self, method: &str, path: &str) -> Option<Vec<(String, String)>> {
-        if self.method.as_deref().is_some_and(|m| m != method) {
+        if self
+            .method
+            .as_deref()
+            .is_some_and(|m| m != method && !(m == "GET" && method == "HEAD"))
+        {
             return None;
         }
         let rest = path.strip_prefix('/')?;
@@ -227,17 +241,17 @@ impl RouteRule {
         for seg in &self.segments {
             match seg {
                 Segment::Literal(l) => {
-                    let part = parts.next().filter(|p| p == l)?;
+                    let part = parts.next().filter(|p| decoded(p) == l.as_str())?;
                     walked += part.len() + 1;
                 }
                 Segment::Param(name) => {
                     let v = parts.next().filter(|v| !v.is_empty())?;
-                    params.push((name.clone(), bounded(v)));
+                    params.push((name.clone(), bounded(&decoded(v))));
                     walked += v.len() + 1;
                 }
                 Segment::Rest(name) => {
                     let v = rest.get(walked.min(rest.len())..).unwrap_or_default();
-                    params.push((name.clone(), bounded(v)));
+                    params.push((name.clone(), bounded(&decoded(v))));
                     return Some(params);
                 }
             }
@@ -249,6 +263,36 @@ impl RouteRule {
 fn check_param(name: &str) -> Option<String> {
     (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .then(|| name.to_owned())
+}
+
+/// `text` percent-decoded, as frameworks decode path parameters for handlers; as it is when
+/// it holds no escape, a malformed one, or bytes that are not UTF-8 once decoded (such a
+/// path reaches no handler: axum and actix-web refuse it).
+fn decoded(text: &str) -> Cow<'_, str> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                None => return Cow::Borrowed(text),
+            }
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_or(Cow::Borrowed(text), Cow::Owned)
 }
 
 fn bounded(v: &str) -> String {
@@ -285,7 +329,7 @@ impl RouteMatch {
         &self.rule.template
     }
 
-    /// A captured path parameter (raw, percent-encoded as sent; at most 128 bytes).
+    /// A captured path parameter, percent-decoded as handlers receive it (at most 128 bytes).
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
@@ -365,6 +409,54 @@ mod tests {
         let long = format!("/v1/records/{}", "é".repeat(100));
         let m = t.find("GET", &long).unwrap();
         assert!(m.param("id").unwrap().len() <= PARAM_MAX_LEN);
+    }
+
+    #[test]
+    fn encoded_segments_and_head_match_as_their_handler_is_reached() {
+        let t = RouteTable::new(vec![
+            RouteRule::new("/v1/records/{id}").unwrap().method("GET"),
+            RouteRule::new("/v1/records").unwrap().method("POST"),
+            RouteRule::new("/files/{*rest}").unwrap(),
+        ]);
+        let m = t.find("GET", "/v1/r%65cords/%34%32").unwrap();
+        assert_eq!(
+            (m.template(), m.param("id")),
+            ("/v1/records/{id}", Some("42"))
+        );
+        assert_eq!(
+            t.find("GET", "/v1/RECORDS/42")
+                .map(|m| m.template().to_owned()),
+            None
+        );
+        assert_eq!(
+            t.find("GET", "/v1/records/caf%C3%A9").unwrap().param("id"),
+            Some("café")
+        );
+        // A slash inside a segment stays inside it: no literal has one.
+        assert!(t.find("GET", "/v1%2Frecords/1").is_none());
+        assert!(t.find("GET", "/v1/records%2F1").is_none());
+        // Malformed escapes and bytes that are not UTF-8 are kept as sent.
+        for raw in ["%zz", "%4", "a%", "%ff%fe"] {
+            let path = format!("/v1/records/{raw}");
+            assert_eq!(
+                t.find("GET", &path).unwrap().param("id"),
+                Some(raw),
+                "{raw}"
+            );
+        }
+        assert!(t.find("GET", "/v1/rec%zzords/1").is_none());
+        assert_eq!(
+            t.find("PUT", "/files/a%2Fb/c%20d").unwrap().param("rest"),
+            Some("a/b/c d")
+        );
+        // HEAD is answered by the GET handler; nothing else is.
+        assert_eq!(
+            t.find("HEAD", "/v1/records/7").unwrap().template(),
+            "/v1/records/{id}"
+        );
+        assert!(t.find("HEAD", "/v1/records").is_none());
+        assert!(t.find("head", "/v1/records/7").is_none());
+        assert!(t.find("POST", "/v1/records/7").is_none());
     }
 
     /// Matching as it was first written (the path's segments collected, then compared), kept
