@@ -7,7 +7,8 @@
 //! - [`Tenancy`]: request id, bearer authentication, tenant resolution, rate limits, audit,
 //!   metrics, in request order;
 //! - [`Rejection`] and [`Problem`]: RFC 9457 problem+json answers;
-//! - [`TrustedProxies`]: the client address through trusted proxies only;
+//! - [`TrustedProxies`]: the client address through trusted proxies only, from the one header
+//!   they write ([`ForwardedHeader`]);
 //! - [`RouteTable`] / [`RouteRule`]: public, exempt and audited routes;
 //! - [`TenantLabels`] and the metric names in [`metrics`].
 //!
@@ -40,7 +41,7 @@ pub use error::{Error, Result};
 pub use metrics::TenantLabels;
 pub use permission::{PermissionName, PermissionRefusal, require_permission};
 pub use problem::{AuthFailure, PROBLEM_JSON, Problem, Rejection, RejectionKind};
-pub use proxy::{IpNet, TrustedProxies};
+pub use proxy::{ForwardedHeader, IpNet, TrustedProxies};
 pub use routes::{AuditSpec, RouteMatch, RouteRule, RouteTable};
 pub use tenancy::{
     AuditNote, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENANT_LABELS, DEFAULT_MAX_TOKEN_BYTES,

@@ -7,6 +7,11 @@
 //! right (the hop closest to us) and stopping at the first address that is not a trusted
 //! proxy. The leftmost entry, which the client controls, is never trusted by position.
 //!
+//! Only the header the trusted proxies write is read ([`ForwardedHeader`]: `X-Forwarded-For`
+//! by default, as nginx, HAProxy, Envoy and the cloud load balancers write it; `Forwarded`
+//! for RFC 7239 proxies). The other header is ignored: a proxy passes a header it does not
+//! write along untouched, so its every hop is the client's invention.
+//!
 //! ```
 //! use std::net::IpAddr;
 //! use tenancy_http::TrustedProxies;
@@ -19,6 +24,10 @@
 //! // From an untrusted peer the header is ignored.
 //! let stranger: IpAddr = "198.51.100.1".parse().unwrap();
 //! assert_eq!(proxies.client_addr(Some(stranger), &[], xff), Some(stranger));
+//!
+//! // A `Forwarded` header the client sent through an `X-Forwarded-For` proxy is ignored.
+//! let forged: &[&[u8]] = &[b"for=6.6.6.6"];
+//! assert_eq!(proxies.client_addr(Some(peer), forged, xff), Some("203.0.113.9".parse().unwrap()));
 //! # Ok::<(), tenancy_http::Error>(())
 //! ```
 
@@ -79,46 +88,92 @@ impl IpNet {
     }
 }
 
-/// The proxies whose forwarding headers are believed.
+/// The header the trusted proxies write the client's address into; the other one is never
+/// read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (the default): what nginx, HAProxy, Envoy and the cloud load
+    /// balancers append to.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded`, its `for=` parameters (RFC 7239).
+    Forwarded,
+}
+
+/// The proxies whose forwarding header is believed, and which header that is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: ForwardedHeader,
+}
 
 impl TrustedProxies {
     /// No trusted proxy: the peer address is always the client (the default).
     pub fn none() -> Self {
-        Self(Vec::new())
+        Self::default()
     }
 
-    /// Parses a list of addresses and CIDR networks.
+    /// Parses a list of addresses and CIDR networks; they write `X-Forwarded-For` unless
+    /// [`TrustedProxies::with_header`] says otherwise.
     pub fn parse<I, S>(entries: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        entries
+        let nets = entries
             .into_iter()
             .map(|e| IpNet::parse(e.as_ref()))
-            .collect::<Result<Vec<_>>>()
-            .map(Self)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            nets,
+            header: ForwardedHeader::default(),
+        })
+    }
+
+    /// The header these proxies write.
+    ///
+    /// ```
+    /// use std::net::IpAddr;
+    /// use tenancy_http::{ForwardedHeader, TrustedProxies};
+    ///
+    /// let proxies = TrustedProxies::parse(["10.0.0.0/8"])?.with_header(ForwardedHeader::Forwarded);
+    /// let peer: IpAddr = "10.0.0.2".parse().unwrap();
+    /// let fwd: &[&[u8]] = &[b"for=203.0.113.9;proto=https"];
+    /// let xff: &[&[u8]] = &[b"6.6.6.6"];
+    /// assert_eq!(proxies.client_addr(Some(peer), fwd, xff), Some("203.0.113.9".parse().unwrap()));
+    /// // `X-Forwarded-For` is now the one ignored.
+    /// assert_eq!(proxies.client_addr(Some(peer), &[], xff), Some(peer));
+    /// # Ok::<(), tenancy_http::Error>(())
+    /// ```
+    pub fn with_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// The header these proxies write.
+    pub fn header(&self) -> ForwardedHeader {
+        self.header
     }
 
     /// Whether `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|n| n.contains(ip))
+        self.nets.iter().any(|n| n.contains(ip))
     }
 
     /// Whether no proxy is trusted.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.nets.is_empty()
     }
 
     /// The client address for a request from `peer` carrying these `Forwarded` and
     /// `X-Forwarded-For` header values (each in arrival order).
     ///
-    /// `Forwarded` is used when present, else `X-Forwarded-For`. Hops are read from the right;
-    /// the first one that is not a trusted proxy is the client. A hop that cannot be read (an
-    /// obfuscated identifier, `unknown`, garbage) ends the walk at the last trusted hop, since
-    /// nothing further left can be attributed. Without a peer there is no address.
+    /// Only the [header the proxies write](TrustedProxies::with_header) is read. Its hops are
+    /// read from the right; the first one that is not a trusted proxy is the client. A hop
+    /// that cannot be read (an obfuscated identifier, `unknown`, garbage) ends the walk at the
+    /// last trusted hop, since nothing further left can be attributed. Without a peer there is
+    /// no address.
     pub fn client_addr(
         &self,
         peer: Option<IpAddr>,
@@ -129,18 +184,17 @@ impl TrustedProxies {
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        let hops: Vec<Option<IpAddr>> = if forwarded.is_empty() {
-            x_forwarded_for
+        let hops: Vec<Option<IpAddr>> = match self.header {
+            ForwardedHeader::XForwardedFor => x_forwarded_for
                 .iter()
                 .flat_map(|v| v.split(|b| *b == b','))
                 .map(|h| std::str::from_utf8(h).ok().and_then(parse_hop))
-                .collect()
-        } else {
-            forwarded
+                .collect(),
+            ForwardedHeader::Forwarded => forwarded
                 .iter()
                 .flat_map(|v| v.split(|b| *b == b','))
                 .map(forwarded_for)
-                .collect()
+                .collect(),
         };
         let mut current = peer;
         for hop in hops.into_iter().rev() {
@@ -232,20 +286,24 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_wins_over_x_forwarded_for() {
-        let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+    fn only_the_header_the_proxies_write_is_read() {
+        let xff_proxies = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let fwd_proxies = xff_proxies.clone().with_header(ForwardedHeader::Forwarded);
+        assert_eq!(xff_proxies.header(), ForwardedHeader::XForwardedFor);
+        let peer = Some(ip("10.0.0.2"));
         let fwd: &[&[u8]] =
             &[b"for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.0.0.3:80"];
         let xff: &[&[u8]] = &[b"9.9.9.9"];
         assert_eq!(
-            p.client_addr(Some(ip("10.0.0.2")), fwd, xff),
+            fwd_proxies.client_addr(peer, fwd, xff),
             Some(ip("2001:db8:cafe::17"))
         );
+        // The client sent `Forwarded` through proxies that append `X-Forwarded-For`.
+        assert_eq!(xff_proxies.client_addr(peer, fwd, xff), Some(ip("9.9.9.9")));
+        // The client sent `X-Forwarded-For` through proxies that write `Forwarded` only.
+        assert_eq!(fwd_proxies.client_addr(peer, &[], xff), peer);
         let no_for: &[&[u8]] = &[b"proto=https;by=10.0.0.3"];
-        assert_eq!(
-            p.client_addr(Some(ip("10.0.0.2")), no_for, xff),
-            Some(ip("10.0.0.2"))
-        );
+        assert_eq!(fwd_proxies.client_addr(peer, no_for, xff), peer);
     }
 
     #[test]
