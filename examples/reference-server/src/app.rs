@@ -251,7 +251,13 @@ async fn check_key_pair(issuer: &TokenIssuer, verifier: &JwtVerifier) -> Result<
     })
 }
 
-/// The route rules of the API: which routes are public, exempt and audited.
+/// The route rules of the API: which routes are public and which are audited.
+///
+/// No route is exempt from rate limits: the admin routes serve super admins only, who are
+/// never limited, and everyone else gets a 403 there that counts against their limits and
+/// carries the rate-limit headers, as every answer to a tenant's user does. (Exempting the
+/// routes would let any user send unlimited requests that each wait for a synchronous audit
+/// write.)
 ///
 /// # Errors
 /// Never for these fixed patterns; the signature follows the builder's.
@@ -280,39 +286,31 @@ pub fn route_rules() -> std::result::Result<Vec<RouteRule>, tenancy_http::Error>
             .resource("record", "id"),
         r("/v1/tenant/audit")?.audit("audit.read")?,
         r("/v1/admin/tenants/{tenant}/limits")?
-            .exempt()
             .audit("admin.tenant.limits")?
             .resource("tenant", "tenant")
             .audit_sync(),
         r("/v1/admin/tenants/{tenant}/bypass")?
-            .exempt()
             .audit("admin.tenant.bypass")?
             .resource("tenant", "tenant")
             .audit_sync(),
         r("/v1/admin/tenants/{tenant}/suspend")?
-            .exempt()
             .audit("admin.tenant.suspend")?
             .resource("tenant", "tenant")
             .audit_sync(),
         r("/v1/admin/tenants/{tenant}/resume")?
-            .exempt()
             .audit("admin.tenant.resume")?
             .resource("tenant", "tenant")
             .audit_sync(),
         r("/v1/admin/tenants/{tenant}")?
             .method("PUT")
-            .exempt()
             .audit("admin.tenant.put")?
             .resource("tenant", "tenant")
             .audit_sync(),
         r("/v1/admin/tenants/{tenant}")?
-            .exempt()
             .audit("admin.tenant.get")?
             .resource("tenant", "tenant"),
-        r("/v1/admin/audit/verify")?
-            .exempt()
-            .audit("admin.audit.verify")?,
-        r("/v1/admin/{*rest}")?.exempt().audit("admin.request")?,
+        r("/v1/admin/audit/verify")?.audit("admin.audit.verify")?,
+        r("/v1/admin/{*rest}")?.audit("admin.request")?,
     ])
 }
 
