@@ -519,9 +519,11 @@ impl JwksKeySet {
                 let set = Arc::new(set);
                 let retired = {
                     let mut s = self.write();
+                    // A key is retired when its kid is gone, or now names other material
+                    // or another algorithm (a replaced, perhaps compromised, key).
                     let retired = s.keys.as_ref().is_some_and(|old| {
                         old.iter().any(|k| match k.kid() {
-                            Some(kid) => set.get(kid).is_none(),
+                            Some(kid) => set.get(kid).is_none_or(|new| !new.same_as(k)),
                             None => true,
                         })
                     });
@@ -575,13 +577,16 @@ impl JwksKeySet {
                 .await
                 .map_err(tenancy_core::Error::unavailable);
         };
-        if stale
-            && !matches!(self.breaker(), BreakerState::Open { .. })
-            && let Ok(_guard) = self.inner.fetch_lock.try_lock()
-        {
+        if stale && !matches!(self.breaker(), BreakerState::Open { .. }) {
             // Stale and nobody fetching: refresh inline; on failure keep serving cached keys.
-            if let Ok(k) = self.fetch_locked().await {
-                return Ok(self.unknown_kid(k, kid).await);
+            // The lock is released before anything else: `unknown_kid` may take it again.
+            let fetched = match self.inner.fetch_lock.try_lock() {
+                Ok(_guard) => self.fetch_locked().await.ok(),
+                Err(_) => None,
+            };
+            if let Some(k) = fetched {
+                // Just fetched: a kid unknown to this set is unknown to the provider now.
+                return Ok(k);
             }
         }
         Ok(self.unknown_kid(keys, kid).await)

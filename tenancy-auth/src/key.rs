@@ -300,6 +300,21 @@ impl VerifyKey {
         self.alg
     }
 
+    /// Whether `other` is this very key: same `kid`, algorithm and key material. A set that
+    /// keeps a `kid` but changes what stands behind it has retired the old key.
+    pub(crate) fn same_as(&self, other: &VerifyKey) -> bool {
+        use jsonwebtoken::DecodingKeyKind as K;
+        self.kid == other.kid
+            && self.alg == other.alg
+            && match (self.key.kind(), other.key.kind()) {
+                (K::SecretOrDer(a), K::SecretOrDer(b)) => a == b,
+                (K::RsaModulusExponent { n, e }, K::RsaModulusExponent { n: n2, e: e2 }) => {
+                    n == n2 && e == e2
+                }
+                _ => false,
+            }
+    }
+
     pub(crate) fn decoding_key(&self) -> &DecodingKey {
         &self.key
     }

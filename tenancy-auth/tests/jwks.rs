@@ -142,8 +142,14 @@ fn ec_key(kid: &str) -> SigningKey {
 }
 
 fn mint(key: &SigningKey, clock: &ManualClock) -> String {
+    mint_for(key, clock, tenancy_auth::DEFAULT_ACCESS_TTL)
+}
+
+/// A token valid for `ttl`.
+fn mint_for(key: &SigningKey, clock: &ManualClock, ttl: Duration) -> String {
     tenancy_auth::TokenIssuer::builder(key.clone(), ISS, AUD)
         .clock(shared(clock))
+        .access_ttl(ttl)
         .build()
         .unwrap()
         .access_token(
@@ -241,6 +247,78 @@ async fn rotation_new_key_appears_old_key_retires() {
     server.set(&[&b, &e]);
     clock.advance(Duration::from_secs(31));
     v.verify(&mint(&e, &clock)).await.unwrap();
+}
+
+/// A stale set and a kid the provider does not publish: one fetch, a refusal, and the fetch
+/// lock free again (it was once held across a second wait for itself, hanging the request and
+/// every later refresh).
+#[tokio::test]
+async fn a_stale_set_and_an_unknown_kid_fetch_once_and_answer() {
+    let server = JwksServer::start().await;
+    let clock = ManualClock::new();
+    let (a, b) = (
+        rsa_key("rsa_private.pem", "a"),
+        rsa_key("rsa2_private.pem", "b"),
+    );
+    server.set(&[&a]);
+    let source = jwks(&server, &clock);
+    let v = verifier(&source, &clock);
+    v.verify(&mint(&a, &clock)).await.unwrap();
+    assert_eq!(server.hits(), 1);
+
+    clock.advance(Duration::from_secs(301));
+    let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+    h.kid = Some("unknown".into());
+    let t = jsonwebtoken::encode(&h, &json!({}), &encoding_key(Algorithm::RS256)).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), v.verify(&t))
+        .await
+        .expect("a stale set and an unknown kid hung the verifier");
+    assert_eq!(reason(answer.unwrap_err()), R::UnknownKey);
+    assert_eq!(server.hits(), 2, "the stale set is fetched once, not twice");
+
+    // Nothing holds the lock: the next refresh (a new kid) goes through.
+    server.set(&[&a, &b]);
+    clock.advance(Duration::from_secs(31));
+    let next = tokio::time::timeout(Duration::from_secs(10), v.verify(&mint(&b, &clock)))
+        .await
+        .expect("the fetch lock stayed held");
+    next.unwrap();
+    assert_eq!(server.hits(), 3);
+}
+
+/// The provider replaces the key behind a kid (a compromised key rotated in place): tokens
+/// verified under the old key are checked again, not served from the cache.
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_empties_the_cache() {
+    let server = JwksServer::start().await;
+    let clock = ManualClock::new();
+    let (old, new) = (
+        rsa_key("rsa_private.pem", "k1"),
+        rsa_key("rsa2_private.pem", "k1"),
+    );
+    server.set(&[&old]);
+    let source = jwks(&server, &clock);
+    let v = verifier(&source, &clock);
+    // Valid beyond the refresh interval: only the key change can refuse it.
+    let token_old = mint_for(&old, &clock, Duration::from_secs(3600));
+    v.verify(&token_old).await.unwrap();
+    assert!(
+        v.try_verify(&token_old).is_some_and(|r| r.is_ok()),
+        "cached"
+    );
+
+    server.set(&[&new]);
+    clock.advance(Duration::from_secs(301));
+    v.verify(&mint(&new, &clock)).await.unwrap(); // a miss on a stale set: refreshes
+    assert_eq!(server.hits(), 2);
+    assert!(
+        v.try_verify(&token_old).is_none(),
+        "served from the cache after the key changed"
+    );
+    assert_eq!(
+        reason(v.verify(&token_old).await.unwrap_err()),
+        R::BadSignature
+    );
 }
 
 #[tokio::test]
