@@ -34,12 +34,16 @@ pub trait Denylist: Send + Sync + fmt::Debug + 'static {
     /// Whether `jti` of `tenant` has been revoked.
     async fn is_revoked(&self, tenant: &TenantId, jti: &str) -> Result<bool>;
 
-    /// Revokes `jti` of `tenant` until `expires_at` (the token's `exp`, seconds since the
-    /// Unix epoch), after which the entry may be forgotten.
+    /// Revokes `jti` of `tenant` until `expires_at` (seconds since the Unix epoch), after
+    /// which the entry may be forgotten.
+    ///
+    /// `expires_at` must be the last moment a verifier can still accept the token: its `exp`
+    /// plus the verifier's clock leeway, not `exp` alone.
+    /// [`JwtVerifier::revoke`](crate::JwtVerifier::revoke) passes exactly that.
     async fn revoke(&self, tenant: &TenantId, jti: &str, expires_at: i64) -> Result<()>;
 }
 
-/// A [`Denylist`] in process memory. Entries are dropped after their token's `exp`; clones
+/// A [`Denylist`] in process memory. Entries are dropped after their `expires_at`; clones
 /// share the same list.
 #[derive(Clone)]
 pub struct MemoryDenylist {

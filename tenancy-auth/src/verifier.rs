@@ -59,8 +59,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tenancy_core::{
-    Claims, Error, Health, HealthCheck, HealthStatus, Result, SessionStore, SharedClock, TenantId,
-    TokenRejection, TokenVerifier, system_clock,
+    Claims, Error, Health, HealthCheck, HealthStatus, ParseError, Result, SessionStore,
+    SharedClock, TenantId, TokenRejection, TokenVerifier, system_clock,
 };
 
 use crate::cache::{CacheStats, Digest32, VerificationCache, digest};
@@ -395,6 +395,24 @@ impl JwtVerifier {
             require_session: false,
             clock: system_clock(),
         }
+    }
+
+    /// Revokes a token this verifier accepted, on its denylist: the token's `jti` is refused
+    /// from now until the token could no longer pass here anyway, its `exp` plus the leeway.
+    /// (An entry kept only until `exp` would let the token back in for the leeway after it.)
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the verifier has no denylist or the claims carry no `jti`; the
+    /// denylist's own errors.
+    pub async fn revoke(&self, claims: &Claims) -> Result<()> {
+        let Some(list) = &self.inner.denylist else {
+            return Err(ParseError::new("verifier", "has no denylist to revoke tokens on").into());
+        };
+        let Some(jti) = &claims.jti else {
+            return Err(ParseError::new("claims", "carry no jti to revoke").into());
+        };
+        let until = claims.exp.saturating_add(self.inner.leeway);
+        list.revoke(&claims.tenant_id, jti, until).await
     }
 
     /// Figures about the verification cache (all zero when it is off).

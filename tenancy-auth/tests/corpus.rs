@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use jsonwebtoken::EncodingKey;
@@ -672,6 +673,53 @@ async fn issuers_are_told_apart_and_bound_to_their_tenants() {
             "{expected:?}: {e}"
         );
     }
+}
+
+/// A revoked token stays refused through the leeway after its `exp`, when the verifier
+/// would otherwise still accept it.
+#[tokio::test]
+async fn a_revoked_token_stays_refused_through_the_leeway() {
+    let clock = clock();
+    let denylist = Arc::new(MemoryDenylist::with_clock(shared(&clock)));
+    let v = JwtVerifier::builder()
+        .issuer(ISS, signing(Algorithm::HS256).1)
+        .audience(AUD)
+        .leeway(Duration::from_secs(30))
+        .denylist(denylist.clone())
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    let t = token(Algorithm::HS256, &claims(now(&clock)));
+    let accepted = v.verify(&t).await.unwrap();
+    v.revoke(&accepted).await.unwrap();
+    // `exp` is 300 s after issue; the leeway keeps the token acceptable until 330 s.
+    let mut at = 0;
+    for secs in [0, 299, 300, 310, 329] {
+        clock.advance(Duration::from_secs(secs - at));
+        at = secs;
+        let e = v.verify(&t).await.unwrap_err();
+        assert!(
+            matches!(e, tenancy_core::Error::Rejected(R::Revoked)),
+            "{secs} s after issue: {e}"
+        );
+    }
+    // Past the leeway the token is refused as expired, and the entry may go.
+    clock.advance(Duration::from_secs(1));
+    let e = v.verify(&t).await.unwrap_err();
+    assert!(
+        matches!(e, tenancy_core::Error::Rejected(R::Expired)),
+        "{e}"
+    );
+    // Revoking needs a denylist and a jti.
+    let plain = JwtVerifier::builder()
+        .issuer(ISS, signing(Algorithm::HS256).1)
+        .audience(AUD)
+        .build()
+        .unwrap();
+    assert!(plain.revoke(&accepted).await.is_err());
+    let mut no_jti = accepted.clone();
+    no_jti.jti = None;
+    assert!(v.revoke(&no_jti).await.is_err());
 }
 
 #[tokio::test]
