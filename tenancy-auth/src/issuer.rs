@@ -69,7 +69,17 @@ use crate::key::SigningKey;
 pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// How many spent refresh tokens a session remembers for reuse detection.
-pub const SPENT_HISTORY: usize = 16;
+///
+/// Why this default: a session of the default 12 hours, refreshed every 5 minutes as the
+/// default access tokens expire, spends 144; every one of them is still recognised when
+/// presented again at the session's end. Each is kept as a 64-bit fingerprint
+/// ([`SPENT_FINGERPRINT_HEX`]), so the whole history is about 3 KB of session data.
+pub const SPENT_HISTORY: usize = 160;
+
+/// Hex digits of a spent token's hash kept for reuse detection (64 bits): a secret presented
+/// at random matches one of [`SPENT_HISTORY`] fingerprints with odds of 1 in 10^17, so a
+/// stranger who knows a session id still cannot end it by guessing.
+pub const SPENT_FINGERPRINT_HEX: usize = 16;
 
 /// The session data member that holds the refresh state.
 const STATE_KEY: &str = "tenancy_auth";
@@ -114,7 +124,9 @@ pub struct TokenPair {
 struct RefreshState {
     /// Hex SHA-256 of the current refresh secret.
     current: String,
-    /// Hex SHA-256 of recently spent secrets, newest last.
+    /// Fingerprints (the first [`SPENT_FINGERPRINT_HEX`] hex digits of the SHA-256) of
+    /// recently spent secrets, newest last. Sessions saved by earlier versions hold whole
+    /// hashes here; only their first digits are compared.
     spent: Vec<String>,
     /// How many times the token was rotated.
     generation: u64,
@@ -417,7 +429,8 @@ impl TokenIssuer {
             };
             if ct_eq(&state.current, &presented_hash) {
                 let secret = new_secret()?;
-                let spent = std::mem::replace(&mut state.current, hash_hex(&secret));
+                let mut spent = std::mem::replace(&mut state.current, hash_hex(&secret));
+                spent.truncate(SPENT_FINGERPRINT_HEX);
                 state.spent.push(spent);
                 if state.spent.len() > SPENT_HISTORY {
                     let excess = state.spent.len() - SPENT_HISTORY;
@@ -439,7 +452,11 @@ impl TokenIssuer {
                     Err(e) => return Err(e),
                 }
             }
-            if state.spent.iter().any(|h| ct_eq(h, &presented_hash)) {
+            let fingerprint = &presented_hash[..SPENT_FINGERPRINT_HEX];
+            if state.spent.iter().any(|h| {
+                h.get(..SPENT_FINGERPRINT_HEX)
+                    .is_some_and(|h| ct_eq(h, fingerprint))
+            }) {
                 tracing::warn!(
                     tenant = %tenant,
                     session = %sid,

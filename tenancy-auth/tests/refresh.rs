@@ -188,6 +188,28 @@ async fn memory_racing_refreshes() {
     racing_refreshes(Arc::new(MemorySessionStore::new()), "acme").await;
 }
 
+/// A token spent long ago (a default-length session's worth of refreshes later) is still
+/// recognised when presented again, and ends the session.
+#[tokio::test]
+async fn a_token_spent_a_whole_session_ago_is_recognised() {
+    let clock = ManualClock::new();
+    let f = fixture(Arc::new(MemorySessionStore::new()), &clock, "acme");
+    let first = f.login("alice").await;
+    let mut last = first.clone();
+    // A 12-hour session refreshed every 5 minutes.
+    for _ in 0..144 {
+        last = f.issuer.refresh(last.refresh_token.expose()).await.unwrap();
+    }
+    assert_eq!(
+        f.refresh_err(first.refresh_token.expose()).await,
+        Some(R::Revoked)
+    );
+    assert_eq!(
+        f.refresh_err(last.refresh_token.expose()).await,
+        Some(R::SessionEnded)
+    );
+}
+
 #[tokio::test]
 async fn idle_sessions_end_with_their_refresh_tokens() {
     let clock = ManualClock::new();
