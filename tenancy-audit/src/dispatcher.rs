@@ -503,7 +503,8 @@ impl Writer {
             }
             let full = msgs.len() >= self.batch;
             let mut events = Vec::new();
-            for m in msgs {
+            let mut msgs = msgs.into_iter();
+            while let Some(m) = msgs.next() {
                 match m {
                     Msg::Event(e) => events.push(e),
                     Msg::Flush(reply) => {
@@ -511,11 +512,8 @@ impl Writer {
                         self.add_waiter(reply);
                     }
                     Msg::Shutdown(reply) => {
-                        self.write(std::mem::take(&mut events)).await;
-                        let res = self.drain().await;
-                        // Closed before the answer, so a health check after `shutdown` sees it.
-                        self.rx.close();
-                        let _ = reply.send(res);
+                        let later: Vec<Msg> = msgs.collect();
+                        self.shut_down(events, later, reply).await;
                         return;
                     }
                 }
@@ -531,6 +529,50 @@ impl Writer {
                     () = tokio::time::sleep(self.linger) => {}
                 }
             }
+        }
+    }
+
+    /// Stops: refuses new events (`record` answers [`Error::Closed`] from now on, and a health
+    /// check sees the writer down), stores every event queued before that (`events`, the rest
+    /// of the batch, what is still in the queue), replays the spool until the drain timeout,
+    /// and answers every waiting flush or shutdown.
+    async fn shut_down(
+        &mut self,
+        mut events: Vec<EncodedEvent>,
+        later: Vec<Msg>,
+        reply: oneshot::Sender<Result<()>>,
+    ) {
+        self.rx.close();
+        let mut replies = vec![reply];
+        let mut later = later;
+        // After `close`, `recv` returns what is queued (and what holders of a permit still
+        // send), then `None`.
+        while let Some(m) = self.rx.recv().await {
+            later.push(m);
+        }
+        for m in later {
+            match m {
+                Msg::Event(e) => events.push(e),
+                Msg::Flush(r) | Msg::Shutdown(r) => replies.push(r),
+            }
+        }
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(self.batch));
+            self.write(events).await;
+            events = rest;
+        }
+        let res = self.drain().await;
+        let ok = res.is_ok();
+        let mut replies = replies.into_iter();
+        if let Some(first) = replies.next() {
+            let _ = first.send(res);
+        }
+        for r in replies {
+            let _ = r.send(if ok {
+                Ok(())
+            } else {
+                Err(self.spooled_error())
+            });
         }
     }
 

@@ -513,6 +513,8 @@ struct Spy {
     inner: Arc<dyn AuditStore>,
     appends: std::sync::atomic::AtomicUsize,
     stall: bool,
+    /// How long each append takes before it reaches the store.
+    delay: Duration,
 }
 
 impl Spy {
@@ -521,6 +523,15 @@ impl Spy {
             inner,
             appends: std::sync::atomic::AtomicUsize::new(0),
             stall,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A store whose every append takes `delay`.
+    fn slow(inner: Arc<dyn AuditStore>, delay: Duration) -> Self {
+        Self {
+            delay,
+            ..Self::new(inner, false)
         }
     }
 
@@ -532,6 +543,7 @@ impl Spy {
 #[async_trait]
 impl AuditStore for Spy {
     async fn append(&self, events: &[EncodedEvent]) -> tenancy_audit::Result<Vec<Appended>> {
+        tokio::time::sleep(self.delay).await;
         let out = self.inner.append(events).await?;
         self.appends
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -717,6 +729,47 @@ async fn the_writer_lingers_for_more_events_but_never_keeps_a_caller_waiting() {
     .expect("a waiting caller was kept waiting for the linger");
     assert_eq!(store.records(&tenant).len(), 26);
     assert!(verify(&store, &tenant, &[]).await.unwrap().is_valid());
+}
+
+/// Events queued behind a shutdown (recorded while the writer was busy) are stored before
+/// the writer stops, and once it has stopped `record` refuses instead of dropping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_behind_a_shutdown_are_stored_not_dropped() {
+    let store = MemoryAuditStore::new();
+    let slow = Arc::new(Spy::slow(
+        Arc::new(store.clone()),
+        Duration::from_millis(300),
+    ));
+    let sink = AuditDispatcher::builder(slow as Arc<dyn AuditStore>)
+        .with_linger(Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("late");
+    sink.record(event(&tenant, 0)).await.unwrap();
+    // The writer is in its 300 ms append of event 0; the shutdown queues behind it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopping = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.shutdown().await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Queued after the shutdown, while the writer still appends: accepted, so stored.
+    let mut accepted = 1;
+    for i in 1..4 {
+        if sink.record(event(&tenant, i)).await.is_ok() {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 4, "the queue had room: every record was accepted");
+    stopping.await.unwrap().unwrap();
+    assert_eq!(
+        store.records(&tenant).len(),
+        accepted,
+        "an accepted event was dropped"
+    );
+    let refused = sink.record(event(&tenant, 9)).await.unwrap_err();
+    assert_eq!(refused.kind(), tenancy_core::ErrorKind::Unavailable);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
