@@ -154,13 +154,16 @@ pub struct ChainVerifier {
     purge_confirmed: bool,
     wanted: HashMap<u64, Digest>,
     seen_wanted: HashMap<u64, Digest>,
+    /// The lowest `seq` at which two trusted checkpoints name different hashes: the chain
+    /// forked (rewritten, then signed again), whichever of them the records agree with.
+    forked: Option<u64>,
 }
 
 impl ChainVerifier {
     /// A verifier for `tenant`'s chain, starting after `anchor` when the chain was purged.
     pub fn new(tenant: TenantId, anchor: Option<Anchor>) -> Self {
         let (next_seq, prev) = match anchor {
-            Some(a) => (a.seq + 1, a.hash),
+            Some(a) => (a.seq.saturating_add(1), a.hash),
             None => (1, genesis(&tenant)),
         };
         Self {
@@ -174,6 +177,7 @@ impl ChainVerifier {
             purge_confirmed: false,
             wanted: HashMap::new(),
             seen_wanted: HashMap::new(),
+            forked: None,
         }
     }
 
@@ -186,7 +190,14 @@ impl ChainVerifier {
             if cp.tenant() != &self.tenant {
                 return Err(Error::BadCheckpoint("checkpoint is for another tenant"));
             }
-            self.wanted.insert(cp.head().seq, cp.head().hash);
+            let (seq, hash) = (cp.head().seq, cp.head().hash);
+            if self
+                .wanted
+                .insert(seq, hash)
+                .is_some_and(|other| other != hash)
+            {
+                self.forked = Some(self.forked.map_or(seq, |f| f.min(seq)));
+            }
         }
         Ok(self)
     }
@@ -226,7 +237,7 @@ impl ChainVerifier {
         }
         self.prev = r.hash;
         self.head = Some(r.head());
-        self.next_seq = n + 1;
+        self.next_seq = n.saturating_add(1);
     }
 
     fn found(&mut self, seq: u64, reason: Reason) {
@@ -307,11 +318,17 @@ impl ChainVerifier {
                 finding = Some(f);
             }
         };
+        if let Some(seq) = self.forked {
+            consider(Finding {
+                seq,
+                reason: Reason::Rewritten,
+            });
+        }
         if let Some(a) = self.anchor
             && !self.purge_confirmed
         {
             consider(Finding {
-                seq: a.seq + 1,
+                seq: a.seq.saturating_add(1),
                 reason: Reason::UnconfirmedPurge,
             });
         }

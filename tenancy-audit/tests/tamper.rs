@@ -221,6 +221,48 @@ async fn memory_store_detects_every_tampering() {
     }
 }
 
+/// Two trusted checkpoints that disagree about one `seq` prove a fork (history rewritten,
+/// then signed again): reported whichever of them the records agree with.
+#[tokio::test]
+async fn checkpoints_that_disagree_about_a_seq_are_a_rewrite() {
+    let fx = Fixture::new();
+    let (a, _b, ra, _rb) = genuine(&fx).await;
+    let store = MemoryAuditStore::from_records(ra.clone());
+    let genuine_cp = checkpoint(&a, &ra);
+    let mut forged = ra.clone();
+    let last = forged.last_mut().unwrap();
+    last.hash = link(&a, last.seq, &last.prev_hash, b"rewritten");
+    let forged_cp = checkpoint(&a, &forged);
+    let seq = ra.last().unwrap().seq;
+    for cps in [
+        [genuine_cp.clone(), forged_cp.clone()],
+        [forged_cp, genuine_cp],
+    ] {
+        let v = verify(&store, &a, &cps).await.unwrap();
+        assert_eq!(v.finding, at(seq, Reason::Rewritten), "{cps:?}");
+    }
+}
+
+/// A tampered file with the largest possible `seq` is reported, not a panic or a wrap to 0.
+#[tokio::test]
+async fn the_largest_seq_in_a_file_is_a_finding_not_an_overflow() {
+    let fx = Fixture::new();
+    let (a, _b, ra, _rb) = genuine(&fx).await;
+    let mut t = ra.clone();
+    t.last_mut().unwrap().seq = u64::MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("max.jsonl");
+    let text: String = t.iter().map(|r| common::file_line(r) + "\n").collect();
+    std::fs::write(&path, text).unwrap();
+    let store = FileAuditStore::open(&path).await.unwrap();
+    let v = verify(&store, &a, &[]).await.unwrap();
+    assert!(!v.is_valid(), "{v:?}");
+    // Appending after it neither panics nor reuses seq 0.
+    store.append(&[encoded(&a, 99)]).await.unwrap();
+    let v = verify(&store, &a, &[]).await.unwrap();
+    assert!(!v.is_valid(), "{v:?}");
+}
+
 #[tokio::test]
 async fn file_store_detects_every_tampering() {
     let fx = Fixture::new();

@@ -149,8 +149,10 @@ pub(crate) struct TenantChain {
 impl TenantChain {
     fn next(&self, tenant: &TenantId) -> (u64, crate::chain::Digest) {
         match (self.head, self.anchor) {
-            (Some(h), _) => (h.seq + 1, h.hash),
-            (None, Some(a)) => (a.seq + 1, a.hash),
+            // Saturating: a seq this large only comes from a tampered file, and verification
+            // reports what follows it.
+            (Some(h), _) => (h.seq.saturating_add(1), h.hash),
+            (None, Some(a)) => (a.seq.saturating_add(1), a.hash),
             (None, None) => (1, genesis(tenant)),
         }
     }
@@ -234,7 +236,7 @@ impl Chains {
             }
             let (seq, prev) = (s.seq, s.prev);
             let hash = link(&e.tenant, seq, &prev, &e.payload);
-            s.seq = seq + 1;
+            s.seq = seq.saturating_add(1);
             s.prev = hash;
             batch_ids.insert((t, e.event_id), seq);
             records.push(StoredRecord {
