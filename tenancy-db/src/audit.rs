@@ -131,6 +131,22 @@ pub enum Finding {
     },
     /// `tenancy.current_tenant_id()` does not exist: the migrations have not run.
     HelperMissing,
+    /// The role has `CREATEROLE`: up to PostgreSQL 15 it can grant itself any role that is
+    /// not a superuser, such as a table owner or a `BYPASSRLS` role, and then `SET ROLE`.
+    CreateRole {
+        /// The role.
+        role: String,
+    },
+    /// `app.tenant_id` has a value before any tenant transaction sets one: queries outside a
+    /// tenant transaction (and every connection after one) run as that tenant instead of
+    /// failing.
+    DefaultTenant {
+        /// The role.
+        role: String,
+        /// Where the value comes from: `ALTER ROLE … SET`, `ALTER DATABASE … SET`, or the
+        /// connection's options.
+        source: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -192,6 +208,14 @@ impl fmt::Display for Finding {
             Self::MaterializedViewOverTenantTable { view } => write!(
                 f,
                 "materialized view {view} stores rows of tenant tables without row-level security; drop it or replace it with a tenant table"
+            ),
+            Self::CreateRole { role } => write!(
+                f,
+                "role {role:?} has CREATEROLE and could grant itself a table owner's or a BYPASSRLS role; ALTER ROLE {role} NOCREATEROLE"
+            ),
+            Self::DefaultTenant { role, source } => write!(
+                f,
+                "role {role:?} starts with app.tenant_id set ({source}), so queries outside a tenant transaction see that tenant's rows; remove the default (RESET app.tenant_id)"
             ),
             Self::HelperMissing => write!(
                 f,
@@ -268,6 +292,53 @@ tt AS (
       AND n.nspname !~ '^pg_(toast|temp)'
 )";
 
+/// Defaults of `app.tenant_id` that apply to `role` in this database (`ALTER ROLE … SET`,
+/// `ALTER DATABASE … SET`, both, or for every role), and, when `this_connection` is the
+/// audited role's, a value the connection started with (its `options`).
+async fn default_tenant(
+    conn: &mut PgConnection,
+    role: &str,
+    this_connection: bool,
+) -> Result<Vec<Finding>> {
+    let sources: Vec<String> = sqlx::query_scalar(
+        "SELECT CASE
+                  WHEN s.setrole = 0 AND s.setdatabase = 0 THEN 'ALTER ROLE ALL … SET'
+                  WHEN s.setrole = 0 THEN 'ALTER DATABASE … SET'
+                  WHEN s.setdatabase = 0 THEN 'ALTER ROLE … SET'
+                  ELSE 'ALTER ROLE … IN DATABASE … SET'
+                END
+         FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)
+         WHERE c.setting LIKE 'app.tenant\\_id=%'
+           AND (s.setrole = 0 OR s.setrole = (SELECT oid FROM pg_roles WHERE rolname = $1))
+           AND (s.setdatabase = 0
+                OR s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database()))
+         ORDER BY 1",
+    )
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut found: Vec<Finding> = sources
+        .into_iter()
+        .map(|source| Finding::DefaultTenant {
+            role: role.to_owned(),
+            source,
+        })
+        .collect();
+    if this_connection && found.is_empty() {
+        let now: Option<String> =
+            sqlx::query_scalar("SELECT nullif(current_setting('app.tenant_id', true), '')")
+                .fetch_one(&mut *conn)
+                .await?;
+        if now.is_some() {
+            found.push(Finding::DefaultTenant {
+                role: role.to_owned(),
+                source: "the connection's options".to_owned(),
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// Audits the catalog of the connected database for `role` (the connected user when `None`).
 ///
 /// Reads only system catalogs; needs no privilege beyond connecting. Errors only when a
@@ -286,12 +357,13 @@ pub async fn audit_catalog(
     };
     let mut findings = Vec::new();
 
-    let flags: Option<(bool, bool)> =
-        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
-            .bind(&role_name)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some((superuser, bypass)) = flags else {
+    let flags: Option<(bool, bool, bool)> = sqlx::query_as(
+        "SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(&role_name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((superuser, bypass, createrole)) = flags else {
         findings.push(Finding::RoleMissing {
             role: role_name.clone(),
         });
@@ -310,6 +382,12 @@ pub async fn audit_catalog(
             role: role_name.clone(),
         });
     }
+    if createrole && !superuser {
+        findings.push(Finding::CreateRole {
+            role: role_name.clone(),
+        });
+    }
+    findings.extend(default_tenant(conn, &role_name, role.is_none()).await?);
 
     let helper: Option<i64> = sqlx::query_scalar(
         "SELECT p.oid::int8 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

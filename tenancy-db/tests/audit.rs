@@ -148,6 +148,63 @@ async fn unsafe_roles_are_refused_at_start_up() {
     assert_eq!(findings(&env).await, vec![]);
 }
 
+/// A runtime role that starts with a tenant set, or that could grant itself a privileged
+/// role, is refused at start-up like a BYPASSRLS one.
+#[tokio::test]
+async fn a_default_tenant_or_createrole_is_refused_at_start_up() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let role = RoleName::parse(&tenancy_tests::unique("tdb_")).unwrap();
+    let _guard = common::Roles::guard(&env, &role);
+    let mut admin = env.admin().await;
+    tenancy_db::schema::create_runtime_role(&mut admin, &role)
+        .await
+        .unwrap();
+    let refused = |err: Error| match err {
+        Error::Audit(report) => report.findings().to_vec(),
+        other => panic!("{other:?}"),
+    };
+
+    exec(
+        &mut admin,
+        &format!("ALTER ROLE \"{role}\" SET app.tenant_id = 'acme'"),
+    )
+    .await;
+    let err = TenantPool::connect(env.config_as(role.as_str()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("app.tenant_id"), "{err}");
+    assert_eq!(
+        refused(err),
+        vec![Finding::DefaultTenant {
+            role: role.to_string(),
+            source: "ALTER ROLE … SET".into()
+        }]
+    );
+    exec(
+        &mut admin,
+        &format!("ALTER ROLE \"{role}\" RESET app.tenant_id"),
+    )
+    .await;
+
+    exec(&mut admin, &format!("ALTER ROLE \"{role}\" CREATEROLE")).await;
+    let err = TenantPool::connect(env.config_as(role.as_str()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(err),
+        vec![Finding::CreateRole {
+            role: role.to_string()
+        }]
+    );
+    exec(&mut admin, &format!("ALTER ROLE \"{role}\" NOCREATEROLE")).await;
+    let pool = TenantPool::connect(env.config_as(role.as_str()))
+        .await
+        .expect("clean again");
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn each_finding_comes_from_a_seeded_defect() {
     let Some(env) = TestEnv::new().await else {
