@@ -131,9 +131,29 @@ pub struct Session {
 
 impl Session {
     /// When the session ends if nothing touches it: the earlier of idle and absolute expiry.
+    ///
+    /// An idle timeout past the representable dates (stored data tampered with) leaves the
+    /// absolute expiry in charge instead of panicking.
+    ///
+    /// ```
+    /// use tenancy_core::{SessionId, TenantId, UserId};
+    /// # use tenancy_core::Session;
+    /// # let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    /// # let mut s = Session {
+    /// #     id: SessionId::generate(), tenant: TenantId::parse("acme")?, user: UserId::parse("alice")?,
+    /// #     created_at: now, last_seen_at: now, expires_at: now + time::Duration::hours(12),
+    /// #     idle_timeout_secs: 1800, version: 1, data: Default::default(),
+    /// # };
+    /// assert_eq!(s.deadline(), now + time::Duration::minutes(30));
+    /// s.idle_timeout_secs = u64::MAX;
+    /// assert_eq!(s.deadline(), s.expires_at);
+    /// # Ok::<(), tenancy_core::ParseError>(())
+    /// ```
     pub fn deadline(&self) -> OffsetDateTime {
-        let idle = self.last_seen_at + Duration::from_secs(self.idle_timeout_secs);
-        idle.min(self.expires_at)
+        let idle = i64::try_from(self.idle_timeout_secs)
+            .ok()
+            .and_then(|secs| self.last_seen_at.checked_add(time::Duration::seconds(secs)));
+        idle.map_or(self.expires_at, |idle| idle.min(self.expires_at))
     }
 
     /// Whether the session is live at `now`.
