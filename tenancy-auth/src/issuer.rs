@@ -103,8 +103,26 @@ impl fmt::Debug for RefreshToken {
     }
 }
 
-/// What a login or a refresh returns.
-#[derive(Debug, Clone)]
+/// What a login or a refresh returns. Its `Debug` output shows neither token.
+///
+/// ```
+/// # use tenancy_auth::{Algorithm, SigningKey, TokenIssuer};
+/// # use tenancy_core::memory::MemorySessionStore;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let key = SigningKey::hmac(b"0123456789abcdef0123456789abcdef", Algorithm::HS256)?;
+/// # let issuer = TokenIssuer::builder(key, "https://id.example", "api")
+/// #     .sessions(std::sync::Arc::new(MemorySessionStore::new()))
+/// #     .build()?;
+/// # let pair = issuer
+/// #     .login(&"acme".parse()?, &"alice".parse()?, &"user".parse()?, &Default::default())
+/// #     .await?;
+/// let shown = format!("{pair:?}");
+/// assert!(!shown.contains(&pair.access_token));
+/// assert!(!shown.contains(pair.refresh_token.expose()));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct TokenPair {
     /// The signed access token.
@@ -117,6 +135,18 @@ pub struct TokenPair {
     pub tenant: TenantId,
     /// The session both tokens belong to.
     pub session: SessionId,
+}
+
+impl fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("access_token", &"<redacted>")
+            .field("refresh_token", &self.refresh_token)
+            .field("expires_in", &self.expires_in)
+            .field("tenant", &self.tenant)
+            .field("session", &self.session)
+            .finish()
+    }
 }
 
 /// Refresh state kept in the session's data.
