@@ -69,6 +69,11 @@ pub enum Reason {
     Rewritten,
     /// The chain starts after a purge that no purge event in the chain confirms.
     UnconfirmedPurge,
+    /// The purge removed a checkpoint's record, and no checkpoint signed since covers the
+    /// purge event: the store alone vouches for the purge, and a store that wrote its own
+    /// anchor and purge event could have replaced all of history. Sign a checkpoint after
+    /// each purge and pass it along.
+    UnsignedPurge,
 }
 
 impl Reason {
@@ -82,6 +87,7 @@ impl Reason {
             Self::Truncated => "truncated",
             Self::Rewritten => "rewritten",
             Self::UnconfirmedPurge => "unconfirmed_purge",
+            Self::UnsignedPurge => "unsigned_purge",
         }
     }
 }
@@ -152,6 +158,8 @@ pub struct ChainVerifier {
     head: Option<ChainHead>,
     pending: Option<Pending>,
     purge_confirmed: bool,
+    /// The `seq` of the purge event that confirmed the anchor.
+    purge_seq: Option<u64>,
     wanted: HashMap<u64, Digest>,
     seen_wanted: HashMap<u64, Digest>,
     /// The lowest `seq` at which two trusted checkpoints name different hashes: the chain
@@ -175,6 +183,7 @@ impl ChainVerifier {
             head: None,
             pending: None,
             purge_confirmed: false,
+            purge_seq: None,
             wanted: HashMap::new(),
             seen_wanted: HashMap::new(),
             forked: None,
@@ -232,8 +241,9 @@ impl ChainVerifier {
         if self.wanted.contains_key(&n) {
             self.seen_wanted.insert(n, r.hash);
         }
-        if !self.purge_confirmed {
-            self.purge_confirmed = self.confirms_anchor(r);
+        if !self.purge_confirmed && self.confirms_anchor(r) {
+            self.purge_confirmed = true;
+            self.purge_seq = Some(n);
         }
         self.prev = r.hash;
         self.head = Some(r.head());
@@ -331,6 +341,22 @@ impl ChainVerifier {
                 seq: a.seq.saturating_add(1),
                 reason: Reason::UnconfirmedPurge,
             });
+        }
+        if let Some(a) = self.anchor {
+            // A checkpoint below the anchor is waived only when signed history covers the
+            // purge: a checkpoint at or after its event that the records match.
+            let waived = self.wanted.keys().any(|seq| *seq < a.seq);
+            let covered = self.purge_seq.is_some_and(|p| {
+                self.wanted
+                    .iter()
+                    .any(|(seq, hash)| *seq >= p && self.seen_wanted.get(seq) == Some(hash))
+            });
+            if waived && !covered {
+                consider(Finding {
+                    seq: a.seq.saturating_add(1),
+                    reason: Reason::UnsignedPurge,
+                });
+            }
         }
         let verified_to = self.next_seq - 1;
         for (seq, hash) in &self.wanted {

@@ -115,3 +115,88 @@ async fn unconfirmed_anchor_and_tampered_chain_are_refused() {
         .unwrap_err();
     assert!(matches!(err, tenancy_audit::Error::Conflict(_)), "{err}");
 }
+
+/// `n` events a minute apart, from `clock`'s now.
+async fn old_events(
+    store: &dyn AuditStore,
+    t: &tenancy_core::TenantId,
+    clock: &ManualClock,
+    n: usize,
+) {
+    for i in 0..n {
+        let e = event(t, i).at(clock.now());
+        store
+            .append(&[Codec::default().encode(&e).unwrap()])
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(60));
+    }
+}
+
+fn signed(
+    signer: &tenancy_audit::checkpoint::CheckpointSigner,
+    t: &tenancy_core::TenantId,
+    head: tenancy_audit::chain::ChainHead,
+) -> tenancy_audit::checkpoint::TrustedCheckpoint {
+    signer
+        .sign(t, head, time::OffsetDateTime::now_utc())
+        .verify(&signer.verifying_key())
+        .unwrap()
+}
+
+/// A purge past a signed checkpoint is believed only when a checkpoint signed after the purge
+/// covers its event. Otherwise a store that wrote its own anchor and purge event, above every
+/// checkpoint, could replace the whole history unnoticed.
+#[tokio::test]
+async fn a_purge_past_a_checkpoint_needs_a_checkpoint_after_it() {
+    let signer = tenancy_audit::checkpoint::CheckpointSigner::generate("test").unwrap();
+    let t = Fixture::new().tenant("cp");
+    let clock = ManualClock::new();
+    let retention = Retention::new()
+        .with_max_age(time::Duration::days(30))
+        .with_clock(Arc::new(clock.clone()));
+
+    // The genuine chain: 5 events, checkpointed at the third. (A checkpoint at the anchor
+    // itself proves the anchor: it is compared, not waived.)
+    let genuine = MemoryAuditStore::new();
+    old_events(&genuine, &t, &clock, 5).await;
+    let early = signed(&signer, &t, genuine.records(&t)[2].head());
+
+    // A forged store: other history, purged above the checkpoint's seq, with its own anchor
+    // and its own purge event.
+    let forged = MemoryAuditStore::new();
+    old_events(&forged, &t, &clock, 8).await;
+    clock.advance(Duration::from_secs(86_400 * 40));
+    old_events(&genuine, &t, &clock, 1).await;
+    old_events(&forged, &t, &clock, 1).await;
+    assert_eq!(retention.purge(&forged, &t).await.unwrap().purged, 8);
+    assert!(verify(&forged, &t, &[]).await.unwrap().is_valid());
+    let v = verify(&forged, &t, std::slice::from_ref(&early))
+        .await
+        .unwrap();
+    assert_eq!(
+        v.finding.map(|f| f.reason),
+        Some(Reason::UnsignedPurge),
+        "{v:?}"
+    );
+
+    // The genuine purge, past the checkpoint: refused with the old checkpoint alone, valid
+    // once a checkpoint is signed after the purge.
+    assert_eq!(retention.purge(&genuine, &t).await.unwrap().purged, 5);
+    let v = verify(&genuine, &t, std::slice::from_ref(&early))
+        .await
+        .unwrap();
+    assert_eq!(
+        v.finding.map(|f| f.reason),
+        Some(Reason::UnsignedPurge),
+        "{v:?}"
+    );
+    let after = signed(&signer, &t, genuine.records(&t).last().unwrap().head());
+    let v = verify(&genuine, &t, &[early.clone(), after.clone()])
+        .await
+        .unwrap();
+    assert!(v.is_valid(), "{v:?}");
+    // The later checkpoint does not vouch for the forged store's purge.
+    let v = verify(&forged, &t, &[early, after]).await.unwrap();
+    assert!(!v.is_valid(), "{v:?}");
+}
