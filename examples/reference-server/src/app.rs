@@ -253,20 +253,22 @@ async fn check_key_pair(issuer: &TokenIssuer, verifier: &JwtVerifier) -> Result<
 
 /// The route rules of the API: which routes are public and which are audited.
 ///
-/// No route is exempt from rate limits: the admin routes serve super admins only, who are
-/// never limited, and everyone else gets a 403 there that counts against their limits and
-/// carries the rate-limit headers, as every answer to a tenant's user does. (Exempting the
-/// routes would let any user send unlimited requests that each wait for a synchronous audit
-/// write.)
+/// Only the probes (`/health`, `/metrics`, `/openapi.json`) are exempt from rate limits.
+/// The admin routes are not: they serve super admins only, who are never limited, and
+/// everyone else gets a 403 there that counts against their limits and carries the
+/// rate-limit headers, as every answer to a tenant's user does. (Exempting them would let any
+/// user send unlimited requests that each wait for a synchronous audit write.)
 ///
 /// # Errors
 /// Never for these fixed patterns; the signature follows the builder's.
 pub fn route_rules() -> std::result::Result<Vec<RouteRule>, tenancy_http::Error> {
     let r = RouteRule::new;
     Ok(vec![
-        r("/health")?.public(),
-        r("/metrics")?.public(),
-        r("/openapi.json")?.public(),
+        // Probes and scrapers are not limited; logins and refreshes are, per client address
+        // (`login_per_minute`).
+        r("/health")?.public().exempt(),
+        r("/metrics")?.public().exempt(),
+        r("/openapi.json")?.public().exempt(),
         // `ops::login` and `ops::refresh` audit every outcome (`auth.login`, `auth.refresh`).
         r("/v1/auth/login")?.public().handler_audits_denials(),
         r("/v1/auth/refresh")?.public().handler_audits_denials(),
@@ -682,7 +684,9 @@ impl App {
             Arc::new(dispatcher.clone()),
         )
         .with_tiers(tiers.clone())
-        .with_failure_policy(config.rate_limit_failure);
+        .with_failure_policy(config.rate_limit_failure)
+        // Logins and refreshes (the public routes not exempt) per client address.
+        .with_anonymous_limit(tenancy_core::Quota::per_minute(config.login_per_minute));
         for rule in route_rules().map_err(|e| startup("route rules")(boxed(e)))? {
             builder = builder.with_route(rule);
         }

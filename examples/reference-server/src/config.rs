@@ -21,6 +21,7 @@
 //! | `TENANCY_DEMO_USERS` | `demo_users` | `true` in dev and test, `false` in prod | seed the demo tenants and users |
 //! | `TENANCY_RATE_LIMIT_FAILURE` | `rate_limit_failure` | `local` | when Redis cannot decide: `local`, `fail_closed` or `fail_open` |
 //! | `TENANCY_HEALTH_INTERVAL` | `health_interval_secs` | `5` | seconds between background component checks |
+//! | `TENANCY_LOGIN_PER_MINUTE` | `login_per_minute` | `60` | logins and refreshes per client address per minute (all at once, at most), before 429 |
 //! | `TENANCY_METRICS_ALLOW` | `metrics_allow` | `private` in prod, `any` elsewhere | who may read `GET /metrics`: `any`, `private` (loopback and private networks) or a comma-separated list of addresses and networks (`10.0.0.0/8, 192.0.2.7`); others get 404. Prod refuses `any` |
 //!
 //! ```
@@ -251,6 +252,12 @@ pub struct Config {
     pub rate_limit_failure: FailurePolicy,
     /// Seconds between background component checks.
     pub health_interval: Duration,
+    /// Logins and refreshes per client address per minute.
+    ///
+    /// Why 60 by default: enough for everyone behind one office's address to log in at the
+    /// start of the day within a few minutes, while a password guesser gets one try a
+    /// second and each try's password hashing stays bounded per address.
+    pub login_per_minute: u64,
     /// Who may read `GET /metrics`.
     pub metrics_allow: MetricsAllow,
 }
@@ -277,6 +284,7 @@ struct Raw {
     demo_users: Option<bool>,
     rate_limit_failure: Option<String>,
     health_interval_secs: Option<u64>,
+    login_per_minute: Option<u64>,
     metrics_allow: Option<String>,
 }
 
@@ -308,6 +316,7 @@ fn var_name(key: &'static str) -> &'static str {
         "demo_users" => "TENANCY_DEMO_USERS",
         "rate_limit_failure" => "TENANCY_RATE_LIMIT_FAILURE",
         "health_interval_secs" => "TENANCY_HEALTH_INTERVAL",
+        "login_per_minute" => "TENANCY_LOGIN_PER_MINUTE",
         "metrics_allow" => "TENANCY_METRICS_ALLOW",
         _ => "TENANCY_CONFIG",
     }
@@ -352,6 +361,9 @@ impl Raw {
         }
         if let Some(v) = num("health_interval_secs")? {
             self.health_interval_secs = Some(v);
+        }
+        if let Some(v) = num("login_per_minute")? {
+            self.login_per_minute = Some(v);
         }
         if let Some(v) = get("demo_users") {
             self.demo_users = Some(match v.as_str() {
@@ -546,6 +558,13 @@ impl Config {
                 "must be between 1 and 300 seconds",
             ));
         }
+        let login_per_minute = raw.login_per_minute.unwrap_or(60);
+        if !(1..=1_000_000).contains(&login_per_minute) {
+            return Err(invalid(
+                "TENANCY_LOGIN_PER_MINUTE",
+                "must be between 1 and 1000000",
+            ));
+        }
         let metrics_allow = match raw.metrics_allow.as_deref() {
             Some(s) => MetricsAllow::parse(s, env)?,
             None if env == Env::Prod => MetricsAllow::private(),
@@ -570,6 +589,7 @@ impl Config {
             demo_users,
             rate_limit_failure,
             health_interval: Duration::from_secs(interval),
+            login_per_minute,
             metrics_allow,
         })
     }

@@ -124,6 +124,11 @@ fn platform() -> TenantId {
     TenantId::parse("platform").unwrap_or_else(|_| unreachable!("a valid id"))
 }
 
+/// The 403 of a server that verifies tokens but has no key to issue them.
+fn not_issuing() -> Error {
+    Error::Forbidden("this server verifies tokens but does not issue them".into())
+}
+
 /// Checks the credentials and starts a session. Every failure is the same 401. Each attempt
 /// is audited once, as `auth.login` in the tenant's trail (the platform's for an unknown
 /// tenant), with `origin` (request id, route, client address): a tenant admin sees the
@@ -143,11 +148,25 @@ pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<Toke
         (Some(t), Some(_)) => t.clone(),
         _ => platform(),
     };
+    // Before the credentials are checked: the answer must not tell a right password from a
+    // wrong one on a server that cannot issue tokens.
+    let Some(issuer) = app.issuer() else {
+        app.record(
+            event(&audit_tenant, "auth.login", Outcome::Denied, origin).with_reason("not_issuing"),
+        )
+        .await;
+        return Err(not_issuing());
+    };
     let user = match (&tenant, &settings) {
         (Some(t), Some(_)) if req.password.len() <= MAX_PASSWORD_BYTES => {
             app.users().check(t, &req.username, &req.password).await?
         }
-        _ => None,
+        _ => {
+            // As long as a wrong password takes: the answer's timing does not tell which
+            // tenants exist.
+            app.users().check_nobody().await?;
+            None
+        }
     };
     let username = UserId::parse(&req.username).ok();
     let Some(user) = user else {
@@ -171,9 +190,6 @@ pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<Toke
         .await;
         return Err(Error::Forbidden("the tenant is suspended".into()));
     }
-    let issuer = app.issuer().ok_or_else(|| {
-        Error::Forbidden("this server verifies tokens but does not issue them".into())
-    })?;
     let pair = issuer
         .login(&tenant, &user.id, &user.role, &permissions_for(&user.role))
         .await?;
@@ -194,9 +210,6 @@ pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<Toke
 /// # Errors
 /// 401 for any refused refresh token; 503 when the session store cannot answer.
 pub async fn refresh(app: &App, req: RefreshRequest, origin: &Origin) -> Result<TokenResponse> {
-    let issuer = app.issuer().ok_or_else(|| {
-        Error::Forbidden("this server verifies tokens but does not issue them".into())
-    })?;
     // The tenant named inside the token, for the audit trail only (the issuer checks it).
     let named = req
         .refresh_token
@@ -208,6 +221,14 @@ pub async fn refresh(app: &App, req: RefreshRequest, origin: &Origin) -> Result<
         None => None,
     };
     let audit_tenant = known.as_ref().map_or_else(platform, |(t, _)| t.clone());
+    let Some(issuer) = app.issuer() else {
+        app.record(
+            event(&audit_tenant, "auth.refresh", Outcome::Denied, origin)
+                .with_reason("not_issuing"),
+        )
+        .await;
+        return Err(not_issuing());
+    };
     match issuer.refresh(&req.refresh_token).await {
         Ok(pair) => {
             if known.as_ref().is_some_and(|(_, s)| s.is_suspended()) {

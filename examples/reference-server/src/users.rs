@@ -117,6 +117,8 @@ pub struct Users {
     inner: Arc<RwLock<HashMap<(TenantId, String), User>>>,
     cheap: bool,
     dummy: Arc<str>,
+    /// Password checks run, against accounts or the dummy hash.
+    checks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Users {
@@ -127,6 +129,7 @@ impl Users {
             inner: Arc::default(),
             cheap,
             dummy: dummy.into(),
+            checks: Arc::default(),
         }
     }
 
@@ -203,11 +206,35 @@ impl Users {
         let hash = found
             .as_ref()
             .map_or_else(|| self.dummy.to_string(), |u| u.hash.clone());
-        let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || verify(&hash, &password))
-            .await
-            .map_err(|e| Error::Internal(Box::new(e)))?;
+        let ok = self.verify(hash, password.to_owned()).await?;
         Ok(found.filter(|_| ok))
+    }
+
+    /// Checks `password` against `hash` on the blocking pool, counted.
+    async fn verify(&self, hash: String, password: String) -> Result<bool> {
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || verify(&hash, &password))
+            .await
+            .map_err(|e| Error::Internal(Box::new(e)))
+    }
+
+    /// How many password checks ran (a refused unknown tenant counts one, as a wrong password
+    /// does).
+    pub fn password_checks(&self) -> u64 {
+        self.checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The work of a failed [`Users::check`] without an account to check: a password check
+    /// against the dummy hash, so that refusing an unknown tenant takes as long as refusing
+    /// a wrong password.
+    ///
+    /// # Errors
+    /// When the blocking task cannot run.
+    pub async fn check_nobody(&self) -> Result<()> {
+        self.verify(self.dummy.to_string(), String::new())
+            .await
+            .map(drop)
     }
 
     /// How many accounts exist.

@@ -135,11 +135,32 @@ async fn a_public_key_alone_verifies_rs256_tokens_and_issues_none() {
         )
         .await;
     common::assert_problem(&login, 403);
+    // A wrong password gets the same 403: the answer does not test passwords.
+    let wrong = h
+        .post(
+            "/v1/auth/login",
+            None,
+            &serde_json::json!({"tenant_id": "acme", "username": "bob", "password": "guess"}),
+        )
+        .await;
+    common::assert_problem(&wrong, 403);
+    let refresh = h
+        .post(
+            "/v1/auth/refresh",
+            None,
+            &serde_json::json!({"refresh_token": "rt1.acme.x.y"}),
+        )
+        .await;
+    common::assert_problem(&refresh, 403);
     let token = foreign_token(rsa_key(), &c);
     let me = h.get("/v1/me", &token).await;
     assert_eq!(me.status, 200, "{}", me.text);
     common::assert_problem(&h.get("/v1/me", &foreign_token(ec_key(), &c)).await, 401);
-    h.stop().await;
+    let dir = h.stop().await;
+    // Both refusals are in the trail.
+    let trail = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let refused = trail.lines().filter(|l| l.contains("not_issuing")).count();
+    assert_eq!(refused, 3, "two logins and a refresh");
 }
 
 /// Serves `doc` as the answer to every request, on loopback.

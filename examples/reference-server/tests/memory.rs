@@ -46,3 +46,52 @@ async fn shutdown_drains_the_audit_queue_into_the_file() {
         "every accepted event is in the file after shutdown"
     );
 }
+
+/// Logins are limited per client address (`TENANCY_LOGIN_PER_MINUTE`); probes are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_limited_per_address_and_probes_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::memory_config(dir.path());
+    config.login_per_minute = 3;
+    let h = Harness::start(config, dir).await;
+    let guess = serde_json::json!({"tenant_id": "acme", "username": "alice", "password": "guess"});
+    for _ in 0..3 {
+        let r = h.post("/v1/auth/login", None, &guess).await;
+        assert_eq!(r.status, 401, "{}", r.text);
+        assert!(
+            r.header("x-ratelimit-remaining").is_some(),
+            "{:?}",
+            r.headers
+        );
+    }
+    let r = h.post("/v1/auth/login", None, &guess).await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // The right password waits too: the limit is per address, not per outcome.
+    let right =
+        serde_json::json!({"tenant_id": "acme", "username": "alice", "password": "password"});
+    assert_eq!(h.post("/v1/auth/login", None, &right).await.status, 429);
+    for _ in 0..10 {
+        let r = h.send("GET", "/health", None, None, &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("x-ratelimit-limit").is_none(), "{:?}", r.headers);
+    }
+    h.stop().await;
+}
+
+/// A tenant that does not exist is refused after the same password hashing as a wrong
+/// password, so the answer's timing does not tell which tenants exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_tenant_costs_a_password_check_too() {
+    let h = Harness::memory().await;
+    let users = h.app().users().clone();
+    for tenant in ["acme", "nosuch", "Not A Tenant"] {
+        let before = users.password_checks();
+        let body =
+            serde_json::json!({"tenant_id": tenant, "username": "alice", "password": "guess"});
+        assert_eq!(h.post("/v1/auth/login", None, &body).await.status, 401);
+        assert_eq!(users.password_checks() - before, 1, "{tenant}");
+    }
+    h.stop().await;
+}
