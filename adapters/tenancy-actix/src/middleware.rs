@@ -283,15 +283,20 @@ where
         }
     }
     let mut res = service.call(req).await?;
-    move_headers(res.headers_mut(), limit_headers);
+    let mut refused = None;
     if stages.audit {
         let status = res.status().as_u16();
         if tenancy.audits(meta, status) {
             let note = res.response_mut().extensions_mut().remove::<AuditNote>();
-            if let Err(r) = tenancy.audit_response(meta, status, note).await {
-                return Ok(res.into_response(render(&r)).map_into_right_body());
-            }
+            refused = tenancy.audit_response(meta, status, note).await.err();
         }
     }
-    Ok(res.map_into_left_body())
+    // A synchronous audit that could not be stored replaces the answer; the rate-limit
+    // headers go on whichever answer is sent, as the tower layers put them.
+    let mut res = match refused {
+        Some(r) => res.into_response(render(&r)).map_into_right_body(),
+        None => res.map_into_left_body(),
+    };
+    move_headers(res.headers_mut(), limit_headers);
+    Ok(res)
 }

@@ -997,6 +997,69 @@ async fn requests_a_framework_routes_to_an_audited_handler_are_audited() {
     }
 }
 
+/// An audit sink whose store is down.
+#[derive(Debug)]
+struct DownSink;
+
+#[async_trait::async_trait]
+impl tenancy_core::AuditSink for DownSink {
+    async fn record(&self, _: AuditEvent) -> tenancy_core::Result<()> {
+        Err(tenancy_core::Error::unavailable("the audit store is down"))
+    }
+}
+
+/// A route audited synchronously whose event cannot be stored answers 503, alike, and the
+/// answer still carries the rate-limit headers (the actix middleware once dropped them).
+#[actix_web::test]
+async fn a_synchronous_audit_that_fails_answers_503_alike_with_the_limit_headers() {
+    let w = World::new();
+    let bob = w.token("acme", "bob", "user", &["records:read"]);
+    let build = || async {
+        let clock: Arc<dyn Clock> = Arc::new(w.clock.clone());
+        let verifier = JwtVerifier::builder()
+            .issuer(ISS, VerifyKey::hmac(SECRET, Algorithm::HS256).unwrap())
+            .audience(AUD)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let directory = MemoryTenantDirectory::new();
+        directory
+            .put(
+                &TenantId::parse("acme").unwrap(),
+                TenantSettings::new(TierName::parse("standard").unwrap()),
+            )
+            .await
+            .unwrap();
+        Tenancy::builder(
+            Arc::new(verifier),
+            Arc::new(directory),
+            Arc::new(MemoryRateLimiter::with_clock(clock.clone())),
+            Arc::new(DownSink),
+        )
+        .with_clock(clock)
+        .with_route(
+            RouteRule::new("/v1/records/{id}")
+                .unwrap()
+                .method("GET")
+                .audit("records.read")
+                .unwrap()
+                .audit_sync(),
+        )
+        .build()
+        .unwrap()
+    };
+    let axum = axum_app(build().await);
+    let actix = actix_app(build().await).await;
+    let req = Req::get("/v1/records/42")
+        .bearer(&bob)
+        .header("x-request-id", "c-sync");
+    let a = call_axum(&axum, &req).await;
+    let b = call_actix(&actix, &req).await;
+    assert_eq!(a, b, "axum and actix differ");
+    assert_problem(&a, 503, "unavailable");
+    assert_limited(&a);
+}
+
 #[actix_web::test]
 async fn a_failed_limiter_fails_closed_alike() {
     let w = World::new();
