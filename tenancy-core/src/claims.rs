@@ -183,6 +183,10 @@ impl Claims {
     /// `exp`, `tenant_id`, `user_id`, `user_role` or `permissions`, and any claim of the wrong
     /// type or with an invalid value. Unknown claims are ignored.
     pub fn from_json(bytes: &[u8]) -> Result<Self, TokenRejection> {
+        // A derived struct decoder also takes a JSON array (fields by position).
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(TokenRejection::Malformed);
+        }
         let raw: RawClaims =
             serde_json::from_slice(bytes).map_err(|_| TokenRejection::Malformed)?;
         let tenant_id = parsed(
@@ -255,6 +259,33 @@ mod tests {
         assert!(c.aud.contains("other"));
         let again = Claims::from_json(&serde_json::to_vec(&c).unwrap()).unwrap();
         assert_eq!(again, c);
+    }
+
+    /// A derived decoder takes the fields of a struct by position from a JSON array too.
+    #[test]
+    fn only_an_object_is_claims() {
+        let c = decode(&base()).unwrap();
+        let by_position = serde_json::to_vec(&serde_json::json!([
+            c.iss,
+            ["api"],
+            c.sub,
+            c.exp,
+            null,
+            null,
+            null,
+            "acme",
+            "bob",
+            "user",
+            [],
+            null
+        ]))
+        .unwrap();
+        assert_eq!(
+            Claims::from_json(&by_position).unwrap_err(),
+            TokenRejection::Malformed
+        );
+        let spaced = [b" \n".as_slice(), &serde_json::to_vec(&base()).unwrap()].concat();
+        assert!(Claims::from_json(&spaced).is_ok());
     }
 
     #[test]

@@ -94,8 +94,17 @@ impl NewSession {
             user: self.user,
             created_at: now,
             last_seen_at: now,
-            expires_at: now + self.absolute_ttl,
-            idle_timeout_secs: self.idle_timeout.as_secs(),
+            // Past the representable dates: the last one (the lifetime is unbounded then).
+            expires_at: time::Duration::try_from(self.absolute_ttl)
+                .ok()
+                .and_then(|ttl| now.checked_add(ttl))
+                .unwrap_or_else(|| time::PrimitiveDateTime::MAX.assume_utc()),
+            // Whole seconds, rounded up: a timeout under a second must not end the session
+            // before it is handed out.
+            idle_timeout_secs: self
+                .idle_timeout
+                .as_secs()
+                .saturating_add(u64::from(self.idle_timeout.subsec_nanos() > 0)),
             version: 1,
             data: self.data,
         }
@@ -224,4 +233,31 @@ pub trait SessionAdmin: Send + Sync + fmt::Debug + 'static {
 
     /// Ends every session of `user` in `tenant`; returns how many were live.
     async fn revoke_user(&self, tenant: &TenantId, user: &UserId) -> Result<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new() -> NewSession {
+        NewSession::new(
+            TenantId::parse("acme").unwrap(),
+            UserId::parse("bob").unwrap(),
+        )
+    }
+
+    #[test]
+    fn lifetimes_beyond_the_calendar_and_below_a_second_are_kept_sane() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let s = new()
+            .with_absolute_ttl(Duration::from_secs(u64::MAX))
+            .into_session(now);
+        assert!(s.expires_at > now + time::Duration::days(365 * 1000));
+        assert!(s.is_live(now));
+        let s = new()
+            .with_idle_timeout(Duration::from_millis(500))
+            .into_session(now);
+        assert_eq!(s.idle_timeout_secs, 1);
+        assert!(s.is_live(now), "ended before it was handed out");
+    }
 }
