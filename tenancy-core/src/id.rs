@@ -138,10 +138,43 @@ fn check_user(s: &str) -> Result<(), &'static str> {
     if s.chars().any(|c| c.is_control()) {
         return Err("must not contain control characters");
     }
+    if s.chars().any(is_invisible) {
+        return Err("must not contain invisible, direction or line-separating characters");
+    }
     if s.trim() != s {
         return Err("must not start or end with white space");
     }
     Ok(())
+}
+
+/// Format characters (Unicode category Cf) and the line and paragraph separators: they
+/// print as nothing, reorder the text around them (U+202E), or break a log line, so an id
+/// holding one can pass for another in logs and audit records.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 fn check_request(s: &str) -> Result<(), &'static str> {
@@ -187,6 +220,11 @@ string_id!(
     /// assert!(UserId::parse("alice").is_ok());
     /// assert!(UserId::parse("auth0|5f7c8ec7c33c6c004bbafe82").is_ok());
     /// assert!(UserId::parse("bad\nline").is_err());
+    /// assert!(UserId::parse("José Müller").is_ok());
+    /// // Invisible or reordering characters would let one id pass for another in a log.
+    /// assert!(UserId::parse("alice\u{2028}admin").is_err());
+    /// assert!(UserId::parse("admin\u{202E}nimda").is_err());
+    /// assert!(UserId::parse("ali\u{200B}ce").is_err());
     /// assert!(UserId::parse("").is_err());
     /// ```
     UserId,

@@ -85,7 +85,7 @@ pub use ratelimit::{
     LimitStates, QuotaAdmin, RateLimitDecision, RateLimitHeaders, RateLimitRequest, RateLimiter,
     gcra,
 };
-pub use role::{Permission, PermissionSet, Role};
+pub use role::{CustomRole, Permission, PermissionSet, Role};
 pub use session::{
     DEFAULT_ABSOLUTE_TTL, DEFAULT_IDLE_TIMEOUT, NewSession, Session, SessionAdmin, SessionData,
     SessionStore,

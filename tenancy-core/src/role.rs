@@ -49,8 +49,37 @@ pub enum Role {
     TenantAdmin,
     /// An ordinary user of one tenant.
     User,
-    /// An application-defined role (`[a-z][a-z0-9_.-]{0,63}`).
-    Custom(Arc<str>),
+    /// An application-defined role (`[a-z][a-z0-9_.-]{0,63}`, not a built-in name). Made only
+    /// by [`Role::parse`], so that what a token carries and what the program holds are the
+    /// same role: a `Custom` spelled `super_admin` would be issued as one and come back as
+    /// [`Role::SuperAdmin`].
+    Custom(CustomRole),
+}
+
+/// The name of an application-defined [`Role`], as [`Role::parse`] checked it.
+///
+/// ```
+/// use tenancy_core::Role;
+///
+/// let Role::Custom(auditor) = Role::parse("auditor")? else { unreachable!() };
+/// assert_eq!(auditor.as_str(), "auditor");
+/// assert!(!matches!(Role::parse("super_admin")?, Role::Custom(_)));
+/// # Ok::<(), tenancy_core::ParseError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CustomRole(Arc<str>);
+
+impl CustomRole {
+    /// The role's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CustomRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
 }
 
 impl Role {
@@ -62,7 +91,7 @@ impl Role {
             "user" => Self::User,
             other => {
                 check_name(other).map_err(|r| ParseError::new("role", r))?;
-                Self::Custom(Arc::from(other))
+                Self::Custom(CustomRole(Arc::from(other)))
             }
         })
     }
@@ -73,7 +102,7 @@ impl Role {
             Self::SuperAdmin => "super_admin",
             Self::TenantAdmin => "tenant_admin",
             Self::User => "user",
-            Self::Custom(name) => name,
+            Self::Custom(name) => name.as_str(),
         }
     }
 
