@@ -193,17 +193,46 @@ fn reason(e: Error) -> R {
     }
 }
 
-#[tokio::test]
-async fn rotation_new_key_appears_old_key_retires() {
+/// A provider serving `keys`, a source on it (refreshed every 300 s, unknown kids at most
+/// every 30 s) and a verifier on that source, on one manual clock.
+struct Provider {
+    server: JwksServer,
+    clock: ManualClock,
+    source: JwksKeySet,
+    v: JwtVerifier,
+}
+
+async fn provider(keys: &[&SigningKey]) -> Provider {
     let server = JwksServer::start().await;
     let clock = ManualClock::new();
-    let (a, b) = (
-        rsa_key("rsa_private.pem", "a"),
-        rsa_key("rsa2_private.pem", "b"),
-    );
-    server.set(&[&a]);
+    server.set(keys);
     let source = jwks(&server, &clock);
     let v = verifier(&source, &clock);
+    Provider {
+        server,
+        clock,
+        source,
+        v,
+    }
+}
+
+/// Two RSA keys under the kids `a` and `b`.
+fn keys_a_b() -> (SigningKey, SigningKey) {
+    (
+        rsa_key("rsa_private.pem", "a"),
+        rsa_key("rsa2_private.pem", "b"),
+    )
+}
+
+#[tokio::test]
+async fn rotation_new_key_appears_old_key_retires() {
+    let (a, b) = keys_a_b();
+    let Provider {
+        server,
+        clock,
+        source,
+        v,
+    } = provider(&[&a]).await;
 
     let token_a = mint(&a, &clock);
     // JWKS keys may have to be fetched: nothing is decided without waiting, nothing fetched.
@@ -254,15 +283,10 @@ async fn rotation_new_key_appears_old_key_retires() {
 /// every later refresh).
 #[tokio::test]
 async fn a_stale_set_and_an_unknown_kid_fetch_once_and_answer() {
-    let server = JwksServer::start().await;
-    let clock = ManualClock::new();
-    let (a, b) = (
-        rsa_key("rsa_private.pem", "a"),
-        rsa_key("rsa2_private.pem", "b"),
-    );
-    server.set(&[&a]);
-    let source = jwks(&server, &clock);
-    let v = verifier(&source, &clock);
+    let (a, b) = keys_a_b();
+    let Provider {
+        server, clock, v, ..
+    } = provider(&[&a]).await;
     v.verify(&mint(&a, &clock)).await.unwrap();
     assert_eq!(server.hits(), 1);
 
@@ -290,15 +314,13 @@ async fn a_stale_set_and_an_unknown_kid_fetch_once_and_answer() {
 /// verified under the old key are checked again, not served from the cache.
 #[tokio::test]
 async fn a_key_replaced_under_the_same_kid_empties_the_cache() {
-    let server = JwksServer::start().await;
-    let clock = ManualClock::new();
     let (old, new) = (
         rsa_key("rsa_private.pem", "k1"),
         rsa_key("rsa2_private.pem", "k1"),
     );
-    server.set(&[&old]);
-    let source = jwks(&server, &clock);
-    let v = verifier(&source, &clock);
+    let Provider {
+        server, clock, v, ..
+    } = provider(&[&old]).await;
     // Valid beyond the refresh interval: only the key change can refuse it.
     let token_old = mint_for(&old, &clock, Duration::from_secs(3600));
     v.verify(&token_old).await.unwrap();

@@ -62,6 +62,16 @@ impl World {
         }
     }
 
+    /// The verifier of the tokens `World::token` signs.
+    fn verifier(&self) -> JwtVerifier {
+        JwtVerifier::builder()
+            .issuer(ISS, VerifyKey::hmac(SECRET, Algorithm::HS256).unwrap())
+            .audience(AUD)
+            .clock(Arc::new(self.clock.clone()))
+            .build()
+            .unwrap()
+    }
+
     fn now(&self) -> i64 {
         (self.clock.now_nanos() / 1_000_000_000) as i64
     }
@@ -93,12 +103,7 @@ impl World {
         limiter_down: bool,
     ) -> (Tenancy, MemoryAuditSink, MemoryTenantDirectory) {
         let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
-        let verifier = JwtVerifier::builder()
-            .issuer(ISS, VerifyKey::hmac(SECRET, Algorithm::HS256).unwrap())
-            .audience(AUD)
-            .clock(clock.clone())
-            .build()
-            .unwrap();
+        let verifier = self.verifier();
         let directory = MemoryTenantDirectory::new();
         let tier = |t: &str| TierName::parse(t).unwrap();
         let put = |name: &str, s: TenantSettings| {
@@ -1016,12 +1021,7 @@ async fn a_synchronous_audit_that_fails_answers_503_alike_with_the_limit_headers
     let bob = w.token("acme", "bob", "user", &["records:read"]);
     let build = || async {
         let clock: Arc<dyn Clock> = Arc::new(w.clock.clone());
-        let verifier = JwtVerifier::builder()
-            .issuer(ISS, VerifyKey::hmac(SECRET, Algorithm::HS256).unwrap())
-            .audience(AUD)
-            .clock(clock.clone())
-            .build()
-            .unwrap();
+        let verifier = w.verifier();
         let directory = MemoryTenantDirectory::new();
         directory
             .put(
