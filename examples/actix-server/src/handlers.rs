@@ -13,37 +13,44 @@ use tenancy_server::app::MAX_BODY_BYTES;
 use tenancy_server::web::{self as endpoints, Answer, BodyError, Call};
 use tenancy_server::{App, Error};
 
+/// GET, and HEAD answered by the same handler (actix-web then sends the head without the
+/// body), as axum answers them.
+fn get() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
     cfg.app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
-        .service(resource("/health").route(web::get().to(health)))
-        .service(resource("/metrics").route(web::get().to(metrics)))
-        .service(resource("/openapi.json").route(web::get().to(openapi_doc)))
+        .service(resource("/health").route(get().to(health)))
+        .service(resource("/metrics").route(get().to(metrics)))
+        .service(resource("/openapi.json").route(get().to(openapi_doc)))
         .service(resource("/v1/auth/login").route(web::post().to(login)))
         .service(resource("/v1/auth/refresh").route(web::post().to(refresh)))
         .service(resource("/v1/auth/logout").route(web::post().to(logout)))
-        .service(resource("/v1/me").route(web::get().to(me)))
+        .service(resource("/v1/me").route(get().to(me)))
         .service(
             resource("/v1/records")
-                .route(web::get().to(list_records))
+                .route(get().to(list_records))
                 .route(web::post().to(create_record)),
         )
         .service(
             resource("/v1/records/{id}")
-                .route(web::get().to(get_record))
+                .route(get().to(get_record))
                 .route(web::delete().to(delete_record)),
         )
-        .service(resource("/v1/tenant/audit").route(web::get().to(tenant_audit)))
+        .service(resource("/v1/tenant/audit").route(get().to(tenant_audit)))
         .service(
             resource("/v1/admin/tenants/{tenant}")
                 .route(web::put().to(put_tenant))
-                .route(web::get().to(get_tenant)),
+                .route(get().to(get_tenant)),
         )
         .service(resource("/v1/admin/tenants/{tenant}/limits").route(web::put().to(put_limits)))
         .service(resource("/v1/admin/tenants/{tenant}/bypass").route(web::post().to(bypass)))
         .service(resource("/v1/admin/tenants/{tenant}/suspend").route(web::post().to(suspend)))
         .service(resource("/v1/admin/tenants/{tenant}/resume").route(web::post().to(resume)))
-        .service(resource("/v1/admin/audit/verify").route(web::get().to(verify)))
+        .service(resource("/v1/admin/audit/verify").route(get().to(verify)))
         .default_service(web::to(not_found));
 }
 

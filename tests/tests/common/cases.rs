@@ -384,6 +384,8 @@ pub fn contract() -> Vec<Step> {
             .json(r#"{"tenant_id":"nosuch","username":"bob","password":"password"}"#)),
         login_as("login bob", "bob", &[("bob", "/access_token"), ("bob_refresh", "/refresh_token")]),
         C(case("me", "GET", "/v1/me", Some("bob"), 200).limited(true).check(me_bob)),
+        // HEAD is answered by the GET handler on both servers, limited alike.
+        C(case("me, head only", "HEAD", "/v1/me", Some("bob"), 200).limited(true)),
         C(case("refresh", "POST", "/v1/auth/refresh", None, 200)
             .json(r#"{"refresh_token":"{bob_refresh}"}"#)
             .save(&[("bob2", "/access_token"), ("bob_refresh2", "/refresh_token")])),
