@@ -156,6 +156,14 @@ impl TrustedProxies {
         self.header
     }
 
+    /// The name of the header these proxies write, in lower case.
+    pub fn header_name(&self) -> &'static str {
+        match self.header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        }
+    }
+
     /// Whether `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.nets.iter().any(|n| n.contains(ip))
@@ -180,21 +188,26 @@ impl TrustedProxies {
         forwarded: &[&[u8]],
         x_forwarded_for: &[&[u8]],
     ) -> Option<IpAddr> {
+        let values = match self.header {
+            ForwardedHeader::XForwardedFor => x_forwarded_for,
+            ForwardedHeader::Forwarded => forwarded,
+        };
+        self.client_addr_from(peer, values)
+    }
+
+    /// [`TrustedProxies::client_addr`] given only the values of the header the proxies write
+    /// ([`TrustedProxies::header_name`]), in arrival order.
+    pub fn client_addr_from(&self, peer: Option<IpAddr>, values: &[&[u8]]) -> Option<IpAddr> {
         let peer = peer?.to_canonical();
         if !self.is_trusted(peer) {
             return Some(peer);
         }
+        let elements = values.iter().flat_map(|v| v.split(|b| *b == b','));
         let hops: Vec<Option<IpAddr>> = match self.header {
-            ForwardedHeader::XForwardedFor => x_forwarded_for
-                .iter()
-                .flat_map(|v| v.split(|b| *b == b','))
+            ForwardedHeader::XForwardedFor => elements
                 .map(|h| std::str::from_utf8(h).ok().and_then(parse_hop))
                 .collect(),
-            ForwardedHeader::Forwarded => forwarded
-                .iter()
-                .flat_map(|v| v.split(|b| *b == b','))
-                .map(forwarded_for)
-                .collect(),
+            ForwardedHeader::Forwarded => elements.map(forwarded_for).collect(),
         };
         let mut current = peer;
         for hop in hops.into_iter().rev() {

@@ -574,9 +574,10 @@ impl Tenancy {
         let client_addr = if self.inner.proxies.is_empty() {
             peer.map(|p| p.to_canonical())
         } else {
-            let fwd: Vec<&[u8]> = head.header_values("forwarded").collect();
-            let xff: Vec<&[u8]> = head.header_values("x-forwarded-for").collect();
-            self.inner.proxies.client_addr(peer, &fwd, &xff)
+            // Only the header the proxies write is read.
+            let proxies = &self.inner.proxies;
+            let values: Vec<&[u8]> = head.header_values(proxies.header_name()).collect();
+            proxies.client_addr_from(peer, &values)
         };
         let framework_route = match route {
             Some(_) => None,
