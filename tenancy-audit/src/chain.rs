@@ -134,8 +134,9 @@ pub struct StoredRecord {
     /// When the event happened, to the microsecond (also inside `payload`).
     pub occurred_at: OffsetDateTime,
     /// The exact stored bytes: the redacted event in the versioned encoding of
-    /// [`codec`](crate::codec).
-    pub payload: Vec<u8>,
+    /// [`codec`](crate::codec). Shared: a record read from memory, or built from an
+    /// [`EncodedEvent`](crate::codec::EncodedEvent), shares its bytes.
+    pub payload: std::sync::Arc<[u8]>,
     /// The previous record's hash (the tenant's [`genesis`] hash for `seq` 1).
     pub prev_hash: Digest,
     /// This record's chain hash, [`link`] of the fields above.

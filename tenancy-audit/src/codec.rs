@@ -24,7 +24,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use tenancy_core::{AuditEvent, EventId, TenantId};
 use time::OffsetDateTime;
@@ -45,8 +48,9 @@ pub struct EncodedEvent {
     pub event_id: EventId,
     /// When it happened, to the microsecond.
     pub occurred_at: OffsetDateTime,
-    /// The exact bytes to store.
-    pub payload: Vec<u8>,
+    /// The exact bytes to store; shared, so that a store keeping them in memory holds the
+    /// bytes the encoder made rather than a copy.
+    pub payload: Arc<[u8]>,
 }
 
 impl EncodedEvent {
@@ -54,7 +58,8 @@ impl EncodedEvent {
     ///
     /// # Errors
     /// [`Error::Malformed`] when the bytes are not a version-1 payload.
-    pub fn from_payload(payload: Vec<u8>) -> Result<Self> {
+    pub fn from_payload(payload: impl Into<Arc<[u8]>>) -> Result<Self> {
+        let payload = payload.into();
         let event = decode(&payload)?;
         Ok(Self {
             tenant: event.tenant,
@@ -108,8 +113,7 @@ impl Codec {
     pub fn encode_owned(&self, mut event: AuditEvent) -> Result<EncodedEvent> {
         self.policy.apply(&mut event);
         event.occurred_at = truncate_micros(event.occurred_at);
-        let mut payload = Vec::with_capacity(512);
-        write_envelope(&event, &mut payload).map_err(Error::Encode)?;
+        let payload = encode_in_scratch(&event)?;
         Ok(EncodedEvent {
             tenant: event.tenant,
             event_id: event.event_id,
@@ -125,6 +129,34 @@ impl Codec {
     pub fn decode(&self, payload: &[u8]) -> Result<AuditEvent> {
         decode(payload)
     }
+}
+
+/// The scratch buffer a thread keeps between events; one grown past [`SCRATCH_KEPT`] by a
+/// large event is let go after it, so that a rare large event pins no memory on every thread.
+const SCRATCH_START: usize = 512;
+const SCRATCH_KEPT: usize = 16 * 1024;
+
+/// Writes the envelope into the thread's scratch buffer (kept between events, so it grows
+/// once) and copies the bytes, exactly as long as they are, into one shared allocation.
+fn encode_in_scratch(event: &AuditEvent) -> Result<Arc<[u8]>> {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH_START));
+    }
+    let write = |buf: &mut Vec<u8>| -> Result<Arc<[u8]>> {
+        buf.clear();
+        let written = write_envelope(event, buf).map_err(Error::Encode);
+        let bytes = written.map(|()| Arc::from(buf.as_slice()));
+        if buf.capacity() > SCRATCH_KEPT {
+            *buf = Vec::with_capacity(SCRATCH_START);
+        }
+        bytes
+    };
+    SCRATCH
+        .try_with(|s| match s.try_borrow_mut() {
+            Ok(mut buf) => write(&mut buf),
+            Err(_) => write(&mut Vec::new()),
+        })
+        .unwrap_or_else(|_| write(&mut Vec::new()))
 }
 
 /// Decodes stored bytes; see [`Codec::decode`].
@@ -173,6 +205,14 @@ pub(crate) fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(nanos - nanos % 1_000).unwrap_or(t)
 }
 
+/// `"name":`, the way [`Object::key`] takes a key: the quotes and the colon written once, at
+/// compile time.
+macro_rules! key {
+    ($name:literal) => {
+        concat!("\"", $name, "\":").as_bytes()
+    };
+}
+
 /// Writes `{"event":<event>,"v":1}` in canonical form, field by field.
 ///
 /// The event's own fields have a fixed shape, so their keys are written in byte order here
@@ -194,46 +234,141 @@ fn write_envelope(event: &AuditEvent, out: &mut Vec<u8>) -> serde_json::Result<(
         details,
     } = event;
     let mut env = Object::open(out);
-    env.key(b"event");
+    env.key(key!("event"));
     let mut ev = Object::open(env.out);
-    ev.field(b"action", action)?;
-    ev.key(b"actor");
+    ev.string(key!("action"), action);
+    ev.key(key!("actor"));
     let mut a = Object::open(ev.out);
-    a.optional(b"role", actor.role.as_ref())?;
-    a.optional(b"session", actor.session.as_ref())?;
-    a.optional(b"user", actor.user.as_ref())?;
+    a.optional(
+        key!("role"),
+        actor.role.as_ref().map(tenancy_core::Role::as_str),
+    );
+    a.optional(key!("session"), actor.session.as_ref().map(|s| s.as_str()));
+    a.optional(key!("user"), actor.user.as_ref().map(|u| u.as_str()));
     a.close();
     if !details.is_empty() {
-        ev.key(b"details");
+        ev.key(key!("details"));
         write_object(details, ev.out);
     }
-    ev.field(b"event_id", event_id)?;
-    ev.key(b"occurred_at");
-    // RFC 3339 text needs no JSON escaping: written in place between quotes.
-    ev.out.push(b'"');
-    occurred_at
-        .format_into(&mut *ev.out, &Rfc3339)
-        .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
-    ev.out.push(b'"');
-    ev.key(b"origin");
+    ev.key(key!("event_id"));
+    write_event_id(event_id, ev.out);
+    ev.key(key!("occurred_at"));
+    write_timestamp(*occurred_at, ev.out)?;
+    ev.key(key!("origin"));
     let mut o = Object::open(ev.out);
-    o.optional(b"client_addr", origin.client_addr.as_ref())?;
-    o.optional(b"request_id", origin.request_id.as_ref())?;
-    o.optional(b"route", origin.route.as_ref())?;
+    if let Some(addr) = origin.client_addr {
+        o.key(key!("client_addr"));
+        write_addr(addr, o.out);
+    }
+    o.optional(
+        key!("request_id"),
+        origin.request_id.as_ref().map(|r| r.as_str()),
+    );
+    o.optional(key!("route"), origin.route.as_deref());
     o.close();
-    ev.field(b"outcome", outcome)?;
-    ev.optional(b"reason", reason.as_ref())?;
+    ev.string(key!("outcome"), outcome_name(*outcome));
+    ev.optional(key!("reason"), reason.as_deref());
     if let Some(resource) = resource {
-        ev.key(b"resource");
+        ev.key(key!("resource"));
         let mut r = Object::open(ev.out);
-        r.optional(b"id", resource.id.as_ref())?;
-        r.field(b"kind", &resource.kind)?;
+        r.optional(key!("id"), resource.id.as_deref());
+        r.string(key!("kind"), &resource.kind);
         r.close();
     }
-    ev.field(b"tenant", tenant)?;
+    ev.string(key!("tenant"), tenant.as_str());
     ev.close();
-    env.field(b"v", &FORMAT_VERSION)?;
+    env.key(key!("v"));
+    serde_json::to_writer(&mut *env.out, &FORMAT_VERSION)?;
     env.close();
+    Ok(())
+}
+
+/// The name `serde` gives an outcome (`rename_all = "snake_case"`).
+fn outcome_name(outcome: tenancy_core::Outcome) -> &'static str {
+    use tenancy_core::Outcome;
+    match outcome {
+        Outcome::Success => "success",
+        Outcome::Denied => "denied",
+        Outcome::Failure => "failure",
+        Outcome::Error => "error",
+    }
+}
+
+/// The id as 32 lowercase hex digits between quotes, as its `Display` writes it.
+fn write_event_id(id: &EventId, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'"'; 34];
+    for (pair, b) in text[1..33].chunks_exact_mut(2).zip(id.as_bytes()) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+    out.extend_from_slice(&text);
+}
+
+/// An address in its `Display` form between quotes (the text needs no escaping). IPv4
+/// addresses, the usual case, are written octet by octet rather than through `fmt`.
+fn write_addr(addr: std::net::IpAddr, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    out.push(b'"');
+    match addr {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        // Writing into a Vec cannot fail.
+        std::net::IpAddr::V6(v6) => drop(write!(out, "{v6}")),
+    }
+    out.push(b'"');
+}
+
+/// `occurred_at` in RFC 3339 between quotes, as `time`'s `Rfc3339` writes it: UTC as `Z`, the
+/// fraction of a second only when there is one, without trailing zeros. Written digit by
+/// digit for UTC times of years 0 to 9999 (every event the clock makes); any other offset or
+/// year goes through `time`, which refuses what RFC 3339 cannot express.
+fn write_timestamp(t: OffsetDateTime, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    let year = t.year();
+    if !t.offset().is_utc() || !(0..=9999).contains(&year) {
+        out.push(b'"');
+        t.format_into(&mut *out, &Rfc3339)
+            .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+        out.push(b'"');
+        return Ok(());
+    }
+    let mut text = *b"\"0000-00-00T00:00:00.000000000Z\"";
+    let mut put = |at: usize, digits: usize, mut value: u32| {
+        for i in (at..at + digits).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(1, 4, year.unsigned_abs());
+    put(6, 2, u32::from(u8::from(t.month())));
+    put(9, 2, u32::from(t.day()));
+    put(12, 2, u32::from(t.hour()));
+    put(15, 2, u32::from(t.minute()));
+    put(18, 2, u32::from(t.second()));
+    let nanos = t.nanosecond();
+    if nanos == 0 {
+        out.extend_from_slice(&text[..20]);
+    } else {
+        put(21, 9, nanos);
+        let mut end = 30;
+        while text[end - 1] == b'0' {
+            end -= 1;
+        }
+        out.extend_from_slice(&text[..end]);
+    }
+    out.extend_from_slice(b"Z\"");
     Ok(())
 }
 
@@ -249,26 +384,24 @@ impl<'a> Object<'a> {
         Self { out, empty: true }
     }
 
-    /// Writes `"key":` (keys are plain ASCII names that need no escaping).
+    /// Writes a key made by [`key!`] (`"name":`; keys are plain ASCII names that need no
+    /// escaping), after a comma unless it is the first.
     fn key(&mut self, key: &[u8]) {
         if !self.empty {
             self.out.push(b',');
         }
         self.empty = false;
-        self.out.push(b'"');
         self.out.extend_from_slice(key);
-        self.out.extend_from_slice(b"\":");
     }
 
-    fn field<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T) -> serde_json::Result<()> {
+    fn string(&mut self, key: &[u8], value: &str) {
         self.key(key);
-        serde_json::to_writer(&mut *self.out, value)
+        write_string(value, self.out);
     }
 
-    fn optional<T: Serialize>(&mut self, key: &[u8], value: Option<&T>) -> serde_json::Result<()> {
-        match value {
-            Some(v) => self.field(key, v),
-            None => Ok(()),
+    fn optional(&mut self, key: &[u8], value: Option<&str>) {
+        if let Some(v) = value {
+            self.string(key, v);
         }
     }
 
@@ -328,14 +461,52 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether a JSON string needs escaping: a control character, a quote or a backslash in it.
+/// Eight bytes at a time (each test is exact for whether any byte of the word matches), then
+/// the rest byte by byte.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    /// Whether some byte of `x` is zero.
+    fn zero_byte(x: u64) -> bool {
+        x.wrapping_sub(ONES) & !x & HIGH != 0
+    }
+    let mut words = s.chunks_exact(8);
+    let mut found = false;
+    for w in &mut words {
+        let mut b = [0; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
+        found |= control
+            | zero_byte(x ^ (ONES * u64::from(b'"')))
+            | zero_byte(x ^ (ONES * u64::from(b'\\')));
+    }
+    found
+        || words
+            .remainder()
+            .iter()
+            .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// A JSON string as `serde_json` writes it. Most text needs no escaping ([`needs_escape`]):
+/// it is copied between quotes as it is.
 fn write_string(s: &str, out: &mut Vec<u8>) {
-    // Serialising a `str` into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    if !needs_escape(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serialising a `str` into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
     use tenancy_core::Outcome;
 
     #[test]
@@ -476,6 +647,84 @@ mod tests {
                 String::from_utf8(reference(&e)).unwrap()
             );
             proptest::prop_assert_eq!(decode(&direct).unwrap(), e);
+        }
+    }
+
+    fn time_text(t: OffsetDateTime) -> Option<String> {
+        let mut out = Vec::new();
+        write_timestamp(t, &mut out).ok()?;
+        Some(String::from_utf8(out).unwrap())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn timestamps_are_written_as_time_writes_rfc3339(
+            // From 0000-01-01 to 9999-12-31, every nanosecond pattern.
+            secs in -62_167_219_200i64..253_402_300_800,
+            nanos in proptest::prop_oneof![0..1_000_000_000u32, proptest::strategy::Strategy::prop_map(0..1_000_000u32, |n| n * 1_000), proptest::strategy::Just(0)],
+            offset_mins in proptest::prop_oneof![proptest::strategy::Just(0i32), -1439..1440i32],
+        ) {
+            let offset = time::UtcOffset::from_whole_seconds(offset_mins * 60).unwrap();
+            let t = OffsetDateTime::from_unix_timestamp(secs).unwrap()
+                .replace_nanosecond(nanos).unwrap()
+                .to_offset(offset);
+            let expected = t.format(&Rfc3339).ok().map(|s| format!("\"{s}\""));
+            proptest::prop_assert_eq!(time_text(t), expected);
+        }
+    }
+
+    #[test]
+    fn timestamps_at_the_edges_of_rfc3339() {
+        let at = |s: i64, n: u32| {
+            OffsetDateTime::from_unix_timestamp(s)
+                .unwrap()
+                .replace_nanosecond(n)
+                .unwrap()
+        };
+        assert_eq!(
+            time_text(at(-62_167_219_200, 0)).as_deref(),
+            Some("\"0000-01-01T00:00:00Z\"")
+        );
+        assert_eq!(
+            time_text(at(253_402_300_799, 999_999_999)).as_deref(),
+            Some("\"9999-12-31T23:59:59.999999999Z\"")
+        );
+        assert_eq!(
+            time_text(at(951_782_400, 120_000_000)).as_deref(),
+            Some("\"2000-02-29T00:00:00.12Z\"")
+        );
+        // A year RFC 3339 cannot write (here -1) is refused, as `time` refuses it.
+        assert_eq!(time_text(at(-62_167_219_201, 0)), None);
+    }
+
+    #[test]
+    fn addresses_are_written_as_they_display() {
+        for text in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "::ffff:1.2.3.4",
+        ] {
+            let addr: std::net::IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            write_addr(addr, &mut out);
+            assert_eq!(out, format!("\"{addr}\"").into_bytes(), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_escaped_exactly_when_serde_escapes_them(
+            s in "\\PC{0,40}|[ -~]{0,40}|[\\x00-\\x7f]{0,24}",
+        ) {
+            let serde = serde_json::to_string(&s).unwrap();
+            proptest::prop_assert_eq!(needs_escape(s.as_bytes()), serde.len() != s.len() + 2);
+            let mut out = Vec::new();
+            write_string(&s, &mut out);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde);
         }
     }
 

@@ -149,7 +149,7 @@ impl Spool {
                 break;
             }
             end += line.len() as u64;
-            match EncodedEvent::from_payload(line[..line.len() - 1].to_vec()) {
+            match EncodedEvent::from_payload(&line[..line.len() - 1]) {
                 Ok(e) => out.push(e),
                 Err(err) => {
                     tracing::error!(

@@ -121,7 +121,7 @@ fn exports_carry_the_chain_and_cloudevents_attributes() {
             // The payload is embedded byte for byte: re-hashing the line's payload verifies.
             let start = line.find("\"payload\":").unwrap() + "\"payload\":".len();
             let payload = &line.as_bytes()[start..line.len() - 1];
-            assert_eq!(payload, r.payload.as_slice());
+            assert_eq!(payload, &*r.payload);
         }
         let ce = export::cloud_event(&records[1], "/tenancy/audit").unwrap();
         assert_eq!(ce["specversion"], "1.0");

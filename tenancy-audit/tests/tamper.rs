@@ -43,9 +43,10 @@ fn cases() -> Vec<Case> {
         Case {
             name: "payload byte",
             tamper: |a, _| {
-                let p = &mut a[4].payload;
+                let mut p = a[4].payload.to_vec();
                 let i = p.windows(4).position(|w| w == b"read").unwrap();
                 p[i + 3] = b'e';
+                a[4].payload = p.into();
             },
             internal: at(5, Reason::Modified),
             with_checkpoint: at(5, Reason::Modified),
@@ -135,9 +136,10 @@ fn cases() -> Vec<Case> {
         Case {
             name: "rehashed rewrite",
             tamper: |a, _| {
-                let p = &mut a[4].payload;
+                let mut p = a[4].payload.to_vec();
                 let i = p.windows(4).position(|w| w == b"read").unwrap();
                 p[i] = b'R';
+                a[4].payload = p.into();
                 rehash_from(a, 4);
             },
             internal: None,
@@ -360,7 +362,7 @@ async fn pg_lay_down(store: &PgAuditStore, tenants: &[&TenantId], records: &[Sto
         .bind(r.seq as i64)
         .bind(r.event_id.as_bytes().to_vec())
         .bind(r.occurred_at)
-        .bind(&r.payload)
+        .bind(&*r.payload)
         .bind(r.prev_hash.as_bytes().to_vec())
         .bind(r.hash.as_bytes().to_vec())
         .execute(&mut *tx)

@@ -219,15 +219,16 @@ fn parse_record(line: &[u8]) -> Option<StoredRecord> {
         seq: l.seq,
         event_id: l.event_id,
         occurred_at: l.occurred_at,
-        payload: l.payload.into_bytes(),
+        payload: l.payload.into_bytes().into(),
         prev_hash: l.prev_hash,
         hash: l.hash,
     })
 }
 
 fn record_line(r: &StoredRecord) -> Result<Vec<u8>> {
-    let payload = String::from_utf8(r.payload.clone())
-        .map_err(|e| Error::malformed("payload is not UTF-8", e))?;
+    let payload = std::str::from_utf8(&r.payload)
+        .map_err(|e| Error::malformed("payload is not UTF-8", e))?
+        .to_owned();
     let mut out = serde_json::to_vec(&Line {
         tenant: r.tenant.clone(),
         seq: r.seq,

@@ -139,11 +139,20 @@ pub trait AuditStore: Send + Sync + fmt::Debug + 'static {
     async fn tenants(&self) -> Result<Vec<TenantId>>;
 }
 
+/// The hasher of event-id maps: seeded per process, and far cheaper than the default SipHash
+/// on the writer's path (a lookup and two inserts per event: 0.83k instructions per event with
+/// SipHash, 0.03k with foldhash, by callgrind). Event ids are 128 random bits unless a caller
+/// sets its own; the random seed keeps chosen ids from aiming at one bucket.
+type IdHasher = foldhash::quality::RandomState;
+
+/// A map from event ids (of one tenant, or with the tenant's place in a batch) to `seq`.
+pub(crate) type IdMap<K> = HashMap<K, u64, IdHasher>;
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TenantChain {
     pub(crate) head: Option<ChainHead>,
     pub(crate) anchor: Option<Anchor>,
-    pub(crate) ids: HashMap<EventId, u64>,
+    pub(crate) ids: IdMap<EventId>,
 }
 
 impl TenantChain {
@@ -185,7 +194,8 @@ impl Chains {
         let mut staged: Vec<Staged<'_>> = Vec::new();
         let mut index: HashMap<&TenantId, usize> = HashMap::new();
         // Event ids staged in this batch, by tenant position in `staged`.
-        let mut batch_ids: HashMap<(usize, EventId), u64> = HashMap::with_capacity(events.len());
+        let mut batch_ids: IdMap<(usize, EventId)> =
+            IdMap::with_capacity_and_hasher(events.len(), IdHasher::default());
         let mut records = Vec::with_capacity(events.len());
         let mut out = Vec::with_capacity(events.len());
         let mut last: Option<usize> = None;

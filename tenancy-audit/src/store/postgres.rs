@@ -190,7 +190,7 @@ fn record(row: &PgRow) -> Result<StoredRecord> {
         seq: u64::try_from(seq).map_err(|e| Error::malformed("seq column", e))?,
         event_id: event_id(row.try_get("event_id").map_err(get)?)?,
         occurred_at: row.try_get("occurred_at").map_err(get)?,
-        payload: row.try_get("payload").map_err(get)?,
+        payload: row.try_get::<Vec<u8>, _>("payload").map_err(get)?.into(),
         prev_hash: digest(row.try_get("prev_hash").map_err(get)?)?,
         hash: digest(row.try_get("hash").map_err(get)?)?,
     })
@@ -201,8 +201,8 @@ enum FillError {
     Malformed(Error),
 }
 
-/// Decodes a row of `seq, event_id, occurred_at, payload, prev_hash, hash` into `r`, reusing
-/// its buffers.
+/// Decodes a row of `seq, event_id, occurred_at, payload, prev_hash, hash` into `r` (its
+/// tenant is kept).
 fn fill(r: &mut StoredRecord, row: &PgRow) -> Result<(), FillError> {
     let seq: i64 = row.try_get(0).map_err(FillError::Db)?;
     r.seq =
@@ -210,8 +210,7 @@ fn fill(r: &mut StoredRecord, row: &PgRow) -> Result<(), FillError> {
     r.event_id = event_id(row.try_get(1).map_err(FillError::Db)?).map_err(FillError::Malformed)?;
     r.occurred_at = row.try_get(2).map_err(FillError::Db)?;
     let payload: &[u8] = row.try_get(3).map_err(FillError::Db)?;
-    r.payload.clear();
-    r.payload.extend_from_slice(payload);
+    r.payload = payload.into();
     r.prev_hash = digest(row.try_get(4).map_err(FillError::Db)?).map_err(FillError::Malformed)?;
     r.hash = digest(row.try_get(5).map_err(FillError::Db)?).map_err(FillError::Malformed)?;
     Ok(())
@@ -493,7 +492,7 @@ impl AuditStore for PgAuditStore {
             seq: 0,
             event_id: EventId::generate(),
             occurred_at: OffsetDateTime::UNIX_EPOCH,
-            payload: Vec::new(),
+            payload: std::sync::Arc::from([]),
             prev_hash: Digest([0; 32]),
             hash: Digest([0; 32]),
         };

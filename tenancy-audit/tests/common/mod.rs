@@ -52,7 +52,7 @@ pub fn file_line(r: &StoredRecord) -> String {
         "occurred_at": r.occurred_at.format(&Rfc3339).unwrap(),
         "prev_hash": r.prev_hash.to_string(),
         "hash": r.hash.to_string(),
-        "payload": String::from_utf8(r.payload.clone()).unwrap(),
+        "payload": std::str::from_utf8(&r.payload).unwrap(),
     })
     .to_string()
 }
