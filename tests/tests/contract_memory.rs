@@ -357,3 +357,177 @@ async fn metrics_are_private_in_prod_on_both_servers() {
     }
     assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
 }
+
+/// Sends `GET /v1/me` with a chunked body of `len` bytes over a raw connection (no declared
+/// length, so the server finds the size only by reading) and returns the status line.
+async fn chunked_me(h: &Harness, token: &str, len: usize) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = h.base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /v1/me HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'a'; 8 * 1024];
+    let mut left = len;
+    // The server may answer and close before every chunk is sent: a failed write ends the body.
+    while left > 0 {
+        let n = left.min(chunk.len());
+        let framed = [format!("{n:x}\r\n").as_bytes(), &chunk[..n], b"\r\n"].concat();
+        if conn.write_all(&framed).await.is_err() {
+            break;
+        }
+        left -= n;
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A chunked body, whose size no header declares, is held to the 64 KiB limit on a route that
+/// reads no body, on both servers; a small one passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunked_body_over_the_limit_is_refused_on_both_servers() {
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let token = h.mint("acme", "bob", "user", &[]);
+        let big = chunked_me(&h, &token, 70 * 1024).await;
+        assert!(big.starts_with("HTTP/1.1 413"), "{who}: {big}");
+        let small = chunked_me(&h, &token, 100).await;
+        assert!(small.starts_with("HTTP/1.1 200"), "{who}: {small}");
+        assert!(h.stop().await);
+    }
+}
+
+/// Reads one answer from a raw connection: its head (status line and headers, names in
+/// lowercase) and its body, by its `Content-Length`.
+async fn read_answer(conn: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("no answer in 10 s")
+            .expect("the connection failed before the answer");
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = buf[end..].to_vec();
+    while body.len() < len {
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed mid-answer");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (head, body)
+}
+
+/// A client that sends its whole body before it reads the answer gets the 413, not a reset
+/// connection: the server reads what is left of a refused body (up to 1 MiB) and throws it
+/// away, and the connection then serves the next request. A declared length over that bound
+/// is not read: the 413 closes the connection. Both servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_body_is_read_so_that_the_refusal_arrives_on_both_servers() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let token = h.mint("acme", "bob", "user", &[]);
+        let addr = h.base.trim_start_matches("http://").to_owned();
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let body = vec![b'a'; 900 * 1024];
+        for round in 0..3 {
+            let head = format!(
+                "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(&body)
+                .await
+                .unwrap_or_else(|e| panic!("{who}, round {round}: body not read: {e}"));
+            let (answer, _) = read_answer(&mut conn).await;
+            assert!(answer.starts_with("http/1.1 413"), "{who}: {answer}");
+            assert!(!answer.contains("connection: close"), "{who}: {answer}");
+        }
+        // The same connection serves the next request.
+        let me =
+            format!("GET /v1/me HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\r\n");
+        conn.write_all(me.as_bytes()).await.unwrap();
+        let (answer, _) = read_answer(&mut conn).await;
+        assert!(answer.starts_with("http/1.1 200"), "{who}: {answer}");
+
+        // Over the bound: answered at once, unread, and the connection closed.
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            2 << 20
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let (answer, _) = read_answer(&mut conn).await;
+        assert!(answer.starts_with("http/1.1 413"), "{who}: {answer}");
+        assert!(answer.contains("connection: close"), "{who}: {answer}");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            conn.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(matches!(closed, Ok(Ok(0))), "{who}: {closed:?} {rest:?}");
+        assert!(h.stop().await);
+    }
+}
+
+/// A record id whose bytes are not UTF-8 once decoded is read as actix-web hands it to
+/// handlers, U+FFFD in their place: the answer (404) and the audit record's resource id are
+/// the same on both servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undecodable_id_is_audited_alike_on_both_servers() {
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let (token, _) = h.login("acme", "bob").await;
+        let r = h
+            .send(
+                "GET",
+                "/v1/records/%FF%FE",
+                Some(&token),
+                None,
+                &[("x-request-id", "undecodable-id-1")],
+            )
+            .await;
+        assert_eq!(r.status, 404, "{who}: {}", r.text);
+        let (admin, _) = h.login("acme", "alice").await;
+        let events = events_of(&h, &admin, "undecodable-id-1").await;
+        assert_eq!(events.len(), 1, "{who}: {events:?}");
+        assert_eq!(
+            events[0]["resource"]["id"], "\u{FFFD}\u{FFFD}",
+            "{who}: {events:?}"
+        );
+        assert!(h.stop().await);
+    }
+}

@@ -241,17 +241,17 @@ impl RouteRule {
         for seg in &self.segments {
             match seg {
                 Segment::Literal(l) => {
-                    let part = parts.next().filter(|p| decoded(p) == l.as_str())?;
+                    let part = parts.next().filter(|p| decode_segment(p) == l.as_str())?;
                     walked += part.len() + 1;
                 }
                 Segment::Param(name) => {
                     let v = parts.next().filter(|v| !v.is_empty())?;
-                    params.push((name.clone(), bounded(&decoded(v))));
+                    params.push((name.clone(), bounded(&decode_segment(v))));
                     walked += v.len() + 1;
                 }
                 Segment::Rest(name) => {
                     let v = rest.get(walked.min(rest.len())..).unwrap_or_default();
-                    params.push((name.clone(), bounded(&decoded(v))));
+                    params.push((name.clone(), bounded(&decode_segment(v))));
                     return Some(params);
                 }
             }
@@ -265,10 +265,20 @@ fn check_param(name: &str) -> Option<String> {
         .then(|| name.to_owned())
 }
 
-/// `text` percent-decoded, as frameworks decode path parameters for handlers; as it is when
-/// it holds no escape, a malformed one, or bytes that are not UTF-8 once decoded (such a
-/// path reaches no handler: axum and actix-web refuse it).
-fn decoded(text: &str) -> Cow<'_, str> {
+/// A path segment percent-decoded, as axum and actix-web decode path parameters for
+/// handlers: as it is when it holds no escape or a malformed one; bytes that are not UTF-8
+/// once decoded become U+FFFD, as actix-web hands them to handlers (the reference server's
+/// axum routes decode them alike, so that both frameworks' handlers, and the audit record,
+/// see the same text).
+///
+/// ```
+/// use tenancy_http::routes::decode_segment;
+///
+/// assert_eq!(decode_segment("caf%C3%A9"), "café");
+/// assert_eq!(decode_segment("%zz"), "%zz");
+/// assert_eq!(decode_segment("%FF%FE"), "\u{FFFD}\u{FFFD}");
+/// ```
+pub fn decode_segment(text: &str) -> Cow<'_, str> {
     if !text.contains('%') {
         return Cow::Borrowed(text);
     }
@@ -292,7 +302,10 @@ fn decoded(text: &str) -> Cow<'_, str> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_or(Cow::Borrowed(text), Cow::Owned)
+    match String::from_utf8(out) {
+        Ok(text) => Cow::Owned(text),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
 }
 
 fn bounded(v: &str) -> String {
@@ -435,12 +448,19 @@ mod tests {
         // A slash inside a segment stays inside it: no literal has one.
         assert!(t.find("GET", "/v1%2Frecords/1").is_none());
         assert!(t.find("GET", "/v1/records%2F1").is_none());
-        // Malformed escapes and bytes that are not UTF-8 are kept as sent.
-        for raw in ["%zz", "%4", "a%", "%ff%fe"] {
+        // Malformed escapes are kept as sent; bytes that are not UTF-8 become U+FFFD, as
+        // actix-web hands them to handlers.
+        for (raw, param) in [
+            ("%zz", "%zz"),
+            ("%4", "%4"),
+            ("a%", "a%"),
+            ("%ff%fe", "\u{FFFD}\u{FFFD}"),
+            ("a%ffb", "a\u{FFFD}b"),
+        ] {
             let path = format!("/v1/records/{raw}");
             assert_eq!(
                 t.find("GET", &path).unwrap().param("id"),
-                Some(raw),
+                Some(param),
                 "{raw}"
             );
         }

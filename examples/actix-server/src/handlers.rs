@@ -3,9 +3,11 @@
 
 use std::future::{Ready, ready};
 
-use actix_web::dev::Payload;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware;
 use actix_web::{FromRequest, HttpMessage as _, HttpRequest, HttpResponse, ResponseError, web};
 use tenancy_actix::Tenant;
 use tenancy_actix::http_core::RequestMeta;
@@ -21,7 +23,14 @@ fn get() -> actix_web::Route {
 }
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
+    // Every resource and the fallback behind the body limit, as the axum router layers it over
+    // every route (each wrapped on its own: a scope around them all would also take the paths
+    // of routes an application registers after these).
+    let resource = |path: &str| {
+        web::resource(path)
+            .wrap(middleware::from_fn(limit_body))
+            .default_service(web::to(method_not_allowed))
+    };
     cfg.app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
         .service(resource("/health").route(get().to(health)))
         .service(resource("/metrics").route(get().to(metrics)))
@@ -51,7 +60,49 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/admin/tenants/{tenant}/suspend").route(web::post().to(suspend)))
         .service(resource("/v1/admin/tenants/{tenant}/resume").route(web::post().to(resume)))
         .service(resource("/v1/admin/audit/verify").route(get().to(verify)))
-        .default_service(web::to(not_found));
+        .default_service(web::to(not_found).wrap(middleware::from_fn(limit_body)));
+}
+
+/// Holds every request's body to [`MAX_BODY_BYTES`] before routing, whether or not its route
+/// reads a body, as the axum server does: a declared `Content-Length` over the limit is
+/// refused before any of the body is read; any other body is read, at most to the limit, and
+/// handed on whole. What is left of a refused body is thrown away ([`endpoints::drain`]) so
+/// that the 413 reaches the client.
+async fn limit_body(
+    mut req: ServiceRequest,
+    next: middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).cloned();
+    let declared = declared.as_ref().map(HeaderValue::as_bytes);
+    let has_body = declared.is_some_and(|v| v != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let refused = if endpoints::declares_too_large(declared) {
+        BodyError::TooLarge
+    } else if has_body {
+        let (http_req, payload) = req.parts_mut();
+        match web::Bytes::from_request(http_req, payload).await {
+            Ok(bytes) => {
+                req.set_payload(bytes.into());
+                return next
+                    .call(req)
+                    .await
+                    .map(ServiceResponse::map_into_left_body);
+            }
+            Err(e) => body_error(&e),
+        }
+    } else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    let drained =
+        refused == BodyError::TooLarge && endpoints::drain(declared, req.take_payload()).await;
+    let resp = match call(req.request()) {
+        Ok(c) => reply(endpoints::body_refused(&c, refused, drained)),
+        Err(missing) => missing.error_response(),
+    };
+    Ok(req.into_response(resp).map_into_right_body())
 }
 
 /// Sends an [`Answer`], with its audit note in the response extensions for the middleware.
@@ -59,6 +110,11 @@ fn reply(a: Answer) -> HttpResponse {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = HttpResponse::build(status);
     for (name, value) in a.headers {
+        // actix-web writes the `Connection` header itself, from the connection type.
+        if name == "connection" && value == "close" {
+            resp.force_close();
+            continue;
+        }
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
@@ -102,39 +158,43 @@ impl FromRequest for Req {
     type Future = Ready<Result<Self, MissingApp>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
-            req.app_data::<web::Data<App>>()
-                .ok_or(MissingApp)
-                .map(|app| {
-                    let mut call = Call::new(app.get_ref().clone())
-                        .with_origin({
-                            let ext = req.extensions();
-                            endpoints::origin(ext.get::<RequestMeta>())
-                        })
-                        .with_query(req.query_string());
-                    if let Some(ct) = req
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                    {
-                        call = call.with_content_type(ct);
-                    }
-                    Self(call)
-                }),
-        )
+        ready(call(req).map(Self))
     }
+}
+
+/// The [`Call`] of a request: the app from the app data, the origin the middleware resolved,
+/// the query string and the content type.
+fn call(req: &HttpRequest) -> Result<Call, MissingApp> {
+    let app = req.app_data::<web::Data<App>>().ok_or(MissingApp)?;
+    let mut call = Call::new(app.get_ref().clone())
+        .with_origin({
+            let ext = req.extensions();
+            endpoints::origin(ext.get::<RequestMeta>())
+        })
+        .with_query(req.query_string());
+    if let Some(ct) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        call = call.with_content_type(ct);
+    }
+    Ok(call)
 }
 
 /// The request body as read under the 64 KiB limit.
 type RawBody = Result<web::Bytes, actix_web::Error>;
 
 fn body(b: &RawBody) -> endpoints::Body<'_> {
-    match b {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(BodyError::TooLarge)
-        }
-        Err(_) => Err(BodyError::Unreadable),
+    b.as_deref().map_err(body_error)
+}
+
+/// Why actix-web could not read a body: over the payload limit, or unreadable.
+fn body_error(e: &actix_web::Error) -> BodyError {
+    if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
+        BodyError::TooLarge
+    } else {
+        BodyError::Unreadable
     }
 }
 

@@ -17,7 +17,8 @@
 
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
@@ -81,7 +82,10 @@ fn body(b: &RawBody) -> web::Body<'_> {
     }
 }
 
-/// A path parameter; one axum cannot decode answers like a path that does not exist.
+/// A path parameter, percent-decoded. One whose bytes are not UTF-8 once decoded is handed on
+/// with U+FFFD in their place, as actix-web hands it to its handlers
+/// ([`decode_segment`](tenancy_http::routes::decode_segment)): the endpoint then answers as
+/// for any value of no resource, after the same permission checks, on both servers.
 struct Param(String);
 
 impl FromRequestParts<App> for Param {
@@ -91,9 +95,18 @@ impl FromRequestParts<App> for Param {
         parts: &mut http::request::Parts,
         app: &App,
     ) -> Result<Self, Answer> {
-        match Path::<String>::from_request_parts(parts, app).await {
-            Ok(Path(p)) => Ok(Self(p)),
-            Err(_) => {
+        if let Ok(Path(p)) = Path::<String>::from_request_parts(parts, app).await {
+            return Ok(Self(p));
+        }
+        // Every route here has one parameter: its segment of the path, by its place in the
+        // route template.
+        let raw = parts.extensions.get::<MatchedPath>().and_then(|m| {
+            let at = m.as_str().split('/').position(|s| s.starts_with('{'))?;
+            parts.uri.path().split('/').nth(at)
+        });
+        match raw {
+            Some(raw) => Ok(Self(tenancy_http::routes::decode_segment(raw).into_owned())),
+            None => {
                 let Ok(c) = Call::from_request_parts(parts, app).await;
                 Err(web::not_found(&c))
             }
@@ -127,8 +140,50 @@ pub fn router(app: App) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            limit_body,
+        ))
         .layer(TenancyLayer::new(tenancy))
         .with_state(app)
+}
+
+/// Holds every request's body to [`MAX_BODY_BYTES`] before routing, whether or not its
+/// route reads a body: a declared `Content-Length` over the limit is refused before any of
+/// the body is read; any other body is read, at most to the limit, and handed on whole. What
+/// is left of a refused body is thrown away ([`web::drain`]) so that the 413 reaches the
+/// client. Inside the tenancy layer, so that an unauthenticated request is refused before its
+/// body is read.
+async fn limit_body(State(app): State<App>, req: axum::extract::Request, next: Next) -> Response {
+    use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+    let (mut parts, mut body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .map(HeaderValue::as_bytes);
+    let refused = if web::declares_too_large(declared) {
+        BodyError::TooLarge
+    } else if axum::body::HttpBody::is_end_stream(&body) {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    } else {
+        match Limited::new(&mut body, MAX_BODY_BYTES).collect().await {
+            Ok(read) => {
+                let body = axum::body::Body::from(read.to_bytes());
+                return next
+                    .run(axum::extract::Request::from_parts(parts, body))
+                    .await;
+            }
+            Err(e) if e.is::<LengthLimitError>() => BodyError::TooLarge,
+            Err(_) => BodyError::Unreadable,
+        }
+    };
+    let drained =
+        refused == BodyError::TooLarge && web::drain(declared, body.into_data_stream()).await;
+    // The request's `Call` only for a refusal: a request that passes pays for none.
+    let Ok(c) = Call::from_request_parts(&mut parts, &app).await;
+    web::body_refused(&c, refused, drained).into_response()
 }
 
 async fn not_found(c: Call) -> Answer {

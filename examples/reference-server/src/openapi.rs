@@ -256,9 +256,13 @@ fn ok_schema(method: &str, path: &str) -> Value {
     }
 }
 
+/// Statuses every operation can answer whatever its own: the body limit holds on every route,
+/// before the route runs (413 over 64 KiB; 400 for a body that cannot be read).
+const EVERY_OPERATION: &[u16] = &[400, 413];
+
 fn responses(method: &str, path: &str, statuses: &[u16]) -> Value {
     let mut out = serde_json::Map::new();
-    for &st in statuses {
+    for &st in statuses.iter().chain(EVERY_OPERATION) {
         let v = match st {
             204 => json!({"description": "No Content"}),
             200 | 201 if path == "/metrics" => json!({"description": "Prometheus text",

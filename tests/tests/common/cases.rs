@@ -420,6 +420,9 @@ pub fn contract() -> Vec<Step> {
         C(case("cross-tenant delete", "DELETE", "/v1/records/{rec}", Some("galice"), 404)),
         C(case("cross-tenant list", "GET", "/v1/records", Some("galice"), 200)),
         C(case("odd id", "GET", "/v1/records/..%2F..%2Fetc", Some("bob"), 404)),
+        // An id that does not decode to UTF-8: the same answers as any id of no record, after
+        // the same permission check ("undecodable id, not permitted" below).
+        C(case("undecodable id", "GET", "/v1/records/%FF", Some("bob"), 404)),
         C(case("delete record", "DELETE", "/v1/records/{rec}", Some("bob"), 204)),
         C(case("deleted record gone", "GET", "/v1/records/{rec}", Some("alice"), 404)),
         C(case("delete twice", "DELETE", "/v1/records/{rec}", Some("bob"), 404)),
@@ -434,6 +437,7 @@ pub fn contract() -> Vec<Step> {
         C(case("read-only token reads", "GET", "/v1/records", Some("ro"), 200)),
         C(case("read-only token writes", "POST", "/v1/records", Some("ro"), 403)
             .json(r#"{"title":"t","body":"b"}"#)),
+        C(case("undecodable id, not permitted", "DELETE", "/v1/records/%FF%FE", Some("ro"), 403)),
         C(case("tenant header mismatch", "GET", "/v1/me", Some("bob"), 403).headers(&[("x-tenant-id", "globex")])),
         C(case("tenant header match", "GET", "/v1/me", Some("bob"), 200).headers(&[("x-tenant-id", "acme")])),
         // Suspend and resume; tenant creation.
@@ -487,6 +491,13 @@ pub fn contract() -> Vec<Step> {
         C(case("super admin not limited", "GET", "/v1/me", Some("root"), 200).limited(false)),
         // Bodies.
         C(case("413", "POST", "/v1/records", Some("bob"), 413).body(Body::Big)),
+        // The limit holds on routes that read no body too, before the handler runs: the
+        // suspension below does not happen (the cases after it would answer 403).
+        C(case("413 where no body is read", "GET", "/v1/me", Some("bob"), 413)
+            .body(Body::Big)
+            .limited(true)),
+        C(case("413 before an admin action", "POST", "/v1/admin/tenants/acme/suspend", Some("root"), 413)
+            .body(Body::Big)),
         C(case("malformed JSON", "POST", "/v1/records", Some("bob"), 400)
             .json(r#"{"title":"#)
             .check(malformed)),
