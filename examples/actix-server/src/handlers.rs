@@ -1,7 +1,9 @@
 //! The actix-web routes: each reads the request into a [`Call`], calls the framework-free
 //! endpoint of [`tenancy_server::web`] the axum route calls, and sends its [`Answer`].
 
+use std::cell::Cell;
 use std::future::{Ready, ready};
+use std::rc::Rc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -63,22 +65,26 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found).wrap(middleware::from_fn(limit_body)));
 }
 
+/// Whether a request has a body: a `Content-Length` other than 0, or a `Transfer-Encoding`.
+fn has_body(req: &ServiceRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+}
+
 /// Holds every request's body to [`MAX_BODY_BYTES`] before routing, whether or not its route
 /// reads a body, as the axum server does: a declared `Content-Length` over the limit is
 /// refused before any of the body is read; any other body is read, at most to the limit, and
-/// handed on whole. What is left of a refused body is thrown away ([`endpoints::drain`]) so
-/// that the 413 reaches the client.
+/// handed on whole. (What is left of a refused body, [`drain_rest`] throws away.)
 async fn limit_body(
     mut req: ServiceRequest,
     next: middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let declared = req.headers().get(header::CONTENT_LENGTH).cloned();
-    let declared = declared.as_ref().map(HeaderValue::as_bytes);
-    let has_body = declared.is_some_and(|v| v != b"0")
-        || req.headers().contains_key(header::TRANSFER_ENCODING);
-    let refused = if endpoints::declares_too_large(declared) {
+    let declared = req.headers().get(header::CONTENT_LENGTH);
+    let refused = if endpoints::declares_too_large(declared.map(HeaderValue::as_bytes)) {
         BodyError::TooLarge
-    } else if has_body {
+    } else if has_body(&req) {
         let (http_req, payload) = req.parts_mut();
         match web::Bytes::from_request(http_req, payload).await {
             Ok(bytes) => {
@@ -96,13 +102,77 @@ async fn limit_body(
             .await
             .map(ServiceResponse::map_into_left_body);
     };
-    let drained =
-        refused == BodyError::TooLarge && endpoints::drain(declared, req.take_payload()).await;
     let resp = match call(req.request()) {
-        Ok(c) => reply(endpoints::body_refused(&c, refused, drained)),
+        Ok(c) => reply(endpoints::body_refused(&c, refused)),
         Err(missing) => missing.error_response(),
     };
     Ok(req.into_response(resp).map_into_right_body())
+}
+
+/// Outside everything, as the axum server's: whatever refused a request (the tenancy
+/// middleware's 401, 403 or 429, the body limit's 413, a handler's 415), what is left of its
+/// body is read and thrown away before the answer goes out ([`endpoints::drain`]), and the
+/// connection then serves the next request. (Left alone, actix-web reads the rest after the
+/// answer, all of it however long, and closes the connection.) When the rest is not read
+/// (over 1 MiB, or too slow), the answer closes the connection.
+pub async fn drain_rest(
+    mut req: ServiceRequest,
+    next: middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if !has_body(&req) {
+        return next.call(req).await;
+    }
+    let declared = req.headers().get(header::CONTENT_LENGTH).cloned();
+    let slot = Rc::new(Cell::new(None));
+    let returning = Returning {
+        inner: Some(req.take_payload()),
+        slot: Rc::clone(&slot),
+    };
+    let stream: std::pin::Pin<Box<dyn futures_core::Stream<Item = _>>> = Box::pin(returning);
+    req.set_payload(Payload::from(stream));
+    let mut resp = next.call(req).await?;
+    if let Some(rest) = slot.take() {
+        let declared = declared.as_ref().map(HeaderValue::as_bytes);
+        if !endpoints::drain(declared, rest).await {
+            resp.response_mut()
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
+    }
+    Ok(resp)
+}
+
+/// A request payload that, dropped before its end, hands what is left of it to
+/// [`drain_rest`].
+struct Returning {
+    inner: Option<Payload>,
+    slot: Rc<Cell<Option<Payload>>>,
+}
+
+impl futures_core::Stream for Returning {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let next = std::pin::Pin::new(inner).poll_next(cx);
+        if let std::task::Poll::Ready(None) = next {
+            self.inner = None;
+        }
+        next
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let Some(rest) = self.inner.take() {
+            self.slot.set(Some(rest));
+        }
+    }
 }
 
 /// Sends an [`Answer`], with its audit note in the response extensions for the middleware.
@@ -110,11 +180,6 @@ fn reply(a: Answer) -> HttpResponse {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = HttpResponse::build(status);
     for (name, value) in a.headers {
-        // actix-web writes the `Connection` header itself, from the connection type.
-        if name == "connection" && value == "close" {
-            resp.force_close();
-            continue;
-        }
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),

@@ -48,6 +48,8 @@
 
 mod handlers;
 
+pub use handlers::drain_rest;
+
 use std::net::SocketAddr;
 
 use actix_web::dev::ServerHandle;
@@ -91,7 +93,8 @@ pub fn middleware(app: &App) -> TenancyMiddleware {
 
 /// Registers every route of the contract, the 64 KiB body limit and the `404` fallback.
 /// The application must carry the [`App`] as `web::Data<App>` and be wrapped in
-/// [`middleware`].
+/// [`middleware`], and outside it in [`drain_rest`] (through
+/// `actix_web::middleware::from_fn`), as [`serve`] wraps it.
 ///
 /// ```
 /// use actix_web::web;
@@ -102,6 +105,7 @@ pub fn middleware(app: &App) -> TenancyMiddleware {
 /// let app = App::build(Config::for_tests(dir.path())).await?;
 /// let service = actix_web::App::new()
 ///     .wrap(tenancy_actix_server::middleware(&app))
+///     .wrap(actix_web::middleware::from_fn(tenancy_actix_server::drain_rest))
 ///     .app_data(web::Data::new(app.clone()))
 ///     .configure(tenancy_actix_server::configure);
 /// # let _ = service;
@@ -137,6 +141,7 @@ pub async fn serve(app: App, listener: TcpListener) -> Result<Server> {
     let server = HttpServer::new(move || {
         actix_web::App::new()
             .wrap(middleware(&shared))
+            .wrap(actix_web::middleware::from_fn(drain_rest))
             .app_data(web::Data::new(shared.clone()))
             .configure(configure)
     })

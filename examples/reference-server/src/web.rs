@@ -150,17 +150,10 @@ fn declared_length(content_length: Option<&[u8]>) -> Option<u64> {
 
 /// The answer for a body refused before routing: 413 when it is over [`MAX_BODY_BYTES`]
 /// (declared, or found so while reading it), 400 when it could not be read. Every route, not
-/// only those that read a body, keeps the contract's limit.
-///
-/// `drained` says whether the rest of the body was read ([`drain`]); when it was not, the
-/// answer closes the connection (`Connection: close`), since the next request on it could
-/// not be found.
-pub fn body_refused(c: &Call, e: BodyError, drained: bool) -> Answer {
-    let mut a = c.problem(body_error(e, MAX_BODY_BYTES));
-    if !drained || e == BodyError::Unreadable {
-        a.headers.push(("connection", "close".to_owned()));
-    }
-    a
+/// only those that read a body, keeps the contract's limit. The server throws away what is
+/// left of the body ([`drain`]) before it answers.
+pub fn body_refused(c: &Call, e: BodyError) -> Answer {
+    c.problem(body_error(e, MAX_BODY_BYTES))
 }
 
 /// The most of a refused body that [`drain`] reads and throws away (1 MiB): a declared length
