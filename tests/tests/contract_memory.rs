@@ -438,7 +438,10 @@ async fn read_answer(conn: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
         .map_or(0, |v| v.trim().parse().unwrap());
     let mut body = buf[end..].to_vec();
     while body.len() < len {
-        let n = conn.read(&mut chunk).await.unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("the answer's body stalled for 10 s")
+            .unwrap();
         assert!(n > 0, "closed mid-answer");
         body.extend_from_slice(&chunk[..n]);
     }
@@ -471,8 +474,9 @@ async fn a_refused_body_is_read_so_that_the_refusal_arrives_on_both_servers() {
                 body.len()
             );
             conn.write_all(head.as_bytes()).await.unwrap();
-            conn.write_all(&body)
+            tokio::time::timeout(std::time::Duration::from_secs(10), conn.write_all(&body))
                 .await
+                .unwrap_or_else(|_| panic!("{who}, round {round}: body not read in 10 s"))
                 .unwrap_or_else(|e| panic!("{who}, round {round}: body not read: {e}"));
             let (answer, _) = read_answer(&mut conn).await;
             assert!(

@@ -112,8 +112,9 @@ async fn limit_body(
 /// Outside everything, as the axum server's: whatever refused a request (the tenancy
 /// middleware's 401, 403 or 429, the body limit's 413, a handler's 415), what is left of its
 /// body is read and thrown away before the answer goes out ([`endpoints::drain`]), and the
-/// connection then serves the next request. (Left alone, actix-web reads the rest after the
-/// answer, all of it however long, and closes the connection.) When the rest is not read
+/// connection then serves the next request. (Left alone, actix-web answers an unread body of
+/// declared length with `Connection: close` and reads on for at most its client disconnect
+/// timeout, while it reads an unread chunked body to its end.) When the rest is not read
 /// (over 1 MiB, or too slow), the answer closes the connection.
 pub async fn drain_rest(
     mut req: ServiceRequest,
@@ -130,16 +131,19 @@ pub async fn drain_rest(
     };
     let stream: std::pin::Pin<Box<dyn futures_core::Stream<Item = _>>> = Box::pin(returning);
     req.set_payload(Payload::from(stream));
-    let mut resp = next.call(req).await?;
+    // Drained whatever the inner services returned, an error as well as an answer.
+    let mut resp = next.call(req).await;
     if let Some(rest) = slot.take() {
         let declared = declared.as_ref().map(HeaderValue::as_bytes);
-        if !endpoints::drain(declared, rest).await {
+        if !endpoints::drain(declared, rest).await
+            && let Ok(resp) = &mut resp
+        {
             resp.response_mut()
                 .head_mut()
                 .set_connection_type(actix_web::http::ConnectionType::Close);
         }
     }
-    Ok(resp)
+    resp
 }
 
 /// A request payload that, dropped before its end, hands what is left of it to

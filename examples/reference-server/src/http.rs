@@ -155,9 +155,9 @@ pub fn router(app: App) -> Router {
 /// body limit's 413, a handler's 415), what is left of its body is read and thrown away
 /// before the answer goes out ([`web::drain`]), so that a client still sending its body gets
 /// the answer rather than a reset connection. hyper closes a connection whose request body
-/// was not read to its end, and closing with unread bytes resets it; actix-web reads the rest
-/// of an unread body by itself. When the rest is not read (over 1 MiB, or too slow), the
-/// answer closes the connection. A request without a body passes untouched.
+/// was not read to its end, and closing with unread bytes resets it. When the rest is not
+/// read (over 1 MiB, or too slow), the answer closes the connection. A request without a
+/// body passes untouched.
 async fn drain_rest(req: axum::extract::Request, next: Next) -> Response {
     use axum::body::HttpBody as _;
     if req.body().is_end_stream() {
@@ -197,10 +197,16 @@ impl axum::body::HttpBody for Returning {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        match self.get_mut().inner.as_mut() {
-            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
-            None => std::task::Poll::Ready(None),
+        let this = self.get_mut();
+        let Some(body) = this.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let frame = std::pin::Pin::new(body).poll_frame(cx);
+        // Read to its end (a chunked body may not say so by `is_end_stream`): nothing to drain.
+        if let std::task::Poll::Ready(None) = frame {
+            this.inner = None;
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
