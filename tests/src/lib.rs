@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod body;
 pub mod http;
 
 use std::time::Duration;

@@ -8,6 +8,7 @@
 //! | [`RateLimit`] | per-tenant and per-user quotas; rate-limit headers; 429 / 503 |
 //! | [`Audit`] | audit events for audited routes and denials |
 //! | [`TenancyMiddleware`] | all of the above, in that order, in one service |
+//! | [`DrainBody`] | wrapped outside the rest: reads what is left of a refused request's body, so that the answer reaches a client still sending it |
 //!
 //! The decisions live in [`tenancy_http`] and are the very ones `tenancy-tower` makes, so an
 //! actix-web app and an axum app built from the same [`Tenancy`] answer every request with
@@ -17,7 +18,7 @@
 //! use std::sync::Arc;
 //! use actix_web::{web, App, HttpResponse, HttpServer};
 //! use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
-//! use tenancy_actix::{TenancyMiddleware, Tenant};
+//! use tenancy_actix::{DrainBody, TenancyMiddleware, Tenant};
 //!
 //! # async fn run(verifier: Arc<dyn tenancy_core::TokenVerifier>) -> Result<(), Box<dyn std::error::Error>> {
 //! let tenancy = TenancyMiddleware::builder(
@@ -33,6 +34,7 @@
 //! HttpServer::new(move || {
 //!     App::new()
 //!         .wrap(TenancyMiddleware::new(tenancy.clone()))
+//!         .wrap(DrainBody::default())
 //!         .route("/health", web::get().to(|| async { "ok" }))
 //!         .route("/v1/me", web::get().to(|Tenant(ctx): Tenant| async move {
 //!             HttpResponse::Ok().body(ctx.tenant.to_string())
@@ -53,6 +55,7 @@
 
 #[cfg(feature = "db")]
 pub mod db;
+pub mod drain;
 pub mod error;
 pub mod extract;
 mod head;
@@ -60,10 +63,11 @@ pub mod middleware;
 
 #[cfg(feature = "db")]
 pub use db::TenantTx;
+pub use drain::{DrainBody, DrainBodyService};
 pub use error::{Error, Result};
 pub use extract::{RequirePermission, Tenant};
 pub use middleware::{
     Audit, Authenticate, RateLimit, ResolveTenant, SetRequestId, TenancyMiddleware, TenancyService,
 };
-pub use tenancy_http::{self as http_core, AuditNote, Tenancy, TenancyBuilder};
+pub use tenancy_http::{self as http_core, AuditNote, DrainLimits, Tenancy, TenancyBuilder};
 pub use tenancy_http::{PermissionName, permission};

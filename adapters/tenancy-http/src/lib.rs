@@ -29,6 +29,7 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod drain;
 pub mod error;
 pub mod metrics;
 pub mod permission;
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod routes;
 pub mod tenancy;
 
+pub use drain::{DrainFuture, DrainLimits, drain};
 pub use error::{Error, Result};
 pub use metrics::TenantLabels;
 pub use permission::{PermissionName, PermissionRefusal, require_permission};

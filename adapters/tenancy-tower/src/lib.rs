@@ -8,6 +8,7 @@
 //! | [`RateLimit`] | per-tenant and per-user quotas; rate-limit headers; 429 / 503 |
 //! | [`Audit`] | audit events for audited routes and denials |
 //! | [`TenancyLayer`] | all of the above, in that order |
+//! | `DrainBodyLayer` (feature `axum`) | outside the rest: reads what is left of a refused request's body, so that the answer reaches a client still sending it |
 //!
 //! Each is a `Layer` + `Service` with `type Error = S::Error`: a denial is a problem+json
 //! response, never an error. The layers work with any `http` service whose response body
@@ -20,7 +21,7 @@
 //! use axum::{routing::get, Router};
 //! use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
 //! use tenancy_http::RouteRule;
-//! use tenancy_tower::{TenancyLayer, Tenant};
+//! use tenancy_tower::{DrainBodyLayer, TenancyLayer, Tenant};
 //!
 //! # async fn run(verifier: Arc<dyn tenancy_core::TokenVerifier>) -> Result<(), Box<dyn std::error::Error>> {
 //! let tenancy = TenancyLayer::builder(
@@ -36,7 +37,8 @@
 //! let app = Router::new()
 //!     .route("/health", get(|| async { "ok" }))
 //!     .route("/v1/me", get(|Tenant(ctx): Tenant| async move { ctx.tenant.to_string() }))
-//!     .layer(TenancyLayer::new(tenancy));
+//!     .layer(TenancyLayer::new(tenancy))
+//!     .layer(DrainBodyLayer::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
 //! # Ok(()) }
@@ -57,6 +59,8 @@ pub mod audit;
 pub mod authenticate;
 #[cfg(feature = "db")]
 pub mod db;
+#[cfg(feature = "axum")]
+pub mod drain;
 pub mod error;
 #[cfg(feature = "axum")]
 pub mod extract;
@@ -71,6 +75,8 @@ pub use audit::{Audit, AuditLayer};
 pub use authenticate::{Authenticate, AuthenticateLayer};
 #[cfg(feature = "db")]
 pub use db::TenantTx;
+#[cfg(feature = "axum")]
+pub use drain::{DrainBody, DrainBodyLayer};
 pub use error::{Error, Result};
 #[cfg(feature = "axum")]
 pub use extract::{RequirePermission, Tenant};
@@ -80,6 +86,6 @@ pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use request_id::{SetRequestId, SetRequestIdLayer};
 pub use resolve::{ResolveTenant, ResolveTenantLayer};
 pub use stack::{TenancyLayer, TenancyService};
-pub use tenancy_http::{self as http_core, AuditNote, Tenancy, TenancyBuilder};
+pub use tenancy_http::{self as http_core, AuditNote, DrainLimits, Tenancy, TenancyBuilder};
 #[cfg(feature = "axum")]
 pub use tenancy_http::{PermissionName, permission};

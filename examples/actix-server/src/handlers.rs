@@ -1,9 +1,7 @@
 //! The actix-web routes: each reads the request into a [`Call`], calls the framework-free
 //! endpoint of [`tenancy_server::web`] the axum route calls, and sends its [`Answer`].
 
-use std::cell::Cell;
 use std::future::{Ready, ready};
-use std::rc::Rc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -76,7 +74,7 @@ fn has_body(req: &ServiceRequest) -> bool {
 /// Holds every request's body to [`MAX_BODY_BYTES`] before routing, whether or not its route
 /// reads a body, as the axum server does: a declared `Content-Length` over the limit is
 /// refused before any of the body is read; any other body is read, at most to the limit, and
-/// handed on whole. (What is left of a refused body, [`drain_rest`] throws away.)
+/// handed on whole. (What is left of a refused body, [`tenancy_actix::DrainBody`] throws away.)
 async fn limit_body(
     mut req: ServiceRequest,
     next: middleware::Next<impl MessageBody + 'static>,
@@ -107,76 +105,6 @@ async fn limit_body(
         Err(missing) => missing.error_response(),
     };
     Ok(req.into_response(resp).map_into_right_body())
-}
-
-/// Outside everything, as the axum server's: whatever refused a request (the tenancy
-/// middleware's 401, 403 or 429, the body limit's 413, a handler's 415), what is left of its
-/// body is read and thrown away before the answer goes out ([`endpoints::drain`]), and the
-/// connection then serves the next request. (Left alone, actix-web answers an unread body of
-/// declared length with `Connection: close` and reads on for at most its client disconnect
-/// timeout, while it reads an unread chunked body to its end.) When the rest is not read
-/// (over 1 MiB, or too slow), the answer closes the connection.
-pub async fn drain_rest(
-    mut req: ServiceRequest,
-    next: middleware::Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if !has_body(&req) {
-        return next.call(req).await;
-    }
-    let declared = req.headers().get(header::CONTENT_LENGTH).cloned();
-    let slot = Rc::new(Cell::new(None));
-    let returning = Returning {
-        inner: Some(req.take_payload()),
-        slot: Rc::clone(&slot),
-    };
-    let stream: std::pin::Pin<Box<dyn futures_core::Stream<Item = _>>> = Box::pin(returning);
-    req.set_payload(Payload::from(stream));
-    // Drained whatever the inner services returned, an error as well as an answer.
-    let mut resp = next.call(req).await;
-    if let Some(rest) = slot.take() {
-        let declared = declared.as_ref().map(HeaderValue::as_bytes);
-        if !endpoints::drain(declared, rest).await
-            && let Ok(resp) = &mut resp
-        {
-            resp.response_mut()
-                .head_mut()
-                .set_connection_type(actix_web::http::ConnectionType::Close);
-        }
-    }
-    resp
-}
-
-/// A request payload that, dropped before its end, hands what is left of it to
-/// [`drain_rest`].
-struct Returning {
-    inner: Option<Payload>,
-    slot: Rc<Cell<Option<Payload>>>,
-}
-
-impl futures_core::Stream for Returning {
-    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return std::task::Poll::Ready(None);
-        };
-        let next = std::pin::Pin::new(inner).poll_next(cx);
-        if let std::task::Poll::Ready(None) = next {
-            self.inner = None;
-        }
-        next
-    }
-}
-
-impl Drop for Returning {
-    fn drop(&mut self) {
-        if let Some(rest) = self.inner.take() {
-            self.slot.set(Some(rest));
-        }
-    }
 }
 
 /// Sends an [`Answer`], with its audit note in the response extensions for the middleware.

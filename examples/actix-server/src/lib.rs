@@ -48,8 +48,6 @@
 
 mod handlers;
 
-pub use handlers::drain_rest;
-
 use std::net::SocketAddr;
 
 use actix_web::dev::ServerHandle;
@@ -93,8 +91,7 @@ pub fn middleware(app: &App) -> TenancyMiddleware {
 
 /// Registers every route of the contract, the 64 KiB body limit and the `404` fallback.
 /// The application must carry the [`App`] as `web::Data<App>` and be wrapped in
-/// [`middleware`], and outside it in [`drain_rest`] (through
-/// `actix_web::middleware::from_fn`), as [`serve`] wraps it.
+/// [`middleware`], and outside it in [`tenancy_actix::DrainBody`], as [`serve`] wraps it.
 ///
 /// ```
 /// use actix_web::web;
@@ -105,7 +102,7 @@ pub fn middleware(app: &App) -> TenancyMiddleware {
 /// let app = App::build(Config::for_tests(dir.path())).await?;
 /// let service = actix_web::App::new()
 ///     .wrap(tenancy_actix_server::middleware(&app))
-///     .wrap(actix_web::middleware::from_fn(tenancy_actix_server::drain_rest))
+///     .wrap(tenancy_actix::DrainBody::default())
 ///     .app_data(web::Data::new(app.clone()))
 ///     .configure(tenancy_actix_server::configure);
 /// # let _ = service;
@@ -141,7 +138,7 @@ pub async fn serve(app: App, listener: TcpListener) -> Result<Server> {
     let server = HttpServer::new(move || {
         actix_web::App::new()
             .wrap(middleware(&shared))
-            .wrap(actix_web::middleware::from_fn(drain_rest))
+            .wrap(tenancy_actix::DrainBody::default())
             .app_data(web::Data::new(shared.clone()))
             .configure(configure)
     })

@@ -8,7 +8,7 @@ use axum::{Router, routing::get};
 use tenancy_auth::{Algorithm, JwtVerifier, VerifyKey};
 use tenancy_core::memory::{MemoryAuditSink, MemoryRateLimiter, MemoryTenantDirectory};
 use tenancy_core::{TenantDirectory, TenantId, TenantSettings, TierName};
-use tenancy_tower::{RequirePermission, TenancyLayer, Tenant, permission};
+use tenancy_tower::{DrainBodyLayer, RequirePermission, TenancyLayer, Tenant, permission};
 
 permission!(RecordsRead = "records:read");
 
@@ -56,7 +56,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
             ),
         )
-        .layer(TenancyLayer::new(tenancy));
+        .layer(TenancyLayer::new(tenancy))
+        // Outside the rest: what is left of a refused request's body (a 401 for an upload
+        // without a token) is read before the answer, so that a client still sending it gets
+        // the answer and not a reset connection.
+        .layer(DrainBodyLayer::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://127.0.0.1:3000");
     axum::serve(

@@ -22,11 +22,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
-use std::sync::{Arc, Mutex};
-
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use tenancy_http::RequestMeta;
-use tenancy_tower::{TenancyLayer, Tenant};
+use tenancy_tower::{DrainBodyLayer, TenancyLayer, Tenant};
 
 use crate::app::{App, MAX_BODY_BYTES};
 use crate::web::{self, Answer, BodyError, Call};
@@ -147,95 +145,15 @@ pub fn router(app: App) -> Router {
             limit_body,
         ))
         .layer(TenancyLayer::new(tenancy))
-        .layer(axum::middleware::from_fn(drain_rest))
+        // Outside everything: what is left of a refused body is read before the answer.
+        .layer(DrainBodyLayer::default())
         .with_state(app)
-}
-
-/// Outside everything: whatever refused a request (the tenancy layer's 401, 403 or 429, the
-/// body limit's 413, a handler's 415), what is left of its body is read and thrown away
-/// before the answer goes out ([`web::drain`]), so that a client still sending its body gets
-/// the answer rather than a reset connection. hyper closes a connection whose request body
-/// was not read to its end, and closing with unread bytes resets it. When the rest is not
-/// read (over 1 MiB, or too slow), the answer closes the connection. A request without a
-/// body passes untouched.
-async fn drain_rest(req: axum::extract::Request, next: Next) -> Response {
-    use axum::body::HttpBody as _;
-    if req.body().is_end_stream() {
-        return next.run(req).await;
-    }
-    let declared = req.headers().get(header::CONTENT_LENGTH).cloned();
-    let slot = Arc::new(Mutex::new(None));
-    let req = req.map(|body| {
-        axum::body::Body::new(Returning {
-            inner: Some(body),
-            slot: Arc::clone(&slot),
-        })
-    });
-    let mut resp = next.run(req).await;
-    let rest = slot.lock().ok().and_then(|mut s| s.take());
-    if let Some(rest) = rest {
-        let declared = declared.as_ref().map(HeaderValue::as_bytes);
-        if !web::drain(declared, rest.into_data_stream()).await {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-    }
-    resp
-}
-
-/// A request body that, dropped before its end, hands what is left of it to [`drain_rest`].
-struct Returning {
-    inner: Option<axum::body::Body>,
-    slot: Arc<Mutex<Option<axum::body::Body>>>,
-}
-
-impl axum::body::HttpBody for Returning {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let Some(body) = this.inner.as_mut() else {
-            return std::task::Poll::Ready(None);
-        };
-        let frame = std::pin::Pin::new(body).poll_frame(cx);
-        // Read to its end (a chunked body may not say so by `is_end_stream`): nothing to drain.
-        if let std::task::Poll::Ready(None) = frame {
-            this.inner = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner
-            .as_ref()
-            .map(|b| b.size_hint())
-            .unwrap_or_else(|| http_body::SizeHint::with_exact(0))
-    }
-}
-
-impl Drop for Returning {
-    fn drop(&mut self) {
-        use axum::body::HttpBody as _;
-        if let Some(body) = self.inner.take().filter(|b| !b.is_end_stream())
-            && let Ok(mut slot) = self.slot.lock()
-        {
-            *slot = Some(body);
-        }
-    }
 }
 
 /// Holds every request's body to [`MAX_BODY_BYTES`] before routing, whether or not its
 /// route reads a body: a declared `Content-Length` over the limit is refused before any of
 /// the body is read; any other body is read, at most to the limit, and handed on whole. (What
-/// is left of a refused body, [`drain_rest`] throws away.) Inside the tenancy layer, so that
+/// is left of a refused body, [`DrainBodyLayer`] throws away.) Inside the tenancy layer, so that
 /// an unauthenticated request is refused before its body is read.
 async fn limit_body(State(app): State<App>, req: axum::extract::Request, next: Next) -> Response {
     use http_body_util::{BodyExt as _, LengthLimitError, Limited};

@@ -129,7 +129,8 @@ fn body_error(e: BodyError, limit: usize) -> Error {
 
 /// Whether a request's `Content-Length` declares a body over [`MAX_BODY_BYTES`]: both servers
 /// then answer [`body_refused`] before routing, whether or not the route reads one, reading
-/// no more of the body than [`drain`] throws away. (A missing or malformed length is the HTTP parser's business.)
+/// no more of the body than the servers throw away after a refusal
+/// ([`tenancy_http::drain()`]). (A missing or malformed length is the HTTP parser's business.)
 ///
 /// ```
 /// use tenancy_server::web::declares_too_large;
@@ -151,75 +152,9 @@ fn declared_length(content_length: Option<&[u8]>) -> Option<u64> {
 /// The answer for a body refused before routing: 413 when it is over [`MAX_BODY_BYTES`]
 /// (declared, or found so while reading it), 400 when it could not be read. Every route, not
 /// only those that read a body, keeps the contract's limit. The server throws away what is
-/// left of the body ([`drain`]) before it answers.
+/// left of the body (`DrainBodyLayer`, `DrainBody`) before it answers.
 pub fn body_refused(c: &Call, e: BodyError) -> Answer {
     c.problem(body_error(e, MAX_BODY_BYTES))
-}
-
-/// The most of a refused body that [`drain`] reads and throws away (1 MiB): a declared length
-/// over it is not read at all.
-pub const DRAIN_BYTES: u64 = 1 << 20;
-
-/// The longest [`drain`] waits for the rest of a refused body.
-pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Reads what is left of a refused body and throws it away, before the refusal is answered,
-/// so that the refusal reaches the client. A server that closes a connection with bytes it
-/// has not read makes the kernel reset the connection, and the reset can wipe the answer from
-/// the client's buffers before it reads it: a client still sending a 70 KiB body would see
-/// "connection reset" instead of 413.
-///
-/// Reads at most [`DRAIN_BYTES`] for at most [`DRAIN_TIME`]; a declared `Content-Length`
-/// over [`DRAIN_BYTES`] is not read. Returns whether the body was read to its end (the
-/// connection can then serve the next request); otherwise the answer closes it.
-///
-/// ```
-/// use bytes::Bytes;
-/// use tenancy_server::web::drain;
-///
-/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-/// let rest = [Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))];
-/// assert!(drain(None, Chunks(rest.into_iter())).await);
-/// // Over the bound: left unread, and the connection is closed.
-/// assert!(!drain(Some(b"2000000"), Chunks(std::iter::empty())).await);
-/// # });
-///
-/// // A body as a stream of chunks.
-/// struct Chunks<I>(I);
-/// impl<I: Iterator<Item = std::io::Result<Bytes>> + Unpin> futures_core::Stream for Chunks<I> {
-///     type Item = std::io::Result<Bytes>;
-///     fn poll_next(
-///         mut self: std::pin::Pin<&mut Self>,
-///         _: &mut std::task::Context<'_>,
-///     ) -> std::task::Poll<Option<Self::Item>> {
-///         std::task::Poll::Ready(self.0.next())
-///     }
-/// }
-/// ```
-pub async fn drain<S, E>(content_length: Option<&[u8]>, mut body: S) -> bool
-where
-    S: futures_core::Stream<Item = std::result::Result<bytes::Bytes, E>> + Unpin,
-{
-    if declared_length(content_length).is_some_and(|n| n > DRAIN_BYTES) {
-        return false;
-    }
-    let read = async {
-        let mut left = DRAIN_BYTES;
-        loop {
-            let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await;
-            match next {
-                None => return true,
-                Some(Ok(chunk)) => match left.checked_sub(chunk.len() as u64) {
-                    Some(l) => left = l,
-                    None => return false,
-                },
-                Some(Err(_)) => return false,
-            }
-        }
-    };
-    tokio::time::timeout(DRAIN_TIME, read)
-        .await
-        .unwrap_or(false)
 }
 
 /// Whether a `Content-Type` value is JSON: `application/json` or `application/*+json`,
