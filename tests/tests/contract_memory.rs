@@ -514,6 +514,37 @@ async fn a_refused_body_is_read_so_that_the_refusal_arrives_on_both_servers() {
     }
 }
 
+/// A refused upload whose client expects `100 Continue` gets its 401 on both servers. axum
+/// answers at once, without the 100, and the client sends no body; actix-web sends the 100
+/// before any middleware runs, so the client sends its body, which is read and thrown away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_upload_that_expects_100_continue_is_answered_on_both_servers() {
+    use tokio::io::AsyncWriteExt as _;
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let addr = h.base.trim_start_matches("http://").to_owned();
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let body = vec![b'a'; 70 * 1024];
+        let head = format!(
+            "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let (first, _) = read_answer(&mut conn).await;
+        let answer = if first.starts_with("http/1.1 100") {
+            assert!(matches!(flavor, Flavor::Actix), "{who}: {first}");
+            conn.write_all(&body).await.unwrap();
+            read_answer(&mut conn).await.0
+        } else {
+            first
+        };
+        assert!(answer.starts_with("http/1.1 401"), "{who}: {answer}");
+        assert!(h.stop().await);
+    }
+}
+
 /// A record id whose bytes are not UTF-8 once decoded is read as actix-web hands it to
 /// handlers, U+FFFD in their place: the answer (404) and the audit record's resource id are
 /// the same on both servers.

@@ -2,9 +2,9 @@
 //! the answer goes out, as `tenancy_tower::DrainBodyLayer` does for axum, so that both
 //! servers answer alike.
 //!
-//! Left alone, actix-web answers a request whose body was not read (a 401 for a missing
-//! token, a 429, a 413) with `Connection: close` and reads on only briefly; a client still
-//! sending its body may see a reset connection instead of the answer. Wrapped outside
+//! Left alone, actix-web answers a request whose body of declared length was not read (a 401
+//! for a missing token, a 429, a 413) with `Connection: close` and reads on only briefly; a
+//! client still sending its body may see a reset connection instead of the answer. Wrapped outside
 //! [`TenancyMiddleware`] (and anything else that may answer before reading the body), the
 //! rest is read within [`DrainLimits`] (1 MiB, 2 s by default) and the connection serves the
 //! next request; past them the answer closes the connection. A request without a body
@@ -123,12 +123,15 @@ where
     forward_ready!(inner);
 
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        // A body, over HTTP/1 (on HTTP/2 a refusal ends the stream, not the connection).
+        // A client that expects `100 Continue` has had it from actix-web already, before any
+        // middleware ran, and is sending its body: that one is read.
         let has_body = req
             .headers()
             .get(CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
             || req.headers().contains_key(TRANSFER_ENCODING);
-        if !has_body {
+        if !has_body || req.version() > actix_web::http::Version::HTTP_11 {
             return DrainFuture::direct(self.inner.call(req));
         }
         let declared = req.headers().get(CONTENT_LENGTH).cloned();

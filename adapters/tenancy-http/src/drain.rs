@@ -4,13 +4,17 @@
 //! a 429, a 413 for a declared length over the limit) and then closes the connection with
 //! bytes still unread makes the kernel reset it; the reset can wipe the answer from the
 //! client's buffers before it reads it, and a client still sending its body sees "connection
-//! reset" or "broken pipe" instead of the answer. hyper closes a connection whose body was not
-//! read to its end; actix-web answers `Connection: close` and reads on for a short while.
+//! reset" or "broken pipe" instead of the answer. hyper reads what has already arrived of an
+//! unread body and then closes the connection; actix-web reads the rest of an unread chunked
+//! body and keeps the connection, but answers an unread body of declared length with
+//! `Connection: close` and reads on only briefly.
 //!
 //! Both adapters therefore read the rest of a refused body and throw it away before the
 //! answer goes out, within [`DrainLimits`], with [`drain`]: the connection then serves the
 //! next request. When the rest is not read (too long, too slow, broken), the answer closes
-//! the connection.
+//! the connection. They leave alone HTTP/2 requests (refusing a stream does not touch the
+//! connection) and, on axum, requests that expect `100 Continue` (hyper would tell the
+//! client to send the body only to throw it away; without the 100 the client sends none).
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -36,8 +40,8 @@ use futures_core::Stream;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainLimits {
-    /// At most this many bytes are read (default 1 MiB); a declared `Content-Length` over it
-    /// is not read at all.
+    /// Reading stops once more than this many bytes have arrived (default 1 MiB: at most
+    /// this and one chunk are read); a declared `Content-Length` over it is not read at all.
     pub bytes: u64,
     /// For at most this long (default 2 s).
     pub time: Duration,
@@ -54,7 +58,8 @@ impl Default for DrainLimits {
 
 impl DrainLimits {
     /// Whether a body whose `Content-Length` is `content_length` (`None`: not declared) is
-    /// worth reading: not when the declared length is over [`DrainLimits::bytes`].
+    /// worth reading: not when the declared length is over [`DrainLimits::bytes`]. The
+    /// declared length is the whole body's, even when an inner layer has read part of it.
     pub fn worth_reading(&self, content_length: Option<&[u8]>) -> bool {
         content_length
             .and_then(|v| std::str::from_utf8(v).ok())

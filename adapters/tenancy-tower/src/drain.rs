@@ -7,7 +7,9 @@
 //! (and outside anything else that may answer before reading the body): the rest is read
 //! within [`DrainLimits`] (1 MiB, 2 s by default) and the connection serves the next
 //! request; past them the answer carries `Connection: close`. A request without a body
-//! passes untouched, at no cost. The actix-web adapter's `DrainBody` does the same.
+//! passes untouched, at no cost, as do HTTP/2 requests and requests that expect
+//! `100 Continue` (see [`tenancy_http::drain`](mod@tenancy_http::drain)). The actix-web
+//! adapter's `DrainBody` does the same.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -55,8 +57,8 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, HttpBody};
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue};
-use http::{Request, Response};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HeaderValue};
+use http::{Request, Response, Version};
 use tenancy_http::{DrainFuture, DrainLimits};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -111,7 +113,14 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if req.body().is_end_stream() {
+        // No body; HTTP/2, where a refusal ends the stream and not the connection; or a client
+        // waiting for `100 Continue`, which hyper would send on the first read of the body:
+        // without it the client sends no body, and there is nothing to read.
+        let expects_continue = req
+            .headers()
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if req.body().is_end_stream() || req.version() > Version::HTTP_11 || expects_continue {
             return DrainFuture::direct(self.inner.call(req));
         }
         let declared = req.headers().get(CONTENT_LENGTH).cloned();
