@@ -61,11 +61,23 @@ impl DrainLimits {
     /// worth reading: not when the declared length is over [`DrainLimits::bytes`]. The
     /// declared length is the whole body's, even when an inner layer has read part of it.
     pub fn worth_reading(&self, content_length: Option<&[u8]>) -> bool {
-        content_length
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_none_or(|n| n <= self.bytes)
+        declared_length(content_length).is_none_or(|n| n <= self.bytes)
     }
+}
+
+/// A `Content-Length` value as a number: `None` when there is none or it is not one.
+///
+/// ```
+/// use tenancy_http::drain::declared_length;
+///
+/// assert_eq!(declared_length(Some(b" 70000 ")), Some(70_000));
+/// assert_eq!(declared_length(Some(b"lots")), None);
+/// assert_eq!(declared_length(None), None);
+/// ```
+pub fn declared_length(content_length: Option<&[u8]>) -> Option<u64> {
+    content_length
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// Reads what is left of a refused body and throws it away: `body` is its chunks, `deadline`

@@ -140,13 +140,7 @@ fn body_error(e: BodyError, limit: usize) -> Error {
 /// assert!(!declares_too_large(None));
 /// ```
 pub fn declares_too_large(content_length: Option<&[u8]>) -> bool {
-    declared_length(content_length).is_some_and(|n| n > MAX_BODY_BYTES as u64)
-}
-
-fn declared_length(content_length: Option<&[u8]>) -> Option<u64> {
-    content_length
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+    tenancy_http::drain::declared_length(content_length).is_some_and(|n| n > MAX_BODY_BYTES as u64)
 }
 
 /// The answer for a body refused before routing: 413 when it is over [`MAX_BODY_BYTES`]
