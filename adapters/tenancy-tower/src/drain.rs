@@ -116,11 +116,13 @@ where
         // No body; HTTP/2, where a refusal ends the stream and not the connection; or a client
         // waiting for `100 Continue`, which hyper would send on the first read of the body:
         // without it the client sends no body, and there is nothing to read.
-        let expects_continue = req
-            .headers()
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if req.body().is_end_stream() || req.version() > Version::HTTP_11 || expects_continue {
+        let expects_continue = |req: &Request<Body>| {
+            req.headers()
+                .get(EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        };
+        if req.body().is_end_stream() || req.version() > Version::HTTP_11 || expects_continue(&req)
+        {
             return DrainFuture::direct(self.inner.call(req));
         }
         let declared = req.headers().get(CONTENT_LENGTH).cloned();
