@@ -448,6 +448,15 @@ async fn read_answer(conn: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
     (head, body)
 }
 
+/// The head of `POST /v1/records` with a JSON body of `len` bytes over a raw connection to
+/// `addr`; `extra` is more header lines, each ending in CRLF.
+fn upload_head(addr: &str, extra: &str, len: usize) -> String {
+    format!(
+        "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\n{extra}\
+         content-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    )
+}
+
 /// A client that sends its whole body before it reads the answer gets the refusal (413 for
 /// the size, 401 without a token), not a reset connection: the server reads what is left of a
 /// refused body (up to 1 MiB) and throws it away, and the connection then serves the next
@@ -468,11 +477,7 @@ async fn a_refused_body_is_read_so_that_the_refusal_arrives_on_both_servers() {
             .into_iter()
             .enumerate()
         {
-            let head = format!(
-                "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\n{authorization}\
-                 content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            );
+            let head = upload_head(&addr, authorization, body.len());
             conn.write_all(head.as_bytes()).await.unwrap();
             tokio::time::timeout(std::time::Duration::from_secs(10), conn.write_all(&body))
                 .await
@@ -494,11 +499,7 @@ async fn a_refused_body_is_read_so_that_the_refusal_arrives_on_both_servers() {
 
         // Over the bound: answered at once, unread, and the connection closed.
         let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let head = format!(
-            "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            2 << 20
-        );
+        let head = upload_head(&addr, &bearer, 2 << 20);
         conn.write_all(head.as_bytes()).await.unwrap();
         let (answer, _) = read_answer(&mut conn).await;
         assert!(answer.starts_with("http/1.1 413"), "{who}: {answer}");
@@ -526,11 +527,7 @@ async fn a_refused_upload_that_expects_100_continue_is_answered_on_both_servers(
         let addr = h.base.trim_start_matches("http://").to_owned();
         let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let body = vec![b'a'; 70 * 1024];
-        let head = format!(
-            "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nexpect: 100-continue\r\n\r\n",
-            body.len()
-        );
+        let head = upload_head(&addr, "expect: 100-continue\r\n", body.len());
         conn.write_all(head.as_bytes()).await.unwrap();
         let (first, _) = read_answer(&mut conn).await;
         let answer = if first.starts_with("http/1.1 100") {
