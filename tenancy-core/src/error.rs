@@ -177,6 +177,12 @@ pub enum Error {
     /// Stored data could not be decoded or failed an integrity check.
     #[error("stored data is corrupt")]
     Corrupt(#[source] BoxError),
+    /// The backend refused the call for a reason that neither a retry nor the caller can
+    /// fix: a missing privilege or ACL permission, a refused login, a statement the backend
+    /// does not accept, a failed migration. An operator has to act; an HTTP service answers
+    /// 500.
+    #[error("backend refused the call")]
+    Internal(#[source] BoxError),
 }
 
 impl Error {
@@ -190,6 +196,19 @@ impl Error {
         Self::Corrupt(source.into())
     }
 
+    /// Wraps a refusal no retry fixes as [`Error::Internal`], keeping the cause.
+    ///
+    /// ```
+    /// use tenancy_core::{Error, ErrorKind};
+    ///
+    /// let e = Error::internal("NOPERM this user has no permissions to run the 'evalsha' command");
+    /// assert_eq!(e.kind(), ErrorKind::Internal);
+    /// assert!(!e.is_retryable());
+    /// ```
+    pub fn internal(source: impl Into<BoxError>) -> Self {
+        Self::Internal(source.into())
+    }
+
     /// The kind of this error, for branching without matching every variant.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -201,6 +220,7 @@ impl Error {
             Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Timeout => ErrorKind::Timeout,
             Self::Corrupt(_) => ErrorKind::Corrupt,
+            Self::Internal(_) => ErrorKind::Internal,
         }
     }
 
@@ -231,4 +251,6 @@ pub enum ErrorKind {
     Timeout,
     /// Stored data failed decoding or integrity checks.
     Corrupt,
+    /// The backend refused the call; an operator has to act.
+    Internal,
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Quota, Result, TenantId, UserId};
+use crate::{ParseError, Quota, Result, TenantId, UserId};
 
 /// Whom a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -154,6 +154,41 @@ impl RateLimitRequest {
     pub fn with_cost(mut self, cost: u64) -> Self {
         self.cost = cost;
         self
+    }
+
+    /// Checks every limit's quota ([`Quota::validate`]) and that no two limits share a scope
+    /// and a period.
+    ///
+    /// Why at most one limit per (scope, period): backends keep one state per tenant (or
+    /// user), scope and period, so two such limits would share it, each overwriting what the
+    /// other stored: a shadow limit tried beside an enforced one of the same period would
+    /// silently change what the enforced one allows. Backends refuse such a request with
+    /// [`Error::Invalid`](crate::Error::Invalid) rather than decide it wrongly.
+    ///
+    /// ```
+    /// use tenancy_core::{Limit, Quota, RateLimitRequest, TenantId};
+    ///
+    /// let acme = TenantId::parse("acme")?;
+    /// let enforced = Limit::tenant(Quota::per_hour(1000).with_burst(100));
+    /// let shadow = Limit::tenant(Quota::per_hour(500).with_burst(50)).shadow();
+    /// let same_period = RateLimitRequest::new(acme.clone(), None, vec![enforced, shadow]);
+    /// assert!(same_period.validate().is_err());
+    /// let other_period = Limit::tenant(Quota::per_minute(20)).shadow();
+    /// assert!(RateLimitRequest::new(acme, None, vec![enforced, other_period]).validate().is_ok());
+    /// # Ok::<(), tenancy_core::ParseError>(())
+    /// ```
+    pub fn validate(&self) -> Result<(), ParseError> {
+        for (i, l) in self.limits.iter().enumerate() {
+            l.quota.validate()?;
+            let same = |o: &Limit| o.scope == l.scope && o.quota.period_secs == l.quota.period_secs;
+            if self.limits[..i].iter().any(same) {
+                return Err(ParseError::new(
+                    "rate limit request",
+                    "at most one limit per scope and period",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The limits that apply: user limits only when there is a user.
@@ -877,6 +912,36 @@ mod tests {
         assert_eq!(ceil_secs_at_least_one(Duration::from_nanos(1)), 1);
         assert_eq!(ceil_secs_at_least_one(Duration::ZERO), 1);
         assert_eq!(ceil_secs_at_least_one(Duration::from_millis(1001)), 2);
+    }
+
+    #[test]
+    fn one_limit_per_scope_and_period() {
+        let enforced = Limit::tenant(Quota::per_hour(1000).with_burst(100));
+        let shadow = Limit::tenant(Quota::per_hour(500).with_burst(50)).shadow();
+        let err = req(vec![enforced, shadow]).validate().unwrap_err();
+        assert_eq!(crate::Error::from(err).kind(), crate::ErrorKind::Invalid);
+        // The same period under another scope, or another period, is fine.
+        let user = Limit::user(Quota::per_hour(10));
+        let minute = Limit::tenant(Quota::per_minute(50)).shadow();
+        assert!(req(vec![enforced, user, minute]).validate().is_ok());
+        // Also when the duplicates are not next to each other, and for user limits.
+        let twice = req(vec![user, enforced, Limit::user(Quota::per_hour(20))]);
+        assert!(twice.validate().is_err());
+    }
+
+    #[test]
+    fn periods_are_bounded() {
+        let ten_years = Quota::new(1, Quota::MAX_PERIOD_SECS);
+        assert!(req(vec![Limit::tenant(ten_years)]).validate().is_ok());
+        for period in [Quota::MAX_PERIOD_SECS + 1, u64::MAX] {
+            let r = req(vec![Limit::user(Quota::new(7, period))]);
+            assert!(r.validate().is_err(), "period {period}");
+        }
+        assert!(
+            req(vec![Limit::tenant(Quota::per_hour(0))])
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

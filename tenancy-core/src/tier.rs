@@ -110,12 +110,35 @@ impl Quota {
         t.max(1)
     }
 
-    /// Checks that limit, period and burst are all positive.
+    /// The longest period a quota may have: ten years (of 365 days).
+    ///
+    /// Why this bound: a limiter keeps a limit's state until the limit is rested again, and a
+    /// quota of one request per period holds it for a whole period; a period of centuries
+    /// (`u64::MAX` seconds, a unit mistake) would leave keys in a shared store until the year
+    /// 2554. Ten years is far beyond any quota period in use.
+    pub const MAX_PERIOD_SECS: u64 = 10 * 365 * 24 * 3600;
+
+    /// Checks that limit, period and burst are all positive, and that the period is at most
+    /// [`Quota::MAX_PERIOD_SECS`].
+    ///
+    /// ```
+    /// use tenancy_core::Quota;
+    ///
+    /// assert!(Quota::per_hour(100).validate().is_ok());
+    /// assert!(Quota::per_hour(0).validate().is_err());
+    /// assert!(Quota::new(7, u64::MAX).validate().is_err());
+    /// ```
     pub fn validate(&self) -> Result<(), ParseError> {
         if self.limit == 0 || self.period_secs == 0 || self.burst == 0 {
             return Err(ParseError::new(
                 "quota",
                 "limit, period and burst must all be positive",
+            ));
+        }
+        if self.period_secs > Self::MAX_PERIOD_SECS {
+            return Err(ParseError::new(
+                "quota",
+                "the period must be at most ten years",
             ));
         }
         Ok(())
@@ -392,6 +415,12 @@ mod tests {
     fn zero_quotas_are_refused() {
         assert!(Quota::per_hour(0).validate().is_err());
         assert!(Quota::per_hour(5).with_burst(0).validate().is_err());
+        assert!(Quota::new(1, Quota::MAX_PERIOD_SECS).validate().is_ok());
+        assert!(
+            Quota::new(1, Quota::MAX_PERIOD_SECS + 1)
+                .validate()
+                .is_err()
+        );
         assert!(
             TierCatalog::empty()
                 .with_tier(Tier {

@@ -302,18 +302,26 @@ impl MemoryRateLimiter {
 
 #[async_trait]
 impl RateLimiter for MemoryRateLimiter {
+    /// Refuses a request that fails [`RateLimitRequest::validate`], as every backend does.
     async fn check(&self, request: &RateLimitRequest) -> Result<RateLimitDecision> {
+        request.validate()?;
         Ok(self.check_now(request))
     }
 
     fn try_check(&self, request: &RateLimitRequest) -> Option<Result<RateLimitDecision>> {
-        Some(Ok(self.check_now(request)))
+        Some(
+            request
+                .validate()
+                .map(|()| self.check_now(request))
+                .map_err(Into::into),
+        )
     }
 }
 
 #[async_trait]
 impl QuotaAdmin for MemoryRateLimiter {
     async fn usage(&self, request: &RateLimitRequest) -> Result<Vec<LimitState>> {
+        request.validate()?;
         let rk = self.keys(request);
         let now = self.inner.clock.now_nanos();
         let shard = lock(self.shard(rk.tag));

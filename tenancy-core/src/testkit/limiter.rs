@@ -220,4 +220,47 @@ pub async fn rate_limiter(limiter: Arc<dyn RateLimiter>, fx: &Fixture) {
             "anonymous: user limits do not apply"
         );
     }
+
+    // Requests no backend can decide rightly are refused, by `check` and `try_check` alike,
+    // before anything is counted: two limits sharing a scope and a period (they would share
+    // one state), and a period beyond `Quota::MAX_PERIOD_SECS`.
+    let t = fx.tenant("invalid");
+    let enforced = Limit::tenant(Quota::per_hour(1000).with_burst(2));
+    let refused = [
+        (
+            "same scope and period",
+            vec![
+                enforced,
+                Limit::tenant(Quota::per_hour(500).with_burst(1)).shadow(),
+            ],
+        ),
+        (
+            "period over ten years",
+            vec![Limit::user(Quota::new(7, Quota::MAX_PERIOD_SECS + 1))],
+        ),
+    ];
+    for (case, limits) in refused {
+        let r = req(&t, &alice, limits);
+        let checked = l.check(&r).await;
+        assert_eq!(
+            checked.as_ref().map_err(crate::Error::kind).err(),
+            Some(crate::ErrorKind::Invalid),
+            "{case}: check must refuse, got {checked:?}"
+        );
+        if let Some(now) = l.try_check(&r) {
+            assert_eq!(
+                now.as_ref().map_err(crate::Error::kind).err(),
+                Some(crate::ErrorKind::Invalid),
+                "{case}: try_check must refuse, got {now:?}"
+            );
+        }
+    }
+    // Nothing was counted: the enforced limit alone still has its whole burst of 2.
+    for i in 0..2 {
+        let d = check(l, &req(&t, &alice, vec![enforced]), "invalid").await;
+        assert!(
+            d.allowed,
+            "invalid: request {i} after the refusals must pass"
+        );
+    }
 }
