@@ -20,11 +20,16 @@
 //! # How entries are stored
 //! An entry lives under `<ns>:c:{t:<tenant>}:k:<base64url key>` with a Redis TTL, its value
 //! prefixed by the tenant's *generation* at the time it was written. The generation
-//! (`<ns>:c:{t:<tenant>}:gen`) is raised by [`TenantCache::invalidate_tenant`]: one `INCR`
+//! (`<ns>:c:{t:<tenant>}:gen`) is replaced by [`TenantCache::invalidate_tenant`]: one `SET`
 //! makes every older entry unreachable at once, however many there are, and Redis drops them
 //! when their TTLs end. The generation key itself expires after the longest-lived entry, so
 //! an idle tenant leaves nothing behind. Every operation is one script call on the tenant's
 //! slot.
+//!
+//! A generation is a random 128-bit token, never a counter, and a missing generation key
+//! means a miss: when Redis evicts the generation key before the entries (`maxmemory`), every
+//! entry becomes unreachable, and no new generation can take the value of an old one, so an
+//! invalidated entry is never served again. (Needs Redis 6.0 or later for `KEEPTTL`.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -53,7 +58,10 @@ static GET: LazyLock<Lua> = LazyLock::new(|| {
             r"
 local v = redis.call('GET', KEYS[2])
 if not v then return false end
-local g = redis.call('GET', KEYS[1]) or '0'
+-- No generation: it was evicted or expired, and with it any knowledge of which entries are
+-- current. Nothing may be served.
+local g = redis.call('GET', KEYS[1])
+if not g then return false end
 local sep = string.find(v, ':', 1, true)
 if not sep then return redis.error_reply('{CORRUPT_CODE} cache entry') end
 if string.sub(v, 1, sep - 1) ~= g then return false end
@@ -63,7 +71,7 @@ return string.sub(v, sep + 1)
     )
 });
 
-// KEYS: generation, entry. ARGV: value, ttl in ms.
+// KEYS: generation, entry. ARGV: value, ttl in ms, a fresh generation (used when there is none).
 static SET: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         "cache_set",
@@ -71,7 +79,7 @@ static SET: LazyLock<Lua> = LazyLock::new(|| {
 local ttl = tonumber(ARGV[2])
 local g = redis.call('GET', KEYS[1])
 if not g then
-  g = '0'
+  g = ARGV[3]
   redis.call('SET', KEYS[1], g, 'PX', ttl)
 elseif redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
@@ -91,7 +99,8 @@ static DELETE: LazyLock<Lua> = LazyLock::new(|| {
 local v = redis.call('GET', KEYS[2])
 if not v then return 0 end
 redis.call('DEL', KEYS[2])
-local g = redis.call('GET', KEYS[1]) or '0'
+local g = redis.call('GET', KEYS[1])
+if not g then return 0 end
 if string.sub(v, 1, #g + 1) == g .. ':' then return 1 end
 return 0
 "
@@ -99,17 +108,40 @@ return 0
     )
 });
 
-// KEYS: generation. No generation key means no live entry: nothing to invalidate.
+// KEYS: generation. ARGV: a fresh generation. No generation key means no entry is reachable:
+// nothing to invalidate.
 static INVALIDATE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         "cache_invalidate",
         r"
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCR', KEYS[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+end
 return 1
 "
         .to_owned(),
     )
 });
+
+/// A generation no earlier one can have had: 128 bits from a randomly keyed hash of the time
+/// and a process-wide counter, in hex.
+///
+/// Why random rather than a counter: a counter lives in the generation key, and when Redis
+/// evicts that key (under `maxmemory`) before the entries, a counter started again would meet
+/// the generations of entries invalidated long ago, and serve them again.
+fn fresh_generation() -> Vec<u8> {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    // Each `RandomState` has keys of its own: two of them give independent 64-bit halves.
+    let (a, b) = (RandomState::new(), RandomState::new());
+    format!("{:016x}{:016x}", a.hash_one((n, t)), b.hash_one((t, n))).into_bytes()
+}
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -211,7 +243,9 @@ impl TenantCache for RedisTenantCache {
         if value.len() > MAX_CACHE_VALUE_BYTES {
             return Err(Error::invalid("cache value", "must be at most 64 MiB").into());
         }
-        self.pool.eval(&SET, &keys, &[value.to_vec(), ttl]).await?;
+        self.pool
+            .eval(&SET, &keys, &[value.to_vec(), ttl, fresh_generation()])
+            .await?;
         Ok(())
     }
 
@@ -222,7 +256,9 @@ impl TenantCache for RedisTenantCache {
 
     async fn invalidate_tenant(&self, tenant: &TenantId) -> tenancy_core::Result<()> {
         let keys = [self.keys.cache_generation(tenant)];
-        self.pool.eval(&INVALIDATE, &keys, &[]).await?;
+        self.pool
+            .eval(&INVALIDATE, &keys, &[fresh_generation()])
+            .await?;
         Ok(())
     }
 
@@ -253,6 +289,17 @@ impl HealthCheck for RedisTenantCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generations_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let g = fresh_generation();
+            assert_eq!(g.len(), 32);
+            assert!(!g.contains(&b':'));
+            assert!(seen.insert(g));
+        }
+    }
 
     #[test]
     fn ttls_round_up_to_whole_milliseconds() {

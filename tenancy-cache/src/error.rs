@@ -3,12 +3,32 @@
 //! Methods of the core traits return [`tenancy_core::Error`]; the pool and the builders of this
 //! crate return [`Error`]. The mapping keeps the cause as the source:
 //!
-//! | `tenancy_cache::Error`            | `tenancy_core::Error` |
-//! |-----------------------------------|-----------------------|
-//! | `Invalid`                         | `Invalid`             |
-//! | `Connect`, `Redis`, `CircuitOpen` | `Unavailable`         |
-//! | `Timeout`, `PoolTimeout`          | `Timeout`             |
-//! | `Corrupt`, a `WRONGTYPE` reply    | `Corrupt`             |
+//! | `tenancy_cache::Error`                                  | `tenancy_core::Error` |
+//! |---------------------------------------------------------|-----------------------|
+//! | `Invalid`                                               | `Invalid`             |
+//! | `Connect`, `Redis` when [transient], `CircuitOpen`      | `Unavailable`         |
+//! | `Timeout`, `PoolTimeout`                                | `Timeout`             |
+//! | `Corrupt`, a `WRONGTYPE` reply                          | `Corrupt`             |
+//! | `Connect`, `Redis` otherwise (a refused command)        | `Internal`            |
+//!
+//! # Down or refused
+//! Only a failure that may pass by itself is *transient* ([`Error::is_unavailable`]): an I/O
+//! error, a timeout, a dropped or refused connection, and the error replies of a server that
+//! is busy or changing shape (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, and
+//! `MOVED`/`ASK`, which the Cluster client follows by itself and only surface mid-resharding).
+//! These take the outage path: the rate limiter's failure policies and circuit breaker.
+//!
+//! Every other error reply means Redis refused the command and will refuse it again: missing
+//! ACL permissions (`NOPERM`), wrong credentials (`WRONGPASS`), a read-only replica
+//! (`READONLY`), a server too old for the scripts (`ERR syntax error` for `SET ... PXAT`
+//! before Redis 6.2), a script bug. Treating those as an outage would let fail-open limits
+//! stop limiting for as long as the misconfiguration lasts, silently; instead the call fails
+//! with core's non-retryable [`Internal`](tenancy_core::ErrorKind::Internal) (an operator has to
+//! act), logged with the reply.
+//!
+//! The scripts of this crate need **Redis 6.2 or later** (`SET ... PXAT`, `KEEPTTL`).
+//!
+//! [transient]: Error::is_unavailable
 //!
 //! ```
 //! use tenancy_cache::{Error, RedisConfig};
@@ -55,11 +75,22 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying later may succeed (connection, timeout and breaker failures).
+    /// Whether retrying later may succeed: timeouts, an open breaker, and connection failures
+    /// or error replies that are [transient](self#down-or-refused); not a command Redis
+    /// refused (`NOPERM`, `READONLY`, `ERR ...`), which it will refuse again.
+    ///
+    /// ```
+    /// use tenancy_cache::Error;
+    ///
+    /// let busy = redis::make_extension_error("BUSY".into(), Some("script running".into()));
+    /// assert!(Error::Redis(busy).is_unavailable());
+    /// let refused = redis::make_extension_error("WRONGPASS".into(), None);
+    /// assert!(!Error::Redis(refused).is_unavailable());
+    /// ```
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Timeout(_) | Self::PoolTimeout(_) | Self::CircuitOpen => true,
-            Self::Redis(e) => !is_wrong_type(e),
+            Self::Timeout(_) | Self::PoolTimeout(_) | Self::CircuitOpen => true,
+            Self::Connect(e) | Self::Redis(e) => is_transient(e),
             Self::Invalid(_) | Self::Corrupt(_) => false,
         }
     }
@@ -71,6 +102,24 @@ impl Error {
 
     pub(crate) fn invalid(what: &'static str, reason: &'static str) -> Self {
         Self::Invalid(ParseError::new(what, reason))
+    }
+}
+
+/// Whether a Redis error may pass by itself (see [Down or refused](self#down-or-refused)).
+pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind as K, ServerErrorKind as S};
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    match e.kind() {
+        K::Io | K::ClusterConnectionNotFound => true,
+        K::Server(
+            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::Moved | S::Ask,
+        ) => true,
+        _ => matches!(
+            e.code(),
+            Some("BUSY" | "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN")
+        ),
     }
 }
 
@@ -88,6 +137,9 @@ impl From<Error> for tenancy_core::Error {
             Error::Timeout(_) | Error::PoolTimeout(_) => Self::Timeout,
             Error::Corrupt(_) => Self::Corrupt(Box::new(e)),
             Error::Redis(ref r) if is_wrong_type(r) => Self::Corrupt(Box::new(e)),
+            Error::Connect(ref r) | Error::Redis(ref r) if !is_transient(r) => {
+                Self::Internal(Box::new(e))
+            }
             Error::Connect(_) | Error::Redis(_) | Error::CircuitOpen => {
                 Self::Unavailable(Box::new(e))
             }
@@ -112,5 +164,60 @@ mod tests {
         assert_eq!(c.kind(), ErrorKind::Corrupt);
         let wrong = redis::make_extension_error(CORRUPT_CODE.to_owned(), None);
         assert!(!Error::Redis(wrong).is_unavailable());
+    }
+
+    fn server(kind: redis::ServerErrorKind) -> redis::RedisError {
+        redis::RedisError::from((redis::ErrorKind::Server(kind), "reply"))
+    }
+
+    #[test]
+    fn only_transient_failures_are_unavailable() {
+        use redis::ServerErrorKind as S;
+        let io = |k| redis::RedisError::from(std::io::Error::from(k));
+        let transient = [
+            io(std::io::ErrorKind::ConnectionReset),
+            io(std::io::ErrorKind::BrokenPipe),
+            io(std::io::ErrorKind::TimedOut),
+            io(std::io::ErrorKind::ConnectionRefused),
+            server(S::BusyLoading),
+            server(S::TryAgain),
+            server(S::ClusterDown),
+            server(S::MasterDown),
+            server(S::Moved),
+            server(S::Ask),
+            redis::make_extension_error("BUSY".into(), None),
+            redis::RedisError::from((redis::ErrorKind::ClusterConnectionNotFound, "gone")),
+        ];
+        for e in transient {
+            let shown = e.to_string();
+            assert!(Error::Redis(e).is_unavailable(), "{shown}");
+        }
+        let refused = [
+            server(S::NoPerm),
+            server(S::ReadOnly),
+            server(S::ResponseError),
+            server(S::CrossSlot),
+            server(S::NoScript),
+            redis::make_extension_error("WRONGPASS".into(), None),
+            redis::make_extension_error("NOAUTH".into(), None),
+            redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "auth")),
+        ];
+        for e in refused {
+            let shown = e.to_string();
+            let err = Error::Redis(e);
+            assert!(!err.is_unavailable(), "{shown}");
+            let core = tenancy_core::Error::from(err);
+            assert_eq!(core.kind(), ErrorKind::Internal, "{shown}");
+            assert!(
+                std::error::Error::source(&core).is_some(),
+                "the reply is kept"
+            );
+        }
+        let wrongpass = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "a"));
+        assert!(!Error::Connect(wrongpass).is_unavailable());
+        let down =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let core = tenancy_core::Error::from(Error::Connect(down));
+        assert_eq!(core.kind(), ErrorKind::Unavailable);
     }
 }

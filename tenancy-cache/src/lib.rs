@@ -39,6 +39,12 @@
 //!
 //! Redis Cluster support is always built in: [`RedisConfig::cluster`] gives a pool that every
 //! backend uses unchanged.
+//!
+//! # Redis version
+//! The scripts need **Redis 6.2 or later** (`SET ... PXAT` in the rate limiter, `KEEPTTL` in
+//! the cache). An older server refuses them with an error reply, which is reported as a
+//! refused command (not retryable, see [`error`](crate::error#down-or-refused)), never taken
+//! for an outage.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 

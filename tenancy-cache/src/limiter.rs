@@ -39,7 +39,12 @@
 //! disagrees, so the reported decision is the one every backend of the workspace would make.
 //!
 //! When Redis flushed its script cache (restart, `SCRIPT FLUSH`), the limiter sends the script
-//! once more with `EVAL`.
+//! once more with `EVAL`. The script needs Redis 6.2 or later (`SET ... PXAT`).
+//!
+//! A request is checked first ([`RateLimitRequest::validate`]): at most [`MAX_LIMITS`] limits,
+//! periods of at most [`Quota::MAX_PERIOD_SECS`], and at most one limit per scope and period,
+//! since such limits would share one key. Anything else is refused with
+//! [`Error::Invalid`](tenancy_core::Error::Invalid) before Redis is asked.
 //!
 //! # When Redis cannot decide
 //! A decision is bounded by [`RedisRateLimiterBuilder::with_timeout`]. On a timeout or a
@@ -52,6 +57,12 @@
 //!   [`MemoryRateLimiter`] decides, with fail-open limits observed only
 //!   ([`DecisionSource::LocalFallback`]);
 //! - otherwise: allowed ([`DecisionSource::FailOpen`]), counted and logged.
+//!
+//! Only transient failures take this path (see
+//! [`Error::is_unavailable`](crate::Error::is_unavailable)). A command Redis refuses, and will
+//! refuse again (`NOPERM`, `READONLY`, a server older than the script needs), fails the call
+//! with a non-retryable error whatever the policies: a misconfiguration must not turn
+//! fail-open limits off for as long as it lasts.
 //!
 //! After [`DEFAULT_BREAKER_FAILURES`] consecutive failures a circuit breaker opens: Redis is
 //! not asked at all during the cool-down, so a dead Redis costs nothing per request. After
@@ -326,6 +337,34 @@ struct DenialCache {
     tats: Mutex<HashMap<String, u64>>,
 }
 
+/// Entries looked at to make room for one new denial.
+const EVICTION_SAMPLE: usize = 8;
+
+/// Removes at least one entry from a full denial cache, looking at no more than
+/// [`EVICTION_SAMPLE`] of them (under the lock every decision takes, so never a scan of the
+/// whole map): the passed ones among them, else the one that ends soonest. Dropping an entry
+/// only sends that key's next request to Redis, so any choice is safe; a cached denial never
+/// outlives its TAT, since entries are only answered from while their TAT is ahead.
+fn make_room(map: &mut HashMap<String, u64>, now: u64) {
+    let mut victims: Vec<String> = Vec::with_capacity(EVICTION_SAMPLE);
+    let mut soonest: Option<(&String, u64)> = None;
+    for (k, &t) in map.iter().take(EVICTION_SAMPLE) {
+        if t <= now {
+            victims.push(k.clone());
+        } else if soonest.is_none_or(|(_, s)| t < s) {
+            soonest = Some((k, t));
+        }
+    }
+    if victims.is_empty()
+        && let Some((k, _)) = soonest
+    {
+        victims.push(k.clone());
+    }
+    for k in &victims {
+        map.remove(k);
+    }
+}
+
 impl DenialCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.tats
@@ -509,9 +548,9 @@ fn validate(req: &RateLimitRequest) -> Result<()> {
     if req.limits.len() > MAX_LIMITS {
         return Err(Error::invalid("rate limit request", "at most 32 limits"));
     }
-    for l in &req.limits {
-        l.quota.validate()?;
-    }
+    // Bounded periods, and one limit per (scope, period): two such limits would share one
+    // key, each overwriting the TAT the other wrote.
+    req.validate()?;
     Ok(())
 }
 
@@ -637,10 +676,7 @@ impl RedisRateLimiter {
                 continue;
             }
             if map.len() >= cache.max && !map.contains_key(k) {
-                map.retain(|_, v| *v > now);
-                if map.len() >= cache.max {
-                    return;
-                }
+                make_room(&mut map, now);
             }
             let e = map.entry(k.clone()).or_insert(t);
             *e = (*e).max(t);
@@ -747,7 +783,11 @@ impl RateLimiter for RedisRateLimiter {
                 return self.fallback(req, e);
             }
             Err(e) => {
+                // Redis answered, refusing the command (permissions, a read-only replica, a
+                // server too old for the script, bad data): it will refuse it again, so this is
+                // no outage and no failure policy applies. Fail loudly instead of failing open.
                 self.inner.breaker.success();
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "rate-limit decision refused by Redis");
                 return Err(e.into());
             }
         };
@@ -896,6 +936,46 @@ mod tests {
         assert!(!b.admit(Duration::from_millis(10)));
         std::thread::sleep(Duration::from_millis(15));
         assert!(b.admit(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_full_denial_cache_makes_room_in_bounded_steps() {
+        let mut map: HashMap<String, u64> =
+            (0..100u64).map(|i| (format!("k{i}"), 1_000 + i)).collect();
+        // Nothing has passed: exactly one entry goes, the soonest of those looked at.
+        let sampled: Vec<u64> = map.values().copied().take(EVICTION_SAMPLE).collect();
+        make_room(&mut map, 0);
+        assert_eq!(map.len(), 99);
+        let gone = (1_000..1_100)
+            .find(|t| !map.values().any(|v| v == t))
+            .unwrap();
+        assert_eq!(Some(gone), sampled.iter().copied().min());
+        // Passed entries among those looked at all go, the live ones stay.
+        make_room(&mut map, u64::MAX);
+        assert_eq!(map.len(), 99 - EVICTION_SAMPLE);
+        let mut empty = HashMap::new();
+        make_room(&mut empty, 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_denial_is_remembered_when_the_cache_is_full() {
+        let pool = crate::RedisConfig::single("redis://127.0.0.1:1")
+            .connect_lazy()
+            .unwrap();
+        let l = RedisRateLimiter::builder(pool).with_denial_cache(4).build();
+        let now = 1_000;
+        let keys: Vec<String> = (0..4).map(|i| format!("k{i}")).collect();
+        l.remember_denial(&keys, &[Some(now + 10); 4], now);
+        let cache = l.inner.denials.as_ref().unwrap();
+        assert_eq!(cache.lock().len(), 4);
+        l.remember_denial(&["new".to_owned()], &[Some(now + 5)], now);
+        let map = cache.lock();
+        assert_eq!(map.len(), 4, "the bound holds");
+        assert_eq!(
+            map.get("new"),
+            Some(&(now + 5)),
+            "the newest denial is cached"
+        );
     }
 
     #[test]

@@ -25,14 +25,18 @@
 //! # How sessions are stored
 //! Each session is a hash under `<ns>:s:{t:<tenant>}:id:<id>` (see [`keys`](crate::keys))
 //! holding its immutable header (id, tenant, user, creation and absolute expiry), its data, its
-//! version, its last activity and its idle timeout; a set per user lists the user's session
-//! ids. Every change (create, touch, save, delete, rotate, revoke) is one Lua script, so the
+//! version, its last activity and its idle timeout; a sorted set per user (in the tenant's
+//! slot) lists the user's session ids by absolute expiry. Deleting or rotating a session takes
+//! its id out; creating one drops the ids whose absolute expiry has passed, so the index holds
+//! at most one lifetime's sessions; revocation ends them in bounded batches. Every change (create, touch, save, delete, rotate, revoke) is one Lua script, so the
 //! version check and the write are one atomic step and a stale copy can never overwrite a newer
 //! one.
 //!
 //! Whether a session is live is decided on the store's [`Clock`](tenancy_core::Clock) (the
 //! system clock by default, a [`ManualClock`](tenancy_core::ManualClock) in tests); Redis key
 //! expiry only reclaims memory, a few seconds after the session has ended on that clock.
+//! Touching or saving a session never moves its last activity back: with instances whose
+//! clocks disagree, it is the latest any of them has seen.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -95,6 +99,35 @@ local function gc(key, nh, nl)
     redis.call('PEXPIRE', key, GRACE)
   end
 end
+-- The last activity to store: the later of the stored one and now (ARGV[1]), so that an
+-- instance whose clock is behind never moves it back.
+local function seen_at(key, nh, nl)
+  local s = redis.call('HGET', key, 's')
+  local sh, sl = split(s)
+  if sh and not le(sh, sl, nh, nl) then return s end
+  return ARGV[1]
+end
+-- Milliseconds of (h, l), rounded up.
+local function ms_of(h, l)
+  return h * 1000 + math.ceil(l / 1000000)
+end
+-- The index is a sorted set of session ids scored by their absolute deadline (ms, rounded up).
+-- An index written as a plain set by an older version becomes one, every id scored by the
+-- set's own expiry, which was always kept past every member's absolute deadline.
+local function index_ready(idx, nh, nl)
+  if redis.call('TYPE', idx)['ok'] ~= 'set' then return end
+  local ttl = redis.call('PTTL', idx)
+  if ttl < 0 then ttl = MAX_TTL_MS + GRACE end
+  local ids = redis.call('SMEMBERS', idx)
+  redis.call('DEL', idx)
+  local score = ms_of(nh, nl) + ttl
+  for i = 1, #ids do redis.call('ZADD', idx, score, ids[i]) end
+  if #ids > 0 then redis.call('PEXPIRE', idx, ttl) end
+end
+-- Drops the ids whose absolute deadline has passed at (nh, nl).
+local function prune_index(idx, nh, nl)
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', nh * 1000 + math.floor(nl / 1000000))
+end
 local function extend_index(idx, nh, nl, abs)
   local ah, al = split(abs)
   local want = ms_until(nh, nl, ah, al) + GRACE
@@ -105,21 +138,33 @@ if not nh then return redis.error_reply('ERR bad clock argument') end
 ";
 
 fn script(name: &'static str, body: &str) -> Lua {
+    let max_ttl_ms = MAX_SESSION_TTL.as_millis();
     Lua::new(
         name,
-        format!("local GRACE = {GC_GRACE_MS}\n{PRELUDE}{SESSION_LUA}{body}"),
+        format!(
+            "local GRACE = {GC_GRACE_MS}\nlocal MAX_TTL_MS = {max_ttl_ms}\n{PRELUDE}{SESSION_LUA}{body}"
+        ),
     )
 }
 
-// KEYS: session, index. ARGV: now, header, data, seen, absolute, idle, id.
+/// Most sessions one revocation script ends: a user with many sessions is revoked in several
+/// bounded steps rather than one script holding Redis for all of them.
+const REVOKE_BATCH: usize = 256;
+
+// KEYS: session, index. ARGV: now, header, data, seen, absolute, idle, id. Ids whose absolute
+// deadline has passed leave the index here, so it holds at most the sessions of one lifetime.
 static CREATE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         "session_create",
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local ah, al = split(ARGV[5])
+if not ah then return redis.error_reply('ERR bad expiry argument') end
 redis.call('HSET', KEYS[1], 'm', ARGV[2], 'd', ARGV[3], 'v', '1', 's', ARGV[4], 'a', ARGV[5], 'i', ARGV[6])
 gc(KEYS[1], nh, nl)
-redis.call('SADD', KEYS[2], ARGV[7])
+index_ready(KEYS[2], nh, nl)
+prune_index(KEYS[2], nh, nl)
+redis.call('ZADD', KEYS[2], ms_of(ah, al), ARGV[7])
 extend_index(KEYS[2], nh, nl, ARGV[5])
 return 1
 ",
@@ -132,7 +177,7 @@ static TOUCH: LazyLock<Lua> = LazyLock::new(|| {
         "session_touch",
         r"
 if not is_live(KEYS[1], nh, nl) then return false end
-redis.call('HSET', KEYS[1], 's', ARGV[1])
+redis.call('HSET', KEYS[1], 's', seen_at(KEYS[1], nh, nl))
 gc(KEYS[1], nh, nl)
 return fields(KEYS[1])
 ",
@@ -149,20 +194,22 @@ if not is_live(KEYS[1], nh, nl) then return -1 end
 local v = redis.call('HGET', KEYS[1], 'v')
 if v ~= ARGV[2] then return -2 end
 local nv = string.format('%.0f', tonumber(v) + 1)
-redis.call('HSET', KEYS[1], 'd', ARGV[3], 'i', ARGV[4], 'v', nv, 's', ARGV[1])
+redis.call('HSET', KEYS[1], 'd', ARGV[3], 'i', ARGV[4], 'v', nv, 's', seen_at(KEYS[1], nh, nl))
 gc(KEYS[1], nh, nl)
 return fields(KEYS[1])
 ",
     )
 });
 
-// KEYS: session. ARGV: now. Returns 1 when the session was live.
+// KEYS: session, its user's index. ARGV: now, id. Returns 1 when the session was live.
 static DELETE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         "session_delete",
         r"
 local live = is_live(KEYS[1], nh, nl)
 redis.call('DEL', KEYS[1])
+index_ready(KEYS[2], nh, nl)
+redis.call('ZREM', KEYS[2], ARGV[2])
 if live then return 1 end
 return 0
 ",
@@ -179,11 +226,14 @@ if not is_live(KEYS[1], nh, nl) then return -1 end
 local f = redis.call('HMGET', KEYS[1], 'm', 'd', 'v', 'a', 'i')
 if f[1] ~= ARGV[2] then return -2 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -3 end
+local ah, al = split(f[4])
+if not ah then return corrupt('session state') end
 local nv = string.format('%.0f', tonumber(f[3]) + 1)
 redis.call('HSET', KEYS[2], 'm', ARGV[3], 'd', f[2], 'v', nv, 's', ARGV[1], 'a', f[4], 'i', f[5])
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[5])
+index_ready(KEYS[3], nh, nl)
+redis.call('ZREM', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ms_of(ah, al), ARGV[5])
 gc(KEYS[2], nh, nl)
 extend_index(KEYS[3], nh, nl, f[4])
 return fields(KEYS[2])
@@ -191,18 +241,33 @@ return fields(KEYS[2])
     )
 });
 
-// KEYS: index, then sessions. ARGV: now, then the sessions' ids. Returns how many were live.
+// KEYS: index, then sessions (at most REVOKE_BATCH). ARGV: now, then the sessions' ids.
+// Returns how many were live.
 static REVOKE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         "session_revoke",
         r"
+index_ready(KEYS[1], nh, nl)
 local n = 0
 for i = 2, #KEYS do
   if is_live(KEYS[i], nh, nl) then n = n + 1 end
   redis.call('DEL', KEYS[i])
-  redis.call('SREM', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[1], ARGV[i])
 end
 return n
+",
+    )
+});
+
+// KEYS: index. ARGV: now, the last rank to return (-1 for all). Drops the ids whose absolute
+// deadline has passed and returns the others, soonest deadline first.
+static INDEX: LazyLock<Lua> = LazyLock::new(|| {
+    script(
+        "session_index",
+        r"
+index_ready(KEYS[1], nh, nl)
+prune_index(KEYS[1], nh, nl)
+return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]))
 ",
     )
 });
@@ -480,7 +545,7 @@ impl RedisSessionStore {
 
     async fn list_inner(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<Session>> {
         let index = self.keys.session_index(tenant, user);
-        let ids: Vec<String> = self.pool.query(redis::cmd("SMEMBERS").arg(&index)).await?;
+        let ids = self.index_ids(&index, None).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -511,19 +576,60 @@ impl RedisSessionStore {
             // Ids of sessions Redis already dropped: tidy the index (best effort).
             let _ = self
                 .pool
-                .query::<()>(redis::cmd("SREM").arg(&index).arg(&gone))
+                .query::<()>(redis::cmd("ZREM").arg(&index).arg(&gone))
                 .await;
         }
         out.sort_by_key(|s| (s.created_at, s.id));
         Ok(out)
     }
 
+    /// The ids in `index` (at most `limit`, soonest absolute deadline first), once the ended
+    /// ones are dropped.
+    async fn index_ids(&self, index: &str, limit: Option<usize>) -> Result<Vec<String>> {
+        let (_, now, _) = self.now();
+        let stop = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX) - 1);
+        let value = self
+            .pool
+            .eval(
+                &INDEX,
+                &[index.to_owned()],
+                &[now, stop.to_string().into_bytes()],
+            )
+            .await?;
+        redis::FromRedisValue::from_redis_value(value).map_err(|e| Error::Corrupt(Box::new(e)))
+    }
+
+    /// Reads the session's user (to name its index), then deletes the session and its index
+    /// entry in one script.
+    async fn delete_inner(&self, tenant: &TenantId, id: &SessionId) -> Result<bool> {
+        let session = self.keys.session(tenant, id);
+        let header: Option<Vec<u8>> = self
+            .pool
+            .query(redis::cmd("HGET").arg(&session).arg("m"))
+            .await?;
+        let Some(header) = header else {
+            return Ok(false);
+        };
+        let header: Header =
+            serde_json::from_slice(&header).map_err(|e| Error::Corrupt(Box::new(e)))?;
+        if header.id != *id || header.tenant != *tenant {
+            return Err(Error::corrupt("session: header does not match its key"));
+        }
+        let (_, now, _) = self.now();
+        let keys = [session, self.keys.session_index(tenant, &header.user)];
+        let args = [now, id.as_str().as_bytes().to_vec()];
+        Ok(self.pool.eval(&DELETE, &keys, &args).await? == Value::Int(1))
+    }
+
     async fn revoke_inner(&self, tenant: &TenantId, user: &UserId) -> Result<u64> {
         let index = self.keys.session_index(tenant, user);
         let mut total = 0u64;
-        // Sessions created while a round runs are caught by the next one.
-        for _ in 0..16 {
-            let ids: Vec<String> = self.pool.query(redis::cmd("SMEMBERS").arg(&index)).await?;
+        // Bounded batches, each one script; every batch removes its ids from the index, so
+        // the loop ends. Sessions created meanwhile are caught by a later batch, up to a bound
+        // that keeps a user creating sessions as fast as they are revoked from holding the
+        // call forever.
+        for _ in 0..4096 {
+            let ids = self.index_ids(&index, Some(REVOKE_BATCH)).await?;
             if ids.is_empty() {
                 break;
             }
@@ -584,9 +690,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn delete(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<bool> {
-        let (_, now, _) = self.now();
-        let keys = [self.keys.session(tenant, id)];
-        Ok(self.pool.eval(&DELETE, &keys, &[now]).await? == Value::Int(1))
+        Ok(self.delete_inner(tenant, id).await?)
     }
 
     async fn rotate(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<Session> {

@@ -101,3 +101,51 @@ async fn values_round_trip_byte_for_byte_and_bad_input_is_refused() {
     let err = cache.get(&t, "tab\there").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid);
 }
+
+#[tokio::test]
+async fn an_evicted_generation_never_brings_invalidated_entries_back() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let cache = RedisTenantCache::new(pool.clone()).with_key_space(ks.clone());
+    let fx = Fixture::new();
+    let t = fx.tenant("evicted");
+    let ttl = Duration::from_secs(30);
+    let generation = ks.cache_generation(&t);
+    let evict = || async {
+        let _: () = pool
+            .query(redis::cmd("DEL").arg(&generation))
+            .await
+            .unwrap();
+    };
+    cache.set(&t, "stale", b"old", ttl).await.unwrap();
+    cache.invalidate_tenant(&t).await.unwrap();
+    assert_eq!(cache.get(&t, "stale").await.unwrap(), None);
+    // Redis evicts the generation key (maxmemory) but not the entry.
+    evict().await;
+    assert_eq!(
+        cache.get(&t, "stale").await.unwrap(),
+        None,
+        "served an invalidated entry once the generation was gone"
+    );
+    // The next write starts a generation the invalidated entry never had.
+    cache.set(&t, "fresh", b"new", ttl).await.unwrap();
+    assert_eq!(cache.get(&t, "stale").await.unwrap(), None, "came back");
+    assert_eq!(
+        cache.get(&t, "fresh").await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+    // A current entry whose generation is evicted is a miss (never a stale hit), and is
+    // not counted as deleted.
+    evict().await;
+    assert_eq!(cache.get(&t, "fresh").await.unwrap(), None);
+    assert!(!cache.delete(&t, "fresh").await.unwrap());
+    cache.set(&t, "fresh", b"again", ttl).await.unwrap();
+    assert_eq!(
+        cache.get(&t, "fresh").await.unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+    // Invalidation still hides what was written before it.
+    cache.invalidate_tenant(&t).await.unwrap();
+    assert_eq!(cache.get(&t, "fresh").await.unwrap(), None);
+}

@@ -673,20 +673,23 @@ async fn the_script_agrees_with_core_arithmetic_at_the_edges() {
     let Some((pool, ks)) = common::single().await else {
         return;
     };
-    let l = RedisRateLimiter::builder(pool)
-        .with_key_space(ks)
+    let l = RedisRateLimiter::builder(pool.clone())
+        .with_key_space(ks.clone())
         .with_denial_cache(0)
         .with_timeout(Duration::from_secs(5))
         .build();
     let fx = Fixture::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // The longest period a request may carry, minus one so that the user limits below (one
+    // second longer) stay valid.
+    let longest = Quota::MAX_PERIOD_SECS - 1;
     let quotas = [
         Quota::per_second(1),
         Quota::per_second(3).with_burst(7),
         Quota::per_second(u64::MAX),
         Quota::per_second(u64::MAX).with_burst(u64::MAX),
-        Quota::new(1, u64::MAX / 2_000_000_000),
-        Quota::new(7, u64::MAX).with_burst(u64::MAX),
+        Quota::new(1, longest),
+        Quota::new(7, longest).with_burst(u64::MAX),
         Quota::per_hour(1_000_000_007).with_burst(999),
         Quota::new(3, 86_400 * 365).with_burst(10),
     ];
@@ -720,6 +723,75 @@ async fn the_script_agrees_with_core_arithmetic_at_the_edges() {
         seen.0 > 30 && seen.1 > 30,
         "both verdicts exercised: {seen:?}"
     );
+    // Some of these keys live for years: leave none behind in the shared Redis.
+    let pattern = format!("{}:*", ks.namespace());
+    let written: Vec<String> = pool.query(redis::cmd("KEYS").arg(&pattern)).await.unwrap();
+    assert!(!written.is_empty());
+    let _: () = pool.query(redis::cmd("DEL").arg(&written)).await.unwrap();
+    let left: Vec<String> = pool.query(redis::cmd("KEYS").arg(&pattern)).await.unwrap();
+    assert_eq!(left, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn periods_over_ten_years_are_refused_and_write_nothing() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let l = limiter(pool.clone(), ks.clone());
+    let fx = Fixture::new();
+    let (t, u) = (fx.tenant("forever"), fx.user("alice"));
+    for period in [Quota::MAX_PERIOD_SECS + 1, u64::MAX] {
+        let r = req(&t, &u, vec![Limit::tenant(Quota::new(7, period))]);
+        let err = l.check(&r).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "period {period}: {err}");
+        assert_eq!(get(&pool, &ks.limit_tenant(&t, period)).await, None);
+    }
+}
+
+#[tokio::test]
+async fn two_limits_of_one_scope_and_period_are_refused_not_merged() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let l = RedisRateLimiter::builder(pool.clone())
+        .with_key_space(ks.clone())
+        .with_denial_cache(0)
+        .with_timeout(Duration::from_secs(5))
+        .build();
+    let fx = Fixture::new();
+    let (t, u) = (fx.tenant("trial"), fx.user("alice"));
+    // An enforced limit, and a shadow limit of the same period tried beside it: both would
+    // share the key `limit_tenant(t, 3600)`, and the shadow's smaller burst would deny for
+    // the enforced one after 50 requests.
+    let enforced = Limit::tenant(Quota::per_hour(1000).with_burst(100));
+    let trial = vec![
+        enforced,
+        Limit::tenant(Quota::per_hour(500).with_burst(50)).shadow(),
+    ];
+    let err = l.check(&req(&t, &u, trial.clone())).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert_eq!(
+        l.usage(&req(&t, &u, trial)).await.unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(get(&pool, &ks.limit_tenant(&t, 3600)).await, None);
+    // Same for two user limits; a tenant and a user limit of one period are fine.
+    let users = vec![
+        Limit::user(Quota::per_hour(10)),
+        Limit::user(Quota::per_hour(20)).shadow(),
+    ];
+    let err = l.check(&req(&t, &u, users)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    // The enforced limit alone keeps its whole burst.
+    for i in 0..100 {
+        let d = l.check(&req(&t, &u, vec![enforced])).await.unwrap();
+        assert!(d.allowed, "request {i} of a burst of 100");
+    }
+    let both = vec![
+        enforced,
+        Limit::user(Quota::per_hour(1000).with_burst(1000)),
+    ];
+    assert!(!l.check(&req(&t, &u, both)).await.unwrap().allowed);
 }
 
 #[tokio::test]
@@ -792,4 +864,65 @@ async fn the_denial_cache_answers_until_the_retry_time_then_redis_decides_again(
     let after = l.check(&req(&t, &u, limits)).await.unwrap();
     assert!(after.allowed, "the retry time has passed");
     assert_eq!(after.source, DecisionSource::Backend);
+}
+
+#[tokio::test]
+async fn a_command_redis_refuses_is_no_outage_and_fails_loudly() {
+    let Some(server) = DedicatedRedis::start().await else {
+        return;
+    };
+    // A user that may not run scripts: every decision gets a NOPERM reply.
+    let mut admin = server.admin().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "noscript",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-@scripting",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = server.url().replace("redis://", "redis://noscript:pw@");
+    let pool = common::config(RedisConfig::single(url))
+        .connect()
+        .await
+        .unwrap();
+    let l = RedisRateLimiter::builder(pool)
+        .with_timeout(Duration::from_secs(5))
+        .with_breaker(2, Duration::from_secs(60))
+        .build();
+    let fx = Fixture::new();
+    let (t, u) = (fx.tenant("noperm"), fx.user("alice"));
+    for policy in [
+        FailurePolicy::FailOpen,
+        FailurePolicy::Local,
+        FailurePolicy::FailClosed,
+    ] {
+        for _ in 0..3 {
+            let r = req(&t, &u, outage_limits(policy));
+            let err = l
+                .check(&r)
+                .await
+                .expect_err("a refused command must not be decided by a failure policy");
+            assert!(!err.is_retryable(), "{policy:?}: {err}");
+            assert_eq!(err.kind(), ErrorKind::Internal, "{policy:?}");
+        }
+    }
+    let s = l.stats();
+    assert_eq!(
+        (
+            s.backend_errors,
+            s.fail_open,
+            s.local_fallback,
+            s.fail_closed
+        ),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(l.circuit(), CircuitState::Closed, "Redis is up: no outage");
 }

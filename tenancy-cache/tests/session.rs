@@ -9,7 +9,7 @@ use std::time::Duration;
 use tenancy_cache::RedisSessionStore;
 use tenancy_core::testkit::{Fixture, TimeControl, session_store};
 use tenancy_core::{
-    ErrorKind, ManualClock, NewSession, SessionAdmin, SessionStore, TenantId, UserId,
+    Clock, ErrorKind, ManualClock, NewSession, SessionAdmin, SessionStore, TenantId, UserId,
 };
 
 fn store(
@@ -177,4 +177,207 @@ async fn redis_reclaims_ended_sessions_and_idle_indexes() {
     // Another tenant with the same user id has its own index.
     let other = TenantId::parse(&format!("{}-x", fx.prefix())).unwrap();
     assert_eq!(pttl(ks.session_index(&other, &u)).await, -2);
+}
+
+/// How many ids the user's index holds, whatever its Redis type.
+async fn index_len(pool: &tenancy_cache::RedisPool, key: &str) -> i64 {
+    let kind: String = pool.query(redis::cmd("TYPE").arg(key)).await.unwrap();
+    let count = match kind.as_str() {
+        "zset" => "ZCARD",
+        "set" => "SCARD",
+        "none" => return 0,
+        other => panic!("index of type {other}"),
+    };
+    pool.query(redis::cmd(count).arg(key)).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_user_index_holds_only_sessions_that_may_still_be_live() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let (store, clock) = store(pool.clone(), ks.clone());
+    let fx = Fixture::new();
+    let (t, u) = (fx.tenant("index"), fx.user("alice"));
+    let index = ks.session_index(&t, &u);
+    let new = || {
+        NewSession::new(t.clone(), u.clone())
+            .with_idle_timeout(Duration::from_secs(60))
+            .with_absolute_ttl(Duration::from_secs(600))
+    };
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        made.push(store.create(new()).await.unwrap());
+    }
+    assert_eq!(index_len(&pool, &index).await, 5);
+    // Deleted sessions leave the index.
+    for s in &made[..3] {
+        assert!(store.delete(&t, &s.id).await.unwrap());
+    }
+    assert_eq!(index_len(&pool, &index).await, 2, "deleted ids stay listed");
+    assert!(!store.delete(&t, &made[0].id).await.unwrap());
+    // A rotation replaces its id.
+    let rotated = store.rotate(&t, &made[3].id).await.unwrap();
+    assert_eq!(index_len(&pool, &index).await, 2);
+    // Past their absolute expiry, the others leave the index when the next one is created.
+    clock.advance(Duration::from_secs(601));
+    let fresh = store.create(new()).await.unwrap();
+    assert_eq!(index_len(&pool, &index).await, 1, "ended ids stay listed");
+    let listed = store.list_user(&t, &u).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![fresh.id]
+    );
+    assert!(store.load(&t, &rotated.id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn revoking_many_sessions_runs_in_bounded_batches() {
+    let Some(server) = common::DedicatedRedis::start().await else {
+        return;
+    };
+    let pool = common::config(tenancy_cache::RedisConfig::single(server.url()))
+        .connect()
+        .await
+        .unwrap();
+    let ks = tenancy_cache::keys::KeySpace::new("batch").unwrap();
+    let (store, _clock) = store(pool.clone(), ks.clone());
+    let fx = Fixture::new();
+    let (t, u) = (fx.tenant("many"), fx.user("alice"));
+    for _ in 0..600 {
+        store
+            .create(NewSession::new(t.clone(), u.clone()))
+            .await
+            .unwrap();
+    }
+    let other = store
+        .create(NewSession::new(t.clone(), fx.user("bob")))
+        .await
+        .unwrap();
+    let mut admin = server.admin().await;
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&[
+            "SET",
+            "slowlog-log-slower-than",
+            "0",
+            "slowlog-max-len",
+            "1024",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(store.revoke_user(&t, &u).await.unwrap(), 600);
+    // Every script call of the revocation named at most one batch of keys.
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg(&["GET", "-1"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut scripts = 0;
+    for entry in log {
+        let redis::Value::Array(fields) = entry else {
+            panic!("slowlog entry")
+        };
+        let redis::Value::Array(args) = &fields[3] else {
+            panic!("slowlog arguments")
+        };
+        let verb = match &args[0] {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_uppercase(),
+            _ => continue,
+        };
+        if verb == "EVALSHA" || verb == "EVAL" {
+            scripts += 1;
+            let n: usize = match &args[2] {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).parse().unwrap(),
+                v => panic!("numkeys {v:?}"),
+            };
+            assert!(n <= 257, "one script named {n} keys");
+        }
+    }
+    assert!(
+        scripts >= 3,
+        "600 sessions in batches: {scripts} script calls"
+    );
+    assert_eq!(index_len(&pool, &ks.session_index(&t, &u)).await, 0);
+    assert!(store.list_user(&t, &u).await.unwrap().is_empty());
+    assert!(store.load(&t, &other.id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn an_index_written_as_a_plain_set_keeps_working() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let (store, _clock) = store(pool.clone(), ks.clone());
+    let fx = Fixture::new();
+    let (t, u) = (fx.tenant("legacy"), fx.user("alice"));
+    let index = ks.session_index(&t, &u);
+    let old = store
+        .create(NewSession::new(t.clone(), u.clone()))
+        .await
+        .unwrap();
+    // The layout of earlier versions: a set of ids expiring after the longest session.
+    let _: () = pool.query(redis::cmd("DEL").arg(&index)).await.unwrap();
+    let _: () = pool
+        .query(redis::cmd("SADD").arg(&index).arg(old.id.as_str()))
+        .await
+        .unwrap();
+    let _: () = pool
+        .query(redis::cmd("PEXPIRE").arg(&index).arg(90_000_000))
+        .await
+        .unwrap();
+    let listed = store.list_user(&t, &u).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let new = store
+        .create(NewSession::new(t.clone(), u.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.list_user(&t, &u).await.unwrap().len(), 2);
+    assert!(store.delete(&t, &old.id).await.unwrap());
+    assert_eq!(index_len(&pool, &index).await, 1);
+    let kind: String = pool.query(redis::cmd("TYPE").arg(&index)).await.unwrap();
+    assert_eq!(kind, "zset");
+    assert_eq!(store.revoke_user(&t, &u).await.unwrap(), 1);
+    assert!(store.load(&t, &new.id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn last_activity_never_moves_back_across_instances_with_skewed_clocks() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let (ahead, ahead_clock) = store(pool.clone(), ks.clone());
+    let behind_clock = ManualClock::new();
+    let behind = RedisSessionStore::new(pool)
+        .with_key_space(ks)
+        .with_clock(Arc::new(behind_clock.clone()));
+    let fx = Fixture::new();
+    let t = fx.tenant("skew");
+    let s = ahead
+        .create(
+            NewSession::new(t.clone(), fx.user("alice"))
+                .with_idle_timeout(Duration::from_secs(3600))
+                .with_absolute_ttl(Duration::from_secs(86_400)),
+        )
+        .await
+        .unwrap();
+    ahead_clock.advance(Duration::from_secs(60));
+    let touched = ahead.touch(&t, &s.id).await.unwrap().unwrap();
+    let seen = touched.last_seen_at;
+    assert_eq!(seen, s.last_seen_at + Duration::from_secs(60));
+    // An instance 30 s behind touches and saves: last activity stays where it was.
+    behind_clock.set_nanos(ahead_clock.now_nanos() - 30_000_000_000);
+    let again = behind.touch(&t, &s.id).await.unwrap().unwrap();
+    assert_eq!(again.last_seen_at, seen, "touch moved last activity back");
+    let saved = behind.save(&again).await.unwrap();
+    assert_eq!(saved.last_seen_at, seen, "save moved last activity back");
+    // And it still moves forward.
+    ahead_clock.advance(Duration::from_secs(5));
+    let later = ahead.touch(&t, &s.id).await.unwrap().unwrap();
+    assert_eq!(later.last_seen_at, seen + Duration::from_secs(5));
 }
