@@ -10,6 +10,12 @@
 //!   Presenting a spent one again is taken as theft (the attacker and the owner now both hold
 //!   the family): the whole session ends, and every access token bound to it is refused by a
 //!   verifier that checks sessions.
+//! - The role and permissions are fixed at login: every refresh mints them again as they
+//!   were then (they are kept in the session's refresh state, not looked up anew). A change
+//!   of role or permissions takes effect at the user's next login; to force it, end the
+//!   user's sessions ([`SessionAdmin::revoke_user`](tenancy_core::SessionAdmin::revoke_user),
+//!   or [`TokenIssuer::logout`] per session), after which refreshes fail with `SessionEnded`
+//!   and verifiers that check sessions refuse the outstanding access tokens.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -405,7 +411,9 @@ impl TokenIssuer {
 
     /// Starts a session for an authenticated user and returns its first token pair.
     ///
-    /// Checking the user's credentials is the caller's business; this only issues.
+    /// Checking the user's credentials is the caller's business; this only issues. `role` and
+    /// `permissions` are kept for the session's whole life: every
+    /// [`refresh`](Self::refresh) mints them unchanged.
     pub async fn login(
         &self,
         tenant: &TenantId,
@@ -439,6 +447,39 @@ impl TokenIssuer {
     }
 
     /// Spends `refresh_token` and returns a new pair for the same session.
+    ///
+    /// The new access token carries the role and permissions given at
+    /// [`login`](Self::login), not the user's current ones: this issuer does not look them up.
+    /// A changed role or permission set takes effect at the next login. To apply it now (a
+    /// demotion, a removed permission), end the user's sessions with
+    /// [`SessionAdmin::revoke_user`](tenancy_core::SessionAdmin::revoke_user) (or
+    /// [`logout`](Self::logout) per session): their refresh tokens then fail with
+    /// `SessionEnded`, and a verifier that checks sessions refuses their access tokens at once.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tenancy_auth::{Algorithm, SigningKey, TokenIssuer};
+    /// use tenancy_core::{memory::MemorySessionStore, SessionAdmin, TokenRejection};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = Arc::new(MemorySessionStore::new());
+    /// let key = SigningKey::hmac(b"0123456789abcdef0123456789abcdef", Algorithm::HS256)?;
+    /// let issuer = TokenIssuer::builder(key, "https://id.example", "api")
+    ///     .sessions(store.clone())
+    ///     .build()?;
+    /// let (acme, alice) = ("acme".parse()?, "alice".parse()?);
+    /// let pair = issuer
+    ///     .login(&acme, &alice, &"tenant_admin".parse()?, &Default::default())
+    ///     .await?;
+    ///
+    /// // Alice is demoted. A refresh would mint `tenant_admin` again: end her sessions, so
+    /// // that her next tokens come from a login with her new role.
+    /// store.revoke_user(&acme, &alice).await?;
+    /// let refused = issuer.refresh(pair.refresh_token.expose()).await.unwrap_err();
+    /// assert!(matches!(refused, tenancy_core::Error::Rejected(TokenRejection::SessionEnded)));
+    /// # Ok(()) }
+    /// ```
     ///
     /// Refusals ([`tenancy_core::Error::Rejected`]): `Malformed` (not one of ours),
     /// `SessionEnded` (logged out, expired or revoked), `BadSignature` (right session, wrong

@@ -16,9 +16,14 @@
 //!   `kid` triggers that refresh). An old key is retired: it stops verifying at the next
 //!   refresh, and the verifier's cache is emptied so no token signed by it is served from
 //!   cache.
+//!   A key without a `kid` is told apart by its algorithm and key material: republished
+//!   unchanged, it is not retired.
 //! - **Safety.** Only `https://` URLs unless [`JwksKeySetBuilder::allow_plain_http`] is set;
 //!   responses are capped at 1 MiB and 5 s; keys this crate cannot use are skipped, a document
-//!   with no usable key is a failed fetch (it never replaces a good set).
+//!   with no usable key is a failed fetch (it never replaces a good set). Symmetric (HMAC)
+//!   keys are always skipped, with a warning: the document is public, and a secret anyone can
+//!   read would let anyone sign tokens ([`KeySet::from_jwks`]). Logs and `Debug` output show
+//!   the URL without its user information, query and fragment, which may carry credentials.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -221,6 +226,8 @@ struct State {
 
 struct Inner {
     url: String,
+    /// `url` as logs and `Debug` show it ([`redact_url`]).
+    shown_url: String,
     fetcher: Arc<dyn JwksFetcher>,
     cfg: Config,
     clock: SharedClock,
@@ -334,6 +341,7 @@ impl JwksKeySetBuilder {
         };
         let set = JwksKeySet {
             inner: Arc::new(Inner {
+                shown_url: redact_url(&self.url),
                 url: self.url,
                 fetcher,
                 cfg: self.cfg,
@@ -375,7 +383,7 @@ pub struct JwksKeySet {
 impl fmt::Debug for JwksKeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwksKeySet")
-            .field("url", &self.inner.url)
+            .field("url", &self.inner.shown_url)
             .field("keys", &self.cached().map(|k| k.len()))
             .field("breaker", &self.breaker())
             .finish()
@@ -419,7 +427,8 @@ impl JwksKeySet {
         self.inner.clock.now_nanos()
     }
 
-    /// The URL this set is fetched from.
+    /// The URL this set is fetched from, as given (with any credentials in it; logs and
+    /// `Debug` output show it redacted).
     pub fn url(&self) -> &str {
         &self.inner.url
     }
@@ -503,14 +512,22 @@ impl JwksKeySet {
             .fetcher
             .fetch(&self.inner.url)
             .await
-            .and_then(|body| KeySet::from_jwks(&body))
-            .and_then(|(set, skipped)| {
-                if set.is_empty() {
+            .and_then(|body| KeySet::parse_jwks(&body))
+            .and_then(|parsed| {
+                if parsed.symmetric > 0 {
+                    tracing::warn!(
+                        url = %self.inner.shown_url,
+                        symmetric = parsed.symmetric,
+                        "JWKS publishes symmetric (HMAC) keys: skipped, since anyone who can \
+                         read the document could sign tokens with them"
+                    );
+                }
+                if parsed.set.is_empty() {
                     Err(Error::InvalidKeySet(
                         "the key set holds no usable key".into(),
                     ))
                 } else {
-                    Ok((set, skipped))
+                    Ok((parsed.set, parsed.skipped))
                 }
             });
         let now = self.now();
@@ -520,11 +537,13 @@ impl JwksKeySet {
                 let retired = {
                     let mut s = self.write();
                     // A key is retired when its kid is gone, or now names other material
-                    // or another algorithm (a replaced, perhaps compromised, key).
+                    // or another algorithm (a replaced, perhaps compromised, key). A key
+                    // without a kid is retired when no equal key (algorithm and material)
+                    // remains.
                     let retired = s.keys.as_ref().is_some_and(|old| {
                         old.iter().any(|k| match k.kid() {
                             Some(kid) => set.get(kid).is_none_or(|new| !new.same_as(k)),
-                            None => true,
+                            None => !set.iter().any(|new| new.same_as(k)),
                         })
                     });
                     s.keys = Some(Arc::clone(&set));
@@ -538,7 +557,7 @@ impl JwksKeySet {
                 if retired {
                     self.bump_epochs();
                 }
-                tracing::debug!(url = %self.inner.url, keys = set.len(), skipped, "JWKS refreshed");
+                tracing::debug!(url = %self.inner.shown_url, keys = set.len(), skipped, "JWKS refreshed");
                 Ok(set)
             }
             Err(e) => {
@@ -550,7 +569,7 @@ impl JwksKeySet {
                     s.open_until = Some(now.saturating_add(nanos(self.inner.cfg.open_for)));
                 }
                 tracing::warn!(
-                    url = %self.inner.url,
+                    url = %self.inner.shown_url,
                     consecutive_failures = s.consecutive_failures,
                     error = %error_chain(&e),
                     "JWKS fetch failed; serving the last good key set"
@@ -652,6 +671,40 @@ impl JwksKeySet {
     }
 }
 
+/// `url` without what may carry credentials: the user information (`user:password@`) and
+/// the query and fragment are replaced by `[redacted]`.
+fn redact_url(url: &str) -> String {
+    const R: &str = "[redacted]";
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = String::with_capacity(url.len());
+    if let Some(scheme) = scheme {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    match authority.rsplit_once('@') {
+        Some((_, host)) => {
+            out.push_str(R);
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(authority),
+    }
+    match tail.find(['?', '#']) {
+        Some(i) => {
+            out.push_str(&tail[..i]);
+            out.push_str(&tail[i..=i]);
+            out.push_str(R);
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
 fn error_chain(e: &Error) -> String {
     let mut out = e.to_string();
     let mut src = std::error::Error::source(e);
@@ -671,5 +724,138 @@ impl HealthCheck for JwksKeySet {
 
     async fn check(&self) -> Health {
         self.health()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_for_display() {
+        for (url, shown) in [
+            (
+                "https://id.example/.well-known/jwks.json",
+                "https://id.example/.well-known/jwks.json",
+            ),
+            (
+                "https://user:hunter2@id.example:8443/jwks?api_key=s3cret#frag",
+                "https://[redacted]@id.example:8443/jwks?[redacted]",
+            ),
+            (
+                "http://127.0.0.1:8080?token=x",
+                "http://127.0.0.1:8080?[redacted]",
+            ),
+            (
+                "https://id.example/jwks#k",
+                "https://id.example/jwks#[redacted]",
+            ),
+            ("https://a@b@id.example/", "https://[redacted]@id.example/"),
+            (
+                "https://id.example/p@th/jwks",
+                "https://id.example/p@th/jwks",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    /// Serves a fixed document, or fails.
+    #[derive(Debug)]
+    struct Fixed(Option<&'static str>);
+
+    #[async_trait]
+    impl JwksFetcher for Fixed {
+        async fn fetch(&self, _url: &str) -> Result<Bytes> {
+            match self.0 {
+                Some(doc) => Ok(Bytes::from_static(doc.as_bytes())),
+                None => Err(Error::Fetch("provider down".into())),
+            }
+        }
+    }
+
+    /// Records every event's fields as text.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<String>>);
+
+    struct Fields<'a>(&'a mut String);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            let _ = write!(self.0, "{}={:?} ", field.name(), value);
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut out = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = write!(out, "{} ", event.metadata().level());
+            event.record(&mut Fields(&mut out));
+            out.push('\n');
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    const URL: &str = "https://alice:hunter2@id.example/jwks?api_key=s3cret";
+
+    fn source(doc: Option<&'static str>) -> JwksKeySet {
+        JwksKeySet::builder(URL)
+            .fetcher(Arc::new(Fixed(doc)))
+            .background_refresh(false)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn logs_and_debug_hide_url_credentials_and_symmetric_keys_warn() {
+        // One Ed25519 key and one published HMAC secret.
+        const DOC: &str = r#"{"keys":[
+            {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty":"oct","kid":"shared","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}
+        ]}"#;
+        let capture = Capture::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (down, up) = (source(None), source(Some(DOC)));
+        tracing::subscriber::with_default(capture.clone(), || {
+            rt.block_on(async {
+                assert!(down.refresh().await.is_err());
+                let keys = up.refresh().await.unwrap();
+                assert_eq!(keys.len(), 1);
+                assert!(
+                    keys.get("shared").is_none(),
+                    "a published secret was loaded"
+                );
+            });
+        });
+        assert_eq!(up.health().figures.get("skipped_keys"), Some(&1));
+        let logged = capture.0.lock().unwrap().clone();
+        assert!(logged.contains("id.example/jwks"), "{logged}");
+        assert!(
+            logged.contains("WARN") && logged.contains("symmetric=1"),
+            "no warning about the symmetric key: {logged}"
+        );
+        for shown in [logged, format!("{down:?}"), format!("{up:?}")] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("s3cret") && !shown.contains("alice"),
+                "credentials shown: {shown}"
+            );
+        }
+        assert_eq!(up.url(), URL);
     }
 }

@@ -91,6 +91,14 @@ impl AlgSet {
     pub(crate) fn is_empty(self) -> bool {
         self.0 == 0
     }
+    /// Every public-key algorithm (all but `HS*`).
+    #[cfg(feature = "jwks")]
+    pub(crate) fn asymmetric() -> Self {
+        ALL_ALGORITHMS
+            .into_iter()
+            .filter(|a| a.family() != AlgorithmFamily::Hmac)
+            .collect()
+    }
     pub(crate) fn iter(self) -> impl Iterator<Item = Algorithm> {
         ALL_ALGORITHMS
             .into_iter()
@@ -271,6 +279,10 @@ impl VerifyKey {
     /// The key's `kid` is kept. Without an `alg` member the algorithm follows the key type:
     /// `RS256` for RSA, `ES256`/`ES384` by curve, `EdDSA` for Ed25519, `HS256` for `oct`. A key
     /// whose `use` is not `sig`, or whose `key_ops` do not include `verify`, is refused.
+    ///
+    /// A symmetric (`oct`) JWK is accepted here, for a shared secret you hold yourself (a
+    /// local file or secret store). A key set published for others to read never yields one:
+    /// [`KeySet::from_jwks`] and [`JwksKeySet`](crate::JwksKeySet) skip symmetric keys.
     pub fn from_jwk(json: &[u8]) -> Result<Self> {
         let raw: RawJwk = serde_json::from_slice(json).map_err(|e| Error::invalid_key("JWK", e))?;
         raw.into_key()
@@ -302,6 +314,7 @@ impl VerifyKey {
 
     /// Whether `other` is this very key: same `kid`, algorithm and key material. A set that
     /// keeps a `kid` but changes what stands behind it has retired the old key.
+    #[cfg(feature = "jwks")]
     pub(crate) fn same_as(&self, other: &VerifyKey) -> bool {
         use jsonwebtoken::DecodingKeyKind as K;
         self.kid == other.kid
@@ -354,6 +367,15 @@ fn b64_field(v: Option<&String>, what: &'static str) -> Result<Vec<u8>> {
 }
 
 impl RawJwk {
+    /// Whether this JWK is a shared secret: `kty` `oct`, or an HMAC `alg` whatever its `kty`.
+    fn is_symmetric(&self) -> bool {
+        self.kty == "oct"
+            || self
+                .alg
+                .as_deref()
+                .is_some_and(|a| a.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("HS")))
+    }
+
     pub(crate) fn into_key(self) -> Result<VerifyKey> {
         if self.use_.as_deref().is_some_and(|u| u != "sig") {
             return Err(Error::invalid_key("JWK", "`use` is not `sig`"));
@@ -494,34 +516,86 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// Reads a JWKS document (`{"keys":[...]}`).
+    /// Reads a JWKS document (`{"keys":[...]}`): the public keys an identity provider
+    /// publishes.
     ///
     /// Keys this crate cannot use (encryption keys, unknown types or curves, RSA under 2048
     /// bits) are skipped, so that one exotic key does not take the whole set down; the number
     /// skipped is returned beside the set. A document that is not a JWKS is an error.
+    ///
+    /// Symmetric keys (`kty` `oct`, or any `HS*` `alg`) are skipped too, counted among the
+    /// skipped, with a warning in the log. Why: a JWKS is published for anyone to read, and
+    /// whoever reads an HMAC secret can sign tokens with it; honouring one would let every
+    /// reader of the document forge tokens for its issuer. A shared secret you hold locally
+    /// loads with [`VerifyKey::hmac`] or [`VerifyKey::from_jwk`].
+    ///
+    /// ```
+    /// use tenancy_auth::KeySet;
+    ///
+    /// let doc = br#"{"keys":[
+    ///     {"kty":"oct","kid":"shared","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"},
+    ///     {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+    /// ]}"#;
+    /// let (keys, skipped) = KeySet::from_jwks(doc)?;
+    /// assert_eq!((keys.len(), skipped), (1, 1));
+    /// assert!(keys.get("shared").is_none());
+    /// # Ok::<(), tenancy_auth::Error>(())
+    /// ```
     pub fn from_jwks(json: &[u8]) -> Result<(Self, usize)> {
+        let parsed = Self::parse_jwks(json)?;
+        if parsed.symmetric > 0 {
+            tracing::warn!(
+                symmetric = parsed.symmetric,
+                "JWKS document holds symmetric (HMAC) keys: skipped, a published secret is no secret"
+            );
+        }
+        Ok((parsed.set, parsed.skipped))
+    }
+
+    /// [`KeySet::from_jwks`] without the warning, telling symmetric keys apart so that the
+    /// caller can warn with its own context.
+    pub(crate) fn parse_jwks(json: &[u8]) -> Result<ParsedJwks> {
         #[derive(Deserialize)]
         struct Doc {
             keys: Vec<serde_json::Value>,
         }
         let doc: Doc = serde_json::from_slice(json).map_err(|e| Error::InvalidKeySet(e.into()))?;
-        let mut set = Self::new();
-        let mut skipped = 0;
+        let mut parsed = ParsedJwks {
+            set: Self::new(),
+            skipped: 0,
+            symmetric: 0,
+        };
         for v in doc.keys {
-            match serde_json::from_value::<RawJwk>(v)
-                .map_err(|e| Error::invalid_key("JWK", e))
-                .and_then(RawJwk::into_key)
-            {
-                Ok(k) => set.insert(k),
-                Err(_) => skipped += 1,
+            let Ok(raw) = serde_json::from_value::<RawJwk>(v) else {
+                parsed.skipped += 1;
+                continue;
+            };
+            if raw.is_symmetric() {
+                parsed.skipped += 1;
+                parsed.symmetric += 1;
+                continue;
+            }
+            match raw.into_key() {
+                Ok(k) => parsed.set.insert(k),
+                Err(_) => parsed.skipped += 1,
             }
         }
-        Ok((set, skipped))
+        Ok(parsed)
     }
 
     pub(crate) fn algorithms(&self) -> AlgSet {
         self.keys.iter().map(|k| k.alg).collect()
     }
+}
+
+/// A JWKS document read by [`KeySet::parse_jwks`].
+pub(crate) struct ParsedJwks {
+    /// The usable keys.
+    pub(crate) set: KeySet,
+    /// Keys left out, symmetric ones included.
+    pub(crate) skipped: usize,
+    /// Of the skipped, the symmetric (HMAC) keys.
+    pub(crate) symmetric: usize,
 }
 
 /// A signing key (private key or HMAC secret) bound to one algorithm, with an optional `kid`.

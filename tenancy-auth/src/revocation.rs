@@ -1,8 +1,12 @@
 //! Revocation: a `jti` denylist ([`Denylist`], in memory: [`MemoryDenylist`]).
 //!
 //! A verifier given a denylist refuses a token whose `jti` is on it with
-//! [`TokenRejection::Revoked`](tenancy_core::TokenRejection::Revoked). An entry is kept only
-//! until the revoked token's own `exp`: after that the token is refused as expired anyway.
+//! [`TokenRejection::Revoked`](tenancy_core::TokenRejection::Revoked). An entry must be kept
+//! until the revoked token's `exp` plus the verifier's clock leeway, the last moment a verifier
+//! still accepts the token; after that it is refused as expired anyway and the entry may be
+//! forgotten. (An entry dropped at `exp` would let the token back in for the leeway after it.)
+//! [`JwtVerifier::revoke`](crate::JwtVerifier::revoke) passes exactly that moment to
+//! [`Denylist::revoke`], and a backend keeps each entry until the `expires_at` it is given.
 //! Session liveness (the other half of revocation) goes through the
 //! [`SessionStore`](tenancy_core::SessionStore) given to
 //! [`JwtVerifierBuilder::sessions`](crate::JwtVerifierBuilder::sessions).

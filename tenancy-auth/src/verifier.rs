@@ -8,7 +8,7 @@
 //! | not three base64url segments, bad base64, header not a JSON object, duplicate header members, a `crit` header | `Malformed` |
 //! | `alg` outside the allowed set (`none` is never in it) | `AlgorithmNotAllowed` |
 //! | with several issuers: `iss` names none of them | `UnknownIssuer` |
-//! | no key with the header's `kid` (after a permitted JWKS refresh), or none for its `alg` | `UnknownKey` |
+//! | no key for the token (see below) | `UnknownKey` |
 //! | the key found is bound to another algorithm than the header's | `AlgorithmNotAllowed` |
 //! | signature does not verify (stripped, flipped byte, wrong key) | `BadSignature` |
 //! | claims not a JSON object or with duplicate members; a required claim missing or mistyped; a date past year 9999 | `Malformed`, `MissingClaim`, `InvalidClaim` |
@@ -17,6 +17,13 @@
 //! | `aud` without any of the configured audiences | `WrongAudience` |
 //! | `jti` on the denylist | `Revoked` |
 //! | the `sid` session has ended | `SessionEnded` |
+//!
+//! The key for a token: when its header's `kid` names a key of the issuer, that key and no
+//! other. Otherwise (no `kid`, or one that no key carries, after a permitted JWKS refresh)
+//! the keys bound to the header's `alg`: without a `kid`, all of them; with an unknown `kid`,
+//! those configured without a `kid` (a single secret or public key, as most deployments
+//! configure, while most libraries write a `kid` into every token). None of them:
+//! `UnknownKey`.
 //!
 //! A JWKS provider that is down while no key set has ever been fetched gives
 //! [`Error::Unavailable`]; a session store or denylist failure is passed on as it is (fail
@@ -179,9 +186,16 @@ impl JwtVerifierBuilder {
         self
     }
 
-    /// The algorithms a token header may name. Defaults to the algorithms of the static keys
-    /// given; JWKS-only verifiers must set it. `none` is not an algorithm here and can never
+    /// The algorithms a token header may name. `none` is not an algorithm here and can never
     /// be allowed.
+    ///
+    /// Without this call the allowed set is the algorithms of the static keys given plus,
+    /// when an issuer's keys come from a JWKS, every public-key algorithm (`RS*`, `PS*`,
+    /// `ES*`, `EdDSA`). Why this default: the keys a JWKS will publish are not known when the
+    /// verifier is built, and allowing their algorithms costs nothing in safety, since every
+    /// key verifies only the one algorithm it is bound to (a token naming another is
+    /// refused) and a JWKS never yields an HMAC key. `HS*` is allowed only for static HMAC
+    /// keys. Set the list to narrow it further.
     pub fn algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
         self.algorithms = Some(algs.into_iter().collect());
         self
@@ -260,10 +274,14 @@ impl JwtVerifierBuilder {
             None => {
                 let mut all = AlgSet::default();
                 for i in &self.issuers {
-                    if let KeySource::Static(k) = &i.keys {
-                        for a in k.algorithms().iter() {
-                            all.insert(a);
-                        }
+                    let algs = match &i.keys {
+                        KeySource::Static(k) => k.algorithms(),
+                        // Each JWKS key is bound to its own algorithm, never an HMAC one.
+                        #[cfg(feature = "jwks")]
+                        KeySource::Jwks(_) => AlgSet::asymmetric(),
+                    };
+                    for a in algs.iter() {
+                        all.insert(a);
                     }
                 }
                 all
@@ -357,6 +375,16 @@ struct RawHeader {
 #[derive(Deserialize)]
 struct IssOnly {
     iss: Option<serde_json::Value>,
+}
+
+/// Decodes a JSON object into `T`. A derived struct decoder also takes a JSON array (fields
+/// by position), which is no JOSE header or claims set: refused, as
+/// [`Claims::from_json`] does.
+fn json_object<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(reject(TokenRejection::Malformed));
+    }
+    serde_json::from_slice(bytes).map_err(|_| reject(TokenRejection::Malformed))
 }
 
 fn b64(segment: &str) -> Result<Vec<u8>> {
@@ -456,8 +484,7 @@ impl JwtVerifier {
         if h.is_empty() || p.is_empty() {
             return Err(reject(TokenRejection::Malformed));
         }
-        let header: RawHeader =
-            serde_json::from_slice(&b64(h)?).map_err(|_| reject(TokenRejection::Malformed))?;
+        let header: RawHeader = json_object(&b64(h)?)?;
         if header.crit.is_some() {
             // We understand no extension, so a critical one must be refused (RFC 7515 §4.1.11).
             return Err(reject(TokenRejection::Malformed));
@@ -488,8 +515,7 @@ impl JwtVerifier {
         if let [only] = issuers.as_slice() {
             return Ok(only);
         }
-        let peek: IssOnly =
-            serde_json::from_slice(payload).map_err(|_| reject(TokenRejection::Malformed))?;
+        let peek: IssOnly = json_object(payload)?;
         let iss = match peek.iss {
             None | Some(serde_json::Value::Null) => {
                 return Err(reject(TokenRejection::MissingClaim("iss")));
@@ -545,16 +571,22 @@ impl JwtVerifier {
         issuer: &TrustedIssuer,
         keys: &KeySet,
     ) -> Result<Claims> {
-        let verified = match parts.kid.as_deref() {
-            Some(kid) => {
-                let key = keys.get(kid).ok_or(reject(TokenRejection::UnknownKey))?;
+        let verified = match parts.kid.as_deref().and_then(|kid| keys.get(kid)) {
+            // A known kid: its own key, and no other.
+            Some(key) => {
                 if key.algorithm() != parts.alg {
                     return Err(reject(TokenRejection::AlgorithmNotAllowed));
                 }
                 check_signature(parts, key)?
             }
+            // No kid: every key of the header's alg. A kid no key carries: the keys of that
+            // alg configured without a kid (a lone secret or public key; most libraries
+            // write a kid into every token all the same).
             None => {
-                let mut candidates = keys.iter().filter(|k| k.algorithm() == parts.alg);
+                let any_kid = parts.kid.is_none();
+                let mut candidates = keys
+                    .iter()
+                    .filter(|k| k.algorithm() == parts.alg && (any_kid || k.kid().is_none()));
                 let first = candidates
                     .next()
                     .ok_or(reject(TokenRejection::UnknownKey))?;

@@ -460,6 +460,27 @@ fn cases(n: i64) -> Vec<Case> {
         unsigned("[\"HS256\"]", &payload, &seg[2]),
         R::Malformed,
     );
+    // A derived decoder fills `alg`, `kid`, `crit` by position: validly signed, it would pass.
+    add(
+        "header a JSON array of the header's three members, signed",
+        raw_token(
+            r#"["HS256","k-HS256",null]"#,
+            &payload,
+            Algorithm::HS256,
+            &hs(),
+        ),
+        R::Malformed,
+    );
+    add(
+        "header an array after whitespace",
+        raw_token(
+            " \n[\"HS256\",\"k-HS256\"]",
+            &payload,
+            Algorithm::HS256,
+            &hs(),
+        ),
+        R::Malformed,
+    );
     add(
         "duplicate claim keys",
         hs_raw(&payload.replacen('{', r#"{"tenant_id":"globex","#, 1)),

@@ -505,3 +505,157 @@ async fn background_refresh_picks_up_new_keys() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(server.hits(), hits, "background task outlived its key set");
 }
+
+/// A JWKS is public: an HMAC secret published in it must never become a key, or every reader
+/// of the document could mint tokens for the issuer.
+#[tokio::test]
+async fn a_published_hmac_secret_is_skipped_not_trusted() {
+    let a = rsa_key("rsa_private.pem", "a");
+    let secret = b"a-shared-secret-that-is-long-enough-for-hs256";
+    let server = JwksServer::start().await;
+    let clock = ManualClock::new();
+    server.set_raw(
+        StatusCode::OK,
+        &json!({"keys": [
+            a.public_jwk().unwrap().unwrap(),
+            {"kty": "oct", "kid": "shared", "alg": "HS256", "k": b64(secret)},
+            {"kty": "oct", "k": b64(secret)},
+        ]})
+        .to_string(),
+    );
+    let source = jwks(&server, &clock);
+    // Even with HS256 allowed, the published secret verifies nothing.
+    let v = JwtVerifier::builder()
+        .issuer(ISS, source.clone())
+        .audience(AUD)
+        .algorithms([Algorithm::RS256, Algorithm::HS256])
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    v.verify(&mint(&a, &clock)).await.unwrap();
+    let keys = source.cached().unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys.get("shared").is_none());
+    assert_eq!(source.health().figures.get("skipped_keys"), Some(&2));
+    for kid in [Some("shared"), None] {
+        let forger = SigningKey::hmac(secret, Algorithm::HS256).unwrap();
+        let forger = match kid {
+            Some(kid) => forger.with_kid(kid),
+            None => forger,
+        };
+        let forged = mint(&forger, &clock);
+        assert_eq!(
+            reason(v.verify(&forged).await.unwrap_err()),
+            R::UnknownKey,
+            "a token signed with the published secret (kid {kid:?})"
+        );
+    }
+
+    // A document of secrets only holds no usable key: a failed fetch, the good set kept.
+    server.set_raw(
+        StatusCode::OK,
+        &json!({"keys": [{"kty": "oct", "kid": "shared", "k": b64(secret)}]}).to_string(),
+    );
+    assert!(matches!(
+        source.refresh().await,
+        Err(tenancy_auth::Error::InvalidKeySet(_))
+    ));
+    assert!(source.cached().unwrap().get("a").is_some());
+}
+
+/// Without `.algorithms()`, a JWKS issuer's public-key algorithms are allowed beside the
+/// static keys' own: a static HS256 issuer does not lock out a tenant's RS256 provider.
+#[tokio::test]
+async fn jwks_issuers_allow_public_key_algorithms_by_default() {
+    let a = rsa_key("rsa_private.pem", "a");
+    let e = ec_key("e");
+    let server = JwksServer::start().await;
+    let clock = ManualClock::new();
+    server.set(&[&a, &e]);
+    let source = jwks(&server, &clock);
+    let (own_key, own_vk) = signing(Algorithm::HS256);
+    const OWN: &str = "https://own.example";
+    let v = JwtVerifier::builder()
+        .issuer(OWN, own_vk)
+        .tenant_issuer(ISS, source.clone(), ["acme".parse().unwrap()])
+        .audience(AUD)
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    let own = tenancy_auth::TokenIssuer::builder(own_key, OWN, AUD)
+        .clock(shared(&clock))
+        .build()
+        .unwrap()
+        .access_token(
+            &"globex".parse().unwrap(),
+            &"bob".parse().unwrap(),
+            &"user".parse().unwrap(),
+            &Default::default(),
+            None,
+        )
+        .unwrap();
+    v.verify(&own).await.unwrap();
+    v.verify(&mint(&a, &clock))
+        .await
+        .expect("an RS256 token of the JWKS issuer");
+    v.verify(&mint(&e, &clock))
+        .await
+        .expect("an ES256 token of the JWKS issuer");
+    // HMAC is not widened: only the static key's HS256 is allowed.
+    let hs384 = token(Algorithm::HS384, &claims(now(&clock)));
+    assert_eq!(
+        reason(v.verify(&hs384).await.unwrap_err()),
+        R::AlgorithmNotAllowed
+    );
+    // Each key still verifies only its own algorithm: RSA key `a` under PS256 is refused.
+    let ps = SigningKey::rsa_pem(&key_bytes("rsa_private.pem"), Algorithm::PS256)
+        .unwrap()
+        .with_kid("a");
+    assert_eq!(
+        reason(v.verify(&mint(&ps, &clock)).await.unwrap_err()),
+        R::AlgorithmNotAllowed
+    );
+
+    // A verifier on a JWKS alone builds and verifies without `.algorithms()` too.
+    let only = JwtVerifier::builder()
+        .issuer(ISS, source)
+        .audience(AUD)
+        .clock(shared(&clock))
+        .build()
+        .expect("a JWKS-only verifier needs no algorithm list");
+    only.verify(&mint(&e, &clock)).await.unwrap();
+}
+
+/// A key published without a `kid` is told apart by its material: a refresh that serves it
+/// unchanged retires nothing (the verification cache is kept); replacing it retires it.
+#[tokio::test]
+async fn a_key_without_kid_is_retired_only_when_it_changes() {
+    let plain = SigningKey::rsa_pem(&key_bytes("rsa_private.pem"), Algorithm::RS256).unwrap();
+    let other = SigningKey::rsa_pem(&key_bytes("rsa2_private.pem"), Algorithm::RS256).unwrap();
+    let Provider {
+        server,
+        clock,
+        source,
+        v,
+    } = provider(&[&plain]).await;
+    let t = mint_for(&plain, &clock, Duration::from_secs(3600));
+    v.verify(&t).await.unwrap();
+    assert!(v.try_verify(&t).is_some_and(|r| r.is_ok()), "cached");
+
+    clock.advance(Duration::from_secs(301));
+    source.refresh().await.unwrap();
+    assert_eq!(server.hits(), 2);
+    assert!(
+        v.try_verify(&t).is_some_and(|r| r.is_ok()),
+        "the same kid-less key was counted as retired: the cache was emptied"
+    );
+
+    server.set(&[&other]);
+    clock.advance(Duration::from_secs(301));
+    source.refresh().await.unwrap();
+    assert!(
+        v.try_verify(&t).is_none(),
+        "served from the cache after the kid-less key changed"
+    );
+    assert_eq!(reason(v.verify(&t).await.unwrap_err()), R::BadSignature);
+}

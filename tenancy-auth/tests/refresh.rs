@@ -4,14 +4,98 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::*;
 use tenancy_auth::{Algorithm, JwtVerifier, TokenIssuer, TokenPair};
 use tenancy_core::memory::MemorySessionStore;
 use tenancy_core::{
-    Error, ManualClock, PermissionSet, SessionStore, TenantId, TokenRejection as R, TokenVerifier,
+    Error, ManualClock, NewSession, PermissionSet, Session, SessionId, SessionStore, TenantId,
+    TokenRejection as R, TokenVerifier,
 };
+
+/// A session store that makes racing refreshes really race: once armed for `n` loads, each of
+/// those loads waits after reading until all `n` have read, so that every racer holds the same
+/// version of the session before any of them saves. Exactly one save can then win; the others
+/// meet the store's version check (`Conflict`, counted here) and the issuer's retry path.
+#[derive(Debug)]
+struct LockstepStore {
+    inner: Arc<dyn SessionStore>,
+    barrier: tokio::sync::Barrier,
+    armed: AtomicUsize,
+    conflicts: AtomicUsize,
+}
+
+impl LockstepStore {
+    fn new(inner: Arc<dyn SessionStore>, racers: usize) -> Self {
+        Self {
+            inner,
+            barrier: tokio::sync::Barrier::new(racers),
+            armed: AtomicUsize::new(0),
+            conflicts: AtomicUsize::new(0),
+        }
+    }
+
+    /// Holds the next `racers` loads at the barrier.
+    fn arm(&self, racers: usize) {
+        self.armed.store(racers, Ordering::SeqCst);
+    }
+
+    fn conflicts(&self) -> usize {
+        self.conflicts.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl SessionStore for LockstepStore {
+    async fn create(&self, new: NewSession) -> tenancy_core::Result<Session> {
+        self.inner.create(new).await
+    }
+
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> tenancy_core::Result<Option<Session>> {
+        let loaded = self.inner.load(tenant, id).await?;
+        let held = self
+            .armed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if held {
+            tokio::time::timeout(Duration::from_secs(10), self.barrier.wait())
+                .await
+                .expect("the other racer never loaded the session");
+        }
+        Ok(loaded)
+    }
+
+    async fn touch(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> tenancy_core::Result<Option<Session>> {
+        self.inner.touch(tenant, id).await
+    }
+
+    async fn save(&self, session: &Session) -> tenancy_core::Result<Session> {
+        let saved = self.inner.save(session).await;
+        if matches!(saved, Err(Error::Conflict(_))) {
+            self.conflicts.fetch_add(1, Ordering::SeqCst);
+        }
+        saved
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<bool> {
+        self.inner.delete(tenant, id).await
+    }
+
+    async fn rotate(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<Session> {
+        self.inner.rotate(tenant, id).await
+    }
+}
 
 struct Fixture {
     issuer: TokenIssuer,
@@ -159,15 +243,35 @@ pub async fn rotation_and_reuse(store: Arc<dyn SessionStore>, tenant: &str) {
 }
 
 /// Two refreshes racing with the same token: one wins, the other is reuse and ends the
-/// session.
-pub async fn racing_refreshes(store: Arc<dyn SessionStore>, tenant: &str) {
+/// session. With a [`LockstepStore`], both have loaded the same version before either saves,
+/// so the loser's save conflicts every round and the issuer's retry path decides.
+async fn racing_refreshes(
+    store: Arc<dyn SessionStore>,
+    tenant: &str,
+    lockstep: Option<&LockstepStore>,
+) {
     let clock = ManualClock::new();
     let f = Arc::new(fixture(store, &clock, tenant));
     for round in 0..5 {
         let p = f.login(&format!("racer{round}")).await;
         let t = p.refresh_token.expose().to_owned();
-        let (a, b) = tokio::join!(f.issuer.refresh(&t), f.issuer.refresh(&t));
-        let outcomes = [a, b];
+        if let Some(l) = lockstep {
+            l.arm(2);
+        }
+        // Each refresh on its own task: on a multi-thread runtime they run in parallel.
+        let racer = || {
+            let (issuer, t) = (f.issuer.clone(), t.clone());
+            tokio::spawn(async move { issuer.refresh(&t).await })
+        };
+        let (a, b) = tokio::join!(racer(), racer());
+        let outcomes = [a.unwrap(), b.unwrap()];
+        if let Some(l) = lockstep {
+            assert_eq!(
+                l.conflicts(),
+                round + 1,
+                "round {round}: the racers did not both load one version: {outcomes:?}"
+            );
+        }
         let wins = outcomes.iter().filter(|o| o.is_ok()).count();
         let reuse = outcomes
             .iter()
@@ -183,9 +287,10 @@ async fn memory_rotation_and_reuse() {
     rotation_and_reuse(Arc::new(MemorySessionStore::new()), "acme").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_racing_refreshes() {
-    racing_refreshes(Arc::new(MemorySessionStore::new()), "acme").await;
+    let store = Arc::new(LockstepStore::new(Arc::new(MemorySessionStore::new()), 2));
+    racing_refreshes(store.clone(), "acme", Some(&store)).await;
 }
 
 /// A token spent long ago (a default-length session's worth of refreshes later) is still
@@ -265,5 +370,8 @@ async fn redis_racing_refreshes() {
     let Some(store) = redis_store().await else {
         return;
     };
-    racing_refreshes(store, "acme").await;
+    racing_refreshes(store.clone(), "acme", None).await;
+    // And in lockstep, so that the store's version check decides every round.
+    let store = Arc::new(LockstepStore::new(store, 2));
+    racing_refreshes(store.clone(), "zz-lockstep", Some(&store)).await;
 }

@@ -294,3 +294,90 @@ async fn try_verify_answers_at_once_under_static_keys_and_counts_once() {
     assert_eq!(*at_once, uncached.verify(&t).await.unwrap());
     assert_eq!(uncached.cache_stats(), tenancy_auth::CacheStats::default());
 }
+
+/// Most libraries write a `kid` into every token, while a deployment often configures a single
+/// key without one: a `kid` that no key carries falls back to the keys without a `kid` bound to
+/// the header's `alg`. A `kid` that names a key still matches that key only.
+#[tokio::test]
+async fn an_unknown_kid_falls_back_to_keys_without_a_kid() {
+    let clock = clock();
+    let n = now(&clock);
+    let mut secret = HMAC_SECRET.to_vec();
+    secret.resize(64, b'x');
+    let plain_hs = VerifyKey::hmac(&secret, Algorithm::HS256).unwrap();
+    let plain_rs = VerifyKey::rsa_pem(&key_bytes("rsa_public.pem"), Algorithm::RS256).unwrap();
+    let v = JwtVerifier::builder()
+        .issuer(ISS, KeySet::new().with(plain_hs.clone()).with(plain_rs))
+        .audience(AUD)
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    // `token` writes the kid `k-HS256` / `k-RS256`, which no key here carries.
+    for alg in [Algorithm::HS256, Algorithm::RS256] {
+        v.verify(&token(alg, &claims(n)))
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?} token with a kid, key without: {e}"));
+    }
+    // A single key without a kid, as a verifier is most often given.
+    let single = JwtVerifier::builder()
+        .issuer(ISS, plain_hs.clone())
+        .audience(AUD)
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    single
+        .verify(&token(Algorithm::HS256, &claims(n)))
+        .await
+        .unwrap();
+
+    // Beside keys with kids: the kid `k-HS256` now names another secret, and only that.
+    let named = VerifyKey::hmac(
+        b"another-secret-0123456789abcdef0123456789",
+        Algorithm::HS256,
+    )
+    .unwrap()
+    .with_kid("k-HS256");
+    let v = JwtVerifier::builder()
+        .issuer(
+            ISS,
+            KeySet::new()
+                .with(plain_hs)
+                .with(named)
+                .with(signing(Algorithm::RS256).1),
+        )
+        .audience(AUD)
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    let rejection = |r: Result<tenancy_core::Claims, tenancy_core::Error>| match r {
+        Err(tenancy_core::Error::Rejected(r)) => Some(r),
+        _ => None,
+    };
+    let payload = serde_json::Value::Object(claims(n)).to_string();
+    let hs = |kid: &str| {
+        raw_token(
+            &format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#),
+            &payload,
+            Algorithm::HS256,
+            &encoding_key(Algorithm::HS256),
+        )
+    };
+    // Signed with the kid-less secret but naming the other key's kid: refused.
+    assert_eq!(
+        rejection(v.verify(&hs("k-HS256")).await),
+        Some(TokenRejection::BadSignature)
+    );
+    // The same secret under a kid nobody carries: the kid-less key verifies it.
+    v.verify(&hs("k-unknown")).await.unwrap();
+    // An unknown kid for an alg whose only key has a kid: no fallback.
+    let rs = raw_token(
+        r#"{"alg":"RS256","kid":"k-unknown"}"#,
+        &payload,
+        Algorithm::RS256,
+        &encoding_key(Algorithm::RS256),
+    );
+    assert_eq!(
+        rejection(v.verify(&rs).await),
+        Some(TokenRejection::UnknownKey)
+    );
+}
