@@ -5,7 +5,9 @@
 //!   lookup on an identical table without row-level security, in autocommit on a plain pool;
 //! - `begin_form/one_message` against `begin_form/two_round_trips`: the same transaction
 //!   (begin, lookup, commit) with the tenant set in the `BEGIN` message or by a second
-//!   `set_config` round trip.
+//!   `set_config` round trip;
+//! - interleaved only: the same transaction with the commit check on (the default: a probe
+//!   for an aborted transaction before `COMMIT`) and off (`DbConfig::with_commit_check`).
 //!
 //! Run: `cargo bench -p tenancy-db --bench tenant_tx -- --warm-up-time 1 --measurement-time 3`
 //! (needs PostgreSQL as for the tests; skips when it is unreachable).
@@ -26,6 +28,7 @@ struct Setup {
     // Fields drop in order: the pools, then the database and roles, then the runtime.
     one_message: TenantPool,
     two_trips: TenantPool,
+    unchecked: TenantPool,
     plain: sqlx::PgPool,
     ids: Vec<(String, i64)>,
     _env: common::TestEnv,
@@ -38,7 +41,7 @@ fn setup() -> Option<Setup> {
         .enable_all()
         .build()
         .ok()?;
-    let (env, one_message, two_trips, plain, ids) = rt.block_on(async {
+    let (env, one_message, two_trips, unchecked, plain, ids) = rt.block_on(async {
         let env = common::TestEnv::new().await?;
         let mut owner = env.connect_as(&env.owner).await;
         // The same rows twice: `records` under RLS, `records_plain` without (its column is
@@ -91,16 +94,24 @@ fn setup() -> Option<Setup> {
         )
         .await
         .expect("pool");
+        let unchecked = TenantPool::connect(
+            env.runtime_config()
+                .with_max_connections(1)
+                .with_commit_check(false),
+        )
+        .await
+        .expect("pool");
         let plain = PgPoolOptions::new()
             .max_connections(1)
             .connect_with(env.options().username(env.runtime.as_str()))
             .await
             .expect("plain pool");
-        Some((env, one_message, two_trips, plain, ids))
+        Some((env, one_message, two_trips, unchecked, plain, ids))
     })?;
     Some(Setup {
         one_message,
         two_trips,
+        unchecked,
         plain,
         ids,
         _env: env,
@@ -185,6 +196,7 @@ fn bench(c: &mut Criterion) {
     s.rt.block_on(async {
         let mut lookups = (Vec::new(), Vec::new());
         let mut forms = (Vec::new(), Vec::new());
+        let mut checks = (Vec::new(), Vec::new());
         for i in 0..4000usize {
             let (t, id) = &tenants[i % tenants.len()];
             let (owner, pid) = &s.ids[i % s.ids.len()];
@@ -206,14 +218,20 @@ fn bench(c: &mut Criterion) {
             lookup_in_tx(&s.two_trips, t, *id).await;
             forms.1.push(start.elapsed());
             forms.0.push(lookups.0[i]);
+            let start = Instant::now();
+            lookup_in_tx(&s.unchecked, t, *id).await;
+            checks.1.push(start.elapsed());
+            checks.0.push(lookups.0[i]);
         }
         report("point lookup", "tenant_tx", "autocommit_no_rls", lookups);
         report("begin form", "one_message", "two_round_trips", forms);
+        report("commit check", "checked", "unchecked", checks);
     });
 
     s.rt.block_on(async {
         s.one_message.close().await;
         s.two_trips.close().await;
+        s.unchecked.close().await;
         s.plain.close().await;
     });
 }

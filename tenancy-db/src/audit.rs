@@ -4,16 +4,28 @@
 //! A *tenant table* is any ordinary or partitioned table with a `tenant_id` column, in any
 //! schema but the system ones. The audit reports when
 //!
-//! - the role is superuser or `BYPASSRLS`, or a member of such a role (it could `SET ROLE`);
+//! - the role is superuser, `BYPASSRLS`, `REPLICATION` or `CREATEROLE`, or a member of a
+//!   superuser or `BYPASSRLS` role (it could `SET ROLE`), or of `pg_execute_server_program`,
+//!   `pg_read_server_files` or `pg_write_server_files` (they reach the data files, or run
+//!   programs as the server, outside row-level security);
+//! - when auditing the connection's own role: all of the above also for `session_user`, the
+//!   role that logged in, when it differs from `current_user` (a connection started with
+//!   `options=-c role=app_runtime` as a superuser passes as `app_runtime`, and a
+//!   `RESET ROLE` returns it to the superuser);
 //! - the role owns a tenant table, or is a member of its owner;
 //! - a tenant table lacks `ENABLE ROW LEVEL SECURITY`, `FORCE ROW LEVEL SECURITY`, or the
 //!   RESTRICTIVE policy `tenant_id = (SELECT tenancy.current_tenant_id())` for all commands
 //!   and all roles (as `tenancy.protect_table` creates it);
 //! - the role holds `TRUNCATE` or `REFERENCES` on a tenant table (neither is filtered by
 //!   row-level security);
-//! - a unique index or constraint on a tenant table omits `tenant_id` (it leaks whether
-//!   another tenant holds a value), or a foreign key on it does not pair `tenant_id` with the
-//!   referenced table's `tenant_id` (it lets A point at B's rows);
+//! - a unique index, unique constraint or exclusion constraint on a tenant table omits
+//!   `tenant_id` from its key (it leaks whether another tenant holds a value), or a foreign
+//!   key from a tenant table to another tenant table does not pair `tenant_id` with the
+//!   referenced table's `tenant_id` (it lets A point at B's rows); a foreign key to a table
+//!   without `tenant_id` (a global lookup table such as `countries`) is fine;
+//! - a `SECURITY DEFINER` function the role may execute is owned by a superuser, a
+//!   `BYPASSRLS` role or the owner of a tenant table (or a member of one): it runs with its
+//!   owner's rights and can read every tenant's rows;
 //! - a view over tenant tables (directly or through other views) is not `security_invoker`,
 //!   or a materialized view is built over them (it stores every tenant's rows);
 //! - `tenancy.current_tenant_id()` is missing.
@@ -102,15 +114,16 @@ pub enum Finding {
         /// `TRUNCATE` or `REFERENCES`.
         privilege: &'static str,
     },
-    /// A unique index or constraint on a tenant table omits `tenant_id`.
+    /// A unique index, unique constraint or exclusion constraint on a tenant table omits
+    /// `tenant_id` from its key.
     UniqueWithoutTenant {
         /// The table.
         table: String,
         /// The index.
         index: String,
     },
-    /// A foreign key on a tenant table does not pair `tenant_id` with the referenced
-    /// table's `tenant_id`.
+    /// A foreign key from a tenant table to another tenant table does not pair `tenant_id`
+    /// with the referenced table's `tenant_id`.
     ForeignKeyWithoutTenant {
         /// The table.
         table: String,
@@ -136,6 +149,40 @@ pub enum Finding {
     CreateRole {
         /// The role.
         role: String,
+    },
+    /// The role has `REPLICATION`: it can stream every tenant's rows out of the write-ahead
+    /// log, outside row-level security.
+    Replication {
+        /// The role.
+        role: String,
+    },
+    /// The role is a member of a built-in role that reaches the server's files or programs
+    /// (`pg_execute_server_program`, `pg_read_server_files`, `pg_write_server_files`), and
+    /// through them every tenant's rows.
+    MemberOfServerFileRole {
+        /// The audited role.
+        role: String,
+        /// The built-in role.
+        builtin: String,
+    },
+    /// The connection logged in as `session` and switched to the audited role (`SET ROLE`,
+    /// or `options=-c role=…`); `RESET ROLE` returns to `session`, so `session` is audited
+    /// too and its findings are reported beside this one.
+    SessionUserDiffers {
+        /// The role the connection runs as (`current_user`).
+        role: String,
+        /// The role that logged in (`session_user`).
+        session: String,
+    },
+    /// A `SECURITY DEFINER` function the role may execute runs as an owner that bypasses
+    /// row-level security or owns a tenant table.
+    SecurityDefinerFunction {
+        /// The audited role.
+        role: String,
+        /// The function, with its argument types.
+        function: String,
+        /// The function's owner.
+        owner: String,
     },
     /// `app.tenant_id` has a value before any tenant transaction sets one: queries outside a
     /// tenant transaction (and every connection after one) run as that tenant instead of
@@ -191,7 +238,7 @@ impl fmt::Display for Finding {
             ),
             Self::UniqueWithoutTenant { table, index } => write!(
                 f,
-                "unique index {index} on tenant table {table} omits tenant_id; make tenant_id part of the key"
+                "unique or exclusion index {index} on tenant table {table} omits tenant_id; make tenant_id part of the key"
             ),
             Self::ForeignKeyWithoutTenant {
                 table,
@@ -216,6 +263,26 @@ impl fmt::Display for Finding {
             Self::DefaultTenant { role, source } => write!(
                 f,
                 "role {role:?} starts with app.tenant_id set ({source}), so queries outside a tenant transaction see that tenant's rows; remove the default (RESET app.tenant_id)"
+            ),
+            Self::Replication { role } => write!(
+                f,
+                "role {role:?} has REPLICATION and could stream every tenant's rows from the write-ahead log; ALTER ROLE {role} NOREPLICATION"
+            ),
+            Self::MemberOfServerFileRole { role, builtin } => write!(
+                f,
+                "role {role:?} is a member of {builtin}, which reaches the server's files or programs and every tenant's rows outside row-level security; revoke the membership"
+            ),
+            Self::SessionUserDiffers { role, session } => write!(
+                f,
+                "the connection logged in as {session:?} and runs as {role:?}; RESET ROLE would return it to {session:?}, so log in as the runtime role itself"
+            ),
+            Self::SecurityDefinerFunction {
+                role,
+                function,
+                owner,
+            } => write!(
+                f,
+                "role {role:?} may execute SECURITY DEFINER function {function}, owned by {owner:?}, which bypasses row-level security or owns a tenant table; REVOKE EXECUTE on it or make it SECURITY INVOKER"
             ),
             Self::HelperMissing => write!(
                 f,
@@ -276,8 +343,8 @@ impl fmt::Display for AuditReport {
     }
 }
 
-/// name, RLS enabled, RLS forced, owner, role owns it, policy present, TRUNCATE, REFERENCES.
-type TableRow = (String, bool, bool, String, bool, bool, bool, bool);
+/// name, RLS enabled, RLS forced, policy present.
+type TableRow = (String, bool, bool, bool);
 
 const TENANT_TABLES: &str = "
 tt AS (
@@ -339,7 +406,149 @@ async fn default_tenant(
     Ok(found)
 }
 
+/// Role-level findings for `role`: its attributes, the roles it could become, its defaults,
+/// what it owns or holds on tenant tables, and the `SECURITY DEFINER` functions it may call.
+/// `None` when the role does not exist.
+async fn role_findings(
+    conn: &mut PgConnection,
+    role: &str,
+    this_connection: bool,
+) -> Result<Option<Vec<Finding>>> {
+    let mut findings = Vec::new();
+    let flags: Option<(bool, bool, bool, bool)> = sqlx::query_as(
+        "SELECT rolsuper, rolbypassrls, rolcreaterole, rolreplication
+         FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(role)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((superuser, bypass, createrole, replication)) = flags else {
+        return Ok(None);
+    };
+    let owned = || role.to_owned();
+    if superuser {
+        findings.push(Finding::Superuser { role: owned() });
+    }
+    if bypass {
+        findings.push(Finding::BypassRls { role: owned() });
+    }
+    // A superuser has every attribute and is a member of every role: the checks below would
+    // only repeat that.
+    if !superuser {
+        if createrole {
+            findings.push(Finding::CreateRole { role: owned() });
+        }
+        if replication {
+            findings.push(Finding::Replication { role: owned() });
+        }
+    }
+    findings.extend(default_tenant(conn, role, this_connection).await?);
+    if superuser {
+        return Ok(Some(findings));
+    }
+
+    let privileged: Vec<String> = sqlx::query_scalar(
+        "SELECT r.rolname::text FROM pg_roles r
+         WHERE r.rolname <> $1 AND (r.rolsuper OR r.rolbypassrls)
+           AND pg_has_role($1, r.oid, 'MEMBER')
+         ORDER BY r.rolname",
+    )
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    findings.extend(
+        privileged
+            .into_iter()
+            .map(|p| Finding::MemberOfPrivilegedRole {
+                role: owned(),
+                privileged: p,
+            }),
+    );
+    let builtins: Vec<String> = sqlx::query_scalar(
+        "SELECT r.rolname::text FROM pg_roles r
+         WHERE r.rolname IN ('pg_execute_server_program', 'pg_read_server_files',
+                             'pg_write_server_files')
+           AND pg_has_role($1, r.oid, 'MEMBER')
+         ORDER BY r.rolname",
+    )
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    findings.extend(
+        builtins
+            .into_iter()
+            .map(|builtin| Finding::MemberOfServerFileRole {
+                role: owned(),
+                builtin,
+            }),
+    );
+
+    let tables: Vec<(String, String, bool, bool, bool)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH {TENANT_TABLES}
+             SELECT tt.name, pg_get_userbyid(tt.relowner)::text,
+                    pg_has_role($1, tt.relowner, 'MEMBER'),
+                    has_table_privilege($1, tt.oid, 'TRUNCATE'),
+                    has_table_privilege($1, tt.oid, 'REFERENCES')
+             FROM tt ORDER BY tt.name"
+        )))
+        .bind(role)
+        .fetch_all(&mut *conn)
+        .await?;
+    for (table, owner, owns, truncate, references) in tables {
+        if owns {
+            findings.push(Finding::OwnsTenantTable {
+                role: owned(),
+                table,
+                owner,
+            });
+            continue;
+        }
+        for (held, privilege) in [(truncate, "TRUNCATE"), (references, "REFERENCES")] {
+            if held {
+                findings.push(Finding::UnfilteredPrivilege {
+                    role: owned(),
+                    table: table.clone(),
+                    privilege,
+                });
+            }
+        }
+    }
+
+    let definers: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {TENANT_TABLES}
+         SELECT format('%I.%I(%s)', n.nspname, p.proname,
+                       pg_get_function_identity_arguments(p.oid)),
+                pg_get_userbyid(p.proowner)::text
+         FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE p.prosecdef
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND has_schema_privilege($1, n.oid, 'USAGE')
+           AND has_function_privilege($1, p.oid, 'EXECUTE')
+           AND (EXISTS (SELECT 1 FROM pg_roles o
+                        WHERE (o.rolsuper OR o.rolbypassrls)
+                          AND pg_has_role(p.proowner, o.oid, 'MEMBER'))
+                OR EXISTS (SELECT 1 FROM tt WHERE pg_has_role(p.proowner, tt.relowner, 'MEMBER')))
+         ORDER BY 1"
+    )))
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    findings.extend(definers.into_iter().map(|(function, owner)| {
+        Finding::SecurityDefinerFunction {
+            role: owned(),
+            function,
+            owner,
+        }
+    }));
+    Ok(Some(findings))
+}
+
 /// Audits the catalog of the connected database for `role` (the connected user when `None`).
+///
+/// With `None`, the connection's `session_user` (the role that logged in) is audited as well
+/// when it differs from `current_user`: `RESET ROLE` would return the connection to it.
 ///
 /// Reads only system catalogs; needs no privilege beyond connecting. Errors only when a
 /// catalog query fails; defects are findings in the report.
@@ -347,23 +556,20 @@ pub async fn audit_catalog(
     conn: &mut PgConnection,
     role: Option<&RoleName>,
 ) -> Result<AuditReport> {
-    let role_name: String = match role {
-        Some(r) => r.as_str().to_owned(),
+    let (role_name, session): (String, Option<String>) = match role {
+        Some(r) => (r.as_str().to_owned(), None),
         None => {
-            sqlx::query_scalar("SELECT current_user::text")
-                .fetch_one(&mut *conn)
-                .await?
+            let (current, session): (String, String) =
+                sqlx::query_as("SELECT current_user::text, session_user::text")
+                    .fetch_one(&mut *conn)
+                    .await?;
+            let session = (session != current).then_some(session);
+            (current, session)
         }
     };
     let mut findings = Vec::new();
 
-    let flags: Option<(bool, bool, bool)> = sqlx::query_as(
-        "SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname = $1",
-    )
-    .bind(&role_name)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((superuser, bypass, createrole)) = flags else {
+    let Some(own) = role_findings(conn, &role_name, role.is_none()).await? else {
         findings.push(Finding::RoleMissing {
             role: role_name.clone(),
         });
@@ -372,22 +578,16 @@ pub async fn audit_catalog(
             findings,
         });
     };
-    if superuser {
-        findings.push(Finding::Superuser {
+    findings.extend(own);
+    if let Some(session) = session {
+        findings.push(Finding::SessionUserDiffers {
             role: role_name.clone(),
+            session: session.clone(),
         });
+        if let Some(more) = role_findings(conn, &session, false).await? {
+            findings.extend(more);
+        }
     }
-    if bypass {
-        findings.push(Finding::BypassRls {
-            role: role_name.clone(),
-        });
-    }
-    if createrole && !superuser {
-        findings.push(Finding::CreateRole {
-            role: role_name.clone(),
-        });
-    }
-    findings.extend(default_tenant(conn, &role_name, role.is_none()).await?);
 
     let helper: Option<i64> = sqlx::query_scalar(
         "SELECT p.oid::int8 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -399,61 +599,27 @@ pub async fn audit_catalog(
         findings.push(Finding::HelperMissing);
     }
 
-    // A superuser is a member of every role and holds every privilege: the per-object checks
-    // below would only repeat that.
-    if !superuser {
-        let privileged: Vec<String> = sqlx::query_scalar(
-            "SELECT r.rolname::text FROM pg_roles r
-             WHERE r.rolname <> $1 AND (r.rolsuper OR r.rolbypassrls)
-               AND pg_has_role($1, r.oid, 'MEMBER')
-             ORDER BY r.rolname",
-        )
-        .bind(&role_name)
-        .fetch_all(&mut *conn)
-        .await?;
-        findings.extend(
-            privileged
-                .into_iter()
-                .map(|p| Finding::MemberOfPrivilegedRole {
-                    role: role_name.clone(),
-                    privileged: p,
-                }),
-        );
-    }
-
     let tables: Vec<TableRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH {TENANT_TABLES}
              SELECT tt.name, tt.relrowsecurity, tt.relforcerowsecurity,
-                    pg_get_userbyid(tt.relowner)::text,
-                    pg_has_role($1, tt.relowner, 'MEMBER'),
                     EXISTS (
                         SELECT 1 FROM pg_policy p
                         WHERE p.polrelid = tt.oid AND NOT p.polpermissive AND p.polcmd = '*'
                           AND p.polroles = '{{0}}'::oid[]
-                          AND pg_get_expr(p.polqual, p.polrelid) ~ $2
-                          AND pg_get_expr(p.polwithcheck, p.polrelid) ~ $2
+                          AND pg_get_expr(p.polqual, p.polrelid) ~ $1
+                          AND pg_get_expr(p.polwithcheck, p.polrelid) ~ $1
                           AND EXISTS (
                               SELECT 1 FROM pg_depend d
                               WHERE d.classid = 'pg_policy'::regclass AND d.objid = p.oid
                                 AND d.refclassid = 'pg_proc'::regclass
-                                AND d.refobjid::int8 = $3)),
-                    has_table_privilege($1, tt.oid, 'TRUNCATE'),
-                    has_table_privilege($1, tt.oid, 'REFERENCES')
+                                AND d.refobjid::int8 = $2))
              FROM tt ORDER BY tt.name"
     )))
-    .bind(&role_name)
     .bind(r"^\(tenant_id = \( SELECT (tenancy\.)?current_tenant_id\(\) AS current_tenant_id\)\)$")
     .bind(helper.unwrap_or(0))
     .fetch_all(&mut *conn)
     .await?;
-    for (table, rls, forced, owner, owns, policy, truncate, references) in tables {
-        if owns && !superuser {
-            findings.push(Finding::OwnsTenantTable {
-                role: role_name.clone(),
-                table: table.clone(),
-                owner,
-            });
-        }
+    for (table, rls, forced, policy) in tables {
         if !rls {
             findings.push(Finding::RlsDisabled {
                 table: table.clone(),
@@ -465,20 +631,7 @@ pub async fn audit_catalog(
             });
         }
         if !policy {
-            findings.push(Finding::PolicyMissing {
-                table: table.clone(),
-            });
-        }
-        if !superuser && !owns {
-            for (held, privilege) in [(truncate, "TRUNCATE"), (references, "REFERENCES")] {
-                if held {
-                    findings.push(Finding::UnfilteredPrivilege {
-                        role: role_name.clone(),
-                        table: table.clone(),
-                        privilege,
-                    });
-                }
-            }
+            findings.push(Finding::PolicyMissing { table });
         }
     }
 
@@ -489,7 +642,7 @@ pub async fn audit_catalog(
          JOIN pg_index i ON i.indrelid = tt.oid
          JOIN pg_class ic ON ic.oid = i.indexrelid
          JOIN pg_namespace n ON n.oid = ic.relnamespace
-         WHERE i.indisunique
+         WHERE (i.indisunique OR i.indisexclusion)
            AND NOT (tt.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
          ORDER BY 1, 2"
     )))
@@ -506,6 +659,9 @@ pub async fn audit_catalog(
          SELECT tt.name, con.conname::text, format('%I.%I', rn.nspname, rc.relname)
          FROM tt
          JOIN pg_constraint con ON con.conrelid = tt.oid AND con.contype = 'f'
+         -- Only a reference to another tenant table must pair tenant_id; a global lookup
+         -- table (no tenant_id) holds no tenant's rows.
+         JOIN tt rt ON rt.oid = con.confrelid
          JOIN pg_class rc ON rc.oid = con.confrelid
          JOIN pg_namespace rn ON rn.oid = rc.relnamespace
          WHERE NOT EXISTS (

@@ -90,6 +90,7 @@ pub struct DbConfig {
     pub(crate) max_connections: Option<u32>,
     pub(crate) min_connections: u32,
     pub(crate) acquire_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     pub(crate) connect_attempts: u32,
     pub(crate) connect_backoff: Duration,
     pub(crate) connect_backoff_max: Duration,
@@ -100,6 +101,7 @@ pub struct DbConfig {
     pub(crate) release_guard: bool,
     pub(crate) catalog_audit: bool,
     pub(crate) begin_mode: BeginMode,
+    pub(crate) commit_check: bool,
 }
 
 impl DbConfig {
@@ -118,7 +120,8 @@ impl DbConfig {
     /// instead of a pile of hung requests; a 30 s `statement_timeout` stops a runaway query
     /// from holding a connection for ever; a 60 s `idle_in_transaction_session_timeout` ends
     /// a transaction a crashed task left open, with its locks; 5 connect attempts with
-    /// backoff from 200 ms ride out a database restart; the catalog audit is on, so a
+    /// backoff from 200 ms ride out a database restart, and a 5 s limit on each attempt keeps
+    /// a host that never answers from hanging start-up; the catalog audit is on, so a
     /// misconfigured role or table stops the service at start-up instead of leaking rows.
     pub fn from_options(connect: PgConnectOptions) -> Self {
         Self {
@@ -127,6 +130,7 @@ impl DbConfig {
             max_connections: None,
             min_connections: 0,
             acquire_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
             connect_attempts: 5,
             connect_backoff: Duration::from_millis(200),
             connect_backoff_max: Duration::from_secs(5),
@@ -137,6 +141,7 @@ impl DbConfig {
             release_guard: false,
             catalog_audit: true,
             begin_mode: BeginMode::OneMessage,
+            commit_check: true,
         }
     }
 
@@ -161,6 +166,14 @@ impl DbConfig {
     /// How long a caller waits for a free connection before [`Error::PoolTimedOut`].
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// How long one start-up connect attempt may take (default 5 s) before it counts as a
+    /// failed, retryable attempt: a host that drops packets or a server that accepts TCP but
+    /// never answers would otherwise hang start-up.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -217,6 +230,19 @@ impl DbConfig {
         self
     }
 
+    /// Whether a commit first checks that no earlier statement aborted the transaction
+    /// (default on: one extra round trip per commit).
+    ///
+    /// Why on by default: PostgreSQL answers `COMMIT` in an aborted transaction with
+    /// `ROLLBACK` and no error, so code that swallowed a failed statement and committed would
+    /// lose every write of the transaction without a word; with the check, the commit fails
+    /// with [`Error::Aborted`](crate::Error::Aborted). Turn it off only where every statement's
+    /// error is propagated (the `?` operator all the way) and the round trip matters.
+    pub fn with_commit_check(mut self, on: bool) -> Self {
+        self.commit_check = on;
+        self
+    }
+
     /// How tenant transactions are opened (default [`BeginMode::OneMessage`]).
     pub fn with_begin_mode(mut self, mode: BeginMode) -> Self {
         self.begin_mode = mode;
@@ -236,7 +262,9 @@ impl DbConfig {
 
     /// The connect options, with the timeouts added as start-up parameters.
     pub(crate) fn connect_options(&self) -> PgConnectOptions {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string();
+        // PostgreSQL takes at most i32::MAX milliseconds (about 24.8 days) for these; a
+        // larger value would make every connection fail, so it is capped.
+        let ms = |d: Duration| d.as_millis().min(2_147_483_647).to_string();
         let mut opts = self.connect.clone().options([
             ("statement_timeout", ms(self.statement_timeout)),
             (

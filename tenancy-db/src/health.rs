@@ -61,6 +61,12 @@ impl HealthState {
             .clone()
     }
 
+    /// A successful ping older than three intervals means the health task is stuck. The
+    /// arithmetic saturates: a configured `Duration::MAX` never panics.
+    fn is_stale(&self, ping: &Ping) -> bool {
+        ping.at.elapsed() > self.interval().saturating_mul(3)
+    }
+
     fn interval(&self) -> Duration {
         *self
             .interval
@@ -176,7 +182,7 @@ impl DbHealth {
                 let h = match &p.failure {
                     Some(why) => Health::down(why.clone()),
                     // A ping older than three intervals means the health task is stuck.
-                    None if p.at.elapsed() > self.shared.health.interval() * 3 => {
+                    None if self.shared.health.is_stale(&p) => {
                         Health::degraded("last successful ping is stale")
                     }
                     None => Health::up(),
@@ -208,5 +214,25 @@ impl HealthCheck for DbHealth {
 
     async fn check(&self) -> Health {
         self.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_with_a_huge_interval_does_not_overflow() {
+        let state = HealthState::new("database");
+        *state.interval.lock().unwrap() = Duration::MAX;
+        let ping = Ping {
+            at: Instant::now(),
+            latency: Duration::ZERO,
+            failure: None,
+        };
+        assert!(!state.is_stale(&ping));
+        *state.interval.lock().unwrap() = Duration::ZERO;
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(state.is_stale(&ping));
     }
 }

@@ -107,6 +107,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     pub(crate) max: u32,
     pub(crate) begin_mode: BeginMode,
+    pub(crate) commit_check: bool,
     pub(crate) role: String,
     pub(crate) health: Arc<HealthState>,
 }
@@ -160,7 +161,7 @@ impl Shared {
             let mut pending = Pending(Some(conn));
             let stmt = statement.map(|s| sqlx::AssertSqlSafe(s.to_owned()).into_sql_str());
             match tm::begin::<Postgres>(pending.conn(), stmt).await {
-                Ok(()) => break pending.into_open(),
+                Ok(()) => break pending.into_open(self.commit_check),
                 Err(e) if attempt <= self.max && connection_lost(&e) => {
                     tracing::debug!(target: "tenancy_db::pool", error = %e, "discarding a dead connection");
                 }
@@ -233,9 +234,10 @@ impl Pending {
         }
     }
 
-    fn into_open(mut self) -> OpenTx {
+    fn into_open(mut self, commit_check: bool) -> OpenTx {
         OpenTx {
             conn: self.0.take(),
+            commit_check,
         }
     }
 }
@@ -253,6 +255,8 @@ impl Drop for Pending {
 /// connection again; commit and rollback stay open until the server has answered.
 pub(crate) struct OpenTx {
     conn: Option<PoolConnection<Postgres>>,
+    /// Probe for an aborted transaction before `COMMIT` ([`DbConfig::with_commit_check`](crate::DbConfig::with_commit_check)).
+    commit_check: bool,
 }
 
 impl OpenTx {
@@ -263,7 +267,27 @@ impl OpenTx {
         }
     }
 
+    /// Commits, or fails with [`Error::Aborted`] when an earlier statement aborted the
+    /// transaction: PostgreSQL answers `COMMIT` in an aborted transaction with the tag
+    /// `ROLLBACK` and no error, and sqlx reports that as success. A `SELECT 1` probe first
+    /// (one extra round trip, unless [`DbConfig::with_commit_check`](crate::DbConfig::with_commit_check) turned it off) fails with
+    /// SQLSTATE `25P02` in exactly that state; the transaction is then rolled back and the
+    /// connection returned clean.
     async fn commit(mut self) -> Result<()> {
+        let probe = if self.commit_check {
+            sqlx::raw_sql("SELECT 1").execute(self.conn()).await.err()
+        } else {
+            None
+        };
+        if let Some(e) = probe {
+            if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("25P02") {
+                tm::rollback::<Postgres>(self.conn()).await?;
+                self.conn = None;
+                return Err(Error::Aborted(e));
+            }
+            // Anything else (a lost connection): dropping `self` queues the rollback.
+            return Err(e.into());
+        }
         tm::commit::<Postgres>(self.conn()).await?;
         self.conn = None;
         Ok(())
@@ -342,6 +366,71 @@ fn retryable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// The backoff after `delay`: doubled, capped at `max`, never overflowing (a configured
+/// `Duration::MAX` stays `Duration::MAX`).
+fn next_backoff(delay: Duration, max: Duration) -> Duration {
+    delay.saturating_mul(2).min(max)
+}
+
+/// Connections this pool may need from the server at once: every pooled connection, plus the
+/// dedicated one the health ping opens when the pool is fully lent out.
+fn connections_needed(pool_max: u32) -> i64 {
+    i64::from(pool_max) + 1
+}
+
+/// Why the server may refuse some of the pool's connections, if it may: more than the
+/// server's `max_connections` minus the slots reserved for superusers (and, from PostgreSQL
+/// 16, `reserved_connections`), or more than the role's `CONNECTION LIMIT`. Other clients
+/// and other instances of the service share both limits, so this only catches a pool that
+/// cannot fit even alone.
+fn pool_size_problem(
+    pool_max: u32,
+    server_max: i64,
+    reserved: i64,
+    role_limit: i64,
+) -> Option<String> {
+    let needed = connections_needed(pool_max);
+    let available = server_max.saturating_sub(reserved);
+    if needed > available {
+        return Some(format!(
+            "the pool may open {needed} connections (max {pool_max} plus one for the health \
+             ping) but the server allows {available} for non-superusers \
+             (max_connections {server_max} minus {reserved} reserved)"
+        ));
+    }
+    if role_limit >= 0 && needed > role_limit {
+        return Some(format!(
+            "the pool may open {needed} connections (max {pool_max} plus one for the health \
+             ping) but the role's CONNECTION LIMIT is {role_limit}"
+        ));
+    }
+    None
+}
+
+/// Warns (target `tenancy_db::pool`) when the server's or the role's connection limit is
+/// smaller than the pool: the pool would fail to grow under load, with errors that look like
+/// an outage (SQLSTATE `53300`). A failed check is only logged at debug level.
+async fn check_pool_size(conn: &mut PgConnection, pool_max: u32) {
+    let limits: Result<(i64, i64, i64), sqlx::Error> = sqlx::query_as(
+        "SELECT current_setting('max_connections')::int8,
+                current_setting('superuser_reserved_connections')::int8
+                  + coalesce(nullif(current_setting('reserved_connections', true), ''), '0')::int8,
+                coalesce((SELECT rolconnlimit::int8 FROM pg_roles WHERE rolname = current_user), -1)",
+    )
+    .fetch_one(&mut *conn)
+    .await;
+    match limits {
+        Ok((server_max, reserved, role_limit)) => {
+            if let Some(problem) = pool_size_problem(pool_max, server_max, reserved, role_limit) {
+                tracing::warn!(target: "tenancy_db::pool", "{problem}; lower the pool size or raise the limit");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(target: "tenancy_db::pool", error = %e, "could not read the connection limits");
+        }
+    }
+}
+
 pub(crate) async fn connect_shared(
     config: &DbConfig,
     component: &'static str,
@@ -392,8 +481,26 @@ pub(crate) async fn connect_shared(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match PgConnection::connect_with(&connect).await {
-            Ok(conn) => {
+        // A host that drops packets, or a server that accepts TCP and never answers, would
+        // otherwise hang start-up for ever: each attempt gets the connect timeout.
+        let attempt_result = match tokio::time::timeout(
+            config.connect_timeout,
+            PgConnection::connect_with(&connect),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_elapsed) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "connect attempt timed out after {:?}",
+                    config.connect_timeout
+                ),
+            ))),
+        };
+        match attempt_result {
+            Ok(mut conn) => {
+                check_pool_size(&mut conn, max).await;
                 let _ = conn.close().await;
                 break;
             }
@@ -405,7 +512,7 @@ pub(crate) async fn connect_shared(
                     "database connect failed; retrying in {delay:?}"
                 );
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(config.connect_backoff_max);
+                delay = next_backoff(delay, config.connect_backoff_max);
             }
             Err(source) => {
                 return Err(Error::Connect {
@@ -422,6 +529,7 @@ pub(crate) async fn connect_shared(
         stats,
         max,
         begin_mode: config.begin_mode,
+        commit_check: config.commit_check,
         role: config.username().to_owned(),
         health: Arc::new(HealthState::new(component)),
     });
@@ -734,6 +842,31 @@ mod tests {
             one_message_begin(&t).unwrap(),
             "BEGIN; SET LOCAL app.tenant_id = 'acme_1-x'"
         );
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_overflowing() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_backoff(ms(200), ms(5000)), ms(400));
+        assert_eq!(next_backoff(ms(4000), ms(5000)), ms(5000));
+        assert_eq!(next_backoff(Duration::MAX, Duration::MAX), Duration::MAX);
+        assert_eq!(
+            next_backoff(Duration::MAX / 2 + ms(1), Duration::MAX),
+            Duration::MAX
+        );
+    }
+
+    #[test]
+    fn pool_size_is_compared_with_the_server_and_role_limits() {
+        // 100 - 3 reserved = 97 available; a pool of 96 plus the health ping fits.
+        assert_eq!(pool_size_problem(96, 100, 3, -1), None);
+        let p = pool_size_problem(97, 100, 3, -1).expect("98 > 97");
+        assert!(p.contains("98") && p.contains("97"), "{p}");
+        // The role's CONNECTION LIMIT (-1 = none).
+        assert_eq!(pool_size_problem(9, 100, 3, 10), None);
+        let p = pool_size_problem(10, 100, 3, 10).expect("11 > 10");
+        assert!(p.contains("CONNECTION LIMIT is 10"), "{p}");
+        assert!(pool_size_problem(u32::MAX, i64::MAX, 0, -1).is_none());
     }
 
     #[test]

@@ -299,15 +299,47 @@ async fn each_finding_comes_from_a_seeded_defect() {
             "ALTER TABLE records DROP CONSTRAINT records_body_key".into(),
         ),
         (
+            // A foreign key to a global lookup table (no tenant_id) holds no tenant's rows.
             "CREATE TABLE categories (id int PRIMARY KEY);
              ALTER TABLE records ADD COLUMN category int;
              ALTER TABLE records ADD CONSTRAINT records_category_fk FOREIGN KEY (category) REFERENCES categories (id) NOT VALID".into(),
-            vec![Finding::ForeignKeyWithoutTenant {
-                table: records(),
-                constraint: "records_category_fk".into(),
-                references: "public.categories".into(),
-            }],
+            vec![],
             "ALTER TABLE records DROP COLUMN category; DROP TABLE categories".into(),
+        ),
+        (
+            // An exclusion constraint is a uniqueness rule too.
+            "ALTER TABLE records ADD CONSTRAINT records_title_excl EXCLUDE USING btree (title WITH =)".into(),
+            vec![Finding::UniqueWithoutTenant {
+                table: records(),
+                index: "public.records_title_excl".into(),
+            }],
+            "ALTER TABLE records DROP CONSTRAINT records_title_excl".into(),
+        ),
+        (
+            "ALTER TABLE records ADD CONSTRAINT records_title_excl EXCLUDE USING btree (tenant_id WITH =, title WITH =)".into(),
+            vec![],
+            "ALTER TABLE records DROP CONSTRAINT records_title_excl".into(),
+        ),
+        (
+            // Runs as the tenant tables' owner; PUBLIC may execute a new function.
+            "CREATE FUNCTION peek(t text) RETURNS bigint LANGUAGE sql SECURITY DEFINER
+             AS 'SELECT count(*) FROM public.records WHERE tenant_id = t'".into(),
+            vec![Finding::SecurityDefinerFunction {
+                role: env.runtime.to_string(),
+                function: "public.peek(t text)".into(),
+                owner: env.owner.to_string(),
+            }],
+            "DROP FUNCTION peek(text)".into(),
+        ),
+        (
+            // Not executable by the runtime role, or not SECURITY DEFINER: fine.
+            "CREATE FUNCTION peek(t text) RETURNS bigint LANGUAGE sql SECURITY DEFINER
+             AS 'SELECT count(*) FROM public.records WHERE tenant_id = t';
+             REVOKE EXECUTE ON FUNCTION peek(text) FROM PUBLIC;
+             CREATE FUNCTION peek2(t text) RETURNS bigint LANGUAGE sql SECURITY INVOKER
+             AS 'SELECT count(*) FROM public.records WHERE tenant_id = t'".into(),
+            vec![],
+            "DROP FUNCTION peek(text); DROP FUNCTION peek2(text)".into(),
         ),
         (
             "CREATE VIEW records_view AS SELECT id, title FROM records".into(),
@@ -342,6 +374,7 @@ async fn each_finding_comes_from_a_seeded_defect() {
                 | Finding::UniqueWithoutTenant { table, .. }
                 | Finding::ForeignKeyWithoutTenant { table, .. }
                 | Finding::UnfilteredPrivilege { table, .. } => table,
+                Finding::SecurityDefinerFunction { function, .. } => function,
                 other => panic!("unexpected finding {other:?}"),
             };
             assert!(
@@ -392,4 +425,155 @@ async fn each_finding_comes_from_a_seeded_defect() {
             .to_string()
             .contains("tenancy.current_tenant_id() is missing")
     );
+}
+
+/// A connection that logs in as a superuser and switches to the runtime role with
+/// `options=-c role=…` runs as the runtime role, but `RESET ROLE` escapes row-level security:
+/// the audit checks `session_user` too.
+#[tokio::test]
+async fn a_superuser_session_behind_set_role_is_refused() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let admin_user = env.options().get_username().to_owned();
+    let options = env.options().options([("role", env.runtime.as_str())]);
+    // What the reviewer saw: current_user is the runtime role, RESET ROLE escapes.
+    let mut conn = <PgConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .unwrap();
+    let (current, session): (String, String) =
+        sqlx::query_as("SELECT current_user::text, session_user::text")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        (current.as_str(), session.as_str()),
+        (env.runtime.as_str(), admin_user.as_str())
+    );
+    let report = audit_catalog(&mut conn, None).await.unwrap();
+    assert_eq!(report.role(), env.runtime.as_str());
+    assert!(
+        report.findings().contains(&Finding::SessionUserDiffers {
+            role: env.runtime.to_string(),
+            session: admin_user.clone(),
+        }),
+        "{report}"
+    );
+    assert!(
+        report.findings().contains(&Finding::Superuser {
+            role: admin_user.clone()
+        }),
+        "{report}"
+    );
+
+    let config = tenancy_db::DbConfig::from_options(options).with_connect_retry(
+        1,
+        std::time::Duration::ZERO,
+        std::time::Duration::ZERO,
+    );
+    let err = TenantPool::connect(config).await.unwrap_err();
+    let Error::Audit(report) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        report
+            .findings()
+            .contains(&Finding::Superuser { role: admin_user }),
+        "{report}"
+    );
+
+    // A non-privileged session role that switches to another clean role is reported for the
+    // switch only.
+    let mut admin = env.admin().await;
+    let other = RoleName::parse(&tenancy_tests::unique("tdb_")).unwrap();
+    let _guard = common::Roles::guard(&env, &other);
+    tenancy_db::schema::create_runtime_role(&mut admin, &other)
+        .await
+        .unwrap();
+    exec(
+        &mut admin,
+        &format!("GRANT \"{}\" TO \"{other}\"", env.runtime),
+    )
+    .await;
+    let mut conn = <PgConnection as sqlx::Connection>::connect_with(
+        &env.options()
+            .username(other.as_str())
+            .options([("role", env.runtime.as_str())]),
+    )
+    .await
+    .unwrap();
+    let report = audit_catalog(&mut conn, None).await.unwrap();
+    assert_eq!(
+        report.findings(),
+        &[Finding::SessionUserDiffers {
+            role: env.runtime.to_string(),
+            session: other.to_string(),
+        }],
+        "{report}"
+    );
+}
+
+/// REPLICATION and the built-in roles that reach the server's files bypass row-level
+/// security as surely as BYPASSRLS.
+#[tokio::test]
+async fn replication_and_server_file_roles_are_refused() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let mut admin = env.admin().await;
+    let runtime = env.runtime.to_string();
+
+    exec(&mut admin, &format!("ALTER ROLE \"{runtime}\" REPLICATION")).await;
+    let err = TenantPool::connect(env.runtime_config()).await.unwrap_err();
+    let Error::Audit(report) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        report.findings(),
+        &[Finding::Replication {
+            role: runtime.clone()
+        }],
+        "{report}"
+    );
+    exec(
+        &mut admin,
+        &format!("ALTER ROLE \"{runtime}\" NOREPLICATION"),
+    )
+    .await;
+
+    for builtin in [
+        "pg_execute_server_program",
+        "pg_read_server_files",
+        "pg_write_server_files",
+    ] {
+        exec(&mut admin, &format!("GRANT {builtin} TO \"{runtime}\"")).await;
+        assert_eq!(
+            findings(&env).await,
+            vec![Finding::MemberOfServerFileRole {
+                role: runtime.clone(),
+                builtin: builtin.to_owned(),
+            }],
+            "{builtin}"
+        );
+        exec(&mut admin, &format!("REVOKE {builtin} FROM \"{runtime}\"")).await;
+    }
+
+    // A SECURITY DEFINER function owned by a superuser.
+    exec(
+        &mut admin,
+        "CREATE FUNCTION public.peek_all() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+         AS 'SELECT count(*) FROM public.records'",
+    )
+    .await;
+    let admin_user = env.options().get_username().to_owned();
+    assert_eq!(
+        findings(&env).await,
+        vec![Finding::SecurityDefinerFunction {
+            role: runtime.clone(),
+            function: "public.peek_all()".into(),
+            owner: admin_user,
+        }]
+    );
+    exec(&mut admin, "DROP FUNCTION public.peek_all()").await;
+    assert_eq!(findings(&env).await, vec![]);
 }

@@ -1,0 +1,298 @@
+//! How database failures map to the kinds callers branch on, commits of aborted
+//! transactions, and start-up connect attempts that never get an answer.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, seed, tenant};
+use tenancy_core::ErrorKind;
+use tenancy_db::{Error, TenantPool};
+
+/// Runs `sql` in a tenant transaction and returns its failure as a `tenancy_db::Error`.
+async fn fail(pool: &TenantPool, sql: &str) -> Error {
+    let mut tx = pool.begin(&tenant("acme")).await.unwrap();
+    let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut *tx)
+        .await
+        .expect_err(sql);
+    Error::from(err)
+}
+
+/// The kind after conversion to `tenancy_core::Error`, and both retry answers.
+fn kind(e: Error) -> (ErrorKind, bool, bool) {
+    let db_retryable = e.is_retryable();
+    let core = tenancy_core::Error::from(e);
+    (core.kind(), db_retryable, core.is_retryable())
+}
+
+#[tokio::test]
+async fn database_failures_map_to_what_a_caller_can_do() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let pool = env.runtime_pool(2).await;
+    let a = tenant("acme");
+    seed(&pool, &[&a], 1).await;
+
+    // Row-level security refuses a row written into another tenant: denied, never retried.
+    let e = fail(
+        &pool,
+        "INSERT INTO records (tenant_id, title, body) VALUES ('globex', 't', 'b')",
+    )
+    .await;
+    assert!(e.is_tenant_violation(), "{e:?}");
+    assert_eq!(kind(e), (ErrorKind::Denied, false, false));
+    // Moving a row to another tenant.
+    let e = fail(&pool, "UPDATE records SET tenant_id = 'globex'").await;
+    assert!(e.is_tenant_violation(), "{e:?}");
+    // No tenant set: the helper refuses.
+    let mut tx = pool.begin_unscoped().await.unwrap();
+    let e = Error::from(
+        sqlx::query("SELECT * FROM records")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err(),
+    );
+    drop(tx);
+    assert!(e.is_tenant_violation(), "{e:?}");
+    assert_eq!(kind(e).0, ErrorKind::Denied);
+
+    // A missing GRANT is 42501 too, but a deployment defect, not a tenant violation.
+    let mut owner = env.connect_as(&env.owner).await;
+    sqlx::raw_sql("CREATE TABLE ungranted (id int)")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let e = fail(&pool, "SELECT * FROM ungranted").await;
+    assert_eq!(e.sqlstate().as_deref(), Some("42501"));
+    assert!(!e.is_tenant_violation(), "{e:?}");
+    assert_eq!(kind(e), (ErrorKind::Internal, false, false));
+    // Some other function raising 42501 is not the helper.
+    let e = fail(
+        &pool,
+        "DO $$ BEGIN RAISE EXCEPTION 'nope' USING ERRCODE = '42501'; END $$",
+    )
+    .await;
+    assert!(!e.is_tenant_violation(), "{e:?}");
+
+    // Unique violation: conflict, not retryable.
+    let e = fail(
+        &pool,
+        "INSERT INTO records (title, body) VALUES ('acme-title-0', 'again')",
+    )
+    .await;
+    assert_eq!(e.sqlstate().as_deref(), Some("23505"));
+    assert_eq!(kind(e), (ErrorKind::Conflict, false, false));
+    // Serialization failure and deadlock: conflict, retryable by tenancy-db's answer.
+    for code in ["40001", "40P01"] {
+        let e = fail(
+            &pool,
+            &format!("DO $$ BEGIN RAISE EXCEPTION 'race' USING ERRCODE = '{code}'; END $$"),
+        )
+        .await;
+        assert_eq!(kind(e), (ErrorKind::Conflict, true, false), "{code}");
+    }
+    // Foreign key, check and data errors (a value the database refuses): invalid.
+    for sql in [
+        "INSERT INTO comments (record_id, text) VALUES (-1, 'orphan')",
+        "SELECT 1 / 0",
+        "SELECT 'x'::int",
+    ] {
+        let e = fail(&pool, sql).await;
+        let k = kind(e);
+        assert_eq!(k, (ErrorKind::Invalid, false, false), "{sql}");
+    }
+    // SQL errors (syntax, an undefined column): the code is wrong, not the input.
+    for sql in ["SELEKT 1", "SELECT no_such_column FROM records"] {
+        let e = fail(&pool, sql).await;
+        assert_eq!(kind(e), (ErrorKind::Internal, false, false), "{sql}");
+    }
+    // The server's message (which may quote a value) never reaches the core error's text.
+    let e = fail(&pool, "SELECT 'secret-value'::int").await;
+    let text = tenancy_core::Error::from(e).to_string();
+    assert!(!text.contains("secret-value"), "{text}");
+
+    // Server shutting down, out of connections: unavailable, retryable.
+    for code in ["57P01", "57P03", "53300", "08006"] {
+        let e = fail(
+            &pool,
+            &format!("DO $$ BEGIN RAISE EXCEPTION 'down' USING ERRCODE = '{code}'; END $$"),
+        )
+        .await;
+        assert_eq!(kind(e), (ErrorKind::Unavailable, true, true), "{code}");
+    }
+    // Statement timeout: timeout, retryable.
+    let e = fail(
+        &pool,
+        "SET LOCAL statement_timeout = 10; SELECT pg_sleep(1)",
+    )
+    .await;
+    assert_eq!(kind(e), (ErrorKind::Timeout, true, true));
+
+    // No row.
+    let mut tx = pool.begin(&a).await.unwrap();
+    let e = Error::from(
+        sqlx::query_scalar::<_, i64>("SELECT id FROM records WHERE false")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap_err(),
+    );
+    drop(tx);
+    assert_eq!(kind(e), (ErrorKind::NotFound, false, false));
+
+    // Login refused (28000): retrying the same login will not help.
+    let err = TenantPool::connect(env.config_as("no_such_role_tdb").with_connect_retry(
+        1,
+        Duration::ZERO,
+        Duration::ZERO,
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(
+        err.sqlstate().is_some_and(|c| c.starts_with("28")),
+        "{err:?}"
+    );
+    assert_eq!(kind(err), (ErrorKind::Internal, false, false));
+
+    // A bad URL, a failed migration, a failed audit: not retryable.
+    let e = tenancy_db::DbConfig::new("not a url").unwrap_err();
+    assert_eq!(kind(e), (ErrorKind::Internal, false, false));
+    let e = Error::Migrate(sqlx::migrate::MigrateError::VersionMissing(1));
+    assert!(!kind(e).2);
+    let mut admin = env.admin().await;
+    let report = tenancy_db::audit_catalog(&mut admin, None).await.unwrap();
+    let e = report.into_result().unwrap_err();
+    assert_eq!(kind(e), (ErrorKind::Internal, false, false));
+
+    // A lost connection: unavailable.
+    assert_eq!(
+        kind(Error::from(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        )))),
+        (ErrorKind::Unavailable, true, true)
+    );
+    assert_eq!(
+        kind(Error::from(sqlx::Error::PoolClosed)),
+        (ErrorKind::Unavailable, true, true)
+    );
+    pool.close().await;
+}
+
+/// A closure that swallows a failed statement and returns `Ok` must not be told its
+/// transaction committed: PostgreSQL rolled it back.
+#[tokio::test]
+async fn committing_an_aborted_transaction_is_an_error() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let pool = env.runtime_pool(1).await;
+    let a = tenant("acme");
+    let count = async |pool: &TenantPool| -> i64 {
+        let mut tx = pool.begin(&a).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM records")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+    };
+
+    let result = pool
+        .scope(&a, async |tx| {
+            sqlx::query("INSERT INTO records (title, body) VALUES ('lost', 'write')")
+                .execute(&mut **tx)
+                .await?;
+            // The failure is ignored: the transaction is now aborted.
+            let _ = sqlx::query("SELECT 1 / 0").execute(&mut **tx).await;
+            Ok::<_, Error>(())
+        })
+        .await;
+    let err = result.expect_err("scope reported a rolled-back transaction as committed");
+    assert!(matches!(err, Error::Aborted(_)), "{err:?}");
+    assert_eq!(err.sqlstate().as_deref(), Some("25P02"));
+    assert!(!err.is_retryable());
+    assert_eq!(count(&pool).await, 0, "the write was not committed");
+
+    // By hand.
+    let mut tx = pool.begin(&a).await.unwrap();
+    sqlx::query("INSERT INTO records (title, body) VALUES ('lost', 'again')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let _ = sqlx::query("SELECT 'x'::int").execute(&mut *tx).await;
+    let err = tx
+        .commit()
+        .await
+        .expect_err("commit of an aborted transaction");
+    assert!(matches!(err, Error::Aborted(_)), "{err:?}");
+
+    // The connection comes back clean, and a healthy transaction still commits.
+    pool.scope(&a, async |tx| {
+        sqlx::query("INSERT INTO records (title, body) VALUES ('kept', 'write')")
+            .execute(&mut **tx)
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(&pool).await, 1);
+    pool.close().await;
+
+    // With the check turned off, the commit is sqlx's: `Ok`, and the write is lost all the
+    // same. This is what the check is for.
+    let unchecked = TenantPool::connect(
+        env.runtime_config()
+            .with_max_connections(1)
+            .with_commit_check(false),
+    )
+    .await
+    .unwrap();
+    let mut tx = unchecked.begin(&a).await.unwrap();
+    sqlx::query("INSERT INTO records (title, body) VALUES ('lost', 'unchecked')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let _ = sqlx::query("SELECT 1 / 0").execute(&mut *tx).await;
+    tx.commit().await.expect("an unchecked commit answers Ok");
+    assert_eq!(
+        count(&unchecked).await,
+        1,
+        "only the earlier kept write is there"
+    );
+    unchecked.close().await;
+}
+
+/// A server that accepts TCP and never answers must not hang start-up: each attempt times
+/// out and counts as a retryable failure.
+#[tokio::test]
+async fn connect_attempts_that_never_get_an_answer_time_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A thread that accepts and holds every socket: never read, never answered, never
+    // closed. It ends with the test process.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept() {
+            held.push(socket);
+        }
+    });
+    let config = tenancy_db::DbConfig::new(&format!("postgres://nobody@127.0.0.1:{port}/none"))
+        .unwrap()
+        .with_connect_timeout(Duration::from_millis(200))
+        .with_connect_retry(2, Duration::from_millis(10), Duration::from_millis(10));
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(20), TenantPool::connect(config)).await;
+    let err = result
+        .expect("start-up hung on a server that never answers")
+        .unwrap_err();
+    let Error::Connect { attempts, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*attempts, 2);
+    assert!(
+        matches!(source, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut),
+        "{source:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(err.is_retryable());
+}
