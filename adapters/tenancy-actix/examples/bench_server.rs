@@ -1,7 +1,7 @@
 //! The server the `wrk` benchmark hits: one framework, one variant, one port.
 //!
 //! ```text
-//! cargo run --release -p tenancy-actix --example bench_server -- <axum|actix> <bare|full|full-nocache|full-noaudit> <port>
+//! cargo run --release -p tenancy-actix --example bench_server -- <axum|axum-percore|actix> <bare|full|full-nocache|full-noaudit> <port>
 //! ```
 //!
 //! - `bare`: `GET /v1/records` answers `ok`, nothing else.
@@ -15,7 +15,9 @@
 //! - `full-noaudit`: as `full`, with the route not audited (no event per request), to show
 //!   what the audit pipeline costs.
 //!
-//! Both frameworks serve with two worker threads. The audit writer runs where both example
+//! Both frameworks serve with two worker threads: axum on tokio's multi-threaded runtime (its
+//! usual setup), or with `axum-percore` on one single-threaded runtime per thread, each with
+//! its own `SO_REUSEPORT` listener (how actix-web serves). The audit writer runs where both example
 //! servers run it: on a thread of its own (`AuditDispatcherBuilder::start_on_own_thread`),
 //! lingering 2 ms (the default) after each append for events to gather. The first line
 //! printed is a bearer token for the `full` variants.
@@ -146,6 +148,53 @@ fn serve_axum(full: Option<Full>, port: u16) {
     });
 }
 
+/// axum as actix-web runs: one single-threaded runtime per worker thread, each accepting on
+/// its own `SO_REUSEPORT` listener, so a connection stays on the thread that accepted it. The
+/// main thread's runtime drives the audit writer's timers, as actix-web's does.
+fn serve_axum_per_core(full: Option<Full>, port: u16) {
+    use axum::Router;
+    use axum::routing::get;
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| fail(&format!("runtime: {e}")))
+    };
+    let main = current_thread();
+    let app = main.block_on(async move {
+        let app = Router::new().route("/v1/records", get(|| async { "ok" }));
+        match full {
+            Some(full) => {
+                let t = tenancy(full, Arc::new(audit_dispatcher().await)).await;
+                app.layer(tenancy_tower::TenancyLayer::new(t))
+            }
+            None => app,
+        }
+    });
+    for _ in 0..WORKERS {
+        let app = app.clone();
+        let rt = current_thread();
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpSocket::new_v4()
+                    .and_then(|s| {
+                        s.set_reuseport(true)?;
+                        s.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+                        s.listen(1024)
+                    })
+                    .unwrap_or_else(|e| fail(&format!("bind: {e}")));
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .await
+                .unwrap_or_else(|e| fail(&format!("serve: {e}")));
+            });
+        });
+    }
+    main.block_on(std::future::pending::<()>());
+}
+
 fn serve_actix(full: Option<Full>, port: u16) {
     use actix_web::{App, HttpResponse, HttpServer, web};
     actix_web::rt::System::new().block_on(async move {
@@ -180,7 +229,9 @@ fn serve_actix(full: Option<Full>, port: u16) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [framework, variant, port] = args.as_slice() else {
-        fail("usage: bench_server <axum|actix> <bare|full|full-nocache|full-noaudit> <port>");
+        fail(
+            "usage: bench_server <axum|axum-percore|actix> <bare|full|full-nocache|full-noaudit> <port>",
+        );
     };
     let full = match variant.as_str() {
         "bare" => None,
@@ -205,6 +256,7 @@ fn main() {
     match framework.as_str() {
         "axum" => serve_axum(full, port),
         "actix" => serve_actix(full, port),
+        "axum-percore" => serve_axum_per_core(full, port),
         other => fail(&format!("unknown framework `{other}`")),
     }
 }

@@ -4,7 +4,8 @@
 #   adapters/tenancy-actix/examples/wrk_bench.sh [duration, default 10s] [connections, default 64]
 # Environment: PROFILE (default production: the workspace's fat-LTO profile, as a service
 # ships; `release` for the quicker build without LTO); VARIANTS (default
-# "bare full full-noaudit full-nocache"); ROUNDS (default 1):
+# "bare full full-noaudit full-nocache"); FRAMEWORKS (default "axum actix"; `axum-percore` is
+# axum on one single-threaded runtime per thread, as actix-web serves); ROUNDS (default 1):
 # with more, every framework and variant is measured once per round, rounds interleaved (every
 # other round in reverse order, so that a drift of the machine favours no variant), and the
 # medians are summarised at the end: of requests per second, and of each round's own ratio to
@@ -43,12 +44,13 @@ thread_ticks() {
 }
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS" /tmp/bench_server.$$.out' EXIT
-printf '%-5s %-6s %-13s %12s %10s %10s %12s  %s\n' round framework variant "req/s" "p50" "p99" "cpu us/req" "by thread (us/req)"
+printf '%-5s %-12s %-13s %12s %10s %10s %12s  %s\n' round framework variant "req/s" "p50" "p99" "cpu us/req" "by thread (us/req)"
 ALL_VARIANTS="${VARIANTS:-bare full full-noaudit full-nocache}"
+ALL_FRAMEWORKS="${FRAMEWORKS:-axum actix}"
 # The words of $1 in reverse order.
 reversed() { echo "$1" | tr ' ' '\n' | tac | tr '\n' ' '; }
 for round in $(seq "$ROUNDS"); do
-  frameworks="axum actix"; variants="$ALL_VARIANTS"
+  frameworks="$ALL_FRAMEWORKS"; variants="$ALL_VARIANTS"
   if [ $((round % 2)) = 0 ]; then
     frameworks="$(reversed "$frameworks")"; variants="$(reversed "$variants")"
   fi
@@ -82,7 +84,7 @@ for round in $(seq "$ROUNDS"); do
       # Per thread name, summed over threads of that name, only threads that ran.
       by_thread="$(paste <(echo "$threads_before") <(echo "$threads_after") | awk -v clk="$CLK" -v n="$requests" '
         { d[$1] += $4 - $2 } END { for (k in d) if (d[k] > 0) printf "%s=%.1f ", k, d[k] / clk * 1e6 / n }')"
-      printf '%-5s %-6s %-13s %12s %10s %10s %12s  %s\n' "$round" "$framework" "$variant" "$rps" "$p50" "$p99" "$cpu" "$by_thread"
+      printf '%-5s %-12s %-13s %12s %10s %10s %12s  %s\n' "$round" "$framework" "$variant" "$rps" "$p50" "$p99" "$cpu" "$by_thread"
       echo "$framework $variant $rps $cpu $round" >> "$RESULTS"
     done
   done
@@ -92,8 +94,8 @@ if [ "$ROUNDS" -gt 1 ]; then
   echo
   echo "medians over $ROUNDS rounds (ratio: median req/s over the framework's median bare req/s;"
   echo "paired: the median of each round's req/s over the same round's bare req/s)"
-  printf '%-6s %-13s %12s %8s %8s %12s\n' framework variant "req/s" ratio paired "cpu us/req"
-  for framework in axum actix; do
+  printf '%-12s %-13s %12s %8s %8s %12s\n' framework variant "req/s" ratio paired "cpu us/req"
+  for framework in $ALL_FRAMEWORKS; do
     bare="$(awk -v f="$framework" '$1==f && $2=="bare" {print $3}' "$RESULTS" | median)"
     for variant in $ALL_VARIANTS; do
       rps="$(awk -v f="$framework" -v v="$variant" '$1==f && $2==v {print $3}' "$RESULTS" | median)"
@@ -101,7 +103,7 @@ if [ "$ROUNDS" -gt 1 ]; then
       paired="$(awk -v f="$framework" -v v="$variant" '
         $1==f && $2=="bare" {b[$5]=$3} $1==f && $2==v {x[$5]=$3}
         END {for (r in x) if (b[r] > 0) print x[r] / b[r]}' "$RESULTS" | median)"
-      printf '%-6s %-13s %12.0f %8.2f %8.2f %12.1f\n' "$framework" "$variant" "$rps" \
+      printf '%-12s %-13s %12.0f %8.2f %8.2f %12.1f\n' "$framework" "$variant" "$rps" \
         "$(awk -v a="$rps" -v b="$bare" 'BEGIN {print a / b}')" "$paired" "$cpu"
     done
   done
