@@ -14,13 +14,14 @@
 //! # Down or refused
 //! Only a failure that may pass by itself is *transient* ([`Error::is_unavailable`]): an I/O
 //! error, a timeout, a dropped or refused connection, and the error replies of a server that
-//! is busy or changing shape (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, and
-//! `MOVED`/`ASK`, which the Cluster client follows by itself and only surface mid-resharding).
+//! is busy, full or changing shape (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`,
+//! `MASTERDOWN`, `OOM`, `NOREPLICAS`, too many clients, `READONLY` from a primary that became
+//! a replica in a fail-over, and `MOVED`/`ASK`, which the Cluster client follows by itself
+//! and only surface mid-resharding).
 //! These take the outage path: the rate limiter's failure policies and circuit breaker.
 //!
 //! Every other error reply means Redis refused the command and will refuse it again: missing
-//! ACL permissions (`NOPERM`), wrong credentials (`WRONGPASS`), a read-only replica
-//! (`READONLY`), a server too old for the scripts (`ERR syntax error` for `SET ... PXAT`
+//! ACL permissions (`NOPERM`), wrong credentials (`WRONGPASS`), a server too old for the scripts (`ERR syntax error` for `SET ... PXAT`
 //! before Redis 6.2), a script bug. Treating those as an outage would let fail-open limits
 //! stop limiting for as long as the misconfiguration lasts, silently; instead the call fails
 //! with core's non-retryable [`Internal`](tenancy_core::ErrorKind::Internal) (an operator has to
@@ -114,12 +115,31 @@ pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
     match e.kind() {
         K::Io | K::ClusterConnectionNotFound => true,
         K::Server(
-            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::Moved | S::Ask,
+            S::BusyLoading
+            | S::TryAgain
+            | S::ClusterDown
+            | S::MasterDown
+            | S::Moved
+            | S::Ask
+            | S::ReadOnly,
         ) => true,
-        _ => matches!(
-            e.code(),
-            Some("BUSY" | "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN")
-        ),
+        _ => {
+            matches!(
+                e.code(),
+                Some(
+                    "BUSY"
+                        | "LOADING"
+                        | "TRYAGAIN"
+                        | "CLUSTERDOWN"
+                        | "MASTERDOWN"
+                        | "READONLY"
+                        | "OOM"
+                        | "NOREPLICAS"
+                )
+            ) || e
+                .detail()
+                .is_some_and(|d| d.contains("max number of clients reached"))
+        }
     }
 }
 
@@ -185,7 +205,15 @@ mod tests {
             server(S::MasterDown),
             server(S::Moved),
             server(S::Ask),
+            server(S::ReadOnly),
             redis::make_extension_error("BUSY".into(), None),
+            redis::make_extension_error("OOM".into(), None),
+            redis::make_extension_error("NOREPLICAS".into(), None),
+            redis::RedisError::from((
+                redis::ErrorKind::Server(S::ResponseError),
+                "reply",
+                "max number of clients reached".to_owned(),
+            )),
             redis::RedisError::from((redis::ErrorKind::ClusterConnectionNotFound, "gone")),
         ];
         for e in transient {
@@ -194,7 +222,6 @@ mod tests {
         }
         let refused = [
             server(S::NoPerm),
-            server(S::ReadOnly),
             server(S::ResponseError),
             server(S::CrossSlot),
             server(S::NoScript),

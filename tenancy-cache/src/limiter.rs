@@ -42,7 +42,7 @@
 //! once more with `EVAL`. The script needs Redis 6.2 or later (`SET ... PXAT`).
 //!
 //! A request is checked first ([`RateLimitRequest::validate`]): at most [`MAX_LIMITS`] limits,
-//! periods of at most [`Quota::MAX_PERIOD_SECS`], and at most one limit per scope and period,
+//! periods of at most [`Quota::MAX_PERIOD_SECS`](tenancy_core::Quota::MAX_PERIOD_SECS), and at most one limit per scope and period,
 //! since such limits would share one key. Anything else is refused with
 //! [`Error::Invalid`](tenancy_core::Error::Invalid) before Redis is asked.
 //!
@@ -77,7 +77,7 @@
 //! until the retry time they were given.)
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -335,6 +335,8 @@ impl Breaker {
 struct DenialCache {
     max: usize,
     tats: Mutex<HashMap<String, u64>>,
+    /// Entries evicted by sampling since the last sweep of passed entries.
+    evicted: AtomicUsize,
 }
 
 /// Entries looked at to make room for one new denial.
@@ -429,6 +431,7 @@ impl RedisRateLimiterBuilder {
                 denials: (self.denial_cache > 0).then(|| DenialCache {
                     max: self.denial_cache,
                     tats: Mutex::default(),
+                    evicted: AtomicUsize::new(0),
                 }),
                 local: self.local.unwrap_or_default(),
                 counters: Counters::default(),
@@ -676,7 +679,16 @@ impl RedisRateLimiter {
                 continue;
             }
             if map.len() >= cache.max && !map.contains_key(k) {
-                make_room(&mut map, now);
+                // Sampling always looks at the same buckets, so passed entries elsewhere
+                // would stay; once every half capacity of evictions, they all go, in one
+                // pass over the map: amortised, two entries looked at per eviction.
+                if cache.evicted.fetch_add(1, Ordering::Relaxed) >= cache.max / 2 {
+                    cache.evicted.store(0, Ordering::Relaxed);
+                    map.retain(|_, t| *t > now);
+                }
+                if map.len() >= cache.max {
+                    make_room(&mut map, now);
+                }
             }
             let e = map.entry(k.clone()).or_insert(t);
             *e = (*e).max(t);
@@ -955,6 +967,40 @@ mod tests {
         assert_eq!(map.len(), 99 - EVICTION_SAMPLE);
         let mut empty = HashMap::new();
         make_room(&mut empty, 0);
+    }
+
+    #[tokio::test]
+    async fn passed_denials_are_swept_once_the_cache_has_evicted_half_its_capacity() {
+        let pool = crate::RedisConfig::single("redis://127.0.0.1:1")
+            .connect_lazy()
+            .unwrap();
+        let l = RedisRateLimiter::builder(pool)
+            .with_denial_cache(64)
+            .build();
+        let cache = l.inner.denials.as_ref().unwrap();
+        let old: Vec<String> = (0..64).map(|i| format!("old{i}")).collect();
+        let passed =
+            |cache: &DenialCache| cache.lock().keys().filter(|k| k.starts_with("old")).count();
+        // 64 denials that pass at 1 000; at 2 000 a new one finds the cache full. Below the
+        // sweep's turn, only a sample is looked at: most passed entries stay.
+        l.remember_denial(&old, &[Some(1_000); 64], 0);
+        l.remember_denial(&["new0".to_owned()], &[Some(5_000)], 2_000);
+        assert!(passed(cache) >= 64 - EVICTION_SAMPLE, "{}", passed(cache));
+        // Full again (the sample made room for a few); half a capacity of evictions later,
+        // the next new denial sweeps every passed entry.
+        let live: Vec<String> = (cache.lock().len()..64)
+            .map(|i| format!("live{i}"))
+            .collect();
+        l.remember_denial(&live, &vec![Some(9_000); live.len()], 2_000);
+        assert_eq!(cache.lock().len(), 64);
+        cache.evicted.store(32, Ordering::Relaxed);
+        l.remember_denial(&["new1".to_owned()], &[Some(5_000)], 2_000);
+        assert_eq!(passed(cache), 0);
+        assert_eq!(
+            cache.lock().len(),
+            2 + live.len(),
+            "every live denial is kept"
+        );
     }
 
     #[tokio::test]

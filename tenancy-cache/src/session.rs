@@ -28,15 +28,24 @@
 //! version, its last activity and its idle timeout; a sorted set per user (in the tenant's
 //! slot) lists the user's session ids by absolute expiry. Deleting or rotating a session takes
 //! its id out; creating one drops the ids whose absolute expiry has passed, so the index holds
-//! at most one lifetime's sessions; revocation ends them in bounded batches. Every change (create, touch, save, delete, rotate, revoke) is one Lua script, so the
-//! version check and the write are one atomic step and a stale copy can never overwrite a newer
-//! one.
+//! at most one lifetime's sessions; revocation ends them in bounded batches. Every change
+//! (create, touch, save, rotate) is one Lua script, so the version check and the write are
+//! one atomic step and a stale copy can never overwrite a newer one; a delete reads the
+//! session's user first (to name the index) and then deletes in one script, and a revocation
+//! runs one script per batch of at most 256 sessions.
+//!
+//! The index was a plain set before it became a sorted set; scripts convert an old index when
+//! they meet one, but an instance still running the earlier scripts fails on a converted one
+//! (`WRONGTYPE`), as it does on a cache generation that is no longer a counter: stop
+//! instances of the earlier version before starting this one.
 //!
 //! Whether a session is live is decided on the store's [`Clock`](tenancy_core::Clock) (the
 //! system clock by default, a [`ManualClock`](tenancy_core::ManualClock) in tests); Redis key
 //! expiry only reclaims memory, a few seconds after the session has ended on that clock.
-//! Touching or saving a session never moves its last activity back: with instances whose
-//! clocks disagree, it is the latest any of them has seen.
+//! Touching, saving or rotating a session never moves its last activity back: with instances
+//! whose clocks disagree, it is the latest any of them has seen. The index keeps an ended
+//! session's id for 5 s more, so a revocation from an instance whose clock runs ahead by less
+//! than that still finds sessions other instances serve.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -124,9 +133,11 @@ local function index_ready(idx, nh, nl)
   for i = 1, #ids do redis.call('ZADD', idx, score, ids[i]) end
   if #ids > 0 then redis.call('PEXPIRE', idx, ttl) end
 end
--- Drops the ids whose absolute deadline has passed at (nh, nl).
+-- Drops the ids whose absolute deadline passed more than GRACE ago at (nh, nl): an instance
+-- whose clock runs ahead must not drop ids that instances behind it still serve (and that a
+-- revocation must still find).
 local function prune_index(idx, nh, nl)
-  redis.call('ZREMRANGEBYSCORE', idx, '-inf', nh * 1000 + math.floor(nl / 1000000))
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', nh * 1000 + math.floor(nl / 1000000) - GRACE)
 end
 local function extend_index(idx, nh, nl, abs)
   local ah, al = split(abs)
@@ -229,7 +240,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return -3 end
 local ah, al = split(f[4])
 if not ah then return corrupt('session state') end
 local nv = string.format('%.0f', tonumber(f[3]) + 1)
-redis.call('HSET', KEYS[2], 'm', ARGV[3], 'd', f[2], 'v', nv, 's', ARGV[1], 'a', f[4], 'i', f[5])
+redis.call('HSET', KEYS[2], 'm', ARGV[3], 'd', f[2], 'v', nv, 's', seen_at(KEYS[1], nh, nl), 'a', f[4], 'i', f[5])
 redis.call('DEL', KEYS[1])
 index_ready(KEYS[3], nh, nl)
 redis.call('ZREM', KEYS[3], ARGV[4])
@@ -610,11 +621,20 @@ impl RedisSessionStore {
         let Some(header) = header else {
             return Ok(false);
         };
-        let header: Header =
-            serde_json::from_slice(&header).map_err(|e| Error::Corrupt(Box::new(e)))?;
-        if header.id != *id || header.tenant != *tenant {
-            return Err(Error::corrupt("session: header does not match its key"));
-        }
+        let header = match serde_json::from_slice::<Header>(&header) {
+            Ok(h) if h.id == *id && h.tenant == *tenant => h,
+            // A header that cannot name the user's index must not keep the session alive:
+            // the session goes, its index entry stays until the index prunes it.
+            unusable => {
+                tracing::warn!(
+                    tenant = %tenant,
+                    valid_json = unusable.is_ok(),
+                    "session header unusable; deleting the session without its index entry"
+                );
+                let _: i64 = self.pool.query(redis::cmd("DEL").arg(&session)).await?;
+                return Ok(false);
+            }
+        };
         let (_, now, _) = self.now();
         let keys = [session, self.keys.session_index(tenant, &header.user)];
         let args = [now, id.as_str().as_bytes().to_vec()];

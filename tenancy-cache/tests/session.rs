@@ -219,15 +219,30 @@ async fn the_user_index_holds_only_sessions_that_may_still_be_live() {
     // A rotation replaces its id.
     let rotated = store.rotate(&t, &made[3].id).await.unwrap();
     assert_eq!(index_len(&pool, &index).await, 2);
-    // Past their absolute expiry, the others leave the index when the next one is created.
+    // Just past their absolute expiry, the others stay listed for the 5 s grace (an instance
+    // whose clock runs ahead must not hide them from a revocation on another)...
     clock.advance(Duration::from_secs(601));
-    let fresh = store.create(new()).await.unwrap();
-    assert_eq!(index_len(&pool, &index).await, 1, "ended ids stay listed");
-    let listed = store.list_user(&t, &u).await.unwrap();
+    let first = store.create(new()).await.unwrap();
     assert_eq!(
-        listed.iter().map(|s| s.id).collect::<Vec<_>>(),
-        vec![fresh.id]
+        index_len(&pool, &index).await,
+        3,
+        "ids dropped within the grace"
     );
+    // ... and leave the index when a session is created after it.
+    clock.advance(Duration::from_secs(5));
+    let fresh = store.create(new()).await.unwrap();
+    assert_eq!(index_len(&pool, &index).await, 2, "ended ids stay listed");
+    let mut listed: Vec<_> = store
+        .list_user(&t, &u)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    listed.sort();
+    let mut expected = vec![first.id, fresh.id];
+    expected.sort();
+    assert_eq!(listed, expected);
     assert!(store.load(&t, &rotated.id).await.unwrap().is_none());
 }
 
@@ -380,4 +395,35 @@ async fn last_activity_never_moves_back_across_instances_with_skewed_clocks() {
     ahead_clock.advance(Duration::from_secs(5));
     let later = ahead.touch(&t, &s.id).await.unwrap().unwrap();
     assert_eq!(later.last_seen_at, seen + Duration::from_secs(5));
+    // Rotated by the instance behind, the new session keeps the later activity.
+    let rotated = behind.rotate(&t, &s.id).await.unwrap();
+    assert_eq!(
+        rotated.last_seen_at, later.last_seen_at,
+        "rotate moved last activity back"
+    );
+}
+
+#[tokio::test]
+async fn a_session_whose_header_is_unusable_can_still_be_deleted() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let (store, _clock) = store(pool.clone(), ks.clone());
+    let fx = Fixture::new();
+    let t = fx.tenant("badheader");
+    for garbage in [&b"not json"[..], br#"{"unexpected":true}"#] {
+        let s = store
+            .create(NewSession::new(t.clone(), fx.user("alice")))
+            .await
+            .unwrap();
+        let key = ks.session(&t, &s.id);
+        let _: () = pool
+            .query(redis::cmd("HSET").arg(&key).arg("m").arg(garbage))
+            .await
+            .unwrap();
+        // Logging out must not fail on it, and the session must be gone.
+        store.delete(&t, &s.id).await.expect("delete");
+        let exists: i64 = pool.query(redis::cmd("EXISTS").arg(&key)).await.unwrap();
+        assert_eq!(exists, 0, "the session hash is gone");
+    }
 }
