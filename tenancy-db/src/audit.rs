@@ -523,6 +523,8 @@ async fn role_findings(
          FROM pg_proc p
          JOIN pg_namespace n ON n.oid = p.pronamespace
          WHERE p.prosecdef
+           -- Trigger functions cannot be called directly.
+           AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND has_schema_privilege($1, n.oid, 'USAGE')
            AND has_function_privilege($1, p.oid, 'EXECUTE')

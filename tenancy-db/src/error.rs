@@ -167,10 +167,14 @@ impl Error {
             Self::Corrupt(_) => Class::Corrupt,
             Self::Audit(_) | Self::Migrate(_) | Self::Aborted(_) => Class::Internal,
             Self::Database(e) | Self::Connect { source: e, .. } => {
-                if self.is_tenant_violation() {
-                    Class::TenantViolation
-                } else {
+                if !self.is_tenant_violation() {
                     classify(e)
+                } else if self.pg_error().and_then(|d| d.routine()) == Some("exec_stmt_raise") {
+                    // The helper refused: no tenant (or a malformed one) is set. The server
+                    // ran tenant SQL outside a tenant transaction; the caller did nothing wrong.
+                    Class::Internal
+                } else {
+                    Class::TenantViolation
                 }
             }
         }
@@ -260,7 +264,8 @@ impl From<sqlx::Error> for Error {
 ///
 /// | failure | core error | retryable |
 /// |---------|------------|-----------|
-/// | tenant violation ([`Error::is_tenant_violation`]) | `Denied(WrongTenant)` | no |
+/// | a row written into, or moved to, another tenant (row-level security's check) | `Denied(WrongTenant)` | no |
+/// | tenant SQL with no tenant set (the helper's refusal; also a tenant violation) | `Internal` | no |
 /// | `23505`, `23P01` (value taken) | `Conflict` | no |
 /// | `40001`, `40P01` (serialization, deadlock) | `Conflict` | no in core; [`Error::is_retryable`] says yes |
 /// | other `22xxx`, `23xxx` (a value the database refuses); a bad argument | `Invalid` | no |

@@ -342,6 +342,13 @@ async fn each_finding_comes_from_a_seeded_defect() {
             "DROP FUNCTION peek(text); DROP FUNCTION peek2(text)".into(),
         ),
         (
+            // A SECURITY DEFINER trigger function cannot be called directly: fine.
+            "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+             AS 'BEGIN RETURN NEW; END'".into(),
+            vec![],
+            "DROP FUNCTION stamp()".into(),
+        ),
+        (
             "CREATE VIEW records_view AS SELECT id, title FROM records".into(),
             vec![Finding::ViewNotSecurityInvoker { view: "public.records_view".into() }],
             "DROP VIEW records_view".into(),
