@@ -656,6 +656,16 @@ impl Tenancy {
                 metrics::auth_failure("verifier_unavailable");
                 Err(Rejection::unavailable().with_request_id(meta.request_id()))
             }
+            // A backend that refuses the verifier (a session store's missing permission): the
+            // token may be fine, so the client must not be told to throw it away.
+            Err(e) if e.kind() == tenancy_core::ErrorKind::Internal => {
+                tracing::error!(parent: meta.span(), error = %e, "token verifier's backend refused the call");
+                metrics::auth_failure("verifier_refused");
+                Err(
+                    Rejection::misconfigured("the token verifier's backend refused the call")
+                        .with_request_id(meta.request_id()),
+                )
+            }
             Err(e) => {
                 tracing::warn!(parent: meta.span(), error = %e, "token verifier failed");
                 Err(self
@@ -1141,6 +1151,76 @@ mod tests {
             let expected = b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
             assert_eq!(is_b64token(b), expected, "byte {b}");
         }
+    }
+
+    /// A verifier failing with `kind`: what `authenticate` answers.
+    async fn status_when_verifier_fails(error: fn() -> tenancy_core::Error) -> u16 {
+        #[derive(Debug)]
+        struct Failing(fn() -> tenancy_core::Error);
+        #[async_trait::async_trait]
+        impl TokenVerifier for Failing {
+            async fn verify(&self, _: &str) -> tenancy_core::Result<Claims> {
+                Err((self.0)())
+            }
+        }
+        struct Head;
+        impl RequestHead for Head {
+            fn method(&self) -> &str {
+                "GET"
+            }
+            fn path(&self) -> &str {
+                "/v1/me"
+            }
+            fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+                (name == "authorization")
+                    .then_some(&b"Bearer abc"[..])
+                    .into_iter()
+            }
+            fn header_bytes(&self) -> usize {
+                30
+            }
+            fn peer_addr(&self) -> Option<IpAddr> {
+                None
+            }
+        }
+        let tenancy = Tenancy::builder(
+            Arc::new(Failing(error)),
+            Arc::new(tenancy_core::memory::MemoryTenantDirectory::new()),
+            Arc::new(tenancy_core::memory::MemoryRateLimiter::new()),
+            Arc::new(tenancy_core::memory::MemoryAuditSink::new()),
+        )
+        .build()
+        .unwrap();
+        let meta = tenancy.begin(&Head);
+        tenancy
+            .authenticate(&meta, Header::read(&Head, "authorization"))
+            .await
+            .unwrap_err()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn verifier_failures_answer_by_kind() {
+        use tenancy_core::{Error as E, TokenRejection};
+        assert_eq!(
+            status_when_verifier_fails(|| E::Rejected(TokenRejection::Expired)).await,
+            401
+        );
+        assert_eq!(
+            status_when_verifier_fails(|| E::unavailable("down")).await,
+            503
+        );
+        assert_eq!(status_when_verifier_fails(|| E::Timeout).await, 503);
+        // A refusing backend is the server's fault: never a 401 that makes clients drop
+        // a token that may be fine.
+        assert_eq!(
+            status_when_verifier_fails(|| E::internal("NOPERM")).await,
+            500
+        );
+        assert_eq!(
+            status_when_verifier_fails(|| E::corrupt("bad record")).await,
+            401
+        );
     }
 
     #[test]
