@@ -26,6 +26,15 @@ fn limiter(pool: RedisPool, ks: KeySpace) -> RedisRateLimiter {
         .build()
 }
 
+/// As [`limiter`], without the denial cache: every decision asks Redis.
+fn uncached_limiter(pool: RedisPool, ks: KeySpace) -> RedisRateLimiter {
+    RedisRateLimiter::builder(pool)
+        .with_key_space(ks)
+        .with_denial_cache(0)
+        .with_timeout(Duration::from_secs(5))
+        .build()
+}
+
 fn req(t: &TenantId, u: &UserId, limits: Vec<Limit>) -> RateLimitRequest {
     RateLimitRequest::new(t.clone(), Some(u.clone()), limits)
 }
@@ -237,11 +246,7 @@ async fn a_denied_request_moves_neither_counter() {
     let Some((pool, ks)) = common::single().await else {
         return;
     };
-    let l = RedisRateLimiter::builder(pool.clone())
-        .with_key_space(ks.clone())
-        .with_denial_cache(0)
-        .with_timeout(Duration::from_secs(5))
-        .build();
+    let l = uncached_limiter(pool.clone(), ks.clone());
     let fx = Fixture::new();
     let (t, u) = (fx.tenant("atomic"), fx.user("alice"));
     let limits = vec![
@@ -673,11 +678,7 @@ async fn the_script_agrees_with_core_arithmetic_at_the_edges() {
     let Some((pool, ks)) = common::single().await else {
         return;
     };
-    let l = RedisRateLimiter::builder(pool.clone())
-        .with_key_space(ks.clone())
-        .with_denial_cache(0)
-        .with_timeout(Duration::from_secs(5))
-        .build();
+    let l = uncached_limiter(pool.clone(), ks.clone());
     let fx = Fixture::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // The longest period a request may carry, minus one so that the user limits below (one
@@ -753,11 +754,7 @@ async fn two_limits_of_one_scope_and_period_are_refused_not_merged() {
     let Some((pool, ks)) = common::single().await else {
         return;
     };
-    let l = RedisRateLimiter::builder(pool.clone())
-        .with_key_space(ks.clone())
-        .with_denial_cache(0)
-        .with_timeout(Duration::from_secs(5))
-        .build();
+    let l = uncached_limiter(pool.clone(), ks.clone());
     let fx = Fixture::new();
     let (t, u) = (fx.tenant("trial"), fx.user("alice"));
     // An enforced limit, and a shadow limit of the same period tried beside it: both would

@@ -447,41 +447,36 @@ async fn role_findings(
         return Ok(Some(findings));
     }
 
-    let privileged: Vec<String> = sqlx::query_scalar(
-        "SELECT r.rolname::text FROM pg_roles r
-         WHERE r.rolname <> $1 AND (r.rolsuper OR r.rolbypassrls)
+    // Roles this one is a member of that bypass row-level security, or that read and write
+    // the server's files (`true`: one of the built-in server-file roles).
+    let memberships: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT r.rolname::text,
+                r.rolname IN ('pg_execute_server_program', 'pg_read_server_files',
+                              'pg_write_server_files')
+         FROM pg_roles r
+         WHERE r.rolname <> $1
+           AND (r.rolsuper OR r.rolbypassrls
+                OR r.rolname IN ('pg_execute_server_program', 'pg_read_server_files',
+                                 'pg_write_server_files'))
            AND pg_has_role($1, r.oid, 'MEMBER')
-         ORDER BY r.rolname",
+         ORDER BY 2, 1",
     )
     .bind(role)
     .fetch_all(&mut *conn)
     .await?;
-    findings.extend(
-        privileged
-            .into_iter()
-            .map(|p| Finding::MemberOfPrivilegedRole {
+    findings.extend(memberships.into_iter().map(|(name, builtin)| {
+        if builtin {
+            Finding::MemberOfServerFileRole {
                 role: owned(),
-                privileged: p,
-            }),
-    );
-    let builtins: Vec<String> = sqlx::query_scalar(
-        "SELECT r.rolname::text FROM pg_roles r
-         WHERE r.rolname IN ('pg_execute_server_program', 'pg_read_server_files',
-                             'pg_write_server_files')
-           AND pg_has_role($1, r.oid, 'MEMBER')
-         ORDER BY r.rolname",
-    )
-    .bind(role)
-    .fetch_all(&mut *conn)
-    .await?;
-    findings.extend(
-        builtins
-            .into_iter()
-            .map(|builtin| Finding::MemberOfServerFileRole {
+                builtin: name,
+            }
+        } else {
+            Finding::MemberOfPrivilegedRole {
                 role: owned(),
-                builtin,
-            }),
-    );
+                privileged: name,
+            }
+        }
+    }));
 
     let tables: Vec<(String, String, bool, bool, bool)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -122,29 +122,39 @@ async fn tenancy(full: Full, audit: Arc<dyn AuditSink>) -> Tenancy {
     .unwrap_or_else(|e| fail(&e.to_string()))
 }
 
+/// The axum app: the handler, behind the tenancy stack for the `full` variants.
+async fn axum_app(full: Option<Full>) -> axum::Router {
+    let app = axum::Router::new().route("/v1/records", axum::routing::get(|| async { "ok" }));
+    match full {
+        Some(full) => {
+            let t = tenancy(full, Arc::new(audit_dispatcher().await)).await;
+            app.layer(tenancy_tower::TenancyLayer::new(t))
+        }
+        None => app,
+    }
+}
+
+async fn serve_axum_on(listener: tokio::net::TcpListener, app: axum::Router) {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .unwrap_or_else(|e| fail(&format!("serve: {e}")));
+}
+
 fn serve_axum(full: Option<Full>, port: u16) {
-    use axum::Router;
-    use axum::routing::get;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
     rt.block_on(async move {
-        let mut app = Router::new().route("/v1/records", get(|| async { "ok" }));
-        if let Some(full) = full {
-            let t = tenancy(full, Arc::new(audit_dispatcher().await)).await;
-            app = app.layer(tenancy_tower::TenancyLayer::new(t));
-        }
+        let app = axum_app(full).await;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap_or_else(|e| fail(&format!("bind: {e}")));
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap_or_else(|e| fail(&format!("serve: {e}")));
+        serve_axum_on(listener, app).await;
     });
 }
 
@@ -152,8 +162,6 @@ fn serve_axum(full: Option<Full>, port: u16) {
 /// its own `SO_REUSEPORT` listener, so a connection stays on the thread that accepted it. The
 /// main thread's runtime drives the audit writer's timers, as actix-web's does.
 fn serve_axum_per_core(full: Option<Full>, port: u16) {
-    use axum::Router;
-    use axum::routing::get;
     let current_thread = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -161,16 +169,7 @@ fn serve_axum_per_core(full: Option<Full>, port: u16) {
             .unwrap_or_else(|e| fail(&format!("runtime: {e}")))
     };
     let main = current_thread();
-    let app = main.block_on(async move {
-        let app = Router::new().route("/v1/records", get(|| async { "ok" }));
-        match full {
-            Some(full) => {
-                let t = tenancy(full, Arc::new(audit_dispatcher().await)).await;
-                app.layer(tenancy_tower::TenancyLayer::new(t))
-            }
-            None => app,
-        }
-    });
+    let app = main.block_on(axum_app(full));
     for _ in 0..WORKERS {
         let app = app.clone();
         let rt = current_thread();
@@ -183,12 +182,7 @@ fn serve_axum_per_core(full: Option<Full>, port: u16) {
                         s.listen(1024)
                     })
                     .unwrap_or_else(|e| fail(&format!("bind: {e}")));
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .await
-                .unwrap_or_else(|e| fail(&format!("serve: {e}")));
+                serve_axum_on(listener, app).await;
             });
         });
     }
