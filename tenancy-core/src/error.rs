@@ -135,6 +135,9 @@ pub enum Denial {
     UnknownTenant,
     /// The caller's role may not do this.
     RoleRequired(&'static str),
+    /// The token grants a platform-wide role (`super_admin`) for a tenant other than the
+    /// platform's own: platform roles belong to platform users only.
+    PlatformRoleOutsidePlatform,
 }
 
 impl fmt::Display for Denial {
@@ -145,6 +148,9 @@ impl fmt::Display for Denial {
             Self::TenantSuspended => f.write_str("tenant is suspended"),
             Self::UnknownTenant => f.write_str("tenant is not known"),
             Self::RoleRequired(r) => write!(f, "role `{r}` required"),
+            Self::PlatformRoleOutsidePlatform => {
+                f.write_str("a platform role is valid only in the platform tenant")
+            }
         }
     }
 }

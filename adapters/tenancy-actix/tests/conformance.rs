@@ -753,6 +753,19 @@ fn cases(w: &World) -> Vec<Case> {
             },
         ),
         case(
+            "super admin role outside the platform tenant",
+            vec![
+                Req::get("/v1/me")
+                    .bearer(&w.token("acme", "mallory", "super_admin", &[]))
+                    .header("x-request-id", "c-31b"),
+            ],
+            |s| {
+                assert_problem(&s[0], 403, "platform-role");
+                assert_eq!(s[0].body["request_id"], "c-31b");
+                assert_unlimited(&s[0]);
+            },
+        ),
+        case(
             "super admin is not limited",
             (0..3)
                 .map(|i| {

@@ -75,6 +75,7 @@ impl RejectionKind {
             Self::Denied(Denial::UnknownTenant) => "unknown_tenant".into(),
             Self::Denied(Denial::MissingPermission(_)) => "missing_permission".into(),
             Self::Denied(Denial::RoleRequired(_)) => "role_required".into(),
+            Self::Denied(Denial::PlatformRoleOutsidePlatform) => "platform_role".into(),
             Self::Denied(_) => "denied".into(),
             Self::RateLimited => "rate_limited".into(),
             Self::HeaderTooLarge => "header_too_large".into(),
@@ -195,6 +196,10 @@ impl Rejection {
                 format!("permission `{p}` is required").into(),
             ),
             Denial::RoleRequired(r) => ("role-required", format!("role `{r}` is required").into()),
+            Denial::PlatformRoleOutsidePlatform => (
+                "platform-role",
+                "a platform role is valid only in the platform tenant".into(),
+            ),
             other => ("forbidden", other.to_string().into()),
         };
         Self::new(

@@ -372,8 +372,9 @@ impl TenancyBuilder {
         self
     }
 
-    /// The tenant whose audit trail and limits take requests that have no verified tenant:
-    /// authentication failures and anonymous limits (default `platform`).
+    /// The platform tenant (default `platform`): its audit trail and limits take requests
+    /// that have no verified tenant (authentication failures, anonymous limits), and it is the
+    /// only tenant in which a token may grant `super_admin`.
     pub fn with_anonymous_tenant(mut self, tenant: TenantId) -> Self {
         self.anonymous_tenant = Some(tenant);
         self
@@ -685,8 +686,9 @@ impl Tenancy {
 
     /// Step 3: the tenant from the verified claims, kept in `meta`
     /// ([`RequestMeta::resolved`], [`RequestMeta::context`]). 403 when the tenant header names
-    /// another tenant, the tenant is unknown to the directory, or suspended; 503 when the
-    /// directory cannot answer.
+    /// another tenant, the token grants `super_admin` in a tenant other than the platform
+    /// tenant ([`TenancyBuilder::with_anonymous_tenant`]), the tenant is unknown to the
+    /// directory, or suspended; 503 when the directory cannot answer.
     pub async fn resolve_tenant<'m>(
         &self,
         meta: &'m RequestMeta,
@@ -703,6 +705,13 @@ impl Tenancy {
         };
         if !agrees {
             let r = Rejection::tenant_mismatch(&self.inner.tenant_header);
+            return Err(self.deny(meta, &context, r).await);
+        }
+        // `super_admin` is platform-wide: held in any other tenant it would open every
+        // tenant's admin routes and skip the limits. Refused here, once, for every handler
+        // and stage that trusts `TenantContext::is_super_admin`.
+        if context.is_super_admin() && context.tenant != self.inner.anonymous_tenant {
+            let r = Rejection::denied(Denial::PlatformRoleOutsidePlatform);
             return Err(self.deny(meta, &context, r).await);
         }
         let directory = &self.inner.directory;

@@ -145,6 +145,10 @@ fn token(args: &[String]) -> Result<ExitCode, String> {
     let tenant = tenancy_core::TenantId::parse(need("tenant")?).map_err(|e| e.to_string())?;
     let user = tenancy_core::UserId::parse(need("user")?).map_err(|e| e.to_string())?;
     let role = tenancy_core::Role::parse(need("role")?).map_err(|e| e.to_string())?;
+    if role.is_super_admin() && tenant.as_str() != "platform" {
+        // The server refuses such a token (403): a platform role outside the platform.
+        return Err("--role super_admin belongs to --tenant platform".into());
+    }
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let ttl = match flag(&f, "ttl") {
         Some(v) => v
