@@ -303,9 +303,9 @@ async fn each_login_and_refresh_is_audited_once_on_both_servers() {
     assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
 }
 
-/// A prod-like configuration: environment `prod`, a key of its own, data in `dir`, and
-/// `metrics_allow` when given.
-fn prod_config(dir: &std::path::Path, metrics_allow: Option<&str>) -> tenancy_server::Config {
+/// A prod-like configuration: environment `prod`, a key of its own, data in `dir`, and the
+/// variables of `extra`.
+fn prod_config(dir: &std::path::Path, extra: &[(&str, &str)]) -> tenancy_server::Config {
     let mut vars = std::collections::HashMap::from([
         ("TENANCY_ENV".to_owned(), "prod".to_owned()),
         ("TENANCY_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
@@ -315,8 +315,8 @@ fn prod_config(dir: &std::path::Path, metrics_allow: Option<&str>) -> tenancy_se
         ),
         ("TENANCY_DATA_DIR".to_owned(), dir.display().to_string()),
     ]);
-    if let Some(allow) = metrics_allow {
-        vars.insert("TENANCY_METRICS_ALLOW".to_owned(), allow.to_owned());
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
     }
     tenancy_server::Config::from_vars(&vars).expect("a valid prod configuration")
 }
@@ -331,7 +331,7 @@ async fn metrics_are_private_in_prod_on_both_servers() {
         let mut log = Vec::new();
 
         let dir = tempfile::tempdir().unwrap();
-        let c = prod_config(dir.path(), None);
+        let c = prod_config(dir.path(), &[]);
         let mut h = Harness::start(flavor, c, dir).await;
         let r = h.get("/metrics", None).await;
         assert_eq!(r.status, 200, "{who}: loopback is private: {}", r.text);
@@ -340,7 +340,10 @@ async fn metrics_are_private_in_prod_on_both_servers() {
         assert!(h.stop().await);
 
         let dir = tempfile::tempdir().unwrap();
-        let c = prod_config(dir.path(), Some("192.0.2.0/24, 2001:db8::/32"));
+        let c = prod_config(
+            dir.path(),
+            &[("TENANCY_METRICS_ALLOW", "192.0.2.0/24, 2001:db8::/32")],
+        );
         let mut h = Harness::start(flavor, c, dir).await;
         let r = h.get("/metrics", None).await;
         common::assert_problem(who, &r, 404);
@@ -352,6 +355,33 @@ async fn metrics_are_private_in_prod_on_both_servers() {
         log.push(common::entry("metrics from outside the list", &r, None));
         let health = h.get("/health", None).await;
         assert_eq!(health.status, 200, "{who}: {}", health.text);
+        assert!(h.stop().await);
+
+        // Behind a trusted proxy (here loopback), the client is the address it forwards: a
+        // public client is refused although the connection comes from loopback, a private
+        // one is served. An untrusted peer's header would be ignored.
+        let dir = tempfile::tempdir().unwrap();
+        let c = prod_config(dir.path(), &[("TENANCY_TRUSTED_PROXIES", "127.0.0.1")]);
+        let mut h = Harness::start(flavor, c, dir).await;
+        let xff = |ip: &'static str| [("x-forwarded-for", ip)];
+        let public = h
+            .send("GET", "/metrics", None, None, &xff("203.0.113.9"))
+            .await;
+        common::assert_problem(who, &public, 404);
+        log.push(common::entry(
+            "metrics for a public client behind the proxy",
+            &public,
+            None,
+        ));
+        let private = h
+            .send("GET", "/metrics", None, None, &xff("10.1.2.3"))
+            .await;
+        assert_eq!(private.status, 200, "{who}: {}", private.text);
+        log.push(common::entry(
+            "metrics for a private client behind the proxy",
+            &private,
+            None,
+        ));
         assert!(h.stop().await);
         transcripts.push(log);
     }

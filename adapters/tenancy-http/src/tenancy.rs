@@ -380,7 +380,8 @@ impl TenancyBuilder {
         self
     }
 
-    /// A limit per client address on public routes (login floods); none by default.
+    /// A limit per client address on public routes (login floods); none by default. IPv6
+    /// clients are counted by their /64 prefix.
     pub fn with_anonymous_limit(mut self, quota: Quota) -> Self {
         self.anonymous_limit = Some(quota);
         self
@@ -512,6 +513,20 @@ fn fresh_event_id() -> EventId {
     let mut raw = [0u8; 16];
     rand::rng().fill_bytes(&mut raw);
     EventId::from_bytes(raw)
+}
+
+/// The anonymous limit's key for a client address: the IPv4 address, or the IPv6 /64
+/// (one subscriber's usual allocation: counting each /128 would let a client rotate
+/// addresses through its prefix and never be limited).
+fn anonymous_key(addr: Option<IpAddr>) -> String {
+    match addr {
+        Some(IpAddr::V6(v6)) => {
+            let prefix = std::net::Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)));
+            format!("ip:{prefix}")
+        }
+        Some(ip) => format!("ip:{ip}"),
+        None => "ip:unknown".to_owned(),
+    }
 }
 
 fn outcome_for(status: u16) -> Outcome {
@@ -663,8 +678,8 @@ impl Tenancy {
                 tracing::error!(parent: meta.span(), error = %e, "token verifier's backend refused the call");
                 metrics::auth_failure("verifier_refused");
                 Err(
-                    Rejection::misconfigured("the token verifier's backend refused the call")
-                        .with_request_id(meta.request_id()),
+                    // The cause is logged above; the answer names none.
+                    Rejection::misconfigured("authentication").with_request_id(meta.request_id()),
                 )
             }
             Err(e) => {
@@ -768,10 +783,7 @@ impl Tenancy {
                 let Some(quota) = self.inner.anonymous_limit.filter(|_| meta.is_public()) else {
                     return Ok(RateLimitHeaders::default());
                 };
-                let key = match meta.client_addr() {
-                    Some(ip) => format!("ip:{ip}"),
-                    None => "ip:unknown".to_owned(),
-                };
+                let key = anonymous_key(meta.client_addr());
                 let user = UserId::parse(&key).map_err(|_| {
                     Rejection::misconfigured("client address key")
                         .with_request_id(meta.request_id())
@@ -1230,6 +1242,23 @@ mod tests {
             status_when_verifier_fails(|| E::corrupt("bad record")).await,
             401
         );
+    }
+
+    #[test]
+    fn anonymous_limits_count_ipv6_clients_by_their_64_prefix() {
+        let key = |s: &str| anonymous_key(Some(s.parse().unwrap()));
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(key("2001:db8:1:2::1"), "ip:2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("192.0.2.7"), "ip:192.0.2.7");
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(anonymous_key(None), "ip:unknown");
+        for k in [key("2001:db8:1:2::1"), key("192.0.2.7")] {
+            assert!(UserId::parse(&k).is_ok(), "{k}");
+        }
     }
 
     #[test]

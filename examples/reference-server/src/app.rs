@@ -685,6 +685,7 @@ impl App {
         )
         .with_tiers(tiers.clone())
         .with_failure_policy(config.rate_limit_failure)
+        .with_trusted_proxies(config.trusted_proxies.clone())
         // Logins and refreshes (the public routes not exempt) per client address.
         .with_anonymous_limit(tenancy_core::Quota::per_minute(config.login_per_minute));
         for rule in route_rules().map_err(|e| startup("route rules")(boxed(e)))? {

@@ -22,6 +22,8 @@
 //! | `TENANCY_RATE_LIMIT_FAILURE` | `rate_limit_failure` | `local` | when Redis cannot decide: `local`, `fail_closed` or `fail_open` |
 //! | `TENANCY_HEALTH_INTERVAL` | `health_interval_secs` | `5` | seconds between background component checks |
 //! | `TENANCY_LOGIN_PER_MINUTE` | `login_per_minute` | `60` | logins and refreshes per client address per minute (all at once, at most), before 429 |
+//! | `TENANCY_TRUSTED_PROXIES` | `trusted_proxies` | none | comma-separated addresses and networks of the reverse proxies in front of the server (`10.0.0.0/8, 192.0.2.7`): only for requests from them is the client address read from their header. Without it the peer is the client: behind a proxy every client would share the proxy's address (one login limit for all, and `private` metrics open to everyone) |
+//! | `TENANCY_FORWARDED_HEADER` | `forwarded_header` | `x-forwarded-for` | the header those proxies write: `x-forwarded-for` or `forwarded` (RFC 7239); the other one is never read |
 //! | `TENANCY_METRICS_ALLOW` | `metrics_allow` | `private` in prod, `any` elsewhere | who may read `GET /metrics`: `any`, `private` (loopback and private networks) or a comma-separated list of addresses and networks (`10.0.0.0/8, 192.0.2.7`); others get 404. Prod refuses `any` |
 //!
 //! ```
@@ -260,6 +262,8 @@ pub struct Config {
     pub login_per_minute: u64,
     /// Who may read `GET /metrics`.
     pub metrics_allow: MetricsAllow,
+    /// The reverse proxies whose forwarding header gives the client's address.
+    pub trusted_proxies: tenancy_http::TrustedProxies,
 }
 
 /// The raw settings, as read from the file and the environment, before validation.
@@ -286,6 +290,8 @@ struct Raw {
     health_interval_secs: Option<u64>,
     login_per_minute: Option<u64>,
     metrics_allow: Option<String>,
+    trusted_proxies: Option<String>,
+    forwarded_header: Option<String>,
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> Error {
@@ -318,6 +324,8 @@ fn var_name(key: &'static str) -> &'static str {
         "health_interval_secs" => "TENANCY_HEALTH_INTERVAL",
         "login_per_minute" => "TENANCY_LOGIN_PER_MINUTE",
         "metrics_allow" => "TENANCY_METRICS_ALLOW",
+        "trusted_proxies" => "TENANCY_TRUSTED_PROXIES",
+        "forwarded_header" => "TENANCY_FORWARDED_HEADER",
         _ => "TENANCY_CONFIG",
     }
 }
@@ -356,6 +364,8 @@ impl Raw {
         take!(data_dir);
         take!(rate_limit_failure);
         take!(metrics_allow);
+        take!(trusted_proxies);
+        take!(forwarded_header);
         if let Some(v) = num("access_token_ttl_secs")? {
             self.access_token_ttl_secs = Some(v);
         }
@@ -570,6 +580,24 @@ impl Config {
             None if env == Env::Prod => MetricsAllow::private(),
             None => MetricsAllow::Anyone,
         };
+        let header = match raw.forwarded_header.as_deref() {
+            None | Some("x-forwarded-for") => tenancy_http::ForwardedHeader::XForwardedFor,
+            Some("forwarded") => tenancy_http::ForwardedHeader::Forwarded,
+            Some(_) => {
+                return Err(invalid(
+                    "TENANCY_FORWARDED_HEADER",
+                    "must be x-forwarded-for or forwarded",
+                ));
+            }
+        };
+        let trusted_proxies = match raw.trusted_proxies.as_deref() {
+            None => tenancy_http::TrustedProxies::none(),
+            Some(list) => tenancy_http::TrustedProxies::parse(
+                list.split(',').map(str::trim).filter(|e| !e.is_empty()),
+            )
+            .map_err(|e| invalid("TENANCY_TRUSTED_PROXIES", e.to_string()))?
+            .with_header(header),
+        };
         Ok(Self {
             listen,
             env,
@@ -591,6 +619,7 @@ impl Config {
             health_interval: Duration::from_secs(interval),
             login_per_minute,
             metrics_allow,
+            trusted_proxies,
         })
     }
 
@@ -693,6 +722,36 @@ mod tests {
         assert!(listed.metrics_allow.allows(ip("2001:db8::1")));
         assert!(!listed.metrics_allow.allows(ip("127.0.0.1")));
         assert!(!listed.metrics_allow.allows(ip("192.0.2.8")));
+    }
+
+    #[test]
+    fn trusted_proxies_and_their_header() {
+        let none = Config::from_vars(&HashMap::new()).unwrap();
+        assert!(none.trusted_proxies.is_empty());
+        let listed = Config::from_vars(&vars(&[
+            ("TENANCY_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7"),
+            ("TENANCY_FORWARDED_HEADER", "forwarded"),
+        ]))
+        .unwrap();
+        let p = &listed.trusted_proxies;
+        assert!(
+            p.is_trusted("10.1.2.3".parse().unwrap()) && p.is_trusted("192.0.2.7".parse().unwrap())
+        );
+        assert!(!p.is_trusted("192.0.2.8".parse().unwrap()));
+        assert_eq!(p.header(), tenancy_http::ForwardedHeader::Forwarded);
+        let default_header =
+            Config::from_vars(&vars(&[("TENANCY_TRUSTED_PROXIES", "10.0.0.1")])).unwrap();
+        assert_eq!(
+            default_header.trusted_proxies.header(),
+            tenancy_http::ForwardedHeader::XForwardedFor
+        );
+        assert!(
+            err(&[("TENANCY_TRUSTED_PROXIES", "10.0.0.0/8, proxy")])
+                .contains("TENANCY_TRUSTED_PROXIES")
+        );
+        assert!(
+            err(&[("TENANCY_FORWARDED_HEADER", "x-real-ip")]).contains("TENANCY_FORWARDED_HEADER")
+        );
     }
 
     #[test]
