@@ -5,10 +5,16 @@
 //! downstream of it (the chain hash, every store, the spool, the exports) ever sees the
 //! original values.
 //!
-//! - Detail keys are matched case-insensitively with `-` and `_` ignored, at any depth of
-//!   nested objects and arrays. A built-in list of sensitive names (`password`, `token`,
-//!   `secret`, `authorization`, `cookie`, `api_key`, `ssn`, `credit_card`, ...) is masked
-//!   wherever it occurs as part of a key (`db_password`, `X-Api-Key`).
+//! - Detail keys are matched case-insensitively on their letters and digits only (`API Key`,
+//!   `api.key`, `api_key` are one key), at any depth of nested objects and arrays. A built-in
+//!   list of sensitive names (`password`, `pwd`, `token`, `secret`, `authorization`,
+//!   `bearer`, `jwt`, `cookie`, `api_key`, `ssn`, `credit_card`, ...) is masked wherever it
+//!   occurs as part of a key (`db_password`, `X-Api-Key`), and so is the second item of a
+//!   `[name, value]` pair whose name is one (`["Authorization", "…"]`, as headers are often
+//!   logged).
+//! - Whatever its key, a string value that carries a credential is masked: an HTTP
+//!   authorization value (`Bearer` or `Basic` and a credential, also inside a longer text) or
+//!   a JWT. Other secrets in free text are not recognised: keep them out of `details`.
 //! - Keyed hashes (`hmac:` + base64url of HMAC-SHA-256) keep identifiers matchable without
 //!   storing them. The key is derived per tenant from a master key, so the same user id hashes
 //!   differently in two tenants' trails and one tenant's hashes say nothing about another's.
@@ -71,6 +77,10 @@ pub const DEFAULT_SENSITIVE_KEYS: &[&str] = &[
     "cvv",
     "iban",
     "otp",
+    "pwd",
+    "jwt",
+    "bearer",
+    "signature",
 ];
 
 /// What happens to one field.
@@ -162,11 +172,42 @@ impl Default for RedactionPolicy {
     }
 }
 
+/// A key as it is matched: letters and digits only, lower case (`API Key`, `api.key`,
+/// `api_key` and `apiKey` are all `apikey`).
 fn normalise(key: &str) -> String {
     key.chars()
-        .filter(|c| *c != '-' && *c != '_')
+        .filter(|c| c.is_alphanumeric())
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+/// Whether a string value carries a credential whatever its key: an HTTP authorization value
+/// (`Bearer` or `Basic`, a space and at least 8 credential characters, also inside a longer
+/// text such as a logged header line) or a JWT (`eyJ…` with two dots).
+fn credential_like(s: &str) -> bool {
+    let b = s.as_bytes();
+    let token68 = |c: &u8| c.is_ascii_alphanumeric() || b"-._~+/=".contains(c);
+    // The scheme, a space, and a credential of at least 8 characters (not "basic plan").
+    let scheme = |w: &[u8]| {
+        (0..b.len().saturating_sub(w.len())).any(|i| {
+            b[i..i + w.len()].eq_ignore_ascii_case(w)
+                && b[i + w.len()] == b' '
+                && b[i + w.len() + 1..]
+                    .iter()
+                    .take_while(|c| token68(c))
+                    .count()
+                    >= 8
+        })
+    };
+    let jwt = s.match_indices("eyJ").any(|(i, _)| {
+        let token = b[i..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            .filter(|c| **c == b'.')
+            .count();
+        token >= 2
+    });
+    jwt || scheme(b"bearer") || scheme(b"basic")
 }
 
 /// Whether `fragment` occurs in `key`. Keys and fragments are a few bytes long: a plain scan
@@ -408,7 +449,7 @@ impl RedactionPolicy {
         let k: &str = match buf.get_mut(..key.len()) {
             Some(dst) if key.is_ascii() => {
                 let mut n = 0;
-                for b in key.bytes().filter(|b| *b != b'-' && *b != b'_') {
+                for b in key.bytes().filter(u8::is_ascii_alphanumeric) {
                     dst[n] = b.to_ascii_lowercase();
                     n += 1;
                 }
@@ -439,7 +480,10 @@ impl RedactionPolicy {
         // Most maps (`{"status": 200}`) keep every entry as it is: read them, rather than
         // take each entry out and put it back.
         let unchanged = map.iter().all(|(k, v)| {
-            !v.is_object() && !v.is_array() && self.action_for(k, nested) == FieldAction::Keep
+            !v.is_object()
+                && !v.is_array()
+                && !v.as_str().is_some_and(credential_like)
+                && self.action_for(k, nested) == FieldAction::Keep
         });
         if unchanged {
             return;
@@ -465,10 +509,17 @@ impl RedactionPolicy {
         match v {
             Value::Object(m) => self.object(tenant, m, true),
             Value::Array(a) => {
+                // A list of pairs, as headers are often logged: `["Authorization", "x"]`.
+                if let [Value::String(name), value] = a.as_mut_slice()
+                    && self.action_for(name, true) == FieldAction::Mask
+                {
+                    *value = Value::String(MASK.to_owned());
+                }
                 for x in a {
                     self.value(tenant, x);
                 }
             }
+            Value::String(s) if credential_like(s) => *v = Value::String(MASK.to_owned()),
             _ => {}
         }
     }
@@ -557,6 +608,41 @@ mod tests {
         let text = serde_json::to_string(&e).unwrap();
         assert!(!text.contains("p1") && !text.contains("k1"), "{text}");
         assert!(text.contains("visible") && text.contains("\"ok\":1"));
+    }
+
+    #[test]
+    fn keys_in_any_spelling_and_credentials_under_any_key_are_masked() {
+        let p = RedactionPolicy::new();
+        let mut e = event()
+            .with_detail("Api Key", "k1")
+            .with_detail("api.key", "k2")
+            .with_detail("pwd", "k3")
+            .with_detail("auth", "Bearer k4k4k4k4k4")
+            .with_detail("msg", "sent Authorization: bearer k5k5k5k5k5 upstream")
+            .with_detail("claims", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJrNiJ9.c2ln")
+            .with_detail(
+                "headers",
+                serde_json::json!([["Authorization", "k7"], ["Accept", "json"]]),
+            )
+            .with_detail("note", "basic k8k8k8k8k8==")
+            .with_detail("status", 200)
+            .with_detail("author", "kept by design")
+            .with_detail("text", "a basically harmless text about eyJ.x")
+            .with_detail("plan", "basic plan");
+        p.apply(&mut e);
+        let text = serde_json::to_string(&e).unwrap();
+        for secret in ["k1", "k2", "k3", "k4", "k5", "k6\"", "c2ln", "k7", "k8"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("kept by design") && text.contains("json"),
+            "{text}"
+        );
+        assert!(
+            text.contains("basically harmless") && text.contains("basic plan"),
+            "{text}"
+        );
+        assert!(text.contains("\"status\":200"), "{text}");
     }
 
     #[test]

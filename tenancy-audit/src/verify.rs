@@ -280,7 +280,7 @@ impl ChainVerifier {
         }
         // Is this an intact record of another position of this chain?
         let lo = n.saturating_sub(REORDER_WINDOW).max(1);
-        let moved = (lo..=n + REORDER_WINDOW)
+        let moved = (lo..=n.saturating_add(REORDER_WINDOW))
             .filter(|k| *k != n)
             .any(|k| link(&self.tenant, k, &r.prev_hash, &r.payload) == r.hash);
         Some(if moved && same_id {
@@ -343,9 +343,12 @@ impl ChainVerifier {
             });
         }
         if let Some(a) = self.anchor {
-            // A checkpoint below the anchor is waived only when signed history covers the
-            // purge: a checkpoint at or after its event that the records match.
-            let waived = self.wanted.keys().any(|seq| *seq < a.seq);
+            // A checkpoint signed before the purge vouched for records the purge removed
+            // (every checkpoint covers the chain from its start): it is waived only when
+            // signed history covers the purge, a checkpoint at or after its event that the
+            // records match. Without a confirmed purge event, a checkpoint below the anchor.
+            let before_purge = self.purge_seq.unwrap_or(a.seq);
+            let waived = self.wanted.keys().any(|seq| *seq < before_purge);
             let covered = self.purge_seq.is_some_and(|p| {
                 self.wanted
                     .iter()

@@ -199,3 +199,35 @@ async fn a_purge_past_a_checkpoint_needs_a_checkpoint_after_it() {
     let v = verify(&forged, &t, &both).await.unwrap();
     assert!(!v.is_valid(), "{v:?}");
 }
+
+/// A checkpoint vouches for the chain from its start, so one at the head, signed before a
+/// purge, does not believe the purge of records below it: whoever can write the store can
+/// write an anchor and a purge event as well as the retention job can. A checkpoint signed
+/// after the purge does.
+#[tokio::test]
+async fn a_checkpoint_above_the_anchor_signed_before_the_purge_does_not_believe_it() {
+    let signer = tenancy_audit::checkpoint::CheckpointSigner::generate("test").unwrap();
+    let t = Fixture::new().tenant("cphead");
+    let clock = ManualClock::new();
+    let retention = Retention::new()
+        .with_max_age(time::Duration::days(30))
+        .with_clock(Arc::new(clock.clone()));
+    let store = MemoryAuditStore::new();
+    // Five old events, then five recent ones; the checkpoint is at the head, seq 10.
+    old_events(&store, &t, &clock, 5).await;
+    clock.advance(Duration::from_secs(86_400 * 40));
+    old_events(&store, &t, &clock, 5).await;
+    let at_head = signed(&signer, &t, store.records(&t).last().unwrap().head());
+    assert_eq!(retention.purge(&store, &t).await.unwrap().purged, 5);
+    let v = verify(&store, &t, std::slice::from_ref(&at_head))
+        .await
+        .unwrap();
+    assert_eq!(
+        v.finding.map(|f| f.reason),
+        Some(Reason::UnsignedPurge),
+        "{v:?}"
+    );
+    let after = signed(&signer, &t, store.records(&t).last().unwrap().head());
+    let v = verify(&store, &t, &[at_head, after]).await.unwrap();
+    assert!(v.is_valid(), "{v:?}");
+}

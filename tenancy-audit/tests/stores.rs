@@ -205,6 +205,7 @@ async fn postgres_runtime_role_may_only_insert_and_select() {
     );
     // Run the checks in a task so that the role is dropped even when one fails.
     let owner_url = db.url().to_owned();
+    let role_in_task = role.clone();
     let outcome = tokio::spawn(async move {
         let mut admin = sqlx::PgConnection::connect(&owner_url).await.unwrap();
         let rt = PgAuditStore::builder(&url).connect().unwrap();
@@ -226,6 +227,24 @@ async fn postgres_runtime_role_may_only_insert_and_select() {
                 "{sql}: {err}"
             );
         }
+        // A role granted UPDATE and DELETE cannot lift the triggers with the purge switch.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "GRANT UPDATE, DELETE ON tenancy_audit.events TO \"{role_in_task}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        for sql in [
+            "SET tenancy_audit.purging = 'on'; UPDATE tenancy_audit.events SET payload = payload",
+            "SET tenancy_audit.purging = 'on'; DELETE FROM tenancy_audit.events",
+        ] {
+            let err = sqlx::raw_sql(sql).execute(&mut *conn).await.unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+        sqlx::raw_sql("RESET tenancy_audit.purging")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
         drop(conn);
         rt.pool().close().await;
         // The owner is stopped by the triggers.

@@ -41,8 +41,13 @@ CREATE TABLE IF NOT EXISTS tenancy_audit.anchors (
 CREATE OR REPLACE FUNCTION tenancy_audit.reject_change() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
+    -- The purge function's switch, honoured for the table's owner only (who could drop
+    -- these triggers anyway): any role may set a custom setting, and a role granted UPDATE
+    -- or DELETE must not lift the guard with one SET.
     IF TG_OP IN ('DELETE', 'UPDATE', 'INSERT')
-       AND coalesce(current_setting('tenancy_audit.purging', true), '') = 'on' THEN
+       AND coalesce(current_setting('tenancy_audit.purging', true), '') = 'on'
+       AND current_user = (SELECT r.rolname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+                           WHERE c.oid = TG_RELID) THEN
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END IF;
     RAISE EXCEPTION 'tenancy_audit.% is append-only: % refused', TG_TABLE_NAME, TG_OP
@@ -92,7 +97,10 @@ REVOKE ALL ON FUNCTION tenancy_audit.purge(text, bigint, bytea) FROM PUBLIC;
 /// - Append-only: the runtime role gets `INSERT` and `SELECT` only
 ///   ([`PgAuditStore::grant_runtime`]), so `UPDATE`, `DELETE` and `TRUNCATE` fail with
 ///   "permission denied"; triggers refuse them for every other role too, the owner included.
-///   Purges go through the owner-only function `tenancy_audit.purge`.
+///   Purges go through the owner-only function `tenancy_audit.purge`, the one way past the
+///   triggers. The owner can always drop triggers: against the owner, what protects the
+///   trail is the hash chain with signed checkpoints ([`crate::checkpoint`]), not the
+///   database.
 /// - Serialised per tenant across tasks and processes: each append transaction takes a
 ///   transaction-scoped advisory lock per tenant (in sorted order), reads the head, inserts,
 ///   and commits; the primary key `(tenant_id, seq)` makes a fork impossible even without the
