@@ -117,7 +117,7 @@ impl FromRequestParts<App> for Param {
 /// The whole API with the tenancy stack and the body limit.
 pub fn router(app: App) -> Router {
     let tenancy = app.tenancy().clone();
-    Router::new()
+    let api = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_doc))
@@ -147,7 +147,55 @@ pub fn router(app: App) -> Router {
         .layer(TenancyLayer::new(tenancy))
         // Outside everything: what is left of a refused body is read before the answer.
         .layer(DrainBodyLayer::default())
-        .with_state(app)
+        .with_state(app);
+    // Before routing, escaped unreserved characters are decoded (`/v1/r%65cords` is
+    // `/v1/records`, RFC 3986 §6.2.2.2), so that axum routes a path as actix-web, which
+    // decodes before matching, does.
+    Router::new().fallback_service(tower::util::MapRequest::new(api, decode_unreserved))
+}
+
+/// The request with `%XX` escapes of unreserved characters (letters, digits, `-._~`) in its
+/// path decoded; every other escape, and the query, stay as sent.
+fn decode_unreserved<B>(mut req: http::Request<B>) -> http::Request<B> {
+    let path = req.uri().path();
+    if !path.contains('%') {
+        return req;
+    }
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let decoded = (c == b'%')
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .filter(|v| v.is_ascii_alphanumeric() || b"-._~".contains(v));
+        match decoded {
+            Some(v) => {
+                out.push(char::from(v));
+                i += 3;
+            }
+            None => {
+                out.push(char::from(c));
+                i += 1;
+            }
+        }
+    }
+    let with_query = match req.uri().query() {
+        Some(q) => format!("{out}?{q}"),
+        None => out,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(with_query)
+        && let Ok(uri) = http::Uri::from_parts({
+            parts.path_and_query = Some(pq);
+            parts
+        })
+    {
+        *req.uri_mut() = uri;
+    }
+    req
 }
 
 /// Holds every request's body to [`MAX_BODY_BYTES`] before routing, whether or not its
