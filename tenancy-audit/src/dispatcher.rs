@@ -59,6 +59,8 @@ pub const DEFAULT_CAPACITY: usize = 8_192;
 pub const DEFAULT_BATCH: usize = 512;
 /// Default time the writer waits for more events after an append that did not fill a batch.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(2);
+/// Default bound on one store append ([`AuditDispatcherBuilder::with_append_timeout`]).
+pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Msg {
     Event(EncodedEvent),
@@ -103,6 +105,7 @@ pub struct AuditDispatcherBuilder {
     retry_min: Duration,
     retry_max: Duration,
     drain_timeout: Duration,
+    append_timeout: Duration,
 }
 
 impl AuditDispatcherBuilder {
@@ -162,6 +165,18 @@ impl AuditDispatcherBuilder {
     /// How long [`AuditDispatcher::shutdown`] keeps replaying the spool (default 10 s).
     pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long one store append may take before it counts as failed and its batch is
+    /// spooled (default [`DEFAULT_APPEND_TIMEOUT`]).
+    ///
+    /// Why a bound: a store that never answers (a network black hole, a lock held by a
+    /// transaction left open) would otherwise stop the writer, fill the queue and block every
+    /// `record`, and `flush` would never answer. An append that timed out may still have been
+    /// stored; its replay from the spool is absorbed by event-id idempotency.
+    pub fn with_append_timeout(mut self, timeout: Duration) -> Self {
+        self.append_timeout = timeout;
         self
     }
 
@@ -256,6 +271,7 @@ impl AuditDispatcherBuilder {
             retry_min: self.retry_min,
             retry_max: self.retry_max,
             drain_timeout: self.drain_timeout,
+            append_timeout: self.append_timeout,
             backoff: self.retry_min,
             next_retry: Instant::now(),
             last_error: None,
@@ -305,6 +321,7 @@ impl AuditDispatcher {
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            append_timeout: DEFAULT_APPEND_TIMEOUT,
         }
     }
 
@@ -323,6 +340,8 @@ impl AuditDispatcher {
     ///
     /// # Errors
     /// [`Error::Spooled`] when events remain in the spool (they replay at the next start);
+    /// [`Error::Lost`] when events that neither the store nor the spool took remain (no
+    /// spool, or a failing one: they are gone once the writer stops);
     /// [`Error::Closed`] when the writer had already stopped.
     pub async fn shutdown(&self) -> Result<()> {
         self.request(Msg::Shutdown).await
@@ -441,6 +460,7 @@ struct Writer {
     retry_min: Duration,
     retry_max: Duration,
     drain_timeout: Duration,
+    append_timeout: Duration,
     backoff: Duration,
     next_retry: Instant,
     last_error: Option<Arc<Error>>,
@@ -484,6 +504,16 @@ impl Writer {
                         continue;
                     }
                     m = self.rx.recv(), if self.held.is_empty() => m,
+                    // Holding events the store refused (no spool, or a failing one), the
+                    // writer takes no new ones; but a flush or a shutdown must still be
+                    // answered. Queued events ahead of it join the held ones (the queue
+                    // bounds them).
+                    () = self.urgent.notified(), if !self.held.is_empty() => {
+                        match self.take_control() {
+                            Some(m) => Some(m),
+                            None => continue,
+                        }
+                    }
                 }
             } else {
                 self.rx.recv().await
@@ -530,6 +560,17 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The first flush or shutdown in the queue, the events queued before it moved to `held`.
+    fn take_control(&mut self) -> Option<Msg> {
+        while let Ok(m) = self.rx.try_recv() {
+            match m {
+                Msg::Event(e) => self.held.push(e),
+                control => return Some(control),
+            }
+        }
+        None
     }
 
     /// Stops: refuses new events (`record` answers [`Error::Closed`] from now on, and a health
@@ -663,13 +704,27 @@ impl Writer {
         self.last_error = None;
     }
 
+    /// One store append, within the append timeout.
+    async fn append(&self, events: &[EncodedEvent]) -> Result<()> {
+        match tokio::time::timeout(self.append_timeout, self.store.append(events)).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(Error::io(
+                "audit store append",
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", self.append_timeout),
+                ),
+            )),
+        }
+    }
+
     /// Stores a batch, or spools it; keeps it in memory if even that fails.
     async fn write(&mut self, events: Vec<EncodedEvent>) {
         if events.is_empty() {
             return;
         }
         if !self.backlog() {
-            match self.store.append(&events).await {
+            match self.append(&events).await {
                 Ok(_) => {
                     self.counters
                         .stored
@@ -719,7 +774,7 @@ impl Writer {
                 self.held = events;
                 self.spool_held().await;
             } else {
-                match self.store.append(&events).await {
+                match self.append(&events).await {
                     Ok(_) => {
                         self.counters
                             .stored
@@ -747,7 +802,7 @@ impl Writer {
                     }
                 };
                 if !events.is_empty()
-                    && let Err(e) = self.store.append(&events).await
+                    && let Err(e) = self.append(&events).await
                 {
                     self.failed(e);
                     break;
@@ -781,13 +836,17 @@ impl Writer {
         for w in self.waiters.drain(..) {
             let _ = w.reply.send(Err(Error::Spooled(self.last_error.clone())));
         }
+        if !self.held.is_empty() {
+            tracing::error!(
+                events = self.held.len(),
+                "audit events neither stored nor spooled at shutdown"
+            );
+            return Err(Error::Lost {
+                events: self.held.len(),
+                source: self.last_error.clone(),
+            });
+        }
         if self.backlog() {
-            if !self.held.is_empty() {
-                tracing::error!(
-                    events = self.held.len(),
-                    "audit events neither stored nor spooled at shutdown"
-                );
-            }
             return Err(self.spooled_error());
         }
         Ok(())

@@ -73,6 +73,16 @@ pub enum Error {
     /// recovery, but they are not in the store yet.
     #[error("audit store unavailable; events are spooled for replay")]
     Spooled(#[source] Option<std::sync::Arc<Error>>),
+    /// The writer stopped with events that neither the store nor the spool took (no spool
+    /// configured, or the spool failed): they are lost. Only a shutdown answers this.
+    #[error("{events} audit events were neither stored nor spooled when the writer stopped")]
+    Lost {
+        /// How many.
+        events: usize,
+        /// The last store or spool failure.
+        #[source]
+        source: Option<std::sync::Arc<Error>>,
+    },
 }
 
 impl Error {
@@ -112,6 +122,7 @@ impl From<Error> for tenancy_core::Error {
             Error::Io { .. } | Error::Database { .. } | Error::Closed | Error::Spooled(_) => {
                 Self::unavailable(e)
             }
+            Error::Lost { .. } => Self::internal(e),
         }
     }
 }

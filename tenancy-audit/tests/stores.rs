@@ -919,3 +919,55 @@ async fn postgres_appends_from_several_processes() {
     assert_eq!(seqs, (1..=(4 * PER_WRITER) as u64).collect::<Vec<_>>());
     assert!(verify(&store, &tenant, &[]).await.unwrap().is_valid());
 }
+
+/// A store that never answers does not stop the writer: each append gives up after the
+/// append timeout and its batch goes to the spool, so `record_sync` answers `Spooled` instead
+/// of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_never_answers_times_out_into_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = Arc::new(Spy::slow(
+        Arc::new(MemoryAuditStore::new()),
+        Duration::from_secs(3600),
+    ));
+    let sink = AuditDispatcher::builder(silent as Arc<dyn AuditStore>)
+        .with_spool(dir.path().join("audit.spool"))
+        .with_append_timeout(Duration::from_millis(100))
+        .with_sync_timeout(Duration::from_millis(300))
+        .with_retry(Duration::from_millis(50), Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("silent");
+    let answered =
+        tokio::time::timeout(Duration::from_secs(5), sink.record_sync(event(&tenant, 0)))
+            .await
+            .expect("record_sync waited for a store that never answers");
+    let err = answered.unwrap_err();
+    assert_eq!(err.kind(), tenancy_core::ErrorKind::Unavailable, "{err}");
+    assert!(sink.stats().spooled >= 1, "{:?}", sink.stats());
+}
+
+/// Without a spool, events a failing store never took are reported lost at shutdown, not
+/// "spooled for replay".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_without_a_spool_reports_events_lost() {
+    let silent = Arc::new(Spy::slow(
+        Arc::new(MemoryAuditStore::new()),
+        Duration::from_secs(3600),
+    ));
+    let sink = AuditDispatcher::builder(silent as Arc<dyn AuditStore>)
+        .with_append_timeout(Duration::from_millis(50))
+        .with_drain_timeout(Duration::from_millis(200))
+        .with_retry(Duration::from_millis(20), Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("lost");
+    sink.record(event(&tenant, 0)).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), sink.shutdown())
+        .await
+        .expect("shutdown waited for a store that never answers")
+        .unwrap_err();
+    assert!(matches!(err, Error::Lost { events: 1, .. }), "{err:?}");
+}
