@@ -248,7 +248,9 @@ fn write_envelope(event: &AuditEvent, out: &mut Vec<u8>) -> serde_json::Result<(
     a.close();
     if !details.is_empty() {
         ev.key(key!("details"));
-        write_object(details, ev.out);
+        // The envelope is level 0, the event 1, its details 2 (as `write_canonical` counts
+        // the same tree).
+        write_object(details, ev.out, 2);
     }
     ev.key(key!("event_id"));
     write_event_id(event_id, ev.out);
@@ -410,7 +412,20 @@ impl<'a> Object<'a> {
     }
 }
 
-fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+/// The deepest level of objects and arrays a payload holds (the envelope is level 0); a
+/// deeper one is stored as the string [`TOO_DEEP`]. Why: what is stored must decode again
+/// (`serde_json` refuses documents nested deeper than 128 levels), and writing a
+/// caller's arbitrarily deep tree must not exhaust the stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// What replaces an object or array nested deeper than [`MAX_DEPTH`].
+pub const TOO_DEEP: &str = "[nested too deep]";
+
+fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>, depth: usize) {
+    if depth > MAX_DEPTH {
+        write_string(TOO_DEEP, out);
+        return;
+    }
     // `serde_json::Map` is a `BTreeMap` unless its `preserve_order` feature is on: its keys
     // then come in byte order already and need no sorting.
     let sorted = map
@@ -418,16 +433,20 @@ fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
         .zip(map.keys().skip(1))
         .all(|(a, b)| a.as_bytes() < b.as_bytes());
     if sorted {
-        write_entries(map.iter(), out);
+        write_entries(map.iter(), out, depth);
     } else {
         let mut entries: Vec<(&String, &Value)> = map.iter().collect();
         entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        write_entries(entries.into_iter(), out);
+        write_entries(entries.into_iter(), out, depth);
     }
 }
 
 /// Writes an object's entries, given in byte order of their keys.
-fn write_entries<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
+fn write_entries<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    out: &mut Vec<u8>,
+    depth: usize,
+) {
     out.push(b'{');
     for (i, (k, x)) in entries.enumerate() {
         if i > 0 {
@@ -435,21 +454,22 @@ fn write_entries<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>, out
         }
         write_string(k, out);
         out.push(b':');
-        write_canonical(x, out);
+        write_canonical(x, out, depth + 1);
     }
     out.push(b'}');
 }
 
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+fn write_canonical(v: &Value, out: &mut Vec<u8>, depth: usize) {
     match v {
-        Value::Object(map) => write_object(map, out),
+        Value::Object(map) => write_object(map, out, depth),
+        Value::Array(_) if depth > MAX_DEPTH => write_string(TOO_DEEP, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, x) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_canonical(x, out);
+                write_canonical(x, out, depth + 1);
             }
             out.push(b']');
         }
@@ -546,7 +566,7 @@ mod tests {
             "A": 0,
         });
         let mut out = Vec::new();
-        write_canonical(&v, &mut out);
+        write_canonical(&v, &mut out, 0);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"{"A":0,"a":[true,false,-7,18446744073709551615,1.5,"q\"\u0001\n"],"m":{"a":{},"b":{"c":2,"d":1}},"z":null,"é":"accent"}"#
@@ -566,8 +586,42 @@ mod tests {
         })
         .unwrap();
         let mut out = Vec::new();
-        write_canonical(&value, &mut out);
+        write_canonical(&value, &mut out, 0);
         out
+    }
+
+    #[test]
+    fn details_nested_too_deep_are_cut_so_that_the_payload_decodes() {
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..500 {
+            deep = serde_json::json!([{ "x": deep }]);
+        }
+        let e = AuditEvent::new(TenantId::parse("acme").unwrap(), "x.y", Outcome::Success)
+            .with_detail("deep", deep)
+            .with_detail("shallow", serde_json::json!({"a": [1, 2]}));
+        let encoded = Codec::default().encode(&e).unwrap();
+        let back = decode(&encoded.payload).expect("a stored payload decodes");
+        assert_eq!(back.details["shallow"], serde_json::json!({"a": [1, 2]}));
+        let text = std::str::from_utf8(&encoded.payload).unwrap();
+        assert!(text.contains(TOO_DEEP), "{}", &text[..200.min(text.len())]);
+        // The cut is where MAX_DEPTH says: the envelope, the event, the details, then the
+        // value's own levels.
+        let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+        for c in text.bytes() {
+            match (in_string, escaped, c) {
+                (true, true, _) => escaped = false,
+                (true, false, b'\\') => escaped = true,
+                (true, false, b'"') | (false, _, b'"') => in_string = !in_string,
+                (false, _, b'[' | b'{') => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                (false, _, b']' | b'}') => depth -= 1,
+                _ => {}
+            }
+        }
+        // Levels 0 to MAX_DEPTH hold objects or arrays: MAX_DEPTH + 1 of them at most.
+        assert_eq!(deepest, MAX_DEPTH + 1);
     }
 
     fn full_event() -> AuditEvent {
