@@ -78,7 +78,9 @@ async fn concurrent_appends_file() {
     let fx = Fixture::new();
     concurrent_round_trip(vec![Arc::new(store.clone())], &fx.tenant("c")).await;
     // Reopening reads the same chain back.
-    let again = FileAuditStore::open(dir.path().join("a.jsonl"))
+    let again = FileAuditStore::builder(dir.path().join("a.jsonl"))
+        .read_only()
+        .open()
         .await
         .unwrap();
     assert_eq!(
@@ -970,4 +972,27 @@ async fn a_shutdown_without_a_spool_reports_events_lost() {
         .expect("shutdown waited for a store that never answers")
         .unwrap_err();
     assert!(matches!(err, Error::Lost { events: 1, .. }), "{err:?}");
+}
+
+/// One writer per JSONL file: a second store opening it for writing is refused while the
+/// first is open (two writers would fork the chains); readers are not; once the first is
+/// gone the file opens again.
+#[tokio::test]
+async fn a_jsonl_file_has_one_writer_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.jsonl");
+    let first = FileAuditStore::open(&path).await.unwrap();
+    let t = Fixture::new().tenant("one");
+    first.append(&[encoded(&t, 1)]).await.unwrap();
+    let second = FileAuditStore::open(&path).await;
+    assert!(matches!(second, Err(Error::Conflict(_))), "{second:?}");
+    let reader = FileAuditStore::builder(&path)
+        .read_only()
+        .open()
+        .await
+        .unwrap();
+    assert!(reader.head(&t).await.unwrap().is_some());
+    drop(first);
+    let reopened = FileAuditStore::open(&path).await.unwrap();
+    assert!(reopened.head(&t).await.unwrap().is_some());
 }

@@ -83,14 +83,18 @@ struct State {
     unreadable: Vec<u64>,
     last_sync: Instant,
     dirty_tail: bool,
+    /// The open file whose exclusive lock marks this store as the file's one writer.
+    _writer_lock: Option<File>,
 }
 
 /// Stores every tenant's chain as JSON lines in one file: one record per line, appended.
 ///
 /// Each line holds `tenant`, `seq`, `event_id`, `occurred_at`, `prev_hash`, `hash` and the
 /// exact stored bytes as the string `payload`. Chain heads, seen event ids and line offsets are
-/// kept in memory (read once at open). One process writes a file at a time; the store refuses to
-/// append when the file was truncated, replaced or grown by someone else, and reading refuses
+/// kept in memory (read once at open). One store writes a file at a time: opened for writing,
+/// it holds an exclusive lock on the file (a second writer, in this process or another, is
+/// refused with [`Error::Conflict`](crate::Error::Conflict); read-only stores take no lock),
+/// and it refuses to append when the file was truncated, replaced or grown by someone else, and reading refuses
 /// a file with unreadable lines (an unreadable line cannot be attributed to a tenant). An
 /// incomplete last line, left by a crash in the middle of a write that was therefore never
 /// acknowledged, is cut off at open.
@@ -140,13 +144,29 @@ impl FileAuditStoreBuilder {
     /// [`Error::Io`] when the file cannot be opened or read.
     pub async fn open(self) -> Result<FileAuditStore> {
         let state = blocking(move || {
-            if !self.read_only {
-                OpenOptions::new()
+            // A writer holds an exclusive lock on the file for as long as it is open: two
+            // writers (two processes during a rolling deploy, or two stores in one) would
+            // fork the chains. Readers take no lock.
+            let writer_lock = if self.read_only {
+                None
+            } else {
+                let file = OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&self.path)
                     .map_err(|e| Error::io("create audit file", e))?;
-            }
+                match file.try_lock() {
+                    Ok(()) => Some(file),
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(Error::Conflict(
+                            "another writer holds the audit file (open it read-only to verify)",
+                        ));
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => {
+                        return Err(Error::io("lock audit file", e));
+                    }
+                }
+            };
             let mut st = State {
                 path: self.path,
                 fsync: self.fsync,
@@ -158,6 +178,7 @@ impl FileAuditStoreBuilder {
                 unreadable: Vec::new(),
                 last_sync: Instant::now(),
                 dirty_tail: false,
+                _writer_lock: writer_lock,
             };
             st.load()?;
             Ok(st)
@@ -423,6 +444,8 @@ impl State {
         let tmp = tmp_path(&self.path);
         let src = File::open(&self.path).map_err(|e| Error::io("open audit file", e))?;
         let mut out = File::create(&tmp).map_err(|e| Error::io("create purge file", e))?;
+        // The new file replaces the old one by rename: its lock goes with it.
+        out.lock().map_err(|e| Error::io("lock purge file", e))?;
         let mut head = serde_json::to_vec(&AnchorLine {
             anchor: TenantAnchor {
                 tenant: tenant.clone(),
@@ -461,6 +484,7 @@ impl State {
         out.sync_all()
             .map_err(|e| Error::io("sync purge file", e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io("replace audit file", e))?;
+        self._writer_lock = Some(out);
         if let Some(dir) = self.path.parent() {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
