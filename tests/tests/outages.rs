@@ -236,7 +236,7 @@ async fn redis_killed_under_both_servers() {
                 "/v1/auth/login",
                 None,
                 Some(r#"{"tenant_id":"acme","username":"alice","password":"password"}"#),
-                None,
+                Some("login-during-outage"),
             )
             .await;
         opaque_503(&who, &r);
@@ -279,6 +279,14 @@ async fn redis_killed_under_both_servers() {
             .unwrap_or_else(|e| panic!("{who}: {e}"));
         let root = s.root.clone();
         verify_valid(&s.h, &root, "acme").await;
+        // Where the login reached its handler (the limiter did not fail closed first), the
+        // session store's outage left a trace: `auth.login`, outcome `error`, in the
+        // platform's trail.
+        if *policy != FailurePolicy::FailClosed {
+            wait_for_events(&s.h, &root, &["login-during-outage".to_owned()])
+                .await
+                .unwrap_or_else(|e| panic!("{who}: the refused login was not audited: {e}"));
+        }
     }
 
     let mut by_policy: Vec<(FailurePolicy, Side)> = sides;

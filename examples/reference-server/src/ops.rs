@@ -137,8 +137,39 @@ fn not_issuing() -> Error {
 ///
 /// # Errors
 /// 401 for wrong credentials or an unknown tenant; 403 when the tenant is suspended; 503
-/// when a backend cannot answer.
+/// when a backend cannot answer (audited as `auth.login` with outcome `error` in the
+/// platform's trail).
 pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<TokenResponse> {
+    let username = UserId::parse(&req.username).ok();
+    let result = login_attempt(app, req, origin).await;
+    audit_failed_attempt(app, "auth.login", username, origin, &result).await;
+    result
+}
+
+/// A login or refresh that a backend failure ended (a 5xx, for which nothing was recorded
+/// yet) is audited too, in the platform's trail (whether the tenant exists could not be
+/// told): an attempt leaves a trace while the directory or session store is down.
+async fn audit_failed_attempt<T>(
+    app: &App,
+    action: &str,
+    user: Option<UserId>,
+    origin: &Origin,
+    result: &Result<T>,
+) {
+    let Err(e) = result else { return };
+    let reason = match e.status() {
+        503 => "backend_unavailable",
+        500..=599 => "internal_error",
+        _ => return,
+    };
+    let mut event = event(&platform(), action, Outcome::Error, origin).with_reason(reason);
+    if let Some(u) = user {
+        event = event.with_user(u);
+    }
+    app.record(event).await;
+}
+
+async fn login_attempt(app: &App, req: LoginRequest, origin: &Origin) -> Result<TokenResponse> {
     let tenant = TenantId::parse(&req.tenant_id).ok();
     let settings = match &tenant {
         Some(t) => app.directory().get(t).await?,
@@ -210,6 +241,12 @@ pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<Toke
 /// # Errors
 /// 401 for any refused refresh token; 503 when the session store cannot answer.
 pub async fn refresh(app: &App, req: RefreshRequest, origin: &Origin) -> Result<TokenResponse> {
+    let result = refresh_attempt(app, req, origin).await;
+    audit_failed_attempt(app, "auth.refresh", None, origin, &result).await;
+    result
+}
+
+async fn refresh_attempt(app: &App, req: RefreshRequest, origin: &Origin) -> Result<TokenResponse> {
     // The tenant named inside the token, for the audit trail only (the issuer checks it).
     let named = req
         .refresh_token
