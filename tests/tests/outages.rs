@@ -240,6 +240,36 @@ async fn redis_killed_under_both_servers() {
             )
             .await;
         opaque_503(&who, &r);
+        // An admin limits change (a super admin is never limited) needs the limiter to reset
+        // the tenant's state: refused before anything changes, so the tenant keeps its limits.
+        let admin = s.h.mint("platform", "root", "super_admin", &[]);
+        let r = s
+            .step(
+                "limits change during",
+                "PUT",
+                "/v1/admin/tenants/acme/limits",
+                Some(&admin),
+                Some(r#"{"tenant_per_hour":7777}"#),
+                None,
+            )
+            .await;
+        opaque_503(&who, &r);
+        let r = s
+            .step(
+                "limits after the refused change",
+                "GET",
+                "/v1/admin/tenants/acme",
+                Some(&admin),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{who}: {}", r.text);
+        assert_ne!(
+            r.body["limits"]["tenant"]["limit"], 7777,
+            "{who}: {}",
+            r.text
+        );
     }
 
     redis.resume();

@@ -89,6 +89,11 @@ impl From<tenancy_core::Error> for Error {
 
 impl From<tenancy_db::Error> for Error {
     fn from(e: tenancy_db::Error) -> Self {
+        // A lost serialization or deadlock race is a conflict to core, but the same call
+        // would succeed if sent again: a 503 (retry later), not a 409.
+        if e.is_retryable() {
+            return Self::Unavailable(Box::new(e));
+        }
         tenancy_core::Error::from(e).into()
     }
 }
@@ -165,5 +170,21 @@ impl Error {
             detail,
             request_id: request_id.cloned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_failures_answer_by_what_a_retry_would_do() {
+        // Retryable (a pool timeout here; a serialization failure or a deadlock likewise,
+        // which tenancy-db reports retryable although core calls them conflicts): 503.
+        let busy = Error::from(tenancy_db::Error::from(sqlx::Error::PoolTimedOut));
+        assert_eq!(busy.status(), 503);
+        // Not retryable: as core maps it.
+        let none = Error::from(tenancy_db::Error::from(sqlx::Error::RowNotFound));
+        assert_eq!(none.status(), 404);
     }
 }

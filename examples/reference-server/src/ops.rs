@@ -591,10 +591,13 @@ pub async fn put_limits(
     o.tenant_burst = body.tenant_burst.or(o.tenant_burst);
     o.user_per_hour = body.user_per_hour.or(o.user_per_hour);
     o.user_burst = body.user_burst.or(o.user_burst);
-    app.directory().put(&t, s.clone()).await?;
     // Limiter state is kept per (scope, period): without a reset, usage counted under the
-    // old quota would delay the new one. An admin change starts the tenant afresh.
+    // old quota would delay the new one. An admin change starts the tenant afresh. The reset
+    // comes first: a limiter that cannot reset (it is down) fails the call before anything
+    // is changed, rather than after the change is in force (a 503 for a change made, and no
+    // audit event of it).
     app.quotas().reset(&t).await?;
+    app.directory().put(&t, s.clone()).await?;
     admin_event(app, ctx, &t, "admin.tenant.limits").await;
     Ok(view(app, &t, &s, false).await)
 }
