@@ -287,10 +287,7 @@ pub fn decode_segment(text: &str) -> Cow<'_, str> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            match escaped(bytes, i) {
                 Some(v) => {
                     out.push(v);
                     i += 3;
@@ -306,6 +303,50 @@ pub fn decode_segment(text: &str) -> Cow<'_, str> {
         Ok(text) => Cow::Owned(text),
         Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
     }
+}
+
+/// The byte that the escape `%XX` starting at `bytes[i]` stands for.
+fn escaped(bytes: &[u8], i: usize) -> Option<u8> {
+    if bytes.get(i) != Some(&b'%') {
+        return None;
+    }
+    let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// A path with its escapes of unreserved characters (letters, digits, `-._~`) decoded, which
+/// RFC 3986 (§6.2.2.2) makes the same path; every other escape stays as sent. actix-web
+/// decodes before it matches routes and axum does not: an axum server that normalises with
+/// this before routing routes `/v1/r%65cords` as `/v1/records`, as actix-web does.
+///
+/// ```
+/// use tenancy_http::routes::decode_unreserved;
+///
+/// assert_eq!(decode_unreserved("/v1/r%65cords"), "/v1/records");
+/// assert_eq!(decode_unreserved("/a%2Fb%20c"), "/a%2Fb%20c");
+/// assert_eq!(decode_unreserved("/x%zz"), "/x%zz");
+/// ```
+pub fn decode_unreserved(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match escaped(bytes, i).filter(|v| v.is_ascii_alphanumeric() || b"-._~".contains(v)) {
+            Some(v) => {
+                out.push(char::from(v));
+                i += 3;
+            }
+            None => {
+                // A path is ASCII (a URI's), so every byte is a char.
+                out.push(char::from(b));
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn bounded(v: &str) -> String {

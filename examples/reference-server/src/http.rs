@@ -154,46 +154,23 @@ pub fn router(app: App) -> Router {
     Router::new().fallback_service(tower::util::MapRequest::new(api, decode_unreserved))
 }
 
-/// The request with `%XX` escapes of unreserved characters (letters, digits, `-._~`) in its
-/// path decoded; every other escape, and the query, stay as sent.
+/// The request with `%XX` escapes of unreserved characters in its path decoded
+/// ([`tenancy_http::routes::decode_unreserved`]); the query stays as sent.
 fn decode_unreserved<B>(mut req: http::Request<B>) -> http::Request<B> {
-    let path = req.uri().path();
-    if !path.contains('%') {
+    let std::borrow::Cow::Owned(path) = tenancy_http::routes::decode_unreserved(req.uri().path())
+    else {
         return req;
-    }
-    let b = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let decoded = (c == b'%')
-            .then(|| b.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .filter(|v| v.is_ascii_alphanumeric() || b"-._~".contains(v));
-        match decoded {
-            Some(v) => {
-                out.push(char::from(v));
-                i += 3;
-            }
-            None => {
-                out.push(char::from(c));
-                i += 1;
-            }
-        }
-    }
+    };
     let with_query = match req.uri().query() {
-        Some(q) => format!("{out}?{q}"),
-        None => out,
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     };
     let mut parts = req.uri().clone().into_parts();
-    if let Ok(pq) = http::uri::PathAndQuery::try_from(with_query)
-        && let Ok(uri) = http::Uri::from_parts({
-            parts.path_and_query = Some(pq);
-            parts
-        })
-    {
-        *req.uri_mut() = uri;
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(with_query) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
     req
 }
