@@ -103,6 +103,36 @@ async fn concurrent_appends_postgres_from_several_pools() {
     concurrent_round_trip(stores, &fx.tenant("c")).await;
 }
 
+/// A database whose default isolation is REPEATABLE READ (or SERIALIZABLE): the store still
+/// runs its appends at READ COMMITTED, so a writer that waited for a tenant's lock reads the
+/// head the previous writer committed, not the one of a snapshot taken before it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_postgres_under_a_repeatable_read_default() {
+    let Some((db, store)) = pg().await else {
+        return;
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'repeatable read'",
+        db.name()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    // New pools: their connections start with the database's new default.
+    let mut stores: Vec<Arc<dyn AuditStore>> = Vec::new();
+    for _ in 0..3 {
+        let s = PgAuditStore::builder(db.url()).connect().unwrap();
+        let level: String = sqlx::query_scalar("SHOW default_transaction_isolation")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(level, "repeatable read");
+        stores.push(Arc::new(s));
+    }
+    let fx = Fixture::new();
+    concurrent_round_trip(stores, &fx.tenant("rr")).await;
+}
+
 /// A batch over two tenants mixing new events, events stored by an earlier batch and events
 /// repeated within the batch: duplicates keep their first `seq`, the new events get the next
 /// ones in batch order, and `walk` reads each chain back whole, past a page boundary.

@@ -15,6 +15,9 @@ use crate::{Error, Result};
 /// purge function in [`SCHEMA_SQL`] uses the same number.
 const LOCK_CLASS: i32 = 0x7461_7564; // "taud"
 
+/// How an append transaction begins: at READ COMMITTED, whatever the database's default.
+const BEGIN_APPEND: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
 /// The schema, table, triggers and purge function, created by [`PgAuditStore::migrate`].
 pub const SCHEMA_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS tenancy_audit;
@@ -103,7 +106,8 @@ REVOKE ALL ON FUNCTION tenancy_audit.purge(text, bigint, bytea) FROM PUBLIC;
 ///   database.
 /// - Serialised per tenant across tasks and processes: each append transaction takes a
 ///   transaction-scoped advisory lock per tenant (in sorted order), reads the head, inserts,
-///   and commits; the primary key `(tenant_id, seq)` makes a fork impossible even without the
+///   and commits, at READ COMMITTED whatever the database's `default_transaction_isolation`
+///   (so the head read after the lock is the latest committed one); the primary key `(tenant_id, seq)` makes a fork impossible even without the
 ///   lock, and `UNIQUE (tenant_id, event_id)` backs idempotency.
 /// - Batched: a batch is one transaction of three statements between `BEGIN` and `COMMIT`
 ///   whatever its size or number of tenants: the locks, the heads, and one
@@ -321,7 +325,11 @@ impl PgAuditStore {
         let mut tenants: Vec<&str> = events.iter().map(|e| e.tenant.as_str()).collect();
         tenants.sort_unstable();
         tenants.dedup();
-        let mut tx = self.pool.begin().await?;
+        // READ COMMITTED whatever the database's default: each statement then reads the data
+        // committed when it starts, so the heads, read after the locks are held, include the
+        // previous writer's rows. Under REPEATABLE READ or SERIALIZABLE the snapshot would be
+        // the one taken when the lock statement began, before it waited.
+        let mut tx = self.pool.begin_with(BEGIN_APPEND).await?;
         // The locks come first, in a statement of their own: a statement reads the snapshot
         // taken when it starts, so heads read in the same statement could predate a writer
         // that held a lock and committed meanwhile.
