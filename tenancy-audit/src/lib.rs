@@ -66,6 +66,32 @@ pub use store::AuditStore;
 
 use tenancy_core::{AuditEvent, TenantId};
 
+/// Syncs the directory holding `path`, so that a file just created or renamed there is still
+/// there after a crash (syncing the file itself does not make its directory entry durable).
+pub(crate) fn sync_dir_of(path: &std::path::Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Opens `path` for appending, creating it when missing; a file created here has its directory
+/// synced ([`sync_dir_of`]) before it is used.
+pub(crate) fn open_or_create(
+    path: &std::path::Path,
+    options: &mut std::fs::OpenOptions,
+) -> std::io::Result<std::fs::File> {
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => {
+            sync_dir_of(path)?;
+            Ok(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => options.open(path),
+        Err(e) => Err(e),
+    }
+}
+
 /// One decoded record, as an API shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEntry {

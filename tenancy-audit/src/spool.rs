@@ -33,11 +33,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 impl Spool {
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
+        let mut file = crate::open_or_create(path, OpenOptions::new().read(true).append(true))
             .map_err(|e| Error::io("open audit spool", e))?;
         let mut len = file
             .metadata()
@@ -127,20 +123,44 @@ impl Spool {
     /// Lines that cannot be decoded are copied to the `.rejected` file beside the spool and
     /// skipped.
     pub(crate) fn read(&mut self, max: usize) -> Result<(Vec<EncodedEvent>, u64)> {
-        let want = (self.len - self.cursor).min(READ_CHUNK);
-        let mut buf = vec![0u8; usize::try_from(want).unwrap_or(usize::MAX)];
+        self.read_chunked(max, READ_CHUNK)
+            .map(|(events, end, _)| (events, end))
+    }
+
+    /// [`Spool::read`] reading `chunk` bytes at a time; also returns how many bytes it read.
+    /// A first line longer than a chunk is read whole, and only it: the rest of the spool
+    /// (which grows without bound during a long outage) is not loaded with it.
+    fn read_chunked(&mut self, max: usize, chunk: u64) -> Result<(Vec<EncodedEvent>, u64, usize)> {
+        let left = self.len - self.cursor;
+        let mut buf = vec![0u8; usize::try_from(left.min(chunk)).unwrap_or(usize::MAX)];
         self.file
             .read_exact_at(&mut buf, self.cursor)
             .map_err(|e| Error::io("read audit spool", e))?;
-        if !buf.contains(&b'\n') && want < self.len - self.cursor {
-            // One line longer than a chunk: read it whole.
-            buf.resize(
-                usize::try_from(self.len - self.cursor).unwrap_or(usize::MAX),
-                0,
-            );
+        let mut read = buf.len();
+        if !buf.contains(&b'\n') && left > chunk {
+            // One line longer than a chunk: find where it ends, then read it whole.
+            let mut line = chunk;
+            let mut probe = vec![0u8; buf.len()];
+            while line < left {
+                let n = usize::try_from((left - line).min(chunk)).unwrap_or(usize::MAX);
+                let probe = &mut probe[..n];
+                self.file
+                    .read_exact_at(probe, self.cursor + line)
+                    .map_err(|e| Error::io("read audit spool", e))?;
+                read += n;
+                match probe.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        line += i as u64 + 1;
+                        break;
+                    }
+                    None => line += n as u64,
+                }
+            }
+            buf.resize(usize::try_from(line).unwrap_or(usize::MAX), 0);
             self.file
                 .read_exact_at(&mut buf, self.cursor)
                 .map_err(|e| Error::io("read audit spool", e))?;
+            read += buf.len();
         }
         let mut out = Vec::new();
         let mut end = self.cursor;
@@ -158,16 +178,13 @@ impl Spool {
                         error = %err,
                         "undecodable spool line moved to the rejected file"
                     );
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&self.rejected_path)
+                    crate::open_or_create(&self.rejected_path, OpenOptions::new().append(true))
                         .and_then(|mut f| f.write_all(line).and_then(|()| f.sync_data()))
                         .map_err(|e| Error::io("write rejected spool line", e))?;
                 }
             }
         }
-        Ok((out, end))
+        Ok((out, end, read))
     }
 
     /// Marks everything before `to` as stored.
@@ -266,5 +283,41 @@ mod tests {
         assert!(!spool.pending());
         assert!(!sibling(&path, ".cursor").exists());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    /// A first line longer than a chunk is read whole, and nothing much past it: not the
+    /// rest of the spool.
+    #[test]
+    fn a_long_first_line_is_read_without_the_rest_of_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.spool");
+        let mut spool = Spool::open(&path).unwrap();
+        let tenant = TenantId::parse("acme").unwrap();
+        let long = Codec::default()
+            .encode_owned(
+                AuditEvent::new(tenant, "x.y", Outcome::Success)
+                    .with_detail("blob", "z".repeat(1000)),
+            )
+            .unwrap();
+        spool.append(std::slice::from_ref(&long)).unwrap();
+        let rest = events(2_000);
+        spool.append(&rest).unwrap();
+        let line = long.payload.len() as u64 + 1;
+        let chunk = 64;
+        assert!(spool.len > 100 * line);
+
+        let (read, end, bytes) = spool.read_chunked(10, chunk).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].event_id, long.event_id);
+        assert_eq!(end, line);
+        // The probes up to the line's end, then the line itself.
+        assert!(
+            bytes as u64 <= 2 * line + chunk,
+            "read {bytes} bytes for a {line}-byte line"
+        );
+
+        spool.advance(end).unwrap();
+        let (read, _, _) = spool.read_chunked(10, chunk).unwrap();
+        assert_eq!(read.first().map(|e| e.event_id), Some(rest[0].event_id));
     }
 }

@@ -150,10 +150,7 @@ impl FileAuditStoreBuilder {
             let writer_lock = if self.read_only {
                 None
             } else {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
+                let file = crate::open_or_create(&self.path, OpenOptions::new().append(true))
                     .map_err(|e| Error::io("create audit file", e))?;
                 match file.try_lock() {
                     Ok(()) => Some(file),
@@ -485,16 +482,7 @@ impl State {
             .map_err(|e| Error::io("sync purge file", e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io("replace audit file", e))?;
         self._writer_lock = Some(out);
-        if let Some(dir) = self.path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io("sync audit directory", e))?;
-        }
+        crate::sync_dir_of(&self.path).map_err(|e| Error::io("sync audit directory", e))?;
         self.load()?;
         Ok(removed)
     }
