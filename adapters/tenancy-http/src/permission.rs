@@ -67,9 +67,11 @@ pub fn require_permission<P: PermissionName>(
     let meta = meta.ok_or(PermissionRefusal::NoContext)?;
     let ctx = meta.context().ok_or(PermissionRefusal::NoContext)?;
     let permission = Permission::parse(P::PERMISSION).map_err(|e| {
-        PermissionRefusal::Rejected(Rejection::misconfigured(format!(
-            "`RequirePermission` names an invalid permission: {e}"
-        )))
+        let what = format!("`RequirePermission` names an invalid permission: {e}");
+        tracing::error!(parent: meta.span(), what = %what, "server misconfigured");
+        PermissionRefusal::Rejected(
+            Rejection::misconfiguration(what).with_request_id(meta.request_id()),
+        )
     })?;
     if ctx.permissions.allows(&permission) {
         return Ok(ctx);

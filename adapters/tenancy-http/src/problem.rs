@@ -27,6 +27,10 @@ use tenancy_core::{Denial, RateLimitDecision, RequestId, TokenRejection};
 /// The media type of problem bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The `detail` of every misconfiguration 500: the same whatever is misconfigured, so the
+/// body names no internal cause (the cause is logged; see [`Rejection::misconfigured`]).
+pub const MISCONFIGURED_DETAIL: &str = "the server could not complete the request";
+
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -250,27 +254,57 @@ impl Rejection {
         )
     }
 
-    /// 500 naming what is misconfigured (a missing layer, an unknown tier).
+    /// 500: the server is set up wrongly (an unknown tier, a backend that refuses the call; a
+    /// missing layer is [`Rejection::missing_layer`]). `what` is logged
+    /// at error level and kept in [`RejectionKind::Misconfigured`]; the body says only
+    /// [`MISCONFIGURED_DETAIL`].
     ///
-    /// Why the body names it: this is a deterministic setup error that the developer sees on
-    /// the first request, not a runtime cause; it names only the tenancy component to add.
+    /// Why the body names nothing: a 5xx body names no internal cause. Which tier is not in
+    /// the catalog or which backend refused tells a client
+    /// nothing it can act on and tells an attacker how the server is built; the developer
+    /// who must fix it reads it in the log (by the request id, when the body carries one).
+    ///
+    /// ```
+    /// use tenancy_http::{problem::MISCONFIGURED_DETAIL, Rejection};
+    ///
+    /// let r = Rejection::misconfigured("the tenant's tier is not in the tier catalog");
+    /// assert_eq!(r.status(), 500);
+    /// assert_eq!(r.problem().detail, MISCONFIGURED_DETAIL);
+    /// ```
     pub fn misconfigured(what: impl Into<Cow<'static, str>>) -> Self {
         let what = what.into();
+        tracing::error!(what = %what, "server misconfigured");
+        Self::misconfiguration(what)
+    }
+
+    /// [`Rejection::misconfigured`] without the log line, for callers that have already
+    /// logged `what` at error level (in the request's span).
+    pub(crate) fn misconfiguration(what: impl Into<Cow<'static, str>>) -> Self {
         Self::new(
-            RejectionKind::Misconfigured(what.clone()),
+            RejectionKind::Misconfigured(what.into()),
+            500,
+            "misconfigured",
+            "Internal Server Error",
+            MISCONFIGURED_DETAIL,
+        )
+    }
+
+    /// 500 from an extractor whose layer did not run: the one misconfiguration whose body
+    /// names it (the extractor and the layer to add), because it is a deterministic mistake in
+    /// the application's own route setup that its developer meets on the first request, not a
+    /// runtime cause, and it names only a tenancy component. Logged at error level too.
+    pub fn missing_layer(extractor: &'static str, layer: &'static str) -> Self {
+        let what = format!(
+            "`{extractor}` needs the `{layer}` layer in front of this route (it is part of the tenancy stack)"
+        );
+        tracing::error!(what = %what, "server misconfigured");
+        Self::new(
+            RejectionKind::Misconfigured(what.clone().into()),
             500,
             "misconfigured",
             "Internal Server Error",
             format!("server misconfigured: {what}"),
         )
-    }
-
-    /// 500 from an extractor whose layer did not run: names the extractor and the layer to
-    /// add.
-    pub fn missing_layer(extractor: &'static str, layer: &'static str) -> Self {
-        Self::misconfigured(format!(
-            "`{extractor}` needs the `{layer}` layer in front of this route (it is part of the tenancy stack)"
-        ))
     }
 
     /// The same rejection carrying `id` in its body and an `X-Request-Id` header.
@@ -343,5 +377,29 @@ mod tests {
             v["detail"],
             "the service is temporarily unavailable; retry later"
         );
+    }
+
+    #[test]
+    fn misconfiguration_bodies_name_no_cause() {
+        let tier = "the tenant's tier is not in the tier catalog";
+        for (r, cause) in [
+            (Rejection::misconfigured("authentication"), "authentication"),
+            (Rejection::misconfigured(tier), tier),
+            (Rejection::misconfiguration(tier), tier),
+        ] {
+            assert_eq!(r.status(), 500);
+            assert!(matches!(r.kind(), RejectionKind::Misconfigured(w) if w.contains(cause)));
+            let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+            assert_eq!(v["type"], "urn:tenancy:problem:misconfigured");
+            assert_eq!(v["detail"], MISCONFIGURED_DETAIL);
+            let body = String::from_utf8(r.body().to_vec()).unwrap();
+            assert!(!body.contains(cause), "{cause} in {body}");
+            assert!(!r.to_string().contains(cause), "{r}");
+        }
+        // The exception: a missing layer names the extractor and the layer to add.
+        let r = Rejection::missing_layer("Tenant", "ResolveTenant");
+        assert_eq!(r.status(), 500);
+        assert!(r.problem().detail.contains("`Tenant`"));
+        assert!(r.problem().detail.contains("`ResolveTenant`"));
     }
 }

@@ -310,8 +310,12 @@ fn escaped(bytes: &[u8], i: usize) -> Option<u8> {
     if bytes.get(i) != Some(&b'%') {
         return None;
     }
-    let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-    u8::from_str_radix(hex, 16).ok()
+    let hex = bytes.get(i + 1..i + 3)?;
+    // Two hex digits: `from_str_radix` alone would also take a sign (`%+A`).
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 /// A path with its escapes of unreserved characters (letters, digits, `-._~`) decoded, which
@@ -325,28 +329,35 @@ fn escaped(bytes: &[u8], i: usize) -> Option<u8> {
 /// assert_eq!(decode_unreserved("/v1/r%65cords"), "/v1/records");
 /// assert_eq!(decode_unreserved("/a%2Fb%20c"), "/a%2Fb%20c");
 /// assert_eq!(decode_unreserved("/x%zz"), "/x%zz");
+/// assert_eq!(decode_unreserved("/v1/records/é%41"), "/v1/records/éA");
 /// ```
 pub fn decode_unreserved(path: &str) -> Cow<'_, str> {
     if !path.contains('%') {
         return Cow::Borrowed(path);
     }
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    // Bytes, not chars: hyper and `http` accept raw UTF-8 in a path, and its bytes are
+    // copied unchanged (a byte taken for a char would turn `é` into `Ã©`).
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match escaped(bytes, i).filter(|v| v.is_ascii_alphanumeric() || b"-._~".contains(v)) {
             Some(v) => {
-                out.push(char::from(v));
+                out.push(v);
                 i += 3;
             }
             None => {
-                // A path is ASCII (a URI's), so every byte is a char.
-                out.push(char::from(b));
+                out.push(b);
                 i += 1;
             }
         }
     }
-    Cow::Owned(out)
+    // Only escapes of ASCII characters were replaced, by those characters, in a `&str`: the
+    // bytes are UTF-8. Were they not, the path is kept as sent rather than mangled.
+    match String::from_utf8(out) {
+        Ok(decoded) => Cow::Owned(decoded),
+        Err(_) => Cow::Borrowed(path),
+    }
 }
 
 fn bounded(v: &str) -> String {
@@ -518,6 +529,33 @@ mod tests {
         assert!(t.find("HEAD", "/v1/records").is_none());
         assert!(t.find("head", "/v1/records/7").is_none());
         assert!(t.find("POST", "/v1/records/7").is_none());
+    }
+
+    #[test]
+    fn raw_utf8_in_a_path_keeps_its_bytes() {
+        // hyper and `http` accept raw UTF-8 in a path; actix-web hands `éA` to handlers.
+        assert_eq!(decode_unreserved("/v1/records/é%41"), "/v1/records/éA");
+        assert_eq!(decode_unreserved("/v1/r%65cords/日本"), "/v1/records/日本");
+        assert_eq!(
+            decode_unreserved("/é%2F%C3%A9%zz"),
+            "/é%2F%C3%A9%zz",
+            "escapes of reserved and non-ASCII bytes stay as sent"
+        );
+        assert_eq!(decode_segment("é%41"), "éA");
+        assert_eq!(decode_segment("é%C3%A9"), "éé");
+        let t = RouteTable::new(vec![RouteRule::new("/v1/records/{id}").unwrap()]);
+        let path = decode_unreserved("/v1/r%65cords/é%41");
+        assert_eq!(t.find("GET", &path).unwrap().param("id"), Some("éA"));
+    }
+
+    #[test]
+    fn an_escape_is_two_hex_digits() {
+        // `u8::from_str_radix` takes a leading `+`: `%+A` is not the escape of a newline.
+        for raw in ["%+A", "%+0", "%-1", "a%+fb"] {
+            assert_eq!(decode_segment(raw), raw);
+            assert_eq!(decode_unreserved(raw), raw);
+        }
+        assert_eq!(decode_segment("%0a%0A"), "\n\n");
     }
 
     /// Matching as it was first written (the path's segments collected, then compared), kept

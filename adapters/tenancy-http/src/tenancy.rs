@@ -679,7 +679,8 @@ impl Tenancy {
                 metrics::auth_failure("verifier_refused");
                 Err(
                     // The cause is logged above; the answer names none.
-                    Rejection::misconfigured("authentication").with_request_id(meta.request_id()),
+                    Rejection::misconfiguration("authentication")
+                        .with_request_id(meta.request_id()),
                 )
             }
             Err(e) => {
@@ -784,8 +785,9 @@ impl Tenancy {
                     return Ok(RateLimitHeaders::default());
                 };
                 let key = anonymous_key(meta.client_addr());
-                let user = UserId::parse(&key).map_err(|_| {
-                    Rejection::misconfigured("client address key")
+                let user = UserId::parse(&key).map_err(|e| {
+                    tracing::error!(parent: meta.span(), error = %e, "client address key is not a valid user id");
+                    Rejection::misconfiguration("client address key")
                         .with_request_id(meta.request_id())
                 })?;
                 let limits = vec![Limit::user(quota).on_unavailable(policy)];
@@ -800,7 +802,7 @@ impl Tenancy {
             Some(r) => {
                 let Some(limits) = r.settings.limits(&self.inner.tiers) else {
                     tracing::error!(parent: meta.span(), tier = %r.settings.tier, "tier is not in the catalog");
-                    return Err(Rejection::misconfigured(
+                    return Err(Rejection::misconfiguration(
                         "the tenant's tier is not in the tier catalog",
                     )
                     .with_request_id(meta.request_id()));
@@ -1174,8 +1176,13 @@ mod tests {
         }
     }
 
-    /// A verifier failing with `kind`: what `authenticate` answers.
+    /// A verifier failing with `kind`: the status `authenticate` answers.
     async fn status_when_verifier_fails(error: fn() -> tenancy_core::Error) -> u16 {
+        rejection_when_verifier_fails(error).await.status()
+    }
+
+    /// A verifier failing with `kind`: what `authenticate` answers.
+    async fn rejection_when_verifier_fails(error: fn() -> tenancy_core::Error) -> Rejection {
         #[derive(Debug)]
         struct Failing(fn() -> tenancy_core::Error);
         #[async_trait::async_trait]
@@ -1217,7 +1224,21 @@ mod tests {
             .authenticate(&meta, Header::read(&Head, "authorization"))
             .await
             .unwrap_err()
-            .status()
+    }
+
+    #[tokio::test]
+    async fn a_refusing_verifier_backend_is_a_500_that_names_no_cause() {
+        let r = rejection_when_verifier_fails(|| tenancy_core::Error::internal("NOPERM")).await;
+        assert_eq!(r.status(), 500);
+        assert_eq!(
+            r.kind(),
+            &RejectionKind::Misconfigured("authentication".into())
+        );
+        assert_eq!(r.problem().detail, crate::problem::MISCONFIGURED_DETAIL);
+        let body = String::from_utf8(r.body().to_vec()).unwrap();
+        for cause in ["authentication", "NOPERM", "misconfigured:"] {
+            assert!(!body.contains(cause), "{cause} in {body}");
+        }
     }
 
     #[tokio::test]
