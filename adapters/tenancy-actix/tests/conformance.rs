@@ -124,7 +124,8 @@ impl World {
         };
         let mut limited = TenantSettings::new(tier("standard"));
         limited.overrides = tiny;
-        put("limited", limited).await;
+        put("limited", limited.clone()).await;
+        put("limited-b", limited).await;
         let mut bypassed = TenantSettings::new(tier("standard"));
         bypassed.overrides = tiny;
         bypassed.bypass_until = Some(self.clock.now() + Duration::from_secs(600));
@@ -600,6 +601,7 @@ fn cases(w: &World) -> Vec<Case> {
         ));
     }
     let limited = w.token("limited", "dave", "user", &["records:read"]);
+    let limited_b = w.token("limited-b", "dan", "user", &["records:read"]);
     let bypassed = w.token("bypassed", "erin", "user", &["records:read"]);
     let root = w.token("platform", "root", "super_admin", &["records:read"]);
     out.extend([
@@ -644,6 +646,28 @@ fn cases(w: &World) -> Vec<Case> {
             |s| {
                 assert_problem(&s[0], 403, "tenant-mismatch");
                 assert_eq!(s[0].body["request_id"], "c-22");
+                // Refused, but a request of bob's all the same: limited and counted.
+                assert_limited(&s[0]);
+            },
+        ),
+        case(
+            "wrong tenant header counts against the limit",
+            (0..3)
+                .map(|i| {
+                    Req::get("/v1/me")
+                        .bearer(&limited_b)
+                        .header("x-tenant-id", "globex")
+                        .header("x-request-id", &format!("c-22b-{i}"))
+                })
+                .collect(),
+            |s| {
+                assert_problem(&s[0], 403, "tenant-mismatch");
+                assert_eq!(s[0].header("x-ratelimit-remaining"), Some("1"));
+                assert_problem(&s[1], 403, "tenant-mismatch");
+                assert_eq!(s[1].header("x-ratelimit-remaining"), Some("0"));
+                assert_problem(&s[2], 429, "rate-limited");
+                assert_limited(&s[2]);
+                assert!(s[2].header("retry-after").is_some());
             },
         ),
         case(

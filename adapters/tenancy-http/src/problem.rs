@@ -190,6 +190,16 @@ impl Rejection {
         )
     }
 
+    /// Adds headers to the response (a refused request's rate-limit headers), replacing
+    /// same-named ones.
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        for (name, value) in headers {
+            self.0.headers.retain(|(k, _)| *k != name);
+            self.0.headers.push((name, value));
+        }
+        self
+    }
+
     /// 403 for an authorization denial.
     pub fn denied(denial: Denial) -> Self {
         let (slug, detail): (&'static str, Cow<'static, str>) = match &denial {

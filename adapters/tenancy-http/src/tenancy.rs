@@ -63,8 +63,8 @@ use std::time::Instant;
 use ::metrics::SharedString;
 use tenancy_core::{
     Actor, AuditEvent, AuditSink, Claims, DecisionSource, Denial, EventId, FailurePolicy, Limit,
-    Origin, Outcome, Quota, RateLimitHeaders, RateLimitRequest, RateLimiter, RequestId,
-    SharedClock, TenantContext, TenantDirectory, TenantId, TenantSettings, TierCatalog,
+    Origin, Outcome, Quota, RateLimitDecision, RateLimitHeaders, RateLimitRequest, RateLimiter,
+    RequestId, SharedClock, TenantContext, TenantDirectory, TenantId, TenantSettings, TierCatalog,
     TokenRejection, TokenVerifier, TryRecord, UserId,
 };
 use tracing::Span;
@@ -720,7 +720,15 @@ impl Tenancy {
             Header::Many => false,
         };
         if !agrees {
-            let r = Rejection::tenant_mismatch(&self.inner.tenant_header);
+            // Refused, but still a request of the token's user: it counts against their
+            // limits and carries their headers, so a header mismatch cannot be repeated
+            // without limit (each one is audited).
+            let mut r = Rejection::tenant_mismatch(&self.inner.tenant_header);
+            match self.charge_refused(meta, &context).await {
+                Ok(Some(decision)) => r = r.with_headers(decision.headers()),
+                Ok(None) => {}
+                Err(limited) => return Err(limited),
+            }
             return Err(self.deny(meta, &context, r).await);
         }
         // `super_admin` is platform-wide: held in any other tenant it would open every
@@ -778,19 +786,18 @@ impl Tenancy {
             metrics::limiter(LimiterOutcome::Exempt);
             return Ok(RateLimitHeaders::default());
         }
-        let policy = self.inner.failure_policy;
         let (request, bypass, ctx) = match meta.resolved() {
             None => {
                 let Some(quota) = self.inner.anonymous_limit.filter(|_| meta.is_public()) else {
                     return Ok(RateLimitHeaders::default());
                 };
                 let key = anonymous_key(meta.client_addr());
-                let user = UserId::parse(&key).map_err(|e| {
-                    tracing::error!(parent: meta.span(), error = %e, "client address key is not a valid user id");
+                let user = UserId::parse(&key).map_err(|_| {
+                    tracing::error!(parent: meta.span(), key = %key, "client address key refused");
                     Rejection::misconfiguration("client address key")
                         .with_request_id(meta.request_id())
                 })?;
-                let limits = vec![Limit::user(quota).on_unavailable(policy)];
+                let limits = vec![Limit::user(quota).on_unavailable(self.inner.failure_policy)];
                 let req =
                     RateLimitRequest::new(self.inner.anonymous_tenant.clone(), Some(user), limits);
                 (req, false, None)
@@ -800,29 +807,52 @@ impl Tenancy {
                 return Ok(RateLimitHeaders::default());
             }
             Some(r) => {
-                let Some(limits) = r.settings.limits(&self.inner.tiers) else {
-                    tracing::error!(parent: meta.span(), tier = %r.settings.tier, "tier is not in the catalog");
-                    return Err(Rejection::misconfiguration(
-                        "the tenant's tier is not in the tier catalog",
-                    )
-                    .with_request_id(meta.request_id()));
-                };
-                let bypass = r.settings.is_bypassed_by(&*self.inner.clock);
-                let mut ls = vec![
-                    Limit::tenant(limits.tenant).on_unavailable(policy),
-                    Limit::user(limits.user).on_unavailable(policy),
-                ];
-                if bypass {
-                    ls = ls.into_iter().map(Limit::shadow).collect();
-                }
-                let req = RateLimitRequest::new(
-                    r.context.tenant.clone(),
-                    Some(r.context.user.clone()),
-                    ls,
-                );
+                let (req, bypass) = self.tenant_limits(meta, &r.context, &r.settings)?;
                 (req, bypass, Some(&r.context))
             }
         };
+        let decision = self.limit(meta, request, bypass, ctx).await?;
+        Ok(decision.header_block())
+    }
+
+    /// What a tenant's user is limited by on this request, and whether the tenant's bypass
+    /// window is open (the limits are then only observed).
+    fn tenant_limits(
+        &self,
+        meta: &RequestMeta,
+        ctx: &TenantContext,
+        settings: &TenantSettings,
+    ) -> std::result::Result<(RateLimitRequest, bool), Rejection> {
+        let Some(limits) = settings.limits(&self.inner.tiers) else {
+            tracing::error!(parent: meta.span(), tier = %settings.tier, "tier is not in the catalog");
+            return Err(Rejection::misconfiguration(
+                "the tenant's tier is not in the tier catalog",
+            )
+            .with_request_id(meta.request_id()));
+        };
+        let policy = self.inner.failure_policy;
+        let bypass = settings.is_bypassed_by(&*self.inner.clock);
+        let mut ls = vec![
+            Limit::tenant(limits.tenant).on_unavailable(policy),
+            Limit::user(limits.user).on_unavailable(policy),
+        ];
+        if bypass {
+            ls = ls.into_iter().map(Limit::shadow).collect();
+        }
+        let req = RateLimitRequest::new(ctx.tenant.clone(), Some(ctx.user.clone()), ls);
+        Ok((req, bypass))
+    }
+
+    /// Asks the limiter. 429 (audited) when a limit is exhausted; 503 when the limiter cannot
+    /// decide and fails closed; during a bypass window, each request the limits would have
+    /// refused is audited as `ratelimit.bypass`.
+    async fn limit(
+        &self,
+        meta: &RequestMeta,
+        request: RateLimitRequest,
+        bypass: bool,
+        ctx: Option<&TenantContext>,
+    ) -> std::result::Result<RateLimitDecision, Rejection> {
         let limiter = &self.inner.limiter;
         let decided = match limiter.try_check(&request) {
             Some(decided) => decided,
@@ -860,7 +890,48 @@ impl Tenancy {
         } else {
             metrics::limiter(LimiterOutcome::Allowed);
         }
-        Ok(decision.header_block())
+        Ok(decision)
+    }
+
+    /// A request refused for its tenant header still counts against its user's limits:
+    /// `Ok(Some(decision))` for its headers, `Err` the (audited) 429 when a limit is
+    /// exhausted, `Ok(None)` when nothing limits it here (a super admin, an exempt route, a
+    /// tenant the directory does not know, has suspended or cannot answer for, a limiter
+    /// that cannot decide: the 403 stands alone). Boxed: the rare path, kept out of every
+    /// request's future.
+    fn charge_refused<'a>(
+        &'a self,
+        meta: &'a RequestMeta,
+        ctx: &'a TenantContext,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = std::result::Result<Option<RateLimitDecision>, Rejection>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            if ctx.is_super_admin() || meta.route().is_some_and(|m| m.rule().is_exempt()) {
+                return Ok(None);
+            }
+            let directory = &self.inner.directory;
+            let found = match directory.try_get(&ctx.tenant) {
+                Some(found) => found,
+                None => directory.get(&ctx.tenant).await,
+            };
+            let settings = match found {
+                Ok(Some(s)) if !s.is_suspended() => s,
+                _ => return Ok(None),
+            };
+            let Ok((request, bypass)) = self.tenant_limits(meta, ctx, &settings) else {
+                return Ok(None);
+            };
+            match self.limit(meta, request, bypass, Some(ctx)).await {
+                Ok(decision) => Ok(Some(decision)),
+                Err(r) if matches!(r.kind(), RejectionKind::RateLimited) => Err(r),
+                Err(_) => Ok(None),
+            }
+        })
     }
 
     /// Step 5, after the handler: audits the response when its route is audited, and any

@@ -75,8 +75,10 @@ async fn tenancy(clock: &ManualClock) -> Tenancy {
     let directory = MemoryTenantDirectory::new();
     let mut settings = TenantSettings::new(TierName::parse("standard").unwrap());
     settings.overrides = QuotaOverrides {
-        user_per_hour: Some(3),
-        user_burst: Some(3),
+        // Four of acme's requests are counted before the last one (the tenant-header mismatch
+        // among them); the fifth is refused.
+        user_per_hour: Some(4),
+        user_burst: Some(4),
         ..QuotaOverrides::default()
     };
     directory
@@ -255,6 +257,16 @@ fn the_stack_answers_as_the_layers_stacked_one_by_one() {
             assert!(has("www-authenticate"), "case {i}");
         }
     }
+    // The tenant-header mismatch is refused but limited like any request of acme's user.
+    let mismatch = &stacked[7];
+    assert_eq!(mismatch.0, 403);
+    assert!(
+        mismatch
+            .1
+            .iter()
+            .any(|(k, v)| k == "x-ratelimit-remaining" && v == "3"),
+        "{mismatch:?}"
+    );
     let limited = &stacked[11];
     assert!(
         limited
