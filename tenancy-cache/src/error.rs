@@ -10,6 +10,7 @@
 //! | `Timeout`, `PoolTimeout`                                | `Timeout`             |
 //! | `Corrupt`, a `WRONGTYPE` reply                          | `Corrupt`             |
 //! | `Connect`, `Redis` otherwise (a refused command)        | `Internal`            |
+//! | `Misconfigured`                                         | `Internal`            |
 //!
 //! # Down or refused
 //! Only a failure that may pass by itself is *transient* ([`Error::is_unavailable`]): an I/O
@@ -73,12 +74,25 @@ pub enum Error {
     /// Redis returned data this crate did not write or cannot read.
     #[error("unexpected data in Redis")]
     Corrupt(#[source] BoxError),
+    /// A setting of the Redis server rules out correct operation; an operator has to change
+    /// it (`RedisSessionStore::check_eviction_policy` reports an evicting `maxmemory-policy`).
+    #[error("Redis {node}: `{setting}` is `{value}`, but {reason}")]
+    Misconfigured {
+        /// The node that reported it (an address on a Cluster, `server` on one node).
+        node: String,
+        /// The setting (`maxmemory-policy`).
+        setting: &'static str,
+        /// The value the server reported.
+        value: String,
+        /// Why the value is refused and what to set instead.
+        reason: &'static str,
+    },
 }
 
 impl Error {
     /// Whether retrying later may succeed: timeouts, an open breaker, and connection failures
     /// or error replies that are [transient](self#down-or-refused); not a command Redis
-    /// refused (`NOPERM`, `READONLY`, `ERR ...`), which it will refuse again.
+    /// refused (`NOPERM`, `WRONGPASS`, `ERR ...`), which it will refuse again.
     ///
     /// ```
     /// use tenancy_cache::Error;
@@ -92,7 +106,7 @@ impl Error {
         match self {
             Self::Timeout(_) | Self::PoolTimeout(_) | Self::CircuitOpen => true,
             Self::Connect(e) | Self::Redis(e) => is_transient(e),
-            Self::Invalid(_) | Self::Corrupt(_) => false,
+            Self::Invalid(_) | Self::Corrupt(_) | Self::Misconfigured { .. } => false,
         }
     }
 
@@ -156,6 +170,7 @@ impl From<Error> for tenancy_core::Error {
             Error::Invalid(p) => Self::Invalid(p),
             Error::Timeout(_) | Error::PoolTimeout(_) => Self::Timeout,
             Error::Corrupt(_) => Self::Corrupt(Box::new(e)),
+            Error::Misconfigured { .. } => Self::Internal(Box::new(e)),
             Error::Redis(ref r) if is_wrong_type(r) => Self::Corrupt(Box::new(e)),
             Error::Connect(ref r) | Error::Redis(ref r) if !is_transient(r) => {
                 Self::Internal(Box::new(e))

@@ -60,7 +60,7 @@
 //!
 //! Only transient failures take this path (see
 //! [`Error::is_unavailable`](crate::Error::is_unavailable)). A command Redis refuses, and will
-//! refuse again (`NOPERM`, `READONLY`, a server older than the script needs), fails the call
+//! refuse again (`NOPERM`, a server older than the script needs), fails the call
 //! with a non-retryable error whatever the policies: a misconfiguration must not turn
 //! fail-open limits off for as long as it lasts.
 //!
@@ -762,12 +762,13 @@ impl RedisRateLimiter {
             });
         }
         let sent = Instant::now();
-        let value = tokio::time::timeout(
-            self.inner.timeout,
-            self.inner.pool.eval(&DECIDE, keys, &args),
-        )
-        .await
-        .map_err(|_| Error::Timeout(self.inner.timeout))??;
+        // The pool applies the bound itself, so that a connection whose reply did not come in
+        // time is marked broken and replaced, not reused by every later decision.
+        let value = self
+            .inner
+            .pool
+            .eval_within(self.inner.timeout, &DECIDE, keys, &args)
+            .await?;
         Ok((parse_reply(value, keys.len())?, sent))
     }
 }
@@ -795,9 +796,9 @@ impl RateLimiter for RedisRateLimiter {
                 return self.fallback(req, e);
             }
             Err(e) => {
-                // Redis answered, refusing the command (permissions, a read-only replica, a
-                // server too old for the script, bad data): it will refuse it again, so this is
-                // no outage and no failure policy applies. Fail loudly instead of failing open.
+                // Redis answered, refusing the command (permissions, a server too old for the
+                // script, bad data): it will refuse it again, so this is no outage and no
+                // failure policy applies. Fail loudly instead of failing open.
                 self.inner.breaker.success();
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "rate-limit decision refused by Redis");
                 return Err(e.into());

@@ -28,7 +28,10 @@
 //! (pipelined by the `redis` crate) instead of queueing for a checkout. A connection is not
 //! pinged when it is checked out (that would double the round trips of every rate-limit
 //! decision); instead a connection whose command fails with a connection error is marked
-//! broken, the pool drops it, and the next checkout opens a fresh one.
+//! broken, the pool drops it, and the next checkout opens a fresh one. So is a connection
+//! whose server answers `READONLY` or `MASTERDOWN`: after a fail-over the old primary is a
+//! replica, and only a new connection (to an address that now resolves to the new primary)
+//! can write again; keeping the old one would fail every write while `PING` still answers.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,7 +43,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, Value};
-use tenancy_core::{Health, HealthCheck};
+use tenancy_core::{Health, HealthCheck, HealthStatus};
 
 use crate::error::{Error, Result};
 
@@ -171,6 +174,18 @@ impl RedisConfig {
             return Err(Error::invalid("redis url", "at least one URL is needed"));
         }
         if self.cluster {
+            // Known limitation, deliberately left at the `redis` crate's default of 16 retries:
+            // after an I/O error or a timeout on a request it had already written, the Cluster
+            // client sends it again, so a script may run twice (the rate-limit script then
+            // counts a request twice; a repeated session CREATE finds its own first write and
+            // creates a second session under a fresh id, leaving the first one unused; a
+            // repeated SAVE or ROTATE reports a conflict or an ended session although the
+            // first run succeeded). It cannot
+            // be turned off on its own: in `redis` 1.8 one budget, checked in
+            // `cluster_async::request::choose_response` (`retry < number_of_retries`), governs
+            // every retry alike, so `.retries(0)` would also stop the client from following
+            // MOVED and ASK redirects and from waiting out TRYAGAIN, CLUSTERDOWN or a READONLY
+            // primary during resharding and fail-over, turning each into a failed call.
             let client = ClusterClient::builder(self.urls.iter().map(String::as_str))
                 .connection_timeout(self.connect_timeout)
                 .response_timeout(self.response_timeout)
@@ -220,6 +235,7 @@ impl RedisConfig {
                 acquire_timeout: self.acquire_timeout,
                 last_error,
                 opened,
+                timeouts_at_last_check: AtomicU64::new(0),
             }),
         })
     }
@@ -370,7 +386,9 @@ pub struct PoolFigures {
     pub idle: u32,
     /// Connections opened since the pool was built.
     pub created: u64,
-    /// Connections dropped because a command failed on them.
+    /// Connections dropped because a command failed on them: a connection error, a
+    /// `READONLY` or `MASTERDOWN` reply, or a caller's time bound that ran out while waiting
+    /// for a reply.
     pub closed_broken: u64,
     /// Checkouts that timed out.
     pub acquire_timeouts: u64,
@@ -388,6 +406,8 @@ struct PoolInner {
     acquire_timeout: Duration,
     last_error: Arc<Mutex<Option<RedisError>>>,
     opened: Arc<AtomicU64>,
+    /// Checkout timeouts counted by bb8 when the last health check ran.
+    timeouts_at_last_check: AtomicU64,
 }
 
 impl fmt::Debug for RedisPool {
@@ -399,9 +419,18 @@ impl fmt::Debug for RedisPool {
     }
 }
 
-/// Whether an error means the connection itself is gone (as opposed to an error reply).
+/// Whether an error means the connection must be replaced: the connection itself is gone, or
+/// its server is no longer a writable primary (`READONLY`: demoted to a replica in a
+/// fail-over; `MASTERDOWN`: a replica that lost its primary). For these two the socket still
+/// works, so nothing else would ever replace it: every write would fail until the pool's
+/// maximum lifetime ends it, while `PING` (the health check) keeps answering.
 fn breaks_connection(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+    use redis::{ErrorKind as K, ServerErrorKind as S};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(e.kind(), K::Server(S::ReadOnly | S::MasterDown))
 }
 
 impl RedisPool {
@@ -465,24 +494,101 @@ impl RedisPool {
         keys: &[String],
         args: &[Vec<u8>],
     ) -> Result<Value> {
+        let mut conn = self.conn().await?;
+        Self::eval_on(&mut conn, script, keys, args).await
+    }
+
+    /// As [`eval`](Self::eval), bounded by `bound` (checkout and script). When the bound runs
+    /// out while the script's reply is awaited, the connection is marked broken: the bound
+    /// is usually shorter than the response timeout, so the reply future is dropped before
+    /// the `redis` crate could report the timeout, and a connection whose peer vanished
+    /// without a reset would otherwise stay in the pool, stalling every later call.
+    ///
+    /// Errors: as [`eval`](Self::eval), and [`Error::Timeout`] when the bound ran out.
+    #[cfg(feature = "rate-limit")]
+    pub(crate) async fn eval_within(
+        &self,
+        bound: Duration,
+        script: &Lua,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut conn = tokio::time::timeout_at(deadline, self.conn())
+            .await
+            .map_err(|_| Error::Timeout(bound))??;
+        let broken = conn.broken.clone();
+        match tokio::time::timeout_at(deadline, Self::eval_on(&mut conn, script, keys, args)).await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                broken.store(true, Ordering::Relaxed);
+                Err(Error::Timeout(bound))
+            }
+        }
+    }
+
+    #[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+    async fn eval_on(
+        conn: &mut Conn,
+        script: &Lua,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<Value> {
         let build = |verb: &str, body: &[u8]| {
             let mut cmd = redis::cmd(verb);
             cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
             cmd
         };
-        let mut conn = self.conn().await?;
         let evalsha = build("EVALSHA", script.sha.as_bytes());
-        match evalsha.query_async::<Value>(&mut conn).await {
+        match evalsha.query_async::<Value>(conn).await {
             Ok(v) => Ok(v),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 tracing::debug!(script = script.name, "script not cached; sending it again");
                 build("EVAL", script.source.as_bytes())
-                    .query_async::<Value>(&mut conn)
+                    .query_async::<Value>(conn)
                     .await
-                    .map_err(|e| failed(&conn, e))
+                    .map_err(|e| failed(conn, e))
             }
-            Err(e) => Err(failed(&conn, e)),
+            Err(e) => Err(failed(conn, e)),
         }
+    }
+
+    /// Sends `cmd` to the one node, or to every primary of a Cluster, and returns each node's
+    /// reply (named by its address on a Cluster, `server` on one node). An error reply stays
+    /// with its node (a node may refuse a command the others take); a connection error fails
+    /// the whole call.
+    #[cfg(feature = "session")]
+    pub(crate) async fn on_every_primary(&self, cmd: Cmd) -> Result<NodeReplies> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+        let mut conn = self.conn().await?;
+        let replies = match &mut conn.inner {
+            ConnInner::Single(c) => match cmd.query_async::<Value>(c).await {
+                Ok(v) => Ok(vec![("server".to_owned(), Ok(v))]),
+                Err(e) if e.code().is_some() && !breaks_connection(&e) => {
+                    Ok(vec![("server".to_owned(), Err(e))])
+                }
+                Err(e) => Err(e),
+            },
+            ConnInner::Cluster(c) => c
+                .route_command(
+                    cmd,
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                )
+                .await
+                .map(|v| match v {
+                    Value::Map(nodes) => nodes
+                        .into_iter()
+                        .map(|(node, reply)| {
+                            let node = String::from_redis_value(node)
+                                .unwrap_or_else(|_| "cluster node".to_owned());
+                            (node, reply.extract_error())
+                        })
+                        .collect(),
+                    other => vec![("cluster".to_owned(), other.extract_error())],
+                }),
+        };
+        replies.map_err(|e| failed(&conn, e))
     }
 
     /// A connection to send on. The pooled connection is only borrowed long enough to clone
@@ -532,6 +638,10 @@ impl RedisPool {
     }
 }
 
+/// Per node, its address and its reply (an error reply as `Err`).
+#[cfg(feature = "session")]
+pub(crate) type NodeReplies = Vec<(String, std::result::Result<Value, RedisError>)>;
+
 /// Marks the connection broken when the error means it is gone, and wraps the error.
 fn failed(conn: &Conn, e: RedisError) -> Error {
     if breaks_connection(&e) {
@@ -551,15 +661,27 @@ impl HealthCheck for RedisPool {
     }
 
     /// Pings with the pool's acquire timeout as the bound; `Down` when the ping fails,
-    /// `Degraded` when it succeeded but some checkouts timed out since the last check.
+    /// `Degraded` when it succeeded but some checkouts timed out since the last check (of
+    /// this pool or a clone of it; the first check counts from the pool's start).
     async fn check(&self) -> Health {
         let bound = self.inner.acquire_timeout + Duration::from_millis(500);
-        let health = match tokio::time::timeout(bound, self.ping()).await {
+        let mut health = match tokio::time::timeout(bound, self.ping()).await {
             Ok(Ok(rtt)) => Health::up().with_latency(rtt),
             Ok(Err(e)) => Health::down(format!("ping failed: {e}")),
             Err(_) => Health::down(format!("ping timed out after {bound:?}")),
         };
         let f = self.figures();
+        let before = self
+            .inner
+            .timeouts_at_last_check
+            .swap(f.acquire_timeouts, Ordering::Relaxed);
+        if health.status == HealthStatus::Up && f.acquire_timeouts > before {
+            health.status = HealthStatus::Degraded;
+            health.detail = Some(format!(
+                "{} connection checkouts timed out since the last check",
+                f.acquire_timeouts - before
+            ));
+        }
         health
             .with_figure("connections", u64::from(f.connections))
             .with_figure("idle", u64::from(f.idle))
@@ -583,5 +705,84 @@ impl Lua {
     pub(crate) fn new(name: &'static str, source: String) -> Self {
         let sha = redis::Script::new(&source).get_hash().to_owned();
         Self { name, source, sha }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_of_a_server_that_stopped_being_a_writable_primary_break_the_connection() {
+        use redis::{ErrorKind as K, ServerErrorKind as S};
+        for kind in [S::ReadOnly, S::MasterDown] {
+            let e = RedisError::from((K::Server(kind), "reply"));
+            assert!(breaks_connection(&e), "{e}");
+        }
+        for kind in [S::NoScript, S::NoPerm, S::ResponseError, S::BusyLoading] {
+            let e = RedisError::from((K::Server(kind), "reply"));
+            assert!(
+                !breaks_connection(&e),
+                "an error reply keeps the connection: {e}"
+            );
+        }
+    }
+
+    #[cfg(feature = "session")]
+    #[tokio::test]
+    async fn a_command_for_every_primary_reaches_each_cluster_primary() {
+        let urls: Vec<String> = std::env::var("TENANCY_TEST_REDIS_CLUSTER_URLS")
+            .unwrap_or_else(|_| {
+                "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".into()
+            })
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect();
+        let pool = match RedisConfig::cluster(urls.clone())
+            .with_connect_retries(1, Duration::ZERO)
+            .connect()
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return tenancy_tests::service_missing("Redis Cluster", &e),
+        };
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let replies = pool.on_every_primary(cmd).await.unwrap();
+        // The local Cluster has one primary per URL and no replicas.
+        assert_eq!(replies.len(), urls.len(), "{replies:?}");
+        for (node, reply) in replies {
+            assert!(node.starts_with("127.0.0.1:"), "{node}");
+            assert!(reply.is_ok(), "{node}: {reply:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn health_is_degraded_once_after_checkouts_timed_out() {
+        let Some(redis) = tenancy_tests::redis().await else {
+            return;
+        };
+        let pool = RedisConfig::single(redis.url())
+            .with_pool_size(1)
+            .with_acquire_timeout(Duration::from_millis(200))
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(pool.check().await.status, HealthStatus::Up);
+        {
+            // Hold the only connection: the next checkout times out.
+            let _held = pool.inner.pool.get().await.unwrap();
+            let err = pool.ping().await.expect_err("no connection to be had");
+            assert!(matches!(err, Error::PoolTimeout(_)), "{err:?}");
+        }
+        let h = pool.check().await;
+        assert_eq!(h.status, HealthStatus::Degraded, "{h:?}");
+        assert_eq!(h.figures["acquire_timeouts"], 1, "{h:?}");
+        let h = pool.check().await;
+        assert_eq!(
+            h.status,
+            HealthStatus::Up,
+            "no timeout since the last check: {h:?}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let pool = RedisConfig::single("redis://127.0.0.1:6379").connect().await?;
 //! let store = RedisSessionStore::new(pool);
+//! store.check_eviction_policy().await?;                 // refuses an evicting Redis
 //! let (acme, alice) = (TenantId::parse("acme")?, UserId::parse("alice")?);
 //!
 //! let mut s = store.create(NewSession::new(acme.clone(), alice.clone())).await?;
@@ -46,6 +47,17 @@
 //! whose clocks disagree, it is the latest any of them has seen. The index keeps an ended
 //! session's id for 5 s more, so a revocation from an instance whose clock runs ahead by less
 //! than that still finds sessions other instances serve.
+//!
+//! # Eviction
+//! Revocation ([`SessionAdmin::revoke_user`]) finds a user's sessions only through the user's
+//! index. Under any `maxmemory-policy` but `noeviction`, a Redis that runs out of memory may
+//! evict the index (it has a TTL, as every key of this store) while the session hashes live
+//! on: those sessions then escape revocation. The store therefore needs `noeviction` on every
+//! primary (writes then fail with `OOM` when memory runs out, reported as unavailable, rather
+//! than sessions silently escaping revocation). Check it at start-up with
+//! [`RedisSessionStore::check_eviction_policy`]; where the server refuses `CONFIG GET`
+//! (renamed or disabled on managed services, or an ACL without it), the check logs a warning
+//! and passes: make sure of the policy another way.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -438,6 +450,54 @@ impl RedisSessionStore {
     /// The pool this store uses.
     pub fn pool(&self) -> &RedisPool {
         &self.pool
+    }
+
+    /// Checks, once at start-up, that Redis never evicts this store's keys: the
+    /// `maxmemory-policy` of the server (of every primary of a Cluster) must be `noeviction`
+    /// (see [Eviction](self#eviction)). A node that refuses `CONFIG GET` (a renamed or disabled
+    /// command, an ACL without it) is logged as a warning and passes.
+    ///
+    /// Errors: [`Error::Misconfigured`] naming the node and its policy when it may evict;
+    /// [`Error::Connect`], [`Error::PoolTimeout`] or [`Error::Redis`] when Redis could not be
+    /// asked; [`Error::Corrupt`] for a reply that is not a setting.
+    pub async fn check_eviction_policy(&self) -> Result<()> {
+        const SETTING: &str = "maxmemory-policy";
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(SETTING);
+        for (node, reply) in self.pool.on_every_primary(cmd).await? {
+            let reply = match reply {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(
+                        node,
+                        error = %e,
+                        "cannot read maxmemory-policy (CONFIG GET refused): unless it is \
+                         noeviction, evicted user indexes let sessions escape revocation"
+                    );
+                    continue;
+                }
+            };
+            let found: std::collections::HashMap<String, String> =
+                redis::FromRedisValue::from_redis_value(reply)
+                    .map_err(|e| Error::Corrupt(Box::new(e)))?;
+            match found.get(SETTING) {
+                Some(p) if p == "noeviction" => {}
+                Some(p) => {
+                    return Err(Error::Misconfigured {
+                        node,
+                        setting: SETTING,
+                        value: p.clone(),
+                        reason: "the session store needs noeviction: an evicted user index \
+                                 lets that user's sessions escape revocation",
+                    });
+                }
+                None => tracing::warn!(
+                    node,
+                    "Redis reported no maxmemory-policy: make sure it is noeviction"
+                ),
+            }
+        }
+        Ok(())
     }
 
     fn now(&self) -> (u64, Vec<u8>, OffsetDateTime) {

@@ -923,3 +923,44 @@ async fn a_command_redis_refuses_is_no_outage_and_fails_loudly() {
     );
     assert_eq!(l.circuit(), CircuitState::Closed, "Redis is up: no outage");
 }
+
+#[tokio::test]
+async fn a_connection_that_stops_answering_is_replaced_after_one_limiter_timeout() {
+    let Some(server) = DedicatedRedis::start().await else {
+        return;
+    };
+    let relay = common::Relay::start(server.port()).await;
+    // The response timeout is far longer than the limiter's bound: only the limiter's own
+    // timeout can notice the silent connection.
+    let pool = RedisConfig::single(relay.url())
+        .with_pool_size(1)
+        .with_response_timeout(Duration::from_secs(60))
+        .with_acquire_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let l = RedisRateLimiter::builder(pool.clone())
+        .with_timeout(Duration::from_secs(1))
+        .with_denial_cache(0)
+        .build();
+    let fx = Fixture::new();
+    let r = req(
+        &fx.tenant("silent"),
+        &fx.user("alice"),
+        outage_limits(FailurePolicy::FailClosed),
+    );
+    assert_eq!(l.check(&r).await.unwrap().source, DecisionSource::Backend);
+
+    // The host behind the pooled connection vanishes without a reset.
+    relay.cut_silently();
+    let err = l.check(&r).await.expect_err("no reply within the bound");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+
+    let d = l
+        .check(&r)
+        .await
+        .expect("the next decision runs on a fresh connection");
+    assert_eq!(d.source, DecisionSource::Backend);
+    let f = pool.figures();
+    assert_eq!((f.created, f.closed_broken), (2, 1), "{f:?}");
+}

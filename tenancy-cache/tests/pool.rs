@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::DedicatedRedis;
+use common::{DedicatedRedis, Relay};
 use tenancy_cache::{Error, RedisConfig, RedisSessionStore};
 use tenancy_core::testkit::Fixture;
 use tenancy_core::{ErrorKind, HealthCheck, HealthStatus, NewSession, SessionStore};
@@ -121,4 +121,100 @@ async fn sessions_report_unavailable_while_redis_is_down_and_work_after_a_restar
     }
     assert!(pool.figures().closed_broken >= 1, "{:?}", pool.figures());
     assert_eq!(pool.check().await.status, HealthStatus::Up);
+}
+
+#[tokio::test]
+async fn after_a_fail_over_the_next_command_reconnects_instead_of_failing_for_ever() {
+    let (Some(a), Some(b)) = (DedicatedRedis::start().await, DedicatedRedis::start().await) else {
+        return;
+    };
+    // The pool reaches Redis through one address (a DNS name or a load balancer in
+    // production), which fail-overs point at the new primary.
+    let relay = Relay::start(a.port()).await;
+    let pool = common::config(RedisConfig::single(relay.url()))
+        .with_pool_size(1)
+        .connect()
+        .await
+        .unwrap();
+    let set = || {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg("failover").arg("v");
+        cmd
+    };
+    pool.query::<()>(&set()).await.unwrap();
+    let server_kind = |err: &Error| match err {
+        Error::Redis(e) => Some(e.kind()),
+        _ => None,
+    };
+
+    // Fail-over: A becomes B's replica; the address now leads to B. The pooled connection
+    // still goes to A, which refuses writes.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(b.port())
+        .query_async(&mut a.admin().await)
+        .await
+        .unwrap();
+    relay.point_to(b.port());
+    let err = pool
+        .query::<()>(&set())
+        .await
+        .expect_err("A is a replica now");
+    assert_eq!(
+        server_kind(&err),
+        Some(redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)),
+        "{err:?}"
+    );
+    assert!(err.is_unavailable(), "{err:?}");
+    pool.query::<()>(&set())
+        .await
+        .expect("the next write reconnects, to the new primary");
+    let f = pool.figures();
+    assert_eq!((f.created, f.closed_broken), (2, 1), "{f:?}");
+
+    // Fail-back, this time with B losing its (unreachable) primary and refusing to serve
+    // stale data: MASTERDOWN on the old connection, then a fresh one to A.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut a.admin().await)
+        .await
+        .unwrap();
+    let mut b_admin = b.admin().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "replica-serve-stale-data", "no"])
+        .query_async(&mut b_admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(relay_dead_port())
+        .query_async(&mut b_admin)
+        .await
+        .unwrap();
+    relay.point_to(a.port());
+    let get = redis::cmd("GET").arg("failover").clone();
+    let err = pool
+        .query::<Option<String>>(&get)
+        .await
+        .expect_err("B lost its primary");
+    assert_eq!(
+        server_kind(&err),
+        Some(redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)),
+        "{err:?}"
+    );
+    pool.query::<Option<String>>(&get)
+        .await
+        .expect("the next command reconnects, to A");
+    pool.query::<()>(&set()).await.expect("A takes writes");
+    let f = pool.figures();
+    assert_eq!((f.created, f.closed_broken), (3, 2), "{f:?}");
+}
+
+/// A loopback port nothing listens on.
+fn relay_dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }

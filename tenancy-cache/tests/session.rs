@@ -427,3 +427,73 @@ async fn a_session_whose_header_is_unusable_can_still_be_deleted() {
         assert_eq!(exists, 0, "the session hash is gone");
     }
 }
+
+#[tokio::test]
+async fn a_redis_that_may_evict_session_keys_is_refused_at_start_up() {
+    let Some(server) = common::DedicatedRedis::start().await else {
+        return;
+    };
+    let mut admin = server.admin().await;
+    let pool = common::config(tenancy_cache::RedisConfig::single(server.url()))
+        .connect()
+        .await
+        .unwrap();
+    let store = RedisSessionStore::new(pool);
+    store
+        .check_eviction_policy()
+        .await
+        .expect("noeviction, the default, is safe");
+    for policy in [
+        "volatile-lru",
+        "allkeys-lru",
+        "volatile-ttl",
+        "allkeys-random",
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "maxmemory-policy", policy])
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let err = store
+            .check_eviction_policy()
+            .await
+            .expect_err("an evicting policy is refused");
+        assert!(
+            matches!(&err, tenancy_cache::Error::Misconfigured { setting: "maxmemory-policy", value, .. } if value == policy),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(policy), "{err}");
+        assert_eq!(tenancy_core::Error::from(err).kind(), ErrorKind::Internal);
+    }
+
+    // A user without CONFIG cannot tell: a warning, and the store starts.
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "noconfig", "on", ">pw", "~*", "&*", "+@all", "-config",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = server.url().replace("redis://", "redis://noconfig:pw@");
+    let pool = common::config(tenancy_cache::RedisConfig::single(url))
+        .connect()
+        .await
+        .unwrap();
+    RedisSessionStore::new(pool)
+        .check_eviction_policy()
+        .await
+        .expect("CONFIG refused: warn, do not fail");
+}
+
+#[tokio::test]
+async fn every_cluster_primary_is_checked_for_an_evicting_policy() {
+    let Some((pool, _)) = common::cluster().await else {
+        return;
+    };
+    // The shared Cluster keeps its default, noeviction, on every primary; its configuration
+    // is not changed here.
+    RedisSessionStore::new(pool)
+        .check_eviction_policy()
+        .await
+        .expect("noeviction on every primary");
+}

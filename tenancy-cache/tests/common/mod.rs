@@ -137,6 +137,10 @@ impl DedicatedRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Kills the server (as a crash would).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -203,4 +207,99 @@ pub async fn command_calls(
             Some((name.to_owned(), calls))
         })
         .collect()
+}
+
+/// A TCP relay in front of a Redis server, standing in for the network between the pool and
+/// Redis: new connections can be pointed at another server (a fail-over behind a DNS name or a
+/// load balancer), and the connections already carried can be cut silently (the peer host
+/// vanished: no reply, no reset, the socket stays open). Stopped when dropped.
+pub struct Relay {
+    port: u16,
+    state: std::sync::Arc<RelayState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct RelayState {
+    target: std::sync::Mutex<u16>,
+    /// Connections accepted under an older generation are cut.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Relay {
+    /// Relays to `127.0.0.1:<target>`.
+    pub async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let state = std::sync::Arc::new(RelayState {
+            target: std::sync::Mutex::new(target),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop, which aborts every relayed connection.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let st = st.clone();
+                conns.spawn(async move {
+                    let generation = st.generation.load(std::sync::atomic::Ordering::SeqCst);
+                    let target = *st.target.lock().unwrap();
+                    let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (ur, uw) = upstream.into_split();
+                    tokio::join!(pump(cr, uw, generation, &st), pump(ur, cw, generation, &st));
+                });
+            }
+        });
+        Self { port, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// New connections go to `127.0.0.1:<target>`; open ones keep their server.
+    pub fn point_to(&self, target: u16) {
+        *self.state.target.lock().unwrap() = target;
+    }
+
+    /// Every connection open now swallows what either side sends, without closing: a request
+    /// on it never gets a reply. New connections are relayed normally.
+    pub fn cut_silently(&self) {
+        self.state
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    generation: u64,
+    state: &RelayState,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if state.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
