@@ -17,6 +17,8 @@
 //! assert_eq!(core.kind(), tenancy_core::ErrorKind::Invalid);
 //! ```
 
+use std::borrow::Cow;
+
 use tenancy_core::{BoxError, ParseError};
 
 /// `Result` with [`Error`] as the default error type.
@@ -26,9 +28,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The configuration is incomplete or contradictory.
+    /// The configuration is incomplete or contradictory; the text says which settings and,
+    /// where it helps, their values.
     #[error("invalid configuration: {0}")]
-    Config(&'static str),
+    Config(Cow<'static, str>),
     /// Key material could not be parsed (bad PEM, DER or JWK).
     #[error("invalid {what} key")]
     InvalidKey {

@@ -214,7 +214,11 @@ pub struct TokenIssuerBuilder {
 }
 
 impl TokenIssuerBuilder {
-    /// Access token lifetime (default [`DEFAULT_ACCESS_TTL`]; at most one day).
+    /// Access token lifetime (default [`DEFAULT_ACCESS_TTL`]; at most one day). With a
+    /// session store it must be below the
+    /// [session idle timeout](Self::session_idle_timeout), or [`build`](Self::build) refuses:
+    /// verification does not count as session activity, so a token outliving the idle window
+    /// would log an active user out.
     pub fn access_ttl(mut self, ttl: Duration) -> Self {
         self.access_ttl = ttl;
         self
@@ -228,7 +232,8 @@ impl TokenIssuerBuilder {
     }
 
     /// Ends a session (and its refresh token) after this long without a refresh (default
-    /// [`tenancy_core::DEFAULT_IDLE_TIMEOUT`]).
+    /// [`tenancy_core::DEFAULT_IDLE_TIMEOUT`]). Must exceed the
+    /// [access token lifetime](Self::access_ttl).
     pub fn session_idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
         self
@@ -248,13 +253,35 @@ impl TokenIssuerBuilder {
     }
 
     /// Checks the configuration and builds the issuer.
+    ///
+    /// Errors ([`Error::Config`]): an empty issuer or audience; an access token lifetime of
+    /// zero or over a day; with a session store, an access token lifetime not below the
+    /// session idle timeout (the message names both).
     pub fn build(self) -> Result<TokenIssuer> {
         if self.iss.is_empty() || self.aud.is_empty() {
-            return Err(Error::Config("issuer and audience must not be empty"));
+            return Err(Error::Config(
+                "issuer and audience must not be empty".into(),
+            ));
         }
         if self.access_ttl.is_zero() || self.access_ttl > Duration::from_secs(86_400) {
             return Err(Error::Config(
-                "access token lifetime must be between 1 s and one day",
+                "access token lifetime must be between 1 s and one day".into(),
+            ));
+        }
+        // Verifying an access token is no session activity: a token that outlives the idle
+        // window is refused (`SessionEnded`) while its user is still active, and the refresh
+        // token has died with the session. Only tokens bound to sessions are concerned; an
+        // issuer without a session store mints tokens that no session can end.
+        if self.sessions.is_some() && self.access_ttl >= self.idle_timeout {
+            return Err(Error::Config(
+                format!(
+                    "access token lifetime ({} s) must be below the session idle timeout ({} s): \
+                     verification does not count as activity, so a longer-lived token would log \
+                     active users out",
+                    self.access_ttl.as_secs_f64(),
+                    self.idle_timeout.as_secs_f64(),
+                )
+                .into(),
             ));
         }
         let mut header = Header::new(self.key.algorithm());
@@ -378,7 +405,7 @@ impl TokenIssuer {
         self.inner
             .sessions
             .as_ref()
-            .ok_or_else(|| CoreError::from(Error::Config("the issuer has no session store")))
+            .ok_or_else(|| CoreError::from(Error::Config("the issuer has no session store".into())))
     }
 
     fn pair(
@@ -486,6 +513,15 @@ impl TokenIssuer {
     /// secret: nothing is revoked, since anyone who saw a session id could otherwise end it),
     /// and `Revoked` when the token was already spent, in which case the whole session has
     /// just been ended. Store failures pass through ([`tenancy_core::Error::Unavailable`]).
+    ///
+    /// A lost reply does not end the session. When saving the rotated state fails with a
+    /// retryable error ([`is_retryable`](tenancy_core::Error::is_retryable): a timeout or an
+    /// outage, after which the write may have committed all the same), the session is loaded
+    /// again: if it holds the new refresh token's hash, the save did commit and the new pair
+    /// is returned as if it had answered. Otherwise the error is returned and the presented
+    /// token is still the current one, so the client may retry with it. (If that second load
+    /// fails too, the error is returned although the write may have committed; a retry with
+    /// the then spent token is taken for reuse, as nothing tells it apart from theft.)
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CoreError> {
         let store = self.store()?;
         let (tenant, sid, presented) = parse_refresh(refresh_token)?;
@@ -520,6 +556,23 @@ impl TokenIssuer {
                     // token): load again and decide on the new state.
                     Err(CoreError::Conflict(_)) => continue,
                     Err(CoreError::NotFound) => return Err(reject(TokenRejection::SessionEnded)),
+                    // A timeout or an outage may have hidden a write that committed: the
+                    // presented token would then be spent, and the client's retry with it
+                    // taken for theft. Look whether our rotation is what the store holds.
+                    Err(e) if e.is_retryable() => {
+                        return match self.stored_rotation(&tenant, &sid, &state.current).await {
+                            Some(saved) => {
+                                tracing::info!(
+                                    tenant = %tenant,
+                                    session = %sid,
+                                    error = %e,
+                                    "refresh: the store's reply was lost but the rotation was stored"
+                                );
+                                self.pair(&saved, &secret, &state.role, &state.permissions)
+                            }
+                            None => Err(e),
+                        };
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -542,6 +595,20 @@ impl TokenIssuer {
         Err(CoreError::Conflict(
             "refresh raced with other session updates".into(),
         ))
+    }
+
+    /// The session as stored, when its current refresh hash is `current` (the rotation this
+    /// call tried to save did commit); `None` when it is not, or the store cannot tell.
+    async fn stored_rotation(
+        &self,
+        tenant: &TenantId,
+        sid: &SessionId,
+        current: &str,
+    ) -> Option<Session> {
+        let session = self.store().ok()?.load(tenant, sid).await.ok()??;
+        let state: RefreshState =
+            serde_json::from_value(session.data.get(STATE_KEY)?.clone()).ok()?;
+        ct_eq(&state.current, current).then_some(session)
     }
 
     /// Ends the session: its refresh token stops working at once, and its access tokens are
@@ -602,6 +669,52 @@ mod tests {
             parse_refresh(&"a".repeat(600)),
             Err(CoreError::Rejected(TokenRejection::Oversized))
         ));
+    }
+
+    /// An access token must expire before its session can go idle: verification is no
+    /// activity, so a token outliving the idle window would log an active user out.
+    #[test]
+    fn access_tokens_must_expire_before_the_session_idles() {
+        let key = || SigningKey::hmac(&[7; 32], jsonwebtoken::Algorithm::HS256).unwrap();
+        let store = || -> Arc<dyn SessionStore> {
+            Arc::new(tenancy_core::memory::MemorySessionStore::new())
+        };
+        let build = |ttl: u64, idle: Option<u64>| {
+            let mut b = TokenIssuer::builder(key(), "https://id.example", "api")
+                .sessions(store())
+                .access_ttl(Duration::from_secs(ttl));
+            if let Some(idle) = idle {
+                b = b.session_idle_timeout(Duration::from_secs(idle));
+            }
+            b.build()
+        };
+        let default_idle = tenancy_core::DEFAULT_IDLE_TIMEOUT.as_secs();
+        for (ttl, idle) in [
+            (default_idle, None),
+            (default_idle + 1, None),
+            (3600, None),
+            (600, Some(600)),
+            (601, Some(600)),
+        ] {
+            let e = build(ttl, idle).unwrap_err();
+            let shown = e.to_string();
+            let idle = idle.unwrap_or(default_idle);
+            assert!(matches!(e, Error::Config(_)), "{ttl} s / {idle} s: {e:?}");
+            assert!(
+                shown.contains(&format!("access token lifetime ({ttl} s)"))
+                    && shown.contains(&format!("session idle timeout ({idle} s)")),
+                "{shown}"
+            );
+        }
+        for (ttl, idle) in [(default_idle - 1, None), (300, None), (599, Some(600))] {
+            build(ttl, idle).unwrap_or_else(|e| panic!("{ttl} s / {idle:?}: {e}"));
+        }
+        // Without a session store there are no sessions to idle: tokens minted on their
+        // own (a command-line tool's) may live up to a day.
+        TokenIssuer::builder(key(), "https://id.example", "api")
+            .access_ttl(Duration::from_secs(86_400))
+            .build()
+            .unwrap();
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //!   and otherwise on the first verification after the interval.
 //! - **Unknown `kid`.** A token naming a key the set does not hold triggers one refresh, at
 //!   most once per `min_refresh_interval` (default 30 s), so that a flood of tokens with random
-//!   `kid`s costs the provider one request per interval, not one per token.
+//!   `kid`s costs the provider one request per interval, not one per token. When that refresh
+//!   fails, the token may well be signed by a key the provider has just rotated in: the
+//!   answer is [`tenancy_core::Error::Unavailable`] (retry later), not a refusal. Without a
+//!   request (rate limited, breaker open) the cached set decides: the key is unknown.
 //! - **Outage.** A failed fetch keeps the last good set: verification goes on with the cached
 //!   keys. After `failure_threshold` consecutive failures (default 3) the circuit breaker opens
 //!   for `open_for` (default 30 s): no request is sent while it is open; then one trial request
@@ -331,7 +334,7 @@ impl JwksKeySetBuilder {
         let is_http = self.url.starts_with("http://");
         if !(is_https || (is_http && self.allow_http)) {
             return Err(Error::Config(
-                "the JWKS URL must be https:// (or http:// with allow_plain_http)",
+                "the JWKS URL must be https:// (or http:// with allow_plain_http)".into(),
             ));
         }
         let fetcher: Arc<dyn JwksFetcher> = match self.fetcher {
@@ -581,6 +584,11 @@ impl JwksKeySet {
 
     /// The keys to verify a token with `kid`: fetches on first use, refreshes when stale, and
     /// once per `min_refresh_interval` when `kid` is unknown.
+    ///
+    /// [`tenancy_core::Error::Unavailable`] when no set was ever fetched and fetching fails,
+    /// and when `kid` is unknown and the fetch made for this call failed: the provider may
+    /// publish the key, it could not be asked. When no fetch was made (the unknown-`kid` rate
+    /// limit, the open breaker) the cached set answers, and the token's key is unknown to it.
     pub(crate) async fn keys_for(&self, kid: Option<&str>) -> tenancy_core::Result<Arc<KeySet>> {
         let now = self.now();
         let (keys, stale) = {
@@ -600,21 +608,34 @@ impl JwksKeySet {
             // Stale and nobody fetching: refresh inline; on failure keep serving cached keys.
             // The lock is released before anything else: `unknown_kid` may take it again.
             let fetched = match self.inner.fetch_lock.try_lock() {
-                Ok(_guard) => self.fetch_locked().await.ok(),
+                Ok(_guard) => Some(self.fetch_locked().await),
                 Err(_) => None,
             };
-            if let Some(k) = fetched {
+            match fetched {
                 // Just fetched: a kid unknown to this set is unknown to the provider now.
-                return Ok(k);
+                Some(Ok(k)) => return Ok(k),
+                // Just failed: a kid unknown to the cached set is not asked for again at once.
+                Some(Err(e)) => return self.unknown_kid(keys, kid, Some(e)).await,
+                None => {}
             }
         }
-        Ok(self.unknown_kid(keys, kid).await)
+        self.unknown_kid(keys, kid, None).await
     }
 
-    async fn unknown_kid(&self, keys: Arc<KeySet>, kid: Option<&str>) -> Arc<KeySet> {
-        let Some(kid) = kid else { return keys };
+    /// `keys`, unless `kid` is unknown to them: then one refresh (rate limited), whose
+    /// failure is `Unavailable`, as is `failed`, a fetch that just failed for this call.
+    async fn unknown_kid(
+        &self,
+        keys: Arc<KeySet>,
+        kid: Option<&str>,
+        failed: Option<Error>,
+    ) -> tenancy_core::Result<Arc<KeySet>> {
+        let Some(kid) = kid else { return Ok(keys) };
         if keys.get(kid).is_some() {
-            return keys;
+            return Ok(keys);
+        }
+        if let Some(e) = failed {
+            return failed_refresh(e, keys);
         }
         let now = self.now();
         {
@@ -623,13 +644,13 @@ impl JwksKeySet {
             if s.last_kid_refresh
                 .is_some_and(|at| now.saturating_sub(at) < min)
             {
-                return keys;
+                return Ok(keys);
             }
             s.last_kid_refresh = Some(now);
         }
         match self.refresh().await {
-            Ok(k) => k,
-            Err(_) => keys,
+            Ok(k) => Ok(k),
+            Err(e) => failed_refresh(e, keys),
         }
     }
 
@@ -668,6 +689,16 @@ impl JwksKeySet {
             h = h.with_figure("age_secs", now.saturating_sub(at) / 1_000_000_000);
         }
         h
+    }
+}
+
+/// The answer for a token whose `kid` the cached `keys` lack, after the refresh for it
+/// failed with `e`: `Unavailable` when a request was sent (the provider may publish the key),
+/// the cached set when none was (the open breaker), which then refuses the key as unknown.
+fn failed_refresh(e: Error, keys: Arc<KeySet>) -> tenancy_core::Result<Arc<KeySet>> {
+    match e {
+        Error::CircuitOpen => Ok(keys),
+        e => Err(tenancy_core::Error::unavailable(e)),
     }
 }
 

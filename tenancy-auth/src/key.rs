@@ -38,6 +38,16 @@ use crate::error::{Error, Result};
 /// §3.3); smaller moduli are factorable by a determined attacker.
 pub const MIN_RSA_BITS: usize = 2048;
 
+/// Largest RSA modulus accepted, in bits.
+///
+/// Why this limit: it is the largest the verification backend accepts (RustCrypto `rsa`'s
+/// default), so a larger key could verify no signature at all; refusing it at load keeps it
+/// out of key sets instead of refusing every token signed under it.
+pub const MAX_RSA_BITS: usize = 4096;
+
+/// Largest RSA public exponent accepted: 2^33 - 1, the backend's limit.
+const MAX_RSA_EXPONENT: u64 = (1 << 33) - 1;
+
 /// All algorithms this crate knows, in a stable order.
 pub const ALL_ALGORITHMS: [Algorithm; 12] = [
     Algorithm::HS256,
@@ -154,7 +164,63 @@ fn check_hmac(secret: &[u8], alg: Algorithm) -> Result<()> {
     Ok(())
 }
 
-/// Checks an asymmetric public key against its algorithm: RSA modulus size, EC curve.
+/// `bytes` (a big-endian unsigned integer) without its leading zero bytes.
+fn strip_zeros(bytes: &[u8]) -> &[u8] {
+    let leading = bytes.iter().take_while(|b| **b == 0).count();
+    &bytes[leading..]
+}
+
+/// Checks an RSA modulus and public exponent as the verification backend will: modulus of
+/// [`MIN_RSA_BITS`] to [`MAX_RSA_BITS`] bits and odd; exponent odd, from 3 to 2^33 - 1, and
+/// below the modulus.
+fn check_rsa(n: &[u8], e: &[u8], alg: Algorithm) -> Result<()> {
+    let weak = |reason| Err(Error::WeakKey { alg, reason });
+    let (n, e) = (strip_zeros(n), strip_zeros(e));
+    // Whole bytes for the floor, as ever; the exact length for the ceiling.
+    let Some(first) = n.first() else {
+        return weak("RSA modulus shorter than 2048 bits");
+    };
+    if n.len() * 8 < MIN_RSA_BITS {
+        return weak("RSA modulus shorter than 2048 bits");
+    }
+    let bits = n.len() * 8 - first.leading_zeros() as usize;
+    if bits > MAX_RSA_BITS {
+        return weak("RSA modulus longer than 4096 bits");
+    }
+    if n.last().is_none_or(|b| b % 2 == 0) {
+        return weak("RSA modulus is even");
+    }
+    if e.len() > 8 {
+        return weak("RSA public exponent above 2^33 - 1");
+    }
+    let exponent = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    if exponent > MAX_RSA_EXPONENT {
+        return weak("RSA public exponent above 2^33 - 1");
+    }
+    if exponent < 3 || exponent % 2 == 0 {
+        return weak("RSA public exponent must be odd and at least 3");
+    }
+    // Unreachable while moduli have at least 2048 bits and exponents at most 34; kept so
+    // that this check does not depend on the other two.
+    if e.len() > n.len() || (e.len() == n.len() && e >= n) {
+        return weak("RSA public exponent not below the modulus");
+    }
+    Ok(())
+}
+
+/// Builds the backend's verifier for `key` once, as every verification would: a key it
+/// cannot use (an EC point off its curve, bytes that are no Ed25519 point) is refused at
+/// load, rather than turning every signature under it into a mismatch. RSA keys are built
+/// by the backend only while verifying; [`check_rsa`] checks what it would.
+fn check_usable(key: &DecodingKey, alg: Algorithm, what: &'static str) -> Result<()> {
+    // An empty signature over an empty message: `Ok(false)` from a usable key.
+    jsonwebtoken::crypto::verify("", b"", key, alg)
+        .map(|_| ())
+        .map_err(|e| Error::invalid_key(what, e))
+}
+
+/// Checks an asymmetric public key against its algorithm: RSA modulus size and exponent,
+/// EC curve, and that the backend can use it at all.
 fn check_public(key: &DecodingKey, alg: Algorithm) -> Result<()> {
     check_family(alg, key.family())?;
     let jwk =
@@ -164,14 +230,10 @@ fn check_public(key: &DecodingKey, alg: Algorithm) -> Result<()> {
             let n = URL_SAFE_NO_PAD
                 .decode(&p.n)
                 .map_err(|e| Error::invalid_key("RSA", e))?;
-            let leading = n.iter().take_while(|b| **b == 0).count();
-            let bits = (n.len() - leading) * 8;
-            if bits < MIN_RSA_BITS {
-                return Err(Error::WeakKey {
-                    alg,
-                    reason: "RSA modulus shorter than 2048 bits",
-                });
-            }
+            let e = URL_SAFE_NO_PAD
+                .decode(&p.e)
+                .map_err(|e| Error::invalid_key("RSA", e))?;
+            check_rsa(&n, &e, alg)?;
         }
         AlgorithmParameters::EllipticCurve(p) => {
             let expected = match alg {
@@ -193,7 +255,7 @@ fn check_public(key: &DecodingKey, alg: Algorithm) -> Result<()> {
         }
         _ => {}
     }
-    Ok(())
+    check_usable(key, alg, "public")
 }
 
 fn der_to_pem(der: &[u8], label: &str) -> String {
@@ -236,7 +298,8 @@ impl VerifyKey {
     }
 
     /// An RSA public key in PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`), for `RS*` or `PS*`.
-    /// Moduli under [`MIN_RSA_BITS`] are refused.
+    /// Moduli under [`MIN_RSA_BITS`] or over [`MAX_RSA_BITS`] are refused, and so are public
+    /// exponents that are even, below 3 or above 2^33 - 1.
     pub fn rsa_pem(pem: &[u8], alg: Algorithm) -> Result<Self> {
         let key = DecodingKey::from_rsa_pem(pem).map_err(|e| Error::invalid_key("RSA PEM", e))?;
         check_public(&key, alg)?;
@@ -428,7 +491,9 @@ impl RawJwk {
                 point.push(4);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                VerifyKey::new(DecodingKey::from_ec_der(&point), alg)
+                let key = DecodingKey::from_ec_der(&point);
+                check_usable(&key, alg, "JWK EC")?;
+                VerifyKey::new(key, alg)
             }
             "OKP" => {
                 if self.crv.as_deref() != Some("Ed25519") {
@@ -444,7 +509,9 @@ impl RawJwk {
                 if x.len() != 32 {
                     return Err(Error::invalid_key("JWK", "Ed25519 key of the wrong size"));
                 }
-                VerifyKey::new(DecodingKey::from_ed_der(&x), Algorithm::EdDSA)
+                let key = DecodingKey::from_ed_der(&x);
+                check_usable(&key, Algorithm::EdDSA, "JWK Ed25519")?;
+                VerifyKey::new(key, Algorithm::EdDSA)
             }
             "oct" => {
                 let alg = named.unwrap_or(Algorithm::HS256);
@@ -519,8 +586,9 @@ impl KeySet {
     /// Reads a JWKS document (`{"keys":[...]}`): the public keys an identity provider
     /// publishes.
     ///
-    /// Keys this crate cannot use (encryption keys, unknown types or curves, RSA under 2048
-    /// bits) are skipped, so that one exotic key does not take the whole set down; the number
+    /// Keys this crate cannot use (encryption keys, unknown types or curves, RSA moduli under
+    /// 2048 or over 4096 bits, RSA exponents that are even, below 3 or above 2^33 - 1, EC
+    /// points off their curve, invalid Ed25519 points) are skipped, so that one exotic key does not take the whole set down; the number
     /// skipped is returned beside the set. A document that is not a JWKS is an error.
     ///
     /// Symmetric keys (`kty` `oct`, or any `HS*` `alg`) are skipped too, counted among the

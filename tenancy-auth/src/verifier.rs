@@ -254,20 +254,20 @@ impl JwtVerifierBuilder {
     pub fn build(self) -> crate::Result<JwtVerifier> {
         use crate::Error as E;
         if self.issuers.is_empty() {
-            return Err(E::Config("at least one issuer is required"));
+            return Err(E::Config("at least one issuer is required".into()));
         }
         if self.audiences.is_empty() {
-            return Err(E::Config("at least one audience is required"));
+            return Err(E::Config("at least one audience is required".into()));
         }
         let mut seen = HashSet::new();
         if !self.issuers.iter().all(|i| seen.insert(i.iss.as_str())) {
-            return Err(E::Config("an issuer is configured twice"));
+            return Err(E::Config("an issuer is configured twice".into()));
         }
         if self.require_session && self.sessions.is_none() {
-            return Err(E::Config("require_session needs a session store"));
+            return Err(E::Config("require_session needs a session store".into()));
         }
         if self.max_len < 64 {
-            return Err(E::Config("max_token_len must be at least 64 bytes"));
+            return Err(E::Config("max_token_len must be at least 64 bytes".into()));
         }
         let algorithms = match self.algorithms {
             Some(a) => a,
@@ -289,7 +289,7 @@ impl JwtVerifierBuilder {
         };
         if algorithms.is_empty() {
             return Err(E::Config(
-                "no algorithm is allowed: give static keys or call algorithms()",
+                "no algorithm is allowed: give static keys or call algorithms()".into(),
             ));
         }
         let epoch = Arc::new(AtomicU64::new(0));

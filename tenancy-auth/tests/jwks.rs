@@ -659,3 +659,122 @@ async fn a_key_without_kid_is_retired_only_when_it_changes() {
     );
     assert_eq!(reason(v.verify(&t).await.unwrap_err()), R::BadSignature);
 }
+
+/// A document whose only keys load but could verify nothing (a modulus over 4096 bits, an
+/// even exponent, an EC point off its curve, bytes that are no Ed25519 point) is a failed
+/// fetch: the good set stays, and its tokens keep verifying.
+#[tokio::test]
+async fn a_document_of_unusable_keys_never_replaces_a_good_set() {
+    let a = rsa_key("rsa_private.pem", "a");
+    let Provider {
+        server,
+        clock,
+        source,
+        v,
+    } = provider(&[&a]).await;
+    let token = mint_for(&a, &clock, Duration::from_secs(3600));
+    v.verify(&token).await.unwrap();
+
+    let good = a.public_jwk().unwrap().unwrap();
+    let mut big = vec![0x5a_u8; 1024];
+    big[0] = 0xc5;
+    big[1023] = 0x01;
+    let mut one = [0u8; 32];
+    one[31] = 1;
+    let mut y2 = [0u8; 32];
+    y2[0] = 2;
+    for (what, key) in [
+        (
+            "8192-bit modulus",
+            json!({"kty": "RSA", "kid": "big", "n": b64(&big), "e": "AQAB"}),
+        ),
+        (
+            "even exponent",
+            json!({"kty": "RSA", "kid": "even", "n": good["n"], "e": b64(&[1, 0, 0])}),
+        ),
+        (
+            "EC point off its curve",
+            json!({"kty": "EC", "kid": "ec", "crv": "P-256", "x": b64(&one), "y": b64(&one)}),
+        ),
+        (
+            "no Ed25519 point",
+            json!({"kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": b64(&y2)}),
+        ),
+    ] {
+        server.set_raw(StatusCode::OK, &json!({ "keys": [key] }).to_string());
+        clock.advance(Duration::from_secs(61));
+        assert!(
+            matches!(
+                source.refresh().await,
+                Err(tenancy_auth::Error::InvalidKeySet(_))
+            ),
+            "{what}: the document was taken as a key set"
+        );
+        let cached = source.cached().unwrap();
+        assert!(
+            cached.get("a").is_some() && cached.len() == 1,
+            "{what}: the good set was replaced"
+        );
+    }
+    assert!(
+        v.try_verify(&token).is_some_and(|r| r.is_ok()),
+        "the cache was emptied"
+    );
+    v.verify(&mint(&a, &clock)).await.unwrap();
+}
+
+/// The provider rotates in a new key, then fails. A token signed by the new key triggers a
+/// refresh that fails: the answer is the retryable `Unavailable` (as on a cold start with the
+/// same outage), not `UnknownKey`, which would make the client throw a valid token away. When
+/// no request is sent for the token (the unknown-kid rate limit, the open breaker), the old
+/// set decides: `UnknownKey`.
+#[tokio::test]
+async fn a_failed_refresh_for_an_unknown_kid_is_unavailable_not_unknown() {
+    let (a, b) = keys_a_b();
+    let Provider {
+        mut server,
+        clock,
+        source,
+        v,
+    } = provider(&[&a]).await;
+    v.verify(&mint(&a, &clock)).await.unwrap();
+    assert_eq!(server.hits(), 1);
+
+    let unavailable = |r: Result<tenancy_core::Claims, Error>, what: &str| match r {
+        Err(e @ Error::Unavailable(_)) => assert!(e.is_retryable(), "{what}: {e}"),
+        other => panic!("{what}: expected Unavailable, got {other:?}"),
+    };
+
+    // An HTTP error from the provider.
+    server.set_raw(StatusCode::SERVICE_UNAVAILABLE, "{}");
+    let token_b = mint(&b, &clock);
+    unavailable(v.verify(&token_b).await, "HTTP 503");
+    assert_eq!(server.hits(), 2, "one request for the unknown kid");
+    // Within the rate-limit interval nothing is sent: the old set decides.
+    assert_eq!(reason(v.verify(&token_b).await.unwrap_err()), R::UnknownKey);
+    assert_eq!(server.hits(), 2);
+
+    // A transport error: nobody listens. This failure is the third in a row and opens the
+    // breaker; the request was still sent for this token.
+    server.stop().await;
+    for attempt in 0..2 {
+        clock.advance(Duration::from_secs(31));
+        unavailable(
+            v.verify(&token_b).await,
+            &format!("connection refused {attempt}"),
+        );
+    }
+    assert!(matches!(source.breaker(), BreakerState::Open { .. }));
+    // Breaker open: nothing is sent, the token is unknown to the set we have.
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(reason(v.verify(&token_b).await.unwrap_err()), R::UnknownKey);
+    assert_eq!(source.fetch_counts(), (4, 3));
+    // Cached keys verify throughout.
+    v.verify(&mint(&a, &clock)).await.unwrap();
+
+    // The provider is back with the rotated set: the same token verifies.
+    server.set(&[&a, &b]);
+    server.restart().await;
+    clock.advance(Duration::from_secs(61));
+    v.verify(&token_b).await.unwrap();
+}

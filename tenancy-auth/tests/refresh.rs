@@ -97,6 +97,85 @@ impl SessionStore for LockstepStore {
     }
 }
 
+/// A session store whose writes can be made to fail: `lose_next_reply` stores the next save
+/// and then answers it with a timeout (the write committed, its reply was lost);
+/// `fail_next_write` answers the next save as unavailable without storing it.
+#[derive(Debug)]
+struct FlakyWriteStore {
+    inner: Arc<dyn SessionStore>,
+    lose_reply: AtomicUsize,
+    fail_write: AtomicUsize,
+    injected: AtomicUsize,
+}
+
+impl FlakyWriteStore {
+    fn new(inner: Arc<dyn SessionStore>) -> Self {
+        Self {
+            inner,
+            lose_reply: AtomicUsize::new(0),
+            fail_write: AtomicUsize::new(0),
+            injected: AtomicUsize::new(0),
+        }
+    }
+
+    fn lose_next_reply(&self) {
+        self.lose_reply.store(1, Ordering::SeqCst);
+    }
+
+    fn fail_next_write(&self) {
+        self.fail_write.store(1, Ordering::SeqCst);
+    }
+
+    /// How many faults were injected so far.
+    fn injected(&self) -> usize {
+        self.injected.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl SessionStore for FlakyWriteStore {
+    async fn create(&self, new: NewSession) -> tenancy_core::Result<Session> {
+        self.inner.create(new).await
+    }
+
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> tenancy_core::Result<Option<Session>> {
+        self.inner.load(tenant, id).await
+    }
+
+    async fn touch(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> tenancy_core::Result<Option<Session>> {
+        self.inner.touch(tenant, id).await
+    }
+
+    async fn save(&self, session: &Session) -> tenancy_core::Result<Session> {
+        if self.fail_write.swap(0, Ordering::SeqCst) == 1 {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::unavailable("session store unreachable"));
+        }
+        let saved = self.inner.save(session).await?;
+        if self.lose_reply.swap(0, Ordering::SeqCst) == 1 {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::Timeout);
+        }
+        Ok(saved)
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<bool> {
+        self.inner.delete(tenant, id).await
+    }
+
+    async fn rotate(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<Session> {
+        self.inner.rotate(tenant, id).await
+    }
+}
+
 struct Fixture {
     issuer: TokenIssuer,
     verifier: JwtVerifier,
@@ -374,4 +453,50 @@ async fn redis_racing_refreshes() {
     // And in lockstep, so that the store's version check decides every round.
     let store = Arc::new(LockstepStore::new(store, 2));
     racing_refreshes(store.clone(), "zz-lockstep", Some(&store)).await;
+}
+
+/// The rotated refresh state was stored but the store's reply was lost (a timeout): the
+/// refresh finds its own write on reloading and answers with the new pair, so the client
+/// never retries with the spent token and the session is not taken for stolen. A write that
+/// did not happen passes its error through and leaves the presented token current.
+#[tokio::test]
+async fn a_stored_rotation_whose_reply_was_lost_keeps_the_session() {
+    let clock = ManualClock::new();
+    let store = Arc::new(FlakyWriteStore::new(Arc::new(MemorySessionStore::new())));
+    let f = fixture(store.clone(), &clock, "acme");
+    let p1 = f.login("alice").await;
+
+    store.lose_next_reply();
+    let p2 = f
+        .issuer
+        .refresh(p1.refresh_token.expose())
+        .await
+        .expect("a stored rotation whose reply was lost was answered as a failure");
+    assert_eq!(store.injected(), 1, "the fault was not injected");
+    assert_eq!(p2.session, p1.session);
+    assert_ne!(p2.refresh_token, p1.refresh_token);
+    f.verifier.verify(&p2.access_token).await.unwrap();
+    // The new refresh token is the session's current one.
+    let p3 = f.issuer.refresh(p2.refresh_token.expose()).await.unwrap();
+    f.verifier.verify(&p3.access_token).await.unwrap();
+
+    // Nothing stored: the retryable error reaches the client, and its retry with the same
+    // token succeeds.
+    store.fail_next_write();
+    let e = f
+        .issuer
+        .refresh(p3.refresh_token.expose())
+        .await
+        .unwrap_err();
+    assert_eq!(store.injected(), 2, "the fault was not injected");
+    assert!(e.is_retryable(), "{e}");
+    let p4 = f.issuer.refresh(p3.refresh_token.expose()).await.unwrap();
+    f.verifier.verify(&p4.access_token).await.unwrap();
+
+    // Reuse detection still holds: the token spent through the lost reply ends the session.
+    assert_eq!(
+        f.refresh_err(p1.refresh_token.expose()).await,
+        Some(R::Revoked)
+    );
+    assert_eq!(f.verify_err(&p4.access_token).await, Some(R::SessionEnded));
 }

@@ -5,6 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use serde_json::json;
 use tenancy_auth::{Algorithm, JwtVerifier, KeySet, VerifyKey};
 use tenancy_core::{TokenRejection, TokenVerifier};
 
@@ -380,4 +381,68 @@ async fn an_unknown_kid_falls_back_to_keys_without_a_kid() {
         rejection(v.verify(&rs).await),
         Some(TokenRejection::UnknownKey)
     );
+}
+
+/// JWKs the verification backend would refuse at every signature are refused at load, so that
+/// a key set never holds a key that can verify nothing: RSA moduli over 4096 bits, RSA
+/// exponents that are even, below 3 or above 2^33 - 1, EC points off their curve, bytes that
+/// are no Ed25519 point.
+#[test]
+fn keys_the_backend_cannot_use_are_refused_at_load() {
+    use tenancy_auth::Error;
+    let good = signing(Algorithm::RS256).0.public_jwk().unwrap().unwrap();
+    let n = good["n"].as_str().unwrap().to_owned();
+    let rsa = |n: &str, e: &str| {
+        VerifyKey::from_jwk(
+            json!({"kty": "RSA", "kid": "r", "n": n, "e": e})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    // The good key itself loads: the checks below refuse only what they should.
+    rsa(&n, "AQAB").unwrap();
+    rsa(&n, &b64(&[3])).unwrap();
+
+    // An 8192-bit modulus (top bit set, odd).
+    let mut big = vec![0x5a_u8; 1024];
+    big[0] = 0xc5;
+    big[1023] = 0x01;
+    let mut refused = vec![("8192-bit modulus", rsa(&b64(&big), "AQAB"))];
+    for (what, e) in [
+        ("even exponent 65536", b64(&[1, 0, 0])),
+        ("even exponent 2", b64(&[2])),
+        ("exponent 1", b64(&[1])),
+        ("exponent 2^33 + 1", b64(&[2, 0, 0, 0, 1])),
+        ("exponent equal to the modulus", n.clone()),
+    ] {
+        refused.push((what, rsa(&n, &e)));
+    }
+    // (1, 1) is not on P-256.
+    let mut one = [0u8; 32];
+    one[31] = 1;
+    refused.push((
+        "EC point off its curve",
+        VerifyKey::from_jwk(
+            json!({"kty": "EC", "crv": "P-256", "x": b64(&one), "y": b64(&one)})
+                .to_string()
+                .as_bytes(),
+        ),
+    ));
+    // y = 2 has no x on edwards25519: the bytes decompress to no point.
+    let mut y2 = [0u8; 32];
+    y2[0] = 2;
+    refused.push((
+        "bytes that are no Ed25519 point",
+        VerifyKey::from_jwk(
+            json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&y2)})
+                .to_string()
+                .as_bytes(),
+        ),
+    ));
+    for (what, r) in refused {
+        assert!(
+            matches!(r, Err(Error::WeakKey { .. } | Error::InvalidKey { .. })),
+            "{what}: {r:?}"
+        );
+    }
 }

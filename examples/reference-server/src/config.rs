@@ -12,7 +12,7 @@
 //! | `TENANCY_JWT_JWKS_URL` | `jwt_jwks_url` | none | verify tokens with keys from a JWKS URL (login then needs a signing key too) |
 //! | `TENANCY_JWT_ISSUER` | `jwt_issuer` | `tenancy-server` | `iss` written and required |
 //! | `TENANCY_JWT_AUDIENCE` | `jwt_audience` | `tenancy-api` | `aud` written and required |
-//! | `TENANCY_ACCESS_TOKEN_TTL` | `access_token_ttl_secs` | `300` | access token lifetime, seconds |
+//! | `TENANCY_ACCESS_TOKEN_TTL` | `access_token_ttl_secs` | `300` | access token lifetime, seconds: at least 10 and below the session idle timeout (1800) |
 //! | `TENANCY_DATABASE_URL` | `database_url` | none (memory) | PostgreSQL for records, sessions, tenant directory and audit |
 //! | `TENANCY_DATABASE_OWNER_URL` | `database_owner_url` | `TENANCY_DATABASE_URL` | the role that runs migrations and owns the tables |
 //! | `TENANCY_DATABASE_RUNTIME_ROLE` | `database_runtime_role` | `tenancy_runtime` | the role tenant requests run as, when the database URL's own role may bypass row-level security (dev and test only) |
@@ -234,7 +234,8 @@ pub struct Config {
     pub issuer: String,
     /// `aud` of issued tokens, required of verified ones.
     pub audience: String,
-    /// Access token lifetime.
+    /// Access token lifetime, below the session idle timeout
+    /// ([`tenancy_core::DEFAULT_IDLE_TIMEOUT`]).
     pub access_token_ttl: Duration,
     /// PostgreSQL for records, sessions, tenant directory and audit.
     pub database_url: Option<String>,
@@ -511,6 +512,19 @@ impl Config {
                 "must be between 10 and 86400 seconds",
             ));
         }
+        // The server's issuer keeps the default session idle timeout (`App::build` sets none).
+        // Verifying an access token is no session activity, so a token living as long as the
+        // idle window would log active users out; the issuer would refuse to build anyway.
+        let idle = tenancy_core::DEFAULT_IDLE_TIMEOUT.as_secs();
+        if ttl >= idle {
+            return Err(invalid(
+                "TENANCY_ACCESS_TOKEN_TTL",
+                format!(
+                    "{ttl} s is not below the session idle timeout ({idle} s): a token must \
+                     expire before its session can go idle, or active users are logged out"
+                ),
+            ));
+        }
         for (url, setting) in [
             (&raw.database_url, "TENANCY_DATABASE_URL"),
             (&raw.database_owner_url, "TENANCY_DATABASE_OWNER_URL"),
@@ -692,6 +706,27 @@ mod tests {
             "{e}"
         );
         assert!(err(&[("TENANCY_METRICS_ALLOW", "10.0.0.0/33")]).contains("TENANCY_METRICS_ALLOW"));
+    }
+
+    /// The server's sessions idle out after the issuer's default idle timeout (30 min);
+    /// an access token must expire before that.
+    #[test]
+    fn access_token_ttl_stays_below_the_session_idle_timeout() {
+        let idle = tenancy_core::DEFAULT_IDLE_TIMEOUT.as_secs();
+        for ttl in [idle, idle + 1, 86_400] {
+            let e = err(&[("TENANCY_ACCESS_TOKEN_TTL", &ttl.to_string())]);
+            assert!(
+                e.contains("TENANCY_ACCESS_TOKEN_TTL")
+                    && e.contains(&format!("session idle timeout ({idle} s)")),
+                "{ttl}: {e}"
+            );
+        }
+        let ok = Config::from_vars(&vars(&[(
+            "TENANCY_ACCESS_TOKEN_TTL",
+            &(idle - 1).to_string(),
+        )]))
+        .unwrap();
+        assert_eq!(ok.access_token_ttl, Duration::from_secs(idle - 1));
     }
 
     #[test]
