@@ -443,6 +443,14 @@ async fn a_chunked_body_over_the_limit_is_refused_on_both_servers() {
 /// Reads one answer from a raw connection: its head (status line and headers, names in
 /// lowercase) and its body, by its `Content-Length`.
 async fn read_answer(conn: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    read_answer_within(conn, std::time::Duration::from_secs(10)).await
+}
+
+/// [`read_answer`], waiting at most `wait` for each read.
+async fn read_answer_within(
+    conn: &mut tokio::net::TcpStream,
+    wait: std::time::Duration,
+) -> (String, Vec<u8>) {
     use tokio::io::AsyncReadExt as _;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -450,9 +458,9 @@ async fn read_answer(conn: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut chunk))
+        let n = tokio::time::timeout(wait, conn.read(&mut chunk))
             .await
-            .expect("no answer in 10 s")
+            .unwrap_or_else(|_| panic!("no answer in {wait:?}"))
             .expect("the connection failed before the answer");
         assert!(
             n > 0,
@@ -623,6 +631,230 @@ async fn escaped_unreserved_characters_route_alike_on_both_servers() {
             let r = h.get(path, Some(&token)).await;
             assert_eq!(r.status, want, "{who}: {path}: {}", r.text);
             log.push(common::entry(path, &r, None));
+        }
+        assert!(h.stop().await);
+        transcripts.push(log);
+    }
+    assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
+}
+
+/// A client that declares a body and then stalls is answered 408 (problem+json, the
+/// connection closed) once the body-read deadline has passed, on both servers: it holds no
+/// request, and no graceful shutdown, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_body_is_answered_408_on_both_servers() {
+    use std::time::{Duration, Instant};
+    use tenancy_server::app::BODY_READ_TIMEOUT;
+    use tokio::io::AsyncWriteExt as _;
+    // Both at once: each waits out the deadline.
+    let one = |flavor: Flavor| async move {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let token = h.mint("acme", "bob", "user", &["records:write"]);
+        let addr = h.base.trim_start_matches("http://").to_owned();
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let bearer = format!("authorization: Bearer {token}\r\n");
+        conn.write_all(upload_head(&addr, &bearer, 1000).as_bytes())
+            .await
+            .unwrap();
+        conn.write_all(br#"{"title":"#).await.unwrap();
+        let started = Instant::now();
+        // The deadline, then at most the 2 s the server spends on what is left of the body.
+        let (head, body) =
+            read_answer_within(&mut conn, BODY_READ_TIMEOUT + Duration::from_secs(5)).await;
+        let waited = started.elapsed();
+        assert!(head.starts_with("http/1.1 408"), "{who}: {head}");
+        assert!(
+            head.contains("content-type: application/problem+json"),
+            "{who}: {head}"
+        );
+        assert!(head.contains("connection: close"), "{who}: {head}");
+        assert!(
+            waited + Duration::from_millis(200) >= BODY_READ_TIMEOUT,
+            "{who}: answered after {waited:?}, before the deadline"
+        );
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["status"], 408, "{who}: {problem}");
+        assert!(h.stop().await, "{who}: clean shutdown");
+        problem["type"].clone()
+    };
+    let (axum, actix) = tokio::join!(one(Flavor::Axum), one(Flavor::Actix));
+    assert_eq!(axum, actix);
+}
+
+/// The axum server's graceful shutdown is bounded: connections that would hold it for ever
+/// (a client stalled mid-body, a client that asks for answers and never reads them) are
+/// waited for at most the grace period, and the audit queue is still drained after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn axum_shutdown_is_bounded_and_still_drains_the_audit_queue() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let app = tenancy_server::App::build(common::config(dir.path(), |_| {}))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tenancy_server::serve(app.clone(), listener).await.unwrap();
+    let addr = server.local_addr();
+    let client = tenancy_tests::http::Client::new(format!("http://{addr}"), "axum");
+    let login = r#"{"tenant_id":"acme","username":"bob","password":"password"}"#;
+    let r = client
+        .send(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(login),
+            &[("x-request-id", "before-shutdown")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.body["access_token"].as_str().unwrap().to_owned();
+
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let bearer = format!("authorization: Bearer {token}\r\n");
+    let head = upload_head(&addr.to_string(), &bearer, 1000);
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(b"{").await.unwrap();
+    let mut flood = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ask = format!("GET /openapi.json HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        for _ in 0..100_000 {
+            if flood.write_all(ask.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        flood
+    });
+    // Long enough for the server's writes to the flood to block.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let started = Instant::now();
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.shutdown_within(Duration::from_secs(1)),
+    )
+    .await;
+    let took = started.elapsed();
+    writer.abort();
+    drop(stalled);
+    let stopped = stopped.expect("shutdown held by open connections for 20 s");
+    assert!(stopped.is_ok(), "the audit queue drains: {stopped:?}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let text = std::fs::read_to_string(app.config().audit_file()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("before-shutdown") && l.contains("auth.login")),
+        "the login is in the audit file"
+    );
+}
+
+/// A login or refresh refused for its body (unknown field, malformed JSON, wrong content
+/// type, over 64 KiB) is an attempt like any other: each leaves exactly one `auth.login` or
+/// `auth.refresh` event with outcome `failure`, in the platform's trail (the body names no
+/// tenant that could be trusted), with the client address and the route, on both servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_refused_for_its_body_is_audited_once_on_both_servers() {
+    let big = format!(
+        r#"{{"tenant_id":"acme","username":"bob","password":"{}"}}"#,
+        "a".repeat(70 * 1024)
+    );
+    let json = "application/json";
+    let mut transcripts = Vec::new();
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let (root, _) = h.login("platform", "root").await;
+        let (alice, _) = h.login("acme", "alice").await;
+        let mut log = Vec::new();
+        for (rid, path, ct, body, status) in [
+            (
+                "rid-unknown-field",
+                "/v1/auth/login",
+                json,
+                r#"{"tenant_id":"acme","username":"bob","password":"password","role":"x"}"#,
+                400,
+            ),
+            (
+                "rid-malformed",
+                "/v1/auth/login",
+                json,
+                r#"{"tenant_id":"#,
+                400,
+            ),
+            (
+                "rid-text",
+                "/v1/auth/login",
+                "text/plain",
+                "acme bob password",
+                415,
+            ),
+            ("rid-too-large", "/v1/auth/login", json, big.as_str(), 413),
+            ("rid-refresh-malformed", "/v1/auth/refresh", json, "{", 400),
+            (
+                "rid-refresh-text",
+                "/v1/auth/refresh",
+                "text/plain",
+                "x",
+                415,
+            ),
+        ] {
+            let headers = [("content-type", ct), ("x-request-id", rid)];
+            let r = h.send("POST", path, None, Some(body), &headers).await;
+            common::assert_problem(&format!("{who} {rid}"), &r, status);
+            log.push(common::entry(rid, &r, None));
+            let mut found = Vec::new();
+            for (trail, token) in [("acme", &alice), ("platform", &root)] {
+                for e in events_of(&h, token, rid).await {
+                    found.push((trail, e));
+                }
+            }
+            assert_eq!(found.len(), 1, "{who} {rid}: one event, got {found:?}");
+            let (trail, e) = &found[0];
+            let action = path.trim_start_matches("/v1/").replace('/', ".");
+            assert_eq!(*trail, "platform", "{who} {rid}: {e}");
+            assert_eq!(e["action"], action, "{who} {rid}: {e}");
+            assert_eq!(e["outcome"], "failure", "{who} {rid}: {e}");
+            assert!(e["reason"].is_string(), "{who} {rid}: {e}");
+            assert_eq!(e["origin"]["client_addr"], "127.0.0.1", "{who} {rid}: {e}");
+            assert_eq!(e["origin"]["route"], path, "{who} {rid}: {e}");
+            log.push(common::Entry {
+                case: format!("{rid} event"),
+                status: 0,
+                headers: Default::default(),
+                body: serde_json::json!([e["action"], e["outcome"], e["reason"]]),
+            });
+        }
+        assert!(h.stop().await);
+        transcripts.push(log);
+    }
+    assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
+}
+
+/// A method a path does not serve is answered 405 with the `Allow` the path serves (RFC 9110
+/// §15.5.6), the same on both servers, for every path of the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_405_names_the_allowed_methods_on_both_servers() {
+    use tenancy_server::openapi::OPERATIONS;
+    let mut paths: Vec<&str> = OPERATIONS.iter().map(|(_, p, _, _)| *p).collect();
+    paths.dedup();
+    let mut transcripts = Vec::new();
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let (root, _) = h.login("platform", "root").await;
+        let mut log = Vec::new();
+        for template in &paths {
+            let path = template
+                .replace("{id}", "00000000000000000000000000000000")
+                .replace("{tenant}", "globex");
+            let r = h.send("PATCH", &path, Some(&root), None, &[]).await;
+            common::assert_problem(&format!("{who} PATCH {path}"), &r, 405);
+            assert!(
+                r.header("allow").is_some_and(|a| !a.is_empty()),
+                "{who} PATCH {path}: no Allow: {:?}",
+                r.headers
+            );
+            log.push(common::entry(template, &r, None));
         }
         assert!(h.stop().await);
         transcripts.push(log);

@@ -11,7 +11,7 @@ use actix_web::middleware;
 use actix_web::{FromRequest, HttpMessage as _, HttpRequest, HttpResponse, ResponseError, web};
 use tenancy_actix::Tenant;
 use tenancy_actix::http_core::RequestMeta;
-use tenancy_server::app::MAX_BODY_BYTES;
+use tenancy_server::app::{BODY_READ_TIMEOUT, MAX_BODY_BYTES};
 use tenancy_server::web::{self as endpoints, Answer, BodyError, Call};
 use tenancy_server::{App, Error};
 
@@ -25,41 +25,49 @@ fn get() -> actix_web::Route {
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     // Every resource and the fallback behind the body limit, as the axum router layers it over
     // every route (each wrapped on its own: a scope around them all would also take the paths
-    // of routes an application registers after these).
-    let resource = |path: &str| {
+    // of routes an application registers after these). `allow` is the resource's methods as
+    // axum lists them in the `Allow` of its 405 (in the order its routes add them, HEAD after
+    // GET): actix-web does not list them itself.
+    let resource = |path: &str, allow: &'static str| {
         web::resource(path)
             .wrap(middleware::from_fn(limit_body))
-            .default_service(web::to(method_not_allowed))
+            .default_service(web::to(move |r: Req| method_not_allowed(r, allow)))
     };
+    const GET: &str = "GET,HEAD";
+    const POST: &str = "POST";
     cfg.app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
-        .service(resource("/health").route(get().to(health)))
-        .service(resource("/metrics").route(get().to(metrics)))
-        .service(resource("/openapi.json").route(get().to(openapi_doc)))
-        .service(resource("/v1/auth/login").route(web::post().to(login)))
-        .service(resource("/v1/auth/refresh").route(web::post().to(refresh)))
-        .service(resource("/v1/auth/logout").route(web::post().to(logout)))
-        .service(resource("/v1/me").route(get().to(me)))
+        .service(resource("/health", GET).route(get().to(health)))
+        .service(resource("/metrics", GET).route(get().to(metrics)))
+        .service(resource("/openapi.json", GET).route(get().to(openapi_doc)))
+        .service(resource("/v1/auth/login", POST).route(web::post().to(login)))
+        .service(resource("/v1/auth/refresh", POST).route(web::post().to(refresh)))
+        .service(resource("/v1/auth/logout", POST).route(web::post().to(logout)))
+        .service(resource("/v1/me", GET).route(get().to(me)))
         .service(
-            resource("/v1/records")
+            resource("/v1/records", "GET,HEAD,POST")
                 .route(get().to(list_records))
                 .route(web::post().to(create_record)),
         )
         .service(
-            resource("/v1/records/{id}")
+            resource("/v1/records/{id}", "GET,HEAD,DELETE")
                 .route(get().to(get_record))
                 .route(web::delete().to(delete_record)),
         )
-        .service(resource("/v1/tenant/audit").route(get().to(tenant_audit)))
+        .service(resource("/v1/tenant/audit", GET).route(get().to(tenant_audit)))
         .service(
-            resource("/v1/admin/tenants/{tenant}")
+            resource("/v1/admin/tenants/{tenant}", "PUT,GET,HEAD")
                 .route(web::put().to(put_tenant))
                 .route(get().to(get_tenant)),
         )
-        .service(resource("/v1/admin/tenants/{tenant}/limits").route(web::put().to(put_limits)))
-        .service(resource("/v1/admin/tenants/{tenant}/bypass").route(web::post().to(bypass)))
-        .service(resource("/v1/admin/tenants/{tenant}/suspend").route(web::post().to(suspend)))
-        .service(resource("/v1/admin/tenants/{tenant}/resume").route(web::post().to(resume)))
-        .service(resource("/v1/admin/audit/verify").route(get().to(verify)))
+        .service(
+            resource("/v1/admin/tenants/{tenant}/limits", "PUT").route(web::put().to(put_limits)),
+        )
+        .service(resource("/v1/admin/tenants/{tenant}/bypass", POST).route(web::post().to(bypass)))
+        .service(
+            resource("/v1/admin/tenants/{tenant}/suspend", POST).route(web::post().to(suspend)),
+        )
+        .service(resource("/v1/admin/tenants/{tenant}/resume", POST).route(web::post().to(resume)))
+        .service(resource("/v1/admin/audit/verify", GET).route(get().to(verify)))
         .default_service(web::to(not_found).wrap(middleware::from_fn(limit_body)));
 }
 
@@ -71,10 +79,12 @@ fn has_body(req: &ServiceRequest) -> bool {
         || req.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
-/// Holds every request's body to [`MAX_BODY_BYTES`] before routing, whether or not its route
-/// reads a body, as the axum server does: a declared `Content-Length` over the limit is
-/// refused before any of the body is read; any other body is read, at most to the limit, and
-/// handed on whole. (What is left of a refused body, [`tenancy_actix::DrainBody`] throws away.)
+/// Holds every request's body to [`MAX_BODY_BYTES`] and [`BODY_READ_TIMEOUT`] before routing,
+/// whether or not its route reads a body, as the axum server does: a declared
+/// `Content-Length` over the limit is refused before any of the body is read; any other body
+/// is read, at most to the limit and for at most the timeout (else 408), and handed on whole.
+/// (What is left of a refused body, [`tenancy_actix::DrainBody`] throws away, within its own
+/// bounds.)
 async fn limit_body(
     mut req: ServiceRequest,
     next: middleware::Next<impl MessageBody + 'static>,
@@ -84,15 +94,17 @@ async fn limit_body(
         BodyError::TooLarge
     } else if has_body(&req) {
         let (http_req, payload) = req.parts_mut();
-        match web::Bytes::from_request(http_req, payload).await {
-            Ok(bytes) => {
+        let read = web::Bytes::from_request(http_req, payload);
+        match actix_web::rt::time::timeout(BODY_READ_TIMEOUT, read).await {
+            Ok(Ok(bytes)) => {
                 req.set_payload(bytes.into());
                 return next
                     .call(req)
                     .await
                     .map(ServiceResponse::map_into_left_body);
             }
-            Err(e) => body_error(&e),
+            Ok(Err(e)) => body_error(&e),
+            Err(_) => BodyError::TimedOut,
         }
     } else {
         return next
@@ -101,7 +113,7 @@ async fn limit_body(
             .map(ServiceResponse::map_into_left_body);
     };
     let resp = match call(req.request()) {
-        Ok(c) => reply(endpoints::body_refused(&c, refused)),
+        Ok(c) => reply(endpoints::body_refused(&c, refused).await),
         Err(missing) => missing.error_response(),
     };
     Ok(req.into_response(resp).map_into_right_body())
@@ -199,8 +211,11 @@ async fn not_found(Req(c): Req) -> HttpResponse {
     reply(endpoints::not_found(&c))
 }
 
-async fn method_not_allowed(Req(c): Req) -> HttpResponse {
-    reply(endpoints::method_not_allowed(&c))
+/// 405, with the resource's methods in `Allow` (RFC 9110 §15.5.6).
+async fn method_not_allowed(Req(c): Req, allow: &'static str) -> HttpResponse {
+    let mut a = endpoints::method_not_allowed(&c);
+    a.headers.push(("allow", allow.to_owned()));
+    reply(a)
 }
 
 async fn health(Req(c): Req) -> HttpResponse {
@@ -223,8 +238,13 @@ async fn refresh(Req(c): Req, b: RawBody) -> HttpResponse {
     reply(endpoints::refresh(&c, body(&b)).await)
 }
 
-async fn logout(Req(c): Req, Tenant(ctx): Tenant) -> HttpResponse {
-    reply(endpoints::logout(&c, &ctx).await)
+async fn logout(Req(c): Req, Tenant(ctx): Tenant, req: HttpRequest, b: RawBody) -> HttpResponse {
+    // The verified claims, as the tenancy middleware keeps them.
+    let claims = req
+        .extensions()
+        .get::<RequestMeta>()
+        .and_then(|m| m.claims().cloned());
+    reply(endpoints::logout(&c, &ctx, claims.as_deref(), body(&b)).await)
 }
 
 async fn me(Tenant(ctx): Tenant) -> HttpResponse {
@@ -269,12 +289,12 @@ async fn bypass(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath, b: RawBody) -> 
     reply(endpoints::bypass(&c, &ctx, &t, body(&b)).await)
 }
 
-async fn suspend(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath) -> HttpResponse {
-    reply(endpoints::set_status(&c, &ctx, &t, true).await)
+async fn suspend(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath, b: RawBody) -> HttpResponse {
+    reply(endpoints::set_status(&c, &ctx, &t, true, body(&b)).await)
 }
 
-async fn resume(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath) -> HttpResponse {
-    reply(endpoints::set_status(&c, &ctx, &t, false).await)
+async fn resume(Req(c): Req, Tenant(ctx): Tenant, t: TenantPath, b: RawBody) -> HttpResponse {
+    reply(endpoints::set_status(&c, &ctx, &t, false, body(&b)).await)
 }
 
 async fn verify(Req(c): Req, Tenant(ctx): Tenant) -> HttpResponse {

@@ -26,7 +26,7 @@ use sqlx::Connection as _;
 use sqlx::postgres::PgConnectOptions;
 use tenancy_audit::AuditDispatcher;
 use tenancy_audit::store::{AuditStore, FileAuditStore, PgAuditStore};
-use tenancy_auth::{Algorithm, JwtVerifier, SigningKey, TokenIssuer, VerifyKey};
+use tenancy_auth::{Algorithm, JwtVerifier, MemoryDenylist, SigningKey, TokenIssuer, VerifyKey};
 use tenancy_cache::keys::KeySpace;
 use tenancy_cache::{RedisConfig, RedisPool, RedisRateLimiter, RedisSessionStore};
 use tenancy_core::memory::{MemoryRateLimiter, MemorySessionStore, MemoryTenantDirectory};
@@ -50,6 +50,14 @@ use crate::{Error, Result};
 /// Why 64 KiB: every body of this API is a small JSON document; a bound this low keeps a
 /// flood of large bodies from costing memory and parse time.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest a request body may take to arrive, from when the server starts reading it; a
+/// body not read to its end by then is answered `408 Request Timeout`.
+///
+/// Why 10 s: a body of this API is at most [`MAX_BODY_BYTES`], which arrives in well under
+/// a second on any working connection; without a bound, a client that declares a length and
+/// then stalls holds its request, its worker's memory and a graceful shutdown for ever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn startup(what: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Error {
     move |source| Error::Startup { what, source }
@@ -178,10 +186,18 @@ pub fn signing_key(config: &Config) -> Result<Option<SigningKey>> {
     })
 }
 
+/// The token verifier: the configured key, the session store (a token bound to a session is
+/// refused once the session ends), and a denylist of revoked `jti`s (a token without a
+/// session is refused once logged out).
+///
+/// The denylist is in process memory: a logout of a session-less token holds in this process
+/// until the token expires, not across several instances or a restart. Tokens this server
+/// issues at login carry a session, whose end every instance sees through the shared store.
 fn verifier(config: &Config, sessions: Arc<dyn SessionStore>) -> Result<JwtVerifier> {
     let b = JwtVerifier::builder()
         .audience(config.audience.clone())
-        .sessions(sessions);
+        .sessions(sessions)
+        .denylist(Arc::new(MemoryDenylist::new()));
     let b = match &config.key {
         KeyConfig::Secret(s) => {
             let k = VerifyKey::hmac(s.as_bytes(), Algorithm::HS256).map_err(|e| Error::Config {
@@ -614,7 +630,20 @@ impl App {
             }
         };
         let sessions: Arc<dyn SessionStore> = match (&redis, &database) {
-            (Some(pool), _) => Arc::new(RedisSessionStore::new(pool.clone()).with_key_space(keys)),
+            (Some(pool), _) => {
+                let store = RedisSessionStore::new(pool.clone()).with_key_space(keys);
+                // Revocation finds sessions through an index an evicting Redis may drop: such a
+                // Redis is refused. One that cannot be asked now (down at start-up) is not: the
+                // server starts and answers 503 until it is back.
+                match store.check_eviction_policy().await {
+                    Ok(()) => {}
+                    Err(e) if e.is_unavailable() => {
+                        tracing::warn!(error = %e, "could not check Redis's eviction policy");
+                    }
+                    Err(e) => return Err(startup("Redis session store")(boxed(e))),
+                }
+                Arc::new(store)
+            }
             (None, Some(db)) => Arc::new(PgSessionStore::new(db.tenants.clone())),
             (None, None) => {
                 let s = MemorySessionStore::new();

@@ -59,6 +59,9 @@ pub enum Error {
     /// A concurrent change won (409).
     #[error("conflict")]
     Conflict,
+    /// The body did not arrive within the time allowed (408).
+    #[error("request body not received within {0:?}")]
+    RequestTimeout(std::time::Duration),
     /// The body is larger than allowed (413).
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -113,6 +116,7 @@ impl Error {
             Self::Forbidden(_) => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::RequestTimeout(_) => 408,
             Self::Conflict => 409,
             Self::PayloadTooLarge(_) => 413,
             Self::UnsupportedMediaType => 415,
@@ -141,6 +145,15 @@ impl Error {
                 "conflict",
                 "Conflict",
                 "a concurrent change won; retry".into(),
+            ),
+            Self::RequestTimeout(t) => (
+                "request-timeout",
+                "Request Timeout",
+                format!(
+                    "the request body did not arrive within {} seconds",
+                    t.as_secs()
+                )
+                .into(),
             ),
             Self::PayloadTooLarge(n) => (
                 "payload-too-large",

@@ -2,7 +2,8 @@
 //! endpoint in [`web`], and sends its [`Answer`].
 //!
 //! [`router`] returns the whole API with the tenancy stack (request id, authentication,
-//! tenant resolution, rate limits, audit) and the 64 KiB body limit in front of it.
+//! tenant resolution, rate limits, audit) and the body limits (64 KiB, read within
+//! [`BODY_READ_TIMEOUT`]) in front of it.
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use tenancy_http::RequestMeta;
 use tenancy_tower::{DrainBodyLayer, TenancyLayer, Tenant};
 
-use crate::app::{App, MAX_BODY_BYTES};
+use crate::app::{App, BODY_READ_TIMEOUT, MAX_BODY_BYTES};
 use crate::web::{self, Answer, BodyError, Call};
 
 impl IntoResponse for Answer {
@@ -79,6 +80,26 @@ fn body(b: &RawBody) -> web::Body<'_> {
         Ok(bytes) => Ok(bytes),
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(BodyError::TooLarge),
         Err(_) => Err(BodyError::Unreadable),
+    }
+}
+
+/// The verified claims of the request's token, as the tenancy layer keeps them
+/// ([`RequestMeta::claims`]); `None` on a public route.
+struct VerifiedClaims(Option<std::sync::Arc<tenancy_core::Claims>>);
+
+impl FromRequestParts<App> for VerifiedClaims {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &App,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<RequestMeta>()
+                .and_then(|m| m.claims().cloned()),
+        ))
     }
 }
 
@@ -175,10 +196,11 @@ fn decode_unreserved<B>(mut req: http::Request<B>) -> http::Request<B> {
     req
 }
 
-/// Holds every request's body to [`MAX_BODY_BYTES`] before routing, whether or not its
-/// route reads a body: a declared `Content-Length` over the limit is refused before any of
-/// the body is read; any other body is read, at most to the limit, and handed on whole. (What
-/// is left of a refused body, [`DrainBodyLayer`] throws away.) Inside the tenancy layer, so that
+/// Holds every request's body to [`MAX_BODY_BYTES`] and [`BODY_READ_TIMEOUT`] before routing,
+/// whether or not its route reads a body: a declared `Content-Length` over the limit is
+/// refused before any of the body is read; any other body is read, at most to the limit and
+/// for at most the timeout (else 408), and handed on whole. (What is left of a refused body,
+/// [`DrainBodyLayer`] throws away, within its own bounds.) Inside the tenancy layer, so that
 /// an unauthenticated request is refused before its body is read.
 async fn limit_body(State(app): State<App>, req: axum::extract::Request, next: Next) -> Response {
     use http_body_util::{BodyExt as _, LengthLimitError, Limited};
@@ -194,20 +216,22 @@ async fn limit_body(State(app): State<App>, req: axum::extract::Request, next: N
             .run(axum::extract::Request::from_parts(parts, body))
             .await;
     } else {
-        match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(read) => {
+        let read = Limited::new(body, MAX_BODY_BYTES).collect();
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+            Ok(Ok(read)) => {
                 let body = axum::body::Body::from(read.to_bytes());
                 return next
                     .run(axum::extract::Request::from_parts(parts, body))
                     .await;
             }
-            Err(e) if e.is::<LengthLimitError>() => BodyError::TooLarge,
-            Err(_) => BodyError::Unreadable,
+            Ok(Err(e)) if e.is::<LengthLimitError>() => BodyError::TooLarge,
+            Ok(Err(_)) => BodyError::Unreadable,
+            Err(_) => BodyError::TimedOut,
         }
     };
     // The request's `Call` only for a refusal: a request that passes pays for none.
     let Ok(c) = Call::from_request_parts(&mut parts, &app).await;
-    web::body_refused(&c, refused).into_response()
+    web::body_refused(&c, refused).await.into_response()
 }
 
 async fn not_found(c: Call) -> Answer {
@@ -238,8 +262,13 @@ async fn refresh(c: Call, b: RawBody) -> Answer {
     web::refresh(&c, body(&b)).await
 }
 
-async fn logout(c: Call, Tenant(ctx): Tenant) -> Answer {
-    web::logout(&c, &ctx).await
+async fn logout(
+    c: Call,
+    Tenant(ctx): Tenant,
+    VerifiedClaims(v): VerifiedClaims,
+    b: RawBody,
+) -> Answer {
+    web::logout(&c, &ctx, v.as_deref(), body(&b)).await
 }
 
 async fn me(Tenant(ctx): Tenant) -> Answer {
@@ -282,12 +311,12 @@ async fn bypass(c: Call, Tenant(ctx): Tenant, Param(t): Param, b: RawBody) -> An
     web::bypass(&c, &ctx, &t, body(&b)).await
 }
 
-async fn suspend(c: Call, Tenant(ctx): Tenant, Param(t): Param) -> Answer {
-    web::set_status(&c, &ctx, &t, true).await
+async fn suspend(c: Call, Tenant(ctx): Tenant, Param(t): Param, b: RawBody) -> Answer {
+    web::set_status(&c, &ctx, &t, true, body(&b)).await
 }
 
-async fn resume(c: Call, Tenant(ctx): Tenant, Param(t): Param) -> Answer {
-    web::set_status(&c, &ctx, &t, false).await
+async fn resume(c: Call, Tenant(ctx): Tenant, Param(t): Param, b: RawBody) -> Answer {
+    web::set_status(&c, &ctx, &t, false, body(&b)).await
 }
 
 async fn verify(c: Call, Tenant(ctx): Tenant) -> Answer {

@@ -50,7 +50,7 @@ pub mod web;
 pub use app::App;
 pub use config::{Config, Env};
 pub use error::{Error, Result};
-pub use server::{Server, bind, serve, shutdown_signal, start};
+pub use server::{SHUTDOWN_TIMEOUT, Server, bind, serve, shutdown_signal, start};
 
 /// Sends the server's logs (5xx causes, audit spooling, start-up, shutdown) to stderr.
 ///

@@ -26,7 +26,7 @@ pub const OPERATIONS: &[(&str, &str, bool, &[u16])] = &[
         false,
         &[200, 400, 401, 403, 413, 415],
     ),
-    ("post", "/v1/auth/logout", true, &[204, 401]),
+    ("post", "/v1/auth/logout", true, &[204, 400, 401, 415]),
     ("get", "/v1/me", true, &[200, 401, 403]),
     ("get", "/v1/records", true, &[200, 401, 403, 429]),
     (
@@ -71,13 +71,13 @@ pub const OPERATIONS: &[(&str, &str, bool, &[u16])] = &[
         "post",
         "/v1/admin/tenants/{tenant}/suspend",
         true,
-        &[200, 401, 403, 404],
+        &[200, 400, 401, 403, 404, 415],
     ),
     (
         "post",
         "/v1/admin/tenants/{tenant}/resume",
         true,
-        &[200, 401, 403, 404],
+        &[200, 400, 401, 403, 404, 415],
     ),
     ("get", "/v1/admin/audit/verify", true, &[200, 400, 401, 403]),
 ];
@@ -182,6 +182,16 @@ fn request_body(method: &str, path: &str) -> Option<Value> {
             )],
             &["seconds"],
         ),
+        // Routes that take no body: nothing, or an empty object.
+        (
+            "post",
+            "/v1/auth/logout"
+            | "/v1/admin/tenants/{tenant}/suspend"
+            | "/v1/admin/tenants/{tenant}/resume",
+        ) => {
+            return Some(json!({"required": false,
+                "content": {"application/json": {"schema": obj(&[], &[])}}}));
+        }
         _ => return None,
     };
     Some(json!({"required": true, "content": {"application/json": {"schema": schema}}}))
@@ -256,9 +266,10 @@ fn ok_schema(method: &str, path: &str) -> Value {
     }
 }
 
-/// Statuses every operation can answer whatever its own: the body limit holds on every route,
-/// before the route runs (413 over 64 KiB; 400 for a body that cannot be read).
-const EVERY_OPERATION: &[u16] = &[400, 413];
+/// Statuses every operation can answer whatever its own: the body limits hold on every route,
+/// before the route runs (413 over 64 KiB; 408 for a body that does not arrive in time; 400
+/// for a body that cannot be read).
+const EVERY_OPERATION: &[u16] = &[400, 408, 413];
 
 fn responses(method: &str, path: &str, statuses: &[u16]) -> Value {
     let mut out = serde_json::Map::new();

@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tenancy_audit::store::FileAuditStore;
 use tenancy_core::{
-    AuditEvent, AuditSink as _, HealthStatus, Limit, Origin, Outcome, QuotaOverrides,
+    AuditEvent, AuditSink as _, Claims, HealthStatus, Limit, Origin, Outcome, QuotaOverrides,
     RateLimitRequest, TenantContext, TenantId, TenantSettings, TenantStatus, TierName,
     TokenRejection, Upsert, UserId,
 };
@@ -144,6 +144,23 @@ pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<Toke
     let result = login_attempt(app, req, origin).await;
     audit_failed_attempt(app, "auth.login", username, origin, &result).await;
     result
+}
+
+/// A login (`action` `auth.login`) or refresh (`auth.refresh`) refused before it could be
+/// attempted, for its body: `refusal` is the answer (400 for a document that is malformed or
+/// has unknown fields, 408 for a body that did not arrive in time, 413 for one over the limit,
+/// 415 for one that is not JSON). Audited once, with outcome `failure`, in the platform's
+/// trail (a refused body names no tenant that could be trusted): a login attempt leaves a
+/// trace whatever its body.
+pub async fn audit_refused_attempt(app: &App, action: &str, origin: &Origin, refusal: &Error) {
+    let reason = match refusal.status() {
+        408 => "body_timeout",
+        413 => "body_too_large",
+        415 => "unsupported_media_type",
+        _ => "invalid_body",
+    };
+    app.record(event(&platform(), action, Outcome::Failure, origin).with_reason(reason))
+        .await;
 }
 
 /// A login or refresh that a backend failure ended (a 5xx, for which nothing was recorded
@@ -301,11 +318,15 @@ async fn refresh_attempt(app: &App, req: RefreshRequest, origin: &Origin) -> Res
 }
 
 /// Ends the caller's session: its refresh token and every access token bound to it are
-/// refused from now on. (A token without a session has nothing to end.)
+/// refused from now on. A token without a session (`claims`, as verified, carry no `sid`) is
+/// itself revoked, by its `jti`, on the verifier's denylist, until it expires.
 ///
 /// # Errors
-/// 503 when the session store cannot answer.
-pub async fn logout(app: &App, ctx: &TenantContext) -> Result<()> {
+/// 400 for a token with neither a session nor a `jti`: nothing can be ended, and the token
+/// stays valid until it expires (the answer says so rather than pretend). 503 when the
+/// session store cannot answer. 500 when `claims` are missing (the tenancy layer verified
+/// none).
+pub async fn logout(app: &App, ctx: &TenantContext, claims: Option<&Claims>) -> Result<()> {
     if let Some(sid) = &ctx.session {
         match app.issuer() {
             Some(i) => {
@@ -315,7 +336,17 @@ pub async fn logout(app: &App, ctx: &TenantContext) -> Result<()> {
                 app.sessions().delete(&ctx.tenant, sid).await?;
             }
         }
+        return Ok(());
     }
+    let claims = claims.ok_or_else(|| Error::Internal("logout without verified claims".into()))?;
+    if claims.jti.is_none() {
+        return Err(Error::BadRequest(
+            "this token has no session and no `jti`: it cannot be revoked, and stays valid \
+             until it expires"
+                .into(),
+        ));
+    }
+    app.verifier().revoke(claims).await?;
     Ok(())
 }
 

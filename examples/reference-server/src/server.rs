@@ -1,12 +1,20 @@
 //! Starting and stopping the server.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::{App, Config, Error, Result};
+
+/// How long [`Server::shutdown`] lets in-flight requests finish.
+///
+/// Why 30 s: long enough for any request of this API (the slowest waits a few seconds for the
+/// audit store, a body at most [`BODY_READ_TIMEOUT`](crate::app::BODY_READ_TIMEOUT)), short
+/// enough for a process supervisor's stop timeout; the actix-web server waits as long.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running server: its address, its [`App`], and a graceful [`Server::shutdown`].
 #[derive(Debug)]
@@ -104,18 +112,39 @@ impl Server {
         &self.app
     }
 
-    /// Stops accepting connections, lets in-flight requests finish, drains the audit queue
-    /// into the store (what cannot be stored stays in the spool for the next start), and
-    /// closes the pools.
+    /// Stops accepting connections, lets in-flight requests finish (up to
+    /// [`SHUTDOWN_TIMEOUT`]), drains the audit queue into the store (what cannot be stored
+    /// stays in the spool for the next start), and closes the pools.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when audit events had to stay in the spool; [`Error::Internal`]
     /// when the server task failed.
-    pub async fn shutdown(mut self) -> Result<()> {
+    pub async fn shutdown(self) -> Result<()> {
+        self.shutdown_within(SHUTDOWN_TIMEOUT).await
+    }
+
+    /// [`Server::shutdown`], letting in-flight requests finish for at most `grace`. Past it,
+    /// the server stops waiting for the connections still open (a client that neither sends
+    /// nor reads) and drains the audit queue all the same; what those connections still do is
+    /// cut short when the runtime ends.
+    ///
+    /// # Errors
+    /// As [`Server::shutdown`].
+    pub async fn shutdown_within(mut self, grace: Duration) -> Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let served = (&mut self.task).await;
+        let served = match tokio::time::timeout(grace, &mut self.task).await {
+            Ok(served) => served,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "connections still open after the shutdown grace period; no longer waiting"
+                );
+                self.task.abort();
+                Ok(Ok(()))
+            }
+        };
         let drained = self.app.shutdown().await;
         match served {
             Ok(Ok(())) => {}

@@ -20,7 +20,7 @@
 //! let answer = web::login(&call, Ok(body)).await;
 //! assert_eq!(answer.status, 200);
 //!
-//! let refused = web::login(&call, Err(BodyError::TooLarge)).await;
+//! let refused = web::login(&call, Err(BodyError::TooLarge)).await; // and audited
 //! assert_eq!(refused.status, 413);
 //! assert_eq!(refused.header("content-type"), Some("application/problem+json"));
 //! app.shutdown().await?;
@@ -31,10 +31,10 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tenancy_core::{HealthStatus, Origin, RequestId, TenantContext};
+use tenancy_core::{Claims, HealthStatus, Origin, RequestId, TenantContext};
 use tenancy_http::{AuditNote, PROBLEM_JSON, RequestMeta};
 
-use crate::app::{App, MAX_BODY_BYTES, metrics_handle};
+use crate::app::{App, BODY_READ_TIMEOUT, MAX_BODY_BYTES, metrics_handle};
 use crate::records::{self, NewRecord};
 use crate::{Error, Result, openapi, ops};
 
@@ -115,6 +115,8 @@ pub enum BodyError {
     TooLarge,
     /// The body could not be read (the connection failed mid-body, bad chunking).
     Unreadable,
+    /// The body did not arrive within [`BODY_READ_TIMEOUT`].
+    TimedOut,
 }
 
 /// A request body as the framework read it.
@@ -124,6 +126,7 @@ fn body_error(e: BodyError, limit: usize) -> Error {
     match e {
         BodyError::TooLarge => Error::PayloadTooLarge(limit),
         BodyError::Unreadable => Error::BadRequest("the request body could not be read".into()),
+        BodyError::TimedOut => Error::RequestTimeout(BODY_READ_TIMEOUT),
     }
 }
 
@@ -144,12 +147,24 @@ pub fn declares_too_large(content_length: Option<&[u8]>) -> bool {
 }
 
 /// The answer for a body refused before routing: 413 when it is over [`MAX_BODY_BYTES`]
-/// (declared, or found so while reading it), 400 when it could not be read. Every route, not
-/// only those that read a body, keeps the contract's limit. The server throws away what is
-/// left of the body (`DrainBodyLayer`, `DrainBody`) before it answers.
-pub fn body_refused(c: &Call, e: BodyError) -> Answer {
-    c.problem(body_error(e, MAX_BODY_BYTES))
+/// (declared, or found so while reading it), 408 when it did not arrive within
+/// [`BODY_READ_TIMEOUT`], 400 when it could not be read. Every route, not only those that
+/// read a body, keeps the contract's limits. The server throws away what is left of the body
+/// (`DrainBodyLayer`, `DrainBody`) before it answers, within its own bounds. A login or
+/// refresh so refused is audited as an attempt ([`ops::audit_refused_attempt`]).
+pub async fn body_refused(c: &Call, e: BodyError) -> Answer {
+    let e = body_error(e, MAX_BODY_BYTES);
+    if let Some(action) = c.attempt() {
+        ops::audit_refused_attempt(&c.app, action, &c.origin, &e).await;
+    }
+    c.problem(e)
 }
+
+/// The body of a route that takes none: nothing, or an empty JSON object (`{}`), through the
+/// same checks as every JSON body (415 for another content type, 400 for anything but `{}`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
 
 /// Whether a `Content-Type` value is JSON: `application/json` or `application/*+json`,
 /// parameters ignored.
@@ -336,6 +351,33 @@ impl Call {
         json_body(self.content_type.as_deref(), body, MAX_BODY_BYTES)
     }
 
+    /// The body of a route that takes none: accepted when empty, else it must be [`Empty`].
+    fn empty(&self, body: Body<'_>) -> Result<()> {
+        match body {
+            Ok([]) => Ok(()),
+            _ => self.json::<Empty>(body).map(|Empty {}| ()),
+        }
+    }
+
+    /// The audit action of a login or refresh route (`auth.login`, `auth.refresh`), whose
+    /// attempts are audited whatever refuses them.
+    fn attempt(&self) -> Option<&'static str> {
+        match self.origin.route.as_deref()? {
+            "/v1/auth/login" => Some("auth.login"),
+            "/v1/auth/refresh" => Some("auth.refresh"),
+            _ => None,
+        }
+    }
+
+    /// The JSON body of a login or refresh: a refused one is audited as an attempt.
+    async fn attempt_body<T: DeserializeOwned>(&self, action: &str, body: Body<'_>) -> Result<T> {
+        let parsed = self.json(body);
+        if let Err(e) = &parsed {
+            ops::audit_refused_attempt(&self.app, action, &self.origin, e).await;
+        }
+        parsed
+    }
+
     fn query<T: DeserializeOwned>(&self) -> Result<T> {
         query(&self.query)
     }
@@ -399,7 +441,8 @@ pub fn openapi() -> Answer {
 /// `POST /v1/auth/login`.
 pub async fn login(c: &Call, body: Body<'_>) -> Answer {
     let r = async {
-        let t = ops::login(&c.app, c.json(body)?, &c.origin).await?;
+        let req = c.attempt_body("auth.login", body).await?;
+        let t = ops::login(&c.app, req, &c.origin).await?;
         Ok(Answer::json(200, &t))
     };
     c.answer(r.await)
@@ -408,16 +451,27 @@ pub async fn login(c: &Call, body: Body<'_>) -> Answer {
 /// `POST /v1/auth/refresh`.
 pub async fn refresh(c: &Call, body: Body<'_>) -> Answer {
     let r = async {
-        let t = ops::refresh(&c.app, c.json(body)?, &c.origin).await?;
+        let req = c.attempt_body("auth.refresh", body).await?;
+        let t = ops::refresh(&c.app, req, &c.origin).await?;
         Ok(Answer::json(200, &t))
     };
     c.answer(r.await)
 }
 
-/// `POST /v1/auth/logout`.
-pub async fn logout(c: &Call, ctx: &TenantContext) -> Answer {
-    let r = ops::logout(&c.app, ctx).await.map(|()| Answer::empty(204));
-    c.answer(r)
+/// `POST /v1/auth/logout`: `claims` are the verified claims of the presented token (the
+/// tenancy layer's [`RequestMeta::claims`]); the body is nothing or `{}`.
+pub async fn logout(
+    c: &Call,
+    ctx: &TenantContext,
+    claims: Option<&Claims>,
+    body: Body<'_>,
+) -> Answer {
+    let r = async {
+        c.empty(body)?;
+        ops::logout(&c.app, ctx, claims).await?;
+        Ok(Answer::empty(204))
+    };
+    c.answer(r.await)
 }
 
 /// `GET /v1/me`.
@@ -507,10 +561,21 @@ pub async fn bypass(c: &Call, ctx: &TenantContext, tenant: &str, body: Body<'_>)
     c.answer(r.await)
 }
 
-/// `POST /v1/admin/tenants/{tenant}/suspend` (`suspend`) and `/resume`.
-pub async fn set_status(c: &Call, ctx: &TenantContext, tenant: &str, suspend: bool) -> Answer {
-    let r = ops::set_status(&c.app, ctx, tenant, suspend).await;
-    c.answer(r.map(|v| Answer::json(200, &v)))
+/// `POST /v1/admin/tenants/{tenant}/suspend` (`suspend`) and `/resume`; the body is nothing
+/// or `{}`.
+pub async fn set_status(
+    c: &Call,
+    ctx: &TenantContext,
+    tenant: &str,
+    suspend: bool,
+    body: Body<'_>,
+) -> Answer {
+    let r = async {
+        c.empty(body)?;
+        let v = ops::set_status(&c.app, ctx, tenant, suspend).await?;
+        Ok(Answer::json(200, &v))
+    };
+    c.answer(r.await)
 }
 
 /// `GET /v1/admin/audit/verify?tenant=T`.

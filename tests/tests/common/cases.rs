@@ -101,6 +101,8 @@ pub enum Step {
     WaitRetryAfter,
     /// Mints a session-less acme token carrying only `records:read` into `{ro}`.
     MintReadOnly,
+    /// Mints a session-less acme token carrying `records:read` and no `jti` into `{nojti}`.
+    MintWithoutJti,
     /// Alters one stored acme `records.create` event behind the server's back: in the
     /// JSONL file, or in PostgreSQL with the append-only trigger bypassed as a superuser.
     Tamper,
@@ -301,6 +303,15 @@ fn usage(r: &Reply) -> Result<(), String> {
     }
 }
 
+fn allow_records(r: &Reply) -> Result<(), String> {
+    // As axum answers it: GET (with HEAD) and POST, in the order the routes add them.
+    if r.header("allow") == Some("GET,HEAD,POST") {
+        Ok(())
+    } else {
+        Err(format!("Allow: {:?}", r.header("allow")))
+    }
+}
+
 fn created_tenant(r: &Reply) -> Result<(), String> {
     if r.body["tier"] == "premium" {
         Ok(())
@@ -321,6 +332,15 @@ fn malformed(r: &Reply) -> Result<(), String> {
 fn unknown_field(r: &Reply) -> Result<(), String> {
     let d = r.body["detail"].as_str().unwrap_or_default();
     if d.contains("unknown field `owner`") {
+        Ok(())
+    } else {
+        Err(r.text.clone())
+    }
+}
+
+fn no_jti(r: &Reply) -> Result<(), String> {
+    let d = r.body["detail"].as_str().unwrap_or_default();
+    if d.contains("jti") {
         Ok(())
     } else {
         Err(r.text.clone())
@@ -396,6 +416,17 @@ pub fn contract() -> Vec<Step> {
         C(case("reuse revoked the session's new refresh token", "POST", "/v1/auth/refresh", None, 401)
             .json(r#"{"refresh_token":"{bob_refresh2}"}"#)),
         login_as("login bob again", "bob", &[("bob", "/access_token"), ("bob_refresh", "/refresh_token")]),
+        // A body on logout is an empty JSON object or nothing: anything else is refused, and
+        // the session does not end.
+        C(case("logout, text body", "POST", "/v1/auth/logout", Some("bob"), 415)
+            .body(Body::Raw("text/plain", "garbage"))),
+        C(case("logout, malformed JSON", "POST", "/v1/auth/logout", Some("bob"), 400)
+            .body(Body::Raw("application/json", "garbage"))
+            .check(malformed)),
+        C(case("logout, unknown field", "POST", "/v1/auth/logout", Some("bob"), 400)
+            .json(r#"{"owner":"x"}"#)
+            .check(unknown_field)),
+        C(case("still logged in after refused logouts", "GET", "/v1/me", Some("bob"), 200)),
         C(case("logout", "POST", "/v1/auth/logout", Some("bob"), 204)),
         C(case("access token refused after logout", "GET", "/v1/me", Some("bob"), 401)),
         C(case("refresh token refused after logout", "POST", "/v1/auth/refresh", None, 401)
@@ -438,18 +469,43 @@ pub fn contract() -> Vec<Step> {
         C(case("read-only token writes", "POST", "/v1/records", Some("ro"), 403)
             .json(r#"{"title":"t","body":"b"}"#)),
         C(case("undecodable id, not permitted", "DELETE", "/v1/records/%FF%FE", Some("ro"), 403)),
-        C(case("tenant header mismatch", "GET", "/v1/me", Some("bob"), 403).headers(&[("x-tenant-id", "globex")])),
+        // A token without a session is revoked by its `jti` at logout; one without a `jti`
+        // cannot be, and its logout is refused rather than answered as done.
+        C(case("logout without a session", "POST", "/v1/auth/logout", Some("ro"), 204).json("{}")),
+        C(case("session-less token refused after logout", "GET", "/v1/records", Some("ro"), 401)),
+        C(case("session-less token refused on every route", "GET", "/v1/me", Some("ro"), 401)),
+        Step::MintWithoutJti,
+        C(case("logout of a token without jti", "POST", "/v1/auth/logout", Some("nojti"), 400)
+            .check(no_jti)),
+        C(case("token without jti still works", "GET", "/v1/records", Some("nojti"), 200)),
+        C(case("tenant header mismatch", "GET", "/v1/me", Some("bob"), 403).headers(&[("x-tenant-id", "globex")]).limited(true)),
         C(case("tenant header match", "GET", "/v1/me", Some("bob"), 200).headers(&[("x-tenant-id", "acme")])),
         // Suspend and resume; tenant creation.
         C(case("globex before", "GET", "/v1/me", Some("gbob"), 200)),
         C(case("globex cross-tenant read", "GET", ACME_404, Some("gbob"), 404)),
+        // A body on suspend or resume is an empty JSON object or nothing: anything else is
+        // refused, and nothing is suspended.
+        C(case("suspend, text body", "POST", "/v1/admin/tenants/globex/suspend", Some("root"), 415)
+            .body(Body::Raw("text/plain", "garbage"))),
+        C(case("suspend, malformed JSON", "POST", "/v1/admin/tenants/globex/suspend", Some("root"), 400)
+            .body(Body::Raw("application/json", "garbage"))
+            .check(malformed)),
+        C(case("suspend, unknown field", "POST", "/v1/admin/tenants/globex/suspend", Some("root"), 400)
+            .json(r#"{"owner":"x"}"#)
+            .check(unknown_field)),
+        C(case("resume, text body", "POST", "/v1/admin/tenants/globex/resume", Some("root"), 415)
+            .body(Body::Raw("text/plain", "garbage"))),
+        C(case("not suspended by refused bodies", "GET", "/v1/admin/tenants/globex", Some("root"), 200)
+            .check(active)),
+        C(case("globex still served", "GET", "/v1/me", Some("gbob"), 200)),
         C(case("suspend", "POST", "/v1/admin/tenants/globex/suspend", Some("root"), 200)
             .json("{}")
             .limited(false)
             .check(suspended)),
         C(case("suspended token", "GET", "/v1/me", Some("gbob"), 403)),
         C(case("suspended login", "POST", "/v1/auth/login", None, 403).json(login("gbob"))),
-        C(case("resume", "POST", "/v1/admin/tenants/globex/resume", Some("root"), 200).json("{}").check(active)),
+        // No body at all is as good as `{}`.
+        C(case("resume", "POST", "/v1/admin/tenants/globex/resume", Some("root"), 200).check(active)),
         C(case("resumed token", "GET", "/v1/me", Some("gbob"), 200)),
         C(case("create tenant", "PUT", "/v1/admin/tenants/initech", Some("root"), 201).json(r#"{"tier":"standard"}"#)),
         C(case("change tier", "PUT", "/v1/admin/tenants/initech", Some("root"), 200)
@@ -509,7 +565,7 @@ pub fn contract() -> Vec<Step> {
         C(case("not JSON", "POST", "/v1/records", Some("bob"), 415).body(Body::Raw("text/plain", "hello"))),
         C(case("empty title", "POST", "/v1/records", Some("bob"), 400).json(r#"{"title":"","body":"b"}"#)),
         C(case("unknown path", "GET", "/v1/nowhere", Some("bob"), 404)),
-        C(case("wrong method", "PATCH", "/v1/records", Some("bob"), 405)),
+        C(case("wrong method", "PATCH", "/v1/records", Some("bob"), 405).check(allow_records)),
         C(case("bad query", "GET", "/v1/tenant/audit?colour=red", Some("alice"), 400)),
         C(case("bad limit", "GET", "/v1/tenant/audit?limit=0", Some("alice"), 400)),
         // The audit trail has every kind of action and verifies, until altered.
@@ -566,6 +622,12 @@ pub async fn run(h: &Harness, steps: &[Step]) -> Vec<Entry> {
                 vars.insert(
                     "ro".into(),
                     h.mint("acme", "carol", "user", &["records:read"]),
+                );
+            }
+            Step::MintWithoutJti => {
+                vars.insert(
+                    "nojti".into(),
+                    h.mint_without_jti("acme", "dave", &["records:read"]),
                 );
             }
             Step::Tamper => tamper(h).await,
