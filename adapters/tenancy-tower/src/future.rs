@@ -194,7 +194,22 @@ where
                     this.state.set(next);
                 }
                 StateProj::Inner { fut, after } => {
-                    let mut resp = ready!(fut.poll(cx))?;
+                    let mut resp = match ready!(fut.poll(cx)) {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            // No response to decorate, but the request is still counted (as a
+                            // 500, the status a server makes of a failed service), as the
+                            // actix-web middleware counts an error that reaches it.
+                            if let Some(
+                                After::Finish(tenancy, meta) | After::Stack(tenancy, meta, _),
+                            ) = after.take()
+                            {
+                                tenancy.finish(&meta, 500);
+                            }
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     let after = after.take().unwrap_or(After::Nothing);
                     // Most events are taken at once; only the rest need a future.
                     let pending = match &after {

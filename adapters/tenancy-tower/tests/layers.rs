@@ -439,3 +439,50 @@ async fn decisions_made_at_once_and_after_waiting_answer_alike() {
     assert_eq!(strip(&seen[0].0), strip(&seen[1].0));
     assert_eq!(seen[0].1, seen[1].1);
 }
+
+/// An inner service that fails (a hyper or tonic service with an error type): no response to
+/// decorate, but the request is still counted, as a 500, by the stack and by the separate
+/// layers alike.
+#[test]
+fn a_failing_inner_service_is_still_counted() {
+    let recorder = CaptureRecorder::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let clock = ManualClock::new();
+            // A quota of one request per user: one user for each way of stacking.
+            let t = tenancy(&clock, MemoryAuditSink::new(), 2).await;
+            let tok = token(&clock, "t0", 600);
+            let tok1 = token(&clock, "t1", 600);
+            let failing = |_req: http::Request<Body>| async {
+                Err::<http::Response<Body>, &'static str>("backend gone")
+            };
+            let stacked = ServiceBuilder::new()
+                .layer(TenancyLayer::new(t.clone()))
+                .service_fn(failing);
+            let err = stacked.oneshot(request("/items/7", Some(&tok))).await;
+            assert_eq!(err.unwrap_err(), "backend gone");
+            let layered = ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(t.clone()))
+                .layer(AuthenticateLayer::new(t.clone()))
+                .layer(ResolveTenantLayer::new(t.clone()))
+                .layer(RateLimitLayer::new(t.clone()))
+                .layer(AuditLayer::new(t))
+                .service_fn(failing);
+            let err = layered.oneshot(request("/items/7", Some(&tok1))).await;
+            assert_eq!(err.unwrap_err(), "backend gone");
+        });
+    });
+    for tenant in ["t0", "t1"] {
+        assert_eq!(
+            recorder.counter(&format!(
+                "tenancy_http_requests_total{{tenant={tenant},route=/items/{{id}},status=500}}"
+            )),
+            1,
+            "{tenant}"
+        );
+    }
+}
