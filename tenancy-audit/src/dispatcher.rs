@@ -438,9 +438,12 @@ impl HealthCheck for AuditDispatcher {
     }
 }
 
+/// [`Waiter::until`] of a waiter whose events are held in memory, not yet in the spool.
+const HELD: u64 = u64::MAX;
+
 struct Waiter {
     reply: oneshot::Sender<Result<()>>,
-    /// Spool offset the replay must pass.
+    /// Spool offset the replay must pass; [`HELD`] while the events are held in memory.
     until: u64,
     deadline: Instant,
 }
@@ -501,7 +504,14 @@ impl Writer {
                         self.retry().await;
                         self.expire_waiters();
                         self.publish();
-                        continue;
+                        // A replay that is not done is due again at once, and this arm comes
+                        // first: take what queued meanwhile now, or it waits for the whole
+                        // replay (requests blocked on a full queue, a flush or shutdown not
+                        // even seen, so its timeout not applied).
+                        match self.held.is_empty().then(|| self.rx.try_recv().ok()) {
+                            Some(Some(m)) => Some(m),
+                            _ => continue,
+                        }
                     }
                     m = self.rx.recv(), if self.held.is_empty() => m,
                     // Holding events the store refused (no spool, or a failing one), the
@@ -533,6 +543,7 @@ impl Writer {
             }
             let full = msgs.len() >= self.batch;
             let mut events = Vec::new();
+            let mut flushed = false;
             let mut msgs = msgs.into_iter();
             while let Some(m) = msgs.next() {
                 match m {
@@ -540,6 +551,7 @@ impl Writer {
                     Msg::Flush(reply) => {
                         self.write(std::mem::take(&mut events)).await;
                         self.add_waiter(reply);
+                        flushed = true;
                     }
                     Msg::Shutdown(reply) => {
                         let later: Vec<Msg> = msgs.collect();
@@ -550,6 +562,12 @@ impl Writer {
             }
             self.write(events).await;
             self.publish();
+            if flushed && !self.held.is_empty() && !self.rx.is_empty() {
+                // Holding events, the writer sees a control message only when notified, and
+                // the notifications of two requests sent before it looked are one: another
+                // flush or shutdown may wait behind the events still queued. Look again.
+                self.urgent.notify_one();
+            }
             if !full && !self.linger.is_zero() && !self.backlog() && self.waiters.is_empty() {
                 // Not polling the queue meanwhile, so `record` wakes nobody: events gather
                 // for the next append. A flush or shutdown ends the wait.
@@ -656,7 +674,13 @@ impl Writer {
             let _ = reply.send(Ok(()));
             return;
         }
-        let until = self.spool.as_ref().map_or(0, |s| lock(s).end());
+        // Events still held lie beyond the spool's end: until they are spooled, no replay
+        // position covers them (`spool_held` sets the real one).
+        let until = if self.held.is_empty() {
+            self.spool.as_ref().map_or(0, |s| lock(s).end())
+        } else {
+            HELD
+        };
         self.waiters.push(Waiter {
             reply,
             until,
@@ -753,6 +777,12 @@ impl Writer {
             Ok(()) => {
                 self.held.clear();
                 self.counters.spooled.fetch_add(n, Ordering::Relaxed);
+                let end = lock(&spool).end();
+                for w in &mut self.waiters {
+                    if w.until == HELD {
+                        w.until = end;
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit spool write failed; holding events in memory");
@@ -792,9 +822,17 @@ impl Writer {
         if let Some(spool) = self.spool.clone() {
             while lock(&spool).pending() {
                 let batch = self.batch;
-                let read = on_spool(&spool, move |s| s.read(batch)).await;
+                let read = on_spool(&spool, move |s| Ok((s.cursor(), s.read(batch)?))).await;
                 let (events, end) = match read {
-                    Ok(x) => x,
+                    // Pending, yet not one whole line: the spool ends inside a line (bytes a
+                    // failed write left). Reading again finds the same, so back off.
+                    Ok((cursor, (_, end))) if end == cursor => {
+                        let e = Error::malformed_plain("audit spool ends inside a line");
+                        tracing::error!(error = %e, offset = cursor, "audit spool read failed");
+                        self.failed(e);
+                        break;
+                    }
+                    Ok((_, x)) => x,
                     Err(e) => {
                         tracing::error!(error = %e, "audit spool read failed");
                         self.failed(e);
@@ -816,8 +854,10 @@ impl Writer {
                 }
                 self.recovered();
                 self.release_waiters();
-                if self.rx.len() * 2 >= self.rx.max_capacity() {
-                    // Let new events into the spool before the queue blocks requests.
+                self.expire_waiters();
+                if !self.rx.is_empty() {
+                    // One batch at a time while messages wait: new events go to the spool
+                    // before the queue blocks requests, and a flush or shutdown is seen.
                     break;
                 }
             }
@@ -850,5 +890,154 @@ impl Writer {
             return Err(self.spooled_error());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    use crate::chain::{Anchor, ChainHead, StoredRecord};
+    use crate::store::{Appended, MemoryAuditStore, ScanCursor, ScanPage};
+    use tenancy_core::{Outcome, TenantId};
+
+    /// A memory store that fails every append while `down` is set.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: MemoryAuditStore,
+        down: AtomicBool,
+    }
+
+    impl Flaky {
+        fn set_down(&self, down: bool) {
+            self.down.store(down, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait]
+    impl AuditStore for Flaky {
+        async fn append(&self, events: &[EncodedEvent]) -> Result<Vec<Appended>> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::io(
+                    "test store",
+                    std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "down"),
+                ));
+            }
+            self.inner.append(events).await
+        }
+        async fn scan(&self, t: &TenantId, c: ScanCursor, l: usize) -> Result<ScanPage> {
+            self.inner.scan(t, c, l).await
+        }
+        async fn newest(
+            &self,
+            t: &TenantId,
+            b: Option<u64>,
+            l: usize,
+        ) -> Result<Vec<StoredRecord>> {
+            self.inner.newest(t, b, l).await
+        }
+        async fn head(&self, t: &TenantId) -> Result<Option<ChainHead>> {
+            self.inner.head(t).await
+        }
+        async fn anchor(&self, t: &TenantId) -> Result<Option<Anchor>> {
+            self.inner.anchor(t).await
+        }
+        async fn purge(&self, t: &TenantId, a: Anchor) -> Result<u64> {
+            self.inner.purge(t, a).await
+        }
+        async fn tenants(&self) -> Result<Vec<TenantId>> {
+            self.inner.tenants().await
+        }
+    }
+
+    fn encoded(tenant: &TenantId, i: usize) -> EncodedEvent {
+        Codec::default()
+            .encode_owned(
+                AuditEvent::new(tenant.clone(), "x.y", Outcome::Success).with_detail("n", i),
+            )
+            .unwrap()
+    }
+
+    /// A writer (not running: the test drives it) over `store`, spooling to `dir`.
+    async fn writer(store: Arc<Flaky>, dir: &tempfile::TempDir) -> (AuditDispatcher, Writer) {
+        AuditDispatcher::builder(store)
+            .with_spool(dir.path().join("audit.spool"))
+            .with_retry(Duration::from_secs(3600), Duration::from_secs(3600))
+            .prepare()
+            .await
+            .unwrap()
+    }
+
+    /// A flush of events the spool refused (they are held in memory) is not answered `Ok`
+    /// once the spool takes them: only once the replay has put them in the store.
+    #[tokio::test]
+    async fn a_flush_of_held_events_waits_for_the_store_not_for_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Flaky::default());
+        let tenant = TenantId::parse("acme").unwrap();
+        let (_handle, mut w) = writer(Arc::clone(&store), &dir).await;
+        let spool = w.spool.clone().unwrap();
+
+        // The store is down and the spool's disk is full: the event stays in memory.
+        store.set_down(true);
+        let full = File::options().append(true).open("/dev/full").unwrap();
+        let real = lock(&spool).replace_file(full);
+        w.write(vec![encoded(&tenant, 0)]).await;
+        assert_eq!(w.held.len(), 1, "neither the store nor the spool took it");
+        let (reply, mut answer) = oneshot::channel();
+        w.add_waiter(reply);
+
+        // The disk has room again: the retry spools the event; the store is still down.
+        lock(&spool).replace_file(real);
+        w.next_retry = Instant::now();
+        w.retry().await;
+        assert!(
+            w.held.is_empty() && w.spool_pending(),
+            "spooled, not stored"
+        );
+        assert!(
+            matches!(answer.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "the flush was answered while its event was only in the spool"
+        );
+
+        // The store is back: the replay stores the event, and only then is the flush answered.
+        store.set_down(false);
+        w.next_retry = Instant::now();
+        w.retry().await;
+        assert!(matches!(answer.try_recv(), Ok(Ok(()))));
+        assert_eq!(store.inner.records(&tenant).len(), 1);
+    }
+
+    /// A spool whose replay finds no whole line before its end (bytes a failed write left,
+    /// then an append after them) makes the writer report a failure and back off, not read
+    /// the same nothing again for ever.
+    #[tokio::test]
+    async fn a_spool_ending_inside_a_line_backs_off_instead_of_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Flaky::default());
+        let tenant = TenantId::parse("acme").unwrap();
+        let (_handle, mut w) = writer(Arc::clone(&store), &dir).await;
+        let spool = w.spool.clone().unwrap();
+        // Leftover bytes of a failed write, then an event appended behind them: the spool's
+        // length now ends one line short of the file's, inside a line.
+        File::options()
+            .append(true)
+            .open(dir.path().join("audit.spool"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"partial"))
+            .unwrap();
+        lock(&spool).append(&[encoded(&tenant, 0)]).unwrap();
+        assert!(w.spool_pending());
+
+        tokio::time::timeout(Duration::from_secs(10), w.retry())
+            .await
+            .expect("the replay kept reading a spool that ends inside a line");
+        assert_eq!(w.counters.store_errors.load(Ordering::Relaxed), 1);
+        assert!(
+            matches!(w.last_error.as_deref(), Some(Error::Malformed { .. })),
+            "{:?}",
+            w.last_error
+        );
+        assert!(w.next_retry > Instant::now(), "the writer backs off");
     }
 }

@@ -20,6 +20,9 @@ pub(crate) struct Spool {
     file: File,
     len: u64,
     cursor: u64,
+    /// A failed append may have left bytes past `len` that could not be cut off: the file
+    /// must be cut back to `len` before anything else is appended.
+    dirty: bool,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -77,6 +80,7 @@ impl Spool {
             file,
             len,
             cursor: cursor.min(len),
+            dirty: false,
         };
         if spool.cursor == spool.len && spool.len > 0 {
             spool.reset()?;
@@ -99,8 +103,23 @@ impl Spool {
         self.cursor
     }
 
+    /// Puts `file` in the place of the spool's file and returns the one it replaces: lets a
+    /// test point the spool's writes at a device that refuses them (`/dev/full`).
+    #[cfg(test)]
+    pub(crate) fn replace_file(&mut self, file: File) -> File {
+        std::mem::replace(&mut self.file, file)
+    }
+
     /// Appends events durably (written and synced before returning).
     pub(crate) fn append(&mut self, events: &[EncodedEvent]) -> Result<()> {
+        if self.dirty {
+            // Appended after the leftover bytes, the first new line would not decode and
+            // the last would end past `len`, where replay never finds its newline.
+            self.file
+                .set_len(self.len)
+                .map_err(|e| Error::io("cut a failed audit spool write", e))?;
+            self.dirty = false;
+        }
         let mut buf = Vec::with_capacity(events.len() * 512);
         for e in events {
             buf.extend_from_slice(&e.payload);
@@ -111,8 +130,8 @@ impl Spool {
             .write_all(&buf)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = res {
-            // Leave no partial line behind.
-            let _ = self.file.set_len(self.len);
+            // Leave no partial line behind; if that fails too, the next append tries again.
+            self.dirty = self.file.set_len(self.len).is_err();
             return Err(Error::io("write audit spool", e));
         }
         self.len += buf.len() as u64;
@@ -197,9 +216,9 @@ impl Spool {
             .map_err(|e| Error::io("write audit spool cursor", e))
     }
 
-    /// Empties the spool. The cursor goes first: a crash in between leaves the old events
-    /// without a cursor, replayed again from the start (event ids make that idempotent),
-    /// never a cursor beside an emptied spool.
+    /// Empties the spool. The cursor goes first, and its removal is synced before the events
+    /// go: a crash in between leaves the old events without a cursor, replayed again from the
+    /// start (event ids make that idempotent), never a cursor beside an emptied spool.
     fn reset(&mut self) -> Result<()> {
         remove_cursor(&self.cursor_path)?;
         self.file
@@ -212,9 +231,11 @@ impl Spool {
     }
 }
 
+/// Removes the cursor file, durably: a removal lost in a power cut would bring the old
+/// cursor back beside events spooled after it, and replay would skip them.
 fn remove_cursor(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
+        Ok(()) => crate::sync_dir_of(path).map_err(|e| Error::io("sync audit spool directory", e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove audit spool cursor", e)),
     }
@@ -319,5 +340,36 @@ mod tests {
         spool.advance(end).unwrap();
         let (read, _, _) = spool.read_chunked(10, chunk).unwrap();
         assert_eq!(read.first().map(|e| e.event_id), Some(rest[0].event_id));
+    }
+
+    /// After a write that failed and could not be cut off (the disk refused both), the
+    /// next append cuts the leftover bytes first: what follows decodes, in order.
+    #[test]
+    fn an_append_after_a_failed_write_cuts_its_leftovers_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.spool");
+        let mut spool = Spool::open(&path).unwrap();
+        let first = events(2);
+        spool.append(&first).unwrap();
+        // A full disk: the write fails, and so does cutting the file back.
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let real = spool.replace_file(full);
+        assert!(spool.append(&events(1)).is_err());
+        // What such a write may leave on a real disk: part of a line.
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"{\"partial"))
+            .unwrap();
+        spool.replace_file(real);
+
+        let later = events(3);
+        spool.append(&later).unwrap();
+        let (read, end) = spool.read(10).unwrap();
+        let ids: Vec<_> = read.iter().map(|e| e.event_id).collect();
+        let want: Vec<_> = first.iter().chain(&later).map(|e| e.event_id).collect();
+        assert_eq!(ids, want, "every event read back, nothing rejected");
+        assert_eq!(end, std::fs::metadata(&path).unwrap().len());
+        assert!(!spool.rejected_path.exists());
     }
 }

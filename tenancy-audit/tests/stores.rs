@@ -1026,3 +1026,208 @@ async fn a_jsonl_file_has_one_writer_at_a_time() {
     let reopened = FileAuditStore::open(&path).await.unwrap();
     assert!(reopened.head(&t).await.unwrap().is_some());
 }
+
+/// A store whose appends each wait for a permit of `gate`, then fail while `down` is set
+/// (or go through to `inner`): the test decides how far the writer gets.
+#[derive(Debug)]
+struct Gate {
+    inner: Arc<dyn AuditStore>,
+    gate: tokio::sync::Semaphore,
+    down: std::sync::atomic::AtomicBool,
+    /// Appends begun (waiting at the gate or past it).
+    begun: std::sync::atomic::AtomicUsize,
+    appends: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    fn new(inner: Arc<dyn AuditStore>, down: bool) -> Self {
+        Self {
+            inner,
+            gate: tokio::sync::Semaphore::new(0),
+            down: std::sync::atomic::AtomicBool::new(down),
+            begun: std::sync::atomic::AtomicUsize::new(0),
+            appends: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Lets `n` more appends through.
+    fn allow(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
+    /// Waits (up to 10 s) until `n` appends have begun.
+    async fn begun(&self, n: usize) {
+        for _ in 0..10_000 {
+            if self.begun.load(std::sync::atomic::Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{n} appends did not begin within 10 s");
+    }
+
+    /// Appends that got through to `inner`.
+    fn appends(&self) -> usize {
+        self.appends.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl AuditStore for Gate {
+    async fn append(&self, events: &[EncodedEvent]) -> tenancy_audit::Result<Vec<Appended>> {
+        self.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.gate.acquire().await.unwrap().forget();
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Io {
+                context: "test store",
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "down"),
+            });
+        }
+        let out = self.inner.append(events).await?;
+        self.appends
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(out)
+    }
+    async fn scan(&self, t: &TenantId, c: ScanCursor, l: usize) -> tenancy_audit::Result<ScanPage> {
+        self.inner.scan(t, c, l).await
+    }
+    async fn newest(
+        &self,
+        t: &TenantId,
+        b: Option<u64>,
+        l: usize,
+    ) -> tenancy_audit::Result<Vec<StoredRecord>> {
+        self.inner.newest(t, b, l).await
+    }
+    async fn head(&self, t: &TenantId) -> tenancy_audit::Result<Option<ChainHead>> {
+        self.inner.head(t).await
+    }
+    async fn anchor(&self, t: &TenantId) -> tenancy_audit::Result<Option<Anchor>> {
+        self.inner.anchor(t).await
+    }
+    async fn purge(&self, t: &TenantId, a: Anchor) -> tenancy_audit::Result<u64> {
+        self.inner.purge(t, a).await
+    }
+    async fn tenants(&self) -> tenancy_audit::Result<Vec<TenantId>> {
+        self.inner.tenants().await
+    }
+}
+
+/// Waits (up to 10 s) until `n` messages are queued for the writer.
+async fn queued(sink: &AuditDispatcher, n: u64) {
+    for _ in 0..10_000 {
+        if sink.check().await.figures["queued"] == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!(
+        "{n} messages were not queued within 10 s: {:?}",
+        sink.check().await
+    );
+}
+
+/// A long replay (a spool of thousands of events, the store back) takes what is queued
+/// between its batches: a flush sent meanwhile is seen, and answered within its timeout,
+/// while most of the spool still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_takes_queued_messages_between_its_batches() {
+    const SPOOLED: usize = 3_000;
+    const BATCH: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.spool");
+    let tenant = Fixture::new().tenant("replay");
+    let mut sent = Vec::new();
+    let mut spool = Vec::new();
+    for i in 0..SPOOLED {
+        let e = encoded(&tenant, i);
+        sent.push(e.event_id);
+        spool.extend_from_slice(&e.payload);
+        spool.push(b'\n');
+    }
+    // What an earlier run left: the events in the spool, in its format.
+    std::fs::write(&path, spool).unwrap();
+    let store = MemoryAuditStore::new();
+    let gate = Arc::new(Gate::new(Arc::new(store.clone()), false));
+    let sink = AuditDispatcher::builder(Arc::clone(&gate) as Arc<dyn AuditStore>)
+        .with_spool(&path)
+        .with_batch_size(BATCH)
+        .with_sync_timeout(Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    // The replay starts and its first append waits at the gate; a flush queues behind it.
+    gate.begun(1).await;
+    let mut flushing = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.flush().await }
+    });
+    queued(&sink, 1).await;
+    // The replay may go on for three appends, far from the end of the spool.
+    gate.allow(3);
+    let answer = match tokio::time::timeout(Duration::from_secs(10), &mut flushing).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            // Not seen yet: let the replay run to its end to see when it is.
+            gate.allow(SPOOLED);
+            flushing.await
+        }
+    };
+    let replayed = gate.appends();
+    assert!(
+        replayed <= 3,
+        "the flush was answered only after {replayed} of {} replay appends",
+        SPOOLED.div_ceil(BATCH)
+    );
+    let err = answer.unwrap().unwrap_err();
+    assert_eq!(err.kind(), tenancy_core::ErrorKind::Unavailable, "{err}");
+
+    gate.allow(SPOOLED);
+    sink.shutdown().await.unwrap();
+    let got: Vec<_> = store.records(&tenant).iter().map(|r| r.event_id).collect();
+    assert_eq!(got, sent, "the whole spool replayed, in order, once each");
+}
+
+/// Two flushes sent while the writer holds events the store refused (no spool), with more
+/// than a batch of events between them, are both answered within the sync timeout: the
+/// second is not left in the queue behind the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_flush_behind_a_batch_of_held_events_is_answered() {
+    let store = MemoryAuditStore::new();
+    let gate = Arc::new(Gate::new(Arc::new(store.clone()), true));
+    let sink = AuditDispatcher::builder(Arc::clone(&gate) as Arc<dyn AuditStore>)
+        .with_batch_size(4)
+        .with_sync_timeout(Duration::from_millis(100))
+        .with_retry(Duration::from_secs(3600), Duration::from_secs(3600))
+        .with_drain_timeout(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("flushes");
+    // The writer's first append waits at the gate while the rest queues up.
+    sink.record(event(&tenant, 0)).await.unwrap();
+    gate.begun(1).await;
+    let flush = || {
+        let sink = sink.clone();
+        tokio::spawn(async move { sink.flush().await })
+    };
+    let first = flush();
+    queued(&sink, 1).await;
+    for i in 1..=10 {
+        sink.record(event(&tenant, i)).await.unwrap();
+    }
+    let second = flush();
+    queued(&sink, 12).await;
+    // The append fails: event 0 is held, and the writer takes no new events.
+    gate.allow(1);
+    for (name, flush) in [("first", first), ("second", second)] {
+        let answer = tokio::time::timeout(Duration::from_secs(10), flush)
+            .await
+            .unwrap_or_else(|_| panic!("the {name} flush was not answered within 10 s"))
+            .unwrap();
+        let err = answer.unwrap_err();
+        assert_eq!(err.kind(), tenancy_core::ErrorKind::Unavailable, "{err}");
+    }
+    let err = sink.shutdown().await.unwrap_err();
+    assert!(matches!(err, Error::Lost { events: 11, .. }), "{err:?}");
+}
