@@ -28,6 +28,39 @@ pub fn check_cache_key(key: &str) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// Longest accepted cache TTL: ten years.
+///
+/// Why this bound: a longer one is a unit mistake (milliseconds passed as seconds) far more
+/// often than an intent; every backend applies it, so a TTL one accepts no other refuses.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Largest accepted cache value: 64 MiB.
+pub const MAX_CACHE_VALUE_BYTES: usize = 64 << 20;
+
+/// Checks what [`TenantCache::set`] stores besides the key: a TTL from 1 nanosecond to
+/// [`MAX_CACHE_TTL`] and a value of at most [`MAX_CACHE_VALUE_BYTES`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tenancy_core::{MAX_CACHE_TTL, check_cache_entry};
+///
+/// assert!(check_cache_entry(b"v", Duration::from_secs(60)).is_ok());
+/// assert!(check_cache_entry(b"v", Duration::ZERO).is_err());
+/// assert!(check_cache_entry(b"v", MAX_CACHE_TTL + Duration::from_secs(1)).is_err());
+/// ```
+pub fn check_cache_entry(value: &[u8], ttl: Duration) -> Result<(), ParseError> {
+    if ttl.is_zero() {
+        return Err(ParseError::new("cache ttl", "must be positive"));
+    }
+    if ttl > MAX_CACHE_TTL {
+        return Err(ParseError::new("cache ttl", "must be at most ten years"));
+    }
+    if value.len() > MAX_CACHE_VALUE_BYTES {
+        return Err(ParseError::new("cache value", "must be at most 64 MiB"));
+    }
+    Ok(())
+}
+
 /// Hit and miss counts since the cache was created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CacheStats {
@@ -57,7 +90,11 @@ pub trait TenantCache: Send + Sync + fmt::Debug + 'static {
     /// The live value under `key` in `tenant`'s namespace.
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>>;
 
-    /// Stores `value` under `key` for `ttl` (which must be positive).
+    /// Stores `value` under `key` for `ttl`.
+    ///
+    /// Errors: [`Error::Invalid`](crate::Error::Invalid) for a key that fails
+    /// [`check_cache_key`], or a value or TTL that fails [`check_cache_entry`] (a TTL of zero
+    /// or above [`MAX_CACHE_TTL`], a value above [`MAX_CACHE_VALUE_BYTES`]).
     async fn set(&self, tenant: &TenantId, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
 
     /// Removes `key`; `true` when a live entry was removed.

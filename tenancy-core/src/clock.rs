@@ -57,10 +57,16 @@ impl ManualClock {
         Self(Arc::new(AtomicU64::new(secs.saturating_mul(1_000_000_000))))
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock forward, stopping at the largest time it can hold (`u64::MAX`
+    /// nanoseconds) rather than wrapping round to the epoch.
     pub fn advance(&self, by: Duration) {
         let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(nanos, Ordering::SeqCst);
+        // The closure always answers `Some`, so the update cannot fail.
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                Some(now.saturating_add(nanos))
+            });
     }
 
     /// Sets the clock to `nanos` after the Unix epoch (it may move backwards).
@@ -87,4 +93,32 @@ pub type SharedClock = Arc<dyn Clock>;
 /// The system clock as a [`SharedClock`].
 pub fn system_clock() -> SharedClock {
     Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_saturates_instead_of_wrapping() {
+        let clock = ManualClock::new();
+        let start = clock.now_nanos();
+        clock.advance(Duration::from_secs(u64::MAX));
+        assert_eq!(
+            clock.now_nanos(),
+            u64::MAX,
+            "a huge step stops at the end of time"
+        );
+        clock.set_nanos(u64::MAX - 10);
+        clock.advance(Duration::from_nanos(11));
+        assert_eq!(
+            clock.now_nanos(),
+            u64::MAX,
+            "one past the end must not wrap to 0"
+        );
+        assert!(
+            clock.now_nanos() > start,
+            "time never moves backwards on advance"
+        );
+    }
 }

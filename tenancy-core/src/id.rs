@@ -138,8 +138,10 @@ fn check_user(s: &str) -> Result<(), &'static str> {
     if s.chars().any(|c| c.is_control()) {
         return Err("must not contain control characters");
     }
-    if s.chars().any(is_invisible) {
-        return Err("must not contain invisible, direction or line-separating characters");
+    if s.chars().any(|c| is_invisible(c) || is_blank_looking(c)) {
+        return Err(
+            "must not contain invisible, blank-looking, direction or line-separating characters",
+        );
     }
     if s.trim() != s {
         return Err("must not start or end with white space");
@@ -175,6 +177,49 @@ fn is_invisible(c: char) -> bool {
             | '\u{E0001}'
             | '\u{E0020}'..='\u{E007F}'
     )
+}
+
+/// Unicode's `Default_Ignorable_Code_Point` property (DerivedCoreProperties.txt, Unicode
+/// 16.0), as sorted, disjoint inclusive ranges. Renderers draw these as nothing (combining
+/// grapheme joiner, variation selectors, the Hangul fillers U+115F, U+1160, U+3164 and
+/// U+FFA0, the Khmer inherent vowels, the Mongolian selectors, the tag block), so
+/// `admin\u{3164}` prints like `admin`.
+const DEFAULT_IGNORABLE: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFF8}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+/// Code points that print as nothing or as blank space without being white space to
+/// [`str::trim`]: the `Default_Ignorable_Code_Point` set, plus U+2800 BRAILLE PATTERN BLANK,
+/// which fonts draw as an empty cell.
+fn is_blank_looking(c: char) -> bool {
+    c == '\u{2800}'
+        || DEFAULT_IGNORABLE
+            .binary_search_by(|&(lo, hi)| {
+                if hi < c {
+                    std::cmp::Ordering::Less
+                } else if lo > c {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok()
 }
 
 fn check_request(s: &str) -> Result<(), &'static str> {
@@ -225,6 +270,8 @@ string_id!(
     /// assert!(UserId::parse("alice\u{2028}admin").is_err());
     /// assert!(UserId::parse("admin\u{202E}nimda").is_err());
     /// assert!(UserId::parse("ali\u{200B}ce").is_err());
+    /// // So would blank-looking ones: `admin` followed by a Hangul filler prints as `admin`.
+    /// assert!(UserId::parse("admin\u{3164}").is_err());
     /// assert!(UserId::parse("").is_err());
     /// ```
     UserId,
@@ -415,6 +462,49 @@ mod tests {
         }
         assert!(TenantId::parse(&"a".repeat(64)).is_ok());
         assert!(TenantId::parse("0abc_def-9").is_ok());
+    }
+
+    #[test]
+    fn user_ids_refuse_blank_looking_code_points() {
+        let blank = [
+            '\u{034F}',  // combining grapheme joiner
+            '\u{115F}',  // Hangul choseong filler
+            '\u{1160}',  // Hangul jungseong filler
+            '\u{3164}',  // Hangul filler
+            '\u{FFA0}',  // halfwidth Hangul filler
+            '\u{17B4}',  // Khmer vowel inherent aq
+            '\u{17B5}',  // Khmer vowel inherent aa
+            '\u{180B}',  // Mongolian free variation selector one
+            '\u{180F}',  // Mongolian free variation selector four
+            '\u{FE00}',  // variation selector-1
+            '\u{FE0F}',  // variation selector-16
+            '\u{E0100}', // variation selector-17
+            '\u{E01EF}', // variation selector-256
+            '\u{2800}',  // braille pattern blank
+            '\u{2065}',  // reserved, default ignorable
+            '\u{FFF0}',  // reserved, default ignorable
+            '\u{E0000}', // reserved, default ignorable
+            '\u{E0FFF}', // last of the block
+        ];
+        for c in blank {
+            for id in [format!("admin{c}"), format!("ad{c}min")] {
+                let err = UserId::parse(&id).expect_err(&format!("U+{:04X}", u32::from(c)));
+                assert_eq!(err.what(), "user id");
+            }
+        }
+        // Neighbours of the ranges are ordinary text and stay accepted.
+        for ok in [
+            "\u{3163}", "\u{3165}", "\u{2801}", "\u{1161}", "\u{FFA1}", "\u{17B6}",
+        ] {
+            assert!(UserId::parse(&format!("a{ok}")).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn default_ignorable_table_is_sorted_and_disjoint() {
+        for w in DEFAULT_IGNORABLE.windows(2) {
+            assert!(w[0].0 <= w[0].1 && w[0].1 < w[1].0, "{w:?}");
+        }
     }
 
     #[test]

@@ -69,7 +69,10 @@ pub mod memory;
 pub mod testkit;
 
 pub use audit::{Actor, AuditEvent, AuditSink, EventId, Origin, Outcome, ResourceRef, TryRecord};
-pub use cache::{CACHE_KEY_MAX_LEN, CacheStats, TenantCache, check_cache_key};
+pub use cache::{
+    CACHE_KEY_MAX_LEN, CacheStats, MAX_CACHE_TTL, MAX_CACHE_VALUE_BYTES, TenantCache,
+    check_cache_entry, check_cache_key,
+};
 pub use claims::{Audience, Claims};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use context::TenantContext;
@@ -87,8 +90,8 @@ pub use ratelimit::{
 };
 pub use role::{CustomRole, Permission, PermissionSet, Role};
 pub use session::{
-    DEFAULT_ABSOLUTE_TTL, DEFAULT_IDLE_TIMEOUT, NewSession, Session, SessionAdmin, SessionData,
-    SessionStore,
+    DEFAULT_ABSOLUTE_TTL, DEFAULT_IDLE_TIMEOUT, MAX_SESSION_DATA_BYTES, MAX_SESSION_TTL,
+    MIN_SESSION_TTL, NewSession, Session, SessionAdmin, SessionData, SessionStore,
 };
 pub use tier::{
     EffectiveLimits, Quota, QuotaOverrides, TenantSettings, TenantStatus, Tier, TierCatalog,

@@ -28,12 +28,64 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{Result, SessionId, TenantId, UserId};
+use crate::{Error, ParseError, Result, SessionId, TenantId, UserId};
 
 /// Default idle timeout: 30 minutes.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Default absolute lifetime: 12 hours.
 pub const DEFAULT_ABSOLUTE_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Shortest accepted idle timeout or absolute lifetime: one second (expiry is kept in whole
+/// seconds).
+pub const MIN_SESSION_TTL: Duration = Duration::from_secs(1);
+
+/// Longest accepted idle timeout or absolute lifetime: 366 days.
+///
+/// Why this bound: a session that lives longer than a year is a credential that is never
+/// re-checked; refusing it catches a unit mistake (milliseconds passed as seconds). Every
+/// store applies it, so a lifetime one backend accepts is not refused by another.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Largest accepted session data, serialized as JSON: 1 MiB.
+pub const MAX_SESSION_DATA_BYTES: usize = 1 << 20;
+
+fn check_ttl(what: &'static str, d: Duration) -> Result<()> {
+    if d < MIN_SESSION_TTL || d > MAX_SESSION_TTL {
+        return Err(ParseError::new(what, "must be between 1 second and 366 days").into());
+    }
+    Ok(())
+}
+
+/// Counts serialized bytes and stops the serializer once past the limit.
+struct Budget(usize);
+
+impl std::io::Write for Budget {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.checked_sub(buf.len()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::FileTooLarge, "over the size limit")
+        })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refuses session data whose JSON is larger than [`MAX_SESSION_DATA_BYTES`], without
+/// building the JSON.
+fn check_data(data: &SessionData) -> Result<()> {
+    serde_json::to_writer(Budget(MAX_SESSION_DATA_BYTES), data).map_err(|e| {
+        if e.is_io() {
+            Error::from(ParseError::new(
+                "session data",
+                "must be at most 1 MiB as JSON",
+            ))
+        } else {
+            Error::corrupt(e)
+        }
+    })
+}
 
 /// Free-form session data.
 pub type SessionData = serde_json::Map<String, serde_json::Value>;
@@ -84,6 +136,26 @@ impl NewSession {
     pub fn with_data(mut self, data: SessionData) -> Self {
         self.data = data;
         self
+    }
+
+    /// Checks the bounds every [`SessionStore`] applies on create: idle timeout and absolute
+    /// lifetime between [`MIN_SESSION_TTL`] and [`MAX_SESSION_TTL`], data at most
+    /// [`MAX_SESSION_DATA_BYTES`] as JSON. Answers [`Error::Invalid`] otherwise.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tenancy_core::{ErrorKind, NewSession, TenantId, UserId};
+    ///
+    /// let new = NewSession::new(TenantId::parse("acme")?, UserId::parse("alice")?);
+    /// assert!(new.check_bounds().is_ok());
+    /// let zero = new.with_idle_timeout(Duration::ZERO);
+    /// assert_eq!(zero.check_bounds().unwrap_err().kind(), ErrorKind::Invalid);
+    /// # Ok::<(), tenancy_core::ParseError>(())
+    /// ```
+    pub fn check_bounds(&self) -> Result<()> {
+        check_ttl("idle timeout", self.idle_timeout)?;
+        check_ttl("absolute lifetime", self.absolute_ttl)?;
+        check_data(&self.data)
     }
 
     /// The session this describes, created at `now` with a fresh id and version 1.
@@ -165,6 +237,14 @@ impl Session {
         idle.map_or(self.expires_at, |idle| idle.min(self.expires_at))
     }
 
+    /// Checks the bounds every [`SessionStore`] applies on save: idle timeout between
+    /// [`MIN_SESSION_TTL`] and [`MAX_SESSION_TTL`], data at most [`MAX_SESSION_DATA_BYTES`]
+    /// as JSON. Answers [`Error::Invalid`] otherwise.
+    pub fn check_bounds(&self) -> Result<()> {
+        check_ttl("idle timeout", Duration::from_secs(self.idle_timeout_secs))?;
+        check_data(&self.data)
+    }
+
     /// Whether the session is live at `now`.
     pub fn is_live(&self, now: OffsetDateTime) -> bool {
         now < self.deadline()
@@ -199,6 +279,9 @@ impl fmt::Debug for Session {
 #[async_trait]
 pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// Creates a session with a fresh id and version 1.
+    ///
+    /// Errors: [`Error::Invalid`](crate::Error::Invalid) when the session is outside the
+    /// bounds of [`NewSession::check_bounds`].
     async fn create(&self, new: NewSession) -> Result<Session>;
 
     /// The live session, or `None` when absent, ended or another tenant's. Does not count
@@ -213,7 +296,9 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// the version incremented and `last_seen_at` moved to now.
     ///
     /// Errors: [`Error::Conflict`](crate::Error::Conflict) when the stored version differs,
-    /// [`Error::NotFound`](crate::Error::NotFound) when the session has ended. The id, tenant,
+    /// [`Error::NotFound`](crate::Error::NotFound) when the session has ended,
+    /// [`Error::Invalid`](crate::Error::Invalid) when it is outside the bounds of
+    /// [`Session::check_bounds`]. The id, tenant,
     /// user, creation time and absolute expiry of a stored session cannot be changed by a save.
     async fn save(&self, session: &Session) -> Result<Session>;
 

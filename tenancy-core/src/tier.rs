@@ -119,12 +119,15 @@ impl Quota {
     pub const MAX_PERIOD_SECS: u64 = 10 * 365 * 24 * 3600;
 
     /// Checks that limit, period and burst are all positive, and that the period is at most
-    /// [`Quota::MAX_PERIOD_SECS`].
+    /// [`Quota::MAX_PERIOD_SECS`]. A burst above the limit is a valid token bucket (three per
+    /// second, seven at once); the quotas of a tier and its overrides may not have one (see
+    /// [`Quota::validate_for_tier`]).
     ///
     /// ```
     /// use tenancy_core::Quota;
     ///
     /// assert!(Quota::per_hour(100).validate().is_ok());
+    /// assert!(Quota::per_second(3).with_burst(7).validate().is_ok());
     /// assert!(Quota::per_hour(0).validate().is_err());
     /// assert!(Quota::new(7, u64::MAX).validate().is_err());
     /// ```
@@ -139,6 +142,31 @@ impl Quota {
             return Err(ParseError::new(
                 "quota",
                 "the period must be at most ten years",
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Quota::validate`], and the burst at most the limit: what a tier's quotas and a
+    /// tenant's overrides must hold.
+    ///
+    /// Why: a tier's quota is advertised as `limit` per period (`X-RateLimit-Limit`,
+    /// `RateLimit-Policy`, the admin API), and a larger burst would let more requests through
+    /// at once, from a rested state, than the whole period allows.
+    ///
+    /// ```
+    /// use tenancy_core::Quota;
+    ///
+    /// assert!(Quota::per_hour(100).with_burst(10).validate_for_tier().is_ok());
+    /// assert!(Quota::per_hour(10).with_burst(1000).validate_for_tier().is_err());
+    /// ```
+    pub fn validate_for_tier(&self) -> Result<(), ParseError> {
+        self.validate()?;
+        if self.burst > self.limit {
+            return Err(ParseError::new(
+                "quota",
+                "the burst must not exceed the limit (it would let more requests through at \
+                 once than the limit allows per period)",
             ));
         }
         Ok(())
@@ -217,8 +245,8 @@ impl TierCatalog {
 
     /// Adds or replaces a tier (quotas are validated).
     pub fn with_tier(mut self, tier: Tier) -> Result<Self, ParseError> {
-        tier.tenant.validate()?;
-        tier.user.validate()?;
+        tier.tenant.validate_for_tier()?;
+        tier.user.validate_for_tier()?;
         self.0.insert(tier.name.clone(), tier);
         Ok(self)
     }
@@ -302,7 +330,8 @@ pub struct QuotaOverrides {
 }
 
 impl QuotaOverrides {
-    fn apply(per_hour: Option<u64>, burst: Option<u64>, base: Quota) -> Quota {
+    /// The quota in force: `base` with the overrides applied, unclamped.
+    fn overridden(per_hour: Option<u64>, burst: Option<u64>, base: Quota) -> Quota {
         let mut q = match per_hour {
             // A new hourly rate keeps the tier's burst unless that exceeds the new rate.
             Some(limit) => Quota::per_hour(limit).with_burst(base.burst.min(limit)),
@@ -312,6 +341,40 @@ impl QuotaOverrides {
             q.burst = b;
         }
         q
+    }
+
+    /// The quota in force, with the burst never above the limit: overrides that were stored
+    /// without [`QuotaOverrides::validate`] (before it existed, or by another writer) cannot
+    /// let more requests through at once than the limit advertises.
+    fn apply(per_hour: Option<u64>, burst: Option<u64>, base: Quota) -> Quota {
+        let q = Self::overridden(per_hour, burst, base);
+        q.with_burst(q.burst.min(q.limit))
+    }
+
+    /// Checks the quotas these overrides make of `tier`'s: each must pass
+    /// [`Quota::validate_for_tier`], so an override of zero, or a burst above the limit in force
+    /// (`tenant_per_hour = 10` with `tenant_burst = 1000`), is refused here rather than
+    /// clamped later.
+    ///
+    /// ```
+    /// use tenancy_core::{QuotaOverrides, TierCatalog, TierName};
+    ///
+    /// let catalog = TierCatalog::default();
+    /// let standard = catalog.get(&TierName::parse("standard")?).unwrap();
+    /// let ok = QuotaOverrides { tenant_per_hour: Some(10), tenant_burst: Some(5), ..Default::default() };
+    /// assert!(ok.validate(standard).is_ok());
+    /// let bad = QuotaOverrides { tenant_per_hour: Some(10), tenant_burst: Some(1000), ..Default::default() };
+    /// assert!(bad.validate(standard).is_err());
+    /// # Ok::<(), tenancy_core::ParseError>(())
+    /// ```
+    pub fn validate(&self, tier: &Tier) -> Result<(), ParseError> {
+        let tenant = Self::overridden(self.tenant_per_hour, self.tenant_burst, tier.tenant);
+        let user = Self::overridden(self.user_per_hour, self.user_burst, tier.user);
+        tenant
+            .validate_for_tier()
+            .map_err(|e| ParseError::new("tenant quota override", e.reason().to_owned()))?;
+        user.validate_for_tier()
+            .map_err(|e| ParseError::new("user quota override", e.reason().to_owned()))
     }
 }
 
@@ -351,7 +414,18 @@ impl TenantSettings {
         }
     }
 
-    /// The quotas in force, or `None` when the tier is not in the catalog.
+    /// Checks the settings against `catalog`: the tier exists and the overrides pass
+    /// [`QuotaOverrides::validate`] for it. Run it before storing settings.
+    pub fn validate(&self, catalog: &TierCatalog) -> Result<(), ParseError> {
+        let tier = catalog
+            .get(&self.tier)
+            .ok_or_else(|| ParseError::new("tier", "is not in the tier catalog"))?;
+        self.overrides.validate(tier)
+    }
+
+    /// The quotas in force, or `None` when the tier is not in the catalog. A burst override
+    /// above the limit in force is clamped to the limit (see [`TenantSettings::validate`],
+    /// which refuses it).
     pub fn limits(&self, catalog: &TierCatalog) -> Option<EffectiveLimits> {
         let tier = catalog.get(&self.tier)?;
         let o = &self.overrides;
@@ -442,6 +516,63 @@ mod tests {
         assert_eq!(l.user, Quota::per_hour(20).with_burst(20));
         s.tier = TierName::parse("gold").unwrap();
         assert!(s.limits(&catalog).is_none());
+    }
+
+    #[test]
+    fn a_burst_above_the_limit_is_refused() {
+        let err = Quota::per_hour(10)
+            .with_burst(1000)
+            .validate_for_tier()
+            .unwrap_err();
+        assert!(err.reason().contains("burst"), "{err}");
+        assert!(
+            Quota::per_hour(10)
+                .with_burst(10)
+                .validate_for_tier()
+                .is_ok()
+        );
+        // A plain token bucket may burst above its rate.
+        assert!(Quota::per_second(3).with_burst(7).validate().is_ok());
+        assert!(
+            TierCatalog::empty()
+                .with_tier(Tier {
+                    name: TierName::parse("x").unwrap(),
+                    tenant: Quota::per_hour(10).with_burst(11),
+                    user: Quota::per_hour(1)
+                })
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_burst_override_above_the_limit_is_refused_and_never_in_force() {
+        let catalog = TierCatalog::default();
+        let mut s = TenantSettings::new(TierName::parse("standard").unwrap());
+        s.overrides = QuotaOverrides {
+            tenant_per_hour: Some(10),
+            tenant_burst: Some(1000),
+            ..QuotaOverrides::default()
+        };
+        let err = s.validate(&catalog).unwrap_err();
+        assert_eq!(err.what(), "tenant quota override");
+        // Stored anyway (by an older writer): the limit in force lets no more than 10 at once.
+        let l = s.limits(&catalog).unwrap();
+        assert_eq!(l.tenant, Quota::per_hour(10).with_burst(10));
+        assert!(l.tenant.validate_for_tier().is_ok());
+        // A burst override alone, above the tier's limit (standard user: 300/hour).
+        s.overrides = QuotaOverrides {
+            user_burst: Some(301),
+            ..QuotaOverrides::default()
+        };
+        assert_eq!(
+            s.validate(&catalog).unwrap_err().what(),
+            "user quota override"
+        );
+        assert_eq!(s.limits(&catalog).unwrap().user, Quota::per_hour(300));
+        s.overrides.user_burst = Some(300);
+        assert!(s.validate(&catalog).is_ok());
+        s.tier = TierName::parse("gold").unwrap();
+        assert_eq!(s.validate(&catalog).unwrap_err().what(), "tier");
     }
 
     #[test]

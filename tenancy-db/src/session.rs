@@ -166,6 +166,8 @@ fn deadline(
 #[async_trait]
 impl SessionStore for PgSessionStore {
     async fn create(&self, new: NewSession) -> Result<Session> {
+        // The bounds every session store keeps (the memory and Redis stores alike).
+        new.check_bounds()?;
         let now = self.now();
         let ttl =
             time::Duration::try_from(new.absolute_ttl).map_err(|_| range("absolute lifetime"))?;
@@ -231,6 +233,7 @@ impl SessionStore for PgSessionStore {
     }
 
     async fn save(&self, session: &Session) -> Result<Session> {
+        session.check_bounds()?;
         let now = self.now();
         let idle = i64::try_from(session.idle_timeout_secs).map_err(|_| range("idle timeout"))?;
         let version = i64::try_from(session.version).map_err(|_| range("version"))?;

@@ -592,7 +592,8 @@ pub struct PutLimits {
 /// starts afresh). Super admins only.
 ///
 /// # Errors
-/// 403 for other callers; 404 for an unknown tenant; 400 for a zero or huge value.
+/// 403 for other callers; 404 for an unknown tenant; 400 for a zero or huge value, or a
+/// burst above the hourly limit in force.
 pub async fn put_limits(
     app: &App,
     ctx: &TenantContext,
@@ -622,6 +623,10 @@ pub async fn put_limits(
     o.tenant_burst = body.tenant_burst.or(o.tenant_burst);
     o.user_per_hour = body.user_per_hour.or(o.user_per_hour);
     o.user_burst = body.user_burst.or(o.user_burst);
+    // A burst above the limit in force would let more through at once than the limit the
+    // headers advertise for the whole hour.
+    s.validate(app.tiers())
+        .map_err(|e| Error::BadRequest(format!("{}: {}", e.what(), e.reason()).into()))?;
     // Limiter state is kept per (scope, period): without a reset, usage counted under the
     // old quota would delay the new one. An admin change starts the tenant afresh. The reset
     // comes first: a limiter that cannot reset (it is down) fails the call before anything

@@ -9,10 +9,13 @@ use crate::{AuditEvent, AuditSink, EventId, Result, TenantId, TryRecord};
 #[derive(Debug, Default)]
 struct State {
     events: Vec<AuditEvent>,
-    seen: HashSet<EventId>,
+    /// Event ids already stored, per tenant: an id is an idempotency key within its tenant
+    /// (as in the durable stores), so another tenant's event with the same id is its own event.
+    seen: HashSet<(TenantId, EventId)>,
 }
 
-/// Collects audit events in memory, in arrival order; a repeated `event_id` is stored once.
+/// Collects audit events in memory, in arrival order; an `event_id` repeated within a tenant is
+/// stored once.
 /// For tests and examples: it keeps everything it is given.
 ///
 /// ```
@@ -71,7 +74,7 @@ impl AuditSink for MemoryAuditSink {
 impl MemoryAuditSink {
     fn keep(&self, event: AuditEvent) {
         let mut st = lock(&self.state);
-        if st.seen.insert(event.event_id) {
+        if st.seen.insert((event.tenant.clone(), event.event_id)) {
             st.events.push(event);
         }
     }

@@ -8,19 +8,36 @@ use async_trait::async_trait;
 
 use super::lock;
 use crate::{
-    CacheStats, Error, Health, HealthCheck, ParseError, Result, SharedClock, SystemClock,
-    TenantCache, TenantId, check_cache_key,
+    CacheStats, Health, HealthCheck, Result, SharedClock, SystemClock, TenantCache, TenantId,
+    check_cache_entry, check_cache_key,
 };
 
 /// Default bound on stored entries.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
+/// Entries compared (and, for a victim in another tenant, tenants compared) to choose one to
+/// evict.
+const EVICTION_SAMPLE: usize = 8;
+const MIN_SWEEP_INTERVAL: usize = 64;
+
+type Entries = HashMap<String, (Vec<u8>, u64)>;
+
 #[derive(Debug, Default)]
 struct State {
-    tenants: HashMap<TenantId, HashMap<String, (Vec<u8>, u64)>>,
+    tenants: HashMap<TenantId, Entries>,
     entries: usize,
-    writes_since_sweep: usize,
+    inserts_since_sweep: usize,
     entries_after_sweep: usize,
+    /// Sweeps run so far (for tests of the amortisation).
+    sweeps: u64,
+}
+
+/// Of a sample of `m`'s entries, the key that expires first (an expired one first).
+fn soonest_to_expire(m: &Entries) -> Option<String> {
+    m.iter()
+        .take(EVICTION_SAMPLE)
+        .min_by_key(|(_, (_, exp))| *exp)
+        .map(|(k, _)| k.clone())
 }
 
 impl State {
@@ -33,14 +50,62 @@ impl State {
             !m.is_empty()
         });
         self.entries -= removed;
-        self.writes_since_sweep = 0;
+        self.inserts_since_sweep = 0;
         self.entries_after_sweep = self.entries;
+        self.sweeps += 1;
+    }
+
+    /// Makes room for one new entry of `writer` under `max`.
+    ///
+    /// A sweep runs only when due: after as many inserts as the last sweep left entries (at
+    /// least [`MIN_SWEEP_INTERVAL`]), or, at the bound, after half the bound's inserts; a cache
+    /// full of live entries does not pay a full pass on every insert.
+    ///
+    /// Still full, the writer pays first: one of its own entries goes (of a sample, the one
+    /// expiring first), so one tenant's writes do not push out another's entries. Only a
+    /// writer with no entry at all evicts from another tenant: of a sample of tenants, the
+    /// one holding most entries.
+    fn make_room(&mut self, writer: &TenantId, max: usize, now: u64) {
+        self.inserts_since_sweep += 1;
+        let full = self.entries >= max;
+        if self.inserts_since_sweep >= self.entries_after_sweep.max(MIN_SWEEP_INTERVAL)
+            || (full && self.inserts_since_sweep >= (max / 2).max(1))
+        {
+            self.sweep(now);
+        }
+        while self.entries >= max {
+            let victim_tenant = if self.tenants.get(writer).is_some_and(|m| !m.is_empty()) {
+                writer.clone()
+            } else {
+                let Some(t) = self
+                    .tenants
+                    .iter()
+                    .take(EVICTION_SAMPLE)
+                    .max_by_key(|(_, m)| m.len())
+                    .map(|(t, _)| t.clone())
+                else {
+                    return;
+                };
+                t
+            };
+            let Some(m) = self.tenants.get_mut(&victim_tenant) else {
+                return;
+            };
+            if let Some(k) = soonest_to_expire(m) {
+                m.remove(&k);
+                self.entries -= 1;
+            }
+            if m.is_empty() {
+                self.tenants.remove(&victim_tenant);
+            }
+        }
     }
 }
 
 /// A tenant-namespaced cache in process memory, with TTLs, hit and miss counts, and a bound
-/// on entries (expired entries are reclaimed first; past the bound, arbitrary entries are
-/// evicted: a cache may forget, it may not grow without limit).
+/// on entries (expired entries are reclaimed by amortised sweeps; past the bound, a new entry
+/// evicts one of its own tenant's first: a cache may forget, it may not grow without limit).
+/// Values and TTLs are bounded as in every backend ([`check_cache_entry`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -114,13 +179,6 @@ impl MemoryTenantCache {
     }
 }
 
-fn ttl_nanos(ttl: Duration) -> Result<u64> {
-    if ttl.is_zero() {
-        return Err(ParseError::new("cache ttl", "must be positive").into());
-    }
-    Ok(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
-}
-
 #[async_trait]
 impl TenantCache for MemoryTenantCache {
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>> {
@@ -143,37 +201,21 @@ impl TenantCache for MemoryTenantCache {
 
     async fn set(&self, tenant: &TenantId, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         check_cache_key(key)?;
-        let expires = self.clock.now_nanos().saturating_add(ttl_nanos(ttl)?);
+        check_cache_entry(value, ttl)?;
         let now = self.clock.now_nanos();
-        let mut guard = lock(&self.state);
-        let st = &mut *guard;
-        st.writes_since_sweep += 1;
-        if st.writes_since_sweep >= st.entries_after_sweep.max(64) || st.entries >= self.max_entries
-        {
-            st.sweep(now);
+        let expires = now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        let mut st = lock(&self.state);
+        // Overwriting an entry adds none: nothing to make room for.
+        if let Some(slot) = st.tenants.get_mut(tenant).and_then(|m| m.get_mut(key)) {
+            *slot = (value.to_vec(), expires);
+            return Ok(());
         }
-        while st.entries >= self.max_entries {
-            let Some(victim_tenant) = st.tenants.keys().next().cloned() else {
-                return Err(Error::Conflict("cache bound reached".into()));
-            };
-            if let Some(m) = st.tenants.get_mut(&victim_tenant) {
-                if let Some(k) = m.keys().next().cloned() {
-                    m.remove(&k);
-                    st.entries -= 1;
-                }
-                if m.is_empty() {
-                    st.tenants.remove(&victim_tenant);
-                }
-            }
-        }
-        let previous = st
-            .tenants
+        st.make_room(tenant, self.max_entries, now);
+        st.tenants
             .entry(tenant.clone())
             .or_default()
             .insert(key.to_owned(), (value.to_vec(), expires));
-        if previous.is_none() {
-            st.entries += 1;
-        }
+        st.entries += 1;
         Ok(())
     }
 
@@ -216,5 +258,121 @@ impl HealthCheck for MemoryTenantCache {
             .with_figure("entries", self.len() as u64)
             .with_figure("hits", s.hits)
             .with_figure("misses", s.misses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+
+    const TTL: Duration = Duration::from_secs(3600);
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::parse(name).unwrap()
+    }
+
+    fn sweeps(cache: &MemoryTenantCache) -> u64 {
+        lock(&cache.state).sweeps
+    }
+
+    #[tokio::test]
+    async fn one_tenants_writes_evict_its_own_entries_not_anothers() {
+        let cache =
+            MemoryTenantCache::with_clock(Arc::new(ManualClock::new())).with_max_entries(20);
+        let (a, b) = (tenant("acme"), tenant("globex"));
+        for i in 0..10 {
+            cache.set(&b, &format!("b{i}"), b"v", TTL).await.unwrap();
+        }
+        for i in 0..10 {
+            cache.set(&a, &format!("a{i}"), b"v", TTL).await.unwrap();
+        }
+        // The cache is full; A keeps writing new keys.
+        for i in 10..200 {
+            cache.set(&a, &format!("a{i}"), b"v", TTL).await.unwrap();
+            assert!(cache.len() <= 20);
+        }
+        for i in 0..10 {
+            assert_eq!(
+                cache.get(&b, &format!("b{i}")).await.unwrap().as_deref(),
+                Some(&b"v"[..]),
+                "B's entry b{i} was evicted by A's writes"
+            );
+        }
+        assert_eq!(
+            cache.get(&a, "a199").await.unwrap().as_deref(),
+            Some(&b"v"[..]),
+            "the entry just written"
+        );
+    }
+
+    #[tokio::test]
+    async fn overwriting_a_key_in_a_full_cache_evicts_nothing() {
+        let cache = MemoryTenantCache::with_clock(Arc::new(ManualClock::new())).with_max_entries(8);
+        let a = tenant("acme");
+        for i in 0..8 {
+            cache.set(&a, &format!("k{i}"), b"v", TTL).await.unwrap();
+        }
+        for round in 0..20 {
+            cache
+                .set(&a, "k3", format!("{round}").as_bytes(), TTL)
+                .await
+                .unwrap();
+        }
+        for i in 0..8 {
+            assert!(
+                cache.get(&a, &format!("k{i}")).await.unwrap().is_some(),
+                "k{i} was evicted by an overwrite"
+            );
+        }
+        assert_eq!(
+            cache.get(&a, "k3").await.unwrap().as_deref(),
+            Some(&b"19"[..])
+        );
+        assert_eq!(cache.len(), 8);
+    }
+
+    #[tokio::test]
+    async fn inserts_at_the_bound_do_not_sweep_every_time() {
+        let cache =
+            MemoryTenantCache::with_clock(Arc::new(ManualClock::new())).with_max_entries(16);
+        let a = tenant("acme");
+        for i in 0..16 {
+            cache.set(&a, &format!("fill{i}"), b"v", TTL).await.unwrap();
+        }
+        let before = sweeps(&cache);
+        for i in 0..400 {
+            cache.set(&a, &format!("new{i}"), b"v", TTL).await.unwrap();
+        }
+        let n = sweeps(&cache) - before;
+        // At most one sweep per half-bound (8) of inserts, not one per insert (400).
+        assert!(
+            n <= 400 / 8 + 1,
+            "{n} sweeps for 400 inserts into a full cache"
+        );
+        assert!(n >= 1, "a sweep falls due at the bound");
+        assert_eq!(cache.len(), 16);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_evicted_before_live_ones() {
+        let clock = ManualClock::new();
+        let cache = MemoryTenantCache::with_clock(Arc::new(clock.clone())).with_max_entries(4);
+        let a = tenant("acme");
+        cache.set(&a, "long", b"v", TTL).await.unwrap();
+        for i in 0..3 {
+            cache
+                .set(&a, &format!("short{i}"), b"v", Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        clock.advance(Duration::from_secs(2));
+        for i in 0..3 {
+            cache.set(&a, &format!("new{i}"), b"v", TTL).await.unwrap();
+        }
+        assert!(
+            cache.get(&a, "long").await.unwrap().is_some(),
+            "a live entry went first"
+        );
     }
 }

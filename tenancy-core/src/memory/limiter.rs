@@ -16,6 +16,8 @@ const SHARDS: usize = 64;
 /// Default bound on stored keys (one per tenant or user and period).
 pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 const MIN_SWEEP_INTERVAL: usize = 64;
+/// Keys compared to choose one to evict from a full shard.
+const EVICTION_SAMPLE: usize = 8;
 /// Limits decided with stack storage; a request with more uses the heap.
 const INLINE_LIMITS: usize = 4;
 
@@ -50,6 +52,8 @@ struct Shard {
     /// Keys left by the last sweep: the next sweep waits for as many inserts, which keeps the
     /// sweeping cost amortised O(1) per insert.
     keys_after_sweep: usize,
+    /// Sweeps run so far (for tests of the amortisation).
+    sweeps: u64,
 }
 
 impl Shard {
@@ -59,19 +63,40 @@ impl Shard {
         self.map.retain(|_, e| e.tat > now);
         self.inserts_since_sweep = 0;
         self.keys_after_sweep = self.map.len();
+        self.sweeps += 1;
     }
 
-    /// Makes room for `needed` new keys under `cap`: by sweeping when due or when full, then by
-    /// evicting arbitrary keys (a reset of those limits: the bound wins over accuracy).
-    fn make_room(&mut self, needed: usize, cap: usize, now: u64) {
+    /// Makes room for `needed` new keys under `cap`, never evicting a key in `protect` (the
+    /// request's own keys, which are written right after).
+    ///
+    /// A sweep runs only when one is due: after as many inserts as the last sweep left keys
+    /// (at least [`MIN_SWEEP_INTERVAL`]), or, at the bound, after half the bound's inserts. A
+    /// shard full of live keys therefore sweeps once per `cap / 2` inserts, not on every one
+    /// (a sweep there frees nothing and costs a pass over the shard under its lock).
+    ///
+    /// When the shard is still full, keys are evicted one at a time: of a sample of
+    /// [`EVICTION_SAMPLE`] keys, the one closest to fully restored (the smallest theoretical
+    /// arrival time; a rested key first) goes. Evicting a key resets its limit, so the key
+    /// that loses least is chosen, and a key in active use is never chosen over an idler one
+    /// in the sample. The sample is the first keys in the table's order, which is the order
+    /// of their hashes under the limiter's secret seeds: no caller can place a key there.
+    fn make_room(&mut self, needed: usize, cap: usize, now: u64, protect: &[Key]) {
         self.inserts_since_sweep += needed;
+        let full = self.map.len() + needed > cap;
         if self.inserts_since_sweep >= self.keys_after_sweep.max(MIN_SWEEP_INTERVAL)
-            || self.map.len() + needed > cap
+            || (full && self.inserts_since_sweep >= (cap / 2).max(1))
         {
             self.sweep(now);
         }
         while self.map.len() + needed > cap {
-            let Some(victim) = self.map.keys().next().copied() else {
+            let victim = self
+                .map
+                .iter()
+                .filter(|(k, _)| !protect.contains(k))
+                .take(EVICTION_SAMPLE)
+                .min_by_key(|(_, e)| e.tat)
+                .map(|(k, _)| *k);
+            let Some(victim) = victim else {
                 return;
             };
             self.map.remove(&victim);
@@ -290,7 +315,7 @@ impl MemoryRateLimiter {
             .filter(|(w, t)| w.is_some() && t.is_none())
             .count();
         if new_keys > 0 {
-            shard.make_room(new_keys, self.inner.max_keys_per_shard, now);
+            shard.make_room(new_keys, self.inner.max_keys_per_shard, now, keys);
         }
         for (write, key) in writes.iter().zip(keys.iter()) {
             if let Some(tat) = write {
@@ -411,6 +436,122 @@ mod tests {
             limiter.check_now(&req(&format!("t{i}"), &format!("u{i}"), limits.clone()));
             assert!(limiter.key_count() <= 640);
         }
+    }
+
+    /// `n` tenant ids whose keys all land in the shard of `first`'s.
+    fn same_shard_tenants(limiter: &MemoryRateLimiter, n: usize) -> Vec<String> {
+        let shard_of = |t: &str| limiter.tag(&TenantId::parse(t).unwrap()) as usize % SHARDS;
+        let target = shard_of("t0");
+        (0..)
+            .map(|i| format!("t{i}"))
+            .filter(|t| shard_of(t) == target)
+            .take(n)
+            .collect()
+    }
+
+    fn shard_sweeps(limiter: &MemoryRateLimiter, tenant: &str) -> u64 {
+        lock(limiter.shard(limiter.tag(&TenantId::parse(tenant).unwrap()))).sweeps
+    }
+
+    #[test]
+    fn a_full_shard_evicts_an_idle_key_not_the_one_in_use() {
+        // 64 keys per shard (a table of several groups, so evictions do not simply reuse the
+        // slot just freed); the clock never moves, so every key stays live.
+        const CAP: usize = 64;
+        let limiter =
+            MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(CAP * SHARDS);
+        let tenants = same_shard_tenants(&limiter, CAP + 1000);
+        let limits = vec![Limit::tenant(Quota::per_hour(3600).with_burst(2000))];
+        let check = |t: &str| {
+            let r = RateLimitRequest::new(TenantId::parse(t).unwrap(), None, limits.clone());
+            limiter.check_now(&r)
+        };
+        let (filler, newcomers) = tenants.split_at(CAP);
+        for t in filler {
+            assert!(check(t).allowed);
+        }
+        for hot in &filler[..4] {
+            assert_eq!(check(hot).states[0].remaining(), 1998);
+        }
+        let mut used = 2;
+        for t in newcomers {
+            // The hot keys are used before every new key arrives: they are the most recently
+            // used keys in the shard, so an eviction must never choose one of them.
+            used += 1;
+            for hot in &filler[..4] {
+                assert_eq!(
+                    check(hot).states[0].remaining(),
+                    2000 - used,
+                    "a key in use lost its state (was evicted) before newcomer {t}"
+                );
+            }
+            assert!(check(t).allowed);
+            assert!(
+                lock(limiter.shard(limiter.tag(&TenantId::parse(t).unwrap())))
+                    .map
+                    .len()
+                    <= CAP
+            );
+        }
+    }
+
+    #[test]
+    fn inserts_at_the_bound_do_not_sweep_every_time() {
+        let limiter =
+            MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(16 * SHARDS);
+        let tenants = same_shard_tenants(&limiter, 16 + 400);
+        let limits = vec![Limit::tenant(Quota::per_hour(10))];
+        let check = |t: &str| {
+            let r = RateLimitRequest::new(TenantId::parse(t).unwrap(), None, limits.clone());
+            limiter.check_now(&r)
+        };
+        let (filler, newcomers) = tenants.split_at(16);
+        for t in filler {
+            assert!(check(t).allowed);
+        }
+        let before = shard_sweeps(&limiter, &tenants[0]);
+        for t in newcomers {
+            assert!(check(t).allowed);
+        }
+        let sweeps = shard_sweeps(&limiter, &tenants[0]) - before;
+        // One sweep per half-bound (8) of inserts at most, not one per insert (400).
+        assert!(
+            sweeps <= 400 / 8 + 1,
+            "{sweeps} sweeps for 400 inserts into a full shard of live keys"
+        );
+        assert!(sweeps >= 1, "a sweep falls due at the bound");
+    }
+
+    #[test]
+    fn a_request_never_evicts_its_own_keys() {
+        // Two keys per shard: a request with a stored tenant key and a new user key must
+        // evict another key, not its own tenant key, and the bound must hold.
+        let limiter =
+            MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(2 * SHARDS);
+        let tenants = same_shard_tenants(&limiter, 2);
+        let tenant_only = vec![Limit::tenant(Quota::per_hour(100))];
+        let both = vec![
+            Limit::tenant(Quota::per_hour(100)),
+            Limit::user(Quota::per_hour(100)),
+        ];
+        let t = |name: &str| TenantId::parse(name).unwrap();
+        // The request's own tenant key is the idlest in the shard, so it is the one an
+        // eviction would pick if it were not protected.
+        limiter.check_now(&RateLimitRequest::new(
+            t(&tenants[0]),
+            None,
+            tenant_only.clone(),
+        ));
+        for _ in 0..3 {
+            limiter.check_now(&RateLimitRequest::new(
+                t(&tenants[1]),
+                None,
+                tenant_only.clone(),
+            ));
+        }
+        let d = limiter.check_now(&req(&tenants[0], "bob", both));
+        assert_eq!(d.states[0].remaining(), 98, "the tenant key kept its state");
+        assert!(lock(limiter.shard(limiter.tag(&t(&tenants[0])))).map.len() <= 2);
     }
 
     #[tokio::test]

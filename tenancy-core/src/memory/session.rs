@@ -135,6 +135,7 @@ impl MemorySessionStore {
 #[async_trait]
 impl SessionStore for MemorySessionStore {
     async fn create(&self, new: NewSession) -> Result<Session> {
+        new.check_bounds()?;
         let now = self.clock.now();
         let session = new.into_session(now);
         let mut st = lock(&self.state);
@@ -158,6 +159,7 @@ impl SessionStore for MemorySessionStore {
     }
 
     async fn save(&self, session: &Session) -> Result<Session> {
+        session.check_bounds()?;
         let now = self.clock.now();
         let mut st = lock(&self.state);
         st.maybe_sweep(now);

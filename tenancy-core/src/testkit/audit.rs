@@ -31,6 +31,13 @@ where
     sink.record(sent_a[3].clone())
         .await
         .unwrap_or_else(|e| panic!("record: {e}"));
+    // Event ids are idempotency keys within a tenant: B's event that happens to carry an id A
+    // already used is B's own event and is stored.
+    let mut cross = AuditEvent::new(b.clone(), "records.write", Outcome::Success);
+    cross.event_id = sent_a[7].event_id;
+    sink.record(cross.clone())
+        .await
+        .unwrap_or_else(|e| panic!("record: {e}"));
     sink.flush().await.unwrap_or_else(|e| panic!("flush: {e}"));
 
     let got_a = read(a.clone()).await;
@@ -49,8 +56,13 @@ where
         "event content round trip"
     );
     let got_b = read(b.clone()).await;
-    assert_eq!(ids(&got_b), vec![eb.event_id], "tenant B: its event only");
+    assert_eq!(
+        ids(&got_b),
+        vec![eb.event_id, cross.event_id],
+        "tenant B: its events only, including one whose id tenant A also used"
+    );
     assert_eq!(got_b[0].reason.as_deref(), Some("bad_credentials"));
+    assert_eq!(got_b[1].action, "records.write", "B's event with A's id");
 
     // Synchronous recording is visible at once.
     let sync = AuditEvent::new(b.clone(), "admin.tenant.suspend", Outcome::Success);
@@ -59,7 +71,7 @@ where
         .unwrap_or_else(|e| panic!("record_sync: {e}"));
     assert_eq!(
         ids(&read(b).await),
-        vec![eb.event_id, sync.event_id],
+        vec![eb.event_id, cross.event_id, sync.event_id],
         "record_sync not stored on return"
     );
 }

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::{Fixture, TimeControl};
-use crate::{ErrorKind, TenantCache};
+use crate::{ErrorKind, MAX_CACHE_TTL, MAX_CACHE_VALUE_BYTES, TenantCache};
 
 /// The [`TenantCache`] conformance suite. `time` as for
 /// [`session_store`](super::session_store).
@@ -80,6 +80,45 @@ pub async fn tenant_cache<C: TenantCache + ?Sized>(cache: &C, time: TimeControl,
         .await
         .expect_err("zero ttl accepted");
     assert_eq!(err.kind(), ErrorKind::Invalid);
+
+    // The value and TTL bounds every backend applies (`check_cache_entry`).
+    let err = cache
+        .set(&a, "long", b"x", MAX_CACHE_TTL + Duration::from_secs(1))
+        .await
+        .expect_err("bounds: a TTL over the maximum accepted");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Invalid,
+        "bounds: ttl over the maximum"
+    );
+    cache
+        .set(&a, "long", b"ten years", MAX_CACHE_TTL)
+        .await
+        .unwrap_or_else(|e| panic!("bounds: the maximum TTL refused: {e}"));
+    assert_eq!(
+        get(&a, "long").await.as_deref(),
+        Some(&b"ten years"[..]),
+        "bounds: an entry with the maximum TTL"
+    );
+    let big = vec![0u8; MAX_CACHE_VALUE_BYTES + 1];
+    let err = cache
+        .set(&a, "big", &big, ttl)
+        .await
+        .expect_err("bounds: a value over the size cap accepted");
+    assert_eq!(err.kind(), ErrorKind::Invalid, "bounds: value over the cap");
+    drop(big);
+    assert_eq!(
+        get(&a, "big").await,
+        None,
+        "bounds: a refused value was stored"
+    );
+    assert!(
+        cache
+            .delete(&a, "long")
+            .await
+            .unwrap_or_else(|e| panic!("delete: {e}")),
+        "bounds: delete the long-lived entry"
+    );
 
     // Overwrite and delete.
     cache

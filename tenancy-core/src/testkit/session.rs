@@ -1,7 +1,10 @@
 use std::time::Duration;
 
 use super::{Fixture, TimeControl};
-use crate::{ErrorKind, NewSession, SessionAdmin, SessionStore};
+use crate::{
+    ErrorKind, MAX_SESSION_DATA_BYTES, MAX_SESSION_TTL, NewSession, SessionAdmin, SessionData,
+    SessionStore,
+};
 
 macro_rules! ok {
     ($e:expr, $case:literal) => {
@@ -24,7 +27,7 @@ pub async fn session_store<S: SessionStore + SessionAdmin>(
     let (alice, bob) = (fx.user("alice"), fx.user("bob"));
 
     // Round trip.
-    let mut data = crate::SessionData::new();
+    let mut data = SessionData::new();
     data.insert("k".into(), serde_json::json!({"nested": [1, 2, 3]}));
     let s = ok!(
         store.create(NewSession::new(a.clone(), alice.clone()).with_data(data.clone())),
@@ -176,6 +179,8 @@ pub async fn session_store<S: SessionStore + SessionAdmin>(
         "admin: revoke_user ended another user's session"
     );
 
+    bounds(store, fx).await;
+
     // Idle expiry, extended by touch; absolute expiry regardless of activity. The absolute
     // lifetime is far off here: only idle expiry can end this session.
     let idle = ok!(
@@ -231,4 +236,112 @@ pub async fn session_store<S: SessionStore + SessionAdmin>(
         ok!(store.load(&a, &abs.id), "absolute").is_none(),
         "absolute: session outlived its absolute lifetime"
     );
+}
+
+/// Session data whose JSON is exactly `len` bytes: `{"k":"xxx..."}`.
+fn data_of_json_len(len: usize) -> SessionData {
+    let mut data = SessionData::new();
+    data.insert("k".into(), "x".repeat(len - r#"{"k":""}"#.len()).into());
+    assert_eq!(serde_json::to_vec(&data).map(|v| v.len()).ok(), Some(len));
+    data
+}
+
+/// The bounds every store applies: idle timeout and absolute lifetime from 1 second to
+/// [`MAX_SESSION_TTL`], data up to [`MAX_SESSION_DATA_BYTES`] as JSON, refused with
+/// [`ErrorKind::Invalid`] on create and on save, leaving nothing written.
+async fn bounds<S: SessionStore + SessionAdmin>(store: &S, fx: &Fixture) {
+    let a = fx.tenant("sess-a");
+    let carol = fx.user("carol");
+    let new = || NewSession::new(a.clone(), carol.clone());
+    let too_long = MAX_SESSION_TTL + Duration::from_secs(1);
+    let refused_creates = [
+        (
+            "bounds: idle timeout 0",
+            new().with_idle_timeout(Duration::ZERO),
+        ),
+        (
+            "bounds: idle timeout under a second",
+            new().with_idle_timeout(Duration::from_millis(999)),
+        ),
+        (
+            "bounds: idle timeout over the maximum",
+            new().with_idle_timeout(too_long),
+        ),
+        (
+            "bounds: absolute lifetime 0",
+            new().with_absolute_ttl(Duration::ZERO),
+        ),
+        (
+            "bounds: absolute lifetime over the maximum",
+            new().with_absolute_ttl(too_long),
+        ),
+        (
+            "bounds: data over the size cap",
+            new().with_data(data_of_json_len(MAX_SESSION_DATA_BYTES + 1)),
+        ),
+    ];
+    for (case, n) in refused_creates {
+        let err = store.create(n).await.err();
+        assert_eq!(
+            err.as_ref().map(crate::Error::kind),
+            Some(ErrorKind::Invalid),
+            "{case}: create must be refused as invalid, got {err:?}"
+        );
+    }
+    assert!(
+        ok!(store.list_user(&a, &carol), "bounds").is_empty(),
+        "bounds: a refused create left a session behind"
+    );
+
+    // The bounds themselves are accepted.
+    let edge = ok!(
+        store.create(
+            new()
+                .with_idle_timeout(MAX_SESSION_TTL)
+                .with_absolute_ttl(MAX_SESSION_TTL)
+                .with_data(data_of_json_len(MAX_SESSION_DATA_BYTES))
+        ),
+        "bounds: the maximum lifetimes and data size"
+    );
+    let small = ok!(
+        store.create(
+            new()
+                .with_idle_timeout(Duration::from_secs(1))
+                .with_absolute_ttl(Duration::from_secs(1))
+        ),
+        "bounds: the minimum lifetimes"
+    );
+    assert!(ok!(store.delete(&a, &small.id), "bounds"));
+
+    let mut refused_saves = Vec::new();
+    let mut s = edge.clone();
+    s.idle_timeout_secs = 0;
+    refused_saves.push(("bounds: save with idle timeout 0", s));
+    let mut s = edge.clone();
+    s.idle_timeout_secs = too_long.as_secs();
+    refused_saves.push(("bounds: save with idle timeout over the maximum", s));
+    let mut s = edge.clone();
+    s.data = data_of_json_len(MAX_SESSION_DATA_BYTES + 1);
+    refused_saves.push(("bounds: save with data over the size cap", s));
+    for (case, s) in refused_saves {
+        let err = store.save(&s).await.err();
+        assert_eq!(
+            err.as_ref().map(crate::Error::kind),
+            Some(ErrorKind::Invalid),
+            "{case}: save must be refused as invalid, got {err:?}"
+        );
+    }
+    let stored = ok!(store.load(&a, &edge.id), "bounds").expect("bounds: session at the bounds");
+    assert_eq!(
+        (stored.version, stored.idle_timeout_secs, stored.data.len()),
+        (edge.version, MAX_SESSION_TTL.as_secs(), 1),
+        "bounds: a refused save changed the session"
+    );
+    assert_eq!(stored.data, edge.data, "bounds: data at the cap round trip");
+    let mut s = stored;
+    s.idle_timeout_secs = 1;
+    s.data = SessionData::new();
+    let saved = ok!(store.save(&s), "bounds: save at the minimum idle timeout");
+    assert_eq!(saved.version, edge.version + 1);
+    assert_eq!(ok!(store.revoke_user(&a, &carol), "bounds"), 1);
 }

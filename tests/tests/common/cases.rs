@@ -516,6 +516,10 @@ pub fn contract() -> Vec<Step> {
         C(case("invalid tenant id", "GET", "/v1/admin/tenants/Not%20Valid", Some("root"), 400)),
         // Limits: a tiny quota reached, waited out, lifted by the admin, bypassed.
         C(case("tier quota", "GET", "/v1/me", Some("bob"), 200).check(tier_limit)),
+        // A burst above the hourly limit would let more through at once than the hour allows.
+        C(case("burst above the limit", "PUT", "/v1/admin/tenants/acme/limits", Some("root"), 400)
+            .json(r#"{"tenant_per_hour":10,"tenant_burst":1000}"#)),
+        C(case("refused limits left unchanged", "GET", "/v1/me", Some("bob"), 200).check(tier_limit)),
         C(case("set a tiny quota", "PUT", "/v1/admin/tenants/acme/limits", Some("root"), 200)
             .json(r#"{"user_per_hour":3600,"user_burst":2}"#)),
         C(case("tiny quota on the next request", "GET", "/v1/me", Some("bob"), 200).check(tiny_limit)),
