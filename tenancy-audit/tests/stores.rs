@@ -558,7 +558,8 @@ async fn postgres_outage_loses_nothing() {
 
 /// A real store that counts its appends, and with `stall` set never returns from one after
 /// it went through: the writer is then stuck after the store has the events and before the
-/// spool cursor moves.
+/// spool cursor moves. Gated ([`Spy::gated`]), each append waits for a permit the test hands
+/// out, then fails while `down` is set.
 #[derive(Debug)]
 struct Spy {
     inner: Arc<dyn AuditStore>,
@@ -566,6 +567,12 @@ struct Spy {
     stall: bool,
     /// How long each append takes before it reaches the store.
     delay: Duration,
+    /// When set, each append first waits for a permit (the test decides how far the writer
+    /// gets), counted in `begun` as it starts.
+    gate: Option<tokio::sync::Semaphore>,
+    begun: std::sync::atomic::AtomicUsize,
+    /// Appends fail (after the gate) while set.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Spy {
@@ -575,6 +582,9 @@ impl Spy {
             appends: std::sync::atomic::AtomicUsize::new(0),
             stall,
             delay: Duration::ZERO,
+            gate: None,
+            begun: std::sync::atomic::AtomicUsize::new(0),
+            down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -586,6 +596,34 @@ impl Spy {
         }
     }
 
+    /// A store whose appends each wait for a permit ([`Spy::allow`]), then fail while `down`.
+    fn gated(inner: Arc<dyn AuditStore>, down: bool) -> Self {
+        Self {
+            gate: Some(tokio::sync::Semaphore::new(0)),
+            down: std::sync::atomic::AtomicBool::new(down),
+            ..Self::new(inner, false)
+        }
+    }
+
+    /// Lets `n` more appends through the gate.
+    fn allow(&self, n: usize) {
+        if let Some(g) = &self.gate {
+            g.add_permits(n);
+        }
+    }
+
+    /// Waits (up to 10 s) until `n` appends have begun.
+    async fn begun(&self, n: usize) {
+        for _ in 0..10_000 {
+            if self.begun.load(std::sync::atomic::Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{n} appends did not begin within 10 s");
+    }
+
+    /// Appends that got through to `inner`.
     fn appends(&self) -> usize {
         self.appends.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -594,6 +632,16 @@ impl Spy {
 #[async_trait]
 impl AuditStore for Spy {
     async fn append(&self, events: &[EncodedEvent]) -> tenancy_audit::Result<Vec<Appended>> {
+        self.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(g) = &self.gate {
+            g.acquire().await.unwrap().forget();
+        }
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Io {
+                context: "test store",
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "down"),
+            });
+        }
         tokio::time::sleep(self.delay).await;
         let out = self.inner.append(events).await?;
         self.appends
@@ -1027,92 +1075,6 @@ async fn a_jsonl_file_has_one_writer_at_a_time() {
     assert!(reopened.head(&t).await.unwrap().is_some());
 }
 
-/// A store whose appends each wait for a permit of `gate`, then fail while `down` is set
-/// (or go through to `inner`): the test decides how far the writer gets.
-#[derive(Debug)]
-struct Gate {
-    inner: Arc<dyn AuditStore>,
-    gate: tokio::sync::Semaphore,
-    down: std::sync::atomic::AtomicBool,
-    /// Appends begun (waiting at the gate or past it).
-    begun: std::sync::atomic::AtomicUsize,
-    appends: std::sync::atomic::AtomicUsize,
-}
-
-impl Gate {
-    fn new(inner: Arc<dyn AuditStore>, down: bool) -> Self {
-        Self {
-            inner,
-            gate: tokio::sync::Semaphore::new(0),
-            down: std::sync::atomic::AtomicBool::new(down),
-            begun: std::sync::atomic::AtomicUsize::new(0),
-            appends: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-
-    /// Lets `n` more appends through.
-    fn allow(&self, n: usize) {
-        self.gate.add_permits(n);
-    }
-
-    /// Waits (up to 10 s) until `n` appends have begun.
-    async fn begun(&self, n: usize) {
-        for _ in 0..10_000 {
-            if self.begun.load(std::sync::atomic::Ordering::SeqCst) >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        panic!("{n} appends did not begin within 10 s");
-    }
-
-    /// Appends that got through to `inner`.
-    fn appends(&self) -> usize {
-        self.appends.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl AuditStore for Gate {
-    async fn append(&self, events: &[EncodedEvent]) -> tenancy_audit::Result<Vec<Appended>> {
-        self.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.gate.acquire().await.unwrap().forget();
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::Io {
-                context: "test store",
-                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "down"),
-            });
-        }
-        let out = self.inner.append(events).await?;
-        self.appends
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(out)
-    }
-    async fn scan(&self, t: &TenantId, c: ScanCursor, l: usize) -> tenancy_audit::Result<ScanPage> {
-        self.inner.scan(t, c, l).await
-    }
-    async fn newest(
-        &self,
-        t: &TenantId,
-        b: Option<u64>,
-        l: usize,
-    ) -> tenancy_audit::Result<Vec<StoredRecord>> {
-        self.inner.newest(t, b, l).await
-    }
-    async fn head(&self, t: &TenantId) -> tenancy_audit::Result<Option<ChainHead>> {
-        self.inner.head(t).await
-    }
-    async fn anchor(&self, t: &TenantId) -> tenancy_audit::Result<Option<Anchor>> {
-        self.inner.anchor(t).await
-    }
-    async fn purge(&self, t: &TenantId, a: Anchor) -> tenancy_audit::Result<u64> {
-        self.inner.purge(t, a).await
-    }
-    async fn tenants(&self) -> tenancy_audit::Result<Vec<TenantId>> {
-        self.inner.tenants().await
-    }
-}
-
 /// Waits (up to 10 s) until `n` messages are queued for the writer.
 async fn queued(sink: &AuditDispatcher, n: u64) {
     for _ in 0..10_000 {
@@ -1148,7 +1110,7 @@ async fn a_long_replay_takes_queued_messages_between_its_batches() {
     // What an earlier run left: the events in the spool, in its format.
     std::fs::write(&path, spool).unwrap();
     let store = MemoryAuditStore::new();
-    let gate = Arc::new(Gate::new(Arc::new(store.clone()), false));
+    let gate = Arc::new(Spy::gated(Arc::new(store.clone()), false));
     let sink = AuditDispatcher::builder(Arc::clone(&gate) as Arc<dyn AuditStore>)
         .with_spool(&path)
         .with_batch_size(BATCH)
@@ -1194,7 +1156,7 @@ async fn a_long_replay_takes_queued_messages_between_its_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_flush_behind_a_batch_of_held_events_is_answered() {
     let store = MemoryAuditStore::new();
-    let gate = Arc::new(Gate::new(Arc::new(store.clone()), true));
+    let gate = Arc::new(Spy::gated(Arc::new(store.clone()), true));
     let sink = AuditDispatcher::builder(Arc::clone(&gate) as Arc<dyn AuditStore>)
         .with_batch_size(4)
         .with_sync_timeout(Duration::from_millis(100))

@@ -16,25 +16,38 @@ use tenancy_core::{
     TokenRejection as R, TokenVerifier,
 };
 
-/// A session store that makes racing refreshes really race: once armed for `n` loads, each of
-/// those loads waits after reading until all `n` have read, so that every racer holds the same
-/// version of the session before any of them saves. Exactly one save can then win; the others
-/// meet the store's version check (`Conflict`, counted here) and the issuer's retry path.
+/// A session store with faults the tests switch on.
+///
+/// - Lockstep loads make racing refreshes really race: once armed for `n` loads, each of
+///   those loads waits after reading until all `n` have read, so that every racer holds the
+///   same version of the session before any of them saves. Exactly one save can then win;
+///   the others meet the store's version check (`Conflict`, counted here) and the issuer's
+///   retry path.
+/// - `lose_next_reply` stores the next save and then answers it with a timeout (the write
+///   committed, its reply was lost); `fail_next_write` answers the next save as unavailable
+///   without storing it.
 #[derive(Debug)]
-struct LockstepStore {
+struct HookedStore {
     inner: Arc<dyn SessionStore>,
     barrier: tokio::sync::Barrier,
     armed: AtomicUsize,
     conflicts: AtomicUsize,
+    lose_reply: AtomicUsize,
+    fail_write: AtomicUsize,
+    injected: AtomicUsize,
 }
 
-impl LockstepStore {
+impl HookedStore {
+    /// Lockstep loads wait for `racers` loads.
     fn new(inner: Arc<dyn SessionStore>, racers: usize) -> Self {
         Self {
             inner,
             barrier: tokio::sync::Barrier::new(racers),
             armed: AtomicUsize::new(0),
             conflicts: AtomicUsize::new(0),
+            lose_reply: AtomicUsize::new(0),
+            fail_write: AtomicUsize::new(0),
+            injected: AtomicUsize::new(0),
         }
     }
 
@@ -46,10 +59,23 @@ impl LockstepStore {
     fn conflicts(&self) -> usize {
         self.conflicts.load(Ordering::SeqCst)
     }
+
+    fn lose_next_reply(&self) {
+        self.lose_reply.store(1, Ordering::SeqCst);
+    }
+
+    fn fail_next_write(&self) {
+        self.fail_write.store(1, Ordering::SeqCst);
+    }
+
+    /// How many write faults were injected so far.
+    fn injected(&self) -> usize {
+        self.injected.load(Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
-impl SessionStore for LockstepStore {
+impl SessionStore for HookedStore {
     async fn create(&self, new: NewSession) -> tenancy_core::Result<Session> {
         self.inner.create(new).await
     }
@@ -81,85 +107,15 @@ impl SessionStore for LockstepStore {
     }
 
     async fn save(&self, session: &Session) -> tenancy_core::Result<Session> {
-        let saved = self.inner.save(session).await;
-        if matches!(saved, Err(Error::Conflict(_))) {
-            self.conflicts.fetch_add(1, Ordering::SeqCst);
-        }
-        saved
-    }
-
-    async fn delete(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<bool> {
-        self.inner.delete(tenant, id).await
-    }
-
-    async fn rotate(&self, tenant: &TenantId, id: &SessionId) -> tenancy_core::Result<Session> {
-        self.inner.rotate(tenant, id).await
-    }
-}
-
-/// A session store whose writes can be made to fail: `lose_next_reply` stores the next save
-/// and then answers it with a timeout (the write committed, its reply was lost);
-/// `fail_next_write` answers the next save as unavailable without storing it.
-#[derive(Debug)]
-struct FlakyWriteStore {
-    inner: Arc<dyn SessionStore>,
-    lose_reply: AtomicUsize,
-    fail_write: AtomicUsize,
-    injected: AtomicUsize,
-}
-
-impl FlakyWriteStore {
-    fn new(inner: Arc<dyn SessionStore>) -> Self {
-        Self {
-            inner,
-            lose_reply: AtomicUsize::new(0),
-            fail_write: AtomicUsize::new(0),
-            injected: AtomicUsize::new(0),
-        }
-    }
-
-    fn lose_next_reply(&self) {
-        self.lose_reply.store(1, Ordering::SeqCst);
-    }
-
-    fn fail_next_write(&self) {
-        self.fail_write.store(1, Ordering::SeqCst);
-    }
-
-    /// How many faults were injected so far.
-    fn injected(&self) -> usize {
-        self.injected.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl SessionStore for FlakyWriteStore {
-    async fn create(&self, new: NewSession) -> tenancy_core::Result<Session> {
-        self.inner.create(new).await
-    }
-
-    async fn load(
-        &self,
-        tenant: &TenantId,
-        id: &SessionId,
-    ) -> tenancy_core::Result<Option<Session>> {
-        self.inner.load(tenant, id).await
-    }
-
-    async fn touch(
-        &self,
-        tenant: &TenantId,
-        id: &SessionId,
-    ) -> tenancy_core::Result<Option<Session>> {
-        self.inner.touch(tenant, id).await
-    }
-
-    async fn save(&self, session: &Session) -> tenancy_core::Result<Session> {
         if self.fail_write.swap(0, Ordering::SeqCst) == 1 {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(Error::unavailable("session store unreachable"));
         }
-        let saved = self.inner.save(session).await?;
+        let saved = self.inner.save(session).await;
+        if matches!(saved, Err(Error::Conflict(_))) {
+            self.conflicts.fetch_add(1, Ordering::SeqCst);
+        }
+        let saved = saved?;
         if self.lose_reply.swap(0, Ordering::SeqCst) == 1 {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(Error::Timeout);
@@ -322,12 +278,12 @@ pub async fn rotation_and_reuse(store: Arc<dyn SessionStore>, tenant: &str) {
 }
 
 /// Two refreshes racing with the same token: one wins, the other is reuse and ends the
-/// session. With a [`LockstepStore`], both have loaded the same version before either saves,
+/// session. With a [`HookedStore`], both have loaded the same version before either saves,
 /// so the loser's save conflicts every round and the issuer's retry path decides.
 async fn racing_refreshes(
     store: Arc<dyn SessionStore>,
     tenant: &str,
-    lockstep: Option<&LockstepStore>,
+    lockstep: Option<&HookedStore>,
 ) {
     let clock = ManualClock::new();
     let f = Arc::new(fixture(store, &clock, tenant));
@@ -368,7 +324,7 @@ async fn memory_rotation_and_reuse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_racing_refreshes() {
-    let store = Arc::new(LockstepStore::new(Arc::new(MemorySessionStore::new()), 2));
+    let store = Arc::new(HookedStore::new(Arc::new(MemorySessionStore::new()), 2));
     racing_refreshes(store.clone(), "acme", Some(&store)).await;
 }
 
@@ -451,7 +407,7 @@ async fn redis_racing_refreshes() {
     };
     racing_refreshes(store.clone(), "acme", None).await;
     // And in lockstep, so that the store's version check decides every round.
-    let store = Arc::new(LockstepStore::new(store, 2));
+    let store = Arc::new(HookedStore::new(store, 2));
     racing_refreshes(store.clone(), "zz-lockstep", Some(&store)).await;
 }
 
@@ -462,7 +418,7 @@ async fn redis_racing_refreshes() {
 #[tokio::test]
 async fn a_stored_rotation_whose_reply_was_lost_keeps_the_session() {
     let clock = ManualClock::new();
-    let store = Arc::new(FlakyWriteStore::new(Arc::new(MemorySessionStore::new())));
+    let store = Arc::new(HookedStore::new(Arc::new(MemorySessionStore::new()), 1));
     let f = fixture(store.clone(), &clock, "acme");
     let p1 = f.login("alice").await;
 
