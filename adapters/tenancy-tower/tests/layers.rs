@@ -219,6 +219,17 @@ async fn tenancy_with(
         .unwrap()
 }
 
+/// Runs `f` on a current-thread runtime with a recorder of its own, and returns the recorder.
+fn recorded(f: impl Future<Output = ()>) -> CaptureRecorder {
+    let recorder = CaptureRecorder::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || rt.block_on(f));
+    recorder
+}
+
 fn request(path: &str, token: Option<&str>) -> http::Request<Body> {
     let mut b = http::Request::builder()
         .uri(path)
@@ -234,87 +245,80 @@ fn request(path: &str, token: Option<&str>) -> http::Request<Body> {
 
 #[test]
 fn individual_layers_on_a_plain_service_decide_count_and_audit() {
-    let recorder = CaptureRecorder::default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        rt.block_on(async {
-            let clock = ManualClock::new();
-            let audit = MemoryAuditSink::new();
-            let t = tenancy(&clock, audit.clone(), 10).await;
-            let svc = ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(t.clone()))
-                .layer(AuthenticateLayer::new(t.clone()))
-                .layer(ResolveTenantLayer::new(t.clone()))
-                .layer(RateLimitLayer::new(t.clone()))
-                .layer(AuditLayer::new(t))
-                .service_fn(|req: http::Request<Body>| async move {
-                    let meta = req.extensions().get::<RequestMeta>();
-                    let ctx = meta.and_then(RequestMeta::context);
-                    let body = ctx.map(|c| c.tenant.to_string()).unwrap_or_default();
-                    Ok::<_, Infallible>(http::Response::new(Body::from(body)))
-                });
+    let recorder = recorded(async {
+        let clock = ManualClock::new();
+        let audit = MemoryAuditSink::new();
+        let t = tenancy(&clock, audit.clone(), 10).await;
+        let svc = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(t.clone()))
+            .layer(AuthenticateLayer::new(t.clone()))
+            .layer(ResolveTenantLayer::new(t.clone()))
+            .layer(RateLimitLayer::new(t.clone()))
+            .layer(AuditLayer::new(t))
+            .service_fn(|req: http::Request<Body>| async move {
+                let meta = req.extensions().get::<RequestMeta>();
+                let ctx = meta.and_then(RequestMeta::context);
+                let body = ctx.map(|c| c.tenant.to_string()).unwrap_or_default();
+                Ok::<_, Infallible>(http::Response::new(Body::from(body)))
+            });
 
-            // Ten tenants, two requests each: the second is over the per-user quota of one.
-            for i in 0..10 {
-                let tok = token(&clock, &format!("t{i}"), 600);
-                let first = svc
-                    .clone()
-                    .oneshot(request("/items/7", Some(&tok)))
-                    .await
-                    .unwrap();
-                assert_eq!(first.status(), 200);
-                assert!(first.headers().contains_key("x-request-id"));
-                let second = svc
-                    .clone()
-                    .oneshot(request("/items/7", Some(&tok)))
-                    .await
-                    .unwrap();
-                assert_eq!(second.status(), 429);
-                assert_eq!(second.headers()["retry-after"], "3600");
-            }
-            let none = svc
+        // Ten tenants, two requests each: the second is over the per-user quota of one.
+        for i in 0..10 {
+            let tok = token(&clock, &format!("t{i}"), 600);
+            let first = svc
                 .clone()
-                .oneshot(request("/items/7", None))
+                .oneshot(request("/items/7", Some(&tok)))
                 .await
                 .unwrap();
-            assert_eq!(none.status(), 401);
-            let expired = token(&clock, "t0", -600);
-            let old = svc
+            assert_eq!(first.status(), 200);
+            assert!(first.headers().contains_key("x-request-id"));
+            let second = svc
                 .clone()
-                .oneshot(request("/items/7", Some(&expired)))
+                .oneshot(request("/items/7", Some(&tok)))
                 .await
                 .unwrap();
-            assert_eq!(old.status(), 401);
+            assert_eq!(second.status(), 429);
+            assert_eq!(second.headers()["retry-after"], "3600");
+        }
+        let none = svc
+            .clone()
+            .oneshot(request("/items/7", None))
+            .await
+            .unwrap();
+        assert_eq!(none.status(), 401);
+        let expired = token(&clock, "t0", -600);
+        let old = svc
+            .clone()
+            .oneshot(request("/items/7", Some(&expired)))
+            .await
+            .unwrap();
+        assert_eq!(old.status(), 401);
 
-            // Audit: each allowed read with the resource from the path, the client from the
-            // trusted proxy's header; each denial with its reason.
-            let events = audit.events();
-            let reads: Vec<_> = events
+        // Audit: each allowed read with the resource from the path, the client from the
+        // trusted proxy's header; each denial with its reason.
+        let events = audit.events();
+        let reads: Vec<_> = events
+            .iter()
+            .filter(|e| e.outcome == tenancy_core::Outcome::Success)
+            .collect();
+        assert_eq!(reads.len(), 10);
+        assert!(reads.iter().all(|e| e.action == "items.read"
+            && e.resource.as_ref().and_then(|r| r.id.as_deref()) == Some("7")
+            && e.origin.client_addr == Some("198.51.100.4".parse().unwrap())));
+        assert_eq!(
+            events
                 .iter()
-                .filter(|e| e.outcome == tenancy_core::Outcome::Success)
-                .collect();
-            assert_eq!(reads.len(), 10);
-            assert!(reads.iter().all(|e| e.action == "items.read"
-                && e.resource.as_ref().and_then(|r| r.id.as_deref()) == Some("7")
-                && e.origin.client_addr == Some("198.51.100.4".parse().unwrap())));
-            assert_eq!(
-                events
-                    .iter()
-                    .filter(|e| e.reason.as_deref() == Some("rate_limited"))
-                    .count(),
-                10
-            );
-            assert_eq!(
-                events
-                    .iter()
-                    .filter(|e| e.reason.as_deref() == Some("unauthenticated:expired"))
-                    .count(),
-                1
-            );
-        });
+                .filter(|e| e.reason.as_deref() == Some("rate_limited"))
+                .count(),
+            10
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("unauthenticated:expired"))
+                .count(),
+            1
+        );
     });
 
     // Requests by tenant, route template and status, with at most 3 tenant labels + other.
@@ -445,36 +449,29 @@ async fn decisions_made_at_once_and_after_waiting_answer_alike() {
 /// layers alike.
 #[test]
 fn a_failing_inner_service_is_still_counted() {
-    let recorder = CaptureRecorder::default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        rt.block_on(async {
-            let clock = ManualClock::new();
-            // A quota of one request per user: one user for each way of stacking.
-            let t = tenancy(&clock, MemoryAuditSink::new(), 2).await;
-            let tok = token(&clock, "t0", 600);
-            let tok1 = token(&clock, "t1", 600);
-            let failing = |_req: http::Request<Body>| async {
-                Err::<http::Response<Body>, &'static str>("backend gone")
-            };
-            let stacked = ServiceBuilder::new()
-                .layer(TenancyLayer::new(t.clone()))
-                .service_fn(failing);
-            let err = stacked.oneshot(request("/items/7", Some(&tok))).await;
-            assert_eq!(err.unwrap_err(), "backend gone");
-            let layered = ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(t.clone()))
-                .layer(AuthenticateLayer::new(t.clone()))
-                .layer(ResolveTenantLayer::new(t.clone()))
-                .layer(RateLimitLayer::new(t.clone()))
-                .layer(AuditLayer::new(t))
-                .service_fn(failing);
-            let err = layered.oneshot(request("/items/7", Some(&tok1))).await;
-            assert_eq!(err.unwrap_err(), "backend gone");
-        });
+    let recorder = recorded(async {
+        let clock = ManualClock::new();
+        // A quota of one request per user: one user for each way of stacking.
+        let t = tenancy(&clock, MemoryAuditSink::new(), 2).await;
+        let tok = token(&clock, "t0", 600);
+        let tok1 = token(&clock, "t1", 600);
+        let failing = |_req: http::Request<Body>| async {
+            Err::<http::Response<Body>, &'static str>("backend gone")
+        };
+        let stacked = ServiceBuilder::new()
+            .layer(TenancyLayer::new(t.clone()))
+            .service_fn(failing);
+        let err = stacked.oneshot(request("/items/7", Some(&tok))).await;
+        assert_eq!(err.unwrap_err(), "backend gone");
+        let layered = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(t.clone()))
+            .layer(AuthenticateLayer::new(t.clone()))
+            .layer(ResolveTenantLayer::new(t.clone()))
+            .layer(RateLimitLayer::new(t.clone()))
+            .layer(AuditLayer::new(t))
+            .service_fn(failing);
+        let err = layered.oneshot(request("/items/7", Some(&tok1))).await;
+        assert_eq!(err.unwrap_err(), "backend gone");
     });
     for tenant in ["t0", "t1"] {
         assert_eq!(
