@@ -256,7 +256,9 @@ impl TokenIssuerBuilder {
     ///
     /// Errors ([`Error::Config`]): an empty issuer or audience; an access token lifetime of
     /// zero or over a day; with a session store, an access token lifetime not below the
-    /// session idle timeout (the message names both).
+    /// session idle timeout (the message names both), or a session idle timeout or absolute
+    /// lifetime outside [`tenancy_core::MIN_SESSION_TTL`]..=[`tenancy_core::MAX_SESSION_TTL`],
+    /// which every session store refuses.
     pub fn build(self) -> Result<TokenIssuer> {
         if self.iss.is_empty() || self.aud.is_empty() {
             return Err(Error::Config(
@@ -283,6 +285,26 @@ impl TokenIssuerBuilder {
                 )
                 .into(),
             ));
+        }
+        // Every session store refuses lifetimes outside these bounds: refused here, at start-up,
+        // rather than at each login.
+        if self.sessions.is_some() {
+            for (what, d) in [
+                ("session idle timeout", self.idle_timeout),
+                ("session absolute lifetime", self.absolute_ttl),
+            ] {
+                if !(tenancy_core::MIN_SESSION_TTL..=tenancy_core::MAX_SESSION_TTL).contains(&d) {
+                    return Err(Error::Config(
+                        format!(
+                            "{what} ({} s) must be between {} s and {} s",
+                            d.as_secs_f64(),
+                            tenancy_core::MIN_SESSION_TTL.as_secs(),
+                            tenancy_core::MAX_SESSION_TTL.as_secs(),
+                        )
+                        .into(),
+                    ));
+                }
+            }
         }
         let mut header = Header::new(self.key.algorithm());
         header.kid = self.key.kid().map(str::to_owned);
@@ -715,6 +737,27 @@ mod tests {
             .access_ttl(Duration::from_secs(86_400))
             .build()
             .unwrap();
+    }
+
+    #[test]
+    fn session_lifetimes_every_store_refuses_are_refused_at_build() {
+        let key = || SigningKey::hmac(&[7; 32], jsonwebtoken::Algorithm::HS256).unwrap();
+        let build = |absolute: Duration| {
+            TokenIssuer::builder(key(), "https://id.example", "api")
+                .sessions(Arc::new(tenancy_core::memory::MemorySessionStore::new()))
+                .session_absolute_ttl(absolute)
+                .build()
+        };
+        let over = tenancy_core::MAX_SESSION_TTL + Duration::from_secs(1);
+        let e = build(over).unwrap_err();
+        assert!(e.to_string().contains("session absolute lifetime"), "{e}");
+        build(tenancy_core::MAX_SESSION_TTL).unwrap();
+        let e = TokenIssuer::builder(key(), "https://id.example", "api")
+            .sessions(Arc::new(tenancy_core::memory::MemorySessionStore::new()))
+            .access_ttl(Duration::from_secs(1))
+            .session_idle_timeout(Duration::from_millis(1_500))
+            .build();
+        assert!(e.is_ok(), "{e:?}");
     }
 
     #[test]

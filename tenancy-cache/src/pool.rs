@@ -387,8 +387,8 @@ pub struct PoolFigures {
     /// Connections opened since the pool was built.
     pub created: u64,
     /// Connections dropped because a command failed on them: a connection error, a
-    /// `READONLY` or `MASTERDOWN` reply, or a caller's time bound that ran out while waiting
-    /// for a reply.
+    /// `READONLY` or `MASTERDOWN` reply, or a reply that never came within the response
+    /// timeout (a limiter's call past its own bound included).
     pub closed_broken: u64,
     /// Checkouts that timed out.
     pub acquire_timeouts: u64,
@@ -498,18 +498,20 @@ impl RedisPool {
         Self::eval_on(&mut conn, script, keys, args).await
     }
 
-    /// As [`eval`](Self::eval), bounded by `bound` (checkout and script). When the bound runs
-    /// out while the script's reply is awaited, the connection is marked broken: the bound
-    /// is usually shorter than the response timeout, so the reply future is dropped before
-    /// the `redis` crate could report the timeout, and a connection whose peer vanished
-    /// without a reset would otherwise stay in the pool, stalling every later call.
+    /// As [`eval`](Self::eval), answering within `bound` (checkout and script). When the
+    /// bound runs out while the script's reply is awaited, the call is not dropped: it goes on
+    /// in the background until the reply or the pool's response timeout, and a timeout there
+    /// marks the connection broken, as any call's would. Dropping it instead would let a
+    /// connection whose peer vanished without a reset stay in the pool (the `redis` crate
+    /// reports its timeout only to a caller still waiting), while marking the connection
+    /// broken at once would rebuild a healthy shared connection after one slow reply.
     ///
     /// Errors: as [`eval`](Self::eval), and [`Error::Timeout`] when the bound ran out.
     #[cfg(feature = "rate-limit")]
     pub(crate) async fn eval_within(
         &self,
         bound: Duration,
-        script: &Lua,
+        script: &'static Lua,
         keys: &[String],
         args: &[Vec<u8>],
     ) -> Result<Value> {
@@ -517,12 +519,17 @@ impl RedisPool {
         let mut conn = tokio::time::timeout_at(deadline, self.conn())
             .await
             .map_err(|_| Error::Timeout(bound))??;
-        let broken = conn.broken.clone();
-        match tokio::time::timeout_at(deadline, Self::eval_on(&mut conn, script, keys, args)).await
-        {
+        let (keys, args) = (keys.to_vec(), args.to_vec());
+        let mut call =
+            Box::pin(async move { Self::eval_on(&mut conn, script, &keys, &args).await });
+        match tokio::time::timeout_at(deadline, call.as_mut()).await {
             Ok(r) => r,
             Err(_) => {
-                broken.store(true, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    if let Err(e) = call.await {
+                        tracing::debug!(error = %e, "a limiter call past its bound failed");
+                    }
+                });
                 Err(Error::Timeout(bound))
             }
         }

@@ -453,8 +453,9 @@ impl RedisSessionStore {
     }
 
     /// Checks, once at start-up, that Redis never evicts this store's keys: the
-    /// `maxmemory-policy` of the server (of every primary of a Cluster) must be `noeviction`
-    /// (see [Eviction](self#eviction)). A node that refuses `CONFIG GET` (a renamed or disabled
+    /// `maxmemory-policy` of the server (of every primary of a Cluster) must be `noeviction`,
+    /// unless the server has no memory bound (`maxmemory 0`: it never evicts) (see
+    /// [Eviction](self#eviction)). A node that refuses `CONFIG GET` (a renamed or disabled
     /// command, an ACL without it) is logged as a warning and passes.
     ///
     /// Errors: [`Error::Misconfigured`] naming the node and its policy when it may evict;
@@ -463,7 +464,9 @@ impl RedisSessionStore {
     pub async fn check_eviction_policy(&self) -> Result<()> {
         const SETTING: &str = "maxmemory-policy";
         let mut cmd = redis::cmd("CONFIG");
-        cmd.arg("GET").arg(SETTING);
+        // The policy and the memory bound in one reply: a server without a bound
+        // (`maxmemory 0`) never evicts, whatever its policy.
+        cmd.arg("GET").arg("maxmemory*");
         for (node, reply) in self.pool.on_every_primary(cmd).await? {
             let reply = match reply {
                 Ok(v) => v,
@@ -480,6 +483,9 @@ impl RedisSessionStore {
             let found: std::collections::HashMap<String, String> =
                 redis::FromRedisValue::from_redis_value(reply)
                     .map_err(|e| Error::Corrupt(Box::new(e)))?;
+            if found.get("maxmemory").is_some_and(|m| m == "0") {
+                continue;
+            }
             match found.get(SETTING) {
                 Some(p) if p == "noeviction" => {}
                 Some(p) => {

@@ -925,16 +925,16 @@ async fn a_command_redis_refuses_is_no_outage_and_fails_loudly() {
 }
 
 #[tokio::test]
-async fn a_connection_that_stops_answering_is_replaced_after_one_limiter_timeout() {
+async fn a_connection_that_stops_answering_is_replaced_after_its_response_timeout() {
     let Some(server) = DedicatedRedis::start().await else {
         return;
     };
     let relay = common::Relay::start(server.port()).await;
-    // The response timeout is far longer than the limiter's bound: only the limiter's own
-    // timeout can notice the silent connection.
+    // The response timeout is longer than the limiter's bound: the limiter answers first, and
+    // its call goes on until the response timeout, which marks the connection broken.
     let pool = RedisConfig::single(relay.url())
         .with_pool_size(1)
-        .with_response_timeout(Duration::from_secs(60))
+        .with_response_timeout(Duration::from_secs(2))
         .with_acquire_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -955,6 +955,8 @@ async fn a_connection_that_stops_answering_is_replaced_after_one_limiter_timeout
     relay.cut_silently();
     let err = l.check(&r).await.expect_err("no reply within the bound");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // The call left behind meets the response timeout, which marks the connection broken.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
 
     let d = l
         .check(&r)
@@ -963,4 +965,54 @@ async fn a_connection_that_stops_answering_is_replaced_after_one_limiter_timeout
     assert_eq!(d.source, DecisionSource::Backend);
     let f = pool.figures();
     assert_eq!((f.created, f.closed_broken), (2, 1), "{f:?}");
+}
+
+/// A reply that comes after the limiter's bound but before the response timeout (a server
+/// busy for a moment) costs that one decision, not the shared connection.
+#[tokio::test]
+async fn a_slow_reply_past_the_bound_keeps_the_connection() {
+    let Some(server) = DedicatedRedis::start().await else {
+        return;
+    };
+    let pool = RedisConfig::single(server.url())
+        .with_pool_size(1)
+        .with_response_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let l = RedisRateLimiter::builder(pool.clone())
+        .with_timeout(Duration::from_millis(100))
+        .with_denial_cache(0)
+        .build();
+    let fx = Fixture::new();
+    let r = req(
+        &fx.tenant("busy"),
+        &fx.user("alice"),
+        outage_limits(FailurePolicy::FailClosed),
+    );
+    assert_eq!(l.check(&r).await.unwrap().source, DecisionSource::Backend);
+
+    // The server is busy for 400 ms (a script holds it, as a slow command would).
+    let mut admin = server.admin().await;
+    let busy = tokio::spawn(async move {
+        let _: i64 = redis::cmd("EVAL")
+            .arg(
+                "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] \
+                 repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - t0 > 400000 \
+                 return 0",
+            )
+            .arg(0)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = l.check(&r).await.expect_err("no reply within the bound");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    busy.await.unwrap();
+    // The late reply arrived within the response timeout: the connection stays.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(l.check(&r).await.unwrap().source, DecisionSource::Backend);
+    let f = pool.figures();
+    assert_eq!((f.created, f.closed_broken), (1, 0), "{f:?}");
 }

@@ -443,6 +443,26 @@ async fn a_redis_that_may_evict_session_keys_is_refused_at_start_up() {
         .check_eviction_policy()
         .await
         .expect("noeviction, the default, is safe");
+    // Without a memory bound nothing is evicted, whatever the policy.
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory-policy", "allkeys-lru"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "0"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    store
+        .check_eviction_policy()
+        .await
+        .expect("a server without maxmemory never evicts");
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "100mb"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     for policy in [
         "volatile-lru",
         "allkeys-lru",

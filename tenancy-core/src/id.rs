@@ -180,28 +180,32 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// Unicode's `Default_Ignorable_Code_Point` property (DerivedCoreProperties.txt, Unicode
-/// 16.0), as sorted, disjoint inclusive ranges. Renderers draw these as nothing (combining
-/// grapheme joiner, variation selectors, the Hangul fillers U+115F, U+1160, U+3164 and
-/// U+FFA0, the Khmer inherent vowels, the Mongolian selectors, the tag block), so
-/// `admin\u{3164}` prints like `admin`.
+/// 16.0), as sorted, disjoint inclusive ranges, without the variation selectors. Renderers
+/// draw these as nothing (combining grapheme joiner, the Hangul fillers U+115F, U+1160,
+/// U+3164 and U+FFA0, the Khmer inherent vowels, the tag block), so `admin\u{3164}` prints
+/// like `admin`.
+///
+/// Why the variation selectors (U+180B–180D, U+180F, U+FE00–FE0F, U+E0100–E01EF) stay
+/// allowed: they choose a glyph of the character before them, and real names need them
+/// (emoji presentation, ideographic variants of Japanese personal names, Mongolian script).
 const DEFAULT_IGNORABLE: &[(char, char)] = &[
     ('\u{00AD}', '\u{00AD}'),
     ('\u{034F}', '\u{034F}'),
     ('\u{061C}', '\u{061C}'),
     ('\u{115F}', '\u{1160}'),
     ('\u{17B4}', '\u{17B5}'),
-    ('\u{180B}', '\u{180F}'),
+    ('\u{180E}', '\u{180E}'),
     ('\u{200B}', '\u{200F}'),
     ('\u{202A}', '\u{202E}'),
     ('\u{2060}', '\u{206F}'),
     ('\u{3164}', '\u{3164}'),
-    ('\u{FE00}', '\u{FE0F}'),
     ('\u{FEFF}', '\u{FEFF}'),
     ('\u{FFA0}', '\u{FFA0}'),
     ('\u{FFF0}', '\u{FFF8}'),
     ('\u{1BCA0}', '\u{1BCA3}'),
     ('\u{1D173}', '\u{1D17A}'),
-    ('\u{E0000}', '\u{E0FFF}'),
+    ('\u{E0000}', '\u{E00FF}'),
+    ('\u{E01F0}', '\u{E0FFF}'),
 ];
 
 /// Code points that print as nothing or as blank space without being white space to
@@ -474,16 +478,13 @@ mod tests {
             '\u{FFA0}',  // halfwidth Hangul filler
             '\u{17B4}',  // Khmer vowel inherent aq
             '\u{17B5}',  // Khmer vowel inherent aa
-            '\u{180B}',  // Mongolian free variation selector one
-            '\u{180F}',  // Mongolian free variation selector four
-            '\u{FE00}',  // variation selector-1
-            '\u{FE0F}',  // variation selector-16
-            '\u{E0100}', // variation selector-17
-            '\u{E01EF}', // variation selector-256
+            '\u{180E}',  // Mongolian vowel separator
             '\u{2800}',  // braille pattern blank
             '\u{2065}',  // reserved, default ignorable
             '\u{FFF0}',  // reserved, default ignorable
             '\u{E0000}', // reserved, default ignorable
+            '\u{E00FF}', // before the variation selectors
+            '\u{E01F0}', // after them
             '\u{E0FFF}', // last of the block
         ];
         for c in blank {
@@ -497,6 +498,15 @@ mod tests {
             "\u{3163}", "\u{3165}", "\u{2801}", "\u{1161}", "\u{FFA1}", "\u{17B6}",
         ] {
             assert!(UserId::parse(&format!("a{ok}")).is_ok(), "{ok:?}");
+        }
+        // Variation selectors choose a glyph of the character before them: names need them.
+        for name in [
+            "\u{2764}\u{FE0F}",  // heart, emoji presentation
+            "\u{845B}\u{E0100}", // an ideographic variant
+            "\u{1820}\u{180B}",  // Mongolian with a free variation selector
+            "\u{1820}\u{180F}",
+        ] {
+            assert!(UserId::parse(name).is_ok(), "{name:?}");
         }
     }
 

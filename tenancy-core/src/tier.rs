@@ -147,8 +147,9 @@ impl Quota {
         Ok(())
     }
 
-    /// [`Quota::validate`], and the burst at most the limit: what a tier's quotas and a
-    /// tenant's overrides must hold.
+    /// [`Quota::validate`], and the burst at most the limit: what a tenant's overrides must
+    /// hold ([`QuotaOverrides::validate`]). A catalog's own tiers are checked with
+    /// [`Quota::validate`] only: a short-period tier may be a token bucket that bursts.
     ///
     /// Why: a tier's quota is advertised as `limit` per period (`X-RateLimit-Limit`,
     /// `RateLimit-Policy`, the admin API), and a larger burst would let more requests through
@@ -245,8 +246,8 @@ impl TierCatalog {
 
     /// Adds or replaces a tier (quotas are validated).
     pub fn with_tier(mut self, tier: Tier) -> Result<Self, ParseError> {
-        tier.tenant.validate_for_tier()?;
-        tier.user.validate_for_tier()?;
+        tier.tenant.validate()?;
+        tier.user.validate()?;
         self.0.insert(tier.name.clone(), tier);
         Ok(self)
     }
@@ -533,14 +534,15 @@ mod tests {
         );
         // A plain token bucket may burst above its rate.
         assert!(Quota::per_second(3).with_burst(7).validate().is_ok());
+        // A catalog's own tier may burst (a per-second token bucket).
         assert!(
             TierCatalog::empty()
                 .with_tier(Tier {
                     name: TierName::parse("x").unwrap(),
-                    tenant: Quota::per_hour(10).with_burst(11),
+                    tenant: Quota::per_second(10).with_burst(50),
                     user: Quota::per_hour(1)
                 })
-                .is_err()
+                .is_ok()
         );
     }
 
