@@ -61,10 +61,11 @@ impl State {
     /// least [`MIN_SWEEP_INTERVAL`]), or, at the bound, after half the bound's inserts; a cache
     /// full of live entries does not pay a full pass on every insert.
     ///
-    /// Still full, the writer pays first: one of its own entries goes (of a sample, the one
-    /// expiring first), so one tenant's writes do not push out another's entries. Only a
-    /// writer with no entry at all evicts from another tenant: of a sample of tenants, the
-    /// one holding most entries.
+    /// Still full, a writer holding at least its fair share (the bound over the tenants with
+    /// entries, the writer counted) pays: one of its own entries goes (of a sample, the one
+    /// expiring first), so one tenant's writes do not push out another's entries. A writer
+    /// below its share takes the room from the tenant holding most entries, so a tenant that
+    /// filled the cache first cannot keep the others to what they had.
     fn make_room(&mut self, writer: &TenantId, max: usize, now: u64) {
         self.inserts_since_sweep += 1;
         let full = self.entries >= max;
@@ -74,13 +75,14 @@ impl State {
             self.sweep(now);
         }
         while self.entries >= max {
-            let victim_tenant = if self.tenants.get(writer).is_some_and(|m| !m.is_empty()) {
+            let own = self.tenants.get(writer).map_or(0, HashMap::len);
+            let tenants = self.tenants.len() + usize::from(own == 0);
+            let victim_tenant = if own > 0 && own >= (max / tenants.max(1)).max(1) {
                 writer.clone()
             } else {
                 let Some(t) = self
                     .tenants
                     .iter()
-                    .take(EVICTION_SAMPLE)
                     .max_by_key(|(_, m)| m.len())
                     .map(|(t, _)| t.clone())
                 else {
@@ -104,7 +106,8 @@ impl State {
 
 /// A tenant-namespaced cache in process memory, with TTLs, hit and miss counts, and a bound
 /// on entries (expired entries are reclaimed by amortised sweeps; past the bound, a new entry
-/// evicts one of its own tenant's first: a cache may forget, it may not grow without limit).
+/// evicts one of its own tenant's when that tenant holds its share, else one of the largest
+/// tenant's: a cache may forget, it may not grow without limit).
 /// Values and TTLs are bounded as in every backend ([`check_cache_entry`]).
 ///
 /// ```
@@ -304,6 +307,28 @@ mod tests {
             Some(&b"v"[..]),
             "the entry just written"
         );
+    }
+
+    /// A tenant that filled the cache first does not keep the others to what they had: a
+    /// writer below its share takes room from the largest tenant.
+    #[tokio::test]
+    async fn a_tenant_below_its_share_takes_room_from_the_largest() {
+        let cache =
+            MemoryTenantCache::with_clock(Arc::new(ManualClock::new())).with_max_entries(10);
+        let (a, b) = (tenant("acme"), tenant("globex"));
+        for i in 0..10 {
+            cache.set(&a, &format!("a{i}"), b"v", TTL).await.unwrap();
+        }
+        for i in 0..4 {
+            cache.set(&b, &format!("b{i}"), b"v", TTL).await.unwrap();
+        }
+        assert_eq!(cache.len(), 10);
+        for i in 0..4 {
+            assert!(
+                cache.get(&b, &format!("b{i}")).await.unwrap().is_some(),
+                "B's entry b{i} was evicted by B's own next write"
+            );
+        }
     }
 
     #[tokio::test]
