@@ -45,10 +45,9 @@ use crate::error::{CORRUPT_CODE, Error, Result};
 use crate::keys::KeySpace;
 use crate::pool::{Lua, RedisPool};
 
-/// Longest accepted TTL.
-pub const MAX_CACHE_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Largest accepted value.
-pub const MAX_CACHE_VALUE_BYTES: usize = 64 << 20;
+/// The bounds every tenant cache keeps, defined once in tenancy-core: the longest TTL and the
+/// largest value.
+pub use tenancy_core::{MAX_CACHE_TTL, MAX_CACHE_VALUE_BYTES};
 
 // KEYS: generation, entry. Returns the value, or nil when absent or from an older generation.
 static GET: LazyLock<Lua> = LazyLock::new(|| {

@@ -76,14 +76,9 @@ use crate::keys::KeySpace;
 use crate::lua::{PRELUDE, dec, parse_u64};
 use crate::pool::{Lua, RedisPool};
 
-/// Longest accepted idle timeout or absolute lifetime.
-///
-/// Why this bound: a session that lives longer than a year is a credential that is never
-/// re-checked; refusing it catches a unit mistake (milliseconds passed as seconds).
-pub const MAX_SESSION_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
-
-/// Largest accepted session data, serialized as JSON.
-pub const MAX_SESSION_DATA_BYTES: usize = 1 << 20;
+/// The bounds every session store keeps, defined once in tenancy-core: the longest idle
+/// timeout or absolute lifetime, and the largest session data (as JSON).
+pub use tenancy_core::{MAX_SESSION_DATA_BYTES, MAX_SESSION_TTL};
 
 /// Redis keeps an ended session this long before dropping it (memory only: the session is
 /// already refused on the store's clock).
@@ -354,7 +349,7 @@ fn time_of(nanos: u64) -> Result<OffsetDateTime> {
 }
 
 fn check_ttl(what: &'static str, d: Duration) -> Result<()> {
-    if d < Duration::from_secs(1) || d > MAX_SESSION_TTL {
+    if d < tenancy_core::MIN_SESSION_TTL || d > MAX_SESSION_TTL {
         return Err(Error::Invalid(ParseError::new(
             what,
             "must be between 1 second and 366 days",

@@ -40,7 +40,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP answer for this error.
+    /// The HTTP answer for this error (a misconfiguration is logged at error level as it is
+    /// built).
     pub fn rejection(&self) -> Rejection {
         match self {
             Self::MissingLayer { extractor, layer } => Rejection::missing_layer(extractor, layer),
@@ -52,13 +53,19 @@ impl Error {
 
 impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.rejection().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        // Without building the rejection: a misconfiguration's constructor logs it, once, in
+        // `error_response`.
+        match self {
+            Self::Rejected(r) => {
+                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::MissingLayer { .. } | Self::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if matches!(self, Self::MissingLayer { .. }) {
-            tracing::error!(error = %self, "tenancy extractor used without its middleware");
-        }
+        // A missing layer or a refused configuration is logged at error level by the
+        // rejection's constructor.
         let r = self.rejection();
         let mut resp = render(&r);
         resp.extensions_mut().insert(AuditNote {

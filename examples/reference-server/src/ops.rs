@@ -524,7 +524,8 @@ fn parse_tier(app: &App, tier: &str) -> Result<TierName> {
 /// Creates the tenant (`true`) or changes its tier (`false`). Super admins only.
 ///
 /// # Errors
-/// 403 for other callers; 400 for a bad tenant id or unknown tier.
+/// 403 for other callers; 400 for a bad tenant id, an unknown tier, or a tier the tenant's
+/// overrides do not fit (a burst override above the new tier's limit).
 pub async fn put_tenant(
     app: &App,
     ctx: &TenantContext,
@@ -541,6 +542,18 @@ pub async fn put_tenant(
         }
         None => TenantSettings::new(tier),
     };
+    // The tenant's overrides must still hold under the new tier (a burst override above the
+    // new tier's limit): change the limits first.
+    settings.validate(app.tiers()).map_err(|e| {
+        Error::BadRequest(
+            format!(
+                "the tenant's overrides do not fit this tier ({}: {}); change its limits first",
+                e.what(),
+                e.reason()
+            )
+            .into(),
+        )
+    })?;
     let created = app.directory().put(&t, settings.clone()).await? == Upsert::Created;
     admin_event(
         app,

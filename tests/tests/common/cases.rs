@@ -516,6 +516,13 @@ pub fn contract() -> Vec<Step> {
         C(case("invalid tenant id", "GET", "/v1/admin/tenants/Not%20Valid", Some("root"), 400)),
         // Limits: a tiny quota reached, waited out, lifted by the admin, bypassed.
         C(case("tier quota", "GET", "/v1/me", Some("bob"), 200).check(tier_limit)),
+        // A tier change keeps the overrides: they must fit the new tier.
+        C(case("create a premium tenant", "PUT", "/v1/admin/tenants/tierco", Some("root"), 201)
+            .json(r#"{"tier":"premium"}"#)),
+        C(case("a burst within premium", "PUT", "/v1/admin/tenants/tierco/limits", Some("root"), 200)
+            .json(r#"{"user_burst":1000}"#)),
+        C(case("a tier its overrides do not fit", "PUT", "/v1/admin/tenants/tierco", Some("root"), 400)
+            .json(r#"{"tier":"standard"}"#)),
         // A burst above the hourly limit would let more through at once than the hour allows.
         C(case("burst above the limit", "PUT", "/v1/admin/tenants/acme/limits", Some("root"), 400)
             .json(r#"{"tenant_per_hour":10,"tenant_burst":1000}"#)),
