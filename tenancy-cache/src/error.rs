@@ -110,7 +110,12 @@ impl Error {
         }
     }
 
-    #[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+    #[cfg(any(
+        feature = "rate-limit",
+        feature = "session",
+        feature = "cache",
+        feature = "denylist"
+    ))]
     pub(crate) fn corrupt(msg: &'static str) -> Self {
         Self::Corrupt(msg.into())
     }

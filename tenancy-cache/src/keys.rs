@@ -10,11 +10,12 @@
 //! | `<ns>:s:{t:<tenant>}:u:<user>`               | a user's session ids (set)              |
 //! | `<ns>:c:{t:<tenant>}:gen`                    | the tenant's cache generation           |
 //! | `<ns>:c:{t:<tenant>}:k:<key>`                | a cache entry                           |
+//! | `<ns>:d:{t:<tenant>}:j:<jti>`                | a revoked token id (denylist entry)     |
 //!
 //! - The tenant appears once, as the Cluster hash tag `{t:<tenant>}`: all of a tenant's keys
 //!   live in one slot, so one Lua script may touch all of them on a Cluster. Tenant ids are
 //!   validated by [`TenantId`] (`[a-z0-9_-]`), so they cannot contain `{`, `}`, `:` or `*`.
-//! - User ids and cache keys may contain any printable character: they are written as
+//! - User ids, cache keys and token ids may contain any character: they are written as
 //!   unpadded base64url (`[A-Za-z0-9_-]`), so `}`, `:`, `*` or `{t:other}` in them cannot end
 //!   the hash tag, add a key segment or act as a `SCAN` pattern.
 //! - Session ids are base64url by construction ([`SessionId`]).
@@ -133,6 +134,11 @@ impl KeySpace {
         format!("{}:k:{}", self.base("c", tenant), encode(key))
     }
 
+    /// The denylist entry of token id `jti` (any text).
+    pub fn denylist_entry(&self, tenant: &TenantId, jti: &str) -> String {
+        format!("{}:j:{}", self.base("d", tenant), encode(jti))
+    }
+
     /// The part of `key` that Redis Cluster hashes: the text between the first `{` and the
     /// next `}`, when not empty.
     pub fn hash_tag(key: &str) -> Option<&str> {
@@ -172,6 +178,7 @@ mod tests {
                 ks.limit_user(&acme, &user, 60),
                 ks.session_index(&acme, &user),
                 ks.cache_entry(&acme, h),
+                ks.denylist_entry(&acme, h),
             ] {
                 assert_eq!(KeySpace::hash_tag(&key), Some("t:acme"), "{key}");
                 let tail = &key[key.find('}').unwrap() + 1..];

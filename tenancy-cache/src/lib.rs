@@ -8,12 +8,14 @@
 //! - [`RedisSessionStore`]: [`SessionStore`](tenancy_core::SessionStore) +
 //!   [`SessionAdmin`](tenancy_core::SessionAdmin), with idle and absolute expiry on the
 //!   store's clock, a per-user index, atomic optimistic versioning and id rotation.
+//! - [`RedisDenylist`]: [`Denylist`](tenancy_core::Denylist), revoked token ids shared by
+//!   every instance of a service, decided on the denylist's clock.
 //! - [`RedisTenantCache`]: [`TenantCache`](tenancy_core::TenantCache), with TTLs, hit and miss
 //!   counts, and invalidation of all of a tenant's entries in one step.
 //! - [`RedisPool`] / [`RedisConfig`]: the pool, its timeouts, connect retries with backoff, and
 //!   a [`HealthCheck`](tenancy_core::HealthCheck) (ping latency, pool figures).
 //! - [`keys`]: the one place where Redis keys are built. A tenant's keys share one Cluster
-//!   slot (`{t:<tenant>}`); user ids and cache keys are encoded so that no character in them can
+//!   slot (`{t:<tenant>}`); user ids, cache keys and token ids are encoded so that no character in them can
 //!   leave the tenant's namespace.
 //!
 //! ```no_run
@@ -36,6 +38,7 @@
 //! | `rate-limit` | [`RedisRateLimiter`]                       | yes     |
 //! | `session`    | [`RedisSessionStore`]                      | yes     |
 //! | `cache`      | [`RedisTenantCache`]                       | yes     |
+//! | `denylist`   | [`RedisDenylist`]                          | yes     |
 //!
 //! Redis Cluster support is always built in: [`RedisConfig::cluster`] gives a pool that every
 //! backend uses unchanged.
@@ -50,6 +53,8 @@
 
 #[cfg(feature = "cache")]
 pub mod cache;
+#[cfg(feature = "denylist")]
+pub mod denylist;
 pub mod error;
 pub mod keys;
 #[cfg(feature = "rate-limit")]
@@ -62,6 +67,8 @@ pub mod session;
 
 #[cfg(feature = "cache")]
 pub use cache::RedisTenantCache;
+#[cfg(feature = "denylist")]
+pub use denylist::RedisDenylist;
 pub use error::{Error, Result};
 #[cfg(feature = "rate-limit")]
 pub use limiter::{RedisRateLimiter, RedisRateLimiterBuilder};

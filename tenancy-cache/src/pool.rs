@@ -484,7 +484,12 @@ impl RedisPool {
             .map_err(|e| failed(&conn, e))
     }
 
-    #[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+    #[cfg(any(
+        feature = "rate-limit",
+        feature = "session",
+        feature = "cache",
+        feature = "denylist"
+    ))]
     /// Runs `script` with `EVALSHA`, and with `EVAL` (which also caches it again) when the
     /// server answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). One round trip in the
     /// common case.
@@ -535,7 +540,12 @@ impl RedisPool {
         }
     }
 
-    #[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+    #[cfg(any(
+        feature = "rate-limit",
+        feature = "session",
+        feature = "cache",
+        feature = "denylist"
+    ))]
     async fn eval_on(
         conn: &mut Conn,
         script: &Lua,
@@ -561,11 +571,61 @@ impl RedisPool {
         }
     }
 
+    /// Checks that no primary evicts keys: `maxmemory-policy` is `noeviction`, or there is no
+    /// memory bound (`maxmemory 0`). `store` names the caller and `lost` says what an eviction
+    /// would cost, for the error and the warnings. A node that refuses `CONFIG GET` (renamed
+    /// or disabled on managed services, or an ACL without it) is logged and passed.
+    ///
+    /// Errors: [`Error::Misconfigured`] naming the first evicting node; connection errors.
+    #[cfg(any(feature = "session", feature = "denylist"))]
+    pub(crate) async fn check_no_eviction(&self, lost: &'static str) -> Result<()> {
+        const SETTING: &str = "maxmemory-policy";
+        let mut cmd = redis::cmd("CONFIG");
+        // The policy and the memory bound in one reply: a server without a bound
+        // (`maxmemory 0`) never evicts, whatever its policy.
+        cmd.arg("GET").arg("maxmemory*");
+        for (node, reply) in self.on_every_primary(cmd).await? {
+            let reply = match reply {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(
+                        node,
+                        error = %e,
+                        "cannot read maxmemory-policy (CONFIG GET refused): make sure it is \
+                         noeviction ({lost})"
+                    );
+                    continue;
+                }
+            };
+            let found: std::collections::HashMap<String, String> =
+                FromRedisValue::from_redis_value(reply).map_err(|e| Error::Corrupt(Box::new(e)))?;
+            if found.get("maxmemory").is_some_and(|m| m == "0") {
+                continue;
+            }
+            match found.get(SETTING) {
+                Some(p) if p == "noeviction" => {}
+                Some(p) => {
+                    return Err(Error::Misconfigured {
+                        node,
+                        setting: SETTING,
+                        value: p.clone(),
+                        reason: lost,
+                    });
+                }
+                None => tracing::warn!(
+                    node,
+                    "Redis reported no maxmemory-policy: make sure it is noeviction"
+                ),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends `cmd` to the one node, or to every primary of a Cluster, and returns each node's
     /// reply (named by its address on a Cluster, `server` on one node). An error reply stays
     /// with its node (a node may refuse a command the others take); a connection error fails
     /// the whole call.
-    #[cfg(feature = "session")]
+    #[cfg(any(feature = "session", feature = "denylist"))]
     pub(crate) async fn on_every_primary(&self, cmd: Cmd) -> Result<NodeReplies> {
         use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
         let mut conn = self.conn().await?;
@@ -646,7 +706,7 @@ impl RedisPool {
 }
 
 /// Per node, its address and its reply (an error reply as `Err`).
-#[cfg(feature = "session")]
+#[cfg(any(feature = "session", feature = "denylist"))]
 pub(crate) type NodeReplies = Vec<(String, std::result::Result<Value, RedisError>)>;
 
 /// Marks the connection broken when the error means it is gone, and wraps the error.
@@ -699,7 +759,12 @@ impl HealthCheck for RedisPool {
 }
 
 /// A Lua script with its SHA1, as sent with `EVALSHA`.
-#[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "denylist"
+))]
 #[derive(Debug)]
 pub(crate) struct Lua {
     pub(crate) name: &'static str,
@@ -707,7 +772,12 @@ pub(crate) struct Lua {
     pub(crate) sha: String,
 }
 
-#[cfg(any(feature = "rate-limit", feature = "session", feature = "cache"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "session",
+    feature = "cache",
+    feature = "denylist"
+))]
 impl Lua {
     pub(crate) fn new(name: &'static str, source: String) -> Self {
         let sha = redis::Script::new(&source).get_hash().to_owned();

@@ -457,48 +457,12 @@ impl RedisSessionStore {
     /// [`Error::Connect`], [`Error::PoolTimeout`] or [`Error::Redis`] when Redis could not be
     /// asked; [`Error::Corrupt`] for a reply that is not a setting.
     pub async fn check_eviction_policy(&self) -> Result<()> {
-        const SETTING: &str = "maxmemory-policy";
-        let mut cmd = redis::cmd("CONFIG");
-        // The policy and the memory bound in one reply: a server without a bound
-        // (`maxmemory 0`) never evicts, whatever its policy.
-        cmd.arg("GET").arg("maxmemory*");
-        for (node, reply) in self.pool.on_every_primary(cmd).await? {
-            let reply = match reply {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(
-                        node,
-                        error = %e,
-                        "cannot read maxmemory-policy (CONFIG GET refused): unless it is \
-                         noeviction, evicted user indexes let sessions escape revocation"
-                    );
-                    continue;
-                }
-            };
-            let found: std::collections::HashMap<String, String> =
-                redis::FromRedisValue::from_redis_value(reply)
-                    .map_err(|e| Error::Corrupt(Box::new(e)))?;
-            if found.get("maxmemory").is_some_and(|m| m == "0") {
-                continue;
-            }
-            match found.get(SETTING) {
-                Some(p) if p == "noeviction" => {}
-                Some(p) => {
-                    return Err(Error::Misconfigured {
-                        node,
-                        setting: SETTING,
-                        value: p.clone(),
-                        reason: "the session store needs noeviction: an evicted user index \
-                                 lets that user's sessions escape revocation",
-                    });
-                }
-                None => tracing::warn!(
-                    node,
-                    "Redis reported no maxmemory-policy: make sure it is noeviction"
-                ),
-            }
-        }
-        Ok(())
+        self.pool
+            .check_no_eviction(
+                "the session store needs noeviction: an evicted user index lets that user's \
+                 sessions escape revocation",
+            )
+            .await
     }
 
     fn now(&self) -> (u64, Vec<u8>, OffsetDateTime) {

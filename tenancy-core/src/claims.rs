@@ -90,7 +90,8 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
-    /// Token id, for revocation.
+    /// Token id, for revocation: at most [`MAX_JTI_BYTES`](crate::MAX_JTI_BYTES) bytes (a
+    /// longer one is refused as an invalid claim, since no denylist would store it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
     /// The tenant the token acts for.
@@ -214,7 +215,15 @@ impl Claims {
         let exp = numeric_date(&required(raw.exp, "exp")?, "exp")?;
         let nbf = optional(raw.nbf, |v| numeric_date(&v, "nbf"))?;
         let iat = optional(raw.iat, |v| numeric_date(&v, "iat"))?;
-        let jti = optional(raw.jti, |v| string(v, "jti"))?;
+        // A `jti` is opaque, but a denylist stores it: one longer than any store keeps is refused
+        // here, so that every token can be revoked.
+        let jti = optional(raw.jti, |v| {
+            string(v, "jti").and_then(|s| {
+                crate::denylist::check_jti(&s)
+                    .map(|()| s)
+                    .map_err(|_| TokenRejection::InvalidClaim("jti"))
+            })
+        })?;
         let sid = optional(raw.sid, |v| parsed(v, "sid", SessionId::parse))?;
         Ok(Self {
             iss,
@@ -286,6 +295,18 @@ mod tests {
         );
         let spaced = [b" \n".as_slice(), &serde_json::to_vec(&base()).unwrap()].concat();
         assert!(Claims::from_json(&spaced).is_ok());
+    }
+
+    #[test]
+    fn a_jti_longer_than_a_denylist_keeps_is_refused() {
+        let mut m = base();
+        m.insert("jti".into(), "j".repeat(crate::MAX_JTI_BYTES).into());
+        assert_eq!(
+            decode(&m).unwrap().jti.map(|j| j.len()),
+            Some(crate::MAX_JTI_BYTES)
+        );
+        m.insert("jti".into(), "j".repeat(crate::MAX_JTI_BYTES + 1).into());
+        assert_eq!(decode(&m).unwrap_err(), TokenRejection::InvalidClaim("jti"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!   [`TenantContext`];
 //! - tiers and quotas: [`Quota`], [`Tier`], [`TierCatalog`], [`TenantSettings`];
 //! - the traits that backends implement: [`TokenVerifier`], [`RateLimiter`] (+ [`QuotaAdmin`]),
-//!   [`SessionStore`] (+ [`SessionAdmin`]), [`TenantCache`], [`TenantDirectory`],
+//!   [`SessionStore`] (+ [`SessionAdmin`]), [`Denylist`], [`TenantCache`], [`TenantDirectory`],
 //!   [`AuditSink`], [`HealthCheck`]. The request path's four (verifier, directory, limiter,
 //!   audit sink) each have a `try_*` method that answers without waiting when it can
 //!   ([`TokenVerifier::try_verify`], [`TenantDirectory::try_get`],
@@ -52,6 +52,7 @@ mod cache;
 mod claims;
 mod clock;
 mod context;
+mod denylist;
 mod directory;
 pub mod error;
 mod hash;
@@ -76,6 +77,7 @@ pub use cache::{
 pub use claims::{Audience, Claims};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use context::TenantContext;
+pub use denylist::{Denylist, MAX_JTI_BYTES, check_jti};
 pub use directory::{TenantDirectory, Upsert};
 pub use error::{BoxError, Denial, Error, ErrorKind, ParseError, Result, TokenRejection};
 pub use hash::UniformHasher;

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use tenancy_core::ManualClock;
 use tenancy_core::memory::{
-    MemoryAuditSink, MemoryRateLimiter, MemorySessionStore, MemoryTenantCache,
+    MemoryAuditSink, MemoryDenylist, MemoryRateLimiter, MemorySessionStore, MemoryTenantCache,
     MemoryTenantDirectory,
 };
 use tenancy_core::testkit::{self, Fixture, TimeControl};
+use tenancy_core::{Clock as _, ManualClock};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_rate_limiter() {
@@ -19,6 +19,17 @@ async fn memory_session_store() {
     let clock = ManualClock::new();
     let store = MemorySessionStore::with_clock(Arc::new(clock.clone()));
     testkit::session_store(&store, TimeControl::Manual(clock), &Fixture::new()).await;
+}
+
+#[tokio::test]
+async fn memory_denylist() {
+    let clock = ManualClock::new();
+    let list = MemoryDenylist::with_clock(Arc::new(clock.clone()));
+    let now = {
+        let clock = clock.clone();
+        move || clock.now().unix_timestamp()
+    };
+    testkit::denylist(&list, now, TimeControl::Manual(clock), &Fixture::new()).await;
 }
 
 #[tokio::test]

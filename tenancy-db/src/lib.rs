@@ -16,8 +16,9 @@
 //! - [`DbHealth`]: a ping every 30 s; [`HealthCheck`](tenancy_core::HealthCheck) answers
 //!   from it and from [`PoolMetrics`] without touching the database.
 //! - [`PgSessionStore`] ([`SessionStore`](tenancy_core::SessionStore) +
-//!   [`SessionAdmin`](tenancy_core::SessionAdmin), under row-level security) and
-//!   [`PgTenantDirectory`] ([`TenantDirectory`](tenancy_core::TenantDirectory), platform
+//!   [`SessionAdmin`](tenancy_core::SessionAdmin), under row-level security),
+//!   [`PgDenylist`] ([`Denylist`](tenancy_core::Denylist), revoked token ids, under
+//!   row-level security) and [`PgTenantDirectory`] ([`TenantDirectory`](tenancy_core::TenantDirectory), platform
 //!   data behind the platform pool).
 //!
 //! The roles: an *owner* runs the migrations and owns the tables; the *runtime* role serves
@@ -86,6 +87,7 @@
 
 pub mod audit;
 mod config;
+mod denylist;
 mod directory;
 pub mod error;
 mod health;
@@ -95,6 +97,7 @@ mod session;
 
 pub use audit::{AuditReport, Finding, audit_catalog};
 pub use config::{BeginMode, DbConfig, Environment};
+pub use denylist::PgDenylist;
 pub use directory::PgTenantDirectory;
 pub use error::{Error, Result, SQLSTATE_INSUFFICIENT_PRIVILEGE};
 pub use health::DbHealth;

@@ -13,7 +13,8 @@
 //!   only restrictive policies exist), and `tenant_id` defaulting to the current tenant;
 //! - `tenancy.grant_table(regclass, role)`: `SELECT, INSERT, UPDATE, DELETE` (never
 //!   `TRUNCATE`, which row-level security does not filter);
-//! - `tenancy.sessions` (a tenant table, see [`PgSessionStore`](crate::PgSessionStore)) and
+//! - `tenancy.sessions` and `tenancy.revoked_tokens` (tenant tables, see
+//!   [`PgSessionStore`](crate::PgSessionStore) and [`PgDenylist`](crate::PgDenylist)) and
 //!   `tenancy.tenants` (platform data, see [`PgTenantDirectory`](crate::PgTenantDirectory)).
 //!
 //! Migrations are tracked in `tenancy._migrations`, apart from the application's own.
@@ -69,6 +70,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "sessions and tenants",
         include_str!("../migrations/0002_sessions_and_tenants.sql"),
+    ),
+    (
+        3,
+        "revoked tokens",
+        include_str!("../migrations/0003_revoked_tokens.sql"),
     ),
 ];
 
@@ -178,7 +184,8 @@ pub async fn create_runtime_role(conn: &mut PgConnection, role: &RoleName) -> Re
 }
 
 /// Grants an existing role what tenant work needs: `USAGE` on schema `tenancy`, `EXECUTE` on
-/// `tenancy.current_tenant_id()`, and read/write on `tenancy.sessions`.
+/// `tenancy.current_tenant_id()`, and read/write on `tenancy.sessions` and
+/// `tenancy.revoked_tokens`.
 pub async fn grant_runtime_role(conn: &mut PgConnection, role: &RoleName) -> Result<()> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "GRANT USAGE ON SCHEMA tenancy TO \"{role}\"; \
@@ -186,7 +193,8 @@ pub async fn grant_runtime_role(conn: &mut PgConnection, role: &RoleName) -> Res
     )))
     .execute(&mut *conn)
     .await?;
-    grant_table(conn, "tenancy.sessions", role).await
+    grant_table(conn, "tenancy.sessions", role).await?;
+    grant_table(conn, "tenancy.revoked_tokens", role).await
 }
 
 /// Grants a platform role read/write on the tenant directory (`tenancy.tenants`).

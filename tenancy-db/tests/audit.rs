@@ -91,7 +91,12 @@ async fn unsafe_roles_are_refused_at_start_up() {
         .collect();
     assert_eq!(
         owned,
-        vec!["public.comments", "public.records", "tenancy.sessions"],
+        vec![
+            "public.comments",
+            "public.records",
+            "tenancy.revoked_tokens",
+            "tenancy.sessions"
+        ],
         "{report}"
     );
     assert!(
@@ -134,7 +139,7 @@ async fn unsafe_roles_are_refused_at_start_up() {
     )
     .await;
     let f = findings(&env).await;
-    assert_eq!(f.len(), 3, "{f:?}");
+    assert_eq!(f.len(), 4, "{f:?}");
     assert!(
         f.iter()
             .all(|f| matches!(f, Finding::OwnsTenantTable { .. })),

@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::{TestEnv, assert_42501, tenant};
 use tenancy_core::testkit::{self, Fixture, TimeControl};
 use tenancy_core::{
-    HealthCheck, HealthStatus, ManualClock, NewSession, SessionStore, TenantDirectory,
-    TenantSettings, TenantStatus, TierName, UserId,
+    Clock as _, Denylist, HealthCheck, HealthStatus, ManualClock, NewSession, SessionStore,
+    TenantDirectory, TenantSettings, TenantStatus, TierName, UserId,
 };
-use tenancy_db::{PgSessionStore, PgTenantDirectory, PlatformPool, TenantPool};
+use tenancy_db::{PgDenylist, PgSessionStore, PgTenantDirectory, PlatformPool, TenantPool};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_store_conformance() {
@@ -47,6 +47,89 @@ async fn session_store_conformance() {
         .unwrap();
     assert_eq!(seen, 0);
     drop(tx);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denylist_conformance() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let pool = env.runtime_pool(4).await;
+    let clock = ManualClock::new();
+    let list = PgDenylist::with_clock(pool.clone(), Arc::new(clock.clone()));
+    let now = {
+        let clock = clock.clone();
+        move || clock.now().unix_timestamp()
+    };
+    testkit::denylist(
+        &list,
+        now,
+        TimeControl::Manual(clock.clone()),
+        &Fixture::new(),
+    )
+    .await;
+
+    // The table is under row-level security: without a tenant the runtime role reads
+    // nothing, and tenant B does not see A's entries.
+    let a = tenant("acme");
+    let at = clock.now().unix_timestamp();
+    list.revoke(&a, "j", at + 600).await.unwrap();
+    let mut tx = pool.begin_unscoped().await.unwrap();
+    assert_42501(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tenancy.revoked_tokens")
+            .fetch_one(&mut *tx)
+            .await,
+        "revoked tokens without tenant",
+    );
+    drop(tx);
+    let mut tx = pool.begin(&tenant("globex")).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.revoked_tokens")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    drop(tx);
+
+    // A second instance on the same database sees the revocation.
+    let other = PgDenylist::with_clock(pool.clone(), Arc::new(clock.clone()));
+    assert!(other.is_revoked(&a, "j").await.unwrap());
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn denylist_reclaims_ended_entries() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let pool = env.runtime_pool(2).await;
+    let clock = ManualClock::new();
+    let list = PgDenylist::with_clock(pool.clone(), Arc::new(clock.clone()));
+    let a = tenant("acme");
+    let count = |pool: TenantPool, a: tenancy_core::TenantId| async move {
+        let mut tx = pool.begin(&a).await.unwrap();
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tenancy.revoked_tokens")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+    };
+    let at = clock.now().unix_timestamp();
+    for i in 0..40 {
+        list.revoke(&a, &format!("old{i}"), at + 10).await.unwrap();
+    }
+    assert_eq!(count(pool.clone(), a.clone()).await, 40);
+    clock.advance(Duration::from_secs(11));
+    // Each revocation deletes a bounded batch of ended entries on its way.
+    list.revoke(&a, "new1", at + 600).await.unwrap();
+    assert_eq!(count(pool.clone(), a.clone()).await, 40 - 32 + 1);
+    list.revoke(&a, "new2", at + 600).await.unwrap();
+    assert_eq!(count(pool.clone(), a.clone()).await, 2);
+    for i in 0..5 {
+        list.revoke(&a, &format!("more{i}"), at + 20).await.unwrap();
+    }
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(list.purge_ended(&a).await.unwrap(), 5);
+    assert_eq!(count(pool.clone(), a.clone()).await, 2);
     pool.close().await;
 }
 

@@ -53,3 +53,61 @@ async fn contract_with_postgres_and_redis_on_both_servers() {
     };
     assert_same(("axum", &axum), ("actix", &actix));
 }
+
+/// Two instances (one axum, one actix-web) on the same PostgreSQL database and, when
+/// `with_redis`, the same Redis key space: a session-less token logged out on one is refused
+/// by the other, whose own memory never saw the logout.
+async fn logout_holds_on_another_instance(with_redis: bool) {
+    let Some(db) = tenancy_tests::postgres().await else {
+        return;
+    };
+    let redis = if with_redis {
+        let Some(r) = tenancy_tests::redis().await else {
+            return;
+        };
+        Some(r)
+    } else {
+        None
+    };
+    let instance = |flavor: Flavor| {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), |c| {
+            c.database_url = Some(db.url().to_owned());
+            if let Some(r) = &redis {
+                c.redis_url = Some(r.url().to_owned());
+                c.redis_namespace = format!("{}shared", r.prefix());
+            }
+        });
+        Harness::start(flavor, c, dir)
+    };
+    let mut one = instance(Flavor::Axum).await;
+    let mut other = instance(Flavor::Actix).await;
+    let token = one.mint("acme", "carol", "user", &["records:read"]);
+    assert_eq!(other.get("/v1/records", Some(&token)).await.status, 200);
+    let out = one
+        .send("POST", "/v1/auth/logout", Some(&token), Some("{}"), &[])
+        .await;
+    assert_eq!(out.status, 204, "{}", out.text);
+    let after = other.get("/v1/records", Some(&token)).await;
+    assert_eq!(
+        after.status, 401,
+        "the other instance still accepts a logged-out token: {}",
+        after.text
+    );
+    assert_eq!(one.get("/v1/records", Some(&token)).await.status, 401);
+    assert!(one.stop().await, "axum: the audit queue drains at shutdown");
+    assert!(
+        other.stop().await,
+        "actix: the audit queue drains at shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_holds_on_every_instance_sharing_redis() {
+    logout_holds_on_another_instance(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_holds_on_every_instance_sharing_postgres() {
+    logout_holds_on_another_instance(false).await;
+}

@@ -26,9 +26,11 @@ use sqlx::Connection as _;
 use sqlx::postgres::PgConnectOptions;
 use tenancy_audit::AuditDispatcher;
 use tenancy_audit::store::{AuditStore, FileAuditStore, PgAuditStore};
-use tenancy_auth::{Algorithm, JwtVerifier, MemoryDenylist, SigningKey, TokenIssuer, VerifyKey};
+use tenancy_auth::{
+    Algorithm, Denylist, JwtVerifier, MemoryDenylist, SigningKey, TokenIssuer, VerifyKey,
+};
 use tenancy_cache::keys::KeySpace;
-use tenancy_cache::{RedisConfig, RedisPool, RedisRateLimiter, RedisSessionStore};
+use tenancy_cache::{RedisConfig, RedisDenylist, RedisPool, RedisRateLimiter, RedisSessionStore};
 use tenancy_core::memory::{MemoryRateLimiter, MemorySessionStore, MemoryTenantDirectory};
 use tenancy_core::{
     AuditSink, Health, HealthCheck, HealthStatus, QuotaAdmin, RateLimiter, SessionStore,
@@ -36,7 +38,7 @@ use tenancy_core::{
 };
 use tenancy_db::schema::{self, RoleName};
 use tenancy_db::{
-    DbConfig, Environment, PgSessionStore, PgTenantDirectory, PlatformPool, TenantPool,
+    DbConfig, Environment, PgDenylist, PgSessionStore, PgTenantDirectory, PlatformPool, TenantPool,
 };
 use tenancy_http::{RouteRule, Tenancy};
 
@@ -187,17 +189,19 @@ pub fn signing_key(config: &Config) -> Result<Option<SigningKey>> {
 }
 
 /// The token verifier: the configured key, the session store (a token bound to a session is
-/// refused once the session ends), and a denylist of revoked `jti`s (a token without a
-/// session is refused once logged out).
-///
-/// The denylist is in process memory: a logout of a session-less token holds in this process
-/// until the token expires, not across several instances or a restart. Tokens this server
-/// issues at login carry a session, whose end every instance sees through the shared store.
-fn verifier(config: &Config, sessions: Arc<dyn SessionStore>) -> Result<JwtVerifier> {
+/// refused once the session ends), and the denylist of revoked `jti`s (a token without a
+/// session is refused once logged out). Both live where the sessions live (Redis, else
+/// PostgreSQL, else process memory), so that a logout on one instance holds on every
+/// instance sharing them.
+fn verifier(
+    config: &Config,
+    sessions: Arc<dyn SessionStore>,
+    denylist: Arc<dyn Denylist>,
+) -> Result<JwtVerifier> {
     let b = JwtVerifier::builder()
         .audience(config.audience.clone())
         .sessions(sessions)
-        .denylist(Arc::new(MemoryDenylist::new()));
+        .denylist(denylist);
     let b = match &config.key {
         KeyConfig::Secret(s) => {
             let k = VerifyKey::hmac(s.as_bytes(), Algorithm::HS256).map_err(|e| Error::Config {
@@ -629,28 +633,35 @@ impl App {
                 (Arc::new(l.clone()), Arc::new(l))
             }
         };
-        let sessions: Arc<dyn SessionStore> = match (&redis, &database) {
-            (Some(pool), _) => {
-                let store = RedisSessionStore::new(pool.clone()).with_key_space(keys);
-                // Revocation finds sessions through an index an evicting Redis may drop: such a
-                // Redis is refused. One that cannot be asked now (down at start-up) is not: the
-                // server starts and answers 503 until it is back.
-                match store.check_eviction_policy().await {
-                    Ok(()) => {}
-                    Err(e) if e.is_unavailable() => {
-                        tracing::warn!(error = %e, "could not check Redis's eviction policy");
+        // Sessions and the denylist of revoked tokens: where every instance sees them.
+        let (sessions, denylist): (Arc<dyn SessionStore>, Arc<dyn Denylist>) =
+            match (&redis, &database) {
+                (Some(pool), _) => {
+                    let store = RedisSessionStore::new(pool.clone()).with_key_space(keys.clone());
+                    // Revocation finds sessions through an index, and revoked tokens through
+                    // entries, that an evicting Redis may drop: such a Redis is refused. One
+                    // that cannot be asked now (down at start-up) is not: the server starts
+                    // and answers 503 until it is back.
+                    match store.check_eviction_policy().await {
+                        Ok(()) => {}
+                        Err(e) if e.is_unavailable() => {
+                            tracing::warn!(error = %e, "could not check Redis's eviction policy");
+                        }
+                        Err(e) => return Err(startup("Redis session store")(boxed(e))),
                     }
-                    Err(e) => return Err(startup("Redis session store")(boxed(e))),
+                    let denylist = RedisDenylist::new(pool.clone()).with_key_space(keys);
+                    (Arc::new(store), Arc::new(denylist))
                 }
-                Arc::new(store)
-            }
-            (None, Some(db)) => Arc::new(PgSessionStore::new(db.tenants.clone())),
-            (None, None) => {
-                let s = MemorySessionStore::new();
-                checks.push(Arc::new(Named("sessions", Arc::new(s.clone()))));
-                Arc::new(s)
-            }
-        };
+                (None, Some(db)) => (
+                    Arc::new(PgSessionStore::new(db.tenants.clone())),
+                    Arc::new(PgDenylist::new(db.tenants.clone())),
+                ),
+                (None, None) => {
+                    let s = MemorySessionStore::new();
+                    checks.push(Arc::new(Named("sessions", Arc::new(s.clone()))));
+                    (Arc::new(s), Arc::new(MemoryDenylist::new()))
+                }
+            };
         let directory: Arc<dyn TenantDirectory> = match &database {
             Some(db) => Arc::new(PgTenantDirectory::new(db.platform.clone())),
             None => Arc::new(MemoryTenantDirectory::new()),
@@ -689,7 +700,7 @@ impl App {
         }));
 
         // Tokens.
-        let verifier = Arc::new(verifier(&config, sessions.clone())?);
+        let verifier = Arc::new(verifier(&config, sessions.clone(), denylist)?);
         checks.push(verifier.clone());
         let issuer = match signing_key(&config)? {
             Some(key) => Some(

@@ -4,8 +4,9 @@
 //! - [`Config`]: every setting from `TENANCY_*` variables and an optional TOML file,
 //!   validated at start (errors name the setting; prod refuses unsafe settings).
 //! - [`App`]: the assembled, framework-free state. Memory backends and a JSONL audit file by
-//!   default; PostgreSQL (records under row-level security, sessions, tenant directory,
-//!   audit) with `TENANCY_DATABASE_URL`; Redis (limits, sessions) with `TENANCY_REDIS_URL`.
+//!   default; PostgreSQL (records under row-level security, sessions, revoked tokens,
+//!   tenant directory, audit) with `TENANCY_DATABASE_URL`; Redis (limits, sessions, revoked
+//!   tokens) with `TENANCY_REDIS_URL`.
 //! - [`records`] and [`ops`]: every endpoint's behaviour as plain async functions over an
 //!   [`App`] and a verified [`TenantContext`](tenancy_core::TenantContext), so a second
 //!   framework serves the same contract by calling them.

@@ -20,12 +20,14 @@
 
 mod audit;
 mod cache;
+mod denylist;
 mod directory;
 mod limiter;
 mod session;
 
 pub use audit::MemoryAuditSink;
 pub use cache::{DEFAULT_MAX_ENTRIES, MemoryTenantCache};
+pub use denylist::MemoryDenylist;
 pub use directory::MemoryTenantDirectory;
 pub use limiter::{DEFAULT_MAX_KEYS, MemoryRateLimiter};
 pub use session::MemorySessionStore;

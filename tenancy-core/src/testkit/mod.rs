@@ -18,12 +18,14 @@
 
 mod audit;
 mod cache;
+mod denylist;
 mod directory;
 mod limiter;
 mod session;
 
 pub use audit::audit_sink;
 pub use cache::tenant_cache;
+pub use denylist::denylist;
 pub use directory::tenant_directory;
 pub use limiter::rate_limiter;
 pub use session::session_store;
