@@ -75,7 +75,8 @@ pub enum Error {
     #[error("unexpected data in Redis")]
     Corrupt(#[source] BoxError),
     /// A setting of the Redis server rules out correct operation; an operator has to change
-    /// it (`RedisSessionStore::check_eviction_policy` reports an evicting `maxmemory-policy`).
+    /// it (`RedisSessionStore::check_eviction_policy` and `RedisDenylist::check_eviction_policy`
+    /// report an evicting `maxmemory-policy`).
     #[error("Redis {node}: `{setting}` is `{value}`, but {reason}")]
     Misconfigured {
         /// The node that reported it (an address on a Cluster, `server` on one node).

@@ -90,8 +90,9 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
-    /// Token id, for revocation: at most [`MAX_JTI_BYTES`](crate::MAX_JTI_BYTES) bytes (a
-    /// longer one is refused as an invalid claim, since no denylist would store it).
+    /// Token id, for revocation. [`Claims::from_json`] refuses one longer than
+    /// [`MAX_JTI_BYTES`](crate::MAX_JTI_BYTES) as an invalid claim, since no denylist would
+    /// store it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
     /// The tenant the token acts for.

@@ -5,9 +5,10 @@
 //! `tenancy.protect_table` applied) reached only through a [`TenantTx`](crate::TenantTx) of
 //! the token's tenant. The token id is stored as bytes, so any text a token carries is an
 //! opaque value, never SQL and never a pattern. Whether an entry has ended is decided on the
-//! denylist's [`Clock`](tenancy_core::Clock); ended entries of a tenant are deleted a few at
-//! a time by later revocations in that tenant, and all at once by
-//! [`PgDenylist::purge_ended`].
+//! denylist's [`Clock`](tenancy_core::Clock); entries ended for longer than [`GC_GRACE_SECS`]
+//! are deleted a few at a time by later revocations in that tenant, and all at once by
+//! [`PgDenylist::purge_ended`]. The grace keeps an instance whose clock runs ahead from
+//! deleting an entry that an instance whose clock runs behind still needs.
 //!
 //! ```no_run
 //! use tenancy_core::{Denylist, TenantId};
@@ -31,6 +32,11 @@ use tenancy_core::{
 };
 
 use crate::{Error, TenantPool, TenantTx};
+
+/// An entry is deleted only this long after its `expires_at` on the deleting instance's clock,
+/// so that clocks that disagree by less than this cannot end an entry early for another
+/// instance (the same grace as the Redis denylist's).
+pub const GC_GRACE_SECS: i64 = 60;
 
 /// How many ended entries a revocation deletes on its way (a bounded amount of work per call,
 /// so that a tenant's table never grows without bound however it is used).
@@ -75,15 +81,16 @@ impl PgDenylist {
         self.pool.begin(tenant).await.map_err(db)
     }
 
-    /// Deletes every ended entry of `tenant`; returns how many.
+    /// Deletes every entry of `tenant` ended for longer than [`GC_GRACE_SECS`]; returns how
+    /// many.
     ///
     /// # Errors
     /// `Unavailable` when the database cannot be reached.
     pub async fn purge_ended(&self, tenant: &TenantId) -> Result<u64> {
-        let now = self.now();
+        let before = self.now().saturating_sub(GC_GRACE_SECS);
         let mut tx = self.begin(tenant).await?;
         let n = sqlx::query("DELETE FROM tenancy.revoked_tokens WHERE expires_at <= $1")
-            .bind(now)
+            .bind(before)
             .execute(&mut *tx)
             .await
             .map_err(db)?
@@ -133,12 +140,12 @@ impl Denylist for PgDenylist {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        // Reclaim a few of the tenant's ended entries on the way.
+        // Reclaim a few of the tenant's long-ended entries on the way.
         sqlx::query(
             "DELETE FROM tenancy.revoked_tokens WHERE ctid IN (
                  SELECT ctid FROM tenancy.revoked_tokens WHERE expires_at <= $1 LIMIT $2)",
         )
-        .bind(now)
+        .bind(now.saturating_sub(GC_GRACE_SECS))
         .bind(SWEEP_PER_REVOKE)
         .execute(&mut *tx)
         .await

@@ -87,7 +87,7 @@
 
 pub mod audit;
 mod config;
-mod denylist;
+pub mod denylist;
 mod directory;
 pub mod error;
 mod health;

@@ -257,7 +257,7 @@ mod tests {
     fn migrations_are_ordered_and_tracked_apart() {
         let m = migrator();
         let versions: Vec<i64> = m.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(versions, vec![1, 2, 3]);
         assert_eq!(m.table_name, "tenancy._migrations");
     }
 }

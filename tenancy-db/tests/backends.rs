@@ -12,6 +12,7 @@ use tenancy_core::{
     Clock as _, Denylist, HealthCheck, HealthStatus, ManualClock, NewSession, SessionStore,
     TenantDirectory, TenantSettings, TenantStatus, TierName, UserId,
 };
+use tenancy_db::denylist::GC_GRACE_SECS;
 use tenancy_db::{PgDenylist, PgSessionStore, PgTenantDirectory, PlatformPool, TenantPool};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,18 +119,30 @@ async fn denylist_reclaims_ended_entries() {
         list.revoke(&a, &format!("old{i}"), at + 10).await.unwrap();
     }
     assert_eq!(count(pool.clone(), a.clone()).await, 40);
+    // Ended, but within the grace: an instance whose clock runs behind may still need them.
     clock.advance(Duration::from_secs(11));
-    // Each revocation deletes a bounded batch of ended entries on its way.
     list.revoke(&a, "new1", at + 600).await.unwrap();
-    assert_eq!(count(pool.clone(), a.clone()).await, 40 - 32 + 1);
+    assert_eq!(count(pool.clone(), a.clone()).await, 41);
+    assert_eq!(list.purge_ended(&a).await.unwrap(), 0);
+    let behind = ManualClock::new();
+    let slow = PgDenylist::with_clock(pool.clone(), Arc::new(behind.clone()));
+    behind.advance(Duration::from_secs(5));
+    assert!(
+        slow.is_revoked(&a, "old0").await.unwrap(),
+        "a sweep on a clock ahead ended an entry another instance still needs"
+    );
+    // Past the grace, each revocation deletes a bounded batch on its way.
+    clock.advance(Duration::from_secs(GC_GRACE_SECS as u64));
     list.revoke(&a, "new2", at + 600).await.unwrap();
-    assert_eq!(count(pool.clone(), a.clone()).await, 2);
+    assert_eq!(count(pool.clone(), a.clone()).await, 41 - 32 + 1);
+    list.revoke(&a, "new3", at + 600).await.unwrap();
+    assert_eq!(count(pool.clone(), a.clone()).await, 3);
     for i in 0..5 {
-        list.revoke(&a, &format!("more{i}"), at + 20).await.unwrap();
+        list.revoke(&a, &format!("more{i}"), at + 80).await.unwrap();
     }
-    clock.advance(Duration::from_secs(10));
+    clock.advance(Duration::from_secs(10 + GC_GRACE_SECS as u64));
     assert_eq!(list.purge_ended(&a).await.unwrap(), 5);
-    assert_eq!(count(pool.clone(), a.clone()).await, 2);
+    assert_eq!(count(pool.clone(), a.clone()).await, 3);
     pool.close().await;
 }
 

@@ -2,7 +2,7 @@
 //!
 //! They hold state in the process: right for tests, single-instance services and as a local
 //! fallback; a service running several instances needs a shared backend (Redis, PostgreSQL)
-//! for limits and sessions. Every backend here bounds its memory without a background task:
+//! for limits, sessions and revoked tokens. Every backend here bounds its memory without a background task:
 //! expired state is reclaimed during ordinary calls, amortised over them.
 //!
 //! ```

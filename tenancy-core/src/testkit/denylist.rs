@@ -87,11 +87,15 @@ pub async fn denylist<D: Denylist + ?Sized>(
             "hostile isolation: {jti:?}"
         );
     }
-    let b_suffix = format!("{}:x", b.as_str());
+    // A jti that spells another tenant's entry reaches neither that entry nor its own.
+    ok!(list.revoke(&b, "x", t0 + 3600), "revoke in b");
+    let b_like = format!("{}:x", b.as_str());
     assert!(!ok!(
-        list.is_revoked(&a, &b_suffix),
+        list.is_revoked(&a, &b_like),
         "hostile tenant-like jti"
     ));
+    assert!(!ok!(list.is_revoked(&a, "x"), "b's jti in a"));
+    assert!(ok!(list.is_revoked(&b, "x"), "b's own jti"));
 
     // The longest jti is stored; a longer one is refused, not cut.
     let longest = "j".repeat(MAX_JTI_BYTES);
