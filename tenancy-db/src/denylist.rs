@@ -2,7 +2,7 @@
 //! instance of a service.
 //!
 //! `tenancy.revoked_tokens` is a tenant table (`tenant_id` leads its primary key,
-//! `tenancy.protect_table` applied) reached only through a [`TenantTx`](crate::TenantTx) of
+//! `tenancy.protect_table` applied) reached only through a [`TenantTx`] of
 //! the token's tenant. The token id is stored as bytes, so any text a token carries is an
 //! opaque value, never SQL and never a pattern. Whether an entry has ended is decided on the
 //! denylist's [`Clock`](tenancy_core::Clock); entries ended for longer than [`GC_GRACE_SECS`]
