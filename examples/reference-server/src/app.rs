@@ -190,9 +190,9 @@ pub fn signing_key(config: &Config) -> Result<Option<SigningKey>> {
 
 /// The token verifier: the configured key, the session store (a token bound to a session is
 /// refused once the session ends), and the denylist of revoked `jti`s (a token without a
-/// session is refused once logged out). Both live where the sessions live (Redis, else
-/// PostgreSQL, else process memory), so that a logout on one instance holds on every
-/// instance sharing them.
+/// session is refused once logged out). Both are shared by every instance (sessions in
+/// Redis, else PostgreSQL; the denylist in PostgreSQL, else Redis), so that a logout on one
+/// instance holds on all of them; only without either are they in process memory.
 fn verifier(
     config: &Config,
     sessions: Arc<dyn SessionStore>,
@@ -634,34 +634,37 @@ impl App {
             }
         };
         // Sessions and the denylist of revoked tokens: where every instance sees them.
-        let (sessions, denylist): (Arc<dyn SessionStore>, Arc<dyn Denylist>) =
-            match (&redis, &database) {
-                (Some(pool), _) => {
-                    let store = RedisSessionStore::new(pool.clone()).with_key_space(keys.clone());
-                    // Revocation finds sessions through an index, and revoked tokens through
-                    // entries, that an evicting Redis may drop: such a Redis is refused. One
-                    // that cannot be asked now (down at start-up) is not: the server starts
-                    // and answers 503 until it is back.
-                    match store.check_eviction_policy().await {
-                        Ok(()) => {}
-                        Err(e) if e.is_unavailable() => {
-                            tracing::warn!(error = %e, "could not check Redis's eviction policy");
-                        }
-                        Err(e) => return Err(startup("Redis session store")(boxed(e))),
+        let sessions: Arc<dyn SessionStore> = match (&redis, &database) {
+            (Some(pool), _) => {
+                let store = RedisSessionStore::new(pool.clone()).with_key_space(keys.clone());
+                // Revocation finds sessions through an index, and revoked tokens through
+                // entries, that an evicting Redis may drop: such a Redis is refused. One that
+                // cannot be asked now (down at start-up) is not: the server starts and answers
+                // 503 until it is back.
+                match store.check_eviction_policy().await {
+                    Ok(()) => {}
+                    Err(e) if e.is_unavailable() => {
+                        tracing::warn!(error = %e, "could not check Redis's eviction policy");
                     }
-                    let denylist = RedisDenylist::new(pool.clone()).with_key_space(keys);
-                    (Arc::new(store), Arc::new(denylist))
+                    Err(e) => return Err(startup("Redis session store")(boxed(e))),
                 }
-                (None, Some(db)) => (
-                    Arc::new(PgSessionStore::new(db.tenants.clone())),
-                    Arc::new(PgDenylist::new(db.tenants.clone())),
-                ),
-                (None, None) => {
-                    let s = MemorySessionStore::new();
-                    checks.push(Arc::new(Named("sessions", Arc::new(s.clone()))));
-                    (Arc::new(s), Arc::new(MemoryDenylist::new()))
-                }
-            };
+                Arc::new(store)
+            }
+            (None, Some(db)) => Arc::new(PgSessionStore::new(db.tenants.clone())),
+            (None, None) => {
+                let s = MemorySessionStore::new();
+                checks.push(Arc::new(Named("sessions", Arc::new(s.clone()))));
+                Arc::new(s)
+            }
+        };
+        // PostgreSQL first: every tenant request needs the database already (the directory),
+        // so a Redis outage then leaves tokens without a session as it found them (decided by
+        // the limiter's failure policy) instead of refusing them all for want of the denylist.
+        let denylist: Arc<dyn Denylist> = match (&database, &redis) {
+            (Some(db), _) => Arc::new(PgDenylist::new(db.tenants.clone())),
+            (None, Some(pool)) => Arc::new(RedisDenylist::new(pool.clone()).with_key_space(keys)),
+            (None, None) => Arc::new(MemoryDenylist::new()),
+        };
         let directory: Arc<dyn TenantDirectory> = match &database {
             Some(db) => Arc::new(PgTenantDirectory::new(db.platform.clone())),
             None => Arc::new(MemoryTenantDirectory::new()),
