@@ -15,7 +15,7 @@
 //! | `exp` passed, `nbf` or `iat` in the future (each beyond the leeway) | `Expired`, `NotYetValid` |
 //! | `iss` not the issuer whose keys verified it, or that issuer not trusted for the token's tenant | `WrongIssuer` |
 //! | `aud` without any of the configured audiences | `WrongAudience` |
-//! | `jti` on the denylist | `Revoked` |
+//! | `jti` on the denylist (with [`denylist_only_without_session`](JwtVerifierBuilder::denylist_only_without_session), only for a token without `sid`) | `Revoked` |
 //! | the `sid` session has ended | `SessionEnded` |
 //!
 //! The key for a token: when its header's `kid` names a key of the issuer, that key and no
@@ -148,6 +148,7 @@ pub struct JwtVerifierBuilder {
     denylist: Option<Arc<dyn Denylist>>,
     sessions: Option<Arc<dyn SessionStore>>,
     require_session: bool,
+    denylist_without_session_only: bool,
     clock: SharedClock,
 }
 
@@ -233,6 +234,17 @@ impl JwtVerifierBuilder {
         self
     }
 
+    /// Asks the denylist only about tokens without a `sid`: a token bound to a session is
+    /// ended by ending its session (which the session store already checks on every
+    /// verification), so a shared denylist costs no second lookup per request for the usual,
+    /// session-bound token. [`JwtVerifier::revoke`] then refuses a token that has a session
+    /// (`Invalid`: end the session instead) rather than revoke it where it is never looked
+    /// for. Needs [`sessions`](Self::sessions) and [`denylist`](Self::denylist).
+    pub fn denylist_only_without_session(mut self) -> Self {
+        self.denylist_without_session_only = true;
+        self
+    }
+
     /// Also refuses tokens without a `sid` (`MissingClaim("sid")`). Needs
     /// [`sessions`](Self::sessions).
     pub fn require_session(mut self) -> Self {
@@ -249,7 +261,8 @@ impl JwtVerifierBuilder {
     /// Checks the configuration and builds the verifier.
     ///
     /// Errors: no issuer, no audience, no allowed algorithm, the same issuer twice,
-    /// `require_session` without a session store, a maximum length under 64 bytes.
+    /// `require_session` without a session store, `denylist_only_without_session` without a
+    /// session store and a denylist, a maximum length under 64 bytes.
     #[cfg_attr(not(feature = "jwks"), allow(irrefutable_let_patterns))]
     pub fn build(self) -> crate::Result<JwtVerifier> {
         use crate::Error as E;
@@ -265,6 +278,13 @@ impl JwtVerifierBuilder {
         }
         if self.require_session && self.sessions.is_none() {
             return Err(E::Config("require_session needs a session store".into()));
+        }
+        if self.denylist_without_session_only
+            && (self.sessions.is_none() || self.denylist.is_none())
+        {
+            return Err(E::Config(
+                "denylist_only_without_session needs a session store and a denylist".into(),
+            ));
         }
         if self.max_len < 64 {
             return Err(E::Config("max_token_len must be at least 64 bytes".into()));
@@ -312,6 +332,7 @@ impl JwtVerifierBuilder {
                 denylist: self.denylist,
                 sessions: self.sessions,
                 require_session: self.require_session,
+                denylist_without_session_only: self.denylist_without_session_only,
                 clock: self.clock,
             }),
         })
@@ -330,6 +351,7 @@ struct Inner {
     denylist: Option<Arc<dyn Denylist>>,
     sessions: Option<Arc<dyn SessionStore>>,
     require_session: bool,
+    denylist_without_session_only: bool,
     clock: SharedClock,
 }
 
@@ -421,6 +443,7 @@ impl JwtVerifier {
             denylist: None,
             sessions: None,
             require_session: false,
+            denylist_without_session_only: false,
             clock: system_clock(),
         }
     }
@@ -436,6 +459,13 @@ impl JwtVerifier {
         let Some(list) = &self.inner.denylist else {
             return Err(ParseError::new("verifier", "has no denylist to revoke tokens on").into());
         };
+        if self.inner.denylist_without_session_only && claims.sid.is_some() {
+            return Err(ParseError::new(
+                "claims",
+                "carry a session: end the session to revoke the token",
+            )
+            .into());
+        }
         let Some(jti) = &claims.jti else {
             return Err(ParseError::new("claims", "carry no jti to revoke").into());
         };
@@ -652,7 +682,8 @@ impl JwtVerifier {
 
     /// Revocation and session liveness: never cached.
     async fn check_live(&self, claims: &Claims) -> Result<()> {
-        if let (Some(list), Some(jti)) = (&self.inner.denylist, &claims.jti)
+        let ask_denylist = !(self.inner.denylist_without_session_only && claims.sid.is_some());
+        if let (true, Some(list), Some(jti)) = (ask_denylist, &self.inner.denylist, &claims.jti)
             && list.is_revoked(&claims.tenant_id, jti).await?
         {
             return Err(reject(TokenRejection::Revoked));

@@ -807,3 +807,86 @@ async fn revoked_and_session_ended_tokens_are_refused_even_from_cache() {
             .unwrap()
     );
 }
+
+/// A denylist that cannot answer: any question put to it is seen.
+#[derive(Debug)]
+struct DownDenylist;
+
+#[async_trait::async_trait]
+impl Denylist for DownDenylist {
+    async fn is_revoked(&self, _: &TenantId, _: &str) -> tenancy_core::Result<bool> {
+        Err(tenancy_core::Error::Unavailable("denylist down".into()))
+    }
+    async fn revoke(&self, _: &TenantId, _: &str, _: i64) -> tenancy_core::Result<()> {
+        Err(tenancy_core::Error::Unavailable("denylist down".into()))
+    }
+}
+
+#[tokio::test]
+async fn the_denylist_can_be_kept_for_tokens_without_a_session() {
+    let clock = clock();
+    let store = Arc::new(MemorySessionStore::with_clock(shared(&clock)));
+    let build = |denylist: Arc<dyn Denylist>, only_without_session: bool| {
+        let b = JwtVerifier::builder()
+            .issuer(ISS, signing(Algorithm::HS256).1)
+            .audience(AUD)
+            .denylist(denylist)
+            .sessions(store.clone())
+            .clock(shared(&clock));
+        if only_without_session {
+            b.denylist_only_without_session().build().unwrap()
+        } else {
+            b.build().unwrap()
+        }
+    };
+    let tenant = TenantId::parse("acme").unwrap();
+    let session = store
+        .create(NewSession::new(
+            tenant.clone(),
+            UserId::parse("alice").unwrap(),
+        ))
+        .await
+        .unwrap();
+    let mut c = claims(now(&clock));
+    c.insert("sid".into(), json!(session.id.to_string()));
+    let bound = token(Algorithm::HS256, &c);
+    let unbound = token(Algorithm::HS256, &claims(now(&clock)));
+
+    // Asked about every token by default; only about tokens without a session when told.
+    let every = build(Arc::new(DownDenylist), false);
+    assert!(every.verify(&bound).await.is_err());
+    let scoped = build(Arc::new(DownDenylist), true);
+    let accepted = scoped.verify(&bound).await.unwrap();
+    let e = scoped.verify(&unbound).await.unwrap_err();
+    assert_eq!(e.kind(), tenancy_core::ErrorKind::Unavailable, "{e}");
+
+    // Revoking a session-bound token there would be revoking it where it is never looked
+    // for: refused. A token without a session is revoked as usual.
+    let list = Arc::new(MemoryDenylist::with_clock(shared(&clock)));
+    let scoped = build(list.clone(), true);
+    let e = scoped.revoke(&accepted).await.unwrap_err();
+    assert_eq!(e.kind(), tenancy_core::ErrorKind::Invalid, "{e}");
+    assert!(list.is_empty());
+    let plain = scoped.verify(&unbound).await.unwrap();
+    scoped.revoke(&plain).await.unwrap();
+    let e = scoped.verify(&unbound).await.unwrap_err();
+    assert!(
+        matches!(e, tenancy_core::Error::Rejected(R::Revoked)),
+        "{e}"
+    );
+
+    // The option needs both a session store and a denylist.
+    for (with_sessions, with_denylist) in [(false, true), (true, false)] {
+        let mut b = JwtVerifier::builder()
+            .issuer(ISS, signing(Algorithm::HS256).1)
+            .audience(AUD)
+            .denylist_only_without_session();
+        if with_sessions {
+            b = b.sessions(store.clone());
+        }
+        if with_denylist {
+            b = b.denylist(list.clone());
+        }
+        assert!(b.build().is_err(), "{with_sessions} {with_denylist}");
+    }
+}
