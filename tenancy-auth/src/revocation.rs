@@ -5,7 +5,10 @@
 //! [`TokenRejection::Revoked`](tenancy_core::TokenRejection::Revoked).
 //! [`JwtVerifier::revoke`](crate::JwtVerifier::revoke) puts a token it accepted on the list
 //! until the token's `exp` plus the verifier's clock leeway, the last moment the token could
-//! still be accepted. The trait and its in-memory backend live in `tenancy-core` and are
+//! still be accepted. With
+//! [`denylist_only_without_session`](crate::JwtVerifierBuilder::denylist_only_without_session)
+//! the denylist is asked only about tokens without a session, and a session-bound token is
+//! revoked by ending its session. The trait and its in-memory backend live in `tenancy-core` and are
 //! re-exported here; `tenancy_cache::RedisDenylist` and `tenancy_db::PgDenylist` share one
 //! list between every instance of a service. Session liveness (the other half of
 //! revocation) goes through the [`SessionStore`](tenancy_core::SessionStore) given to

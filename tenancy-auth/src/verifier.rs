@@ -16,7 +16,7 @@
 //! | `iss` not the issuer whose keys verified it, or that issuer not trusted for the token's tenant | `WrongIssuer` |
 //! | `aud` without any of the configured audiences | `WrongAudience` |
 //! | `jti` on the denylist (with [`denylist_only_without_session`](JwtVerifierBuilder::denylist_only_without_session), only for a token without `sid`) | `Revoked` |
-//! | the `sid` session has ended | `SessionEnded` |
+//! | the `sid` session has ended, or is another user's | `SessionEnded` |
 //!
 //! The key for a token: when its header's `kid` names a key of the issuer, that key and no
 //! other. Otherwise (no `kid`, or one that no key carries, after a permitted JWKS refresh)
@@ -237,9 +237,11 @@ impl JwtVerifierBuilder {
     /// Asks the denylist only about tokens without a `sid`: a token bound to a session is
     /// ended by ending its session (which the session store already checks on every
     /// verification), so a shared denylist costs no second lookup per request for the usual,
-    /// session-bound token. [`JwtVerifier::revoke`] then refuses a token that has a session
-    /// (`Invalid`: end the session instead) rather than revoke it where it is never looked
-    /// for. Needs [`sessions`](Self::sessions) and [`denylist`](Self::denylist).
+    /// session-bound token. [`JwtVerifier::revoke`] then revokes a session-bound token by
+    /// ending its session, never by an entry that would not be looked at. Every verifier
+    /// sharing one denylist must be built the same way: an entry another verifier writes for
+    /// a session-bound token is not seen by this one. Needs [`sessions`](Self::sessions) and
+    /// [`denylist`](Self::denylist).
     pub fn denylist_only_without_session(mut self) -> Self {
         self.denylist_without_session_only = true;
         self
@@ -451,20 +453,24 @@ impl JwtVerifier {
     /// Revokes a token this verifier accepted, on its denylist: the token's `jti` is refused
     /// from now until the token could no longer pass here anyway, its `exp` plus the leeway.
     /// (An entry kept only until `exp` would let the token back in for the leeway after it.)
+    /// Built with [`denylist_only_without_session`](JwtVerifierBuilder::denylist_only_without_session),
+    /// a token with a `sid` is revoked by ending its session instead (with every other token of
+    /// that session), since the denylist is not asked about it.
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the verifier has no denylist or the claims carry no `jti`; the
-    /// denylist's own errors.
+    /// [`Error::Invalid`] when the verifier has no denylist or the claims carry no `jti` (and,
+    /// in that mode, no `sid`); the denylist's or session store's own errors.
     pub async fn revoke(&self, claims: &Claims) -> Result<()> {
         let Some(list) = &self.inner.denylist else {
             return Err(ParseError::new("verifier", "has no denylist to revoke tokens on").into());
         };
-        if self.inner.denylist_without_session_only && claims.sid.is_some() {
-            return Err(ParseError::new(
-                "claims",
-                "carry a session: end the session to revoke the token",
-            )
-            .into());
+        if let (true, Some(sid), Some(store)) = (
+            self.inner.denylist_without_session_only,
+            &claims.sid,
+            &self.inner.sessions,
+        ) {
+            store.delete(&claims.tenant_id, sid).await?;
+            return Ok(());
         }
         let Some(jti) = &claims.jti else {
             return Err(ParseError::new("claims", "carry no jti to revoke").into());
@@ -691,8 +697,10 @@ impl JwtVerifier {
         if let Some(store) = &self.inner.sessions {
             match &claims.sid {
                 Some(sid) => {
+                    // The session must be live and the token's user's: a `sid` naming
+                    // another user's session ends nothing of theirs and proves nothing.
                     let live = store.load(&claims.tenant_id, sid).await?;
-                    if live.is_none() {
+                    if live.is_none_or(|s| s.user != claims.user_id) {
                         return Err(reject(TokenRejection::SessionEnded));
                     }
                 }

@@ -854,19 +854,26 @@ async fn the_denylist_can_be_kept_for_tokens_without_a_session() {
 
     // Asked about every token by default; only about tokens without a session when told.
     let every = build(Arc::new(DownDenylist), false);
-    assert!(every.verify(&bound).await.is_err());
+    let e = every.verify(&bound).await.unwrap_err();
+    assert_eq!(e.kind(), tenancy_core::ErrorKind::Unavailable, "{e}");
     let scoped = build(Arc::new(DownDenylist), true);
     let accepted = scoped.verify(&bound).await.unwrap();
     let e = scoped.verify(&unbound).await.unwrap_err();
     assert_eq!(e.kind(), tenancy_core::ErrorKind::Unavailable, "{e}");
 
-    // Revoking a session-bound token there would be revoking it where it is never looked
-    // for: refused. A token without a session is revoked as usual.
+    // A session-bound token is revoked by ending its session, which the session check then
+    // sees; no entry is written where it would never be looked at. A token without a session
+    // is revoked on the denylist as usual.
     let list = Arc::new(MemoryDenylist::with_clock(shared(&clock)));
     let scoped = build(list.clone(), true);
-    let e = scoped.revoke(&accepted).await.unwrap_err();
-    assert_eq!(e.kind(), tenancy_core::ErrorKind::Invalid, "{e}");
+    scoped.revoke(&accepted).await.unwrap();
     assert!(list.is_empty());
+    let e = scoped.verify(&bound).await.unwrap_err();
+    assert!(
+        matches!(e, tenancy_core::Error::Rejected(R::SessionEnded)),
+        "{e}"
+    );
+    assert!(store.load(&tenant, &session.id).await.unwrap().is_none());
     let plain = scoped.verify(&unbound).await.unwrap();
     scoped.revoke(&plain).await.unwrap();
     let e = scoped.verify(&unbound).await.unwrap_err();
@@ -889,4 +896,40 @@ async fn the_denylist_can_be_kept_for_tokens_without_a_session() {
         }
         assert!(b.build().is_err(), "{with_sessions} {with_denylist}");
     }
+}
+
+#[tokio::test]
+async fn a_sid_naming_another_users_session_is_refused() {
+    let clock = clock();
+    let store = Arc::new(MemorySessionStore::with_clock(shared(&clock)));
+    let v = JwtVerifier::builder()
+        .issuer(ISS, signing(Algorithm::HS256).1)
+        .audience(AUD)
+        .sessions(store.clone())
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    let tenant = TenantId::parse("acme").unwrap();
+    let theirs = store
+        .create(NewSession::new(
+            tenant.clone(),
+            UserId::parse("bob").unwrap(),
+        ))
+        .await
+        .unwrap();
+    // `claims` is alice's token; the session is bob's, live.
+    let mut c = claims(now(&clock));
+    c.insert("sid".into(), json!(theirs.id.to_string()));
+    let e = v.verify(&token(Algorithm::HS256, &c)).await.unwrap_err();
+    assert!(
+        matches!(e, tenancy_core::Error::Rejected(R::SessionEnded)),
+        "{e}"
+    );
+    // The same token with a session of its own user passes.
+    let own = store
+        .create(NewSession::new(tenant, UserId::parse("alice").unwrap()))
+        .await
+        .unwrap();
+    c.insert("sid".into(), json!(own.id.to_string()));
+    v.verify(&token(Algorithm::HS256, &c)).await.unwrap();
 }

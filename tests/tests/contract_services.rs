@@ -7,6 +7,7 @@ mod common;
 
 use common::cases::{contract, run};
 use common::{Flavor, Harness, assert_same, config};
+use sqlx::Connection as _;
 
 async fn start(flavor: Flavor) -> Option<(Harness, tenancy_tests::TestDatabase)> {
     let db = tenancy_tests::postgres().await?;
@@ -99,6 +100,25 @@ async fn logout_holds_on_another_instance(with_postgres: bool, with_redis: bool)
         after.text
     );
     assert_eq!(one.get("/v1/records", Some(&token)).await.status, 401);
+    // The entry is where the server keeps revoked tokens: PostgreSQL whenever it is set.
+    if let Some(db) = &db {
+        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.revoked_tokens")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "the revocation is not in PostgreSQL");
+    }
+    // A session-bound token (a login) logged out on the other instance: its session ends in
+    // the shared store, and the first instance refuses it.
+    let (access, _refresh) = one.login("acme", "bob").await;
+    assert_eq!(other.get("/v1/me", Some(&access)).await.status, 200);
+    let out = other
+        .send("POST", "/v1/auth/logout", Some(&access), Some("{}"), &[])
+        .await;
+    assert_eq!(out.status, 204, "{}", out.text);
+    let after = one.get("/v1/me", Some(&access)).await;
+    assert_eq!(after.status, 401, "a logged-out session: {}", after.text);
     assert!(one.stop().await, "axum: the audit queue drains at shutdown");
     assert!(
         other.stop().await,

@@ -640,10 +640,10 @@ impl App {
         let sessions: Arc<dyn SessionStore> = match (&redis, &database) {
             (Some(pool), _) => {
                 let store = RedisSessionStore::new(pool.clone()).with_key_space(keys.clone());
-                // Revocation finds sessions through an index, and revoked tokens through
-                // entries, that an evicting Redis may drop: such a Redis is refused. One that
-                // cannot be asked now (down at start-up) is not: the server starts and answers
-                // 503 until it is back.
+                // Revocation finds sessions through an index (and, without PostgreSQL, revoked
+                // tokens through entries) that an evicting Redis may drop: such a Redis is
+                // refused. One that cannot be asked now (down at start-up) is not: the server
+                // starts and answers 503 until it is back.
                 match store.check_eviction_policy().await {
                     Ok(()) => {}
                     Err(e) if e.is_unavailable() => {

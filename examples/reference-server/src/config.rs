@@ -13,10 +13,10 @@
 //! | `TENANCY_JWT_ISSUER` | `jwt_issuer` | `tenancy-server` | `iss` written and required |
 //! | `TENANCY_JWT_AUDIENCE` | `jwt_audience` | `tenancy-api` | `aud` written and required |
 //! | `TENANCY_ACCESS_TOKEN_TTL` | `access_token_ttl_secs` | `300` | access token lifetime, seconds: at least 10 and below the session idle timeout (1800) |
-//! | `TENANCY_DATABASE_URL` | `database_url` | none (memory) | PostgreSQL for records, sessions, revoked tokens, tenant directory and audit |
+//! | `TENANCY_DATABASE_URL` | `database_url` | none (memory) | PostgreSQL for records, sessions (unless Redis is set), revoked tokens, tenant directory and audit |
 //! | `TENANCY_DATABASE_OWNER_URL` | `database_owner_url` | `TENANCY_DATABASE_URL` | the role that runs migrations and owns the tables |
 //! | `TENANCY_DATABASE_RUNTIME_ROLE` | `database_runtime_role` | `tenancy_runtime` | the role tenant requests run as, when the database URL's own role may bypass row-level security (dev and test only) |
-//! | `TENANCY_REDIS_URL` | `redis_url` | none (memory) | Redis for rate limits, sessions and revoked tokens |
+//! | `TENANCY_REDIS_URL` | `redis_url` | none (memory) | Redis for rate limits, sessions, and revoked tokens (unless PostgreSQL is set) |
 //! | `TENANCY_DATA_DIR` | `data_dir` | `./tenancy-data` | the JSONL audit file and the audit spool |
 //! | `TENANCY_DEMO_USERS` | `demo_users` | `true` in dev and test, `false` in prod | seed the demo tenants and users |
 //! | `TENANCY_RATE_LIMIT_FAILURE` | `rate_limit_failure` | `local` | when Redis cannot decide: `local`, `fail_closed` or `fail_open` |
@@ -237,13 +237,14 @@ pub struct Config {
     /// Access token lifetime, below the session idle timeout
     /// ([`tenancy_core::DEFAULT_IDLE_TIMEOUT`]).
     pub access_token_ttl: Duration,
-    /// PostgreSQL for records, sessions, revoked tokens, tenant directory and audit.
+    /// PostgreSQL for records, sessions (unless Redis is set), revoked tokens, tenant
+    /// directory and audit.
     pub database_url: Option<String>,
     /// The role that runs migrations (defaults to `database_url`).
     pub database_owner_url: Option<String>,
     /// The runtime role used when `database_url`'s role may bypass row-level security.
     pub database_runtime_role: String,
-    /// Redis for rate limits, sessions and revoked tokens.
+    /// Redis for rate limits, sessions, and revoked tokens (unless PostgreSQL is set).
     pub redis_url: Option<String>,
     /// Key prefix of every Redis key (default `tenancy`).
     pub redis_namespace: String,

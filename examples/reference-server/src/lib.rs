@@ -6,7 +6,8 @@
 //! - [`App`]: the assembled, framework-free state. Memory backends and a JSONL audit file by
 //!   default; PostgreSQL (records under row-level security, sessions, revoked tokens,
 //!   tenant directory, audit) with `TENANCY_DATABASE_URL`; Redis (limits, sessions, revoked
-//!   tokens) with `TENANCY_REDIS_URL`.
+//!   tokens) with `TENANCY_REDIS_URL`. With both, sessions are in Redis and revoked tokens in
+//!   PostgreSQL.
 //! - [`records`] and [`ops`]: every endpoint's behaviour as plain async functions over an
 //!   [`App`] and a verified [`TenantContext`](tenancy_core::TenantContext), so a second
 //!   framework serves the same contract by calling them.

@@ -324,7 +324,7 @@ async fn refresh_attempt(app: &App, req: RefreshRequest, origin: &Origin) -> Res
 /// # Errors
 /// 400 for a token with neither a session nor a `jti`: nothing can be ended, and the token
 /// stays valid until it expires (the answer says so rather than pretend). 503 when the
-/// session store cannot answer. 500 when `claims` are missing (the tenancy layer verified
+/// session store, or for a token without a session the denylist, cannot answer. 500 when `claims` are missing (the tenancy layer verified
 /// none).
 pub async fn logout(app: &App, ctx: &TenantContext, claims: Option<&Claims>) -> Result<()> {
     if let Some(sid) = &ctx.session {
