@@ -1,7 +1,11 @@
 //! Tiers, quotas and per-tenant settings.
 //!
 //! A [`Quota`] is a rate (`limit` per `period`) with a `burst`: the number of requests that may
-//! arrive back to back from a rested state. A [`Tier`] names a tenant quota and a per-user
+//! arrive back to back from a rested state. It is a token bucket (GCRA), not a fixed window:
+//! over any stretch of one period, up to `burst + limit - 1` requests pass (a rested bucket's
+//! burst, then the rate), so with the default burst of `limit` a client that has been idle may
+//! make nearly twice `limit` in its first period. Give a smaller burst where the window bound
+//! matters more than absorbing spikes. A [`Tier`] names a tenant quota and a per-user
 //! quota; a [`TierCatalog`] holds the tiers a service offers. [`TenantSettings`] is what a
 //! [`TenantDirectory`](crate::TenantDirectory) keeps per tenant: status, tier, overrides and an
 //! emergency bypass window.
