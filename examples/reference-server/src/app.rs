@@ -108,9 +108,28 @@ struct Inner {
     tiers: TierCatalog,
     database: Option<Database>,
     redis: Option<RedisPool>,
+    stores: Stores,
     checks: Vec<Arc<dyn HealthCheck>>,
     health: RwLock<BTreeMap<String, Health>>,
     health_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+const POSTGRES: &str = "PostgreSQL";
+const REDIS: &str = "Redis";
+const MEMORY: &str = "memory";
+
+/// Where the server keeps each kind of state: `"PostgreSQL"`, `"Redis"` or `"memory"`, as
+/// chosen from the configured URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stores {
+    /// The records.
+    pub records: &'static str,
+    /// Sessions: Redis, else PostgreSQL.
+    pub sessions: &'static str,
+    /// The denylist of revoked tokens: PostgreSQL, else Redis.
+    pub revoked_tokens: &'static str,
+    /// Rate limits.
+    pub limits: &'static str,
 }
 
 /// The assembled server; cheap to clone.
@@ -637,37 +656,42 @@ impl App {
             }
         };
         // Sessions and the denylist of revoked tokens: where every instance sees them.
-        let sessions: Arc<dyn SessionStore> = match (&redis, &database) {
-            (Some(pool), _) => {
-                let store = RedisSessionStore::new(pool.clone()).with_key_space(keys.clone());
-                // Revocation finds sessions through an index (and, without PostgreSQL, revoked
-                // tokens through entries) that an evicting Redis may drop: such a Redis is
-                // refused. One that cannot be asked now (down at start-up) is not: the server
-                // starts and answers 503 until it is back.
-                match store.check_eviction_policy().await {
-                    Ok(()) => {}
-                    Err(e) if e.is_unavailable() => {
-                        tracing::warn!(error = %e, "could not check Redis's eviction policy");
+        let (sessions, sessions_in): (Arc<dyn SessionStore>, &'static str) =
+            match (&redis, &database) {
+                (Some(pool), _) => {
+                    let store = RedisSessionStore::new(pool.clone()).with_key_space(keys.clone());
+                    // Revocation finds sessions through an index (and, without PostgreSQL, revoked
+                    // tokens through entries) that an evicting Redis may drop: such a Redis is
+                    // refused. One that cannot be asked now (down at start-up) is not: the server
+                    // starts and answers 503 until it is back.
+                    match store.check_eviction_policy().await {
+                        Ok(()) => {}
+                        Err(e) if e.is_unavailable() => {
+                            tracing::warn!(error = %e, "could not check Redis's eviction policy");
+                        }
+                        Err(e) => return Err(startup("Redis session store")(boxed(e))),
                     }
-                    Err(e) => return Err(startup("Redis session store")(boxed(e))),
+                    (Arc::new(store), REDIS)
                 }
-                Arc::new(store)
-            }
-            (None, Some(db)) => Arc::new(PgSessionStore::new(db.tenants.clone())),
-            (None, None) => {
-                let s = MemorySessionStore::new();
-                checks.push(Arc::new(Named("sessions", Arc::new(s.clone()))));
-                Arc::new(s)
-            }
-        };
+                (None, Some(db)) => (Arc::new(PgSessionStore::new(db.tenants.clone())), POSTGRES),
+                (None, None) => {
+                    let s = MemorySessionStore::new();
+                    checks.push(Arc::new(Named("sessions", Arc::new(s.clone()))));
+                    (Arc::new(s), MEMORY)
+                }
+            };
         // PostgreSQL first: every tenant request needs the database already (the directory),
         // so a Redis outage then leaves tokens without a session as it found them (decided by
         // the limiter's failure policy) instead of refusing them all for want of the denylist.
-        let denylist: Arc<dyn Denylist> = match (&database, &redis) {
-            (Some(db), _) => Arc::new(PgDenylist::new(db.tenants.clone())),
-            (None, Some(pool)) => Arc::new(RedisDenylist::new(pool.clone()).with_key_space(keys)),
-            (None, None) => Arc::new(MemoryDenylist::new()),
-        };
+        let (denylist, revoked_tokens_in): (Arc<dyn Denylist>, &'static str) =
+            match (&database, &redis) {
+                (Some(db), _) => (Arc::new(PgDenylist::new(db.tenants.clone())), POSTGRES),
+                (None, Some(pool)) => (
+                    Arc::new(RedisDenylist::new(pool.clone()).with_key_space(keys)),
+                    REDIS,
+                ),
+                (None, None) => (Arc::new(MemoryDenylist::new()), MEMORY),
+            };
         let directory: Arc<dyn TenantDirectory> = match &database {
             Some(db) => Arc::new(PgTenantDirectory::new(db.platform.clone())),
             None => Arc::new(MemoryTenantDirectory::new()),
@@ -675,6 +699,12 @@ impl App {
         let records = match &database {
             Some(db) => RecordStore::Postgres(db.tenants.clone()),
             None => RecordStore::memory(),
+        };
+        let stores = Stores {
+            records: if database.is_some() { POSTGRES } else { MEMORY },
+            sessions: sessions_in,
+            revoked_tokens: revoked_tokens_in,
+            limits: if redis.is_some() { REDIS } else { MEMORY },
         };
 
         // Audit: the dispatcher in front of the file or PostgreSQL store.
@@ -774,6 +804,7 @@ impl App {
             tiers,
             database,
             redis,
+            stores,
             checks,
             health: RwLock::new(BTreeMap::new()),
             health_task: std::sync::Mutex::new(None),
@@ -930,6 +961,11 @@ impl App {
     /// The Redis pool, when configured.
     pub fn redis(&self) -> Option<&RedisPool> {
         self.0.redis.as_ref()
+    }
+
+    /// Where each kind of state is kept.
+    pub fn stores(&self) -> Stores {
+        self.0.stores
     }
 
     /// Records an audit event without waiting for the store.

@@ -49,7 +49,7 @@ mod server;
 pub mod users;
 pub mod web;
 
-pub use app::App;
+pub use app::{App, Stores};
 pub use config::{Config, Env};
 pub use error::{Error, Result};
 pub use server::{SHUTDOWN_TIMEOUT, Server, bind, serve, shutdown_signal, start};

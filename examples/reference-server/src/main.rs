@@ -82,23 +82,13 @@ async fn serve() -> Result<ExitCode, String> {
         "tenancy-server listening on http://{addr} ({} mode)",
         app.config().env.as_str()
     );
+    let stores = app.stores();
     println!(
-        "  records: {}  sessions: {}  limits: {}  audit: {}",
-        if app.database().is_some() {
-            "PostgreSQL"
-        } else {
-            "memory"
-        },
-        match (app.redis().is_some(), app.database().is_some()) {
-            (true, _) => "Redis",
-            (false, true) => "PostgreSQL",
-            _ => "memory",
-        },
-        if app.redis().is_some() {
-            "Redis"
-        } else {
-            "memory"
-        },
+        "  records: {}  sessions: {}  revoked tokens: {}  limits: {}  audit: {}",
+        stores.records,
+        stores.sessions,
+        stores.revoked_tokens,
+        stores.limits,
         app.audit_location(),
     );
     if dev_key {

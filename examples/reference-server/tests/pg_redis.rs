@@ -1,10 +1,11 @@
 //! The contract over real HTTP on loopback with PostgreSQL (records under row-level
-//! security, sessions, tenant directory, audit) and Redis (limits, sessions).
+//! security, sessions, revoked tokens, tenant directory, audit) and Redis (limits, sessions).
 
 mod common;
 
 use common::{Harness, scenario};
 use sqlx::Connection as _;
+use tenancy_server::Stores;
 
 async fn harness(
     db: &tenancy_tests::TestDatabase,
@@ -43,6 +44,15 @@ async fn contract_with_postgres_and_redis() {
     };
     let h = harness(&db, Some(&redis)).await;
     assert!(h.app().database().is_some() && h.app().redis().is_some());
+    assert_eq!(
+        h.app().stores(),
+        Stores {
+            records: "PostgreSQL",
+            sessions: "Redis",
+            revoked_tokens: "PostgreSQL",
+            limits: "Redis",
+        }
+    );
     let health = h.send("GET", "/health", None, None, &[]).await;
     assert_eq!(health.status, 200, "{}", health.text);
     for c in ["database", "redis", "audit"] {
@@ -83,6 +93,15 @@ async fn postgres_alone_keeps_sessions_and_directory_in_the_database() {
         return;
     };
     let h = harness(&db, None).await;
+    assert_eq!(
+        h.app().stores(),
+        Stores {
+            records: "PostgreSQL",
+            sessions: "PostgreSQL",
+            revoked_tokens: "PostgreSQL",
+            limits: "memory",
+        }
+    );
     scenario::auth(&h).await;
     scenario::admin(&h).await;
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
@@ -110,6 +129,15 @@ async fn redis_alone_keeps_limits_and_sessions_in_redis() {
     config.redis_url = Some(redis.url().to_owned());
     config.redis_namespace = redis.prefix().trim_end_matches(':').to_owned();
     let h = Harness::start(config, dir).await;
+    assert_eq!(
+        h.app().stores(),
+        Stores {
+            records: "memory",
+            sessions: "Redis",
+            revoked_tokens: "Redis",
+            limits: "Redis",
+        }
+    );
     scenario::auth(&h).await;
     scenario::limits(&h).await;
     let health = h.send("GET", "/health", None, None, &[]).await;
