@@ -550,6 +550,26 @@ fn verifier(clock: &ManualClock) -> JwtVerifier {
         .unwrap()
 }
 
+/// A builder trusting the HS256 test key on `clock`, to which a test adds its session store
+/// and denylist.
+fn hs256(clock: &ManualClock) -> tenancy_auth::JwtVerifierBuilder {
+    JwtVerifier::builder()
+        .issuer(ISS, signing(Algorithm::HS256).1)
+        .audience(AUD)
+        .clock(shared(clock))
+}
+
+/// A live session of `user` in acme.
+async fn session_of(store: &MemorySessionStore, user: &str) -> tenancy_core::Session {
+    store
+        .create(NewSession::new(
+            TenantId::parse("acme").unwrap(),
+            UserId::parse(user).unwrap(),
+        ))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn every_hostile_token_is_refused_with_its_reason() {
     let clock = clock();
@@ -748,22 +768,13 @@ async fn revoked_and_session_ended_tokens_are_refused_even_from_cache() {
     let clock = clock();
     let store = Arc::new(MemorySessionStore::with_clock(shared(&clock)));
     let denylist = Arc::new(MemoryDenylist::with_clock(shared(&clock)));
-    let v = JwtVerifier::builder()
-        .issuer(ISS, signing(Algorithm::HS256).1)
-        .audience(AUD)
+    let v = hs256(&clock)
         .denylist(denylist.clone())
         .sessions(store.clone())
-        .clock(shared(&clock))
         .build()
         .unwrap();
     let tenant = TenantId::parse("acme").unwrap();
-    let session = store
-        .create(NewSession::new(
-            tenant.clone(),
-            UserId::parse("alice").unwrap(),
-        ))
-        .await
-        .unwrap();
+    let session = session_of(&store, "alice").await;
     let n = now(&clock);
     let mut c = claims(n);
     c.insert("sid".into(), json!(session.id.to_string()));
@@ -827,12 +838,7 @@ async fn the_denylist_can_be_kept_for_tokens_without_a_session() {
     let clock = clock();
     let store = Arc::new(MemorySessionStore::with_clock(shared(&clock)));
     let build = |denylist: Arc<dyn Denylist>, only_without_session: bool| {
-        let b = JwtVerifier::builder()
-            .issuer(ISS, signing(Algorithm::HS256).1)
-            .audience(AUD)
-            .denylist(denylist)
-            .sessions(store.clone())
-            .clock(shared(&clock));
+        let b = hs256(&clock).denylist(denylist).sessions(store.clone());
         if only_without_session {
             b.denylist_only_without_session().build().unwrap()
         } else {
@@ -840,13 +846,7 @@ async fn the_denylist_can_be_kept_for_tokens_without_a_session() {
         }
     };
     let tenant = TenantId::parse("acme").unwrap();
-    let session = store
-        .create(NewSession::new(
-            tenant.clone(),
-            UserId::parse("alice").unwrap(),
-        ))
-        .await
-        .unwrap();
+    let session = session_of(&store, "alice").await;
     let mut c = claims(now(&clock));
     c.insert("sid".into(), json!(session.id.to_string()));
     let bound = token(Algorithm::HS256, &c);
@@ -884,10 +884,7 @@ async fn the_denylist_can_be_kept_for_tokens_without_a_session() {
 
     // The option needs both a session store and a denylist.
     for (with_sessions, with_denylist) in [(false, true), (true, false)] {
-        let mut b = JwtVerifier::builder()
-            .issuer(ISS, signing(Algorithm::HS256).1)
-            .audience(AUD)
-            .denylist_only_without_session();
+        let mut b = hs256(&clock).denylist_only_without_session();
         if with_sessions {
             b = b.sessions(store.clone());
         }
@@ -902,21 +899,8 @@ async fn the_denylist_can_be_kept_for_tokens_without_a_session() {
 async fn a_sid_naming_another_users_session_is_refused() {
     let clock = clock();
     let store = Arc::new(MemorySessionStore::with_clock(shared(&clock)));
-    let v = JwtVerifier::builder()
-        .issuer(ISS, signing(Algorithm::HS256).1)
-        .audience(AUD)
-        .sessions(store.clone())
-        .clock(shared(&clock))
-        .build()
-        .unwrap();
-    let tenant = TenantId::parse("acme").unwrap();
-    let theirs = store
-        .create(NewSession::new(
-            tenant.clone(),
-            UserId::parse("bob").unwrap(),
-        ))
-        .await
-        .unwrap();
+    let v = hs256(&clock).sessions(store.clone()).build().unwrap();
+    let theirs = session_of(&store, "bob").await;
     // `claims` is alice's token; the session is bob's, live.
     let mut c = claims(now(&clock));
     c.insert("sid".into(), json!(theirs.id.to_string()));
@@ -926,10 +910,7 @@ async fn a_sid_naming_another_users_session_is_refused() {
         "{e}"
     );
     // The same token with a session of its own user passes.
-    let own = store
-        .create(NewSession::new(tenant, UserId::parse("alice").unwrap()))
-        .await
-        .unwrap();
+    let own = session_of(&store, "alice").await;
     c.insert("sid".into(), json!(own.id.to_string()));
     v.verify(&token(Algorithm::HS256, &c)).await.unwrap();
 }
