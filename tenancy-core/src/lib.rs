@@ -78,7 +78,7 @@ pub use claims::{Audience, Claims};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use context::TenantContext;
 pub use denylist::{Denylist, MAX_JTI_BYTES, check_jti};
-pub use directory::{TenantDirectory, Upsert};
+pub use directory::{TenantDirectory, UPDATE_ATTEMPTS, Upsert, update_settings};
 pub use error::{BoxError, Denial, Error, ErrorKind, ParseError, Result, TokenRejection};
 pub use hash::UniformHasher;
 pub use health::{Health, HealthCheck, HealthStatus};

@@ -92,6 +92,46 @@ fn to_i64(v: Option<u64>) -> Result<Option<i64>> {
         .map_err(|_| Error::OutOfRange("quota override".into()).into())
 }
 
+/// An `INSERT` of one tenant's row (the values bound by [`write`]) followed by `tail`.
+macro_rules! insert_sql {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO tenancy.tenants
+                 (id, status, tier, tenant_per_hour, tenant_burst, user_per_hour, user_burst,
+                  bypass_until, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) ",
+            $tail
+        )
+    };
+}
+/// Creates or replaces one tenant's row; `true` when it was created.
+const UPSERT: &str = insert_sql!(
+    "ON CONFLICT (id) DO UPDATE SET
+         status = EXCLUDED.status, tier = EXCLUDED.tier,
+         tenant_per_hour = EXCLUDED.tenant_per_hour, tenant_burst = EXCLUDED.tenant_burst,
+         user_per_hour = EXCLUDED.user_per_hour, user_burst = EXCLUDED.user_burst,
+         bypass_until = EXCLUDED.bypass_until, updated_at = now()
+     RETURNING xmax = 0"
+);
+
+/// `sql` (an [`insert_sql!`] returning one boolean) with the tenant's id and settings bound.
+fn write<'q>(
+    sql: &'static str,
+    tenant: &'q TenantId,
+    settings: &'q TenantSettings,
+) -> Result<sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments>> {
+    let o = &settings.overrides;
+    Ok(sqlx::query_scalar(sql)
+        .bind(tenant.as_str())
+        .bind(settings.status.as_str())
+        .bind(settings.tier.as_str())
+        .bind(to_i64(o.tenant_per_hour)?)
+        .bind(to_i64(o.tenant_burst)?)
+        .bind(to_i64(o.user_per_hour)?)
+        .bind(to_i64(o.user_burst)?)
+        .bind(settings.bypass_until))
+}
+
 impl PgTenantDirectory {
     /// A directory on the platform pool.
     pub fn new(pool: PlatformPool) -> Self {
@@ -119,37 +159,64 @@ impl TenantDirectory for PgTenantDirectory {
     }
 
     async fn put(&self, tenant: &TenantId, settings: TenantSettings) -> Result<Upsert> {
-        let o = settings.overrides;
         let mut tx = self.pool.begin("tenant directory: put").await.map_err(db)?;
-        let inserted: bool = sqlx::query_scalar(
-            "INSERT INTO tenancy.tenants
-                 (id, status, tier, tenant_per_hour, tenant_burst, user_per_hour, user_burst,
-                  bypass_until, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
-             ON CONFLICT (id) DO UPDATE SET
-                 status = EXCLUDED.status, tier = EXCLUDED.tier,
-                 tenant_per_hour = EXCLUDED.tenant_per_hour, tenant_burst = EXCLUDED.tenant_burst,
-                 user_per_hour = EXCLUDED.user_per_hour, user_burst = EXCLUDED.user_burst,
-                 bypass_until = EXCLUDED.bypass_until, updated_at = now()
-             RETURNING xmax = 0",
-        )
-        .bind(tenant.as_str())
-        .bind(settings.status.as_str())
-        .bind(settings.tier.as_str())
-        .bind(to_i64(o.tenant_per_hour)?)
-        .bind(to_i64(o.tenant_burst)?)
-        .bind(to_i64(o.user_per_hour)?)
-        .bind(to_i64(o.user_burst)?)
-        .bind(settings.bypass_until)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
+        let inserted = write(UPSERT, tenant, &settings)?
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(if inserted {
             Upsert::Created
         } else {
             Upsert::Updated
         })
+    }
+
+    async fn put_if(
+        &self,
+        tenant: &TenantId,
+        expected: Option<&TenantSettings>,
+        settings: TenantSettings,
+    ) -> Result<Option<Upsert>> {
+        let mut tx = self
+            .pool
+            .begin("tenant directory: put_if")
+            .await
+            .map_err(db)?;
+        let Some(expected) = expected else {
+            // Create only: a row that exists by now, even one a concurrent create wrote a
+            // moment ago, is left as it is.
+            let created: Option<bool> = write(
+                insert_sql!("ON CONFLICT (id) DO NOTHING RETURNING true"),
+                tenant,
+                &settings,
+            )?
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            return Ok(created.map(|_| Upsert::Created));
+        };
+        // The row stays locked until the commit: no other writer changes it between this
+        // comparison and the update.
+        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tenancy.tenants WHERE id = $1 FOR UPDATE"
+        )))
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let current = row.map(decode).transpose()?.map(|(_, s)| s);
+        if current.as_ref() != Some(expected) {
+            tx.commit().await.map_err(db)?;
+            return Ok(None);
+        }
+        write(UPSERT, tenant, &settings)?
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(Upsert::Updated))
     }
 
     async fn remove(&self, tenant: &TenantId) -> Result<bool> {

@@ -152,6 +152,14 @@ impl TenantDirectory for Waiting<MemoryTenantDirectory> {
     ) -> tenancy_core::Result<tenancy_core::Upsert> {
         self.0.put(tenant, settings).await
     }
+    async fn put_if(
+        &self,
+        tenant: &TenantId,
+        expected: Option<&TenantSettings>,
+        settings: TenantSettings,
+    ) -> tenancy_core::Result<Option<tenancy_core::Upsert>> {
+        self.0.put_if(tenant, expected, settings).await
+    }
     async fn remove(&self, tenant: &TenantId) -> tenancy_core::Result<bool> {
         self.0.remove(tenant).await
     }

@@ -60,6 +60,25 @@ impl TenantDirectory for MemoryTenantDirectory {
         })
     }
 
+    async fn put_if(
+        &self,
+        tenant: &TenantId,
+        expected: Option<&TenantSettings>,
+        settings: TenantSettings,
+    ) -> Result<Option<Upsert>> {
+        let mut map = self
+            .tenants
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.get(tenant) != expected {
+            return Ok(None);
+        }
+        Ok(Some(match map.insert(tenant.clone(), settings) {
+            Some(_) => Upsert::Updated,
+            None => Upsert::Created,
+        }))
+    }
+
     async fn remove(&self, tenant: &TenantId) -> Result<bool> {
         let mut map = self
             .tenants

@@ -1,6 +1,7 @@
 use super::Fixture;
 use crate::{
-    QuotaOverrides, TenantDirectory, TenantId, TenantSettings, TenantStatus, TierName, Upsert,
+    Error, QuotaOverrides, TenantDirectory, TenantId, TenantSettings, TenantStatus, TierName,
+    Upsert, update_settings,
 };
 
 /// `get`, with `try_get` held to the same answer whenever it gives one.
@@ -101,6 +102,84 @@ pub async fn tenant_directory<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture
         "isolation: removing A removed B"
     );
     dir.remove(&b)
+        .await
+        .unwrap_or_else(|e| panic!("remove: {e}"));
+
+    conditional_writes(dir, fx).await;
+}
+
+/// `put_if` writes only over what it expects, and `update_settings` loses no concurrent
+/// change.
+async fn conditional_writes<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture) {
+    let c = fx.tenant("dir-c");
+    let standard = TierName::parse("standard").unwrap_or_else(|e| panic!("{e}"));
+    let premium = TierName::parse("premium").unwrap_or_else(|e| panic!("{e}"));
+    let s = TenantSettings::new(standard);
+    let put_if = |expected: Option<TenantSettings>, new: TenantSettings| {
+        let c = c.clone();
+        async move {
+            dir.put_if(&c, expected.as_ref(), new)
+                .await
+                .unwrap_or_else(|e| panic!("put_if: {e}"))
+        }
+    };
+
+    assert_eq!(put_if(None, s.clone()).await, Some(Upsert::Created));
+    let mut other = TenantSettings::new(premium);
+    other.status = TenantStatus::Suspended;
+    assert_eq!(
+        put_if(None, other.clone()).await,
+        None,
+        "a create over an existing tenant"
+    );
+    assert_eq!(
+        put_if(Some(other.clone()), other.clone()).await,
+        None,
+        "a write expecting settings the tenant does not have"
+    );
+    assert_eq!(
+        get(dir, &c).await,
+        Some(s.clone()),
+        "a refused put_if wrote"
+    );
+    assert_eq!(
+        put_if(Some(s.clone()), other.clone()).await,
+        Some(Upsert::Updated)
+    );
+    assert_eq!(get(dir, &c).await, Some(other.clone()));
+
+    // Four concurrent read-change-writes, each adding one to the same override: none lost.
+    let add_one = || {
+        update_settings(dir, &c, |current| {
+            let mut s = current.ok_or(Error::NotFound)?;
+            s.overrides.tenant_per_hour = Some(s.overrides.tenant_per_hour.unwrap_or(0) + 1);
+            Ok::<_, Error>(s)
+        })
+    };
+    let (r1, r2, r3, r4) = tokio::join!(add_one(), add_one(), add_one(), add_one());
+    for r in [r1, r2, r3, r4] {
+        assert_eq!(
+            r.unwrap_or_else(|e| panic!("update_settings: {e}")).0,
+            Upsert::Updated
+        );
+    }
+    let after = get(dir, &c).await.unwrap_or_else(|| panic!("tenant gone"));
+    assert_eq!(
+        after.overrides.tenant_per_hour,
+        Some(4),
+        "concurrent updates lost a change"
+    );
+    assert!(after.is_suspended(), "an update undid the suspension");
+
+    // The change's own refusal is returned, with nothing written.
+    let refused = update_settings(dir, &fx.tenant("dir-absent"), |current| {
+        current.ok_or(Error::NotFound)
+    })
+    .await;
+    assert!(matches!(refused, Err(Error::NotFound)), "{refused:?}");
+    assert_eq!(get(dir, &fx.tenant("dir-absent")).await, None);
+
+    dir.remove(&c)
         .await
         .unwrap_or_else(|e| panic!("remove: {e}"));
 }
