@@ -218,8 +218,11 @@ impl SessionStore for PgSessionStore {
         let mut tx = self.begin(tenant).await?;
         let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE tenancy.sessions
-             SET last_seen_at = $2,
-                 deadline = least($2 + make_interval(secs => idle_timeout_secs), expires_at)
+             SET last_seen_at = greatest(last_seen_at, $2),
+                 deadline = least(
+                     greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
+                     expires_at
+                 )
              WHERE id = $1 AND deadline > $2
              RETURNING {COLUMNS}"
         )))
@@ -240,8 +243,8 @@ impl SessionStore for PgSessionStore {
         let mut tx = self.begin(&session.tenant).await?;
         // Lock the live row, then decide: absent or ended -> NotFound, other version ->
         // Conflict. Id, tenant, user, creation and absolute expiry are never written.
-        let current: Option<(i64, OffsetDateTime)> = sqlx::query_as(
-            "SELECT version, expires_at FROM tenancy.sessions
+        let current: Option<(i64, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
+            "SELECT version, expires_at, last_seen_at FROM tenancy.sessions
              WHERE id = $1 AND deadline > $2 FOR UPDATE",
         )
         .bind(session.id.as_str())
@@ -249,7 +252,7 @@ impl SessionStore for PgSessionStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| db(e.into()))?;
-        let Some((stored_version, expires_at)) = current else {
+        let Some((stored_version, expires_at, seen)) = current else {
             return Err(CoreError::NotFound);
         };
         if stored_version != version {
@@ -257,7 +260,10 @@ impl SessionStore for PgSessionStore {
                 "session was changed by another writer".into(),
             ));
         }
-        let end = deadline(now, session.idle_timeout_secs, expires_at)?;
+        // The later of the stored activity and now: an instance whose clock is behind never
+        // moves it back (nor the idle deadline with it).
+        let seen = seen.max(now);
+        let end = deadline(seen, session.idle_timeout_secs, expires_at)?;
         let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE tenancy.sessions
              SET data = $2, idle_timeout_secs = $3, last_seen_at = $4, deadline = $5,
@@ -268,7 +274,7 @@ impl SessionStore for PgSessionStore {
         .bind(session.id.as_str())
         .bind(Json(&session.data))
         .bind(idle)
-        .bind(now)
+        .bind(seen)
         .bind(end)
         .fetch_one(&mut *tx)
         .await
@@ -298,8 +304,11 @@ impl SessionStore for PgSessionStore {
         let mut tx = self.begin(tenant).await?;
         let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE tenancy.sessions
-             SET id = $3, version = version + 1, last_seen_at = $2,
-                 deadline = least($2 + make_interval(secs => idle_timeout_secs), expires_at)
+             SET id = $3, version = version + 1, last_seen_at = greatest(last_seen_at, $2),
+                 deadline = least(
+                     greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
+                     expires_at
+                 )
              WHERE id = $1 AND deadline > $2
              RETURNING {COLUMNS}"
         )))

@@ -153,7 +153,7 @@ impl SessionStore for MemorySessionStore {
         let now = self.clock.now();
         let mut st = lock(&self.state);
         Ok(st.live(&(tenant.clone(), *id), now).map(|s| {
-            s.last_seen_at = now;
+            s.last_seen_at = s.last_seen_at.max(now);
             s.clone()
         }))
     }
@@ -173,7 +173,7 @@ impl SessionStore for MemorySessionStore {
         }
         stored.data = session.data.clone();
         stored.idle_timeout_secs = session.idle_timeout_secs;
-        stored.last_seen_at = now;
+        stored.last_seen_at = stored.last_seen_at.max(now);
         stored.version += 1;
         Ok(stored.clone())
     }
@@ -197,7 +197,7 @@ impl SessionStore for MemorySessionStore {
         let mut s = st.remove(&key).ok_or(Error::NotFound)?;
         s.id = SessionId::generate();
         s.version += 1;
-        s.last_seen_at = now;
+        s.last_seen_at = s.last_seen_at.max(now);
         st.insert(s.clone());
         Ok(s)
     }

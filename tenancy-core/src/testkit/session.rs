@@ -217,6 +217,48 @@ pub async fn session_store<S: SessionStore + SessionAdmin>(
         "expiry: ended session listed"
     );
 
+    // An instance whose clock is behind never moves the last activity back, and with it the
+    // idle deadline (only a clock the suite can turn back shows it).
+    if let TimeControl::Manual(clock) = &time {
+        let lagging = ok!(
+            store.create(
+                NewSession::new(a.clone(), bob.clone())
+                    .with_idle_timeout(Duration::from_secs(2))
+                    .with_absolute_ttl(Duration::from_secs(60))
+            ),
+            "clock behind"
+        );
+        time.advance(Duration::from_millis(1500)).await;
+        let seen = ok!(store.touch(&a, &lagging.id), "clock behind")
+            .unwrap_or_else(|| panic!("clock behind: session ended early"))
+            .last_seen_at;
+        let ahead = crate::Clock::now_nanos(clock);
+        clock.set_nanos(ahead - 1_000_000_000);
+        let behind = ok!(store.touch(&a, &lagging.id), "clock behind")
+            .unwrap_or_else(|| panic!("clock behind: session ended early"));
+        assert_eq!(
+            behind.last_seen_at, seen,
+            "clock behind: touch moved last activity back"
+        );
+        let mut behind = ok!(store.save(&behind), "clock behind");
+        assert_eq!(
+            behind.last_seen_at, seen,
+            "clock behind: save moved last activity back"
+        );
+        behind = ok!(store.rotate(&a, &behind.id), "clock behind");
+        assert_eq!(
+            behind.last_seen_at, seen,
+            "clock behind: rotate moved last activity back"
+        );
+        // 1.9 s after the latest activity, 2.9 s after the lagging clock's: still live.
+        clock.set_nanos(ahead + 1_900_000_000);
+        assert!(
+            ok!(store.load(&a, &behind.id), "clock behind").is_some(),
+            "clock behind: the idle deadline moved back"
+        );
+        ok!(store.delete(&a, &behind.id), "clock behind");
+    }
+
     let abs = ok!(
         store.create(
             NewSession::new(a.clone(), bob.clone())
