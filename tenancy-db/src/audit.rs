@@ -73,7 +73,8 @@ pub enum Finding {
         /// The role.
         role: String,
     },
-    /// The role is a member of a superuser or `BYPASSRLS` role and could `SET ROLE` to it.
+    /// The role is a member of a superuser, `BYPASSRLS` or `CREATEROLE` role and could
+    /// `SET ROLE` to it (and, with `CREATEROLE`, grant itself a table owner's role).
     MemberOfPrivilegedRole {
         /// The audited role.
         role: String,
@@ -210,7 +211,7 @@ impl fmt::Display for Finding {
             ),
             Self::MemberOfPrivilegedRole { role, privileged } => write!(
                 f,
-                "role {role:?} is a member of {privileged:?}, which bypasses row-level security, and could SET ROLE to it; revoke the membership"
+                "role {role:?} is a member of {privileged:?}, which bypasses row-level security or can create and grant roles, and could SET ROLE to it; revoke the membership"
             ),
             Self::OwnsTenantTable { role, table, owner } => write!(
                 f,
@@ -447,7 +448,8 @@ async fn role_findings(
         return Ok(Some(findings));
     }
 
-    // Roles this one is a member of that bypass row-level security, or that read and write
+    // Roles this one is a member of that bypass row-level security, that can create and
+    // grant roles (and so make their members a table owner's member), or that read and write
     // the server's files (`true`: one of the built-in server-file roles).
     let memberships: Vec<(String, bool)> = sqlx::query_as(
         "SELECT r.rolname::text,
@@ -455,7 +457,7 @@ async fn role_findings(
                               'pg_write_server_files')
          FROM pg_roles r
          WHERE r.rolname <> $1
-           AND (r.rolsuper OR r.rolbypassrls
+           AND (r.rolsuper OR r.rolbypassrls OR r.rolcreaterole
                 OR r.rolname IN ('pg_execute_server_program', 'pg_read_server_files',
                                  'pg_write_server_files'))
            AND pg_has_role($1, r.oid, 'MEMBER')

@@ -127,6 +127,21 @@ async fn unsafe_roles_are_refused_at_start_up() {
         }],
         "{report}"
     );
+    // A member of a CREATEROLE role: it could SET ROLE to it and grant itself the owner's
+    // role.
+    exec(
+        &mut admin,
+        &format!("ALTER ROLE \"{privileged}\" NOBYPASSRLS CREATEROLE"),
+    )
+    .await;
+    assert_eq!(
+        findings(&env).await,
+        vec![Finding::MemberOfPrivilegedRole {
+            role: env.runtime.to_string(),
+            privileged: privileged.to_string()
+        }],
+        "CREATEROLE membership"
+    );
     exec(
         &mut admin,
         &format!("REVOKE \"{privileged}\" FROM \"{}\"", env.runtime),
