@@ -235,6 +235,7 @@ impl RedisConfig {
                 acquire_timeout: self.acquire_timeout,
                 last_error,
                 opened,
+                connecting: Mutex::new(None),
                 timeouts_at_last_check: AtomicU64::new(0),
             }),
         })
@@ -406,6 +407,8 @@ struct PoolInner {
     acquire_timeout: Duration,
     last_error: Arc<Mutex<Option<RedisError>>>,
     opened: Arc<AtomicU64>,
+    /// The connection attempt for an empty pool under way (or the last one, answered).
+    connecting: Mutex<Option<Connecting>>,
     /// Checkout timeouts counted by bb8 when the last health check ran.
     timeouts_at_last_check: AtomicU64,
 }
@@ -677,14 +680,7 @@ impl RedisPool {
             // Nothing open (first use, or every connection broke): connect here, so that an
             // unreachable Redis fails after the connect retries instead of after the whole
             // acquire timeout.
-            let conn = self
-                .inner
-                .pool
-                .dedicated_connection()
-                .await
-                .map_err(Error::Connect)?;
-            // When the pool filled up meanwhile, this connection is simply dropped.
-            let _ = self.inner.pool.add(conn);
+            self.fill_empty_pool().await?;
         }
         match self.inner.pool.get().await {
             Ok(c) => Ok(c),
@@ -701,6 +697,56 @@ impl RedisPool {
                     None => Error::PoolTimeout(self.inner.acquire_timeout),
                 })
             }
+        }
+    }
+}
+
+/// The answer of a connection attempt for an empty pool, once there is one.
+type Connecting = tokio::sync::watch::Receiver<Option<std::result::Result<(), RedisError>>>;
+
+impl RedisPool {
+    /// Opens a connection into the empty pool. One attempt at a time: every caller that finds
+    /// the pool empty while it runs waits for its answer, so an outage or a cold start under
+    /// load opens one connection, not one per caller. The attempt runs on a task of its own:
+    /// a caller that stops waiting (its bound ran out) does not abandon it, and the
+    /// connection it makes is there for the next call, however long it took to make.
+    async fn fill_empty_pool(&self) -> Result<()> {
+        let mut answer = {
+            let mut slot = self
+                .inner
+                .connecting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // An attempt is under way while it has not answered and its task is alive (a
+            // task dropped with its runtime never answers: a new attempt replaces it).
+            match slot
+                .as_ref()
+                .filter(|rx| rx.borrow().is_none() && rx.has_changed().is_ok())
+            {
+                Some(running) => running.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let pool = self.inner.pool.clone();
+                    tokio::spawn(async move {
+                        let made = pool.dedicated_connection().await.map(|conn| {
+                            // When the pool filled up meanwhile, the connection is dropped.
+                            let _ = pool.add(conn);
+                        });
+                        let _ = tx.send(Some(made));
+                    });
+                    *slot = Some(rx.clone());
+                    rx
+                }
+            }
+        };
+        let made = match answer.wait_for(Option::is_some).await {
+            Ok(made) => made.clone(),
+            // The task ended without an answer (its runtime is shutting down).
+            Err(_) => return Err(Error::PoolTimeout(self.inner.acquire_timeout)),
+        };
+        match made {
+            Some(Err(e)) => Err(Error::Connect(e)),
+            _ => Ok(()),
         }
     }
 }

@@ -168,6 +168,11 @@ fn script(name: &'static str, body: &str) -> Lua {
 /// Most sessions one revocation script ends: a user with many sessions is revoked in several
 /// bounded steps rather than one script holding Redis for all of them.
 const REVOKE_BATCH: usize = 256;
+/// How many batches one `revoke_user` call runs at most.
+const REVOKE_BATCHES: usize = 4096;
+
+/// `revoke_user` stopped after [`REVOKE_BATCHES`] with sessions left: how many it ended.
+struct RevokeIncomplete(u64);
 
 // KEYS: session, index. ARGV: now, header, data, seen, absolute, idle, id. Ids whose absolute
 // deadline has passed leave the index here, so it holds at most the sessions of one lifetime.
@@ -666,17 +671,24 @@ impl RedisSessionStore {
         Ok(self.pool.eval(&DELETE, &keys, &args).await? == Value::Int(1))
     }
 
-    async fn revoke_inner(&self, tenant: &TenantId, user: &UserId) -> Result<u64> {
+    /// Ends the user's sessions: `Ok(Err(..))` when sessions were still being created after
+    /// the last batch (the revocation is not complete).
+    async fn revoke_inner(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<std::result::Result<u64, RevokeIncomplete>> {
         let index = self.keys.session_index(tenant, user);
         let mut total = 0u64;
         // Bounded batches, each one script; every batch removes its ids from the index, so
         // the loop ends. Sessions created meanwhile are caught by a later batch, up to a bound
         // that keeps a user creating sessions as fast as they are revoked from holding the
-        // call forever.
-        for _ in 0..4096 {
+        // call forever: past it, the call fails rather than report a revocation it did not
+        // finish.
+        for _ in 0..REVOKE_BATCHES {
             let ids = self.index_ids(&index, Some(REVOKE_BATCH)).await?;
             if ids.is_empty() {
-                break;
+                return Ok(Ok(total));
             }
             let mut keys = vec![index.clone()];
             let (_, now, _) = self.now();
@@ -691,7 +703,10 @@ impl RedisSessionStore {
                 _ => return Err(Error::corrupt("session: unexpected reply")),
             }
         }
-        Ok(total)
+        if self.index_ids(&index, Some(1)).await?.is_empty() {
+            return Ok(Ok(total));
+        }
+        Ok(Err(RevokeIncomplete(total)))
     }
 }
 
@@ -761,7 +776,17 @@ impl SessionAdmin for RedisSessionStore {
     }
 
     async fn revoke_user(&self, tenant: &TenantId, user: &UserId) -> tenancy_core::Result<u64> {
-        Ok(self.revoke_inner(tenant, user).await?)
+        self.revoke_inner(tenant, user)
+            .await?
+            .map_err(|RevokeIncomplete(n)| {
+                tenancy_core::Error::Conflict(
+                    format!(
+                        "revoke_user: {n} sessions ended, but sessions were still being created \
+                     after {REVOKE_BATCHES} batches of {REVOKE_BATCH}"
+                    )
+                    .into(),
+                )
+            })
     }
 }
 

@@ -6,9 +6,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{DedicatedRedis, Relay};
-use tenancy_cache::{Error, RedisConfig, RedisSessionStore};
+use tenancy_cache::{Error, RedisConfig, RedisRateLimiter, RedisSessionStore};
 use tenancy_core::testkit::Fixture;
-use tenancy_core::{ErrorKind, HealthCheck, HealthStatus, NewSession, SessionStore};
+use tenancy_core::{
+    DecisionSource, ErrorKind, HealthCheck, HealthStatus, Limit, NewSession, Quota,
+    RateLimitRequest, RateLimiter, SessionStore,
+};
 
 #[tokio::test]
 async fn health_reports_latency_and_pool_figures() {
@@ -217,4 +220,53 @@ fn relay_dead_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap()
+}
+
+/// A connection slower to open than the limiter's bound: the calls that find the pool empty
+/// share one attempt, give up at their bound, and the attempt goes on without them, so the
+/// connection is there for the next decision (before, each call opened its own and dropped
+/// it at the bound, and no decision ever reached Redis).
+#[tokio::test]
+async fn a_connection_slower_than_the_limiters_bound_is_made_once_and_kept() {
+    let Some(redis) = DedicatedRedis::start().await else {
+        return;
+    };
+    let relay = Relay::start(redis.port()).await;
+    relay.delay_connections(Duration::from_millis(400));
+    let pool = common::config(RedisConfig::single(relay.url()))
+        .connect_lazy()
+        .unwrap();
+    let limiter = RedisRateLimiter::builder(pool.clone())
+        .with_timeout(Duration::from_millis(100))
+        // The breaker stays out of it: every call asks Redis.
+        .with_breaker(1_000, Duration::from_millis(1))
+        .with_denial_cache(0)
+        .build();
+    let fx = Fixture::new();
+    let request = RateLimitRequest::new(
+        fx.tenant("slow"),
+        Some(fx.user("u")),
+        vec![Limit::tenant(Quota::per_minute(1_000))],
+    );
+
+    let limiter = std::sync::Arc::new(limiter);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (limiter, request) = (limiter.clone(), request.clone());
+        calls.spawn(async move { RateLimiter::check(&*limiter, &request).await });
+    }
+    while let Some(d) = calls.join_next().await {
+        let d = d.unwrap();
+        assert!(
+            d.as_ref().is_err()
+                || d.as_ref()
+                    .is_ok_and(|d| d.source != DecisionSource::Backend),
+            "decided by Redis within the bound through a 400 ms connection: {d:?}"
+        );
+    }
+    // The attempt finishes without its callers.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let next = RateLimiter::check(&*limiter, &request).await.unwrap();
+    assert_eq!(next.source, DecisionSource::Backend, "{next:?}");
+    assert_eq!(pool.figures().created, 1, "{:?}", pool.figures());
 }

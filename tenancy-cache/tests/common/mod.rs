@@ -223,6 +223,8 @@ struct RelayState {
     target: std::sync::Mutex<u16>,
     /// Connections accepted under an older generation are cut.
     generation: std::sync::atomic::AtomicU64,
+    /// How long a new connection waits before it reaches its server, in milliseconds.
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Relay {
@@ -235,6 +237,7 @@ impl Relay {
         let state = std::sync::Arc::new(RelayState {
             target: std::sync::Mutex::new(target),
             generation: std::sync::atomic::AtomicU64::new(0),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -245,6 +248,8 @@ impl Relay {
                 conns.spawn(async move {
                     let generation = st.generation.load(std::sync::atomic::Ordering::SeqCst);
                     let target = *st.target.lock().unwrap();
+                    let delay = st.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
                     let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                     else {
                         return;
@@ -265,6 +270,15 @@ impl Relay {
     /// New connections go to `127.0.0.1:<target>`; open ones keep their server.
     pub fn point_to(&self, target: u16) {
         *self.state.target.lock().unwrap() = target;
+    }
+
+    /// New connections reach their server only after `delay` (a slow network or TLS
+    /// handshake): nothing either side sends passes before.
+    pub fn delay_connections(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every connection open now swallows what either side sends, without closing: a request
