@@ -3,13 +3,17 @@
 //! - Access tokens carry `iss`, `aud`, `sub`, `exp`, `nbf`, `iat`, `jti`, `tenant_id`,
 //!   `user_id`, `user_role`, `permissions` and, when a session exists, `sid`. They live
 //!   [`DEFAULT_ACCESS_TTL`] unless configured otherwise.
-//! - Refresh tokens are opaque: `rt1.<tenant>.<session>.<256 random bits>`. Only the SHA-256
-//!   of the random part is stored, in the session's data, so a leaked session store does not
-//!   leak usable refresh tokens.
+//! - Refresh tokens are opaque: `rt2.<tenant>.<session>.<256 random bits>.<tag>`. Only the
+//!   SHA-256 of the random part is stored, in the session's data, so a leaked session store
+//!   does not leak usable refresh tokens. The tag is an HMAC-SHA-256 of the random part under
+//!   a key of the session's own (kept in its data): it proves that a token was issued for the
+//!   session, whenever that was.
 //! - [`TokenIssuer::refresh`] spends the presented refresh token and returns a new pair.
-//!   Presenting a spent one again is taken as theft (the attacker and the owner now both hold
-//!   the family): the whole session ends, and every access token bound to it is refused by a
-//!   verifier that checks sessions.
+//!   Presenting a spent one again (any token whose tag is the session's, but is not its
+//!   current one) is taken as theft (the attacker and the owner now both hold the family):
+//!   the whole session ends, and every access token bound to it is refused by a verifier
+//!   that checks sessions. That holds however many times the session was rotated, and a
+//!   token with a made-up secret or tag ends nothing.
 //! - The role and permissions are fixed at login: every refresh mints them again as they
 //!   were then (they are kept in the session's refresh state, not looked up anew). A change
 //!   of role or permissions takes effect at the user's next login; to force it, end the
@@ -74,12 +78,16 @@ use crate::key::SigningKey;
 /// traffic modest while bounding the damage of a leaked token.
 pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(5 * 60);
 
-/// How many spent refresh tokens a session remembers for reuse detection.
+/// How many spent refresh tokens a session saved by an earlier version remembers for reuse
+/// detection. Such sessions have no tag key (their tokens are `rt1.<tenant>.<session>.<secret>`,
+/// without a tag), so a spent token is recognised by its fingerprint in this history.
 ///
-/// Why this default: a session of the default 12 hours, refreshed every 5 minutes as the
-/// default access tokens expire, spends 144; every one of them is still recognised when
-/// presented again at the session's end. Each is kept as a 64-bit fingerprint
-/// ([`SPENT_FINGERPRINT_HEX`]), so the whole history is about 3 KB of session data.
+/// A session rotated more often forgets its oldest spent tokens. From then on, a refresh
+/// token that matches neither the current token nor a remembered one is taken for a
+/// forgotten spent one, and ends the session as reuse does: otherwise a thief holding the
+/// current token could rotate until the owner's spent token is forgotten, and keep the
+/// session. Sessions started by this version need no history: the tag of every token they
+/// issued tells it apart from a made-up one.
 pub const SPENT_HISTORY: usize = 160;
 
 /// Hex digits of a spent token's hash kept for reuse detection (64 bits): a secret presented
@@ -161,11 +169,16 @@ struct RefreshState {
     /// Hex SHA-256 of the current refresh secret.
     current: String,
     /// Fingerprints (the first [`SPENT_FINGERPRINT_HEX`] hex digits of the SHA-256) of
-    /// recently spent secrets, newest last. Sessions saved by earlier versions hold whole
-    /// hashes here; only their first digits are compared.
+    /// recently spent secrets, newest last (at most [`SPENT_HISTORY`]). Sessions saved by
+    /// earlier versions hold whole hashes here; only their first digits are compared.
     spent: Vec<String>,
     /// How many times the token was rotated.
     generation: u64,
+    /// The session's tag key (base64url, 256 bits): each refresh token issued for the session
+    /// carries an HMAC of its secret under it. `None` in sessions saved by earlier versions,
+    /// whose tokens carry no tag (reuse is then told by `spent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
     role: Role,
     permissions: PermissionSet,
 }
@@ -181,6 +194,29 @@ fn hash_hex(secret: &[u8]) -> String {
 
 fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// Bytes of a refresh token's tag (128 bits).
+const TAG_BYTES: usize = 16;
+
+/// The tag of a refresh token's `secret` under the session's `key`.
+fn tag(key: &[u8], secret: &[u8]) -> Result<[u8; TAG_BYTES], CoreError> {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).map_err(CoreError::corrupt)?;
+    mac.update(secret);
+    let full = mac.finalize().into_bytes();
+    let mut t = [0u8; TAG_BYTES];
+    t.copy_from_slice(&full[..TAG_BYTES]);
+    Ok(t)
+}
+
+/// The session's tag key, decoded; `None` for a session saved by an earlier version.
+fn tag_key(state: &RefreshState) -> Result<Option<Vec<u8>>, CoreError> {
+    state
+        .key
+        .as_deref()
+        .map(|k| URL_SAFE_NO_PAD.decode(k).map_err(CoreError::corrupt))
+        .transpose()
 }
 
 fn new_secret() -> Result<[u8; 32], CoreError> {
@@ -430,10 +466,13 @@ impl TokenIssuer {
             .ok_or_else(|| CoreError::from(Error::Config("the issuer has no session store".into())))
     }
 
+    /// A new pair for `session`: its refresh token carries `secret` and, with the session's
+    /// tag `key`, the secret's tag (`rt2`; without a key, `rt1` as earlier versions issued).
     fn pair(
         &self,
         session: &Session,
         secret: &[u8; 32],
+        key: Option<&[u8]>,
         role: &Role,
         permissions: &PermissionSet,
     ) -> Result<TokenPair, CoreError> {
@@ -444,14 +483,18 @@ impl TokenIssuer {
             permissions,
             Some(&session.id),
         )?;
+        let (tenant, id, secret_text) =
+            (&session.tenant, session.id, URL_SAFE_NO_PAD.encode(secret));
+        let refresh = match key {
+            Some(key) => format!(
+                "rt2.{tenant}.{id}.{secret_text}.{}",
+                URL_SAFE_NO_PAD.encode(tag(key, secret)?)
+            ),
+            None => format!("rt1.{tenant}.{id}.{secret_text}"),
+        };
         Ok(TokenPair {
             access_token: access,
-            refresh_token: RefreshToken(format!(
-                "rt1.{}.{}.{}",
-                session.tenant,
-                session.id,
-                URL_SAFE_NO_PAD.encode(secret)
-            )),
+            refresh_token: RefreshToken(refresh),
             expires_in: self.inner.access_ttl.as_secs(),
             tenant: session.tenant.clone(),
             session: session.id,
@@ -472,10 +515,12 @@ impl TokenIssuer {
     ) -> Result<TokenPair, CoreError> {
         let store = self.store()?;
         let secret = new_secret()?;
+        let key = new_secret()?;
         let state = RefreshState {
             current: hash_hex(&secret),
             spent: Vec::new(),
             generation: 0,
+            key: Some(URL_SAFE_NO_PAD.encode(key)),
             role: role.clone(),
             permissions: permissions.clone(),
         };
@@ -492,7 +537,7 @@ impl TokenIssuer {
                     .with_data(data),
             )
             .await?;
-        self.pair(&session, &secret, role, permissions)
+        self.pair(&session, &secret, Some(&key), role, permissions)
     }
 
     /// Spends `refresh_token` and returns a new pair for the same session.
@@ -531,10 +576,16 @@ impl TokenIssuer {
     /// ```
     ///
     /// Refusals ([`tenancy_core::Error::Rejected`]): `Malformed` (not one of ours),
-    /// `SessionEnded` (logged out, expired or revoked), `BadSignature` (right session, wrong
-    /// secret: nothing is revoked, since anyone who saw a session id could otherwise end it),
-    /// and `Revoked` when the token was already spent, in which case the whole session has
-    /// just been ended. Store failures pass through ([`tenancy_core::Error::Unavailable`]).
+    /// `SessionEnded` (logged out, expired or revoked), `BadSignature` (right session, but a
+    /// secret or tag it never issued: nothing is revoked, since anyone who saw a session id
+    /// could otherwise end it), and `Revoked` when the token was already spent (its tag is
+    /// the session's), in which case the whole session has just been ended, however long
+    /// ago the token was spent. Store failures pass through
+    /// ([`tenancy_core::Error::Unavailable`]). (A session saved by an earlier version tells
+    /// spent tokens by a bounded history instead: see [`SPENT_HISTORY`].)
+    ///
+    /// The new access token is signed before the rotation is saved: a failure to make it
+    /// leaves the presented token current, so the client may retry with it.
     ///
     /// A lost reply does not end the session. When saving the rotated state fails with a
     /// retryable error ([`is_retryable`](tenancy_core::Error::is_retryable): a timeout or an
@@ -546,7 +597,7 @@ impl TokenIssuer {
     /// the then spent token is taken for reuse, as nothing tells it apart from theft.)
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CoreError> {
         let store = self.store()?;
-        let (tenant, sid, presented) = parse_refresh(refresh_token)?;
+        let (tenant, sid, presented, presented_tag) = parse_refresh(refresh_token)?;
         let presented_hash = hash_hex(&presented);
         for _ in 0..3 {
             let Some(mut session) = store.load(&tenant, &sid).await? else {
@@ -556,24 +607,37 @@ impl TokenIssuer {
                 Some(v) => serde_json::from_value(v.clone()).map_err(CoreError::corrupt)?,
                 None => return Err(reject(TokenRejection::BadSignature)),
             };
+            let key = tag_key(&state)?;
             if ct_eq(&state.current, &presented_hash) {
                 let secret = new_secret()?;
                 let mut spent = std::mem::replace(&mut state.current, hash_hex(&secret));
-                spent.truncate(SPENT_FINGERPRINT_HEX);
-                state.spent.push(spent);
-                if state.spent.len() > SPENT_HISTORY {
-                    let excess = state.spent.len() - SPENT_HISTORY;
-                    state.spent.drain(..excess);
+                // A session with a tag key recognises its spent tokens by their tags.
+                if key.is_none() {
+                    spent.truncate(SPENT_FINGERPRINT_HEX);
+                    state.spent.push(spent);
+                    if state.spent.len() > SPENT_HISTORY {
+                        let excess = state.spent.len() - SPENT_HISTORY;
+                        state.spent.drain(..excess);
+                    }
                 }
                 state.generation += 1;
                 session.data.insert(
                     STATE_KEY.into(),
                     serde_json::to_value(&state).map_err(CoreError::corrupt)?,
                 );
+                // Everything that can fail is done before the save: once the rotation is
+                // stored the presented token is spent, and a client told of a failure after
+                // that would retry with it and be taken for a thief. A save changes neither
+                // the session's id, tenant nor user, all the pair is made of.
+                let pair = self.pair(
+                    &session,
+                    &secret,
+                    key.as_deref(),
+                    &state.role,
+                    &state.permissions,
+                )?;
                 match store.save(&session).await {
-                    Ok(saved) => {
-                        return self.pair(&saved, &secret, &state.role, &state.permissions);
-                    }
+                    Ok(_) => return Ok(pair),
                     // Someone else saved first (maybe a concurrent refresh with this very
                     // token): load again and decide on the new state.
                     Err(CoreError::Conflict(_)) => continue,
@@ -582,55 +646,65 @@ impl TokenIssuer {
                     // presented token would then be spent, and the client's retry with it
                     // taken for theft. Look whether our rotation is what the store holds.
                     Err(e) if e.is_retryable() => {
-                        return match self.stored_rotation(&tenant, &sid, &state.current).await {
-                            Some(saved) => {
-                                tracing::info!(
-                                    tenant = %tenant,
-                                    session = %sid,
-                                    error = %e,
-                                    "refresh: the store's reply was lost but the rotation was stored"
-                                );
-                                self.pair(&saved, &secret, &state.role, &state.permissions)
-                            }
-                            None => Err(e),
-                        };
+                        if !self.stored_rotation(&tenant, &sid, &state.current).await {
+                            return Err(e);
+                        }
+                        tracing::info!(
+                            tenant = %tenant,
+                            session = %sid,
+                            error = %e,
+                            "refresh: the store's reply was lost but the rotation was stored"
+                        );
+                        return Ok(pair);
                     }
                     Err(e) => return Err(e),
                 }
             }
-            let fingerprint = &presented_hash[..SPENT_FINGERPRINT_HEX];
-            if state.spent.iter().any(|h| {
-                h.get(..SPENT_FINGERPRINT_HEX)
-                    .is_some_and(|h| ct_eq(h, fingerprint))
-            }) {
-                tracing::warn!(
-                    tenant = %tenant,
-                    session = %sid,
-                    generation = state.generation,
-                    "spent refresh token presented again: revoking the session"
-                );
-                store.delete(&tenant, &sid).await?;
-                return Err(reject(TokenRejection::Revoked));
+            // Not the current token: a spent one of this session, or one it never issued.
+            let spent = match (&key, &presented_tag) {
+                // The tag says whether the session issued it.
+                (Some(key), Some(presented_tag)) => {
+                    bool::from(tag(key, &presented)?.as_slice().ct_eq(presented_tag))
+                }
+                (Some(_), None) => false,
+                // A session of an earlier version: its history of spent tokens, and once it
+                // has forgotten the oldest, any unknown token may be one of them.
+                (None, _) => {
+                    let fingerprint = &presented_hash[..SPENT_FINGERPRINT_HEX];
+                    let remembered = state.spent.iter().any(|h| {
+                        h.get(..SPENT_FINGERPRINT_HEX)
+                            .is_some_and(|h| ct_eq(h, fingerprint))
+                    });
+                    remembered || state.generation > state.spent.len() as u64
+                }
+            };
+            if !spent {
+                return Err(reject(TokenRejection::BadSignature));
             }
-            return Err(reject(TokenRejection::BadSignature));
+            tracing::warn!(
+                tenant = %tenant,
+                session = %sid,
+                generation = state.generation,
+                "spent refresh token presented again: revoking the session"
+            );
+            store.delete(&tenant, &sid).await?;
+            return Err(reject(TokenRejection::Revoked));
         }
         Err(CoreError::Conflict(
             "refresh raced with other session updates".into(),
         ))
     }
 
-    /// The session as stored, when its current refresh hash is `current` (the rotation this
-    /// call tried to save did commit); `None` when it is not, or the store cannot tell.
-    async fn stored_rotation(
-        &self,
-        tenant: &TenantId,
-        sid: &SessionId,
-        current: &str,
-    ) -> Option<Session> {
-        let session = self.store().ok()?.load(tenant, sid).await.ok()??;
-        let state: RefreshState =
-            serde_json::from_value(session.data.get(STATE_KEY)?.clone()).ok()?;
-        ct_eq(&state.current, current).then_some(session)
+    /// Whether the stored session's current refresh hash is `current` (the rotation this call
+    /// tried to save did commit); `false` when it is not, or the store cannot tell.
+    async fn stored_rotation(&self, tenant: &TenantId, sid: &SessionId, current: &str) -> bool {
+        let stored = async {
+            let session = self.store().ok()?.load(tenant, sid).await.ok()??;
+            serde_json::from_value::<RefreshState>(session.data.get(STATE_KEY)?.clone()).ok()
+        };
+        stored
+            .await
+            .is_some_and(|state| ct_eq(&state.current, current))
     }
 
     /// Ends the session: its refresh token stops working at once, and its access tokens are
@@ -640,16 +714,20 @@ impl TokenIssuer {
     }
 }
 
-fn parse_refresh(token: &str) -> Result<(TenantId, SessionId, Vec<u8>), CoreError> {
+/// A refresh token's tenant, session, secret and tag (`None` for an `rt1` token, which has
+/// none).
+type ParsedRefresh = (TenantId, SessionId, Vec<u8>, Option<Vec<u8>>);
+
+fn parse_refresh(token: &str) -> Result<ParsedRefresh, CoreError> {
     let malformed = || reject(TokenRejection::Malformed);
     if token.len() > MAX_REFRESH_LEN {
         return Err(reject(TokenRejection::Oversized));
     }
-    let mut it = token.split('.');
-    let (Some("rt1"), Some(t), Some(s), Some(secret), None) =
-        (it.next(), it.next(), it.next(), it.next(), it.next())
-    else {
-        return Err(malformed());
+    let parts: Vec<&str> = token.split('.').collect();
+    let (t, s, secret, tag) = match parts.as_slice() {
+        ["rt1", t, s, secret] => (t, s, secret, None),
+        ["rt2", t, s, secret, tag] => (t, s, secret, Some(tag)),
+        _ => return Err(malformed()),
     };
     let tenant = TenantId::parse(t).map_err(|_| malformed())?;
     let sid = SessionId::parse(s).map_err(|_| malformed())?;
@@ -657,7 +735,13 @@ fn parse_refresh(token: &str) -> Result<(TenantId, SessionId, Vec<u8>), CoreErro
     if secret.len() != 32 {
         return Err(malformed());
     }
-    Ok((tenant, sid, secret))
+    let tag = tag
+        .map(|t| URL_SAFE_NO_PAD.decode(t).map_err(|_| malformed()))
+        .transpose()?;
+    if tag.as_ref().is_some_and(|t| t.len() != TAG_BYTES) {
+        return Err(malformed());
+    }
+    Ok((tenant, sid, secret, tag))
 }
 
 #[cfg(test)]
@@ -670,8 +754,21 @@ mod tests {
         let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
         let good = format!("rt1.acme.{sid}.{secret}");
         assert!(parse_refresh(&good).is_ok());
+        let tag = URL_SAFE_NO_PAD.encode([9u8; TAG_BYTES]);
+        let tagged = format!("rt2.acme.{sid}.{secret}.{tag}");
+        assert_eq!(
+            parse_refresh(&tagged).unwrap().3.as_deref(),
+            Some(&[9u8; TAG_BYTES][..])
+        );
         for bad in [
             format!("rt2.acme.{sid}.{secret}"),
+            format!("rt1.acme.{sid}.{secret}.{tag}"),
+            format!("rt2.acme.{sid}.{secret}.{tag}x"),
+            format!(
+                "rt2.acme.{sid}.{secret}.{}",
+                URL_SAFE_NO_PAD.encode([9u8; 15])
+            ),
+            format!("rt3.acme.{sid}.{secret}.{tag}"),
             format!("rt1.ACME.{sid}.{secret}"),
             format!("rt1.acme.nope.{secret}"),
             format!("rt1.acme.{sid}.{secret}x"),
@@ -758,6 +855,52 @@ mod tests {
             .session_idle_timeout(Duration::from_millis(1_500))
             .build();
         assert!(e.is_ok(), "{e:?}");
+    }
+
+    /// The new access token is made before the rotation is saved: when making it fails, the
+    /// presented refresh token stays current, and the client's retry is no reuse.
+    #[tokio::test]
+    async fn a_failure_to_sign_leaves_the_presented_token_current() {
+        let store: Arc<dyn SessionStore> =
+            Arc::new(tenancy_core::memory::MemorySessionStore::new());
+        let good = TokenIssuer::builder(
+            SigningKey::hmac(&[7; 32], jsonwebtoken::Algorithm::HS256).unwrap(),
+            "https://id.example",
+            "api",
+        )
+        .sessions(store.clone())
+        .build()
+        .unwrap();
+        // A secret bound to RS256 cannot sign: every access token fails to be made.
+        let broken = TokenIssuer::builder(
+            SigningKey::new(
+                jsonwebtoken::EncodingKey::from_secret(&[7; 32]),
+                jsonwebtoken::Algorithm::RS256,
+            ),
+            "https://id.example",
+            "api",
+        )
+        .sessions(store.clone())
+        .build()
+        .unwrap();
+        let pair = good
+            .login(
+                &"acme".parse().unwrap(),
+                &"alice".parse().unwrap(),
+                &"user".parse().unwrap(),
+                &PermissionSet::default(),
+            )
+            .await
+            .unwrap();
+        let e = broken
+            .refresh(pair.refresh_token.expose())
+            .await
+            .unwrap_err();
+        assert!(e.is_retryable(), "{e:?}");
+        // Nothing was stored: the same token is still the current one.
+        let next = good.refresh(pair.refresh_token.expose()).await.unwrap();
+        assert_eq!(next.session, pair.session);
+        good.refresh(next.refresh_token.expose()).await.unwrap();
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //!   A key without a `kid` is told apart by its algorithm and key material: republished
 //!   unchanged, it is not retired.
 //! - **Safety.** Only `https://` URLs unless [`JwksKeySetBuilder::allow_plain_http`] is set;
-//!   responses are capped at 1 MiB and 5 s; keys this crate cannot use are skipped, a document
+//!   responses are capped at 1 MiB and the fetch timeout (5 s by default), whichever
+//!   [`JwksFetcher`] fetches them; keys this crate cannot use are skipped, a document
 //!   with no usable key is a failed fetch (it never replaces a good set). Symmetric (HMAC)
 //!   keys are always skipped, with a warning: the document is public, and a secret anyone can
 //!   read would let anyone sign tokens ([`KeySet::from_jwks`]). Logs and `Debug` output show
@@ -63,6 +64,10 @@ use crate::key::KeySet;
 
 /// Default interval between background refreshes.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// Shortest refresh interval and unknown-`kid` refresh interval [`JwksKeySetBuilder::build`]
+/// accepts: below it, a flood of tokens with random `kid`s would fetch the set for nearly
+/// every token.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Default least time between two refreshes caused by unknown `kid`s.
 ///
 /// Why this default: a legitimate rotation is picked up within 30 s, while tokens with random
@@ -79,6 +84,12 @@ pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// Fetches a JWKS document. The default is an HTTP(S) client (hyper + rustls); implement this
 /// to fetch through your own client or proxy.
+///
+/// Whatever the fetcher, [`JwksKeySet`] bounds each fetch by its
+/// [fetch timeout](JwksKeySetBuilder::fetch_timeout) and refuses a body over
+/// [`MAX_JWKS_BYTES`]; a fetcher that can stop reading early (as [`HttpFetcher`] does) should,
+/// so that a huge body is not read whole first. The timeout is a Tokio timer: fetches must run
+/// on a Tokio runtime with time enabled, as the built-in client's do.
 #[async_trait]
 pub trait JwksFetcher: Send + Sync + fmt::Debug + 'static {
     /// The body of a successful (2xx) response for `url`.
@@ -156,6 +167,10 @@ struct StatusError(u16);
 #[error("JWKS fetch timed out after {0:?}")]
 struct TimeoutError(Duration);
 
+#[derive(Debug, thiserror::Error)]
+#[error("JWKS document of {0} bytes is over the limit of {MAX_JWKS_BYTES} bytes")]
+struct TooLargeError(usize);
+
 #[async_trait]
 impl JwksFetcher for HttpFetcher {
     async fn fetch(&self, url: &str) -> Result<Bytes> {
@@ -232,6 +247,8 @@ struct Inner {
     /// `url` as logs and `Debug` show it ([`redact_url`]).
     shown_url: String,
     fetcher: Arc<dyn JwksFetcher>,
+    /// Bound on one fetch, whatever the fetcher.
+    timeout: Duration,
     cfg: Config,
     clock: SharedClock,
     state: RwLock<State>,
@@ -271,14 +288,16 @@ pub struct JwksKeySetBuilder {
 }
 
 impl JwksKeySetBuilder {
-    /// Interval between refreshes (default [`DEFAULT_REFRESH_INTERVAL`]).
+    /// Interval between refreshes (default [`DEFAULT_REFRESH_INTERVAL`]; at least 1 s, or
+    /// [`build`](Self::build) refuses).
     pub fn refresh_interval(mut self, d: Duration) -> Self {
         self.cfg.refresh_interval = d;
         self
     }
 
     /// Least time between two refreshes caused by unknown `kid`s (default
-    /// [`DEFAULT_MIN_REFRESH_INTERVAL`]).
+    /// [`DEFAULT_MIN_REFRESH_INTERVAL`]; at least 1 s, or [`build`](Self::build) refuses:
+    /// shorter, tokens with random `kid`s would make nearly every verification a fetch).
     pub fn min_refresh_interval(mut self, d: Duration) -> Self {
         self.cfg.min_refresh_interval = d;
         self
@@ -296,7 +315,8 @@ impl JwksKeySetBuilder {
         self
     }
 
-    /// Timeout of one fetch with the default client (default [`DEFAULT_FETCH_TIMEOUT`]).
+    /// Timeout of one fetch (default [`DEFAULT_FETCH_TIMEOUT`]), with the default client or
+    /// one given to [`fetcher`](Self::fetcher).
     pub fn fetch_timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
         self
@@ -328,7 +348,11 @@ impl JwksKeySetBuilder {
         self
     }
 
-    /// Checks the URL and builds the source (nothing is fetched yet).
+    /// Checks the configuration and builds the source (nothing is fetched yet).
+    ///
+    /// Errors ([`Error::Config`]): a URL that is not `https://` (or `http://` with
+    /// [`allow_plain_http`](Self::allow_plain_http)); a refresh interval or unknown-`kid`
+    /// refresh interval under 1 s.
     pub fn build(self) -> Result<JwksKeySet> {
         let is_https = self.url.starts_with("https://");
         let is_http = self.url.starts_with("http://");
@@ -336,6 +360,22 @@ impl JwksKeySetBuilder {
             return Err(Error::Config(
                 "the JWKS URL must be https:// (or http:// with allow_plain_http)".into(),
             ));
+        }
+        for (what, d) in [
+            ("refresh_interval", self.cfg.refresh_interval),
+            ("min_refresh_interval", self.cfg.min_refresh_interval),
+        ] {
+            if d < MIN_INTERVAL {
+                return Err(Error::Config(
+                    format!(
+                        "JWKS {what} ({} s) must be at least {} s: shorter, tokens with \
+                         unknown kids would fetch the key set for nearly every token",
+                        d.as_secs_f64(),
+                        MIN_INTERVAL.as_secs(),
+                    )
+                    .into(),
+                ));
+            }
         }
         let fetcher: Arc<dyn JwksFetcher> = match self.fetcher {
             Some(f) => f,
@@ -347,6 +387,7 @@ impl JwksKeySetBuilder {
                 shown_url: redact_url(&self.url),
                 url: self.url,
                 fetcher,
+                timeout: self.timeout,
                 cfg: self.cfg,
                 clock: self.clock,
                 state: RwLock::new(State::default()),
@@ -511,9 +552,7 @@ impl JwksKeySet {
             s.fetches += 1;
         }
         let result = self
-            .inner
-            .fetcher
-            .fetch(&self.inner.url)
+            .bounded_fetch()
             .await
             .and_then(|body| KeySet::parse_jwks(&body))
             .and_then(|parsed| {
@@ -580,6 +619,19 @@ impl JwksKeySet {
                 Err(e)
             }
         }
+    }
+
+    /// The fetcher's answer within the fetch timeout and size limit: a custom fetcher is
+    /// held to them as the built-in one is.
+    async fn bounded_fetch(&self) -> Result<Bytes> {
+        let timeout = self.inner.timeout;
+        let body = tokio::time::timeout(timeout, self.inner.fetcher.fetch(&self.inner.url))
+            .await
+            .map_err(|_| Error::Fetch(Box::new(TimeoutError(timeout))))??;
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(Error::Fetch(Box::new(TooLargeError(body.len()))));
+        }
+        Ok(body)
     }
 
     /// The keys to verify a token with `kid`: fetches on first use, refreshes when stale, and
@@ -807,6 +859,122 @@ mod tests {
         }
     }
 
+    /// Never answers.
+    #[derive(Debug)]
+    struct Hangs;
+
+    #[async_trait]
+    impl JwksFetcher for Hangs {
+        async fn fetch(&self, _url: &str) -> Result<Bytes> {
+            std::future::pending().await
+        }
+    }
+
+    /// Serves a document of its own making.
+    #[derive(Debug)]
+    struct Owned(Bytes);
+
+    #[async_trait]
+    impl JwksFetcher for Owned {
+        async fn fetch(&self, _url: &str) -> Result<Bytes> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn with_fetcher(fetcher: impl JwksFetcher) -> JwksKeySetBuilder {
+        JwksKeySet::builder(URL)
+            .fetcher(Arc::new(fetcher))
+            .background_refresh(false)
+    }
+
+    fn is_fetch_error<E: std::error::Error + 'static>(e: &Error) -> bool {
+        matches!(e, Error::Fetch(inner) if inner.is::<E>())
+    }
+
+    /// A custom fetcher that never answers is cut off at the fetch timeout, as the built-in
+    /// client is, and counts as a failed fetch.
+    #[tokio::test(start_paused = true)]
+    async fn a_custom_fetcher_is_held_to_the_fetch_timeout() {
+        for (configured, limit) in [
+            (None, DEFAULT_FETCH_TIMEOUT),
+            (Some(Duration::from_secs(2)), Duration::from_secs(2)),
+        ] {
+            let mut b = with_fetcher(Hangs);
+            if let Some(d) = configured {
+                b = b.fetch_timeout(d);
+            }
+            let source = b.build().unwrap();
+            let started = tokio::time::Instant::now();
+            // Bounded here too, so that a fetch left unbounded fails the test, not hangs it.
+            let e = tokio::time::timeout(limit * 2, source.refresh())
+                .await
+                .expect("the fetch was not cut off")
+                .unwrap_err();
+            assert!(is_fetch_error::<TimeoutError>(&e), "{e:?}");
+            assert_eq!(started.elapsed(), limit);
+            assert_eq!(source.fetch_counts(), (1, 1));
+        }
+    }
+
+    /// A custom fetcher's body over [`MAX_JWKS_BYTES`] is refused (the last good set stays);
+    /// one of exactly the limit is read.
+    #[tokio::test]
+    async fn a_custom_fetcher_is_held_to_the_size_limit() {
+        const DOC: &str = r#"{"keys":[
+            {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+        ]}"#;
+        let padded = |len: usize| {
+            let mut doc = DOC.as_bytes().to_vec();
+            doc.resize(len, b' ');
+            Bytes::from(doc)
+        };
+        let at_limit = with_fetcher(Owned(padded(MAX_JWKS_BYTES))).build().unwrap();
+        assert_eq!(at_limit.refresh().await.unwrap().len(), 1);
+
+        let over = with_fetcher(Owned(padded(MAX_JWKS_BYTES + 1)))
+            .build()
+            .unwrap();
+        let e = over.refresh().await.unwrap_err();
+        assert!(is_fetch_error::<TooLargeError>(&e), "{e:?}");
+        assert!(over.cached().is_none());
+        assert_eq!(over.fetch_counts(), (1, 1));
+    }
+
+    /// Refresh intervals under a second would let tokens with random `kid`s fetch the set
+    /// for nearly every token: refused at build, with the setting named.
+    #[test]
+    fn refresh_intervals_under_a_second_are_refused() {
+        let zero = Duration::ZERO;
+        let short = Duration::from_millis(999);
+        for (name, b) in [
+            ("refresh_interval", source_builder().refresh_interval(zero)),
+            ("refresh_interval", source_builder().refresh_interval(short)),
+            (
+                "min_refresh_interval",
+                source_builder().min_refresh_interval(zero),
+            ),
+            (
+                "min_refresh_interval",
+                source_builder().min_refresh_interval(short),
+            ),
+        ] {
+            let e = b.build().unwrap_err();
+            assert!(
+                matches!(&e, Error::Config(m) if m.contains(&format!("JWKS {name} (")) && m.contains("at least 1 s")),
+                "{name}: {e:?}"
+            );
+        }
+        source_builder()
+            .refresh_interval(MIN_INTERVAL)
+            .min_refresh_interval(MIN_INTERVAL)
+            .build()
+            .unwrap();
+    }
+
+    fn source_builder() -> JwksKeySetBuilder {
+        with_fetcher(Fixed(None))
+    }
+
     /// Records every event's fields as text.
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<String>>);
@@ -860,6 +1028,7 @@ mod tests {
         ]}"#;
         let capture = Capture::default();
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         let (down, up) = (source(None), source(Some(DOC)));

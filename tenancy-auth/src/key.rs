@@ -718,7 +718,8 @@ impl SigningKey {
         Ok(this)
     }
 
-    fn new(key: EncodingKey, alg: Algorithm) -> Self {
+    /// Unchecked: the key may not suit `alg` (the issuer's tests make one that cannot sign).
+    pub(crate) fn new(key: EncodingKey, alg: Algorithm) -> Self {
         Self {
             kid: None,
             alg,

@@ -87,6 +87,10 @@ pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
 /// server while keeping an expired token's extra life short.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
+/// Largest clock leeway [`JwtVerifierBuilder::build`] accepts: more is no clock drift but an
+/// extension of every token's life (`Duration::MAX` would accept expired tokens forever).
+const MAX_LEEWAY: Duration = Duration::from_secs(5 * 60);
+
 /// Default verification cache capacity (entries).
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
@@ -202,7 +206,8 @@ impl JwtVerifierBuilder {
         self
     }
 
-    /// Clock leeway for `exp`, `nbf` and `iat` (default [`DEFAULT_LEEWAY`]).
+    /// Clock leeway for `exp`, `nbf` and `iat` (default [`DEFAULT_LEEWAY`]; at most 5 minutes,
+    /// or [`build`](Self::build) refuses: a longer one extends every token's life).
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
         self
@@ -262,9 +267,10 @@ impl JwtVerifierBuilder {
 
     /// Checks the configuration and builds the verifier.
     ///
-    /// Errors: no issuer, no audience, no allowed algorithm, the same issuer twice,
-    /// `require_session` without a session store, `denylist_only_without_session` without a
-    /// session store and a denylist, a maximum length under 64 bytes.
+    /// Errors: no issuer, no audience, an empty issuer or audience, no allowed algorithm, the
+    /// same issuer twice, `require_session` without a session store,
+    /// `denylist_only_without_session` without a session store and a denylist, a maximum
+    /// length under 64 bytes, a leeway over 5 minutes.
     #[cfg_attr(not(feature = "jwks"), allow(irrefutable_let_patterns))]
     pub fn build(self) -> crate::Result<JwtVerifier> {
         use crate::Error as E;
@@ -273,6 +279,13 @@ impl JwtVerifierBuilder {
         }
         if self.audiences.is_empty() {
             return Err(E::Config("at least one audience is required".into()));
+        }
+        // An empty name is no name: it would match a token whose `iss` or `aud` is empty.
+        if self.issuers.iter().any(|i| i.iss.is_empty()) {
+            return Err(E::Config("an issuer must not be empty".into()));
+        }
+        if self.audiences.iter().any(String::is_empty) {
+            return Err(E::Config("an audience must not be empty".into()));
         }
         let mut seen = HashSet::new();
         if !self.issuers.iter().all(|i| seen.insert(i.iss.as_str())) {
@@ -290,6 +303,17 @@ impl JwtVerifierBuilder {
         }
         if self.max_len < 64 {
             return Err(E::Config("max_token_len must be at least 64 bytes".into()));
+        }
+        if self.leeway > MAX_LEEWAY {
+            return Err(E::Config(
+                format!(
+                    "leeway ({} s) must be at most {} s: a longer one is no clock drift but an \
+                     extension of every token's life",
+                    self.leeway.as_secs_f64(),
+                    MAX_LEEWAY.as_secs(),
+                )
+                .into(),
+            ));
         }
         let algorithms = match self.algorithms {
             Some(a) => a,

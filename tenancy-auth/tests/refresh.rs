@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
+use tenancy_auth::issuer::SPENT_HISTORY;
 use tenancy_auth::{Algorithm, JwtVerifier, TokenIssuer, TokenPair};
 use tenancy_core::memory::MemorySessionStore;
 use tenancy_core::{
@@ -191,6 +192,35 @@ impl Fixture {
     async fn verify_err(&self, t: &str) -> Option<R> {
         rejected(&self.verifier.verify(t).await.unwrap_err())
     }
+
+    /// `pair`'s refresh token spent for the next pair.
+    async fn rotate(&self, pair: &TokenPair) -> TokenPair {
+        self.issuer
+            .refresh(pair.refresh_token.expose())
+            .await
+            .unwrap()
+    }
+
+    /// Presenting the spent refresh token `spent` ends its session: refused as reuse, the
+    /// session gone, and `current`'s access and refresh tokens refused from then on.
+    async fn assert_reuse_ends_session(&self, spent: &str, current: &TokenPair) {
+        assert_eq!(self.refresh_err(spent).await, Some(R::Revoked));
+        assert!(
+            self.store
+                .load(&self.tenant, &current.session)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            self.verify_err(&current.access_token).await,
+            Some(R::SessionEnded)
+        );
+        assert_eq!(
+            self.refresh_err(current.refresh_token.expose()).await,
+            Some(R::SessionEnded)
+        );
+    }
 }
 
 /// The whole life of a refresh family; runs on any session store.
@@ -205,11 +235,12 @@ pub async fn rotation_and_reuse(store: Arc<dyn SessionStore>, tenant: &str) {
 
     // The store holds only a hash of the refresh secret.
     let stored = f.store.load(&f.tenant, &p1.session).await.unwrap().unwrap();
+    // rt2.<tenant>.<session>.<secret>.<tag>
     let secret = p1
         .refresh_token
         .expose()
-        .rsplit('.')
-        .next()
+        .split('.')
+        .nth(3)
         .unwrap()
         .to_owned();
     let data = serde_json::to_string(&stored.data).unwrap();
@@ -227,9 +258,26 @@ pub async fn rotation_and_reuse(store: Arc<dyn SessionStore>, tenant: &str) {
         "permissions kept"
     );
 
-    // A made-up secret for a real session: refused, but it revokes nothing.
-    let forged = format!("rt1.{}.{}.{}", f.tenant, p3.session, b64(&[0u8; 32]));
-    assert_eq!(f.refresh_err(&forged).await, Some(R::BadSignature));
+    // A made-up secret for a real session, with a made-up tag or none: refused, but it
+    // revokes nothing.
+    for forged in [
+        format!("rt1.{}.{}.{}", f.tenant, p3.session, b64(&[0u8; 32])),
+        format!(
+            "rt2.{}.{}.{}.{}",
+            f.tenant,
+            p3.session,
+            b64(&[0u8; 32]),
+            b64(&[0u8; 16])
+        ),
+    ] {
+        assert_eq!(f.refresh_err(&forged).await, Some(R::BadSignature));
+    }
+    // A spent token's secret with another tag is made up too.
+    let retagged = {
+        let t = p1.refresh_token.expose();
+        format!("{}{}", &t[..t.rfind('.').unwrap() + 1], b64(&[1u8; 16]))
+    };
+    assert_eq!(f.refresh_err(&retagged).await, Some(R::BadSignature));
     f.verifier.verify(&p3.access_token).await.unwrap();
 
     // The same token presented under another tenant finds no session.
@@ -240,22 +288,8 @@ pub async fn rotation_and_reuse(store: Arc<dyn SessionStore>, tenant: &str) {
     assert_eq!(f.refresh_err(&other_tenant).await, Some(R::SessionEnded));
 
     // Reuse of a spent token: the whole session ends.
-    assert_eq!(
-        f.refresh_err(p1.refresh_token.expose()).await,
-        Some(R::Revoked)
-    );
-    assert!(
-        f.store
-            .load(&f.tenant, &p1.session)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(f.verify_err(&p3.access_token).await, Some(R::SessionEnded));
-    assert_eq!(
-        f.refresh_err(p3.refresh_token.expose()).await,
-        Some(R::SessionEnded)
-    );
+    f.assert_reuse_ends_session(p1.refresh_token.expose(), &p3)
+        .await;
     assert_eq!(
         f.refresh_err(p2.refresh_token.expose()).await,
         Some(R::SessionEnded)
@@ -348,6 +382,84 @@ async fn a_token_spent_a_whole_session_ago_is_recognised() {
         f.refresh_err(last.refresh_token.expose()).await,
         Some(R::SessionEnded)
     );
+}
+
+/// A token of `pair`'s session with a secret and a tag it never issued.
+fn forge(pair: &TokenPair) -> String {
+    let t = pair.refresh_token.expose();
+    let parts: Vec<&str> = t.split('.').collect();
+    let mut forged = format!(
+        "{}.{}.{}.{}",
+        parts[0],
+        parts[1],
+        parts[2],
+        b64(&[0xAA; 32])
+    );
+    if parts[0] == "rt2" {
+        forged = format!("{forged}.{}", b64(&[0xAA; 16]));
+    }
+    forged
+}
+
+/// However many times a session is rotated, its spent tokens are recognised (their tag is
+/// the session's): a thief holding the current token cannot rotate the owner's old one into
+/// oblivion. And however many times, a token with a made-up secret ends nothing.
+#[tokio::test]
+async fn a_token_spent_any_number_of_rotations_ago_still_ends_the_session() {
+    let clock = ManualClock::new();
+    let f = fixture(Arc::new(MemorySessionStore::new()), &clock, "acme");
+    let owner = f.login("alice").await;
+    assert!(owner.refresh_token.expose().starts_with("rt2."));
+    let mut current = owner.clone();
+    for _ in 0..SPENT_HISTORY * 3 {
+        current = f.rotate(&current).await;
+        assert_eq!(f.refresh_err(&forge(&current)).await, Some(R::BadSignature));
+    }
+    // The refresh state stays small: no history of spent tokens is kept.
+    let stored = f
+        .store
+        .load(&f.tenant, &current.session)
+        .await
+        .unwrap()
+        .unwrap();
+    let size = serde_json::to_string(&stored.data).unwrap().len();
+    assert!(size < 1024, "{size} bytes of session data");
+    f.verifier.verify(&current.access_token).await.unwrap();
+    f.assert_reuse_ends_session(owner.refresh_token.expose(), &current)
+        .await;
+}
+
+/// A session saved by an earlier version has no tag key: its tokens carry no tag and its
+/// spent ones are told by a history of [`SPENT_HISTORY`]. Once it has forgotten the oldest,
+/// an unknown token may be one of them and ends the session; before, it ends nothing.
+#[tokio::test]
+async fn a_session_of_an_earlier_version_still_detects_reuse_past_its_history() {
+    let clock = ManualClock::new();
+    let f = fixture(Arc::new(MemorySessionStore::new()), &clock, "acme");
+    let login = f.login("alice").await;
+    // What an earlier version stored: the same state without a key.
+    let mut session = f
+        .store
+        .load(&f.tenant, &login.session)
+        .await
+        .unwrap()
+        .unwrap();
+    let state = session.data.get_mut("tenancy_auth").unwrap();
+    assert!(state.as_object_mut().unwrap().remove("key").is_some());
+    f.store.save(&session).await.unwrap();
+
+    let owner = f.rotate(&login).await;
+    assert!(owner.refresh_token.expose().starts_with("rt1."));
+    let mut current = f.rotate(&owner).await;
+    for _ in 2..SPENT_HISTORY {
+        current = f.rotate(&current).await;
+    }
+    assert_eq!(f.refresh_err(&forge(&current)).await, Some(R::BadSignature));
+    f.verifier.verify(&current.access_token).await.unwrap();
+    // One more: the owner's token is forgotten, yet presenting it ends the session.
+    current = f.rotate(&current).await;
+    f.assert_reuse_ends_session(owner.refresh_token.expose(), &current)
+        .await;
 }
 
 #[tokio::test]

@@ -176,6 +176,41 @@ fn configuration_mistakes_are_refused() {
     ));
 }
 
+/// Settings that would silently weaken a check are refused at build, with a message that
+/// names them: a leeway over 5 minutes, an empty issuer or audience.
+#[test]
+fn settings_that_weaken_checks_are_refused() {
+    use std::time::Duration;
+    use tenancy_auth::Error;
+    let k = || signing(Algorithm::HS256).1;
+    let refused = |b: tenancy_auth::JwtVerifierBuilder, what: &str| match b.build() {
+        Err(Error::Config(m)) => assert!(m.contains(what), "{what}: {m}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    let good = || JwtVerifier::builder().issuer(ISS, k()).audience(AUD);
+    for leeway in [
+        Duration::from_secs(301),
+        Duration::from_millis(300_001),
+        Duration::MAX,
+    ] {
+        refused(good().leeway(leeway), "leeway");
+    }
+    good().leeway(Duration::from_secs(300)).build().unwrap();
+    refused(
+        JwtVerifier::builder().issuer("", k()).audience(AUD),
+        "issuer must not be empty",
+    );
+    refused(
+        good().tenant_issuer("", k(), ["acme".parse().unwrap()]),
+        "issuer must not be empty",
+    );
+    refused(
+        JwtVerifier::builder().issuer(ISS, k()).audience(""),
+        "audience must not be empty",
+    );
+    refused(good().audience(""), "audience must not be empty");
+}
+
 #[tokio::test]
 async fn leeway_applies_to_exp_and_nbf() {
     let clock = clock();
