@@ -13,8 +13,9 @@
 //!   retries with exponential back-off. Event ids make replay idempotent: a batch that reached
 //!   the store just before a crash is not stored twice.
 //! - [`AuditSink::record_sync`] and [`AuditSink::flush`] wait until earlier events are in the
-//!   store; when the store stays down longer than the sync timeout they return an error saying
-//!   the events are spooled (they will still be stored).
+//!   store and durable there ([`AuditStore::sync`], whatever the store's own sync schedule);
+//!   when the store stays down longer than the sync timeout they return an error saying the
+//!   events are spooled (they will still be stored).
 //! - [`AuditDispatcher::shutdown`] drains the queue and tries a last replay.
 //!
 //! ```
@@ -138,7 +139,8 @@ impl AuditDispatcherBuilder {
     }
 
     /// The spool file used while the store is down (a `.cursor` and, if ever needed, a
-    /// `.rejected` file are kept beside it).
+    /// `.rejected` file are kept beside it). A running dispatcher holds its spool locked: one
+    /// spool file serves one dispatcher at a time, in this process or any other.
     ///
     /// Without a spool, a failed batch is retried from memory: the writer stops taking new
     /// events until the store is back, the queue fills, and `record` waits. Nothing is lost
@@ -149,27 +151,31 @@ impl AuditDispatcherBuilder {
     }
 
     /// How long `record_sync` and `flush` wait for a spooled event to reach the store before
-    /// answering [`Error::Spooled`] (default 5 s).
+    /// answering [`Error::Spooled`] (default 5 s). A timeout too long to represent as a
+    /// deadline (`Duration::MAX`) waits for about 30 years: in effect, for ever.
     pub fn with_sync_timeout(mut self, timeout: Duration) -> Self {
         self.sync_timeout = timeout;
         self
     }
 
-    /// Retry back-off: first and largest delay (defaults 50 ms and 5 s).
+    /// Retry back-off: first and largest delay (defaults 50 ms and 5 s). The delay doubles
+    /// after each failure, saturating at the largest.
     pub fn with_retry(mut self, min: Duration, max: Duration) -> Self {
         self.retry_min = min;
         self.retry_max = max.max(min);
         self
     }
 
-    /// How long [`AuditDispatcher::shutdown`] keeps replaying the spool (default 10 s).
+    /// How long [`AuditDispatcher::shutdown`] keeps replaying the spool (default 10 s). As
+    /// with the sync timeout, `Duration::MAX` means for ever.
     pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
     }
 
     /// How long one store append may take before it counts as failed and its batch is
-    /// spooled (default [`DEFAULT_APPEND_TIMEOUT`]).
+    /// spooled (default [`DEFAULT_APPEND_TIMEOUT`]). The same bound applies to the store sync
+    /// ([`AuditStore::sync`]) made before a flush is answered.
     ///
     /// Why a bound: a store that never answers (a network black hole, a lock held by a
     /// transaction left open) would otherwise stop the writer, fill the queue and block every
@@ -185,7 +191,8 @@ impl AuditDispatcherBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a zero capacity or batch size; [`Error::Io`] when the
-    /// spool cannot be opened.
+    /// spool cannot be opened; [`Error::Conflict`] when another dispatcher (in this process
+    /// or another) holds the spool.
     pub async fn start(self) -> Result<AuditDispatcher> {
         let (dispatcher, writer) = self.prepare().await?;
         tokio::spawn(writer.run());
@@ -335,14 +342,16 @@ impl AuditDispatcher {
         }
     }
 
-    /// Stores everything queued, tries to replay the spool until the drain timeout, and stops
-    /// the writer. Later calls to `record` fail with [`Error::Closed`].
+    /// Stores everything queued, tries to replay the spool until the drain timeout, syncs the
+    /// store ([`AuditStore::sync`]) and stops the writer. Later calls to `record` fail with
+    /// [`Error::Closed`].
     ///
     /// # Errors
     /// [`Error::Spooled`] when events remain in the spool (they replay at the next start);
     /// [`Error::Lost`] when events that neither the store nor the spool took remain (no
     /// spool, or a failing one: they are gone once the writer stops);
-    /// [`Error::Closed`] when the writer had already stopped.
+    /// [`Error::Closed`] when the writer had already stopped; the store's error when the
+    /// final sync failed.
     pub async fn shutdown(&self) -> Result<()> {
         self.request(Msg::Shutdown).await
     }
@@ -385,7 +394,8 @@ impl AuditSink for AuditDispatcher {
         )
     }
 
-    /// Returns once every event queued before it is in the store. While the store is down,
+    /// Returns once every event queued before it is in the store, synced to disk
+    /// ([`AuditStore::sync`]; a failed sync is an [`Error::Io`]). While the store is down,
     /// events are spooled rather than stored: after the sync timeout (default 5 s) this
     /// returns [`Error::Spooled`] (kind `Unavailable`); the events are safe on disk and are
     /// replayed, in order, when the store is back. `record_sync` is `record` then `flush`.
@@ -470,6 +480,18 @@ struct Writer {
     counters: Arc<Counters>,
 }
 
+/// How far away a deadline that cannot be represented is put (as tokio does for a timeout
+/// it cannot represent): about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The instant `after` from now, or [`FAR_FUTURE`] from now when that sum overflows: every
+/// deadline the writer computes from a configured duration goes through here, so that
+/// `Duration::MAX` (no limit, in effect) cannot panic the writer and lose its events.
+fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after).unwrap_or_else(|| now + FAR_FUTURE)
+}
+
 fn lock(m: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -550,7 +572,7 @@ impl Writer {
                     Msg::Event(e) => events.push(e),
                     Msg::Flush(reply) => {
                         self.write(std::mem::take(&mut events)).await;
-                        self.add_waiter(reply);
+                        self.add_waiter(reply).await;
                         flushed = true;
                     }
                     Msg::Shutdown(reply) => {
@@ -621,17 +643,13 @@ impl Writer {
             events = rest;
         }
         let res = self.drain().await;
-        let ok = res.is_ok();
         let mut replies = replies.into_iter();
-        if let Some(first) = replies.next() {
-            let _ = first.send(res);
-        }
+        let first = replies.next();
         for r in replies {
-            let _ = r.send(if ok {
-                Ok(())
-            } else {
-                Err(self.spooled_error())
-            });
+            let _ = r.send(res.as_ref().map_err(repeat).copied());
+        }
+        if let Some(first) = first {
+            let _ = first.send(res);
         }
     }
 
@@ -655,7 +673,7 @@ impl Writer {
         let mut at = if self.backlog() {
             self.next_retry
         } else {
-            Instant::now() + Duration::from_secs(3600)
+            deadline_after(Duration::from_secs(3600))
         };
         for w in &self.waiters {
             at = at.min(w.deadline);
@@ -667,11 +685,11 @@ impl Writer {
         Error::Spooled(self.last_error.clone())
     }
 
-    fn add_waiter(&mut self, reply: oneshot::Sender<Result<()>>) {
+    async fn add_waiter(&mut self, reply: oneshot::Sender<Result<()>>) {
         // Health reflects the state a waiter is answered in before the answer arrives.
         self.publish();
         if !self.backlog() {
-            let _ = reply.send(Ok(()));
+            self.answer_stored(vec![reply]).await;
             return;
         }
         // Events still held lie beyond the spool's end: until they are spooled, no replay
@@ -684,11 +702,11 @@ impl Writer {
         self.waiters.push(Waiter {
             reply,
             until,
-            deadline: Instant::now() + self.sync_timeout,
+            deadline: deadline_after(self.sync_timeout),
         });
     }
 
-    fn release_waiters(&mut self) {
+    async fn release_waiters(&mut self) {
         self.publish();
         if !self.held.is_empty() {
             return;
@@ -700,8 +718,32 @@ impl Writer {
         let done = cursor.unwrap_or(u64::MAX);
         let (ready, rest): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|w| w.until <= done);
         self.waiters = rest;
-        for w in ready {
-            let _ = w.reply.send(Ok(()));
+        self.answer_stored(ready.into_iter().map(|w| w.reply).collect())
+            .await;
+    }
+
+    /// Answers waiters whose events are all in the store, once the store has made them
+    /// durable ([`AuditStore::sync`]): `flush` and `record_sync` answer for durably stored
+    /// events, whatever the store's own sync schedule. A failed sync is their error.
+    async fn answer_stored(&mut self, replies: Vec<oneshot::Sender<Result<()>>>) {
+        if replies.is_empty() {
+            return;
+        }
+        match self.sync_store().await {
+            Ok(()) => {
+                for r in replies {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "audit store sync failed");
+                let e = Arc::new(e);
+                for r in replies {
+                    let cause = std::io::Error::other(Arc::clone(&e));
+                    let _ = r.send(Err(Error::io("sync audit store", cause)));
+                }
+            }
         }
     }
 
@@ -719,8 +761,14 @@ impl Writer {
         self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %err, "audit store append failed; spooling");
         self.last_error = Some(Arc::new(err));
-        self.next_retry = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(self.retry_max);
+        self.back_off();
+    }
+
+    /// Schedules the next retry after the current back-off, and doubles the back-off (up to
+    /// the largest). Saturating: a huge `retry_max` means a long wait, not a panic.
+    fn back_off(&mut self) {
+        self.next_retry = deadline_after(self.backoff);
+        self.backoff = self.backoff.saturating_mul(2).min(self.retry_max);
     }
 
     fn recovered(&mut self) {
@@ -730,10 +778,26 @@ impl Writer {
 
     /// One store append, within the append timeout.
     async fn append(&self, events: &[EncodedEvent]) -> Result<()> {
-        match tokio::time::timeout(self.append_timeout, self.store.append(events)).await {
-            Ok(result) => result.map(drop),
+        self.bounded("audit store append", self.store.append(events))
+            .await
+            .map(drop)
+    }
+
+    /// [`AuditStore::sync`], within the append timeout.
+    async fn sync_store(&self) -> Result<()> {
+        self.bounded("audit store sync", self.store.sync()).await
+    }
+
+    /// `call` to the store, failed with a time-out after the append timeout.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.append_timeout, call).await {
+            Ok(result) => result,
             Err(_) => Err(Error::io(
-                "audit store append",
+                what,
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no answer within {:?}", self.append_timeout),
@@ -787,8 +851,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "audit spool write failed; holding events in memory");
                 self.last_error = Some(Arc::new(e));
-                self.next_retry = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(self.retry_max);
+                self.back_off();
             }
         }
     }
@@ -853,7 +916,7 @@ impl Writer {
                     break;
                 }
                 self.recovered();
-                self.release_waiters();
+                self.release_waiters().await;
                 self.expire_waiters();
                 if !self.rx.is_empty() {
                     // One batch at a time while messages wait: new events go to the spool
@@ -862,19 +925,29 @@ impl Writer {
                 }
             }
         }
-        self.release_waiters();
+        self.release_waiters().await;
     }
 
     /// Replays until everything is stored or the drain timeout passes.
     async fn drain(&mut self) -> Result<()> {
-        let deadline = Instant::now() + self.drain_timeout;
+        let deadline = deadline_after(self.drain_timeout);
         while self.backlog() && Instant::now() < deadline {
             tokio::time::sleep_until(self.next_retry.min(deadline)).await;
             self.retry().await;
         }
-        self.release_waiters();
+        self.release_waiters().await;
         for w in self.waiters.drain(..) {
             let _ = w.reply.send(Err(Error::Spooled(self.last_error.clone())));
+        }
+        // What reached the store is made durable before the writer stops, as for a flush
+        // (not while the store is down: the sync would only wait out its timeout).
+        let synced = if self.backlog() {
+            Ok(())
+        } else {
+            self.sync_store().await
+        };
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "audit store sync failed at shutdown");
         }
         if !self.held.is_empty() {
             tracing::error!(
@@ -889,7 +962,25 @@ impl Writer {
         if self.backlog() {
             return Err(self.spooled_error());
         }
-        Ok(())
+        synced
+    }
+}
+
+/// The same answer for another caller, as near as an error that cannot be cloned allows:
+/// spooled and lost events as they are, a failed sync as the same I/O failure, anything else
+/// as a stopped writer.
+fn repeat(e: &Error) -> Error {
+    match e {
+        Error::Spooled(last) => Error::Spooled(last.clone()),
+        Error::Lost { events, source } => Error::Lost {
+            events: *events,
+            source: source.clone(),
+        },
+        Error::Io { context, source } => Error::io(
+            context,
+            std::io::Error::new(source.kind(), source.to_string()),
+        ),
+        _ => Error::Closed,
     }
 }
 
@@ -949,6 +1040,9 @@ mod tests {
         async fn tenants(&self) -> Result<Vec<TenantId>> {
             self.inner.tenants().await
         }
+        async fn sync(&self) -> Result<()> {
+            self.inner.sync().await
+        }
     }
 
     fn encoded(tenant: &TenantId, i: usize) -> EncodedEvent {
@@ -986,7 +1080,7 @@ mod tests {
         w.write(vec![encoded(&tenant, 0)]).await;
         assert_eq!(w.held.len(), 1, "neither the store nor the spool took it");
         let (reply, mut answer) = oneshot::channel();
-        w.add_waiter(reply);
+        w.add_waiter(reply).await;
 
         // The disk has room again: the retry spools the event; the store is still down.
         lock(&spool).replace_file(real);
@@ -1007,6 +1101,76 @@ mod tests {
         w.retry().await;
         assert!(matches!(answer.try_recv(), Ok(Ok(()))));
         assert_eq!(store.inner.records(&tenant).len(), 1);
+    }
+
+    /// Timeouts of `Duration::MAX` and a largest back-off of `Duration::MAX` mean "no limit",
+    /// not a deadline that overflows and panics the writer: through a short outage it still
+    /// records, answers a waiting `record_sync` once the replay is done, flushes and shuts
+    /// down, and every event reaches the store.
+    #[tokio::test]
+    async fn unbounded_timeouts_do_not_panic_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Flaky::default());
+        let tenant = TenantId::parse("acme").unwrap();
+        let event =
+            |i: usize| AuditEvent::new(tenant.clone(), "x.y", Outcome::Success).with_detail("n", i);
+        let sink = AuditDispatcher::builder(Arc::clone(&store) as Arc<dyn AuditStore>)
+            .with_spool(dir.path().join("audit.spool"))
+            .with_sync_timeout(Duration::MAX)
+            .with_drain_timeout(Duration::MAX)
+            .with_append_timeout(Duration::MAX)
+            .with_retry(Duration::from_millis(1), Duration::MAX)
+            .start()
+            .await
+            .unwrap();
+        sink.record(event(0)).await.unwrap();
+        sink.record_sync(event(1)).await.unwrap();
+
+        // The store is down for a moment: the event is spooled, its caller waits.
+        store.set_down(true);
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            let e = event(2);
+            async move { sink.record_sync(e).await }
+        });
+        let started = std::time::Instant::now();
+        while sink.stats().spooled == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never spooled");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        store.set_down(false);
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting record_sync was never answered")
+            .unwrap();
+        assert!(answer.is_ok(), "{answer:?}");
+
+        sink.record(event(3)).await.unwrap();
+        sink.flush().await.unwrap();
+        sink.shutdown().await.unwrap();
+        assert_eq!(store.inner.records(&tenant).len(), 4);
+        assert!(sink.stats().store_errors >= 1, "{:?}", sink.stats());
+    }
+
+    /// A back-off of `Duration::MAX` saturates instead of overflowing, and so does the retry
+    /// deadline computed from it.
+    #[tokio::test]
+    async fn a_huge_back_off_saturates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_handle, mut w) = AuditDispatcher::builder(Arc::new(Flaky::default()))
+            .with_spool(dir.path().join("audit.spool"))
+            .with_retry(Duration::MAX / 2 + Duration::from_secs(1), Duration::MAX)
+            .prepare()
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            w.failed(Error::io(
+                "test store",
+                std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "down"),
+            ));
+        }
+        assert_eq!(w.backoff, Duration::MAX);
+        assert!(w.next_retry > Instant::now() + Duration::from_secs(86_400 * 365));
     }
 
     /// A spool whose replay finds no whole line before its end (bytes a failed write left,

@@ -63,7 +63,8 @@ pub enum Error {
     #[error("checkpoint signature rejected: {0}")]
     BadCheckpoint(&'static str),
     /// The store refused an operation because its state changed under it (a JSONL file
-    /// truncated, replaced or written by another process).
+    /// truncated, replaced or written by another process), or a file that takes one writer
+    /// at a time (a JSONL store's file, a dispatcher's spool) is held by another.
     #[error("audit store changed under it: {0}")]
     Conflict(&'static str),
     /// The dispatcher's writer has stopped; nothing more can be accepted.

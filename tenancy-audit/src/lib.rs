@@ -92,6 +92,21 @@ pub(crate) fn open_or_create(
     }
 }
 
+/// Takes an exclusive lock on `file` for as long as it stays open, without waiting: the mark
+/// of a file's one writer (the JSONL store, the spool). A lock held elsewhere, by another
+/// process or another open handle in this one, is refused with [`Error::Conflict`]`(busy)`.
+pub(crate) fn lock_exclusive(
+    file: &std::fs::File,
+    context: &'static str,
+    busy: &'static str,
+) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Conflict(busy)),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(context, e)),
+    }
+}
+
 /// One decoded record, as an API shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEntry {

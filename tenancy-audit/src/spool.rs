@@ -2,7 +2,7 @@
 //! order when it returns.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,8 @@ use crate::{Error, Result};
 
 /// How many bytes one replay read takes at most.
 const READ_CHUNK: u64 = 1 << 20;
+/// How many bytes one step of the backward search for the spool's last newline reads.
+const SCAN_CHUNK: u64 = 64 << 10;
 
 #[derive(Debug)]
 pub(crate) struct Spool {
@@ -35,30 +37,34 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 }
 
 impl Spool {
+    /// Opens (or creates) the spool at `path` and takes it for this process: the spool is
+    /// locked for as long as it is open.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] while another open spool holds the file (another dispatcher's, in
+    /// this process or another); [`Error::Io`] when it cannot be opened or read.
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let mut file = crate::open_or_create(path, OpenOptions::new().read(true).append(true))
+        let file = crate::open_or_create(path, OpenOptions::new().read(true).append(true))
             .map_err(|e| Error::io("open audit spool", e))?;
+        // One owner per spool: two would each track their own end and cursor, and the one
+        // whose replay empties the spool would erase the other's unreplayed events.
+        crate::lock_exclusive(
+            &file,
+            "lock audit spool",
+            "another dispatcher holds the audit spool",
+        )?;
         let mut len = file
             .metadata()
             .map_err(|e| Error::io("stat audit spool", e))?
             .len();
-        if len > 0 {
-            // A line without its newline was being written when the process died: it was
-            // never acknowledged as spooled, and its event is still in no store.
-            let mut last = [0u8; 1];
-            file.seek(SeekFrom::Start(len - 1))
-                .and_then(|_| file.read_exact(&mut last))
-                .map_err(|e| Error::io("read audit spool", e))?;
-            if last[0] != b'\n' {
-                let mut whole = Vec::new();
-                file.seek(SeekFrom::Start(0))
-                    .and_then(|_| file.read_to_end(&mut whole))
-                    .map_err(|e| Error::io("read audit spool", e))?;
-                let keep = whole.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                file.set_len(keep as u64)
-                    .map_err(|e| Error::io("cut incomplete spool line", e))?;
-                len = keep as u64;
-            }
+        // A line without its newline was being written when the process died: it was never
+        // acknowledged as spooled, and its event is still in no store.
+        let whole = end_of_last_line(&file, len, SCAN_CHUNK)
+            .map_err(|e| Error::io("read audit spool", e))?;
+        if whole < len {
+            file.set_len(whole)
+                .map_err(|e| Error::io("cut incomplete spool line", e))?;
+            len = whole;
         }
         let cursor_path = sibling(path, ".cursor");
         let cursor = if len == 0 {
@@ -231,6 +237,25 @@ impl Spool {
     }
 }
 
+/// The offset just past the last newline in the first `len` bytes of `file` (0 when there is
+/// none), searched backwards `chunk` bytes at a time: a torn last line costs reading itself,
+/// not the whole spool (which grows without bound during a long outage).
+fn end_of_last_line(file: &File, len: u64, chunk: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; usize::try_from(len.min(chunk)).unwrap_or(usize::MAX)];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(chunk);
+        // At most `chunk` and at most `len`: within `buf`.
+        let part = &mut buf[..usize::try_from(end - start).unwrap_or(usize::MAX)];
+        file.read_exact_at(part, start)?;
+        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// Removes the cursor file, durably: a removal lost in a power cut would bring the old
 /// cursor back beside events spooled after it, and replay would skip them.
 fn remove_cursor(path: &Path) -> Result<()> {
@@ -340,6 +365,97 @@ mod tests {
         spool.advance(end).unwrap();
         let (read, _, _) = spool.read_chunked(10, chunk).unwrap();
         assert_eq!(read.first().map(|e| e.event_id), Some(rest[0].event_id));
+    }
+
+    /// A spool is taken by one opener at a time: a second open of the same path (another
+    /// dispatcher, here or in another process) is refused while the first is open, and
+    /// allowed once it is dropped.
+    #[test]
+    fn a_spool_is_held_by_one_opener_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.spool");
+        let mut first = Spool::open(&path).unwrap();
+        first.append(&events(2)).unwrap();
+        let second = Spool::open(&path);
+        assert!(
+            matches!(second, Err(Error::Conflict(_))),
+            "a second opener got {second:?}"
+        );
+        // The refused opener changed nothing: the first still has its events.
+        let (read, _) = first.read(10).unwrap();
+        assert_eq!(read.len(), 2);
+        drop(first);
+        let mut again = Spool::open(&path).unwrap();
+        assert!(again.pending());
+        assert_eq!(again.read(10).unwrap().0.len(), 2);
+    }
+
+    /// At open, a torn last line (longer than one backward-search chunk) is cut off and the
+    /// whole lines before it are kept; a spool without any newline is emptied.
+    #[test]
+    fn a_torn_last_line_is_cut_at_open_and_the_lines_before_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.spool");
+        let mut spool = Spool::open(&path).unwrap();
+        let sent = events(3);
+        spool.append(&sent).unwrap();
+        let whole = spool.end();
+        drop(spool);
+        let torn = vec![b'z'; usize::try_from(3 * SCAN_CHUNK + 7).unwrap()];
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&torn))
+            .unwrap();
+
+        let mut spool = Spool::open(&path).unwrap();
+        assert_eq!(spool.end(), whole);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        let (read, end) = spool.read(10).unwrap();
+        let ids: Vec<_> = read.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, sent.iter().map(|e| e.event_id).collect::<Vec<_>>());
+        assert_eq!(end, whole);
+        drop(spool);
+
+        // Nothing but a torn line, longer than a chunk: nothing survives, and the spool works.
+        std::fs::write(&path, &torn).unwrap();
+        let mut spool = Spool::open(&path).unwrap();
+        assert!(!spool.pending());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let later = events(1);
+        spool.append(&later).unwrap();
+        assert_eq!(spool.read(10).unwrap().0[0].event_id, later[0].event_id);
+    }
+
+    /// The backward search finds the last newline wherever it falls relative to the chunks
+    /// (at a chunk's first or last byte, several chunks back, nowhere), reading `len` bytes at
+    /// most.
+    #[test]
+    fn the_last_newline_is_found_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bytes");
+        let cases: [&[u8]; 6] = [
+            b"",
+            b"no newline at all",
+            b"\n",
+            b"ab\ncd\nefghijklmnop",
+            b"ab\ncd\n",
+            b"\nabcdefghijklmnopqrstuvwxyz",
+        ];
+        for bytes in cases {
+            std::fs::write(&path, bytes).unwrap();
+            let file = File::open(&path).unwrap();
+            let want = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) as u64;
+            for chunk in 1..=bytes.len() as u64 + 2 {
+                let got = end_of_last_line(&file, bytes.len() as u64, chunk).unwrap();
+                assert_eq!(
+                    got,
+                    want,
+                    "{:?} in chunks of {chunk}",
+                    String::from_utf8_lossy(bytes)
+                );
+            }
+        }
     }
 
     /// After a write that failed and could not be cut off (the disk refused both), the

@@ -674,6 +674,9 @@ impl AuditStore for Spy {
     async fn tenants(&self) -> tenancy_audit::Result<Vec<TenantId>> {
         self.inner.tenants().await
     }
+    async fn sync(&self) -> tenancy_audit::Result<()> {
+        self.inner.sync().await
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -682,6 +685,26 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Starts a dispatcher on `spool` once the "killed process" before it has let go of the spool.
+/// A process's death releases its spool lock at once; a runtime shut down in the background
+/// drops its tasks, and the spool they hold, on its own threads a moment later. Until then
+/// the spool is refused as held by another dispatcher.
+async fn start_after_death(store: Arc<dyn AuditStore>, spool: &std::path::Path) -> AuditDispatcher {
+    let started = std::time::Instant::now();
+    loop {
+        match AuditDispatcher::builder(Arc::clone(&store))
+            .with_spool(spool)
+            .start()
+            .await
+        {
+            Err(Error::Conflict(_)) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            result => return result.unwrap(),
+        }
+    }
 }
 
 #[test]
@@ -728,11 +751,7 @@ fn killed_writer_between_spool_and_replay_loses_and_duplicates_nothing() {
     let rt = runtime();
     let stalled: Arc<dyn AuditStore> = Arc::new(Spy::new(Arc::clone(&store), true));
     rt.block_on(async {
-        let _sink = AuditDispatcher::builder(stalled)
-            .with_spool(&spool)
-            .start()
-            .await
-            .unwrap();
+        let _sink = start_after_death(stalled, &spool).await;
         for _ in 0..200 {
             if all(store.as_ref(), &tenant).await.len() == 60 {
                 return;
@@ -745,11 +764,7 @@ fn killed_writer_between_spool_and_replay_loses_and_duplicates_nothing() {
 
     // 3. A third start replays the same spool again: the store keeps each event once.
     main.block_on(async {
-        let sink = AuditDispatcher::builder(Arc::clone(&store))
-            .with_spool(&spool)
-            .start()
-            .await
-            .unwrap();
+        let sink = start_after_death(Arc::clone(&store), &spool).await;
         sink.flush().await.unwrap();
         assert_eq!(sink.stats().replayed, 60, "the spool was replayed again");
         sink.shutdown().await.unwrap();

@@ -16,19 +16,34 @@ use crate::chain::{Anchor, ChainHead, Digest, StoredRecord};
 use crate::codec::EncodedEvent;
 use crate::{Error, Result};
 
-/// When the JSONL store forces its writes to disk.
+/// When the JSONL store forces its appends to disk (`fdatasync`).
+///
+/// The policy governs ordinary appends only. [`AuditStore::sync`] syncs whatever earlier
+/// appends left unsynced under every policy, and the
+/// [`AuditDispatcher`](crate::AuditDispatcher) calls it before it answers a `flush`, a
+/// `record_sync` or a shutdown: what those acknowledge is on disk whatever the policy. The
+/// policy decides what a crash of the machine (a power cut, a kernel panic) may take of the
+/// events that were only `record`ed; a crash of the process alone loses nothing that was
+/// appended, since the operating system holds the written bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FsyncPolicy {
-    /// `fdatasync` after every appended batch, before the append returns.
+    /// `fdatasync` after every appended batch, before the append returns: nothing appended
+    /// is lost to a crash of the machine.
     ///
     /// Why this default: an acknowledged audit event must survive a power cut; the dispatcher
     /// batches, so the cost is one sync per batch, not per event.
     #[default]
     Always,
-    /// At most one `fdatasync` per interval; a crash of the machine may lose the last interval.
+    /// `fdatasync` after an appended batch only when the last sync is at least this long
+    /// ago. There is no timer: batches appended after the last sync stay unsynced until an
+    /// append finds the interval passed, or until [`AuditStore::sync`] (a flush). A crash of
+    /// the machine may lose every batch appended since the last sync, however long ago it
+    /// was.
     Interval(Duration),
-    /// Leave it to the operating system.
+    /// No `fdatasync` after appends: the operating system writes them back when it chooses,
+    /// and only [`AuditStore::sync`] (a flush) forces them to disk. A crash of the machine
+    /// may lose everything appended since the last flush.
     Never,
 }
 
@@ -82,9 +97,12 @@ struct State {
     ino: u64,
     unreadable: Vec<u64>,
     last_sync: Instant,
+    /// Whether appends left bytes that are not synced yet (the fsync policy skipped them).
+    unsynced: bool,
     dirty_tail: bool,
-    /// The open file whose exclusive lock marks this store as the file's one writer.
-    _writer_lock: Option<File>,
+    /// The open file whose exclusive lock marks this store as the file's one writer; what
+    /// [`State::sync_appended`] syncs.
+    writer: Option<File>,
 }
 
 /// Stores every tenant's chain as JSON lines in one file: one record per line, appended.
@@ -152,17 +170,12 @@ impl FileAuditStoreBuilder {
             } else {
                 let file = crate::open_or_create(&self.path, OpenOptions::new().append(true))
                     .map_err(|e| Error::io("create audit file", e))?;
-                match file.try_lock() {
-                    Ok(()) => Some(file),
-                    Err(std::fs::TryLockError::WouldBlock) => {
-                        return Err(Error::Conflict(
-                            "another writer holds the audit file (open it read-only to verify)",
-                        ));
-                    }
-                    Err(std::fs::TryLockError::Error(e)) => {
-                        return Err(Error::io("lock audit file", e));
-                    }
-                }
+                crate::lock_exclusive(
+                    &file,
+                    "lock audit file",
+                    "another writer holds the audit file (open it read-only to verify)",
+                )?;
+                Some(file)
             };
             let mut st = State {
                 path: self.path,
@@ -174,8 +187,9 @@ impl FileAuditStoreBuilder {
                 ino: 0,
                 unreadable: Vec::new(),
                 last_sync: Instant::now(),
+                unsynced: false,
                 dirty_tail: false,
-                _writer_lock: writer_lock,
+                writer: writer_lock,
             };
             st.load()?;
             Ok(st)
@@ -381,7 +395,7 @@ impl State {
             });
             buf.extend_from_slice(&line);
         }
-        let written = file.write_all(&buf).and_then(|()| self.sync(&file));
+        let written = file.write_all(&buf).and_then(|()| self.sync_batch(&file));
         if let Err(e) = written {
             if file.set_len(self.len).is_err() {
                 self.dirty_tail = true;
@@ -396,7 +410,8 @@ impl State {
         Ok(out)
     }
 
-    fn sync(&mut self, file: &File) -> std::io::Result<()> {
+    /// Syncs a batch just written to `file` when the fsync policy says so.
+    fn sync_batch(&mut self, file: &File) -> std::io::Result<()> {
         let due = match self.fsync {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(every) => self.last_sync.elapsed() >= every,
@@ -405,7 +420,25 @@ impl State {
         if due {
             file.sync_data()?;
             self.last_sync = Instant::now();
+            self.unsynced = false;
+        } else {
+            self.unsynced = true;
         }
+        Ok(())
+    }
+
+    /// Syncs whatever appends left unsynced, whatever the fsync policy ([`AuditStore::sync`]).
+    fn sync_appended(&mut self) -> Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        // Only a writer appends, and a writer holds its file open.
+        if let Some(file) = &self.writer {
+            file.sync_data()
+                .map_err(|e| Error::io("sync audit file", e))?;
+        }
+        self.last_sync = Instant::now();
+        self.unsynced = false;
         Ok(())
     }
 
@@ -481,7 +514,7 @@ impl State {
         out.sync_all()
             .map_err(|e| Error::io("sync purge file", e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io("replace audit file", e))?;
-        self._writer_lock = Some(out);
+        self.writer = Some(out);
         crate::sync_dir_of(&self.path).map_err(|e| Error::io("sync audit directory", e))?;
         self.load()?;
         Ok(removed)
@@ -564,9 +597,81 @@ impl AuditStore for FileAuditStore {
         self.with_state(move |st| st.purge(&tenant, anchor)).await
     }
 
+    /// Syncs what the [`FsyncPolicy`] left unsynced (nothing to do under `Always`).
+    async fn sync(&self) -> Result<()> {
+        self.with_state(State::sync_appended).await
+    }
+
     async fn tenants(&self) -> Result<Vec<TenantId>> {
         let mut t: Vec<TenantId> = lock(&self.state).index.keys().cloned().collect();
         t.sort();
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AuditDispatcher;
+    use crate::codec::Codec;
+    use tenancy_core::{AuditEvent, AuditSink, Outcome};
+
+    /// Whether appends left bytes unsynced, and when the file was last synced.
+    fn sync_state(store: &FileAuditStore) -> (bool, Instant) {
+        let st = lock(&store.state);
+        (st.unsynced, st.last_sync)
+    }
+
+    /// Under a policy that skips syncs (`Interval`, `Never`), an ordinary append is left
+    /// unsynced; a flush, a `record_sync` and a shutdown each sync it before they answer.
+    /// Under `Always`, every append is synced before it returns.
+    #[tokio::test]
+    async fn a_flush_syncs_what_the_fsync_policy_left_unsynced() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let event = || AuditEvent::new(tenant.clone(), "x.y", Outcome::Success);
+        let encoded = || Codec::default().encode_owned(event()).unwrap();
+        for policy in [
+            FsyncPolicy::Interval(Duration::from_secs(3600)),
+            FsyncPolicy::Never,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = FileAuditStore::builder(dir.path().join("audit.jsonl"))
+                .with_fsync(policy)
+                .open()
+                .await
+                .unwrap();
+            let (_, opened) = sync_state(&store);
+            store.append(&[encoded()]).await.unwrap();
+            assert_eq!(sync_state(&store), (true, opened), "{policy:?}: not synced");
+
+            let sink = AuditDispatcher::builder(Arc::new(store.clone()))
+                .start()
+                .await
+                .unwrap();
+            sink.record(event()).await.unwrap();
+            sink.flush().await.unwrap();
+            let (unsynced, flushed) = sync_state(&store);
+            assert!(!unsynced && flushed > opened, "{policy:?}: a flush syncs");
+
+            store.append(&[encoded()]).await.unwrap();
+            assert!(sync_state(&store).0);
+            sink.record_sync(event()).await.unwrap();
+            assert!(!sync_state(&store).0, "{policy:?}: a record_sync syncs");
+
+            store.append(&[encoded()]).await.unwrap();
+            assert!(sync_state(&store).0);
+            sink.shutdown().await.unwrap();
+            assert!(!sync_state(&store).0, "{policy:?}: a shutdown syncs");
+            assert_eq!(store.head(&tenant).await.unwrap().map(|h| h.seq), Some(5));
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileAuditStore::open(dir.path().join("audit.jsonl"))
+            .await
+            .unwrap();
+        let (_, opened) = sync_state(&store);
+        store.append(&[encoded()]).await.unwrap();
+        let (unsynced, synced) = sync_state(&store);
+        assert!(!unsynced && synced > opened, "Always syncs every append");
     }
 }

@@ -137,6 +137,19 @@ pub trait AuditStore: Send + Sync + fmt::Debug + 'static {
 
     /// Every tenant with a chain.
     async fn tenants(&self) -> Result<Vec<TenantId>>;
+
+    /// Makes every append that has returned durable: on stable storage, so that it survives
+    /// a crash of the machine. The [`AuditDispatcher`](crate::AuditDispatcher) calls it
+    /// before it answers a `flush`, a `record_sync` or a shutdown, so that those answer for
+    /// durably stored events whatever a store's own sync schedule (the JSONL store's
+    /// [`FsyncPolicy`]). A store wrapping another must pass this on.
+    ///
+    /// The default does nothing: for stores whose appends are durable once they return (a
+    /// PostgreSQL commit, under the server's default `synchronous_commit = on`) and for the
+    /// memory store, which has no storage to sync.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The hasher of event-id maps: seeded per process, and far cheaper than the default SipHash
