@@ -4,7 +4,7 @@
 //! |---|---|
 //! | [`SetRequestId`] | request id, route rules, client address, span, head bound, metrics |
 //! | [`Authenticate`] | bearer token → verified claims, or 401 |
-//! | [`ResolveTenant`] | claims → tenant context; 403 on tenant header mismatch, unknown or suspended tenant |
+//! | [`ResolveTenant`] | claims → tenant context; 403 on tenant header mismatch, unknown or suspended tenant (a mismatch and a suspended tenant count against the user's limits: 429 once exhausted) |
 //! | [`RateLimit`] | per-tenant and per-user quotas; rate-limit headers; 429 / 503 |
 //! | [`Audit`] | audit events for audited routes and denials |
 //! | [`TenancyMiddleware`] | all of the above, in that order, in one service |

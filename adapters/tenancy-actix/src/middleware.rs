@@ -130,7 +130,8 @@ transform!(
 );
 transform!(
     /// Verified claims → tenant context; 403 on a tenant header that disagrees, an unknown or
-    /// a suspended tenant.
+    /// a suspended tenant (the first and the last count against the user's limits, and
+    /// become a 429 once a limit is exhausted).
     ResolveTenant,
     Stages { resolve: true, ..NONE }
 );

@@ -687,7 +687,11 @@ fn cases(w: &World) -> Vec<Case> {
                     .bearer(&w.token("initech", "peter", "user", &["records:read"]))
                     .header("x-request-id", "c-24"),
             ],
-            |s| assert_problem(&s[0], 403, "tenant-suspended"),
+            |s| {
+                assert_problem(&s[0], 403, "tenant-suspended");
+                // Refused, but a request of peter's all the same: limited and counted.
+                assert_limited(&s[0]);
+            },
         ),
         case(
             "unknown tenant",

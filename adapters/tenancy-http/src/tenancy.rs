@@ -63,9 +63,9 @@ use std::time::Instant;
 use ::metrics::SharedString;
 use tenancy_core::{
     Actor, AuditEvent, AuditSink, Claims, DecisionSource, Denial, EventId, FailurePolicy, Limit,
-    Origin, Outcome, Quota, RateLimitDecision, RateLimitHeaders, RateLimitRequest, RateLimiter,
-    RequestId, SharedClock, TenantContext, TenantDirectory, TenantId, TenantSettings, TierCatalog,
-    TokenRejection, TokenVerifier, TryRecord, UserId,
+    LimitScope, Origin, Outcome, Quota, RateLimitDecision, RateLimitHeaders, RateLimitRequest,
+    RateLimiter, RequestId, SharedClock, TenantContext, TenantDirectory, TenantId, TenantSettings,
+    TierCatalog, TokenRejection, TokenVerifier, TryRecord, UserId,
 };
 use tracing::Span;
 
@@ -704,7 +704,10 @@ impl Tenancy {
     /// ([`RequestMeta::resolved`], [`RequestMeta::context`]). 403 when the tenant header names
     /// another tenant, the token grants `super_admin` in a tenant other than the platform
     /// tenant ([`TenancyBuilder::with_anonymous_tenant`]), the tenant is unknown to the
-    /// directory, or suspended; 503 when the directory cannot answer.
+    /// directory, or suspended (a header naming another tenant counts against the user's
+    /// and the tenant's limits, a suspended tenant against the user's alone; both carry the
+    /// limits' headers, and become a 429 once a limit is exhausted); 503 when the directory
+    /// cannot answer.
     pub async fn resolve_tenant<'m>(
         &self,
         meta: &'m RequestMeta,
@@ -720,16 +723,8 @@ impl Tenancy {
             Header::Many => false,
         };
         if !agrees {
-            // Refused, but still a request of the token's user: it counts against their
-            // limits and carries their headers, so a header mismatch cannot be repeated
-            // without limit (each one is audited).
-            let mut r = Rejection::tenant_mismatch(&self.inner.tenant_header);
-            match self.charge_refused(meta, &context).await {
-                Ok(Some(decision)) => r = r.with_headers(decision.headers()),
-                Ok(None) => {}
-                Err(limited) => return Err(limited),
-            }
-            return Err(self.deny(meta, &context, r).await);
+            let r = Rejection::tenant_mismatch(&self.inner.tenant_header);
+            return Err(self.deny_charged(meta, &context, r, None, true).await);
         }
         // `super_admin` is platform-wide: held in any other tenant it would open every
         // tenant's admin routes and skip the limits. Refused here, once, for every handler
@@ -756,7 +751,11 @@ impl Tenancy {
         };
         if settings.is_suspended() {
             let r = Rejection::denied(Denial::TenantSuspended);
-            return Err(self.deny(meta, &context, r).await);
+            // Only the user's limit: the tenant's clients retrying while it is suspended must
+            // not leave it an empty tenant-wide bucket when it is resumed.
+            return Err(self
+                .deny_charged(meta, &context, r, Some(settings), false)
+                .await);
         }
         context.tier = Some(settings.tier.clone());
         Ok(meta
@@ -893,45 +892,70 @@ impl Tenancy {
         Ok(decision)
     }
 
-    /// A request refused for its tenant header still counts against its user's limits:
-    /// `Ok(Some(decision))` for its headers, `Err` the (audited) 429 when a limit is
-    /// exhausted, `Ok(None)` when nothing limits it here (a super admin, an exempt route, a
-    /// tenant the directory does not know, has suspended or cannot answer for, a limiter
-    /// that cannot decide: the 403 stands alone). Boxed: the rare path, kept out of every
+    /// Denies (audited) a request that is refused but still one of the token's user: a
+    /// tenant header naming another tenant, a suspended tenant. It counts against the user's
+    /// limits and carries their headers, so the refusal cannot be repeated without limit (each
+    /// one is audited): the 429 (audited) when a limit is exhausted. The 403 stands alone when
+    /// nothing limits the request here (a super admin, an exempt route, a tenant the
+    /// directory does not know or cannot answer for, a limiter that cannot decide).
+    /// `settings`: the tenant's, when already read; `with_tenant`: whether the tenant-wide
+    /// limit is charged too, or only the user's. Boxed: the rare path, kept out of every
     /// request's future.
-    fn charge_refused<'a>(
+    fn deny_charged<'a>(
         &'a self,
         meta: &'a RequestMeta,
         ctx: &'a TenantContext,
-    ) -> Pin<
-        Box<
-            dyn Future<Output = std::result::Result<Option<RateLimitDecision>, Rejection>>
-                + Send
-                + 'a,
-        >,
-    > {
+        r: Rejection,
+        settings: Option<TenantSettings>,
+        with_tenant: bool,
+    ) -> Pin<Box<dyn Future<Output = Rejection> + Send + 'a>> {
         Box::pin(async move {
-            if ctx.is_super_admin() || meta.route().is_some_and(|m| m.rule().is_exempt()) {
-                return Ok(None);
-            }
-            let directory = &self.inner.directory;
-            let found = match directory.try_get(&ctx.tenant) {
-                Some(found) => found,
-                None => directory.get(&ctx.tenant).await,
+            let r = match self.charge_refused(meta, ctx, settings, with_tenant).await {
+                Ok(Some(decision)) => r.with_headers(decision.headers()),
+                Ok(None) => r,
+                Err(limited) => return limited,
             };
-            let settings = match found {
-                Ok(Some(s)) if !s.is_suspended() => s,
-                _ => return Ok(None),
-            };
-            let Ok((request, bypass)) = self.tenant_limits(meta, ctx, &settings) else {
-                return Ok(None);
-            };
-            match self.limit(meta, request, bypass, Some(ctx)).await {
-                Ok(decision) => Ok(Some(decision)),
-                Err(r) if matches!(r.kind(), RejectionKind::RateLimited) => Err(r),
-                Err(_) => Ok(None),
-            }
+            self.deny(meta, ctx, r).await
         })
+    }
+
+    /// [`Tenancy::deny_charged`]'s charge: `Ok(Some(decision))` for its headers, `Err` the
+    /// 429, `Ok(None)` when nothing limits the request here.
+    async fn charge_refused(
+        &self,
+        meta: &RequestMeta,
+        ctx: &TenantContext,
+        settings: Option<TenantSettings>,
+        with_tenant: bool,
+    ) -> std::result::Result<Option<RateLimitDecision>, Rejection> {
+        if ctx.is_super_admin() || meta.route().is_some_and(|m| m.rule().is_exempt()) {
+            return Ok(None);
+        }
+        let settings = match settings {
+            Some(s) => s,
+            None => {
+                let directory = &self.inner.directory;
+                let found = match directory.try_get(&ctx.tenant) {
+                    Some(found) => found,
+                    None => directory.get(&ctx.tenant).await,
+                };
+                match found {
+                    Ok(Some(s)) => s,
+                    _ => return Ok(None),
+                }
+            }
+        };
+        let Ok((mut request, bypass)) = self.tenant_limits(meta, ctx, &settings) else {
+            return Ok(None);
+        };
+        if !with_tenant {
+            request.limits.retain(|l| l.scope != LimitScope::Tenant);
+        }
+        match self.limit(meta, request, bypass, Some(ctx)).await {
+            Ok(decision) => Ok(Some(decision)),
+            Err(r) if matches!(r.kind(), RejectionKind::RateLimited) => Err(r),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Step 5, after the handler: audits the response when its route is audited, and any
@@ -1252,36 +1276,38 @@ mod tests {
         rejection_when_verifier_fails(error).await.status()
     }
 
+    /// A verifier failing with its error.
+    #[derive(Debug)]
+    struct Failing(fn() -> tenancy_core::Error);
+    #[async_trait::async_trait]
+    impl TokenVerifier for Failing {
+        async fn verify(&self, _: &str) -> tenancy_core::Result<Claims> {
+            Err((self.0)())
+        }
+    }
+    struct Head;
+    impl RequestHead for Head {
+        fn method(&self) -> &str {
+            "GET"
+        }
+        fn path(&self) -> &str {
+            "/v1/me"
+        }
+        fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+            (name == "authorization")
+                .then_some(&b"Bearer abc"[..])
+                .into_iter()
+        }
+        fn header_bytes(&self) -> usize {
+            30
+        }
+        fn peer_addr(&self) -> Option<IpAddr> {
+            None
+        }
+    }
+
     /// A verifier failing with `kind`: what `authenticate` answers.
     async fn rejection_when_verifier_fails(error: fn() -> tenancy_core::Error) -> Rejection {
-        #[derive(Debug)]
-        struct Failing(fn() -> tenancy_core::Error);
-        #[async_trait::async_trait]
-        impl TokenVerifier for Failing {
-            async fn verify(&self, _: &str) -> tenancy_core::Result<Claims> {
-                Err((self.0)())
-            }
-        }
-        struct Head;
-        impl RequestHead for Head {
-            fn method(&self) -> &str {
-                "GET"
-            }
-            fn path(&self) -> &str {
-                "/v1/me"
-            }
-            fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
-                (name == "authorization")
-                    .then_some(&b"Bearer abc"[..])
-                    .into_iter()
-            }
-            fn header_bytes(&self) -> usize {
-                30
-            }
-            fn peer_addr(&self) -> Option<IpAddr> {
-                None
-            }
-        }
         let tenancy = Tenancy::builder(
             Arc::new(Failing(error)),
             Arc::new(tenancy_core::memory::MemoryTenantDirectory::new()),
@@ -1359,5 +1385,93 @@ mod tests {
         assert_eq!(outcome_for(404), Outcome::Failure);
         assert_eq!(outcome_for(429), Outcome::Denied);
         assert_eq!(outcome_for(503), Outcome::Error);
+    }
+
+    /// A suspended tenant's refusal counts against the user's limit alone (its clients'
+    /// retries must not leave it an empty tenant-wide bucket when it is resumed); a tenant
+    /// header naming another tenant counts against both.
+    #[tokio::test]
+    async fn refusals_count_against_the_limits_they_should() {
+        use tenancy_core::memory::{MemoryRateLimiter, MemoryTenantDirectory};
+        use tenancy_core::{ManualClock, TenantStatus, TierName};
+        let clock = ManualClock::new();
+        let limiter = Arc::new(MemoryRateLimiter::with_clock(Arc::new(clock.clone())));
+        let directory = Arc::new(MemoryTenantDirectory::new());
+        let standard = TierName::parse("standard").unwrap();
+        let mut suspended = TenantSettings::new(standard.clone());
+        suspended.status = TenantStatus::Suspended;
+        for (t, s) in [
+            ("acme", suspended),
+            ("globex", TenantSettings::new(standard.clone())),
+            ("fresh", TenantSettings::new(standard)),
+        ] {
+            directory
+                .put(&TenantId::parse(t).unwrap(), s)
+                .await
+                .unwrap();
+        }
+        let tenancy = Tenancy::builder(
+            Arc::new(Failing(|| tenancy_core::Error::Timeout)),
+            directory,
+            limiter.clone(),
+            Arc::new(tenancy_core::memory::MemoryAuditSink::new()),
+        )
+        .build()
+        .unwrap();
+        let claims = |tenant: &str| {
+            Claims::from_json(
+                serde_json::json!({
+                    "iss": "i", "aud": "a", "sub": "u", "exp": 4_000_000_000_u64,
+                    "tenant_id": tenant, "user_id": "u", "user_role": "user",
+                    "permissions": [],
+                })
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let refuse = |tenant: &'static str, header: Header<'static>| {
+            let tenancy = tenancy.clone();
+            async move {
+                let meta = tenancy.begin(&Head);
+                let r = tenancy
+                    .resolve_tenant(&meta, &claims(tenant), header)
+                    .await
+                    .unwrap_err();
+                assert_eq!(r.status(), 403, "{tenant}");
+                assert!(
+                    r.headers().iter().any(|(k, _)| *k == "x-ratelimit-limit"),
+                    "{tenant}: {:?}",
+                    r.headers()
+                );
+            }
+        };
+        refuse("acme", Header::Absent).await;
+        refuse("globex", Header::One(b"acme")).await;
+
+        // How long each tenant's tenant-wide bucket takes to refill, after one more request.
+        let refill = |tenant: &str| {
+            let quota = TierCatalog::default()
+                .get(&TierName::parse("standard").unwrap())
+                .unwrap()
+                .tenant;
+            let request = RateLimitRequest::new(
+                TenantId::parse(tenant).unwrap(),
+                None,
+                vec![Limit::tenant(quota)],
+            );
+            let limiter = limiter.clone();
+            async move { limiter.check(&request).await.unwrap().states[0].reset_after_nanos }
+        };
+        let untouched = refill("fresh").await;
+        assert_eq!(
+            refill("acme").await,
+            untouched,
+            "the suspended refusal charged the tenant"
+        );
+        assert!(
+            refill("globex").await > untouched,
+            "the mismatch did not charge the tenant"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! The tenant comes from the verified `tenant_id` claim only. A tenant header
 //! (`X-Tenant-Id`) that names another tenant answers 403, as do a tenant the directory does
-//! not know and a suspended tenant. The context (with its tier and request id) and the
+//! not know and a suspended tenant; the first and the last count against the user's limits
+//! and carry their headers, and become a 429 once a limit is exhausted. The context (with its tier and request id) and the
 //! tenant's settings are kept in the request's [`RequestMeta`](tenancy_http::RequestMeta)
 //! for the rate limit and the extractors.
 //!
