@@ -74,6 +74,19 @@ async fn main() -> ExitCode {
     println!("stopping: finishing in-flight requests and flushing the audit queue");
     match server.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
+        // The events the store could not take are safe in the spool and stored at the next
+        // start: nothing is lost, so the stop is a clean one (exit 0), with a warning.
+        Err(e @ tenancy_actix_server::Error::App(tenancy_server::Error::Unavailable(_))) => {
+            let _ = fail(&e);
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "tenancy-actix-server: the remaining audit events are kept in the spool \
+                     and stored at the next start"
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(&e),
     }
 }

@@ -780,10 +780,12 @@ impl App {
                 ("platform", "premium"),
             ] {
                 let t = TenantId::parse(tenant).map_err(tenancy_core::Error::from)?;
-                if directory.get(&t).await?.is_none() {
-                    let tier = TierName::parse(tier).map_err(tenancy_core::Error::from)?;
-                    directory.put(&t, TenantSettings::new(tier)).await?;
-                }
+                let tier = TierName::parse(tier).map_err(tenancy_core::Error::from)?;
+                // Created only where absent: a tenant another instance created or changed
+                // meanwhile is left as it is.
+                directory
+                    .put_if(&t, None, TenantSettings::new(tier))
+                    .await?;
             }
         }
 
@@ -850,7 +852,9 @@ impl App {
     /// the rest in the spool for the next start), and closes the pools.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when events had to stay in the spool.
+    /// [`Error::Unavailable`] when events had to stay in the spool (safe on disk, stored at
+    /// the next start); [`Error::Internal`] when events were lost or could not be made
+    /// durable.
     pub async fn shutdown(&self) -> Result<()> {
         if let Some(t) = self
             .0
@@ -871,7 +875,10 @@ impl App {
         }
         match drained {
             Ok(()) | Err(tenancy_audit::Error::Closed) => Ok(()),
-            Err(e) => Err(Error::Unavailable(Box::new(e))),
+            // Safe on disk, stored at the next start.
+            Err(e @ tenancy_audit::Error::Spooled(_)) => Err(Error::Unavailable(Box::new(e))),
+            // Lost, or not made durable: not a clean stop.
+            Err(e) => Err(Error::Internal(Box::new(e))),
         }
     }
 

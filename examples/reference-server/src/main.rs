@@ -111,11 +111,22 @@ async fn serve() -> Result<ExitCode, String> {
     println!("shutting down: finishing requests and flushing the audit trail");
     match server.shutdown().await {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(format!(
-            "{}; remaining audit events stay in the spool and are stored at the next start",
-            error_chain(&e)
-        )),
+        // The events the store could not take are safe in the spool and stored at the next
+        // start: nothing is lost, so the stop is a clean one (exit 0), with a warning.
+        Err(e @ Error::Unavailable(_)) => {
+            warn_spooled(&error_chain(&e));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(error_chain(&e)),
     }
+}
+
+#[allow(clippy::print_stderr)]
+fn warn_spooled(why: &str) {
+    eprintln!(
+        "tenancy-server: {why}; the remaining audit events are kept in the spool and stored at \
+         the next start"
+    );
 }
 
 fn error_chain(e: &Error) -> String {

@@ -141,6 +141,11 @@ fn n() -> Value {
     json!({"type": "integer", "minimum": 0})
 }
 
+/// A quota override: a number, or `null` to remove it.
+fn quota() -> Value {
+    json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000_000})
+}
+
 fn request_body(method: &str, path: &str) -> Option<Value> {
     let schema = match (method, path) {
         ("post", "/v1/auth/login") => obj(
@@ -168,10 +173,10 @@ fn request_body(method: &str, path: &str) -> Option<Value> {
         ("put", "/v1/admin/tenants/{tenant}/limits") => obj(
             &[
                 ("tier", s()),
-                ("tenant_per_hour", n()),
-                ("tenant_burst", n()),
-                ("user_per_hour", n()),
-                ("user_burst", n()),
+                ("tenant_per_hour", quota()),
+                ("tenant_burst", quota()),
+                ("user_per_hour", quota()),
+                ("user_burst", quota()),
             ],
             &[],
         ),

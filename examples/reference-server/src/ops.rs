@@ -38,7 +38,7 @@ use tenancy_audit::store::FileAuditStore;
 use tenancy_core::{
     AuditEvent, AuditSink as _, Claims, HealthStatus, Limit, Origin, Outcome, QuotaOverrides,
     RateLimitRequest, TenantContext, TenantId, TenantSettings, TenantStatus, TierName,
-    TokenRejection, Upsert, UserId,
+    TokenRejection, Upsert, UserId, update_settings,
 };
 use time::OffsetDateTime;
 
@@ -136,7 +136,8 @@ fn not_issuing() -> Error {
 /// of the 401 is not kept (see [`App::build`](crate::App::build)).
 ///
 /// # Errors
-/// 401 for wrong credentials or an unknown tenant; 403 when the tenant is suspended; 503
+/// 401 for wrong credentials, an unknown tenant or a suspended one (the trail records which,
+/// the answer does not, so that it tells no right password from a wrong one); 503
 /// when a backend cannot answer (audited as `auth.login` with outcome `error` in the
 /// platform's trail).
 pub async fn login(app: &App, req: LoginRequest, origin: &Origin) -> Result<TokenResponse> {
@@ -230,13 +231,15 @@ async fn login_attempt(app: &App, req: LoginRequest, origin: &Origin) -> Result<
         return Err(Error::Unauthorized);
     };
     if settings.is_suspended() {
+        // The same 401 as a wrong password: a 403 here would tell whoever tries a suspended
+        // tenant's passwords which one is right. The trail says why.
         app.record(
             event(&tenant, "auth.login", Outcome::Denied, origin)
                 .with_user(user.id.clone())
                 .with_reason("tenant_suspended"),
         )
         .await;
-        return Err(Error::Forbidden("the tenant is suspended".into()));
+        return Err(Error::Unauthorized);
     }
     let pair = issuer
         .login(&tenant, &user.id, &user.role, &permissions_for(&user.role))
@@ -535,26 +538,32 @@ pub async fn put_tenant(
     require_super_admin(ctx)?;
     let t = parse_tenant(tenant)?;
     let tier = parse_tier(app, &body.tier)?;
-    let settings = match app.directory().get(&t).await? {
-        Some(mut s) => {
-            s.tier = tier;
-            s
-        }
-        None => TenantSettings::new(tier),
-    };
-    // The tenant's overrides must still hold under the new tier (a burst override above the
-    // new tier's limit): change the limits first.
-    settings.validate(app.tiers()).map_err(|e| {
-        Error::BadRequest(
-            format!(
-                "the tenant's overrides do not fit this tier ({}: {}); change its limits first",
-                e.what(),
-                e.reason()
+    let (upsert, settings) = update_settings(&**app.directory(), &t, |current| {
+        let settings = match current {
+            Some(mut s) => {
+                s.tier = tier.clone();
+                s
+            }
+            None => TenantSettings::new(tier.clone()),
+        };
+        // The tenant's overrides must still hold under the new tier (a burst override above
+        // the new tier's limit): change the limits first.
+        settings.validate(app.tiers()).map_err(|e| {
+            Error::BadRequest(
+                format!(
+                    "the tenant's overrides do not fit this tier ({}: {}{}); change its limits \
+                     first",
+                    e.what(),
+                    e.reason(),
+                    stored_bursts(&settings.overrides, &PutLimits::default()),
+                )
+                .into(),
             )
-            .into(),
-        )
-    })?;
-    let created = app.directory().put(&t, settings.clone()).await? == Upsert::Created;
+        })?;
+        Ok::<_, Error>(settings)
+    })
+    .await?;
+    let created = upsert == Upsert::Created;
     admin_event(
         app,
         ctx,
@@ -584,21 +593,58 @@ pub async fn get_tenant(app: &App, ctx: &TenantContext, tenant: &str) -> Result<
     Ok(view(app, &t, &s, true).await)
 }
 
-/// The body of `PUT /v1/admin/tenants/{tenant}/limits`: each field given replaces the
-/// tier's value for this tenant.
+/// The body of `PUT /v1/admin/tenants/{tenant}/limits`: each number given replaces the
+/// tier's value for this tenant, `null` removes the override (the tier's value applies
+/// again), and a field left out keeps what the tenant has.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutLimits {
     /// A new tier.
     pub tier: Option<String>,
     /// Tenant-wide requests per hour.
-    pub tenant_per_hour: Option<u64>,
+    #[serde(default, deserialize_with = "set_or_remove")]
+    pub tenant_per_hour: Option<Option<u64>>,
     /// Tenant-wide burst.
-    pub tenant_burst: Option<u64>,
+    #[serde(default, deserialize_with = "set_or_remove")]
+    pub tenant_burst: Option<Option<u64>>,
     /// Per-user requests per hour.
-    pub user_per_hour: Option<u64>,
+    #[serde(default, deserialize_with = "set_or_remove")]
+    pub user_per_hour: Option<Option<u64>>,
     /// Per-user burst.
-    pub user_burst: Option<u64>,
+    #[serde(default, deserialize_with = "set_or_remove")]
+    pub user_burst: Option<Option<u64>>,
+}
+
+/// A field that is present: `Some(None)` for `null`, `Some(Some(n))` for a number (a field
+/// left out is `None`, by `#[serde(default)]`).
+fn set_or_remove<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+/// For a refusal's detail: the stored burst overrides that the request leaves in place, which
+/// may be what does not fit (`""` when there are none).
+fn stored_bursts(o: &QuotaOverrides, body: &PutLimits) -> String {
+    let kept: Vec<String> = [
+        ("tenant_burst", o.tenant_burst, &body.tenant_burst),
+        ("user_burst", o.user_burst, &body.user_burst),
+    ]
+    .into_iter()
+    .filter_map(|(name, stored, given)| {
+        stored
+            .filter(|_| given.is_none())
+            .map(|v| format!("`{name}` {v}"))
+    })
+    .collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; the tenant's stored {} still applies: send a new value, or null to remove it",
+            kept.join(" and ")
+        )
+    }
 }
 
 /// Overrides a tenant's quotas; effective on its next request (the tenant's limiter state
@@ -606,7 +652,8 @@ pub struct PutLimits {
 ///
 /// # Errors
 /// 403 for other callers; 404 for an unknown tenant; 400 for a zero or huge value, or a
-/// burst above the hourly limit in force.
+/// burst above the hourly limit in force (the detail names a stored burst override that
+/// the request leaves in place).
 pub async fn put_limits(
     app: &App,
     ctx: &TenantContext,
@@ -615,38 +662,64 @@ pub async fn put_limits(
 ) -> Result<TenantView> {
     require_super_admin(ctx)?;
     let t = parse_tenant(tenant)?;
-    let mut s = existing(app, &t).await?;
     for (name, v) in [
         ("tenant_per_hour", body.tenant_per_hour),
         ("tenant_burst", body.tenant_burst),
         ("user_per_hour", body.user_per_hour),
         ("user_burst", body.user_burst),
     ] {
-        if v.is_some_and(|v| v == 0 || v > 1_000_000_000) {
+        if v.flatten().is_some_and(|v| v == 0 || v > 1_000_000_000) {
             return Err(Error::BadRequest(
-                format!("`{name}` must be 1 to 1000000000").into(),
+                format!("`{name}` must be 1 to 1000000000, or null to remove it").into(),
             ));
         }
     }
-    if let Some(tier) = &body.tier {
-        s.tier = parse_tier(app, tier)?;
-    }
-    let o = &mut s.overrides;
-    o.tenant_per_hour = body.tenant_per_hour.or(o.tenant_per_hour);
-    o.tenant_burst = body.tenant_burst.or(o.tenant_burst);
-    o.user_per_hour = body.user_per_hour.or(o.user_per_hour);
-    o.user_burst = body.user_burst.or(o.user_burst);
-    // A burst above the limit in force would let more through at once than the limit the
-    // headers advertise for the whole hour.
-    s.validate(app.tiers())
-        .map_err(|e| Error::BadRequest(format!("{}: {}", e.what(), e.reason()).into()))?;
+    let tier = body
+        .tier
+        .as_deref()
+        .map(|t| parse_tier(app, t))
+        .transpose()?;
+    let change = |current: Option<TenantSettings>| {
+        let mut s = current.ok_or(Error::NotFound)?;
+        if let Some(tier) = &tier {
+            s.tier = tier.clone();
+        }
+        let o = &mut s.overrides;
+        for (field, given) in [
+            (&mut o.tenant_per_hour, body.tenant_per_hour),
+            (&mut o.tenant_burst, body.tenant_burst),
+            (&mut o.user_per_hour, body.user_per_hour),
+            (&mut o.user_burst, body.user_burst),
+        ] {
+            if let Some(given) = given {
+                *field = given;
+            }
+        }
+        // A burst above the limit in force would let more through at once than the limit
+        // the headers advertise for the whole hour.
+        s.validate(app.tiers()).map_err(|e| {
+            Error::BadRequest(
+                format!(
+                    "{}: {}{}",
+                    e.what(),
+                    e.reason(),
+                    stored_bursts(&s.overrides, &body)
+                )
+                .into(),
+            )
+        })?;
+        Ok::<_, Error>(s)
+    };
+    // Refuse before anything is reset (the same check runs again, on what is then stored,
+    // when the change is written).
+    change(existing(app, &t).await.map(Some)?)?;
     // Limiter state is kept per (scope, period): without a reset, usage counted under the
     // old quota would delay the new one. An admin change starts the tenant afresh. The reset
     // comes first: a limiter that cannot reset (it is down) fails the call before anything
     // is changed, rather than after the change is in force (a 503 for a change made, and no
     // audit event of it).
     app.quotas().reset(&t).await?;
-    app.directory().put(&t, s.clone()).await?;
+    let (_, s) = update_settings(&**app.directory(), &t, change).await?;
     admin_event(app, ctx, &t, "admin.tenant.limits").await;
     Ok(view(app, &t, &s, false).await)
 }
@@ -677,10 +750,14 @@ pub async fn bypass(
             format!("`seconds` must be 0 to {MAX_BYPASS_SECS}").into(),
         ));
     }
-    let mut s = existing(app, &t).await?;
-    s.bypass_until =
+    let until =
         (body.seconds > 0).then(|| OffsetDateTime::now_utc() + Duration::from_secs(body.seconds));
-    app.directory().put(&t, s.clone()).await?;
+    let (_, s) = update_settings(&**app.directory(), &t, |current| {
+        let mut s = current.ok_or(Error::NotFound)?;
+        s.bypass_until = until;
+        Ok::<_, Error>(s)
+    })
+    .await?;
     admin_event(app, ctx, &t, "admin.tenant.bypass").await;
     Ok(view(app, &t, &s, false).await)
 }
@@ -704,13 +781,17 @@ pub async fn set_status(
             "a super admin cannot suspend its own tenant".into(),
         ));
     }
-    let mut s = existing(app, &t).await?;
-    s.status = if suspend {
+    let status = if suspend {
         TenantStatus::Suspended
     } else {
         TenantStatus::Active
     };
-    app.directory().put(&t, s.clone()).await?;
+    let (_, s) = update_settings(&**app.directory(), &t, |current| {
+        let mut s = current.ok_or(Error::NotFound)?;
+        s.status = status;
+        Ok::<_, Error>(s)
+    })
+    .await?;
     let action = if suspend {
         "admin.tenant.suspend"
     } else {

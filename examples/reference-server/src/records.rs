@@ -160,8 +160,8 @@ pub async fn list(store: &RecordStore, ctx: &TenantContext, limit: usize) -> Res
 /// Creates a record in the caller's tenant. Needs `records:write`.
 ///
 /// # Errors
-/// 400 for an empty or long title or a long body; 403 without the permission; 503 when the
-/// database cannot answer.
+/// 400 for an empty or long title, a long body, or a NUL character in either; 403 without
+/// the permission; 503 when the database cannot answer.
 pub async fn create(store: &RecordStore, ctx: &TenantContext, new: NewRecord) -> Result<Record> {
     require(ctx, "records:write")?;
     let chars = new.title.chars().count();
@@ -174,6 +174,14 @@ pub async fn create(store: &RecordStore, ctx: &TenantContext, new: NewRecord) ->
         return Err(Error::BadRequest(
             format!("`body` must be at most {MAX_BODY_BYTES} bytes").into(),
         ));
+    }
+    // PostgreSQL's text cannot hold U+0000: refused here, the same way on every backend.
+    for (name, text) in [("title", &new.title), ("body", &new.body)] {
+        if text.contains('\0') {
+            return Err(Error::BadRequest(
+                format!("`{name}` must not contain the NUL character (U+0000)").into(),
+            ));
+        }
     }
     let id = new_id()?;
     match store {

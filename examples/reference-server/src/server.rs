@@ -118,7 +118,7 @@ impl Server {
     ///
     /// # Errors
     /// [`Error::Unavailable`] when audit events had to stay in the spool; [`Error::Internal`]
-    /// when the server task failed.
+    /// when the server task failed, or audit events were lost or could not be made durable.
     pub async fn shutdown(self) -> Result<()> {
         self.shutdown_within(SHUTDOWN_TIMEOUT).await
     }

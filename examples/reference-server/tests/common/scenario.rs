@@ -267,7 +267,8 @@ pub async fn admin(h: &Harness) {
             &json!({"tenant_id": "globex", "username": "bob", "password": "password"}),
         )
         .await;
-    assert_problem(&login, 403);
+    // The same 401 as a wrong password: the answer tests no password.
+    assert_problem(&login, 401);
     let r = h
         .post("/v1/admin/tenants/globex/resume", Some(&root), &json!({}))
         .await;
