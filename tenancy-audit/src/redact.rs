@@ -9,12 +9,22 @@
 //!   `api.key`, `api_key` are one key), at any depth of nested objects and arrays. A built-in
 //!   list of sensitive names (`password`, `pwd`, `token`, `secret`, `authorization`,
 //!   `bearer`, `jwt`, `cookie`, `api_key`, `ssn`, `credit_card`, ...) is masked wherever it
-//!   occurs as part of a key (`db_password`, `X-Api-Key`), and so is the second item of a
-//!   `[name, value]` pair whose name is one (`["Authorization", "…"]`, as headers are often
-//!   logged).
-//! - Whatever its key, a string value that carries a credential is masked: an HTTP
-//!   authorization value (`Bearer` or `Basic` and a credential, also inside a longer text) or
-//!   a JWT. Other secrets in free text are not recognised: keep them out of `details`.
+//!   occurs as part of a key (`db_password`, `X-Api-Key`). The second item of a
+//!   `[name, value]` pair (`["Authorization", "…"]`, as headers are often logged) gets the
+//!   rule of its name the same way: masked, hashed, or removed (leaving `[name]`).
+//! - Whatever its key, a string value that carries a credential is masked whole: an HTTP
+//!   authorization value (a scheme — `Bearer`, `Basic`, `Token`, `Digest`, `ApiKey` or
+//!   `DPoP`, in any case — then white space and a credential of at least 8 characters, also
+//!   inside a longer text) or a JWT.
+//! - In URLs inside a string value, the password of the user information and the values of
+//!   query and fragment parameters whose names are sensitive (matched like detail keys, plus
+//!   the exact names `code`, `key` and `sig`) are replaced, and the rest of the URL stays
+//!   readable: `https://user:[redacted]@host/cb?access_token=[redacted]&state=s1`. A
+//!   parameter whose name has a `Hash` or `Drop` rule is hashed or emptied instead.
+//! - The free-text fields of an event (action, resource type, route, and the resource id and
+//!   reason when their rule keeps them) are checked the same way as detail values.
+//! - Other secrets in free text (`password=x` outside a URL, an API key with no scheme before
+//!   it) are not recognised: keep them out of events.
 //! - Keyed hashes (`hmac:` + base64url of HMAC-SHA-256) keep identifiers matchable without
 //!   storing them. The key is derived per tenant from a master key, so the same user id hashes
 //!   differently in two tenants' trails and one tenant's hashes say nothing about another's.
@@ -40,8 +50,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::borrow::Cow;
+use std::cmp::Reverse;
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::Range;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -82,6 +95,14 @@ pub const DEFAULT_SENSITIVE_KEYS: &[&str] = &[
     "bearer",
     "signature",
 ];
+
+/// URL query and fragment parameter names (normalised) that are masked though no sensitive
+/// fragment occurs in them: an OAuth authorization code, an API key (`?key=`), a signature
+/// (`?sig=`). Matched exactly, and only in URLs: as fragments they would catch `status_code`.
+const SENSITIVE_URL_PARAMS: &[&str] = &["code", "key", "sig"];
+
+/// HTTP authorization schemes (lower case) whose credential follows the scheme name.
+const AUTH_SCHEMES: &[&[u8]] = &[b"bearer", b"basic", b"token", b"digest", b"apikey", b"dpop"];
 
 /// What happens to one field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +172,9 @@ impl fmt::Debug for RedactionKey {
     }
 }
 
-/// The redaction policy. [`RedactionPolicy::new`] masks the default sensitive detail keys
-/// and drops session ids; everything else is kept until configured otherwise.
+/// The redaction policy. [`RedactionPolicy::new`] masks the default sensitive detail keys and
+/// the credentials it recognises in any text (see the [module docs](crate::redact)), and drops session
+/// ids; everything else is kept until configured otherwise.
 #[derive(Debug, Clone)]
 pub struct RedactionPolicy {
     key: Option<RedactionKey>,
@@ -182,32 +204,93 @@ fn normalise(key: &str) -> String {
 }
 
 /// Whether a string value carries a credential whatever its key: an HTTP authorization value
-/// (`Bearer` or `Basic`, a space and at least 8 credential characters, also inside a longer
-/// text such as a logged header line) or a JWT (`eyJ…` with two dots).
+/// (a scheme of [`AUTH_SCHEMES`] in any case, white space, and at least 8 credential
+/// characters, also inside a longer text such as a logged header line) or a JWT (`eyJ…` with
+/// two dots).
 fn credential_like(s: &str) -> bool {
     let b = s.as_bytes();
     let token68 = |c: &u8| c.is_ascii_alphanumeric() || b"-._~+/=".contains(c);
-    // The scheme, a space, and a credential of at least 8 characters (not "basic plan").
-    let scheme = |w: &[u8]| {
-        (0..b.len().saturating_sub(w.len())).any(|i| {
-            b[i..i + w.len()].eq_ignore_ascii_case(w)
-                && b[i + w.len()] == b' '
-                && b[i + w.len() + 1..]
-                    .iter()
-                    .take_while(|c| token68(c))
-                    .count()
-                    >= 8
+    // A credential, not a word of prose ("Token validation failed", "basic plan"): at least
+    // 8 characters with a digit, a token character other than a letter, a capital past the
+    // first, or at least 20 characters.
+    let credential_word = |w: &[u8]| {
+        w.len() >= 8
+            && (w.len() >= 20
+                || w.iter().any(|c| !c.is_ascii_alphabetic())
+                || w.iter().skip(1).any(u8::is_ascii_uppercase))
+    };
+    // The scheme at the start of a word, any run of white space (`Bearer  x`, `Bearer\tx`),
+    // and a credential.
+    let scheme_at = |i: usize| {
+        AUTH_SCHEMES.iter().any(|w| {
+            b.get(i..i + w.len())
+                .is_some_and(|x| x.eq_ignore_ascii_case(w))
+                // The scheme is ASCII, so `i + w.len()` is a character boundary.
+                && s.get(i + w.len()..).is_some_and(|rest| {
+                    let credential = rest.trim_start();
+                    let word: Vec<u8> = credential.bytes().take_while(token68).collect();
+                    credential.len() < rest.len() && credential_word(&word)
+                })
         })
     };
-    let jwt = s.match_indices("eyJ").any(|(i, _)| {
-        let token = b[i..]
-            .iter()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-            .filter(|c| **c == b'.')
-            .count();
-        token >= 2
+    let scheme = b.iter().enumerate().any(|(i, c)| {
+        matches!(c.to_ascii_lowercase(), b'a' | b'b' | b'd' | b't')
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+            && scheme_at(i)
     });
-    jwt || scheme(b"bearer") || scheme(b"basic")
+    let jwt = || {
+        s.match_indices("eyJ").any(|(i, _)| {
+            let token = b[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+                .filter(|c| **c == b'.')
+                .count();
+            token >= 2
+        })
+    };
+    scheme || jwt()
+}
+
+/// A URL parameter name as it is matched: percent-escapes decoded (`api%5Fkey` is `api_key`).
+fn decode_name(name: &str) -> Cow<'_, str> {
+    if !name.contains('%') {
+        return Cow::Borrowed(name);
+    }
+    let hex = |c: u8| char::from(c).to_digit(16);
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                // Two hex digits are at most 0xff.
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'%'));
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Where a word of free text ends: URLs are cut out of text at white space and quotes.
+fn ends_word(c: u8) -> bool {
+    c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>' | b'`')
+}
+
+/// The first position in `b[from..to]` holding one of `set`, or `to`.
+fn find_any(b: &[u8], from: usize, to: usize, set: &[u8]) -> usize {
+    b[from..to]
+        .iter()
+        .position(|c| set.contains(c))
+        .map_or(to, |n| from + n)
 }
 
 /// Whether `fragment` occurs in `key`. Keys and fragments are a few bytes long: a plain scan
@@ -336,14 +419,16 @@ impl RedactionPolicy {
         self
     }
 
-    /// A rule for one detail key (matched exactly, ignoring case, `-` and `_`), at any depth.
-    /// An explicit rule wins over the sensitive-name list.
+    /// A rule for one detail key (matched exactly on its letters and digits, ignoring case), at
+    /// any depth; it also applies to the value of a `[name, value]` pair and of a URL
+    /// parameter of that name. An explicit rule wins over the sensitive-name list.
     pub fn with_detail(mut self, key: &str, action: FieldAction) -> Self {
         self.detail_rules.push((normalise(key), action));
         self
     }
 
-    /// Adds a fragment to the sensitive-name list (masked wherever it occurs in a key).
+    /// Adds a fragment to the sensitive-name list (masked wherever it occurs in a key, a pair's
+    /// name or a URL parameter's name).
     pub fn with_sensitive_key(mut self, fragment: &str) -> Self {
         self.sensitive.push(normalise(fragment));
         self
@@ -389,6 +474,7 @@ impl RedactionPolicy {
         let AuditEvent {
             tenant,
             actor,
+            action,
             resource,
             reason,
             origin,
@@ -396,6 +482,20 @@ impl RedactionPolicy {
             ..
         } = event;
         let tenant: &TenantId = tenant;
+        // Free text has no rule of its own: it is checked for credentials like detail values.
+        if let Some(scrubbed) = self.scrub(tenant, action) {
+            *action = scrubbed;
+        }
+        if let Some(route) = origin.route.as_mut()
+            && let Some(scrubbed) = self.scrub(tenant, route)
+        {
+            *route = scrubbed;
+        }
+        if let Some(resource) = resource.as_mut()
+            && let Some(scrubbed) = self.scrub(tenant, &resource.kind)
+        {
+            resource.kind = scrubbed;
+        }
         if let Some(user) = actor.user.take() {
             actor.user = match self.user {
                 FieldAction::Keep => Some(user),
@@ -433,16 +533,140 @@ impl RedactionPolicy {
         self.object(tenant, details, false);
     }
 
+    /// A free-text field under its rule; a kept one is checked for credentials.
     fn text(&self, tenant: &TenantId, action: FieldAction, value: String) -> Option<String> {
         match action {
-            FieldAction::Keep => Some(value),
+            FieldAction::Keep => Some(self.scrub(tenant, &value).unwrap_or(value)),
             FieldAction::Drop => None,
             FieldAction::Mask => Some(MASK.to_owned()),
             FieldAction::Hash => Some(self.hash_text(tenant, value.as_bytes())),
         }
     }
 
-    fn action_for(&self, key: &str, nested: bool) -> FieldAction {
+    /// A hashed value: a string's text, anything else's JSON.
+    fn hash_value(&self, tenant: &TenantId, v: &Value) -> String {
+        match v {
+            Value::String(s) => self.hash_text(tenant, s.as_bytes()),
+            other => self.hash_text(tenant, other.to_string().as_bytes()),
+        }
+    }
+
+    /// A string with the credentials it carries redacted, or `None` when it carries none: a
+    /// credential-like value ([`credential_like`]) is masked whole, as a detail value is; in
+    /// its URLs, only the secret parts are replaced ([`RedactionPolicy::scrub_urls`]).
+    fn scrub(&self, tenant: &TenantId, s: &str) -> Option<String> {
+        if credential_like(s) {
+            return Some(MASK.to_owned());
+        }
+        self.scrub_urls(tenant, s)
+    }
+
+    /// Replaces the password of each URL's user information and the values of sensitive
+    /// query and fragment parameters; `None` when nothing is replaced.
+    fn scrub_urls(&self, tenant: &TenantId, s: &str) -> Option<String> {
+        let b = s.as_bytes();
+        // Most text has no query, fragment or user information at all.
+        if !b.iter().any(|c| matches!(c, b'?' | b'#' | b'@')) {
+            return None;
+        }
+        let mut edits = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if ends_word(b[i]) {
+                i += 1;
+                continue;
+            }
+            let end = b[i..]
+                .iter()
+                .position(|c| ends_word(*c))
+                .map_or(b.len(), |n| i + n);
+            self.scrub_word(tenant, s, i..end, &mut edits);
+            i = end;
+        }
+        if edits.is_empty() {
+            return None;
+        }
+        edits.sort_by_key(|(r, _): &(Range<usize>, String)| (r.start, Reverse(r.end)));
+        let mut out = String::with_capacity(s.len());
+        let mut at = 0;
+        for (r, text) in edits {
+            // A password inside the value of a sensitive parameter went with the value; one
+            // that overlaps a value (a malformed URL) hides the rest of it too.
+            if r.end <= at {
+                continue;
+            }
+            out.push_str(&s[at..r.start.max(at)]);
+            out.push_str(&text);
+            at = r.end;
+        }
+        out.push_str(&s[at..]);
+        (out != s).then_some(out)
+    }
+
+    /// The edits for one word of text (`word` holds no white space or quote). Every range
+    /// starts and ends next to an ASCII byte or at the word's ends: character boundaries.
+    fn scrub_word(
+        &self,
+        tenant: &TenantId,
+        s: &str,
+        word: Range<usize>,
+        edits: &mut Vec<(Range<usize>, String)>,
+    ) {
+        let b = s.as_bytes();
+        let Range { start, end } = word;
+        // `scheme://user:password@host`: the password, in every URL of the word (one may sit
+        // in another's query: `?next=https://u:p@h`). The host ends at the first `/` only: a
+        // raw `?` or `#` in a password (`postgres://u:p#ss@db`) must not cut it short.
+        for (p, _) in s[start..end].match_indices("://") {
+            let authority = start + p + 3;
+            let authority_end = find_any(b, authority, end, b"/");
+            if let Some(at) = b[authority..authority_end].iter().rposition(|c| *c == b'@')
+                && let Some(colon) = b[authority..authority + at].iter().position(|c| *c == b':')
+                // `https://host?q=a:b@c` has a query, not a user.
+                && !b[authority..authority + colon].iter().any(|c| matches!(c, b'?' | b'#'))
+            {
+                let password = authority + colon + 1..authority + at;
+                if !password.is_empty() {
+                    edits.push((password, MASK.to_owned()));
+                }
+            }
+        }
+        // `?name=value&...` and `#name=value&...` (OAuth puts tokens in the fragment).
+        let separators = b"?#&;";
+        let mut j = find_any(b, start, end, b"?#");
+        while j < end {
+            let name_start = j + 1;
+            let name_end = find_any(b, name_start, end, b"=?#&;");
+            if name_end == end || b[name_end] != b'=' {
+                j = name_end;
+                continue;
+            }
+            let value_start = name_end + 1;
+            let name = decode_name(&s[name_start..name_end]);
+            let action = self.action_for(&name, true, SENSITIVE_URL_PARAMS);
+            if action == FieldAction::Keep {
+                // The value may hold a URL with parameters of its own.
+                j = find_any(b, value_start, end, separators);
+                continue;
+            }
+            // A sensitive value runs to the next parameter, `?` and `;` included.
+            let value_end = find_any(b, value_start, end, b"&#");
+            let value = &s[value_start..value_end];
+            let replacement = match action {
+                FieldAction::Drop => String::new(),
+                FieldAction::Hash => self.hash_text(tenant, value.as_bytes()),
+                FieldAction::Keep | FieldAction::Mask => MASK.to_owned(),
+            };
+            if !value.is_empty() {
+                edits.push((value_start..value_end, replacement));
+            }
+            j = value_end;
+        }
+    }
+
+    /// The rule for a key: an explicit rule, else `Mask` for a sensitive name (a fragment of
+    /// the list, or one of `exact`), else the default.
+    fn action_for(&self, key: &str, nested: bool, exact: &[&str]) -> FieldAction {
         // Short ASCII keys (nearly all) are normalised on the stack.
         let mut buf = [0u8; 64];
         let owned;
@@ -463,7 +687,7 @@ impl RedactionPolicy {
         if let Some((_, a)) = self.detail_rules.iter().rev().find(|(r, _)| *r == k) {
             return *a;
         }
-        if self.sensitive.found_in(k) {
+        if self.sensitive.found_in(k) || exact.contains(&k) {
             return FieldAction::Mask;
         }
         // Inside a kept object, unnamed keys are kept: the default applies to top-level keys.
@@ -482,23 +706,17 @@ impl RedactionPolicy {
         let unchanged = map.iter().all(|(k, v)| {
             !v.is_object()
                 && !v.is_array()
-                && !v.as_str().is_some_and(credential_like)
-                && self.action_for(k, nested) == FieldAction::Keep
+                && v.as_str().is_none_or(|s| self.scrub(tenant, s).is_none())
+                && self.action_for(k, nested, &[]) == FieldAction::Keep
         });
         if unchanged {
             return;
         }
         map.retain(|k, v| {
-            match self.action_for(k, nested) {
+            match self.action_for(k, nested, &[]) {
                 FieldAction::Drop => return false,
                 FieldAction::Mask => *v = Value::String(MASK.to_owned()),
-                FieldAction::Hash => {
-                    let hashed = match &*v {
-                        Value::String(s) => self.hash_text(tenant, s.as_bytes()),
-                        other => self.hash_text(tenant, other.to_string().as_bytes()),
-                    };
-                    *v = Value::String(hashed);
-                }
+                FieldAction::Hash => *v = Value::String(self.hash_value(tenant, v)),
                 FieldAction::Keep => self.value(tenant, v),
             }
             true
@@ -509,17 +727,25 @@ impl RedactionPolicy {
         match v {
             Value::Object(m) => self.object(tenant, m, true),
             Value::Array(a) => {
-                // A list of pairs, as headers are often logged: `["Authorization", "x"]`.
-                if let [Value::String(name), value] = a.as_mut_slice()
-                    && self.action_for(name, true) == FieldAction::Mask
-                {
-                    *value = Value::String(MASK.to_owned());
+                // A list of pairs, as headers are often logged: `["Authorization", "x"]`. The
+                // value gets the rule of the name, as it would under that key.
+                if let [Value::String(name), value] = a.as_mut_slice() {
+                    match self.action_for(name, true, &[]) {
+                        FieldAction::Keep => {}
+                        FieldAction::Drop => a.truncate(1),
+                        FieldAction::Mask => *value = Value::String(MASK.to_owned()),
+                        FieldAction::Hash => *value = Value::String(self.hash_value(tenant, value)),
+                    }
                 }
                 for x in a {
                     self.value(tenant, x);
                 }
             }
-            Value::String(s) if credential_like(s) => *v = Value::String(MASK.to_owned()),
+            Value::String(s) => {
+                if let Some(scrubbed) = self.scrub(tenant, s) {
+                    *s = scrubbed;
+                }
+            }
             _ => {}
         }
     }
@@ -643,6 +869,160 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\"status\":200"), "{text}");
+    }
+
+    const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJrNiJ9.c2ln";
+
+    #[test]
+    fn free_text_fields_are_checked_for_credentials() {
+        let hdr = format!("Bearer {JWT}");
+        let mut e = AuditEvent::new(
+            TenantId::parse("acme").unwrap(),
+            "auth.login Token k1k1k1k1k1",
+            Outcome::Denied,
+        )
+        .with_resource("record", JWT)
+        .with_route("/v1/cb?access_token=k2k2&state=s1")
+        .with_reason(format!("bad token {hdr}"));
+        RedactionPolicy::new().apply(&mut e);
+        let text = serde_json::to_string(&e).unwrap();
+        for secret in ["k1", "k2", "c2ln", "eyJ"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(e.action, MASK);
+        assert_eq!(e.reason.as_deref(), Some(MASK));
+        assert_eq!(e.resource.unwrap().id.as_deref(), Some(MASK));
+        assert_eq!(
+            e.origin.route.as_deref(),
+            Some("/v1/cb?access_token=[redacted]&state=s1")
+        );
+
+        // Ordinary free text is left alone, and a field's own rule comes first.
+        let p = RedactionPolicy::new()
+            .with_key(RedactionKey::from_bytes([3; 32]))
+            .with_reason(FieldAction::Hash);
+        let mut plain = event()
+            .with_resource("record", "42")
+            .with_route("/v1/records/{id}")
+            .with_reason("token expired");
+        let before = plain.clone();
+        RedactionPolicy::new().apply(&mut plain);
+        assert_eq!(plain, before);
+        let mut hashed = event().with_reason(hdr.clone());
+        p.apply(&mut hashed);
+        let expected = p.hash_text(&hashed.tenant, hdr.as_bytes());
+        assert_eq!(hashed.reason, Some(expected));
+    }
+
+    #[test]
+    fn urls_keep_their_shape_but_lose_their_secrets() {
+        let p = RedactionPolicy::new()
+            .with_key(RedactionKey::from_bytes([5; 32]))
+            .with_detail("email", FieldAction::Hash)
+            .with_detail("trace", FieldAction::Drop);
+        let cases = [
+            (
+                "https://x/cb?access_token=abc&state=s1",
+                "https://x/cb?access_token=[redacted]&state=s1",
+            ),
+            (
+                "https://user:pass@host/db?x=1",
+                "https://user:[redacted]@host/db?x=1",
+            ),
+            (
+                "postgres://u:p#ss@db:5432",
+                "postgres://u:[redacted]@db:5432",
+            ),
+            (
+                "https://x/cb#access_token=abc&expires_in=3600",
+                "https://x/cb#access_token=[redacted]&expires_in=3600",
+            ),
+            (
+                "callback https://x/cb?code=c0de&Client-Secret=s3cr3t failed",
+                "callback https://x/cb?code=[redacted]&Client-Secret=[redacted] failed",
+            ),
+            (
+                "/p?api%5Fkey=k&sig=z&key=q",
+                "/p?api%5Fkey=[redacted]&sig=[redacted]&key=[redacted]",
+            ),
+            (
+                "https://a/?next=https://u:pw@b/c?token=t&x=1",
+                "https://a/?next=https://u:[redacted]@b/c?token=[redacted]&x=1",
+            ),
+            ("/p?trace=t1&status_code=200", "/p?trace=&status_code=200"),
+            ("https://host?q=a:b@c", "https://host?q=a:b@c"),
+            ("what? #1 user@example.com", "what? #1 user@example.com"),
+        ];
+        for (given, expected) in cases {
+            let mut e = event().with_detail("url", given);
+            p.apply(&mut e);
+            assert_eq!(e.details["url"], expected, "{given}");
+        }
+        let mut e = event().with_detail("url", "https://x/?email=a@b.c");
+        p.apply(&mut e);
+        let hashed = p.hash_text(&e.tenant, b"a@b.c");
+        assert_eq!(e.details["url"], format!("https://x/?email={hashed}"));
+    }
+
+    #[test]
+    fn any_white_space_after_any_known_scheme_is_a_credential() {
+        for value in [
+            "Bearer  k1k1k1k1k1",
+            "Bearer\tk1k1k1k1k1",
+            "authorization: bearer \r\n k1k1k1k1k1",
+            "Token k1k1k1k1k1",
+            "Basic\u{a0}k1k1k1k1k1==",
+            "DIGEST username=\"k1k1k1k1\", response=\"abc\"",
+            "ApiKey k1k1k1k1k1",
+            "dpop k1k1k1k1k1",
+        ] {
+            assert!(credential_like(value), "{value:?}");
+            let mut e = event().with_detail("note", value);
+            RedactionPolicy::new().apply(&mut e);
+            assert_eq!(e.details["note"], MASK, "{value:?}");
+        }
+        for value in [
+            "token expired",
+            "Basic plan",
+            "tokens: 3",
+            "Bearer",
+            "digest",
+            // Prose after a scheme's name is no credential.
+            "Token validation failed",
+            "the refresh token signature was refused",
+            "Basic authentication is disabled",
+            "subtoken k1k1k1k1k1",
+        ] {
+            assert!(!credential_like(value), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn pairs_get_whatever_rule_their_name_has() {
+        let p = RedactionPolicy::new()
+            .with_key(RedactionKey::from_bytes([9; 32]))
+            .with_detail("authorization", FieldAction::Hash)
+            .with_detail("x-trace", FieldAction::Drop);
+        let mut e = event().with_detail(
+            "headers",
+            serde_json::json!([
+                ["Authorization", "Bearer x"],
+                ["X-Trace", "t1"],
+                ["Cookie", "c1"],
+                ["Accept", "json"]
+            ]),
+        );
+        p.apply(&mut e);
+        let hashed = p.hash_text(&e.tenant, b"Bearer x");
+        assert_eq!(
+            e.details["headers"],
+            serde_json::json!([
+                ["Authorization", hashed],
+                ["X-Trace"],
+                ["Cookie", MASK],
+                ["Accept", "json"]
+            ])
+        );
     }
 
     #[test]
