@@ -393,8 +393,7 @@ pub async fn tenant_audit(
     before: Option<u64>,
     limit: Option<usize>,
 ) -> Result<AuditPage> {
-    let p = tenancy_core::Permission::parse("audit:read").map_err(tenancy_core::Error::from)?;
-    ctx.require(&p)?;
+    crate::records::require(ctx, "audit:read")?;
     let limit = limit.unwrap_or(AUDIT_PAGE.0);
     if limit == 0 || limit > AUDIT_PAGE.1 {
         return Err(Error::BadRequest(
@@ -425,7 +424,8 @@ pub async fn tenant_audit(
     })
 }
 
-fn require_super_admin(ctx: &TenantContext) -> Result<()> {
+/// 403 unless the caller is a super admin.
+pub(crate) fn require_super_admin(ctx: &TenantContext) -> Result<()> {
     if ctx.is_super_admin() {
         Ok(())
     } else {

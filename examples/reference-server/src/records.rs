@@ -95,7 +95,8 @@ impl RecordStore {
     }
 }
 
-fn require(ctx: &TenantContext, perm: &str) -> Result<()> {
+/// 403 unless the caller's token grants `perm`.
+pub(crate) fn require(ctx: &TenantContext, perm: &str) -> Result<()> {
     let p = Permission::parse(perm).map_err(|e| Error::Internal(Box::new(e)))?;
     ctx.require(&p).map_err(Error::from)
 }

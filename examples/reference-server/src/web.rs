@@ -482,6 +482,9 @@ pub fn me(ctx: &TenantContext) -> Answer {
 /// `GET /v1/records`.
 pub async fn list_records(c: &Call, ctx: &TenantContext) -> Answer {
     let r = async {
+        // Who may ask before what they ask: a caller without the permission gets its 403
+        // (audited as a denial) whatever the query or body.
+        records::require(ctx, "records:read")?;
         let q: ListQuery = c.query()?;
         let list = records::list(c.app.records(), ctx, q.limit.unwrap_or(RECORDS_PAGE)).await?;
         Ok(Answer::json(200, &serde_json::json!({ "records": list })))
@@ -492,6 +495,7 @@ pub async fn list_records(c: &Call, ctx: &TenantContext) -> Answer {
 /// `POST /v1/records`: 201 with the record, its `Location`, and its id for the audit record.
 pub async fn create_record(c: &Call, ctx: &TenantContext, body: Body<'_>) -> Answer {
     let r = async {
+        records::require(ctx, "records:write")?;
         let new: NewRecord = c.json(body)?;
         let rec = records::create(c.app.records(), ctx, new).await?;
         let mut a = Answer::json(201, &rec);
@@ -521,6 +525,7 @@ pub async fn delete_record(c: &Call, ctx: &TenantContext, id: &str) -> Answer {
 /// `GET /v1/tenant/audit`.
 pub async fn tenant_audit(c: &Call, ctx: &TenantContext) -> Answer {
     let r = async {
+        records::require(ctx, "audit:read")?;
         let q: AuditQuery = c.query()?;
         let page = ops::tenant_audit(&c.app, ctx, q.before, q.limit).await?;
         Ok(Answer::json(200, &page))
@@ -531,6 +536,7 @@ pub async fn tenant_audit(c: &Call, ctx: &TenantContext) -> Answer {
 /// `PUT /v1/admin/tenants/{tenant}`: 201 when created, 200 when changed.
 pub async fn put_tenant(c: &Call, ctx: &TenantContext, tenant: &str, body: Body<'_>) -> Answer {
     let r = async {
+        ops::require_super_admin(ctx)?;
         let (created, v) = ops::put_tenant(&c.app, ctx, tenant, c.json(body)?).await?;
         Ok(Answer::json(if created { 201 } else { 200 }, &v))
     };
@@ -546,6 +552,7 @@ pub async fn get_tenant(c: &Call, ctx: &TenantContext, tenant: &str) -> Answer {
 /// `PUT /v1/admin/tenants/{tenant}/limits`.
 pub async fn put_limits(c: &Call, ctx: &TenantContext, tenant: &str, body: Body<'_>) -> Answer {
     let r = async {
+        ops::require_super_admin(ctx)?;
         let v = ops::put_limits(&c.app, ctx, tenant, c.json(body)?).await?;
         Ok(Answer::json(200, &v))
     };
@@ -555,6 +562,7 @@ pub async fn put_limits(c: &Call, ctx: &TenantContext, tenant: &str, body: Body<
 /// `POST /v1/admin/tenants/{tenant}/bypass`.
 pub async fn bypass(c: &Call, ctx: &TenantContext, tenant: &str, body: Body<'_>) -> Answer {
     let r = async {
+        ops::require_super_admin(ctx)?;
         let v = ops::bypass(&c.app, ctx, tenant, c.json(body)?).await?;
         Ok(Answer::json(200, &v))
     };
@@ -571,6 +579,7 @@ pub async fn set_status(
     body: Body<'_>,
 ) -> Answer {
     let r = async {
+        ops::require_super_admin(ctx)?;
         c.empty(body)?;
         let v = ops::set_status(&c.app, ctx, tenant, suspend).await?;
         Ok(Answer::json(200, &v))
@@ -581,6 +590,7 @@ pub async fn set_status(
 /// `GET /v1/admin/audit/verify?tenant=T`.
 pub async fn verify_audit(c: &Call, ctx: &TenantContext) -> Answer {
     let r = async {
+        ops::require_super_admin(ctx)?;
         let q: VerifyQuery = c.query()?;
         let v = ops::verify_audit(&c.app, ctx, &q.tenant).await?;
         Ok(Answer::json(200, &v))

@@ -496,6 +496,14 @@ pub fn contract() -> Vec<Step> {
         // answer to a tenant's user (no route is exempt).
         C(case("user reads a tenant", "GET", "/v1/admin/tenants/acme", Some("bob"), 403).limited(true)),
         C(case("user suspends", "POST", "/v1/admin/tenants/acme/suspend", Some("bob"), 403).json("{}").limited(true)),
+        // Who may ask comes before what is asked: the 403 (a denial in the trail), not a 400
+        // or 415 about a body the caller had no right to send.
+        C(case("user sets limits, malformed JSON", "PUT", "/v1/admin/tenants/acme/limits", Some("bob"), 403)
+            .json("{bad").limited(true)),
+        C(case("user suspends, text body", "POST", "/v1/admin/tenants/acme/suspend", Some("bob"), 403)
+            .body(Body::Raw("text/plain", "now")).limited(true)),
+        C(case("user verifies a trail, no tenant", "GET", "/v1/admin/audit/verify", Some("bob"), 403)
+            .limited(true)),
         C(case("tenant admin verifies", "GET", "/v1/admin/audit/verify?tenant=acme", Some("alice"), 403).limited(true)),
         Step::MintReadOnly,
         C(case("read-only token reads", "GET", "/v1/records", Some("ro"), 200)),
