@@ -555,6 +555,15 @@ impl RedactionPolicy {
     /// credential-like value ([`credential_like`]) is masked whole, as a detail value is; in
     /// its URLs, only the secret parts are replaced ([`RedactionPolicy::scrub_urls`]).
     fn scrub(&self, tenant: &TenantId, s: &str) -> Option<String> {
+        // One pass settles the usual text (a route, an action): every credential or URL
+        // secret needs white space after its scheme (ASCII or not), a JWT's `J`, or a URL's
+        // `?`, `#` or `@`.
+        if !s
+            .bytes()
+            .any(|c| c.is_ascii_whitespace() || matches!(c, b'?' | b'#' | b'@' | b'J' | 0x80..))
+        {
+            return None;
+        }
         if credential_like(s) {
             return Some(MASK.to_owned());
         }
