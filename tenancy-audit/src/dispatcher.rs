@@ -359,7 +359,21 @@ impl AuditDispatcher {
     /// Sends a message that someone waits on and waits for its answer.
     async fn request(&self, msg: fn(oneshot::Sender<Result<()>>) -> Msg) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(msg(tx)).await.map_err(|_| Error::Closed)?;
+        // A writer holding events it could not store takes from the queue only when told to:
+        // while the queue is full, the message waits for room that only the writer can make.
+        // Tell it again until the message is in (other senders may take the room first).
+        let send = self.tx.send(msg(tx));
+        tokio::pin!(send);
+        loop {
+            self.urgent.notify_one();
+            tokio::select! {
+                sent = &mut send => {
+                    sent.map_err(|_| Error::Closed)?;
+                    break;
+                }
+                () = tokio::time::sleep(CONTROL_RETRY) => {}
+            }
+        }
         // Stored as a permit if the writer is not lingering now: its next linger ends at once.
         self.urgent.notify_one();
         rx.await.map_err(|_| Error::Closed)?
@@ -966,6 +980,10 @@ impl Writer {
     }
 }
 
+/// How often a flush or shutdown waiting for room in a full queue tells a writer that holds
+/// events to make room.
+const CONTROL_RETRY: Duration = Duration::from_millis(20);
+
 /// The same answer for another caller, as near as an error that cannot be cloned allows:
 /// spooled and lost events as they are, a failed sync as the same I/O failure, anything else
 /// as a stopped writer.
@@ -1150,6 +1168,42 @@ mod tests {
         sink.shutdown().await.unwrap();
         assert_eq!(store.inner.records(&tenant).len(), 4);
         assert!(sink.stats().store_errors >= 1, "{:?}", sink.stats());
+    }
+
+    /// With the store down and no spool, the writer holds what it could not store, and
+    /// the queue fills behind it: a shutdown still gets in and answers (`Lost`) after the
+    /// drain timeout, instead of waiting for room for ever.
+    #[tokio::test]
+    async fn a_shutdown_behind_a_full_queue_answers() {
+        let store = Arc::new(Flaky::default());
+        store.set_down(true);
+        let tenant = TenantId::parse("acme").unwrap();
+        let sink = AuditDispatcher::builder(Arc::clone(&store) as Arc<dyn AuditStore>)
+            .with_capacity(4)
+            .with_batch_size(2)
+            .with_retry(Duration::from_millis(5), Duration::from_millis(20))
+            .with_drain_timeout(Duration::from_millis(200))
+            .start()
+            .await
+            .unwrap();
+        // Enough events to leave the writer holding some and the queue full; the callers
+        // past the queue's room wait, on tasks of their own.
+        let mut waiting = Vec::new();
+        for i in 0..16 {
+            let (sink, e) = (
+                sink.clone(),
+                AuditEvent::new(tenant.clone(), "x.y", Outcome::Success).with_detail("n", i),
+            );
+            waiting.push(tokio::spawn(async move { sink.record(e).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), sink.shutdown())
+            .await
+            .expect("the shutdown never got into the full queue");
+        assert!(matches!(answer, Err(Error::Lost { .. })), "{answer:?}");
+        for w in waiting {
+            let _ = w.await;
+        }
     }
 
     /// A back-off of `Duration::MAX` saturates instead of overflowing, and so does the retry
