@@ -932,7 +932,7 @@ async fn a_connection_that_stops_answering_is_replaced_after_its_response_timeou
     let relay = common::Relay::start(server.port()).await;
     // The response timeout is longer than the limiter's bound: the limiter answers first, and
     // its call goes on until the response timeout, which marks the connection broken.
-    let pool = RedisConfig::single(relay.url())
+    let pool = RedisConfig::single(common::relay_url(&relay))
         .with_pool_size(1)
         .with_response_timeout(Duration::from_secs(2))
         .with_acquire_timeout(Duration::from_secs(5))

@@ -134,7 +134,7 @@ async fn after_a_fail_over_the_next_command_reconnects_instead_of_failing_for_ev
     // The pool reaches Redis through one address (a DNS name or a load balancer in
     // production), which fail-overs point at the new primary.
     let relay = Relay::start(a.port()).await;
-    let pool = common::config(RedisConfig::single(relay.url()))
+    let pool = common::config(RedisConfig::single(common::relay_url(&relay)))
         .with_pool_size(1)
         .connect()
         .await
@@ -233,7 +233,7 @@ async fn a_connection_slower_than_the_limiters_bound_is_made_once_and_kept() {
     };
     let relay = Relay::start(redis.port()).await;
     relay.delay_connections(Duration::from_millis(400));
-    let pool = common::config(RedisConfig::single(relay.url()))
+    let pool = common::config(RedisConfig::single(common::relay_url(&relay)))
         .connect_lazy()
         .unwrap();
     let limiter = RedisRateLimiter::builder(pool.clone())

@@ -102,6 +102,7 @@ pub struct DbConfig {
     pub(crate) catalog_audit: bool,
     pub(crate) begin_mode: BeginMode,
     pub(crate) commit_check: bool,
+    pub(crate) store_timeout: Duration,
 }
 
 impl DbConfig {
@@ -142,6 +143,7 @@ impl DbConfig {
             catalog_audit: true,
             begin_mode: BeginMode::OneMessage,
             commit_check: true,
+            store_timeout: Duration::from_secs(5),
         }
     }
 
@@ -195,6 +197,20 @@ impl DbConfig {
     /// each connection, never as a `SET`). Zero disables it.
     pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
+        self
+    }
+
+    /// The bound on each operation of this crate's stores (sessions, revoked tokens, the
+    /// tenant directory: default 5 s), from acquiring a connection to the commit. Past it the
+    /// operation fails with [`tenancy_core::Error::Timeout`] and its connection is closed.
+    ///
+    /// Why: the server's `statement_timeout` cannot end a wait on a connection whose peer
+    /// vanished without a reset (a network partition, a failover that left the socket half
+    /// open): without a bound of its own, a request waits until the kernel gives up on the
+    /// connection, many minutes. 5 s is the acquire timeout's bound, and far above the few
+    /// milliseconds these operations take. Values under 100 ms are raised to 100 ms.
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 

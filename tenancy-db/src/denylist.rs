@@ -103,54 +103,61 @@ impl PgDenylist {
 #[async_trait]
 impl Denylist for PgDenylist {
     async fn is_revoked(&self, tenant: &TenantId, jti: &str) -> Result<bool> {
-        if check_jti(jti).is_err() {
-            // Never stored (`revoke` refuses it), so never revoked.
-            return Ok(false);
-        }
-        let now = self.now();
-        let mut tx = self.begin(tenant).await?;
-        let revoked: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM tenancy.revoked_tokens
-                            WHERE jti = $1 AND expires_at > $2)",
-        )
-        .bind(jti.as_bytes())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(revoked)
+        self.pool
+            .bounded(async {
+                if check_jti(jti).is_err() {
+                    // Never stored (`revoke` refuses it), so never revoked.
+                    return Ok(false);
+                }
+                let now = self.now();
+                let mut tx = self.begin(tenant).await?;
+                let revoked: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM tenancy.revoked_tokens
+                                WHERE jti = $1 AND expires_at > $2)",
+                )
+                .bind(jti.as_bytes())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(revoked)
+            })
+            .await
     }
 
     async fn revoke(&self, tenant: &TenantId, jti: &str, expires_at: i64) -> Result<()> {
-        check_jti(jti)?;
-        let now = self.now();
-        if expires_at <= now {
-            return Ok(());
-        }
-        let mut tx = self.begin(tenant).await?;
-        sqlx::query(
-            "INSERT INTO tenancy.revoked_tokens (tenant_id, jti, expires_at)
-             VALUES (tenancy.current_tenant_id(), $1, $2)
-             ON CONFLICT (tenant_id, jti)
-             DO UPDATE SET expires_at = GREATEST(tenancy.revoked_tokens.expires_at, EXCLUDED.expires_at)",
-        )
-        .bind(jti.as_bytes())
-        .bind(expires_at)
-        .execute(&mut *tx)
+        self.pool.bounded(async {
+            check_jti(jti)?;
+            let now = self.now();
+            if expires_at <= now {
+                return Ok(());
+            }
+            let mut tx = self.begin(tenant).await?;
+            sqlx::query(
+                "INSERT INTO tenancy.revoked_tokens (tenant_id, jti, expires_at)
+                 VALUES (tenancy.current_tenant_id(), $1, $2)
+                 ON CONFLICT (tenant_id, jti)
+                 DO UPDATE SET expires_at = GREATEST(tenancy.revoked_tokens.expires_at, EXCLUDED.expires_at)",
+            )
+            .bind(jti.as_bytes())
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            // Reclaim a few of the tenant's long-ended entries on the way.
+            sqlx::query(
+                "DELETE FROM tenancy.revoked_tokens WHERE ctid IN (
+                     SELECT ctid FROM tenancy.revoked_tokens WHERE expires_at <= $1 LIMIT $2)",
+            )
+            .bind(now.saturating_sub(GC_GRACE_SECS))
+            .bind(SWEEP_PER_REVOKE)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(())
+        })
         .await
-        .map_err(db)?;
-        // Reclaim a few of the tenant's long-ended entries on the way.
-        sqlx::query(
-            "DELETE FROM tenancy.revoked_tokens WHERE ctid IN (
-                 SELECT ctid FROM tenancy.revoked_tokens WHERE expires_at <= $1 LIMIT $2)",
-        )
-        .bind(now.saturating_sub(GC_GRACE_SECS))
-        .bind(SWEEP_PER_REVOKE)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
     }
 }

@@ -142,34 +142,42 @@ impl PgTenantDirectory {
 #[async_trait]
 impl TenantDirectory for PgTenantDirectory {
     async fn get(&self, tenant: &TenantId) -> Result<Option<TenantSettings>> {
-        let mut tx = self
-            .pool
-            .begin_routine_read("tenant directory: get")
+        self.pool
+            .bounded(async {
+                let mut tx = self
+                    .pool
+                    .begin_routine_read("tenant directory: get")
+                    .await
+                    .map_err(db)?;
+                let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM tenancy.tenants WHERE id = $1"
+                )))
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                row.map(|r| decode(r).map(|(_, s)| s)).transpose()
+            })
             .await
-            .map_err(db)?;
-        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM tenancy.tenants WHERE id = $1"
-        )))
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        row.map(|r| decode(r).map(|(_, s)| s)).transpose()
     }
 
     async fn put(&self, tenant: &TenantId, settings: TenantSettings) -> Result<Upsert> {
-        let mut tx = self.pool.begin("tenant directory: put").await.map_err(db)?;
-        let inserted = write(UPSERT, tenant, &settings)?
-            .fetch_one(&mut *tx)
+        self.pool
+            .bounded(async {
+                let mut tx = self.pool.begin("tenant directory: put").await.map_err(db)?;
+                let inserted = write(UPSERT, tenant, &settings)?
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(if inserted {
+                    Upsert::Created
+                } else {
+                    Upsert::Updated
+                })
+            })
             .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(if inserted {
-            Upsert::Created
-        } else {
-            Upsert::Updated
-        })
     }
 
     async fn put_if(
@@ -178,77 +186,89 @@ impl TenantDirectory for PgTenantDirectory {
         expected: Option<&TenantSettings>,
         settings: TenantSettings,
     ) -> Result<Option<Upsert>> {
-        let mut tx = self
-            .pool
-            .begin("tenant directory: put_if")
+        self.pool
+            .bounded(async {
+                let mut tx = self
+                    .pool
+                    .begin("tenant directory: put_if")
+                    .await
+                    .map_err(db)?;
+                let Some(expected) = expected else {
+                    // Create only: a row that exists by now, even one a concurrent create wrote a
+                    // moment ago, is left as it is.
+                    let created: Option<bool> = write(
+                        insert_sql!("ON CONFLICT (id) DO NOTHING RETURNING true"),
+                        tenant,
+                        &settings,
+                    )?
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    return Ok(created.map(|_| Upsert::Created));
+                };
+                // The row stays locked until the commit: no other writer changes it between this
+                // comparison and the update.
+                let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM tenancy.tenants WHERE id = $1 FOR UPDATE"
+                )))
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                let current = row.map(decode).transpose()?.map(|(_, s)| s);
+                if current.as_ref() != Some(expected) {
+                    tx.commit().await.map_err(db)?;
+                    return Ok(None);
+                }
+                write(UPSERT, tenant, &settings)?
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(Some(Upsert::Updated))
+            })
             .await
-            .map_err(db)?;
-        let Some(expected) = expected else {
-            // Create only: a row that exists by now, even one a concurrent create wrote a
-            // moment ago, is left as it is.
-            let created: Option<bool> = write(
-                insert_sql!("ON CONFLICT (id) DO NOTHING RETURNING true"),
-                tenant,
-                &settings,
-            )?
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-            tx.commit().await.map_err(db)?;
-            return Ok(created.map(|_| Upsert::Created));
-        };
-        // The row stays locked until the commit: no other writer changes it between this
-        // comparison and the update.
-        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM tenancy.tenants WHERE id = $1 FOR UPDATE"
-        )))
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        let current = row.map(decode).transpose()?.map(|(_, s)| s);
-        if current.as_ref() != Some(expected) {
-            tx.commit().await.map_err(db)?;
-            return Ok(None);
-        }
-        write(UPSERT, tenant, &settings)?
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(Some(Upsert::Updated))
     }
 
     async fn remove(&self, tenant: &TenantId) -> Result<bool> {
-        let mut tx = self
-            .pool
-            .begin("tenant directory: remove")
+        self.pool
+            .bounded(async {
+                let mut tx = self
+                    .pool
+                    .begin("tenant directory: remove")
+                    .await
+                    .map_err(db)?;
+                let n = sqlx::query("DELETE FROM tenancy.tenants WHERE id = $1")
+                    .bind(tenant.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?
+                    .rows_affected();
+                tx.commit().await.map_err(db)?;
+                Ok(n > 0)
+            })
             .await
-            .map_err(db)?;
-        let n = sqlx::query("DELETE FROM tenancy.tenants WHERE id = $1")
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        tx.commit().await.map_err(db)?;
-        Ok(n > 0)
     }
 
     async fn list(&self) -> Result<Vec<(TenantId, TenantSettings)>> {
-        let mut tx = self
-            .pool
-            .begin_routine_read("tenant directory: list")
+        self.pool
+            .bounded(async {
+                let mut tx = self
+                    .pool
+                    .begin_routine_read("tenant directory: list")
+                    .await
+                    .map_err(db)?;
+                let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM tenancy.tenants ORDER BY id COLLATE \"C\""
+                )))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                rows.into_iter().map(decode).collect()
+            })
             .await
-            .map_err(db)?;
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM tenancy.tenants ORDER BY id COLLATE \"C\""
-        )))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        rows.into_iter().map(decode).collect()
     }
 }
 

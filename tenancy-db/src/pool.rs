@@ -43,7 +43,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -110,6 +110,15 @@ pub(crate) struct Shared {
     pub(crate) commit_check: bool,
     pub(crate) role: String,
     pub(crate) health: Arc<HealthState>,
+    /// The bound on each operation of this crate's stores ([`Shared::bounded`]).
+    pub(crate) store_timeout: Duration,
+}
+
+tokio::task_local! {
+    /// Set for an operation [`Shared::bounded`] runs: raised when the operation is dropped at
+    /// its deadline, so that a transaction it opened closes its connection instead of
+    /// returning it to the pool.
+    static CUT: Arc<AtomicBool>;
 }
 
 impl fmt::Debug for Shared {
@@ -136,6 +145,38 @@ impl Shared {
             acquired_total: self.stats.acquired.load(Ordering::Relaxed),
             acquire_timeouts_total: self.stats.timeouts.load(Ordering::Relaxed),
             tainted_closed_total: self.stats.tainted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs one operation of this crate's stores within the store timeout
+    /// ([`DbConfig::with_store_timeout`]): [`tenancy_core::Error::Timeout`] past it. The
+    /// server's `statement_timeout` cannot end a wait on a connection whose peer vanished
+    /// without a reset (a partition, a failover that left the socket half open), which
+    /// otherwise lasts until the kernel gives up, many minutes. A transaction the operation
+    /// opened then closes its connection rather than queue a `ROLLBACK` on it and return it
+    /// to the pool, where it would hang the next user.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = tenancy_core::Result<T>>,
+    ) -> tenancy_core::Result<T> {
+        let cut = Arc::new(AtomicBool::new(false));
+        let run = std::pin::pin!(tokio::time::timeout(
+            self.store_timeout,
+            CUT.scope(Arc::clone(&cut), operation)
+        ));
+        match run.await {
+            Ok(done) => done,
+            Err(_) => {
+                // Raised before the operation (and its transaction) is dropped, below.
+                cut.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "tenancy_db::pool",
+                    timeout = ?self.store_timeout,
+                    role = %self.role,
+                    "database operation past its bound; closing its connection"
+                );
+                Err(tenancy_core::Error::Timeout)
+            }
         }
     }
 
@@ -238,6 +279,7 @@ impl Pending {
         OpenTx {
             conn: self.0.take(),
             commit_check,
+            cut: CUT.try_with(Arc::clone).ok(),
         }
     }
 }
@@ -257,6 +299,9 @@ pub(crate) struct OpenTx {
     conn: Option<PoolConnection<Postgres>>,
     /// Probe for an aborted transaction before `COMMIT` ([`DbConfig::with_commit_check`](crate::DbConfig::with_commit_check)).
     commit_check: bool,
+    /// Raised when the operation that opened the transaction was dropped at its deadline
+    /// ([`Shared::bounded`]): the connection is closed, not pooled.
+    cut: Option<Arc<AtomicBool>>,
 }
 
 impl OpenTx {
@@ -303,7 +348,13 @@ impl OpenTx {
 impl Drop for OpenTx {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.as_mut() {
-            tm::start_rollback::<Postgres>(conn);
+            if self.cut.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                // Maybe waiting on a peer that is gone: a queued ROLLBACK would hang the
+                // pool's next use of it. The server rolls back when the connection ends.
+                conn.close_on_drop();
+            } else {
+                tm::start_rollback::<Postgres>(conn);
+            }
         }
     }
 }
@@ -532,6 +583,7 @@ pub(crate) async fn connect_shared(
         commit_check: config.commit_check,
         role: config.username().to_owned(),
         health: Arc::new(HealthState::new(component)),
+        store_timeout: config.store_timeout,
     });
     crate::health::spawn(&shared, config.health_interval, config.health_timeout).await;
     Ok(shared)
@@ -554,6 +606,14 @@ impl fmt::Debug for TenantPool {
 }
 
 impl TenantPool {
+    /// [`Shared::bounded`] on this pool.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = tenancy_core::Result<T>>,
+    ) -> tenancy_core::Result<T> {
+        self.shared.bounded(operation).await
+    }
+
     /// Connects (with retry and backoff), then, unless turned off in the configuration,
     /// audits the catalog as the connected role and refuses to serve on any finding
     /// ([`Error::Audit`]). Starts the background health ping.
@@ -745,6 +805,14 @@ impl fmt::Debug for PlatformPool {
 }
 
 impl PlatformPool {
+    /// [`Shared::bounded`] on this pool.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = tenancy_core::Result<T>>,
+    ) -> tenancy_core::Result<T> {
+        self.shared.bounded(operation).await
+    }
+
     /// Connects (with retry and backoff) and starts the background health ping.
     pub async fn connect(config: DbConfig) -> Result<Self> {
         Ok(Self {

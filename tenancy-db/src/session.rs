@@ -166,196 +166,230 @@ fn deadline(
 #[async_trait]
 impl SessionStore for PgSessionStore {
     async fn create(&self, new: NewSession) -> Result<Session> {
-        // The bounds every session store keeps (the memory and Redis stores alike).
-        new.check_bounds()?;
-        let now = self.now();
-        let ttl =
-            time::Duration::try_from(new.absolute_ttl).map_err(|_| range("absolute lifetime"))?;
-        now.checked_add(ttl)
-            .ok_or_else(|| range("absolute lifetime"))?;
-        let session = new.into_session(now);
-        let idle = i64::try_from(session.idle_timeout_secs).map_err(|_| range("idle timeout"))?;
-        let end = deadline(now, session.idle_timeout_secs, session.expires_at)?;
-        let mut tx = self.begin(&session.tenant).await?;
-        // Reclaim this user's ended sessions on the way (bounded by the per-user index).
-        sqlx::query("DELETE FROM tenancy.sessions WHERE user_id = $1 AND deadline <= $2")
-            .bind(session.user.as_str())
-            .bind(now)
-            .execute(&mut *tx)
+        self.pool
+            .bounded(async {
+                // The bounds every session store keeps (the memory and Redis stores alike).
+                new.check_bounds()?;
+                let now = self.now();
+                let ttl = time::Duration::try_from(new.absolute_ttl)
+                    .map_err(|_| range("absolute lifetime"))?;
+                now.checked_add(ttl)
+                    .ok_or_else(|| range("absolute lifetime"))?;
+                let session = new.into_session(now);
+                let idle =
+                    i64::try_from(session.idle_timeout_secs).map_err(|_| range("idle timeout"))?;
+                let end = deadline(now, session.idle_timeout_secs, session.expires_at)?;
+                let mut tx = self.begin(&session.tenant).await?;
+                // Reclaim this user's ended sessions on the way (bounded by the per-user index).
+                sqlx::query("DELETE FROM tenancy.sessions WHERE user_id = $1 AND deadline <= $2")
+                    .bind(session.user.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db(e.into()))?;
+                sqlx::query(
+                    "INSERT INTO tenancy.sessions
+                     (tenant_id, id, user_id, created_at, last_seen_at, expires_at,
+                      idle_timeout_secs, deadline, version, data)
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, 1, $8)",
+                )
+                .bind(session.tenant.as_str())
+                .bind(session.id.as_str())
+                .bind(session.user.as_str())
+                .bind(now)
+                .bind(session.expires_at)
+                .bind(idle)
+                .bind(end)
+                .bind(Json(&session.data))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db(e.into()))?;
+                tx.commit().await.map_err(db)?;
+                Ok(session)
+            })
             .await
-            .map_err(|e| db(e.into()))?;
-        sqlx::query(
-            "INSERT INTO tenancy.sessions
-                 (tenant_id, id, user_id, created_at, last_seen_at, expires_at,
-                  idle_timeout_secs, deadline, version, data)
-             VALUES ($1, $2, $3, $4, $4, $5, $6, $7, 1, $8)",
-        )
-        .bind(session.tenant.as_str())
-        .bind(session.id.as_str())
-        .bind(session.user.as_str())
-        .bind(now)
-        .bind(session.expires_at)
-        .bind(idle)
-        .bind(end)
-        .bind(Json(&session.data))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db(e.into()))?;
-        tx.commit().await.map_err(db)?;
-        Ok(session)
     }
 
     async fn load(&self, tenant: &TenantId, id: &SessionId) -> Result<Option<Session>> {
-        let now = self.now();
-        let mut tx = self.begin(tenant).await?;
-        let s = Self::fetch_live(&mut tx, id, now).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(s)
+        self.pool
+            .bounded(async {
+                let now = self.now();
+                let mut tx = self.begin(tenant).await?;
+                let s = Self::fetch_live(&mut tx, id, now).await?;
+                tx.commit().await.map_err(db)?;
+                Ok(s)
+            })
+            .await
     }
 
     async fn touch(&self, tenant: &TenantId, id: &SessionId) -> Result<Option<Session>> {
-        let now = self.now();
-        let mut tx = self.begin(tenant).await?;
-        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE tenancy.sessions
-             SET last_seen_at = greatest(last_seen_at, $2),
-                 deadline = least(
-                     greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
-                     expires_at
-                 )
-             WHERE id = $1 AND deadline > $2
-             RETURNING {COLUMNS}"
-        )))
-        .bind(id.as_str())
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db(e.into()))?;
-        tx.commit().await.map_err(db)?;
-        row.map(decode).transpose()
+        self.pool
+            .bounded(async {
+                let now = self.now();
+                let mut tx = self.begin(tenant).await?;
+                let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "UPDATE tenancy.sessions
+                 SET last_seen_at = greatest(last_seen_at, $2),
+                     deadline = least(
+                         greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
+                         expires_at
+                     )
+                 WHERE id = $1 AND deadline > $2
+                 RETURNING {COLUMNS}"
+                )))
+                .bind(id.as_str())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db(e.into()))?;
+                tx.commit().await.map_err(db)?;
+                row.map(decode).transpose()
+            })
+            .await
     }
 
     async fn save(&self, session: &Session) -> Result<Session> {
-        session.check_bounds()?;
-        let now = self.now();
-        let idle = i64::try_from(session.idle_timeout_secs).map_err(|_| range("idle timeout"))?;
-        let version = i64::try_from(session.version).map_err(|_| range("version"))?;
-        let mut tx = self.begin(&session.tenant).await?;
-        // Lock the live row, then decide: absent or ended -> NotFound, other version ->
-        // Conflict. Id, tenant, user, creation and absolute expiry are never written.
-        let current: Option<(i64, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
-            "SELECT version, expires_at, last_seen_at FROM tenancy.sessions
-             WHERE id = $1 AND deadline > $2 FOR UPDATE",
-        )
-        .bind(session.id.as_str())
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db(e.into()))?;
-        let Some((stored_version, expires_at, seen)) = current else {
-            return Err(CoreError::NotFound);
-        };
-        if stored_version != version {
-            return Err(CoreError::Conflict(
-                "session was changed by another writer".into(),
-            ));
-        }
-        // The later of the stored activity and now: an instance whose clock is behind never
-        // moves it back (nor the idle deadline with it).
-        let seen = seen.max(now);
-        let end = deadline(seen, session.idle_timeout_secs, expires_at)?;
-        let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE tenancy.sessions
-             SET data = $2, idle_timeout_secs = $3, last_seen_at = $4, deadline = $5,
-                 version = version + 1
-             WHERE id = $1
-             RETURNING {COLUMNS}"
-        )))
-        .bind(session.id.as_str())
-        .bind(Json(&session.data))
-        .bind(idle)
-        .bind(seen)
-        .bind(end)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| db(e.into()))?;
-        tx.commit().await.map_err(db)?;
-        decode(row)
+        self.pool
+            .bounded(async {
+                session.check_bounds()?;
+                let now = self.now();
+                let idle =
+                    i64::try_from(session.idle_timeout_secs).map_err(|_| range("idle timeout"))?;
+                let version = i64::try_from(session.version).map_err(|_| range("version"))?;
+                let mut tx = self.begin(&session.tenant).await?;
+                // Lock the live row, then decide: absent or ended -> NotFound, other version ->
+                // Conflict. Id, tenant, user, creation and absolute expiry are never written.
+                let current: Option<(i64, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
+                    "SELECT version, expires_at, last_seen_at FROM tenancy.sessions
+                 WHERE id = $1 AND deadline > $2 FOR UPDATE",
+                )
+                .bind(session.id.as_str())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db(e.into()))?;
+                let Some((stored_version, expires_at, seen)) = current else {
+                    return Err(CoreError::NotFound);
+                };
+                if stored_version != version {
+                    return Err(CoreError::Conflict(
+                        "session was changed by another writer".into(),
+                    ));
+                }
+                // The later of the stored activity and now: an instance whose clock is behind never
+                // moves it back (nor the idle deadline with it).
+                let seen = seen.max(now);
+                let end = deadline(seen, session.idle_timeout_secs, expires_at)?;
+                let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "UPDATE tenancy.sessions
+                 SET data = $2, idle_timeout_secs = $3, last_seen_at = $4, deadline = $5,
+                     version = version + 1
+                 WHERE id = $1
+                 RETURNING {COLUMNS}"
+                )))
+                .bind(session.id.as_str())
+                .bind(Json(&session.data))
+                .bind(idle)
+                .bind(seen)
+                .bind(end)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db(e.into()))?;
+                tx.commit().await.map_err(db)?;
+                decode(row)
+            })
+            .await
     }
 
     async fn delete(&self, tenant: &TenantId, id: &SessionId) -> Result<bool> {
-        let now = self.now();
-        let mut tx = self.begin(tenant).await?;
-        let live: Option<bool> = sqlx::query_scalar(
-            "DELETE FROM tenancy.sessions WHERE id = $1 RETURNING deadline > $2",
-        )
-        .bind(id.as_str())
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db(e.into()))?;
-        tx.commit().await.map_err(db)?;
-        Ok(live.unwrap_or(false))
+        self.pool
+            .bounded(async {
+                let now = self.now();
+                let mut tx = self.begin(tenant).await?;
+                let live: Option<bool> = sqlx::query_scalar(
+                    "DELETE FROM tenancy.sessions WHERE id = $1 RETURNING deadline > $2",
+                )
+                .bind(id.as_str())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db(e.into()))?;
+                tx.commit().await.map_err(db)?;
+                Ok(live.unwrap_or(false))
+            })
+            .await
     }
 
     async fn rotate(&self, tenant: &TenantId, id: &SessionId) -> Result<Session> {
-        let now = self.now();
-        let fresh = SessionId::generate();
-        let mut tx = self.begin(tenant).await?;
-        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE tenancy.sessions
-             SET id = $3, version = version + 1, last_seen_at = greatest(last_seen_at, $2),
-                 deadline = least(
-                     greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
-                     expires_at
-                 )
-             WHERE id = $1 AND deadline > $2
-             RETURNING {COLUMNS}"
-        )))
-        .bind(id.as_str())
-        .bind(now)
-        .bind(fresh.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db(e.into()))?;
-        tx.commit().await.map_err(db)?;
-        row.map(decode).transpose()?.ok_or(CoreError::NotFound)
+        self.pool
+            .bounded(async {
+                let now = self.now();
+                let fresh = SessionId::generate();
+                let mut tx = self.begin(tenant).await?;
+                let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "UPDATE tenancy.sessions
+                 SET id = $3, version = version + 1, last_seen_at = greatest(last_seen_at, $2),
+                     deadline = least(
+                         greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
+                         expires_at
+                     )
+                 WHERE id = $1 AND deadline > $2
+                 RETURNING {COLUMNS}"
+                )))
+                .bind(id.as_str())
+                .bind(now)
+                .bind(fresh.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db(e.into()))?;
+                tx.commit().await.map_err(db)?;
+                row.map(decode).transpose()?.ok_or(CoreError::NotFound)
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl SessionAdmin for PgSessionStore {
     async fn list_user(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<Session>> {
-        let now = self.now();
-        let mut tx = self.begin(tenant).await?;
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM tenancy.sessions
-             WHERE user_id = $1 AND deadline > $2
-             ORDER BY created_at, id"
-        )))
-        .bind(user.as_str())
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| db(e.into()))?;
-        tx.commit().await.map_err(db)?;
-        rows.into_iter().map(decode).collect()
+        self.pool
+            .bounded(async {
+                let now = self.now();
+                let mut tx = self.begin(tenant).await?;
+                let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM tenancy.sessions
+                 WHERE user_id = $1 AND deadline > $2
+                 ORDER BY created_at, id"
+                )))
+                .bind(user.as_str())
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| db(e.into()))?;
+                tx.commit().await.map_err(db)?;
+                rows.into_iter().map(decode).collect()
+            })
+            .await
     }
 
     async fn revoke_user(&self, tenant: &TenantId, user: &UserId) -> Result<u64> {
-        let now = self.now();
-        let mut tx = self.begin(tenant).await?;
-        let live: i64 = sqlx::query_scalar(
-            "WITH gone AS (DELETE FROM tenancy.sessions WHERE user_id = $1 RETURNING deadline)
-             SELECT count(*) FILTER (WHERE deadline > $2) FROM gone",
-        )
-        .bind(user.as_str())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| db(e.into()))?;
-        tx.commit().await.map_err(db)?;
-        Ok(u64::try_from(live).unwrap_or(0))
+        self.pool
+            .bounded(async {
+                let now = self.now();
+                let mut tx = self.begin(tenant).await?;
+                let live: i64 = sqlx::query_scalar(
+                "WITH gone AS (DELETE FROM tenancy.sessions WHERE user_id = $1 RETURNING deadline)
+                 SELECT count(*) FILTER (WHERE deadline > $2) FROM gone",
+            )
+            .bind(user.as_str())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db(e.into()))?;
+                tx.commit().await.map_err(db)?;
+                Ok(u64::try_from(live).unwrap_or(0))
+            })
+            .await
     }
 }
 

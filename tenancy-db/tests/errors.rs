@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestEnv, seed, tenant};
-use tenancy_core::ErrorKind;
+use tenancy_core::{ErrorKind, SessionStore as _};
 use tenancy_db::{Error, TenantPool};
 
 /// Runs `sql` in a tenant transaction and returns its failure as a `tenancy_db::Error`.
@@ -296,4 +296,55 @@ async fn connect_attempts_that_never_get_an_answer_time_out() {
     );
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(err.is_retryable());
+}
+
+/// A connection whose peer vanishes without a reset (a network partition, a failover that
+/// left the socket half open): a store's operation fails with a timeout at the store timeout
+/// instead of waiting for the kernel to give up, and its connection is closed rather than
+/// pooled with a `ROLLBACK` queued on it, so the next operation, on a fresh connection, works
+/// (the pool has one connection: a slot still held would fail it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_partition_times_out_and_the_pool_recovers() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let relay = tenancy_tests::relay::Relay::start(env.options().get_port()).await;
+    let config = tenancy_db::DbConfig::from_options(
+        env.options()
+            .username(env.runtime.as_str())
+            .host("127.0.0.1")
+            .port(relay.port()),
+    )
+    .with_environment(tenancy_db::Environment::Test)
+    .with_max_connections(1)
+    .with_acquire_timeout(Duration::from_secs(10))
+    .with_health_interval(Duration::from_secs(3600), Duration::from_secs(2))
+    .with_store_timeout(Duration::from_millis(500));
+    let pool = TenantPool::connect(config).await.unwrap();
+    let store = tenancy_db::PgSessionStore::new(pool);
+    let acme = tenant("acme");
+    let s = store
+        .create(tenancy_core::NewSession::new(
+            acme.clone(),
+            tenancy_core::UserId::parse("alice").unwrap(),
+        ))
+        .await
+        .unwrap();
+    assert!(store.load(&acme, &s.id).await.unwrap().is_some());
+    // The pool pings a released connection before lending it again, without a bound of its
+    // own: let that finish before the cut (see the issue note on what remains).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    relay.cut_silently();
+    let started = std::time::Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(10), store.load(&acme, &s.id))
+        .await
+        .expect("a load on a silently cut connection was not bounded");
+    assert!(matches!(cut, Err(tenancy_core::Error::Timeout)), "{cut:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let next = tokio::time::timeout(Duration::from_secs(10), store.load(&acme, &s.id))
+        .await
+        .expect("the next load hung");
+    assert!(next.unwrap().is_some(), "the session is still there");
 }

@@ -20,6 +20,7 @@
 
 pub mod body;
 pub mod http;
+pub mod relay;
 
 use std::time::Duration;
 
