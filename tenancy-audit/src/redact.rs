@@ -14,8 +14,10 @@
 //!   rule of its name the same way: masked, hashed, or removed (leaving `[name]`).
 //! - Whatever its key, a string value that carries a credential is masked whole: an HTTP
 //!   authorization value (a scheme — `Bearer`, `Basic`, `Token`, `Digest`, `ApiKey` or
-//!   `DPoP`, in any case — then white space and a credential of at least 8 characters, also
-//!   inside a longer text) or a JWT.
+//!   `DPoP`, in any case, at the start of a word — then white space and a credential: at
+//!   least 8 token characters with a digit, one of `+=_~` or a capital past the first, or at
+//!   least 20 of them; also inside a longer text) or a JWT. Prose after a scheme's name
+//!   ("Token validation failed", "token expired.") is kept.
 //! - In URLs inside a string value, the password of the user information and the values of
 //!   query and fragment parameters whose names are sensitive (matched like detail keys, plus
 //!   the exact names `code`, `key` and `sig`) are replaced, and the rest of the URL stays
@@ -204,19 +206,33 @@ fn normalise(key: &str) -> String {
 }
 
 /// Whether a string value carries a credential whatever its key: an HTTP authorization value
-/// (a scheme of [`AUTH_SCHEMES`] in any case, white space, and at least 8 credential
-/// characters, also inside a longer text such as a logged header line) or a JWT (`eyJ…` with
-/// two dots).
+/// (a scheme of [`AUTH_SCHEMES`] in any case at the start of a word, white space, and a word
+/// that looks like a credential rather than prose, also inside a longer text such as a logged
+/// header line) or a JWT (`eyJ…` with two dots).
 fn credential_like(s: &str) -> bool {
     let b = s.as_bytes();
     let token68 = |c: &u8| c.is_ascii_alphanumeric() || b"-._~+/=".contains(c);
-    // A credential, not a word of prose ("Token validation failed", "basic plan"): at least
-    // 8 characters with a digit, a token character other than a letter, a capital past the
-    // first, or at least 20 characters.
-    let credential_word = |w: &[u8]| {
+    // A credential, not a word of prose ("Token validation failed", "token expired.",
+    // "basic plan", "Bearer tokens/sessions"): at least 8 characters (a sentence's last dot
+    // aside) with a digit, one of `+=_~`, a capital past the first, or at least 20 characters.
+    // Only the first 20 characters are looked at: the test is the same past them, and a long
+    // run costs no more for each scheme word before it.
+    let credential_word = |credential: &str| {
+        let mut w = [0u8; 20];
+        let mut len = 0;
+        for c in credential.bytes().take_while(token68).take(w.len()) {
+            w[len] = c;
+            len += 1;
+        }
+        let w = &w[..len];
+        let w = if len < 20 {
+            w.strip_suffix(b".").unwrap_or(w)
+        } else {
+            w
+        };
         w.len() >= 8
             && (w.len() >= 20
-                || w.iter().any(|c| !c.is_ascii_alphabetic())
+                || w.iter().any(|c| c.is_ascii_digit() || b"+=_~".contains(c))
                 || w.iter().skip(1).any(u8::is_ascii_uppercase))
     };
     // The scheme at the start of a word, any run of white space (`Bearer  x`, `Bearer\tx`),
@@ -228,8 +244,7 @@ fn credential_like(s: &str) -> bool {
                 // The scheme is ASCII, so `i + w.len()` is a character boundary.
                 && s.get(i + w.len()..).is_some_and(|rest| {
                     let credential = rest.trim_start();
-                    let word: Vec<u8> = credential.bytes().take_while(token68).collect();
-                    credential.len() < rest.len() && credential_word(&word)
+                    credential.len() < rest.len() && credential_word(credential)
                 })
         })
     };
@@ -238,15 +253,20 @@ fn credential_like(s: &str) -> bool {
             && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
             && scheme_at(i)
     });
+    // `eyJ…` with two dots in one run of JWT characters. Each run is read once: the search
+    // goes on past its end (a run of `eyJeyJ…` is not read again from each `eyJ`).
     let jwt = || {
-        s.match_indices("eyJ").any(|(i, _)| {
-            let token = b[i..]
-                .iter()
-                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-                .filter(|c| **c == b'.')
-                .count();
-            token >= 2
-        })
+        let jwt_char = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+        let mut from = 0;
+        while let Some(at) = s.get(from..).and_then(|rest| rest.find("eyJ")) {
+            let start = from + at;
+            let run = b[start..].iter().take_while(|c| jwt_char(c)).count();
+            if b[start..start + run].iter().filter(|c| **c == b'.').count() >= 2 {
+                return true;
+            }
+            from = start + run.max(3);
+        }
+        false
     };
     scheme || jwt()
 }
@@ -556,12 +576,11 @@ impl RedactionPolicy {
     /// its URLs, only the secret parts are replaced ([`RedactionPolicy::scrub_urls`]).
     fn scrub(&self, tenant: &TenantId, s: &str) -> Option<String> {
         // One pass settles the usual text (a route, an action): every credential or URL
-        // secret needs white space after its scheme (ASCII or not), a JWT's `J`, or a URL's
-        // `?`, `#` or `@`.
-        if !s
-            .bytes()
-            .any(|c| c.is_ascii_whitespace() || matches!(c, b'?' | b'#' | b'@' | b'J' | 0x80..))
-        {
+        // secret needs white space after its scheme (ASCII, the vertical tab included, or
+        // not), a JWT's `J`, or a URL's `?`, `#` or `@`.
+        if !s.bytes().any(|c| {
+            c.is_ascii_whitespace() || matches!(c, 0x0B | b'?' | b'#' | b'@' | b'J' | 0x80..)
+        }) {
             return None;
         }
         if credential_like(s) {
@@ -984,6 +1003,9 @@ mod tests {
             "DIGEST username=\"k1k1k1k1\", response=\"abc\"",
             "ApiKey k1k1k1k1k1",
             "dpop k1k1k1k1k1",
+            "Bearer\u{0B}k1k1k1k1k1",
+            "Bearer abcdefghijklmnopqrst",
+            "Token abc_defghij",
         ] {
             assert!(credential_like(value), "{value:?}");
             let mut e = event().with_detail("note", value);
@@ -1001,6 +1023,10 @@ mod tests {
             "the refresh token signature was refused",
             "Basic authentication is disabled",
             "subtoken k1k1k1k1k1",
+            "token expired.",
+            "the token revoked.",
+            "Bearer tokens/sessions",
+            "re-issued token re-issued",
         ] {
             assert!(!credential_like(value), "{value:?}");
         }
