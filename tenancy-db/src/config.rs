@@ -143,7 +143,7 @@ impl DbConfig {
             catalog_audit: true,
             begin_mode: BeginMode::OneMessage,
             commit_check: true,
-            store_timeout: Duration::from_secs(5),
+            store_timeout: Duration::from_secs(10),
         }
     }
 
@@ -201,14 +201,19 @@ impl DbConfig {
     }
 
     /// The bound on each operation of this crate's stores (sessions, revoked tokens, the
-    /// tenant directory: default 5 s), from acquiring a connection to the commit. Past it the
-    /// operation fails with [`tenancy_core::Error::Timeout`] and its connection is closed.
+    /// tenant directory: default 10 s), from acquiring a connection to the commit. Past it the
+    /// operation fails with [`tenancy_core::Error::Timeout`] and its connection is closed;
+    /// an operation its caller stops waiting for closes its connection the same way. Its
+    /// transactions carry `statement_timeout` and `lock_timeout` at 80 % of it, so that on a
+    /// live connection the server ends a slow statement or lock wait first (an error, the
+    /// connection kept).
     ///
-    /// Why: the server's `statement_timeout` cannot end a wait on a connection whose peer
-    /// vanished without a reset (a network partition, a failover that left the socket half
-    /// open): without a bound of its own, a request waits until the kernel gives up on the
-    /// connection, many minutes. 5 s is the acquire timeout's bound, and far above the few
-    /// milliseconds these operations take. Values under 100 ms are raised to 100 ms.
+    /// Why: the server's own timeouts cannot end a wait on a connection whose peer vanished
+    /// without a reset (a network partition, a failover that left the socket half open):
+    /// without a bound of its own, a request waits until the kernel gives up on the
+    /// connection, many minutes. 10 s is above the acquire timeout (5 s), so an exhausted
+    /// pool still reports itself as such, and far above the few milliseconds these
+    /// operations take. Values under 100 ms are raised to 100 ms.
     pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = timeout.max(Duration::from_millis(100));
         self

@@ -114,11 +114,51 @@ pub(crate) struct Shared {
     pub(crate) store_timeout: Duration,
 }
 
-tokio::task_local! {
-    /// Set for an operation [`Shared::bounded`] runs: raised when the operation is dropped at
-    /// its deadline, so that a transaction it opened closes its connection instead of
+/// What [`Shared::bounded`] tells the transactions of the operation it runs.
+struct Bound {
+    /// Raised when the operation is dropped before it finished (its deadline, or a caller
+    /// that stopped waiting): a transaction it opened closes its connection instead of
     /// returning it to the pool.
-    static CUT: Arc<AtomicBool>;
+    cut: Arc<AtomicBool>,
+    /// The server's own bounds for the transaction's statements and lock waits, in
+    /// milliseconds: below the operation's, so that on a live connection the server ends a
+    /// slow statement (an error, the connection kept) before the client cuts it.
+    server_ms: u64,
+}
+
+tokio::task_local! {
+    static BOUND: Bound;
+}
+
+/// Raises the cut flag when dropped before [`CutOnDrop::finished`]: the operation was
+/// dropped while it ran.
+struct CutOnDrop(Option<Arc<AtomicBool>>);
+
+impl CutOnDrop {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CutOnDrop {
+    fn drop(&mut self) {
+        if let Some(cut) = &self.0 {
+            cut.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `SET LOCAL`s that give a transaction opened inside [`Shared::bounded`] the server-side
+/// bounds of its operation, to follow its `BEGIN` in the same message; empty outside.
+fn bound_settings() -> String {
+    BOUND
+        .try_with(|b| {
+            format!(
+                "; SET LOCAL statement_timeout = {0}; SET LOCAL lock_timeout = {0}",
+                b.server_ms
+            )
+        })
+        .unwrap_or_default()
 }
 
 impl fmt::Debug for Shared {
@@ -160,15 +200,26 @@ impl Shared {
         operation: impl Future<Output = tenancy_core::Result<T>>,
     ) -> tenancy_core::Result<T> {
         let cut = Arc::new(AtomicBool::new(false));
+        let server = self.store_timeout.mul_f64(0.8);
+        let bound = Bound {
+            cut: Arc::clone(&cut),
+            server_ms: u64::try_from(server.as_millis()).unwrap_or(u64::MAX).max(1),
+        };
         let run = std::pin::pin!(tokio::time::timeout(
             self.store_timeout,
-            CUT.scope(Arc::clone(&cut), operation)
+            BOUND.scope(bound, operation)
         ));
+        // Declared after `run`, so dropped before it when this future is dropped mid-way (a
+        // caller that stopped waiting): the flag is up before the transaction goes.
+        let guard = CutOnDrop(Some(Arc::clone(&cut)));
         match run.await {
-            Ok(done) => done,
+            Ok(done) => {
+                guard.finished();
+                done
+            }
             Err(_) => {
-                // Raised before the operation (and its transaction) is dropped, below.
-                cut.store(true, Ordering::Relaxed);
+                // Raised (by the guard) before the operation and its transaction are dropped.
+                drop(guard);
                 tracing::warn!(
                     target: "tenancy_db::pool",
                     timeout = ?self.store_timeout,
@@ -215,13 +266,18 @@ impl Shared {
     }
 
     async fn begin_plain(&self) -> Result<OpenTx> {
-        self.begin_with(None).await
+        let bounds = bound_settings();
+        if bounds.is_empty() {
+            self.begin_with(None).await
+        } else {
+            self.begin_with(Some(&format!("BEGIN{bounds}"))).await
+        }
     }
 
     async fn begin_tenant(&self, tenant: &TenantId) -> Result<OpenTx> {
         match self.begin_mode {
             BeginMode::OneMessage => {
-                let sql = one_message_begin(tenant)?;
+                let sql = one_message_begin(tenant)? + &bound_settings();
                 self.begin_with(Some(&sql)).await
             }
             BeginMode::TwoRoundTrips => {
@@ -279,7 +335,7 @@ impl Pending {
         OpenTx {
             conn: self.0.take(),
             commit_check,
-            cut: CUT.try_with(Arc::clone).ok(),
+            cut: BOUND.try_with(|b| Arc::clone(&b.cut)).ok(),
         }
     }
 }

@@ -348,3 +348,83 @@ async fn a_silent_partition_times_out_and_the_pool_recovers() {
         .expect("the next load hung");
     assert!(next.unwrap().is_some(), "the session is still there");
 }
+
+/// On a live server, a store operation's lock wait ends by the server's `lock_timeout` (80 %
+/// of the store timeout, set on the transaction) before the client cuts it: an error, and the
+/// connection kept. A caller that stops waiting earlier cuts the operation, and its connection
+/// is closed rather than pooled (nothing tells a slow peer from a vanished one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_wait_ends_on_the_server_and_a_cancelled_wait_closes_its_connection() {
+    use tenancy_core::{TenantDirectory as _, TenantSettings, TierName};
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let platform = tenancy_db::PlatformPool::connect(
+        env.config_as(env.platform.as_str())
+            .with_max_connections(1)
+            .with_health_interval(Duration::from_secs(3600), Duration::from_secs(2))
+            .with_store_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    let dir = tenancy_db::PgTenantDirectory::new(platform.clone());
+    let acme = tenant("lockwait");
+    let standard = TenantSettings::new(TierName::parse("standard").unwrap());
+    dir.put(&acme, standard.clone()).await.unwrap();
+
+    // Another session holds the tenant's row.
+    let mut holder = env.admin().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SELECT 1 FROM tenancy.tenants WHERE id = '{acme}' FOR UPDATE"
+    )))
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    let premium = TenantSettings::new(TierName::parse("premium").unwrap());
+    let waited = dir.put_if(&acme, Some(&standard), premium.clone()).await;
+    assert!(
+        matches!(waited, Err(tenancy_core::Error::Timeout)),
+        "{waited:?}"
+    );
+    // Ended by the server: the connection went back to the pool.
+    let kept = async {
+        while platform.metrics().idle != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), kept)
+        .await
+        .unwrap_or_else(|_| panic!("connection not pooled again: {:?}", platform.metrics()));
+
+    // A caller that stops waiting: the connection is closed, even though its statement then
+    // completes (the lock is let go a moment later), after which it would be fit to pool.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        holder
+    });
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        dir.put_if(&acme, Some(&standard), premium.clone()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the lock is still held");
+    let closed = async {
+        while platform.metrics().size != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .unwrap_or_else(|_| panic!("connection not closed: {:?}", platform.metrics()));
+    drop(release.await.unwrap());
+
+    assert_eq!(
+        dir.put_if(&acme, Some(&standard), premium).await.unwrap(),
+        Some(tenancy_core::Upsert::Updated)
+    );
+    dir.remove(&acme).await.unwrap();
+}
