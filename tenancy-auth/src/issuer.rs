@@ -443,6 +443,7 @@ impl TokenIssuer {
 
     /// Signs `claims` as they are.
     pub fn sign(&self, claims: &Claims) -> Result<String> {
+        crate::crypto_provider();
         jsonwebtoken::encode(&self.inner.header, claims, self.inner.key.encoding_key())
             .map_err(|e| Error::Signing(Box::new(e)))
     }

@@ -213,6 +213,7 @@ fn check_rsa(n: &[u8], e: &[u8], alg: Algorithm) -> Result<()> {
 /// load, rather than turning every signature under it into a mismatch. RSA keys are built
 /// by the backend only while verifying; [`check_rsa`] checks what it would.
 fn check_usable(key: &DecodingKey, alg: Algorithm, what: &'static str) -> Result<()> {
+    crate::crypto_provider();
     // An empty signature over an empty message: `Ok(false)` from a usable key.
     jsonwebtoken::crypto::verify("", b"", key, alg)
         .map(|_| ())
@@ -222,6 +223,7 @@ fn check_usable(key: &DecodingKey, alg: Algorithm, what: &'static str) -> Result
 /// Checks an asymmetric public key against its algorithm: RSA modulus size and exponent,
 /// EC curve, and that the backend can use it at all.
 fn check_public(key: &DecodingKey, alg: Algorithm) -> Result<()> {
+    crate::crypto_provider();
     check_family(alg, key.family())?;
     let jwk =
         Jwk::from_decoding_key(key, Some(alg)).map_err(|e| Error::invalid_key("public", e))?;
@@ -746,6 +748,7 @@ impl SigningKey {
     /// The matching verification key (the public half, or the same secret for HMAC), with the
     /// same `kid`.
     pub fn verify_key(&self) -> Result<VerifyKey> {
+        crate::crypto_provider();
         let key = if self.alg.family() == AlgorithmFamily::Hmac {
             check_family(self.alg, self.key.family())?;
             VerifyKey::new(DecodingKey::from_secret(self.key.as_bytes()), self.alg)

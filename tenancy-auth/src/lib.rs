@@ -43,8 +43,13 @@
 //! | `jwks`  | [`JwksKeySet`]: keys from a JWKS URL over HTTP(S) (hyper + rustls with *ring*, system roots), background refresh, circuit breaker | yes |
 //!
 //! The JWT cryptography is `jsonwebtoken` with its `rust_crypto` backend named explicitly:
-//! there is no build of this crate without a backend, so no first call can panic for want of
-//! one.
+//! there is no build of this crate without a backend. `jsonwebtoken` picks its process-wide
+//! provider from its features, and when another crate of the same binary enables its
+//! `aws_lc_rs` feature too, it can pick none and would panic at the first key or signature.
+//! So, before its first key, signature or verification, this crate installs the
+//! `rust_crypto` provider as the process default, unless one is installed already: an
+//! application that wants another installs it (`CryptoProvider::install_default`) before it
+//! builds any key, issuer or verifier of this crate.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -67,3 +72,13 @@ pub use revocation::{Denylist, MemoryDenylist};
 pub use verifier::{
     DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtVerifier, JwtVerifierBuilder, KeySource,
 };
+
+/// Installs `jsonwebtoken`'s `rust_crypto` provider as the process default unless one is
+/// already (see the crate docs); called before every use of `jsonwebtoken`'s cryptography.
+pub(crate) fn crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // `Err`: another provider was installed first, and is used.
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    });
+}

@@ -739,6 +739,7 @@ impl JwtVerifier {
 }
 
 fn check_signature(parts: &Parts<'_>, key: &VerifyKey) -> Result<bool> {
+    crate::crypto_provider();
     match jsonwebtoken::crypto::verify(
         parts.signature,
         parts.message.as_bytes(),
