@@ -95,7 +95,9 @@ fn summary(method: &str, path: &str) -> &'static str {
         }
         ("post", "/v1/auth/logout") => "End the session of the presented token",
         ("get", "/v1/me") => "The caller's tenant context",
-        ("get", "/v1/records") => "The caller's tenant's records, newest first (records:read)",
+        ("get", "/v1/records") => {
+            "The caller's tenant's records, newest first, a page at a time (records:read)"
+        }
         ("post", "/v1/records") => "Create a record (records:write)",
         ("get", "/v1/records/{id}") => {
             "One record; 404 when absent or another tenant's (records:read)"
@@ -210,7 +212,11 @@ fn parameters(path: &str) -> Vec<Value> {
         }
     }
     match path {
-        "/v1/records" => out.push(json!({"name": "limit", "in": "query", "schema": n()})),
+        "/v1/records" => {
+            out.push(json!({"name": "before", "in": "query", "schema": s()}));
+            out.push(json!({"name": "limit", "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}));
+        }
         "/v1/tenant/audit" => {
             out.push(json!({"name": "before", "in": "query", "schema": n()}));
             out.push(json!({"name": "limit", "in": "query", "schema": n()}));
@@ -251,8 +257,9 @@ fn ok_schema(method: &str, path: &str) -> Value {
         ("post", "/v1/auth/login" | "/v1/auth/refresh") => tokens,
         ("get", "/v1/me") => json!({"type": "object",
             "required": ["tenant_id", "user_id", "role", "permissions", "tier"]}),
-        ("get", "/v1/records") => json!({"type": "object", "required": ["records"],
-            "properties": {"records": {"type": "array", "items": record}}}),
+        ("get", "/v1/records") => json!({"type": "object", "required": ["records", "next_before"],
+            "properties": {"records": {"type": "array", "items": record},
+                "next_before": {"type": ["string", "null"]}}}),
         ("post", "/v1/records") | ("get", "/v1/records/{id}") => record,
         ("get", "/v1/tenant/audit") => {
             json!({"type": "object", "required": ["events", "next_before"]})

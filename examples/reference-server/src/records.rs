@@ -23,7 +23,13 @@
 //! assert_eq!(records::get(&store, &acme, &rec.id).await?.title, "hello");
 //! // Another tenant cannot see it, read it or delete it.
 //! let globex = ctx("globex")?;
-//! assert!(records::list(&store, &globex, 100).await?.is_empty());
+//! assert!(records::list(&store, &globex, 100, None).await?.records.is_empty());
+//! // Its own list pages newest first.
+//! records::create(&store, &acme, NewRecord { title: "second".into(), body: String::new() }).await?;
+//! let first = records::list(&store, &acme, 1, None).await?;
+//! assert_eq!(first.records[0].title, "second");
+//! let next = records::list(&store, &acme, 1, first.next_before.as_deref()).await?;
+//! assert_eq!((next.records[0].title.as_str(), next.next_before), ("hello", None));
 //! assert_eq!(records::get(&store, &globex, &rec.id).await.unwrap_err().status(), 404);
 //! assert_eq!(records::delete(&store, &globex, &rec.id).await.unwrap_err().status(), 404);
 //! # Ok(()) }
@@ -129,33 +135,120 @@ fn from_row((id, title, body, created_at): Row) -> Record {
     }
 }
 
-/// The caller's tenant's records, newest first, at most `limit` (capped at [`MAX_LIST`]).
-/// Needs `records:read`.
+/// One page of a tenant's records, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordPage {
+    /// The records.
+    pub records: Vec<Record>,
+    /// The `before` of the next page; `null` on the last.
+    pub next_before: Option<String>,
+}
+
+/// Where a page starts: after the record created at `at` (microseconds since the epoch) with
+/// id `id`, in the order newest first, then by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    at: OffsetDateTime,
+    id: String,
+}
+
+impl Cursor {
+    fn of(r: &Record) -> String {
+        format!("{}-{}", r.created_at.unix_timestamp_nanos() / 1000, r.id)
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::BadRequest("`before`: not a page cursor of this list".into());
+        let (micros, id) = s.split_once('-').ok_or_else(bad)?;
+        let micros: i128 = micros.parse().map_err(|_| bad())?;
+        let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).map_err(|_| bad())?;
+        if !valid_id(id) {
+            return Err(bad());
+        }
+        Ok(Self {
+            at,
+            id: id.to_owned(),
+        })
+    }
+
+    /// Whether `r` comes after the cursor, newest first.
+    fn precedes(&self, r: &Record) -> bool {
+        r.created_at < self.at || (r.created_at == self.at && r.id > self.id)
+    }
+}
+
+/// A time as PostgreSQL keeps it (microseconds): the memory store keeps the same, so that a
+/// cursor means the same on both.
+fn micros(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+        .unwrap_or(t)
+}
+
+/// The caller's tenant's records, newest first (then by id), `limit` (1 to [`MAX_LIST`]) at
+/// a time from `before` (the previous page's `next_before`). Needs `records:read`.
 ///
 /// # Errors
-/// 403 without the permission; 503 when the database cannot answer.
-pub async fn list(store: &RecordStore, ctx: &TenantContext, limit: usize) -> Result<Vec<Record>> {
+/// 400 for a limit out of range or a malformed cursor; 403 without the permission; 503 when
+/// the database cannot answer.
+pub async fn list(
+    store: &RecordStore,
+    ctx: &TenantContext,
+    limit: usize,
+    before: Option<&str>,
+) -> Result<RecordPage> {
     require(ctx, "records:read")?;
-    let limit = limit.clamp(1, MAX_LIST);
-    match store {
-        RecordStore::Memory(m) => Ok(lock(m)
-            .get(&ctx.tenant)
-            .map(|v| v.iter().rev().take(limit).cloned().collect())
-            .unwrap_or_default()),
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(Error::BadRequest(
+            format!("`limit` must be 1 to {MAX_LIST}").into(),
+        ));
+    }
+    let cursor = before.map(Cursor::parse).transpose()?;
+    // One more than asked: whether there is a next page.
+    let mut records: Vec<Record> = match store {
+        RecordStore::Memory(m) => {
+            let mut all: Vec<Record> = lock(m)
+                .get(&ctx.tenant)
+                .map(|v| {
+                    v.iter()
+                        .filter(|r| cursor.as_ref().is_none_or(|c| c.precedes(r)))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            all.sort_by(|a, b| {
+                b.created_at
+                    .cmp(&a.created_at)
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+            all.truncate(limit + 1);
+            all
+        }
         RecordStore::Postgres(pool) => {
             let mut tx = pool.begin(&ctx.tenant).await?;
+            let (at, id) = cursor.map_or((None, None), |c| (Some(c.at), Some(c.id)));
             let rows: Vec<Row> = sqlx::query_as(
                 "SELECT id, title, body, created_at FROM public.records
+                 WHERE $2::timestamptz IS NULL OR created_at < $2
+                    OR (created_at = $2 AND id > $3)
                  ORDER BY created_at DESC, id LIMIT $1",
             )
-            .bind(i64::try_from(limit).unwrap_or(1000))
+            .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+            .bind(at)
+            .bind(id)
             .fetch_all(&mut *tx)
             .await
             .map_err(tenancy_db::Error::from)?;
             tx.commit().await?;
-            Ok(rows.into_iter().map(from_row).collect())
+            rows.into_iter().map(from_row).collect()
         }
-    }
+    };
+    let more = records.len() > limit;
+    records.truncate(limit);
+    let next_before = more.then(|| records.last().map(Cursor::of)).flatten();
+    Ok(RecordPage {
+        records,
+        next_before,
+    })
 }
 
 /// Creates a record in the caller's tenant. Needs `records:write`.
@@ -187,16 +280,24 @@ pub async fn create(store: &RecordStore, ctx: &TenantContext, new: NewRecord) ->
     let id = new_id()?;
     match store {
         RecordStore::Memory(m) => {
+            let mut map = lock(m);
+            let list = map.entry(ctx.tenant.clone()).or_default();
+            // Strictly later than the tenant's last record: newest first is the order they
+            // were created in, even within a microsecond.
+            let now = micros(OffsetDateTime::now_utc());
+            let created_at = match list.last() {
+                Some(last) if now <= last.created_at => {
+                    last.created_at + time::Duration::microseconds(1)
+                }
+                _ => now,
+            };
             let rec = Record {
                 id,
                 title: new.title,
                 body: new.body,
-                created_at: OffsetDateTime::now_utc(),
+                created_at,
             };
-            lock(m)
-                .entry(ctx.tenant.clone())
-                .or_default()
-                .push(rec.clone());
+            list.push(rec.clone());
             Ok(rec)
         }
         RecordStore::Postgres(pool) => {

@@ -250,6 +250,8 @@ pub fn query<T: DeserializeOwned>(raw: &str) -> Result<T> {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only records after this cursor (the last page's `next_before`).
+    pub before: Option<String>,
     /// Page size (default [`RECORDS_PAGE`]).
     pub limit: Option<usize>,
 }
@@ -486,8 +488,14 @@ pub async fn list_records(c: &Call, ctx: &TenantContext) -> Answer {
         // (audited as a denial) whatever the query or body.
         records::require(ctx, "records:read")?;
         let q: ListQuery = c.query()?;
-        let list = records::list(c.app.records(), ctx, q.limit.unwrap_or(RECORDS_PAGE)).await?;
-        Ok(Answer::json(200, &serde_json::json!({ "records": list })))
+        let page = records::list(
+            c.app.records(),
+            ctx,
+            q.limit.unwrap_or(RECORDS_PAGE),
+            q.before.as_deref(),
+        )
+        .await?;
+        Ok(Answer::json(200, &page))
     };
     c.answer(r.await)
 }
