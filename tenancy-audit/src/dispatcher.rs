@@ -151,7 +151,8 @@ impl AuditDispatcherBuilder {
     }
 
     /// How long `record_sync` and `flush` wait for a spooled event to reach the store before
-    /// answering [`Error::Spooled`] (default 5 s). A timeout too long to represent as a
+    /// answering [`Error::Spooled`] ([`Error::Held`] when it is not even in the spool; default
+    /// 5 s). A timeout too long to represent as a
     /// deadline (`Duration::MAX`) waits for about 30 years: in effect, for ever.
     pub fn with_sync_timeout(mut self, timeout: Duration) -> Self {
         self.sync_timeout = timeout;
@@ -412,7 +413,9 @@ impl AuditSink for AuditDispatcher {
     /// ([`AuditStore::sync`]; a failed sync is an [`Error::Io`]). While the store is down,
     /// events are spooled rather than stored: after the sync timeout (default 5 s) this
     /// returns [`Error::Spooled`] (kind `Unavailable`); the events are safe on disk and are
-    /// replayed, in order, when the store is back. `record_sync` is `record` then `flush`.
+    /// replayed, in order, when the store is back. When the spool cannot take them either (no
+    /// spool, or its disk failing), it returns [`Error::Held`] (kind `Timeout`): they wait in
+    /// memory, retried, but are not safe yet. `record_sync` is `record` then `flush`.
     async fn flush(&self) -> tenancy_core::Result<()> {
         Ok(self.request(Msg::Flush).await?)
     }
@@ -767,7 +770,18 @@ impl Writer {
             self.waiters.drain(..).partition(|w| w.deadline <= now);
         self.waiters = rest;
         for w in late {
-            let _ = w.reply.send(Err(self.spooled_error()));
+            let e = self.unsafe_error(&w);
+            let _ = w.reply.send(Err(e));
+        }
+    }
+
+    /// Why `w` is answered before its events are stored: they are in the spool (safe), or
+    /// still held in memory (not safe).
+    fn unsafe_error(&self, w: &Waiter) -> Error {
+        if w.until == HELD {
+            Error::Held(self.last_error.clone())
+        } else {
+            self.spooled_error()
         }
     }
 
@@ -950,8 +964,9 @@ impl Writer {
             self.retry().await;
         }
         self.release_waiters().await;
-        for w in self.waiters.drain(..) {
-            let _ = w.reply.send(Err(Error::Spooled(self.last_error.clone())));
+        for w in std::mem::take(&mut self.waiters) {
+            let e = self.unsafe_error(&w);
+            let _ = w.reply.send(Err(e));
         }
         // What reached the store is made durable before the writer stops, as for a flush
         // (not while the store is down: the sync would only wait out its timeout).
@@ -990,6 +1005,7 @@ const CONTROL_RETRY: Duration = Duration::from_millis(20);
 fn repeat(e: &Error) -> Error {
     match e {
         Error::Spooled(last) => Error::Spooled(last.clone()),
+        Error::Held(last) => Error::Held(last.clone()),
         Error::Lost { events, source } => Error::Lost {
             events: *events,
             source: source.clone(),

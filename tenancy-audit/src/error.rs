@@ -74,6 +74,13 @@ pub enum Error {
     /// recovery, but they are not in the store yet.
     #[error("audit store unavailable; events are spooled for replay")]
     Spooled(#[source] Option<std::sync::Arc<Error>>),
+    /// A flush or `record_sync` waited its time while the events it waits for are neither
+    /// stored nor spooled (no spool, or the spool failing too): they are held in memory and
+    /// still retried, but they are not safe (a stop of the process now loses them), unlike
+    /// [`Error::Spooled`]. In `tenancy_core`'s terms a `Timeout`, not the `Unavailable` that
+    /// callers may take for "safe".
+    #[error("audit store and spool unavailable; events are held in memory only")]
+    Held(#[source] Option<std::sync::Arc<Error>>),
     /// The writer stopped with events that neither the store nor the spool took (no spool
     /// configured, or the spool failed): they are lost. Only a shutdown answers this.
     #[error("{events} audit events were neither stored nor spooled when the writer stopped")]
@@ -106,7 +113,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Io { .. } | Self::Database { .. } | Self::Spooled(_) | Self::Conflict(_)
+            Self::Io { .. }
+                | Self::Database { .. }
+                | Self::Spooled(_)
+                | Self::Held(_)
+                | Self::Conflict(_)
         )
     }
 }
@@ -123,6 +134,7 @@ impl From<Error> for tenancy_core::Error {
             Error::Io { .. } | Error::Database { .. } | Error::Closed | Error::Spooled(_) => {
                 Self::unavailable(e)
             }
+            Error::Held(_) => Self::Timeout,
             Error::Lost { .. } => Self::internal(e),
         }
     }

@@ -328,6 +328,8 @@ pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
     /// sink that never drops an event is holding accepted events aside (a spool) until it
     /// returns: nothing is lost, but the events are not stored yet. Callers that need them in
     /// the store retry later; callers that only need them safe may treat this as done.
+    /// [`Error::Timeout`](crate::Error::Timeout) when the sink waited its time and the events
+    /// are not safe yet (held in memory, neither stored nor set aside): not done.
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
