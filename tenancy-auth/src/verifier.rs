@@ -15,7 +15,7 @@
 //! | `exp` passed, `nbf` or `iat` in the future (each beyond the leeway) | `Expired`, `NotYetValid` |
 //! | `iss` not the issuer whose keys verified it, or that issuer not trusted for the token's tenant | `WrongIssuer` |
 //! | `aud` without any of the configured audiences | `WrongAudience` |
-//! | `jti` on the denylist (with [`denylist_only_without_session`](JwtVerifierBuilder::denylist_only_without_session), only for a token without `sid`) | `Revoked` |
+//! | `jti` on the denylist (a token without `jti`: its [`revocation_id`]; with [`denylist_only_without_session`](JwtVerifierBuilder::denylist_only_without_session), only for a token without `sid`) | `Revoked` |
 //! | the `sid` session has ended, or is another user's | `SessionEnded` |
 //!
 //! The key for a token: when its header's `kid` names a key of the issuer, that key and no
@@ -481,9 +481,12 @@ impl JwtVerifier {
     /// a token with a `sid` is revoked by ending its session instead (with every other token of
     /// that session), since the denylist is not asked about it.
     ///
+    /// A token without a `jti` is revoked by its [`revocation_id`], which the verification
+    /// looks up as it would the `jti`.
+    ///
     /// # Errors
-    /// [`Error::Invalid`] when the verifier has no denylist or the claims carry no `jti` (and,
-    /// in that mode, no `sid`); the denylist's or session store's own errors.
+    /// [`Error::Invalid`] when the verifier has no denylist; the denylist's or session store's
+    /// own errors.
     pub async fn revoke(&self, claims: &Claims) -> Result<()> {
         let Some(list) = &self.inner.denylist else {
             return Err(ParseError::new("verifier", "has no denylist to revoke tokens on").into());
@@ -496,11 +499,9 @@ impl JwtVerifier {
             store.delete(&claims.tenant_id, sid).await?;
             return Ok(());
         }
-        let Some(jti) = &claims.jti else {
-            return Err(ParseError::new("claims", "carry no jti to revoke").into());
-        };
         let until = claims.exp.saturating_add(self.inner.leeway);
-        list.revoke(&claims.tenant_id, jti, until).await
+        list.revoke(&claims.tenant_id, &revocation_id(claims), until)
+            .await
     }
 
     /// Figures about the verification cache (all zero when it is off).
@@ -713,8 +714,10 @@ impl JwtVerifier {
     /// Revocation and session liveness: never cached.
     async fn check_live(&self, claims: &Claims) -> Result<()> {
         let ask_denylist = !(self.inner.denylist_without_session_only && claims.sid.is_some());
-        if let (true, Some(list), Some(jti)) = (ask_denylist, &self.inner.denylist, &claims.jti)
-            && list.is_revoked(&claims.tenant_id, jti).await?
+        if let (true, Some(list)) = (ask_denylist, &self.inner.denylist)
+            && list
+                .is_revoked(&claims.tenant_id, &revocation_id(claims))
+                .await?
         {
             return Err(reject(TokenRejection::Revoked));
         }
@@ -735,6 +738,38 @@ impl JwtVerifier {
             }
         }
         Ok(())
+    }
+}
+
+/// The id a token is revoked by on a denylist: its `jti`, or, for a token without one (the
+/// standard makes `jti` optional), `~` and the SHA-256 of its claims (base64url), the same for
+/// every token with these claims. Tokens with the same claims carry the same rights until the
+/// same `exp`: revoking one revokes them all.
+///
+/// ```
+/// use tenancy_auth::verifier::revocation_id;
+/// use tenancy_core::Claims;
+///
+/// let with = |jti: &str| Claims::from_json(format!(
+///     r#"{{"iss":"i","aud":"a","sub":"u","exp":4102444800,"tenant_id":"acme","user_id":"u",
+///         "user_role":"user","permissions":[]{jti}}}"#).as_bytes()).unwrap();
+/// assert_eq!(revocation_id(&with(r#","jti":"j1""#)), "j1");
+/// let (a, b) = (with(""), with(""));
+/// let derived = revocation_id(&a);
+/// assert!(derived.starts_with('~') && derived.len() == 44);
+/// assert_eq!(derived, revocation_id(&b));
+/// ```
+pub fn revocation_id(claims: &Claims) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest as _;
+    match &claims.jti {
+        Some(jti) => std::borrow::Cow::Borrowed(jti),
+        None => {
+            // Serialising a `Claims` cannot fail (strings, numbers, sets); an empty input
+            // would still give one id per claim set's absence, never a panic.
+            let bytes = serde_json::to_vec(claims).unwrap_or_default();
+            let hash = sha2::Sha256::digest(&bytes);
+            std::borrow::Cow::Owned(format!("~{}", URL_SAFE_NO_PAD.encode(hash)))
+        }
     }
 }
 

@@ -751,16 +751,44 @@ async fn a_revoked_token_stays_refused_through_the_leeway() {
         matches!(e, tenancy_core::Error::Rejected(R::Expired)),
         "{e}"
     );
-    // Revoking needs a denylist and a jti.
+    // Revoking needs a denylist.
     let plain = JwtVerifier::builder()
         .issuer(ISS, signing(Algorithm::HS256).1)
         .audience(AUD)
         .build()
         .unwrap();
     assert!(plain.revoke(&accepted).await.is_err());
-    let mut no_jti = accepted.clone();
-    no_jti.jti = None;
-    assert!(v.revoke(&no_jti).await.is_err());
+}
+
+/// A token without `jti` (the standard makes it optional) is revoked by the hash of its
+/// claims: it is refused from then on, and a token with other claims is not.
+#[tokio::test]
+async fn a_token_without_jti_is_revoked_by_its_claims() {
+    let clock = clock();
+    let v = JwtVerifier::builder()
+        .issuer(ISS, signing(Algorithm::HS256).1)
+        .audience(AUD)
+        .denylist(Arc::new(MemoryDenylist::with_clock(shared(&clock))))
+        .clock(shared(&clock))
+        .build()
+        .unwrap();
+    let without_jti = |user: &str| {
+        let mut c = claims(now(&clock));
+        c.remove("jti");
+        c.insert("user_id".into(), json!(user));
+        token(Algorithm::HS256, &c)
+    };
+    let (alice, bob) = (without_jti("alice"), without_jti("bob"));
+    let accepted = v.verify(&alice).await.unwrap();
+    assert_eq!(accepted.jti, None);
+    v.verify(&bob).await.unwrap();
+    v.revoke(&accepted).await.unwrap();
+    let e = v.verify(&alice).await.unwrap_err();
+    assert!(
+        matches!(e, tenancy_core::Error::Rejected(R::Revoked)),
+        "{e}"
+    );
+    v.verify(&bob).await.unwrap();
 }
 
 #[tokio::test]

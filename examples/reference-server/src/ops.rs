@@ -322,13 +322,12 @@ async fn refresh_attempt(app: &App, req: RefreshRequest, origin: &Origin) -> Res
 
 /// Ends the caller's session: its refresh token and every access token bound to it are
 /// refused from now on. A token without a session (`claims`, as verified, carry no `sid`) is
-/// itself revoked, by its `jti`, on the verifier's denylist, until it expires.
+/// itself revoked on the verifier's denylist until it expires: by its `jti`, or, without
+/// one, by the hash of its claims ([`revocation_id`](tenancy_auth::verifier::revocation_id)).
 ///
 /// # Errors
-/// 400 for a token with neither a session nor a `jti`: nothing can be ended, and the token
-/// stays valid until it expires (the answer says so rather than pretend). 503 when the
-/// session store, or for a token without a session the denylist, cannot answer. 500 when `claims` are missing (the tenancy layer verified
-/// none).
+/// 503 when the session store, or for a token without a session the denylist, cannot
+/// answer. 500 when `claims` are missing (the tenancy layer verified none).
 pub async fn logout(app: &App, ctx: &TenantContext, claims: Option<&Claims>) -> Result<()> {
     if let Some(sid) = &ctx.session {
         match app.issuer() {
@@ -342,13 +341,7 @@ pub async fn logout(app: &App, ctx: &TenantContext, claims: Option<&Claims>) -> 
         return Ok(());
     }
     let claims = claims.ok_or_else(|| Error::Internal("logout without verified claims".into()))?;
-    if claims.jti.is_none() {
-        return Err(Error::BadRequest(
-            "this token has no session and no `jti`: it cannot be revoked, and stays valid \
-             until it expires"
-                .into(),
-        ));
-    }
+    // A token without `jti` is revoked by the hash of its claims (`revocation_id`).
     app.verifier().revoke(claims).await?;
     Ok(())
 }
