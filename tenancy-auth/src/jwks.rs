@@ -526,10 +526,26 @@ impl JwksKeySet {
 
     /// Fetches the set now (single flight: concurrent callers wait for the same fetch).
     ///
+    /// The fetch runs on a task of its own: a caller that stops waiting (a request dropped
+    /// by its client or a timeout) does not abort it, and its outcome is recorded all the
+    /// same: the new set, or a failure that counts toward the breaker. (Aborted with each
+    /// dropped caller, a slow provider would be asked again by every request, and its
+    /// failures never open the breaker.)
+    ///
     /// Errors: [`Error::CircuitOpen`] while the breaker is open (nothing is sent),
     /// [`Error::Fetch`] or [`Error::InvalidKeySet`] when the fetch fails; the last good set is
     /// kept either way.
     pub async fn refresh(&self) -> Result<Arc<KeySet>> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.refresh_here().await }).await {
+            Ok(done) => done,
+            // The task panicked, or its runtime is shutting down.
+            Err(e) => Err(Error::Fetch(Box::new(e))),
+        }
+    }
+
+    /// [`JwksKeySet::refresh`], on the caller's task.
+    async fn refresh_here(&self) -> Result<Arc<KeySet>> {
         let attempts_before = self.read().attempts;
         let _guard = self.inner.fetch_lock.lock().await;
         // Someone else fetched while we waited: use that rather than asking again.
@@ -657,11 +673,13 @@ impl JwksKeySet {
                 .map_err(tenancy_core::Error::unavailable);
         };
         if stale && !matches!(self.breaker(), BreakerState::Open { .. }) {
-            // Stale and nobody fetching: refresh inline; on failure keep serving cached keys.
-            // The lock is released before anything else: `unknown_kid` may take it again.
-            let fetched = match self.inner.fetch_lock.try_lock() {
-                Ok(_guard) => Some(self.fetch_locked().await),
-                Err(_) => None,
+            // Stale and nobody fetching: refresh now (on the fetch's own task, see `refresh`);
+            // on failure keep serving cached keys.
+            let idle = self.inner.fetch_lock.try_lock().is_ok();
+            let fetched = if idle {
+                Some(self.refresh().await)
+            } else {
+                None
             };
             match fetched {
                 // Just fetched: a kid unknown to this set is unknown to the provider now.
@@ -879,6 +897,44 @@ mod tests {
         async fn fetch(&self, _url: &str) -> Result<Bytes> {
             Ok(self.0.clone())
         }
+    }
+
+    /// Serves its document after a while.
+    #[derive(Debug)]
+    struct Slow(Bytes, Duration);
+
+    #[async_trait]
+    impl JwksFetcher for Slow {
+        async fn fetch(&self, _url: &str) -> Result<Bytes> {
+            tokio::time::sleep(self.1).await;
+            Ok(self.0.clone())
+        }
+    }
+
+    /// A caller that stops waiting does not abort the fetch: its set arrives all the same,
+    /// and the next caller is served from it without asking the provider again.
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_outlives_the_caller_that_stopped_waiting() {
+        const DOC: &str = r#"{"keys":[
+            {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+        ]}"#;
+        let source = with_fetcher(Slow(
+            Bytes::from_static(DOC.as_bytes()),
+            Duration::from_millis(200),
+        ))
+        .build()
+        .unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), source.refresh()).await;
+        assert!(gave_up.is_err(), "the caller was meant to stop waiting");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            source.cached().map(|k| k.len()),
+            Some(1),
+            "the fetch was aborted"
+        );
+        assert_eq!(source.fetch_counts(), (1, 0));
+        source.keys_for(Some("ed")).await.unwrap();
+        assert_eq!(source.fetch_counts(), (1, 0), "asked again");
     }
 
     fn with_fetcher(fetcher: impl JwksFetcher) -> JwksKeySetBuilder {
