@@ -65,6 +65,14 @@ type Row = (
     Json<SessionData>,
 );
 
+/// The `SET` of an activity at `$2`: the later of the stored one and `$2` (an instance whose
+/// clock is behind never moves it back), and the idle deadline from it.
+const SEEN: &str = "last_seen_at = greatest(last_seen_at, $2),
+    deadline = least(
+        greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
+        expires_at
+    )";
+
 const COLUMNS: &str = "tenant_id, id, user_id, created_at, last_seen_at, expires_at, idle_timeout_secs, version, data";
 
 fn decode(row: Row) -> Result<Session> {
@@ -229,11 +237,7 @@ impl SessionStore for PgSessionStore {
                 let mut tx = self.begin(tenant).await?;
                 let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "UPDATE tenancy.sessions
-                 SET last_seen_at = greatest(last_seen_at, $2),
-                     deadline = least(
-                         greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
-                         expires_at
-                     )
+                 SET {SEEN}
                  WHERE id = $1 AND deadline > $2
                  RETURNING {COLUMNS}"
                 )))
@@ -328,11 +332,7 @@ impl SessionStore for PgSessionStore {
                 let mut tx = self.begin(tenant).await?;
                 let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "UPDATE tenancy.sessions
-                 SET id = $3, version = version + 1, last_seen_at = greatest(last_seen_at, $2),
-                     deadline = least(
-                         greatest(last_seen_at, $2) + make_interval(secs => idle_timeout_secs),
-                         expires_at
-                     )
+                 SET id = $3, version = version + 1, {SEEN}
                  WHERE id = $1 AND deadline > $2
                  RETURNING {COLUMNS}"
                 )))
