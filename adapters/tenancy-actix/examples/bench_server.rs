@@ -1,7 +1,7 @@
 //! The server the `wrk` benchmark hits: one framework, one variant, one port.
 //!
 //! ```text
-//! cargo run --release -p tenancy-actix --example bench_server -- <axum|axum-percore|actix> <bare|full|full-nocache|full-noaudit> <port>
+//! cargo run --release -p tenancy-actix --example bench_server -- <axum|axum-percore|actix> <bare|busy<N>|full|full-nocache|full-noaudit> <port>
 //! ```
 //!
 //! - `bare`: `GET /v1/records` answers `ok`, nothing else.
@@ -14,6 +14,9 @@
 //!   the HS256 signature and decodes the claims.
 //! - `full-noaudit`: as `full`, with the route not audited (no event per request), to show
 //!   what the audit pipeline costs.
+//! - `busy<N>` (`busy4`, `busy8`, ...): `bare` whose handler first keeps its thread busy for
+//!   N µs: what N µs of any work per request costs the framework on this machine, the scale
+//!   against which to read what the stack's own CPU time per request costs it.
 //!
 //! Both frameworks serve with two worker threads: axum on tokio's multi-threaded runtime (its
 //! usual setup), or with `axum-percore` on one single-threaded runtime per thread, each with
@@ -24,7 +27,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
 use tenancy_audit::AuditDispatcher;
@@ -122,9 +125,24 @@ async fn tenancy(full: Full, audit: Arc<dyn AuditSink>) -> Tenancy {
     .unwrap_or_else(|e| fail(&e.to_string()))
 }
 
+/// Keeps the thread busy for `busy` (the `busy<N>` variants' handler work).
+fn spend(busy: Duration) {
+    if busy.is_zero() {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < busy {
+        std::hint::spin_loop();
+    }
+}
+
 /// The axum app: the handler, behind the tenancy stack for the `full` variants.
-async fn axum_app(full: Option<Full>) -> axum::Router {
-    let app = axum::Router::new().route("/v1/records", axum::routing::get(|| async { "ok" }));
+async fn axum_app(full: Option<Full>, busy: Duration) -> axum::Router {
+    let handler = move || async move {
+        spend(busy);
+        "ok"
+    };
+    let app = axum::Router::new().route("/v1/records", axum::routing::get(handler));
     match full {
         Some(full) => {
             let t = tenancy(full, Arc::new(audit_dispatcher().await)).await;
@@ -143,14 +161,14 @@ async fn serve_axum_on(listener: tokio::net::TcpListener, app: axum::Router) {
     .unwrap_or_else(|e| fail(&format!("serve: {e}")));
 }
 
-fn serve_axum(full: Option<Full>, port: u16) {
+fn serve_axum(full: Option<Full>, busy: Duration, port: u16) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
     rt.block_on(async move {
-        let app = axum_app(full).await;
+        let app = axum_app(full, busy).await;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap_or_else(|e| fail(&format!("bind: {e}")));
@@ -161,7 +179,7 @@ fn serve_axum(full: Option<Full>, port: u16) {
 /// axum as actix-web runs: one single-threaded runtime per worker thread, each accepting on
 /// its own `SO_REUSEPORT` listener, so a connection stays on the thread that accepted it. The
 /// main thread's runtime drives the audit writer's timers, as actix-web's does.
-fn serve_axum_per_core(full: Option<Full>, port: u16) {
+fn serve_axum_per_core(full: Option<Full>, busy: Duration, port: u16) {
     let current_thread = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -169,7 +187,7 @@ fn serve_axum_per_core(full: Option<Full>, port: u16) {
             .unwrap_or_else(|e| fail(&format!("runtime: {e}")))
     };
     let main = current_thread();
-    let app = main.block_on(axum_app(full));
+    let app = main.block_on(axum_app(full, busy));
     for _ in 0..WORKERS {
         let app = app.clone();
         let rt = current_thread();
@@ -189,10 +207,13 @@ fn serve_axum_per_core(full: Option<Full>, port: u16) {
     main.block_on(std::future::pending::<()>());
 }
 
-fn serve_actix(full: Option<Full>, port: u16) {
+fn serve_actix(full: Option<Full>, busy: Duration, port: u16) {
     use actix_web::{App, HttpResponse, HttpServer, web};
     actix_web::rt::System::new().block_on(async move {
-        let handler = || async { HttpResponse::Ok().body("ok") };
+        let handler = move || async move {
+            spend(busy);
+            HttpResponse::Ok().body("ok")
+        };
         let result = match full {
             None => {
                 HttpServer::new(move || App::new().route("/v1/records", web::get().to(handler)))
@@ -224,11 +245,20 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [framework, variant, port] = args.as_slice() else {
         fail(
-            "usage: bench_server <axum|axum-percore|actix> <bare|full|full-nocache|full-noaudit> <port>",
+            "usage: bench_server <axum|axum-percore|actix> <bare|busy<N>|full|full-nocache|full-noaudit> <port>",
         );
     };
+    let mut busy = Duration::ZERO;
     let full = match variant.as_str() {
         "bare" => None,
+        v if v.starts_with("busy") => {
+            let micros = v
+                .strip_prefix("busy")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| fail("busy<N>: N is a whole number of microseconds"));
+            busy = Duration::from_micros(micros);
+            None
+        }
         "full" => Some(Full {
             cache: true,
             audited: true,
@@ -248,9 +278,9 @@ fn main() {
         .unwrap_or_else(|_| fail("the port must be a number"));
     println!("{}", token());
     match framework.as_str() {
-        "axum" => serve_axum(full, port),
-        "actix" => serve_actix(full, port),
-        "axum-percore" => serve_axum_per_core(full, port),
+        "axum" => serve_axum(full, busy, port),
+        "actix" => serve_actix(full, busy, port),
+        "axum-percore" => serve_axum_per_core(full, busy, port),
         other => fail(&format!("unknown framework `{other}`")),
     }
 }
