@@ -7,7 +7,10 @@
 //!   SHA-256 of the random part is stored, in the session's data, so a leaked session store
 //!   does not leak usable refresh tokens. The tag is an HMAC-SHA-256 of the random part under
 //!   a key of the session's own (kept in its data): it proves that a token was issued for the
-//!   session, whenever that was.
+//!   session, whenever that was. A token is accepted only with its tag: the random part of
+//!   the current token under another tag, or none, spends nothing and ends nothing. (Whoever
+//!   can read the session store can read the keys too, and so make tokens that end sessions
+//!   as reuse does; not tokens that take one over.)
 //! - [`TokenIssuer::refresh`] spends the presented refresh token and returns a new pair.
 //!   Presenting a spent one again (any token whose tag is the session's, but is not its
 //!   current one) is taken as theft (the attacker and the owner now both hold the family):
@@ -82,17 +85,21 @@ pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(5 * 60);
 /// detection. Such sessions have no tag key (their tokens are `rt1.<tenant>.<session>.<secret>`,
 /// without a tag), so a spent token is recognised by its fingerprint in this history.
 ///
-/// A session rotated more often forgets its oldest spent tokens. From then on, a refresh
+/// A session rotated more often forgets its oldest spent tokens. From then on, an `rt1`
 /// token that matches neither the current token nor a remembered one is taken for a
 /// forgotten spent one, and ends the session as reuse does: otherwise a thief holding the
 /// current token could rotate until the owner's spent token is forgotten, and keep the
-/// session. Sessions started by this version need no history: the tag of every token they
-/// issued tells it apart from a made-up one.
+/// session. The price: for such a session, whoever knows its id (the `sid` claim of its
+/// access tokens) can end it with a made-up `rt1` token. Such a session moves to tagged
+/// tokens at its next refresh (and keeps its history for the `rt1` tokens it spent before);
+/// sessions started by this version need no history: the tag of every token they issued
+/// tells it apart from a made-up one.
 pub const SPENT_HISTORY: usize = 160;
 
 /// Hex digits of a spent token's hash kept for reuse detection (64 bits): a secret presented
 /// at random matches one of [`SPENT_HISTORY`] fingerprints with odds of 1 in 10^17, so a
-/// stranger who knows a session id still cannot end it by guessing.
+/// stranger who knows a session id cannot end it by guessing while its history is whole
+/// (see [`SPENT_HISTORY`] for a session that has forgotten some).
 pub const SPENT_FINGERPRINT_HEX: usize = 16;
 
 /// The session data member that holds the refresh state.
@@ -179,6 +186,11 @@ struct RefreshState {
     /// whose tokens carry no tag (reuse is then told by `spent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key: Option<String>,
+    /// Whether, when the session moved from `rt1` to tagged tokens, its history had already
+    /// forgotten some of its spent `rt1` tokens (any unknown `rt1` token is then taken for
+    /// one of them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    legacy_forgotten: bool,
     role: Role,
     permissions: PermissionSet,
 }
@@ -522,6 +534,7 @@ impl TokenIssuer {
             spent: Vec::new(),
             generation: 0,
             key: Some(URL_SAFE_NO_PAD.encode(key)),
+            legacy_forgotten: false,
             role: role.clone(),
             permissions: permissions.clone(),
         };
@@ -582,8 +595,10 @@ impl TokenIssuer {
     /// could otherwise end it), and `Revoked` when the token was already spent (its tag is
     /// the session's), in which case the whole session has just been ended, however long
     /// ago the token was spent. Store failures pass through
-    /// ([`tenancy_core::Error::Unavailable`]). (A session saved by an earlier version tells
-    /// spent tokens by a bounded history instead: see [`SPENT_HISTORY`].)
+    /// ([`tenancy_core::Error::Unavailable`]). The current token's random part under another
+    /// tag, or without one, is `BadSignature`: only the token as issued is spent. (A session
+    /// saved by an earlier version tells its spent `rt1` tokens by a bounded history instead,
+    /// see [`SPENT_HISTORY`], and its refresh returns a tagged `rt2` token.)
     ///
     /// The new access token is signed before the rotation is saved: a failure to make it
     /// leaves the presented token current, so the client may retry with it.
@@ -609,19 +624,39 @@ impl TokenIssuer {
                 None => return Err(reject(TokenRejection::BadSignature)),
             };
             let key = tag_key(&state)?;
-            if ct_eq(&state.current, &presented_hash) {
+            // Whether the session issued the token, by its tag: `None` for an `rt1` token
+            // (no tag), told by the history of a session of an earlier version instead.
+            let issued = match (&key, &presented_tag) {
+                (Some(key), Some(t)) => Some(bool::from(tag(key, &presented)?.as_slice().ct_eq(t))),
+                // A tag the session has no key for: it never issued that token.
+                (None, Some(_)) => Some(false),
+                (_, None) => None,
+            };
+            // The current token, in the form the session issued it: with its tag when the
+            // session has a key (a stolen secret under another tag or none is no token of
+            // the session's, and spends nothing), without one when it has none.
+            let current = ct_eq(&state.current, &presented_hash) && issued.unwrap_or(key.is_none());
+            if current {
                 let secret = new_secret()?;
                 let mut spent = std::mem::replace(&mut state.current, hash_hex(&secret));
-                // A session with a tag key recognises its spent tokens by their tags.
+                let mut key = key;
                 if key.is_none() {
+                    // A session of an earlier version: the spent `rt1` token joins its
+                    // history, and the session moves to tagged tokens from now on.
                     spent.truncate(SPENT_FINGERPRINT_HEX);
                     state.spent.push(spent);
                     if state.spent.len() > SPENT_HISTORY {
                         let excess = state.spent.len() - SPENT_HISTORY;
                         state.spent.drain(..excess);
                     }
+                    state.generation += 1;
+                    state.legacy_forgotten = state.generation > state.spent.len() as u64;
+                    let new_key = new_secret()?;
+                    state.key = Some(URL_SAFE_NO_PAD.encode(new_key));
+                    key = Some(new_key.to_vec());
+                } else {
+                    state.generation += 1;
                 }
-                state.generation += 1;
                 session.data.insert(
                     STATE_KEY.into(),
                     serde_json::to_value(&state).map_err(CoreError::corrupt)?,
@@ -662,21 +697,24 @@ impl TokenIssuer {
                 }
             }
             // Not the current token: a spent one of this session, or one it never issued.
-            let spent = match (&key, &presented_tag) {
+            let spent = match issued {
                 // The tag says whether the session issued it.
-                (Some(key), Some(presented_tag)) => {
-                    bool::from(tag(key, &presented)?.as_slice().ct_eq(presented_tag))
-                }
-                (Some(_), None) => false,
-                // A session of an earlier version: its history of spent tokens, and once it
-                // has forgotten the oldest, any unknown token may be one of them.
-                (None, _) => {
+                Some(issued) => issued,
+                // An `rt1` token: one of those a session of an earlier version issued, told by
+                // its history of spent tokens; once it had forgotten the oldest, any unknown
+                // `rt1` token may be one of them. A session that never issued `rt1` tokens
+                // has neither.
+                None => {
                     let fingerprint = &presented_hash[..SPENT_FINGERPRINT_HEX];
                     let remembered = state.spent.iter().any(|h| {
                         h.get(..SPENT_FINGERPRINT_HEX)
                             .is_some_and(|h| ct_eq(h, fingerprint))
                     });
-                    remembered || state.generation > state.spent.len() as u64
+                    let forgotten = match key {
+                        Some(_) => state.legacy_forgotten,
+                        None => state.generation > state.spent.len() as u64,
+                    };
+                    remembered || forgotten
                 }
             };
             if !spent {

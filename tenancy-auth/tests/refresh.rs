@@ -429,37 +429,139 @@ async fn a_token_spent_any_number_of_rotations_ago_still_ends_the_session() {
         .await;
 }
 
-/// A session saved by an earlier version has no tag key: its tokens carry no tag and its
-/// spent ones are told by a history of [`SPENT_HISTORY`]. Once it has forgotten the oldest,
-/// an unknown token may be one of them and ends the session; before, it ends nothing.
+/// Makes `pair`'s stored session what an earlier version saved: no tag key, its current token
+/// an `rt1` one (returned) with secret `seed`, `generation` rotations behind it and `spent`
+/// fingerprints in its history.
+async fn as_earlier_version(
+    f: &Fixture,
+    pair: &TokenPair,
+    seed: u8,
+    generation: u64,
+    spent: usize,
+) -> String {
+    use sha2::Digest as _;
+    let hex = |bytes: &[u8]| -> String {
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let secret = [seed; 32];
+    let mut session = f
+        .store
+        .load(&f.tenant, &pair.session)
+        .await
+        .unwrap()
+        .unwrap();
+    let state = session
+        .data
+        .get_mut("tenancy_auth")
+        .unwrap()
+        .as_object_mut()
+        .unwrap();
+    assert!(state.remove("key").is_some());
+    state.insert("current".into(), hex(&secret).into());
+    state.insert("generation".into(), generation.into());
+    let history: Vec<String> = (0..spent)
+        .map(|i| hex(&(i as u64).to_le_bytes())[..16].to_owned())
+        .collect();
+    state.insert("spent".into(), history.into());
+    f.store.save(&session).await.unwrap();
+    format!("rt1.{}.{}.{}", f.tenant, pair.session, b64(&secret))
+}
+
+/// A session saved by an earlier version has no tag key: its tokens are `rt1` ones, without
+/// a tag, and its spent ones are told by a history. Its next refresh moves it to tagged
+/// tokens; the `rt1` token it spent then is still recognised as spent.
+#[tokio::test]
+async fn a_session_of_an_earlier_version_moves_to_tagged_tokens() {
+    let clock = ManualClock::new();
+    let f = fixture(Arc::new(MemorySessionStore::new()), &clock, "acme");
+    let login = f.login("alice").await;
+    let old = as_earlier_version(&f, &login, 7, 3, 3).await;
+    // While its history is whole, a made-up `rt1` token ends nothing.
+    let made_up = format!("rt1.{}.{}.{}", f.tenant, login.session, b64(&[9u8; 32]));
+    assert_eq!(f.refresh_err(&made_up).await, Some(R::BadSignature));
+    // Nor does its current secret under a tag it never issued.
+    assert_eq!(
+        f.refresh_err(&format!(
+            "{}.{}",
+            old.replacen("rt1.", "rt2.", 1),
+            b64(&[1u8; 16])
+        ))
+        .await,
+        Some(R::BadSignature)
+    );
+    let next = f.issuer.refresh(&old).await.unwrap();
+    assert!(next.refresh_token.expose().starts_with("rt2."));
+    let next = f.rotate(&next).await;
+    assert_eq!(f.refresh_err(&made_up).await, Some(R::BadSignature));
+    assert_eq!(f.refresh_err(&forge(&next)).await, Some(R::BadSignature));
+    f.verifier.verify(&next.access_token).await.unwrap();
+    // The spent `rt1` token, presented again after the move: reuse.
+    f.assert_reuse_ends_session(&old, &next).await;
+}
+
+/// Once a session of an earlier version has forgotten some of its spent tokens, an unknown
+/// `rt1` token may be one of them and ends the session (the documented price), before and
+/// after the session moves to tagged tokens; a made-up tagged token still ends nothing.
 #[tokio::test]
 async fn a_session_of_an_earlier_version_still_detects_reuse_past_its_history() {
     let clock = ManualClock::new();
     let f = fixture(Arc::new(MemorySessionStore::new()), &clock, "acme");
     let login = f.login("alice").await;
-    // What an earlier version stored: the same state without a key.
-    let mut session = f
-        .store
-        .load(&f.tenant, &login.session)
-        .await
-        .unwrap()
-        .unwrap();
-    let state = session.data.get_mut("tenancy_auth").unwrap();
-    assert!(state.as_object_mut().unwrap().remove("key").is_some());
-    f.store.save(&session).await.unwrap();
+    let old = as_earlier_version(&f, &login, 7, SPENT_HISTORY as u64, SPENT_HISTORY).await;
+    let made_up = format!("rt1.{}.{}.{}", f.tenant, login.session, b64(&[9u8; 32]));
+    // Its history is whole: a made-up token ends nothing.
+    assert_eq!(f.refresh_err(&made_up).await, Some(R::BadSignature));
+    // One more rotation forgets the oldest: from then on any unknown `rt1` token is reuse.
+    let next = f.issuer.refresh(&old).await.unwrap();
+    assert!(next.refresh_token.expose().starts_with("rt2."));
+    assert_eq!(f.refresh_err(&forge(&next)).await, Some(R::BadSignature));
+    f.verifier.verify(&next.access_token).await.unwrap();
+    f.assert_reuse_ends_session(&made_up, &next).await;
 
-    let owner = f.rotate(&login).await;
-    assert!(owner.refresh_token.expose().starts_with("rt1."));
-    let mut current = f.rotate(&owner).await;
-    for _ in 2..SPENT_HISTORY {
-        current = f.rotate(&current).await;
+    // The same before the move: a session past its history, still without a key.
+    let login = f.login("bob").await;
+    as_earlier_version(&f, &login, 8, SPENT_HISTORY as u64 + 1, SPENT_HISTORY).await;
+    let made_up = format!("rt1.{}.{}.{}", f.tenant, login.session, b64(&[9u8; 32]));
+    f.assert_reuse_ends_session(&made_up, &login).await;
+}
+
+/// The current token's secret is only accepted under its own tag: a thief who strips or
+/// changes the tag neither rotates the session nor, once the owner has rotated, escapes
+/// reuse detection by trying it that way first.
+#[tokio::test]
+async fn the_current_secret_under_another_tag_spends_nothing() {
+    let clock = ManualClock::new();
+    let f = fixture(Arc::new(MemorySessionStore::new()), &clock, "acme");
+    let owner = f.login("alice").await;
+    let token = owner.refresh_token.expose().to_owned();
+    let without_tag = token[..token.rfind('.').unwrap()].replacen("rt2.", "rt1.", 1);
+    let other_tag = format!(
+        "{}.{}",
+        &token[..token.rfind('.').unwrap()],
+        b64(&[3u8; 16])
+    );
+    for stolen in [&without_tag, &other_tag] {
+        assert_eq!(
+            f.refresh_err(stolen).await,
+            Some(R::BadSignature),
+            "{stolen}"
+        );
     }
-    assert_eq!(f.refresh_err(&forge(&current)).await, Some(R::BadSignature));
-    f.verifier.verify(&current.access_token).await.unwrap();
-    // One more: the owner's token is forgotten, yet presenting it ends the session.
-    current = f.rotate(&current).await;
-    f.assert_reuse_ends_session(owner.refresh_token.expose(), &current)
-        .await;
+    // Nothing was rotated: the owner's token is still the current one.
+    let next = f.issuer.refresh(&token).await.unwrap();
+    for stolen in [&without_tag, &other_tag] {
+        assert_eq!(
+            f.refresh_err(stolen).await,
+            Some(R::BadSignature),
+            "{stolen}"
+        );
+    }
+    f.verifier.verify(&next.access_token).await.unwrap();
+    // The token as issued, presented again: reuse, as always.
+    f.assert_reuse_ends_session(&token, &next).await;
 }
 
 #[tokio::test]

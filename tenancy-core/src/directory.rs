@@ -111,16 +111,16 @@ pub trait TenantDirectory: Send + Sync + fmt::Debug + 'static {
     async fn list(&self) -> Result<Vec<(TenantId, TenantSettings)>>;
 }
 
-/// How many times [`update_settings`] reads a tenant's settings again after another writer
-/// changed them between its read and its write, before it gives up with
-/// [`Error::Conflict`].
+/// How many read-change-write attempts [`update_settings`] makes in all (the first, and one
+/// more each time another writer changed the settings between its read and its write)
+/// before it gives up with [`Error::Conflict`].
 pub const UPDATE_ATTEMPTS: usize = 8;
 
 /// Changes one tenant's settings without losing a concurrent change.
 ///
 /// Reads the settings (`None` for an unknown tenant), lets `change` compute the new ones, and
 /// writes them with [`TenantDirectory::put_if`]; when another writer changed the settings in
-/// between, reads them again and asks `change` again (up to [`UPDATE_ATTEMPTS`] times, then
+/// between, reads them again and asks `change` again (up to [`UPDATE_ATTEMPTS`] attempts in all, then
 /// [`Error::Conflict`]). An error from `change` is returned as it is, with nothing written.
 /// Returns what the write did and the settings written.
 ///

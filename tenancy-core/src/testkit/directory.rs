@@ -124,6 +124,16 @@ async fn conditional_writes<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture) 
         }
     };
 
+    assert_eq!(
+        put_if(Some(s.clone()), s.clone()).await,
+        None,
+        "a write expecting settings of a tenant that does not exist"
+    );
+    assert_eq!(
+        get(dir, &c).await,
+        None,
+        "a refused put_if created the tenant"
+    );
     assert_eq!(put_if(None, s.clone()).await, Some(Upsert::Created));
     let mut other = TenantSettings::new(premium);
     other.status = TenantStatus::Suspended;
