@@ -660,6 +660,9 @@ impl Writer {
             events = rest;
         }
         let res = self.drain().await;
+        // The spool's lock goes before the answer: a caller that starts a dispatcher on the
+        // same spool as soon as `shutdown` answers must not find it still held.
+        drop(self.spool.take());
         let mut replies = replies.into_iter();
         let first = replies.next();
         for r in replies {

@@ -644,19 +644,45 @@ impl RedactionPolicy {
         let Range { start, end } = word;
         // `scheme://user:password@host`: the password, in every URL of the word (one may sit
         // in another's query: `?next=https://u:p@h`). The host ends at the first `/` only: a
-        // raw `?` or `#` in a password (`postgres://u:p#ss@db`) must not cut it short.
+        // raw `?` or `#` in a password (`postgres://u:p#ss@db`) must not cut it short; nor, as
+        // below, a raw `/`.
         for (p, _) in s[start..end].match_indices("://") {
             let authority = start + p + 3;
             let authority_end = find_any(b, authority, end, b"/");
-            if let Some(at) = b[authority..authority_end].iter().rposition(|c| *c == b'@')
-                && let Some(colon) = b[authority..authority + at].iter().position(|c| *c == b':')
-                // `https://host?q=a:b@c` has a query, not a user.
-                && !b[authority..authority + colon].iter().any(|c| matches!(c, b'?' | b'#'))
+            let colon = |upto: usize| b[authority..upto].iter().position(|c| *c == b':');
+            // `https://host?q=a:b@c` has a query, not a user.
+            let no_query = |colon: usize| {
+                !b[authority..authority + colon]
+                    .iter()
+                    .any(|c| matches!(c, b'?' | b'#'))
+            };
+            let password = if let Some(at) =
+                b[authority..authority_end].iter().rposition(|c| *c == b'@')
+                && let Some(colon) = colon(authority + at)
+                && no_query(colon)
             {
-                let password = authority + colon + 1..authority + at;
-                if !password.is_empty() {
-                    edits.push((password, MASK.to_owned()));
-                }
+                Some(authority + colon + 1..authority + at)
+            } else if let Some(colon) = colon(authority_end)
+                && no_query(colon)
+                // A raw `/` in a password (`postgres://u:p/ss@db/app`): what follows the
+                // colon up to the `/` is no port (`https://h:8080/@user` keeps its path),
+                // and an `@` comes later in the word; the user information runs to the last
+                // `@` before the `/` that follows the first.
+                && !b[authority + colon + 1..authority_end].iter().all(u8::is_ascii_digit)
+                && let Some(first_at) = b[authority_end..end].iter().position(|c| *c == b'@')
+            {
+                let first_at = authority_end + first_at;
+                let host_end = find_any(b, first_at, end, b"/");
+                let at = b[first_at..host_end]
+                    .iter()
+                    .rposition(|c| *c == b'@')
+                    .map_or(first_at, |i| first_at + i);
+                Some(authority + colon + 1..at)
+            } else {
+                None
+            };
+            if let Some(password) = password.filter(|p| !p.is_empty()) {
+                edits.push((password, MASK.to_owned()));
             }
         }
         // `?name=value&...` and `#name=value&...` (OAuth puts tokens in the fragment).
@@ -961,6 +987,16 @@ mod tests {
                 "postgres://u:p#ss@db:5432",
                 "postgres://u:[redacted]@db:5432",
             ),
+            (
+                "postgres://app:s3cr/t@db/app",
+                "postgres://app:[redacted]@db/app",
+            ),
+            (
+                "dsn=postgres://app:a/b@c@db:5432/app?sslmode=require",
+                "dsn=postgres://app:[redacted]@db:5432/app?sslmode=require",
+            ),
+            ("https://h:8080/@user/post", "https://h:8080/@user/post"),
+            ("https://medium.com/@user", "https://medium.com/@user"),
             (
                 "https://x/cb#access_token=abc&expires_in=3600",
                 "https://x/cb#access_token=[redacted]&expires_in=3600",

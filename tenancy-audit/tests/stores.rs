@@ -1210,3 +1210,27 @@ async fn a_second_flush_behind_a_batch_of_held_events_is_answered() {
     let err = sink.shutdown().await.unwrap_err();
     assert!(matches!(err, Error::Lost { events: 11, .. }), "{err:?}");
 }
+
+/// Once `shutdown` has answered, the spool is free: a dispatcher started on it at once (a
+/// restart within the process) is not refused as a second holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_is_free_once_shutdown_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("audit.spool");
+    let store: Arc<dyn AuditStore> = Arc::new(MemoryAuditStore::new());
+    let tenant = Fixture::new().tenant("restart");
+    for own_thread in [false, true] {
+        for i in 0..40 {
+            let builder = AuditDispatcher::builder(Arc::clone(&store)).with_spool(&spool);
+            let sink = if own_thread {
+                builder.start_on_own_thread().await
+            } else {
+                builder.start().await
+            }
+            .unwrap_or_else(|e| panic!("start {i} (own thread: {own_thread}): {e}"));
+            sink.record(event(&tenant, i)).await.unwrap();
+            sink.shutdown().await.unwrap();
+        }
+    }
+    assert_eq!(all(store.as_ref(), &tenant).await.len(), 80);
+}

@@ -204,9 +204,11 @@ impl DbConfig {
     /// tenant directory: default 10 s), from acquiring a connection to the commit. Past it the
     /// operation fails with [`tenancy_core::Error::Timeout`] and its connection is closed;
     /// an operation its caller stops waiting for closes its connection the same way. Its
-    /// transactions carry `statement_timeout` and `lock_timeout` at 80 % of it, so that on a
-    /// live connection the server ends a slow statement or lock wait first (an error, the
-    /// connection kept).
+    /// transactions carry `statement_timeout` and `lock_timeout` at 80 % of it (at most
+    /// PostgreSQL's largest, about 24.8 days), so that on a live connection the server ends
+    /// a slow statement or lock wait first (an error, the connection kept). Those bound each
+    /// statement, not the operation: an operation of two statements that both wait long (a
+    /// session save, a revocation) can still reach the bound here first.
     ///
     /// Why: the server's own timeouts cannot end a wait on a connection whose peer vanished
     /// without a reset (a network partition, a failover that left the socket half open):

@@ -148,6 +148,9 @@ impl Drop for CutOnDrop {
     }
 }
 
+/// The largest `statement_timeout` and `lock_timeout` PostgreSQL takes, in milliseconds.
+const MAX_SERVER_TIMEOUT_MS: u64 = i32::MAX as u64;
+
 /// `SET LOCAL`s that give a transaction opened inside [`Shared::bounded`] the server-side
 /// bounds of its operation, to follow its `BEGIN` in the same message; empty outside.
 fn bound_settings() -> String {
@@ -203,7 +206,11 @@ impl Shared {
         let server = self.store_timeout.mul_f64(0.8);
         let bound = Bound {
             cut: Arc::clone(&cut),
-            server_ms: u64::try_from(server.as_millis()).unwrap_or(u64::MAX).max(1),
+            // PostgreSQL takes these settings up to `INT_MAX` milliseconds (about 24.8 days)
+            // and refuses the `SET` above: a longer bound leaves the server at its largest.
+            server_ms: u64::try_from(server.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, MAX_SERVER_TIMEOUT_MS),
         };
         let run = std::pin::pin!(tokio::time::timeout(
             self.store_timeout,

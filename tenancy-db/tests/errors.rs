@@ -428,3 +428,31 @@ async fn a_lock_wait_ends_on_the_server_and_a_cancelled_wait_closes_its_connecti
     );
     dir.remove(&acme).await.unwrap();
 }
+
+/// A store timeout past what PostgreSQL takes for `statement_timeout` (`INT_MAX` ms, about
+/// 24.8 days; `Duration::MAX` is the usual "no bound") leaves the server-side bounds at their
+/// largest instead of sending a `SET` the server refuses on every operation.
+#[tokio::test]
+async fn a_store_timeout_beyond_the_servers_range_still_works() {
+    use tenancy_core::{TenantDirectory as _, TenantSettings, TierName};
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    for timeout in [Duration::MAX, Duration::from_secs(40 * 24 * 3600)] {
+        let platform = tenancy_db::PlatformPool::connect(
+            env.config_as(env.platform.as_str())
+                .with_max_connections(1)
+                .with_store_timeout(timeout),
+        )
+        .await
+        .unwrap();
+        let dir = tenancy_db::PgTenantDirectory::new(platform);
+        let t = tenant("longbound");
+        let standard = TenantSettings::new(TierName::parse("standard").unwrap());
+        dir.put(&t, standard.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{timeout:?}: {e}"));
+        assert_eq!(dir.get(&t).await.unwrap(), Some(standard), "{timeout:?}");
+        dir.remove(&t).await.unwrap();
+    }
+}

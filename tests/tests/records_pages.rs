@@ -64,6 +64,9 @@ async fn pages(h: &Harness) {
         "/v1/records?limit=1001",
         "/v1/records?before=nonsense",
         "/v1/records?before=12-zz",
+        // Microseconds whose nanoseconds overflow an i128, with a well-formed id.
+        "/v1/records?before=999999999999999999999999999999999999-0123456789abcdef0123456789abcdef",
+        "/v1/records?before=99999999999999999999-0123456789abcdef0123456789abcdef",
     ] {
         let r = h.get(bad, Some(&token)).await;
         assert_eq!(r.status, 400, "{who} {bad}: {}", r.text);

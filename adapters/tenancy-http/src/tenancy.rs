@@ -899,8 +899,8 @@ impl Tenancy {
     /// nothing limits the request here (a super admin, an exempt route, a tenant the
     /// directory does not know or cannot answer for, a limiter that cannot decide).
     /// `settings`: the tenant's, when already read; `with_tenant`: whether the tenant-wide
-    /// limit is charged too, or only the user's. Boxed: the rare path, kept out of every
-    /// request's future.
+    /// limit is charged too, or only the user's (always only the user's for a suspended
+    /// tenant). Boxed: the rare path, kept out of every request's future.
     fn deny_charged<'a>(
         &'a self,
         meta: &'a RequestMeta,
@@ -948,7 +948,9 @@ impl Tenancy {
         let Ok((mut request, bypass)) = self.tenant_limits(meta, ctx, &settings) else {
             return Ok(None);
         };
-        if !with_tenant {
+        // A suspended tenant's bucket is never charged, whatever the refusal: it must not be
+        // found empty when the tenant is resumed.
+        if !with_tenant || settings.is_suspended() {
             request.limits.retain(|l| l.scope != LimitScope::Tenant);
         }
         match self.limit(meta, request, bypass, Some(ctx)).await {
@@ -1388,8 +1390,8 @@ mod tests {
     }
 
     /// A suspended tenant's refusal counts against the user's limit alone (its clients'
-    /// retries must not leave it an empty tenant-wide bucket when it is resumed); a tenant
-    /// header naming another tenant counts against both.
+    /// retries must not leave it an empty tenant-wide bucket when it is resumed), whatever
+    /// the refusal; a tenant header naming another tenant counts against both.
     #[tokio::test]
     async fn refusals_count_against_the_limits_they_should() {
         use tenancy_core::memory::{MemoryRateLimiter, MemoryTenantDirectory};
@@ -1401,7 +1403,8 @@ mod tests {
         let mut suspended = TenantSettings::new(standard.clone());
         suspended.status = TenantStatus::Suspended;
         for (t, s) in [
-            ("acme", suspended),
+            ("acme", suspended.clone()),
+            ("initech", suspended),
             ("globex", TenantSettings::new(standard.clone())),
             ("fresh", TenantSettings::new(standard)),
         ] {
@@ -1448,6 +1451,7 @@ mod tests {
         };
         refuse("acme", Header::Absent).await;
         refuse("globex", Header::One(b"acme")).await;
+        refuse("initech", Header::One(b"acme")).await;
 
         // How long each tenant's tenant-wide bucket takes to refill, after one more request.
         let refill = |tenant: &str| {
@@ -1468,6 +1472,11 @@ mod tests {
             refill("acme").await,
             untouched,
             "the suspended refusal charged the tenant"
+        );
+        assert_eq!(
+            refill("initech").await,
+            untouched,
+            "the mismatch charged a suspended tenant"
         );
         assert!(
             refill("globex").await > untouched,

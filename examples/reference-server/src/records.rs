@@ -161,7 +161,8 @@ impl Cursor {
         let bad = || Error::BadRequest("`before`: not a page cursor of this list".into());
         let (micros, id) = s.split_once('-').ok_or_else(bad)?;
         let micros: i128 = micros.parse().map_err(|_| bad())?;
-        let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).map_err(|_| bad())?;
+        let nanos = micros.checked_mul(1000).ok_or_else(bad)?;
+        let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?;
         if !valid_id(id) {
             return Err(bad());
         }
