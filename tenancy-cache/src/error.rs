@@ -16,7 +16,8 @@
 //! Only a failure that may pass by itself is *transient* ([`Error::is_unavailable`]): an I/O
 //! error, a timeout, a dropped or refused connection, and the error replies of a server that
 //! is busy, full or changing shape (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`,
-//! `MASTERDOWN`, `OOM`, `NOREPLICAS`, too many clients, `READONLY` from a primary that became
+//! `MASTERDOWN`, `OOM`, `MISCONF` (writes stopped while a snapshot cannot be saved: a full
+//! disk), `NOREPLICAS`, too many clients, `READONLY` from a primary that became
 //! a replica in a fail-over, and `MOVED`/`ASK`, which the Cluster client follows by itself
 //! and only surface mid-resharding).
 //! These take the outage path: the rate limiter's failure policies and circuit breaker.
@@ -154,6 +155,7 @@ pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
                         | "MASTERDOWN"
                         | "READONLY"
                         | "OOM"
+                        | "MISCONF"
                         | "NOREPLICAS"
                 )
             ) || e
@@ -229,6 +231,7 @@ mod tests {
             server(S::ReadOnly),
             redis::make_extension_error("BUSY".into(), None),
             redis::make_extension_error("OOM".into(), None),
+            redis::make_extension_error("MISCONF".into(), None),
             redis::make_extension_error("NOREPLICAS".into(), None),
             redis::RedisError::from((
                 redis::ErrorKind::Server(S::ResponseError),

@@ -253,6 +253,13 @@ struct BreakerState {
     probe_started: Option<Instant>,
 }
 
+/// `now + d`, or a century on when that is past what an `Instant` holds (a `Duration::MAX`
+/// cooldown means "for good", not a panic).
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 impl Breaker {
     fn new(threshold: u32, cooldown: Duration) -> Self {
         Self {
@@ -309,14 +316,14 @@ impl Breaker {
         let mut st = self.lock();
         let now = Instant::now();
         if st.probe_started.take().is_some() {
-            st.open_until = Some(now + self.cooldown);
+            st.open_until = Some(later(now, self.cooldown));
         } else if n >= self.threshold && st.open_until.is_none() {
             tracing::warn!(
                 failures = n,
                 cooldown_ms = self.cooldown.as_millis() as u64,
                 "Redis keeps failing: rate-limit circuit opened"
             );
-            st.open_until = Some(now + self.cooldown);
+            st.open_until = Some(later(now, self.cooldown));
             self.open.store(true, Ordering::Release);
         }
     }
@@ -784,7 +791,11 @@ impl RateLimiter for RedisRateLimiter {
         if let Some(d) = self.cached_denial(req, &keys) {
             return Ok(d);
         }
-        if !self.inner.breaker.admit(self.inner.timeout * 4) {
+        if !self
+            .inner
+            .breaker
+            .admit(self.inner.timeout.saturating_mul(4))
+        {
             bump(&self.inner.counters.short_circuited);
             return self.fallback(req, Error::CircuitOpen);
         }

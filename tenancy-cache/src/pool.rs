@@ -185,7 +185,10 @@ impl RedisConfig {
             // `cluster_async::request::choose_response` (`retry < number_of_retries`), governs
             // every retry alike, so `.retries(0)` would also stop the client from following
             // MOVED and ASK redirects and from waiting out TRYAGAIN, CLUSTERDOWN or a READONLY
-            // primary during resharding and fail-over, turning each into a failed call.
+            // primary during resharding and fail-over, turning each into a failed call. (With
+            // the client's overall response timeout left at its default, the response timeout,
+            // a wait longer than that for TRYAGAIN or CLUSTERDOWN ends as a timeout all the
+            // same; the redirects are what the retries are kept for.)
             let client = ClusterClient::builder(self.urls.iter().map(String::as_str))
                 .connection_timeout(self.connect_timeout)
                 .response_timeout(self.response_timeout)
@@ -204,6 +207,8 @@ impl RedisConfig {
 
     /// Builds the pool without connecting: the first use opens connections. For services that
     /// must start while Redis is down (the rate limiter then follows its failure policies).
+    /// Call it inside a Tokio runtime: the pool starts its task that closes idle and old
+    /// connections there (outside one, that start panics).
     ///
     /// Errors: [`Error::Invalid`] for a malformed URL.
     pub fn connect_lazy(self) -> Result<RedisPool> {
@@ -523,7 +528,7 @@ impl RedisPool {
         keys: &[String],
         args: &[Vec<u8>],
     ) -> Result<Value> {
-        let deadline = tokio::time::Instant::now() + bound;
+        let deadline = tokio::time::Instant::from_std(crate::limiter::later(Instant::now(), bound));
         let mut conn = tokio::time::timeout_at(deadline, self.conn())
             .await
             .map_err(|_| Error::Timeout(bound))??;
@@ -678,9 +683,11 @@ impl RedisPool {
     async fn checkout(&self) -> Result<bb8::PooledConnection<'_, Manager>> {
         if self.inner.pool.state().connections == 0 {
             // Nothing open (first use, or every connection broke): connect here, so that an
-            // unreachable Redis fails after the connect retries instead of after the whole
-            // acquire timeout.
-            self.fill_empty_pool().await?;
+            // unreachable Redis fails after the connect retries, or the acquire timeout if
+            // that comes first (the attempt goes on, on its own task, for the next caller).
+            tokio::time::timeout(self.inner.acquire_timeout, self.fill_empty_pool())
+                .await
+                .map_err(|_| Error::PoolTimeout(self.inner.acquire_timeout))??;
         }
         match self.inner.pool.get().await {
             Ok(c) => Ok(c),
@@ -777,7 +784,10 @@ impl HealthCheck for RedisPool {
     /// `Degraded` when it succeeded but some checkouts timed out since the last check (of
     /// this pool or a clone of it; the first check counts from the pool's start).
     async fn check(&self) -> Health {
-        let bound = self.inner.acquire_timeout + Duration::from_millis(500);
+        let bound = self
+            .inner
+            .acquire_timeout
+            .saturating_add(Duration::from_millis(500));
         let mut health = match tokio::time::timeout(bound, self.ping()).await {
             Ok(Ok(rtt)) => Health::up().with_latency(rtt),
             Ok(Err(e)) => Health::down(format!("ping failed: {e}")),

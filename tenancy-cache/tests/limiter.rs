@@ -384,6 +384,18 @@ async fn script_flush_mid_run_is_survived() {
     );
 }
 
+/// A pool on `server` that gives up within a few hundred milliseconds once it is gone.
+async fn quick_failing_pool(server: &DedicatedRedis) -> RedisPool {
+    RedisConfig::single(server.url())
+        .with_connect_timeout(Duration::from_millis(200))
+        .with_response_timeout(Duration::from_millis(300))
+        .with_acquire_timeout(Duration::from_millis(300))
+        .with_connect_retries(1, Duration::ZERO)
+        .connect()
+        .await
+        .unwrap()
+}
+
 fn outage_limits(policy: FailurePolicy) -> Vec<Limit> {
     vec![Limit::tenant(Quota::per_hour(100).with_burst(3)).on_unavailable(policy)]
 }
@@ -393,14 +405,7 @@ async fn redis_stopped_mid_run_gives_each_policy_then_recovers_by_itself() {
     let Some(mut server) = DedicatedRedis::start().await else {
         return;
     };
-    let pool = RedisConfig::single(server.url())
-        .with_connect_timeout(Duration::from_millis(200))
-        .with_response_timeout(Duration::from_millis(300))
-        .with_acquire_timeout(Duration::from_millis(300))
-        .with_connect_retries(1, Duration::ZERO)
-        .connect()
-        .await
-        .unwrap();
+    let pool = quick_failing_pool(&server).await;
     let l = RedisRateLimiter::builder(pool)
         .with_timeout(Duration::from_millis(400))
         .with_breaker(3, Duration::from_millis(300))
@@ -1015,4 +1020,30 @@ async fn a_slow_reply_past_the_bound_keeps_the_connection() {
     assert_eq!(l.check(&r).await.unwrap().source, DecisionSource::Backend);
     let f = pool.figures();
     assert_eq!((f.created, f.closed_broken), (1, 0), "{f:?}");
+}
+
+/// `Duration::MAX` (the usual "no bound") as the limiter's timeout and the breaker's
+/// cooldown: decisions and an outage work as with any other value, without an overflow.
+#[tokio::test]
+async fn unbounded_durations_do_not_overflow() {
+    let Some(mut server) = DedicatedRedis::start().await else {
+        return;
+    };
+    let pool = quick_failing_pool(&server).await;
+    let l = RedisRateLimiter::builder(pool)
+        .with_timeout(Duration::MAX)
+        .with_breaker(1, Duration::MAX)
+        .with_denial_cache(0)
+        .build();
+    let fx = Fixture::new();
+    let (t, u) = (fx.tenant("unbounded"), fx.user("alice"));
+    let limits = || outage_limits(FailurePolicy::FailOpen);
+    let d = l.check(&req(&t, &u, limits())).await.unwrap();
+    assert!(d.allowed && d.source == DecisionSource::Backend);
+    server.stop();
+    for _ in 0..3 {
+        let d = l.check(&req(&t, &u, limits())).await.unwrap();
+        assert!(d.allowed && d.source == DecisionSource::FailOpen, "{d:?}");
+    }
+    assert_eq!(l.circuit(), CircuitState::Open);
 }

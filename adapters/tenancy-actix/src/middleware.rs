@@ -46,8 +46,9 @@ use std::sync::Arc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::header::HeaderValue;
-use actix_web::{Error as ActixError, HttpMessage};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderMap, HeaderValue};
+use actix_web::{Error as ActixError, HttpMessage, HttpResponse, ResponseError};
 use tenancy_core::{AuditSink, RateLimiter, TenantDirectory, TokenVerifier};
 use tenancy_http::{AuditNote, Header, Rejection, RequestMeta, Tenancy, TenancyBuilder};
 use tracing::Instrument;
@@ -179,6 +180,63 @@ fn reject<B>(req: ServiceRequest, r: &Rejection) -> Reply<B> {
     req.into_response(render(r)).map_into_right_body()
 }
 
+/// An error from a service inside the middleware, with what the middleware puts on every
+/// answer: actix-web renders it (outside the middleware) with these headers added, or as
+/// `replacement` (a synchronous audit that could not be stored replaces the answer, as it
+/// does a response).
+struct Decorated {
+    inner: ActixError,
+    replacement: Option<Rejection>,
+    headers: HeaderMap,
+}
+
+impl Decorated {
+    fn error(inner: ActixError, replacement: Option<Rejection>, headers: HeaderMap) -> ActixError {
+        if replacement.is_none() && headers.is_empty() {
+            return inner;
+        }
+        ActixError::from(Self {
+            inner,
+            replacement,
+            headers,
+        })
+    }
+}
+
+impl std::fmt::Debug for Decorated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl std::fmt::Display for Decorated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl ResponseError for Decorated {
+    fn status_code(&self) -> StatusCode {
+        match &self.replacement {
+            Some(r) => {
+                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            None => self.inner.as_response_error().status_code(),
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = match &self.replacement {
+            Some(r) => render(r),
+            None => self.inner.error_response(),
+        };
+        for (name, value) in &self.headers {
+            res.headers_mut().insert(name.clone(), value.clone());
+        }
+        res
+    }
+}
+
 impl<S, B> Service<ServiceRequest> for TenancyService<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = ActixError> + 'static,
@@ -215,13 +273,19 @@ where
                     return result;
                 }
                 // actix-web turns handler errors into responses before they reach any
-                // middleware; an error here comes from another middleware. It is counted and
-                // passed on (the request is no longer at hand to build a response from).
+                // middleware; an error here comes from another middleware inside this one. The
+                // request is no longer at hand to build a response from: the error goes on,
+                // carrying the request id for the response actix-web renders from it.
                 let mut res = match result {
                     Ok(res) => res,
                     Err(e) => {
-                        tenancy.finish(&meta, e.as_response_error().status_code().as_u16());
-                        return Err(e);
+                        let status = e.as_response_error().status_code().as_u16();
+                        tenancy.finish(&meta, status);
+                        let mut headers = HeaderMap::new();
+                        if let Ok(v) = HeaderValue::from_str(meta.request_id().as_str()) {
+                            headers.insert(REQUEST_ID, v);
+                        }
+                        return Err(Decorated::error(e, None, headers));
                     }
                 };
                 if let Ok(v) = HeaderValue::from_str(meta.request_id().as_str()) {
@@ -283,7 +347,21 @@ where
             Err(r) => return Ok(reject(req, &r)),
         }
     }
-    let mut res = service.call(req).await?;
+    let mut res = match service.call(req).await {
+        Ok(res) => res,
+        // An inner middleware's refusal: audited as its response would be, and rendered with
+        // the rate-limit headers (or as the rejection of a synchronous audit that failed).
+        Err(e) => {
+            let status = e.as_response_error().status_code().as_u16();
+            let mut refused = None;
+            if stages.audit && tenancy.audits(meta, status) {
+                refused = tenancy.audit_response(meta, status, None).await.err();
+            }
+            let mut headers = HeaderMap::new();
+            move_headers(&mut headers, limit_headers);
+            return Err(Decorated::error(e, refused, headers));
+        }
+    };
     let mut refused = None;
     if stages.audit {
         let status = res.status().as_u16();

@@ -407,14 +407,15 @@ where
         t = t.peer_addr(p);
     }
     let resp = actix_web::test::call_service(app, t.to_request()).await;
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
-        .collect();
+    let (status, headers) = (resp.status().as_u16(), actix_headers(resp.headers()));
     let body = actix_web::test::read_body(resp).await;
     seen(status, headers, &body)
+}
+
+fn actix_headers(h: &actix_web::http::header::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect()
 }
 
 type Check = Box<dyn Fn(&[Seen])>;
@@ -1209,4 +1210,75 @@ async fn directory_changes_take_effect_on_the_next_request_alike() {
     let (a, b) = (call_axum(&axum, &r).await, call_actix(&actix, &r).await);
     assert_eq!(a, b);
     assert_problem(&a, 403, "tenant-suspended");
+}
+
+/// A middleware inside the stack that refuses: axum's answers with a response, actix-web's
+/// with an error (actix-web renders it outside the stack). Both answers carry the request id
+/// and the rate-limit headers, and both refusals are audited alike.
+#[actix_web::test]
+async fn an_inner_middlewares_refusal_is_decorated_and_audited_alike() {
+    let w = World::new();
+    let bob = w.token("acme", "bob", "user", &["records:read"]);
+    let (t_axum, audit_axum, _) = w.tenancy(false).await;
+    let (t_actix, audit_actix, _) = w.tenancy(false).await;
+    let axum = Router::new()
+        .route("/v1/records/{id}", axum::routing::get(|| async { "never" }))
+        .layer(axum::middleware::from_fn(
+            |_: axum::extract::Request, _: axum::middleware::Next| async {
+                (http::StatusCode::FORBIDDEN, "inner refusal")
+            },
+        ))
+        .layer(tenancy_tower::TenancyLayer::new(t_axum));
+    let actix = actix_web::test::init_service(
+        App::new()
+            .route("/v1/records/{id}", web::get().to(|| async { "never" }))
+            .wrap_fn(|_, _| async {
+                Err::<actix_web::dev::ServiceResponse, _>(actix_web::error::ErrorForbidden(
+                    "inner refusal",
+                ))
+            })
+            .wrap(tenancy_actix::TenancyMiddleware::new(t_actix)),
+    )
+    .await;
+    let req = Req::get("/v1/records/42")
+        .bearer(&bob)
+        .header("x-request-id", "c-inner");
+    let a = call_axum(&axum, &req).await;
+    // As actix-web's server answers: an error that reaches it is rendered by the error.
+    let b = {
+        let mut t = actix_web::test::TestRequest::get().uri(&req.path);
+        for (k, v) in &req.headers {
+            t = t.append_header((k.as_str(), v.as_str()));
+        }
+        let e = actix_web::test::try_call_service(&actix, t.to_request())
+            .await
+            .expect_err("the inner middleware's error");
+        let resp = e.error_response();
+        let (status, headers) = (resp.status().as_u16(), actix_headers(resp.headers()));
+        let body = actix_web::body::to_bytes(resp.into_body()).await.unwrap();
+        seen(status, headers, &body)
+    };
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        (a.status, &a.body),
+        (b.status, &b.body),
+        "axum and actix differ"
+    );
+    for (name, value) in &a.headers {
+        if name != "content-length" {
+            assert_eq!(b.headers.get(name), Some(value), "{name}");
+        }
+    }
+    assert_eq!(
+        a.headers.get("x-request-id").map(String::as_str),
+        Some("c-inner")
+    );
+    assert_limited(&b);
+    let (ea, eb) = (audit_axum.events(), audit_actix.events());
+    assert_eq!(audit_summary(&ea), audit_summary(&eb));
+    assert!(
+        ea.iter().any(|e| e.reason.as_deref() == Some("status_403")),
+        "{:?}",
+        audit_summary(&ea)
+    );
 }

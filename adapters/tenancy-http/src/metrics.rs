@@ -10,8 +10,13 @@
 //!
 //! Why the tenant label is bounded: every distinct label value is a time series kept forever
 //! by the recorder. The first `max` tenants seen get their own label; later ones share
-//! `other`, so a service with a million tenants cannot exhaust its metrics backend.
-//! The route label is a route template (or `unmatched`), never a raw path.
+//! `_other`, so a service with a million tenants cannot exhaust its metrics backend. A
+//! tenant gets its label once the directory has resolved it: a request refused before (a
+//! token for a tenant the directory does not know, a suspended tenant, a tenant header that
+//! disagrees) is labelled `_unresolved`, so tokens for unknown tenants cannot use up the
+//! bound; a request without a verified token is labelled `_none`. The three reserved labels
+//! start with `_`, which no [`TenantId`] does. The route label is a route template (or
+//! `unmatched`), never a raw path.
 //!
 //! ```
 //! use tenancy_core::TenantId;
@@ -19,9 +24,9 @@
 //!
 //! let labels = TenantLabels::new(1);
 //! assert_eq!(labels.label(Some(&TenantId::parse("acme")?)), "acme");
-//! assert_eq!(labels.label(Some(&TenantId::parse("globex")?)), "other");
+//! assert_eq!(labels.label(Some(&TenantId::parse("globex")?)), "_other");
 //! assert_eq!(labels.label(Some(&TenantId::parse("acme")?)), "acme");
-//! assert_eq!(labels.label(None), "none");
+//! assert_eq!(labels.label(None), "_none");
 //! # Ok::<(), tenancy_core::ParseError>(())
 //! ```
 
@@ -43,9 +48,12 @@ pub const AUTH_FAILURES_TOTAL: &str = "tenancy_auth_failures_total";
 pub const AUDIT_FAILURES_TOTAL: &str = "tenancy_audit_failures_total";
 
 /// The label for tenants beyond the bound.
-pub const OTHER: &str = "other";
-/// The label for requests without a tenant.
-pub const NONE: &str = "none";
+pub const OTHER: &str = "_other";
+/// The label for requests without a tenant (no verified token).
+pub const NONE: &str = "_none";
+/// The label for requests whose token names a tenant that was not resolved (unknown to the
+/// directory, suspended, or refused before the lookup).
+pub const UNRESOLVED: &str = "_unresolved";
 
 /// Hands out tenant label values, at most `max` distinct tenants.
 #[derive(Debug)]

@@ -202,12 +202,13 @@ impl TrustedProxies {
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        let elements = values.iter().flat_map(|v| v.split(|b| *b == b','));
         let hops: Vec<Option<IpAddr>> = match self.header {
-            ForwardedHeader::XForwardedFor => elements
+            ForwardedHeader::XForwardedFor => values
+                .iter()
+                .flat_map(|v| v.split(|b| *b == b','))
                 .map(|h| std::str::from_utf8(h).ok().and_then(parse_hop))
                 .collect(),
-            ForwardedHeader::Forwarded => elements.map(forwarded_for).collect(),
+            ForwardedHeader::Forwarded => values.iter().flat_map(|v| forwarded_hops(v)).collect(),
         };
         let mut current = peer;
         for hop in hops.into_iter().rev() {
@@ -225,8 +226,8 @@ impl TrustedProxies {
     }
 }
 
-/// One hop: a bare address, an address with a port, or a bracketed IPv6 address with an
-/// optional port.
+/// One hop: a bare address, an address with a port or an obfuscated port (`_abc`, RFC
+/// 7239), or a bracketed IPv6 address with an optional port.
 fn parse_hop(s: &str) -> Option<IpAddr> {
     let s = s.trim().trim_matches('"');
     if let Ok(ip) = s.parse::<IpAddr>() {
@@ -235,17 +236,87 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Some(sa.ip().to_canonical());
     }
-    let inner = s.strip_prefix('[')?.split(']').next()?;
-    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+    if let Some(bracketed) = s.strip_prefix('[') {
+        let inner = bracketed.split(']').next()?;
+        return inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    }
+    // `192.0.2.7:_p1`: an IPv4 address with an obfuscated port.
+    let (host, port) = s.split_once(':')?;
+    let obfuscated = port.strip_prefix('_').is_some_and(|p| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    });
+    obfuscated
+        .then(|| host.parse::<std::net::Ipv4Addr>().ok())
+        .flatten()
+        .map(|ip| IpAddr::V4(ip).to_canonical())
 }
 
-/// The `for=` parameter of one `Forwarded` element (RFC 7239).
-fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
-    let element = std::str::from_utf8(element).ok()?;
-    element.split(';').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("for").then(|| parse_hop(v))?
-    })
+/// The hop of each element of one `Forwarded` value (RFC 7239), left to right: the address
+/// of its `for=` parameter, or `None` where it cannot be read (no `for=`, more than one, a
+/// value that is no address). Commas and semicolons inside quoted strings separate nothing:
+/// a proxy that copies a client's text into a quoted parameter (`host="x,for=6.6.6.6"`)
+/// must not hand the client a hop of its own making. An unterminated quoted string makes
+/// the rest of the value one unreadable element.
+fn forwarded_hops(value: &[u8]) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    // The current element's `for=` values seen so far, and whether one was unreadable.
+    let mut fors: Vec<Option<IpAddr>> = Vec::new();
+    let mut pair: Vec<u8> = Vec::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    let finish_pair = |pair: &mut Vec<u8>, fors: &mut Vec<Option<IpAddr>>| {
+        if let Some(eq) = pair.iter().position(|b| *b == b'=') {
+            let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+            if k.trim_ascii().eq_ignore_ascii_case(b"for") {
+                fors.push(std::str::from_utf8(v).ok().and_then(parse_hop));
+            }
+        }
+        pair.clear();
+    };
+    for &b in value {
+        if quoted {
+            if escaped {
+                escaped = false;
+                pair.push(b);
+            } else if b == b'\\' {
+                escaped = true;
+            } else {
+                quoted = b != b'"';
+                pair.push(b);
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                quoted = true;
+                pair.push(b);
+            }
+            b';' => finish_pair(&mut pair, &mut fors),
+            b',' => {
+                finish_pair(&mut pair, &mut fors);
+                hops.push(one_for(&fors));
+                fors.clear();
+            }
+            _ => pair.push(b),
+        }
+    }
+    if quoted {
+        hops.push(None);
+        return hops;
+    }
+    finish_pair(&mut pair, &mut fors);
+    hops.push(one_for(&fors));
+    hops
+}
+
+/// The element's hop when it has exactly one readable `for=`.
+fn one_for(fors: &[Option<IpAddr>]) -> Option<IpAddr> {
+    match fors {
+        [one] => *one,
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +388,37 @@ mod tests {
         assert_eq!(fwd_proxies.client_addr(peer, &[], xff), peer);
         let no_for: &[&[u8]] = &[b"proto=https;by=10.0.0.3"];
         assert_eq!(fwd_proxies.client_addr(peer, no_for, xff), peer);
+    }
+
+    /// A trusted proxy that copies the client's `Host` into a quoted `host=` hands the
+    /// client no hop: commas and semicolons inside quotes separate nothing, and an element
+    /// with two `for=` is unreadable (the walk ends at the last trusted hop).
+    #[test]
+    fn quoted_forwarded_values_cannot_forge_a_hop() {
+        let proxies = TrustedProxies::parse(["10.0.0.0/8"])
+            .unwrap()
+            .with_header(ForwardedHeader::Forwarded);
+        let peer = Some(ip("10.0.0.2"));
+        let client = Some(ip("203.0.113.9"));
+        let cases: [(&[u8], Option<IpAddr>); 9] = [
+            (b"for=203.0.113.9;host=\"x,for=6.6.6.6\"", client),
+            (b"host=\"x;for=6.6.6.6\";for=203.0.113.9", client),
+            (b"for=203.0.113.9;host=\"a\\\",for=6.6.6.6\"", client),
+            (b"host=x;for=6.6.6.6;for=203.0.113.9", peer),
+            (b"for=203.0.113.9;host=\"unterminated,for=6.6.6.6", peer),
+            (b"for=\"192.0.2.7:_p1\"", Some(ip("192.0.2.7"))),
+            (b"for=\"[2001:db8::1]:_p1\"", Some(ip("2001:db8::1"))),
+            (b"for=\"192.0.2.7:_\"", peer),
+            (b"for=_hidden, for=10.0.0.3", Some(ip("10.0.0.3"))),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                proxies.client_addr_from(peer, &[value]),
+                expected,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl RouteRule {
     }
 
     /// The response waits until the audit event is stored; when it cannot be stored the
-    /// client gets a 500 instead of the handler's answer. Has no effect unless audited.
+    /// client gets a 503 instead of the handler's answer. Has no effect unless audited.
     pub fn audit_sync(mut self) -> Self {
         if let Some(a) = &mut self.audit {
             a.sync = true;

@@ -468,7 +468,10 @@ fn bearer(header: Header<'_>, max: usize) -> std::result::Result<&str, AuthFailu
     if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
         return Err(AuthFailure::BadScheme);
     }
-    let token = rest.trim_ascii();
+    // `1*SP` (RFC 6750): spaces only before the token; trailing white space is the header
+    // value's own.
+    let token = rest.trim_ascii_end();
+    let token = &token[token.iter().take_while(|b| **b == b' ').count()..];
     // Every byte is checked, without an early exit (about three instructions a byte).
     let ok = !token.is_empty() && token.iter().fold(true, |ok, &b| ok & is_b64token(b));
     if !ok {
@@ -1073,7 +1076,13 @@ impl Tenancy {
     /// Last: records the request metrics (tenant, route template, status, latency).
     pub fn finish(&self, meta: &RequestMeta, status: u16) {
         let elapsed = meta.started().elapsed();
-        let tenant = self.inner.labels.shared(meta.tenant());
+        // Labelled once resolved: tokens for tenants the directory does not know must not
+        // take the bounded labels from real ones.
+        let tenant = match (meta.resolved(), meta.tenant()) {
+            (Some(r), _) => self.inner.labels.shared(Some(&r.context.tenant)),
+            (None, Some(_)) => SharedString::const_str(metrics::UNRESOLVED),
+            (None, None) => self.inner.labels.shared(None),
+        };
         metrics::request(
             tenant,
             meta.route_label_shared(),
@@ -1231,6 +1240,9 @@ mod tests {
             "Bearer a b",
             "Bearer a\"b",
             "Bearer é",
+            "Bearer \tabc",
+            "Bearer  \t abc",
+            "Bearer\tabc",
         ] {
             assert_eq!(bearer(one(bad), 100), Err(AuthFailure::BadScheme), "{bad}");
         }

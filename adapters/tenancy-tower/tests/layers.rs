@@ -270,6 +270,17 @@ fn individual_layers_on_a_plain_service_decide_count_and_audit() {
                 Ok::<_, Infallible>(http::Response::new(Body::from(body)))
             });
 
+        // Tokens for tenants the directory does not know, first: refused, and labelled
+        // `_unresolved`, so they take none of the three tenant labels.
+        for i in 0..5 {
+            let tok = token(&clock, &format!("ghost{i}"), 600);
+            let refused = svc
+                .clone()
+                .oneshot(request("/items/7", Some(&tok)))
+                .await
+                .unwrap();
+            assert_eq!(refused.status(), 403);
+        }
         // Ten tenants, two requests each: the second is over the per-user quota of one.
         for i in 0..10 {
             let tok = token(&clock, &format!("t{i}"), 600);
@@ -336,14 +347,25 @@ fn individual_layers_on_a_plain_service_decide_count_and_audit() {
         .filter_map(|k| k.split("tenant=").nth(1))
         .map(|rest| rest.split(',').next().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(tenants.len(), 5, "{tenants:?}"); // three tenants, `other`, `none`
-    assert!(tenants.contains("other") && tenants.contains("none"));
+    // Three tenants, `_other`, `_none`, `_unresolved`.
+    assert_eq!(tenants.len(), 6, "{tenants:?}");
+    assert!(
+        ["t0", "t1", "t2", "_other", "_none", "_unresolved"]
+            .iter()
+            .all(|t| tenants.contains(*t))
+    );
     assert_eq!(
-        recorder.counter("tenancy_http_requests_total{tenant=other,route=/items/{id},status=200}"),
+        recorder.counter(
+            "tenancy_http_requests_total{tenant=_unresolved,route=/items/{id},status=403}"
+        ),
+        5
+    );
+    assert_eq!(
+        recorder.counter("tenancy_http_requests_total{tenant=_other,route=/items/{id},status=200}"),
         7
     );
     assert_eq!(
-        recorder.counter("tenancy_http_requests_total{tenant=none,route=/items/{id},status=401}"),
+        recorder.counter("tenancy_http_requests_total{tenant=_none,route=/items/{id},status=401}"),
         2
     );
     assert_eq!(
@@ -365,7 +387,7 @@ fn individual_layers_on_a_plain_service_decide_count_and_audit() {
     let histograms = recorder.0.histograms.lock().unwrap();
     assert_eq!(
         histograms.values().sum::<usize>(),
-        22,
+        27,
         "one latency sample per request: {histograms:?}"
     );
 }
