@@ -266,7 +266,8 @@ fn check_param(name: &str) -> Option<String> {
 }
 
 /// A path segment percent-decoded, as axum and actix-web decode path parameters for
-/// handlers: as it is when it holds no escape or a malformed one; bytes that are not UTF-8
+/// handlers: each valid escape decoded, a malformed one (`%zz`, a `%` at the end) kept as it
+/// is; bytes that are not UTF-8
 /// once decoded become U+FFFD, as actix-web hands them to handlers (the reference server's
 /// axum routes decode them alike, so that both frameworks' handlers, and the audit record,
 /// see the same text).
@@ -276,6 +277,7 @@ fn check_param(name: &str) -> Option<String> {
 ///
 /// assert_eq!(decode_segment("caf%C3%A9"), "café");
 /// assert_eq!(decode_segment("%zz"), "%zz");
+/// assert_eq!(decode_segment("%41%zz%42%"), "A%zzB%");
 /// assert_eq!(decode_segment("%FF%FE"), "\u{FFFD}\u{FFFD}");
 /// ```
 pub fn decode_segment(text: &str) -> Cow<'_, str> {
@@ -292,7 +294,10 @@ pub fn decode_segment(text: &str) -> Cow<'_, str> {
                     out.push(v);
                     i += 3;
                 }
-                None => return Cow::Borrowed(text),
+                None => {
+                    out.push(b);
+                    i += 1;
+                }
             }
         } else {
             out.push(b);
