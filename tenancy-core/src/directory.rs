@@ -70,7 +70,8 @@ pub trait TenantDirectory: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// Creates or replaces the tenant's settings.
+    /// Creates or replaces the tenant's settings. Times are kept to the microsecond, as
+    /// PostgreSQL keeps them: a finer `bypass_until` is read back truncated, in every backend.
     ///
     /// A read, a change and a `put` lose a change that another caller made in between (a
     /// suspension undone by a concurrent change of limits): to change one part of the
@@ -116,6 +117,15 @@ pub trait TenantDirectory: Send + Sync + fmt::Debug + 'static {
 /// before it gives up with [`Error::Conflict`].
 pub const UPDATE_ATTEMPTS: usize = 8;
 
+/// `settings` with its times truncated to the microsecond, as a directory keeps them.
+pub(crate) fn to_microseconds(mut settings: TenantSettings) -> TenantSettings {
+    settings.bypass_until = settings.bypass_until.map(|t| {
+        t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+            .unwrap_or(t)
+    });
+    settings
+}
+
 /// Changes one tenant's settings without losing a concurrent change.
 ///
 /// Reads the settings (`None` for an unknown tenant), lets `change` compute the new ones, and
@@ -156,7 +166,8 @@ where
 {
     for _ in 0..UPDATE_ATTEMPTS {
         let current = dir.get(tenant).await?;
-        let next = change(current.clone())?;
+        // As the directory keeps it, so that what is returned is what a `get` reads.
+        let next = to_microseconds(change(current.clone())?);
         if let Some(done) = dir.put_if(tenant, current.as_ref(), next.clone()).await? {
             return Ok((done, next));
         }

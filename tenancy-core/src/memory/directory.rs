@@ -3,6 +3,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 
+use crate::directory::to_microseconds;
 use crate::{Result, TenantDirectory, TenantId, TenantSettings, Upsert};
 
 /// Tenants in process memory; every change is visible to the next call.
@@ -54,10 +55,12 @@ impl TenantDirectory for MemoryTenantDirectory {
             .tenants
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(match map.insert(tenant.clone(), settings) {
-            Some(_) => Upsert::Updated,
-            None => Upsert::Created,
-        })
+        Ok(
+            match map.insert(tenant.clone(), to_microseconds(settings)) {
+                Some(_) => Upsert::Updated,
+                None => Upsert::Created,
+            },
+        )
     }
 
     async fn put_if(
@@ -73,10 +76,12 @@ impl TenantDirectory for MemoryTenantDirectory {
         if map.get(tenant) != expected {
             return Ok(None);
         }
-        Ok(Some(match map.insert(tenant.clone(), settings) {
-            Some(_) => Upsert::Updated,
-            None => Upsert::Created,
-        }))
+        Ok(Some(
+            match map.insert(tenant.clone(), to_microseconds(settings)) {
+                Some(_) => Upsert::Updated,
+                None => Upsert::Created,
+            },
+        ))
     }
 
     async fn remove(&self, tenant: &TenantId) -> Result<bool> {

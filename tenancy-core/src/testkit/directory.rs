@@ -64,6 +64,38 @@ pub async fn tenant_directory<D: TenantDirectory + ?Sized>(dir: &D, fx: &Fixture
         Some(changed.clone()),
         "change not visible"
     );
+    // Times are kept to the microsecond, in every backend; `update_settings` returns what
+    // is kept.
+    let at = |nanos: i128| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let fine = TenantSettings {
+        bypass_until: Some(at(1_900_000_000_123_456_789)),
+        ..changed.clone()
+    };
+    let kept = TenantSettings {
+        bypass_until: Some(at(1_900_000_000_123_456_000)),
+        ..changed.clone()
+    };
+    dir.put(&a, fine.clone())
+        .await
+        .unwrap_or_else(|e| panic!("put: {e}"));
+    assert_eq!(
+        get(dir, &a).await,
+        Some(kept.clone()),
+        "sub-microsecond time"
+    );
+    let (_, written) = update_settings(dir, &a, |_| Ok::<_, Error>(fine.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("update_settings: {e}"));
+    assert_eq!(
+        written, kept,
+        "update_settings returned other than what is kept"
+    );
+    assert_eq!(get(dir, &a).await, Some(kept));
+    dir.put(&a, changed.clone())
+        .await
+        .unwrap_or_else(|e| panic!("put: {e}"));
 
     dir.put(&b, s.clone())
         .await
