@@ -72,7 +72,9 @@
 //! A denial remembers the TATs the script read. Until they have passed, a request whose
 //! limits are denied on those TATs alone is answered locally
 //! ([`DecisionSource::DenialCache`]): TATs only grow, so such an answer is the answer Redis
-//! would give. A tenant hammering past its limit thus costs no Redis call until its retry
+//! would give. "Passed" is judged by the clock of the node that gave the denial (its time in
+//! the reply, plus what passed here since the call was sent), never another Cluster node's.
+//! A tenant hammering past its limit thus costs no Redis call until its retry
 //! time. (A [`QuotaAdmin::reset`] clears this instance's cache; other instances keep denying
 //! until the retry time they were given.)
 
@@ -341,9 +343,31 @@ impl Breaker {
 #[derive(Debug)]
 struct DenialCache {
     max: usize,
-    tats: Mutex<HashMap<String, u64>>,
+    tats: Mutex<HashMap<String, Denied>>,
     /// Entries evicted by sampling since the last sweep of passed entries.
     evicted: AtomicUsize,
+}
+
+/// A key's TAT learnt from a denial, with the clock of the Redis node that answered: its time
+/// in the reply (`at`), and the local instant just before the call was sent. On a Cluster
+/// each node has its own clock, and a key is only ever on its own node (a request's keys
+/// share their tenant's slot): the node's time now is estimated from its own reply, never
+/// from another node's.
+#[derive(Debug, Clone, Copy)]
+struct Denied {
+    tat: u64,
+    at: u64,
+    sent: Instant,
+}
+
+impl Denied {
+    /// The node's time at `local`, over-estimated (the reply's time plus all that passed
+    /// since the call was sent), so that a cached denial ends early rather than late.
+    fn node_now(&self, local: Instant) -> u64 {
+        let elapsed = local.saturating_duration_since(self.sent).as_nanos();
+        self.at
+            .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+    }
 }
 
 /// Entries looked at to make room for one new denial.
@@ -354,10 +378,10 @@ const EVICTION_SAMPLE: usize = 8;
 /// whole map): the passed ones among them, else the one that ends soonest. Dropping an entry
 /// only sends that key's next request to Redis, so any choice is safe; a cached denial never
 /// outlives its TAT, since entries are only answered from while their TAT is ahead.
-fn make_room(map: &mut HashMap<String, u64>, now: u64) {
+fn make_room(map: &mut HashMap<String, Denied>, now: u64) {
     let mut victims: Vec<String> = Vec::with_capacity(EVICTION_SAMPLE);
     let mut soonest: Option<(&String, u64)> = None;
-    for (k, &t) in map.iter().take(EVICTION_SAMPLE) {
+    for (k, t) in map.iter().take(EVICTION_SAMPLE).map(|(k, e)| (k, e.tat)) {
         if t <= now {
             victims.push(k.clone());
         } else if soonest.is_none_or(|(_, s)| t < s) {
@@ -375,7 +399,7 @@ fn make_room(map: &mut HashMap<String, u64>, now: u64) {
 }
 
 impl DenialCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Denied>> {
         self.tats
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -442,7 +466,6 @@ impl RedisRateLimiterBuilder {
                 }),
                 local: self.local.unwrap_or_default(),
                 counters: Counters::default(),
-                redis_time: Mutex::new(None),
                 last_fail_open_log: Mutex::new(None),
             }),
         }
@@ -466,10 +489,6 @@ struct Inner {
     denials: Option<DenialCache>,
     local: MemoryRateLimiter,
     counters: Counters,
-    /// Redis's clock at the last reply, and the local instant just before that call was
-    /// sent: `now ≈ redis + elapsed` over-estimates Redis's clock, so cached denials end
-    /// early rather than late.
-    redis_time: Mutex<Option<(u64, Instant)>>,
     last_fail_open_log: Mutex<Option<Instant>>,
 }
 
@@ -627,32 +646,25 @@ impl RedisRateLimiter {
             .collect()
     }
 
-    fn estimated_redis_now(&self) -> Option<u64> {
-        let guard = self
-            .inner
-            .redis_time
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (at, sent) = (*guard)?;
-        let elapsed = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Some(at.saturating_add(elapsed))
-    }
-
     fn cached_denial(&self, req: &RateLimitRequest, keys: &[String]) -> Option<RateLimitDecision> {
         let cache = self.inner.denials.as_ref()?;
-        let now = self.estimated_redis_now()?;
-        let tats: Vec<Option<u64>> = {
+        let local = Instant::now();
+        let (tats, now): (Vec<Option<u64>>, u64) = {
             let mut map = cache.lock();
             if map.is_empty() {
                 return None;
             }
+            let found: Vec<Option<Denied>> = keys.iter().map(|k| map.get(k).copied()).collect();
+            // The node's time, from the latest estimate among its keys' entries.
+            let now = found.iter().flatten().map(|e| e.node_now(local)).max()?;
             let mut any = false;
             let tats = keys
                 .iter()
-                .map(|k| match map.get(k) {
-                    Some(&t) if t > now => {
+                .zip(&found)
+                .map(|(k, e)| match e {
+                    Some(e) if e.tat > now => {
                         any = true;
-                        Some(t)
+                        Some(e.tat)
                     }
                     Some(_) => {
                         map.remove(k);
@@ -664,7 +676,7 @@ impl RedisRateLimiter {
             if !any {
                 return None;
             }
-            tats
+            (tats, now)
         };
         let (mut decision, _) = RateLimitDecision::decide(req, &tats, now);
         if decision.allowed {
@@ -675,7 +687,9 @@ impl RedisRateLimiter {
         Some(decision)
     }
 
-    fn remember_denial(&self, keys: &[String], read: &[Option<u64>], now: u64) {
+    /// Caches the TATs a denial read, with the answering node's time `now` and the local
+    /// instant `sent` just before the call went out.
+    fn remember_denial(&self, keys: &[String], read: &[Option<u64>], now: u64, sent: Instant) {
         let Some(cache) = &self.inner.denials else {
             return;
         };
@@ -689,16 +703,26 @@ impl RedisRateLimiter {
                 // Sampling always looks at the same buckets, so passed entries elsewhere
                 // would stay; once every half capacity of evictions, they all go, in one
                 // pass over the map: amortised, two entries looked at per eviction.
+                // (Passed by this node's time: entries of other nodes are judged by it too,
+                // which only decides which are dropped; dropping one is always safe.)
                 if cache.evicted.fetch_add(1, Ordering::Relaxed) >= cache.max / 2 {
                     cache.evicted.store(0, Ordering::Relaxed);
-                    map.retain(|_, t| *t > now);
+                    map.retain(|_, e| e.tat > now);
                 }
                 if map.len() >= cache.max {
                     make_room(&mut map, now);
                 }
             }
-            let e = map.entry(k.clone()).or_insert(t);
-            *e = (*e).max(t);
+            let fresh = Denied {
+                tat: t,
+                at: now,
+                sent,
+            };
+            let e = map.entry(k.clone()).or_insert(fresh);
+            e.tat = e.tat.max(t);
+            if sent > e.sent {
+                (e.at, e.sent) = (now, sent);
+            }
         }
     }
 
@@ -817,14 +841,9 @@ impl RateLimiter for RedisRateLimiter {
         };
         self.inner.breaker.success();
         bump(&self.inner.counters.backend);
-        *self
-            .inner
-            .redis_time
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((reply.now, sent));
         let decision = agreed(req, &reply)?;
         if !decision.allowed {
-            self.remember_denial(&keys, &reply.read, reply.now);
+            self.remember_denial(&keys, &reply.read, reply.now, sent);
         }
         Ok(decision)
     }
@@ -964,14 +983,23 @@ mod tests {
 
     #[test]
     fn a_full_denial_cache_makes_room_in_bounded_steps() {
-        let mut map: HashMap<String, u64> =
-            (0..100u64).map(|i| (format!("k{i}"), 1_000 + i)).collect();
+        let sent = Instant::now();
+        let mut map: HashMap<String, Denied> = (0..100u64)
+            .map(|i| {
+                let e = Denied {
+                    tat: 1_000 + i,
+                    at: 0,
+                    sent,
+                };
+                (format!("k{i}"), e)
+            })
+            .collect();
         // Nothing has passed: exactly one entry goes, the soonest of those looked at.
-        let sampled: Vec<u64> = map.values().copied().take(EVICTION_SAMPLE).collect();
+        let sampled: Vec<u64> = map.values().map(|e| e.tat).take(EVICTION_SAMPLE).collect();
         make_room(&mut map, 0);
         assert_eq!(map.len(), 99);
         let gone = (1_000..1_100)
-            .find(|t| !map.values().any(|v| v == t))
+            .find(|t| !map.values().any(|v| v.tat == *t))
             .unwrap();
         assert_eq!(Some(gone), sampled.iter().copied().min());
         // Passed entries among those looked at all go, the live ones stay.
@@ -995,18 +1023,19 @@ mod tests {
             |cache: &DenialCache| cache.lock().keys().filter(|k| k.starts_with("old")).count();
         // 64 denials that pass at 1 000; at 2 000 a new one finds the cache full. Below the
         // sweep's turn, only a sample is looked at: most passed entries stay.
-        l.remember_denial(&old, &[Some(1_000); 64], 0);
-        l.remember_denial(&["new0".to_owned()], &[Some(5_000)], 2_000);
+        let sent = Instant::now();
+        l.remember_denial(&old, &[Some(1_000); 64], 0, sent);
+        l.remember_denial(&["new0".to_owned()], &[Some(5_000)], 2_000, sent);
         assert!(passed(cache) >= 64 - EVICTION_SAMPLE, "{}", passed(cache));
         // Full again (the sample made room for a few); half a capacity of evictions later,
         // the next new denial sweeps every passed entry.
         let live: Vec<String> = (cache.lock().len()..64)
             .map(|i| format!("live{i}"))
             .collect();
-        l.remember_denial(&live, &vec![Some(9_000); live.len()], 2_000);
+        l.remember_denial(&live, &vec![Some(9_000); live.len()], 2_000, sent);
         assert_eq!(cache.lock().len(), 64);
         cache.evicted.store(32, Ordering::Relaxed);
-        l.remember_denial(&["new1".to_owned()], &[Some(5_000)], 2_000);
+        l.remember_denial(&["new1".to_owned()], &[Some(5_000)], 2_000, sent);
         assert_eq!(passed(cache), 0);
         assert_eq!(
             cache.lock().len(),
@@ -1023,17 +1052,56 @@ mod tests {
         let l = RedisRateLimiter::builder(pool).with_denial_cache(4).build();
         let now = 1_000;
         let keys: Vec<String> = (0..4).map(|i| format!("k{i}")).collect();
-        l.remember_denial(&keys, &[Some(now + 10); 4], now);
+        let sent = Instant::now();
+        l.remember_denial(&keys, &[Some(now + 10); 4], now, sent);
         let cache = l.inner.denials.as_ref().unwrap();
         assert_eq!(cache.lock().len(), 4);
-        l.remember_denial(&["new".to_owned()], &[Some(now + 5)], now);
+        l.remember_denial(&["new".to_owned()], &[Some(now + 5)], now, sent);
         let map = cache.lock();
         assert_eq!(map.len(), 4, "the bound holds");
         assert_eq!(
-            map.get("new"),
-            Some(&(now + 5)),
+            map.get("new").map(|e| e.tat),
+            Some(now + 5),
             "the newest denial is cached"
         );
+    }
+
+    /// On a Cluster every node has its own clock: a cached denial is judged by the clock of
+    /// the node that gave it, not by another node's that answered since.
+    #[tokio::test]
+    async fn a_cached_denial_ends_by_its_own_nodes_clock() {
+        let pool = crate::RedisConfig::single("redis://127.0.0.1:1")
+            .connect_lazy()
+            .unwrap();
+        let l = RedisRateLimiter::builder(pool)
+            .with_denial_cache(16)
+            .build();
+        let secs = |s: u64| s * 1_000_000_000;
+        let q = tenancy_core::Quota::per_second(1).with_burst(1);
+        let request = |t: &str| {
+            let t = TenantId::parse(t).unwrap();
+            let keys = l.keys_for(&RateLimitRequest::new(
+                t.clone(),
+                None,
+                vec![Limit::tenant(q)],
+            ));
+            (RateLimitRequest::new(t, None, vec![Limit::tenant(q)]), keys)
+        };
+        let (on_x, keys_x) = request("on-x");
+        let (on_y, keys_y) = request("on-y");
+        // Node X (clock at 100 s) denied `on-x` until 101 s, 1.5 s ago; node Y, whose clock
+        // is 2 s behind, denied `on-y` until 105 s just now.
+        let then = Instant::now()
+            .checked_sub(Duration::from_millis(1_500))
+            .unwrap();
+        l.remember_denial(&keys_x, &[Some(secs(101))], secs(100), then);
+        l.remember_denial(&keys_y, &[Some(secs(105))], secs(98), Instant::now());
+        // By X's clock, 101 s has passed: Redis would decide again, so the cache must not.
+        assert!(l.cached_denial(&on_x, &keys_x).is_none());
+        // By Y's clock, 105 s is still ahead: denied from the cache.
+        let d = l.cached_denial(&on_y, &keys_y).expect("a cached denial");
+        assert!(!d.allowed);
+        assert_eq!(d.source, DecisionSource::DenialCache);
     }
 
     #[test]
