@@ -861,3 +861,46 @@ async fn a_405_names_the_allowed_methods_on_both_servers() {
     }
     assert_same(("axum", &transcripts[0]), ("actix", &transcripts[1]));
 }
+
+/// Admin routes follow the token's permissions too: a super admin's token scoped down to
+/// other permissions administers nothing. And the platform tenant exists without demo users,
+/// so that a first start with an empty directory can be administered at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_routes_need_tenants_admin_and_the_platform_always_exists_on_both_servers() {
+    let body = serde_json::json!({});
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let scoped = h.mint("platform", "root", "super_admin", &["records:read"]);
+        let r = h
+            .post("/v1/admin/tenants/acme/suspend", Some(&scoped), &body)
+            .await;
+        assert_eq!(r.status, 403, "{who}: {}", r.text);
+        let r = h.get("/v1/admin/tenants/acme", Some(&scoped)).await;
+        assert_eq!(r.status, 403, "{who}: {}", r.text);
+        let admin = h.mint("platform", "root", "super_admin", &["tenants:admin"]);
+        let r = h.get("/v1/admin/tenants/acme", Some(&admin)).await;
+        assert_eq!(r.status, 200, "{who}: {}", r.text);
+        assert_eq!(
+            r.body["status"], "active",
+            "{who}: the refused suspend changed nothing"
+        );
+        assert!(h.stop().await);
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = common::config(dir.path(), |c| c.demo_users = false);
+        let mut h = Harness::start(flavor, c, dir).await;
+        let admin = h.mint("platform", "root", "super_admin", &["tenants:admin"]);
+        let r = h
+            .send(
+                "PUT",
+                "/v1/admin/tenants/newco",
+                Some(&admin),
+                Some(r#"{"tier":"standard"}"#),
+                &[("content-type", "application/json")],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{who}: {}", r.text);
+        assert!(h.stop().await);
+    }
+}

@@ -772,13 +772,15 @@ impl App {
             .map_err(|e| startup("tenancy decisions")(boxed(e)))?;
 
         let users = Users::new(config.env == Env::Test);
+        // The platform tenant, whose super admins create every other tenant, always exists:
+        // without it no token could administer an empty directory (a first start in prod).
+        let mut seeded = vec![("platform", "premium")];
         if config.demo_users {
             users.seed_demo().await?;
-            for (tenant, tier) in [
-                ("acme", "standard"),
-                ("globex", "premium"),
-                ("platform", "premium"),
-            ] {
+            seeded.extend([("acme", "standard"), ("globex", "premium")]);
+        }
+        {
+            for (tenant, tier) in seeded {
                 let t = TenantId::parse(tenant).map_err(tenancy_core::Error::from)?;
                 let tier = TierName::parse(tier).map_err(tenancy_core::Error::from)?;
                 // Created only where absent: a tenant another instance created or changed

@@ -418,12 +418,14 @@ pub async fn tenant_audit(
 }
 
 /// 403 unless the caller is a super admin.
+/// The admin routes' check: the platform-wide role, and the `tenants:admin` permission
+/// (authorization follows the token's permissions: a super admin's token scoped down to
+/// other permissions does not administer tenants).
 pub(crate) fn require_super_admin(ctx: &TenantContext) -> Result<()> {
-    if ctx.is_super_admin() {
-        Ok(())
-    } else {
-        Err(Error::Forbidden("role `super_admin` is required".into()))
+    if !ctx.is_super_admin() {
+        return Err(Error::Forbidden("role `super_admin` is required".into()));
     }
+    crate::records::require(ctx, "tenants:admin")
 }
 
 fn parse_tenant(s: &str) -> Result<TenantId> {
