@@ -5,9 +5,11 @@
 //! verify is evidence and is not purged), then appends an `audit.purge` event naming the last
 //! purged `seq` and its hash, and only then deletes. The store keeps that `(seq, hash)` as the
 //! chain's [`Anchor`]; verification starts from it and requires the purge event to confirm it.
-//! A purge that removes a checkpointed record is believed against that checkpoint only with a
-//! checkpoint signed after the purge ([`Reason::UnsignedPurge`](crate::verify::Reason::UnsignedPurge)):
-//! the store alone cannot vouch for its own anchor. Sign a checkpoint after each purge.
+//! Checkpoints signed before a purge are believed together with it only when a checkpoint
+//! signed after the purge covers its event
+//! ([`Reason::UnsignedPurge`](crate::verify::Reason::UnsignedPurge)), whether or not the purge
+//! removed their records: the store alone cannot vouch for its own anchor. Sign a checkpoint
+//! after each purge.
 //!
 //! Why six years by default: HIPAA asks for six years of retention of documentation; longer
 //! retention is a choice, shorter one must be made deliberately.

@@ -69,10 +69,11 @@ pub enum Reason {
     Rewritten,
     /// The chain starts after a purge that no purge event in the chain confirms.
     UnconfirmedPurge,
-    /// The purge removed a checkpoint's record, and no checkpoint signed since covers the
-    /// purge event: the store alone vouches for the purge, and a store that wrote its own
-    /// anchor and purge event could have replaced all of history. Sign a checkpoint after
-    /// each purge and pass it along.
+    /// A checkpoint given was signed before the purge event, and no checkpoint signed since
+    /// covers that event: the store alone vouches for the purge, and a store that wrote its
+    /// own anchor and purge event could have replaced all of history. This holds whether or
+    /// not the purge removed the checkpoint's own record. Sign a checkpoint after each purge
+    /// and pass it along.
     UnsignedPurge,
 }
 

@@ -242,7 +242,8 @@ async fn redis_killed_under_both_servers() {
         opaque_503(&who, &r);
         // An admin limits change (a super admin is never limited) needs the limiter to reset
         // the tenant's state: refused before anything changes, so the tenant keeps its limits.
-        let admin = s.h.mint("platform", "root", "super_admin", &["tenants:admin"]);
+        let admin =
+            s.h.mint("platform", "root", "super_admin", &["tenants:admin"]);
         let r = s
             .step(
                 "limits change during",

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tenancy_core::{EventId, TenantId};
 use time::OffsetDateTime;
 
-use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge};
+use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge, page};
 use crate::chain::{Anchor, ChainHead, Digest, StoredRecord};
 use crate::codec::EncodedEvent;
 use crate::{Error, Result};
@@ -541,13 +541,10 @@ impl AuditStore for FileAuditStore {
         let tenant = tenant.clone();
         self.with_state(move |st| {
             let all = st.index.get(&tenant).map_or(&[][..], Vec::as_slice);
-            let start = usize::try_from(cursor.0)
-                .unwrap_or(usize::MAX)
-                .min(all.len());
-            let end = start.saturating_add(limit.max(1)).min(all.len());
+            let (range, next) = page(all, |e| e.seq, cursor, limit);
             Ok(ScanPage {
-                records: st.read(&all[start..end])?,
-                next: (end < all.len()).then_some(ScanCursor(end as u64)),
+                records: st.read(&all[range])?,
+                next,
             })
         })
         .await

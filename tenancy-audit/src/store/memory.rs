@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tenancy_core::TenantId;
 
-use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge};
+use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge, page};
 use crate::Result;
 use crate::chain::{Anchor, ChainHead, StoredRecord};
 use crate::codec::EncodedEvent;
@@ -85,13 +85,10 @@ impl AuditStore for MemoryAuditStore {
     async fn scan(&self, tenant: &TenantId, cursor: ScanCursor, limit: usize) -> Result<ScanPage> {
         let st = self.lock();
         let all = st.records.get(tenant).map_or(&[][..], Vec::as_slice);
-        let start = usize::try_from(cursor.0)
-            .unwrap_or(usize::MAX)
-            .min(all.len());
-        let end = start.saturating_add(limit.max(1)).min(all.len());
+        let (range, next) = page(all, |r| r.seq, cursor, limit);
         Ok(ScanPage {
-            records: all[start..end].to_vec(),
-            next: (end < all.len()).then_some(ScanCursor(end as u64)),
+            records: all[range].to_vec(),
+            next,
         })
     }
 

@@ -60,13 +60,32 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
-/// A position in a tenant's stored order, for paging through [`AuditStore::scan`].
+/// A place in a tenant's chain, for paging through [`AuditStore::scan`]: the `seq` of the
+/// last record a page returned (the next page starts after it), so that a purge between two
+/// pages skips no record that is still stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ScanCursor(pub u64);
 
 impl ScanCursor {
     /// The start of a chain.
     pub const START: Self = Self(0);
+}
+
+/// The page a scan from `cursor` returns out of `all` (a tenant's records, ordered by
+/// `seq`): its range, at most `limit` long, and the cursor of the next page, if any.
+pub(crate) fn page<T>(
+    all: &[T],
+    seq: impl Fn(&T) -> u64,
+    cursor: ScanCursor,
+    limit: usize,
+) -> (std::ops::Range<usize>, Option<ScanCursor>) {
+    let start = all.partition_point(|r| seq(r) <= cursor.0);
+    let end = start.saturating_add(limit.max(1)).min(all.len());
+    let next = all
+        .get(end.wrapping_sub(1))
+        .filter(|_| end < all.len())
+        .map(|r| ScanCursor(seq(r)));
+    (start..end, next)
 }
 
 /// One page of [`AuditStore::scan`].
@@ -83,7 +102,10 @@ pub struct ScanPage {
 pub trait AuditStore: Send + Sync + fmt::Debug + 'static {
     /// Appends events in order: each gets its tenant's next `seq`, chained to the previous
     /// hash. An event id already stored for its tenant (or repeated in the batch) is reported
-    /// as a duplicate and not written. Either the whole batch is stored or none of it.
+    /// as a duplicate and not written. Either the whole batch is stored or none of it, but
+    /// for a crash in the middle of a JSONL write, which can leave the batch's first whole
+    /// lines stored (a retry, as the dispatcher makes, stores the rest: the stored ones come
+    /// back as duplicates).
     async fn append(&self, events: &[EncodedEvent]) -> Result<Vec<Appended>>;
 
     /// Up to `limit` records of `tenant` in stored order (by `seq` unless the storage was

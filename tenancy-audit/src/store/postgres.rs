@@ -99,9 +99,9 @@ REVOKE ALL ON FUNCTION tenancy_audit.purge(text, bigint, bytea) FROM PUBLIC;
 ///
 /// - Append-only: the runtime role gets `INSERT` and `SELECT` only
 ///   ([`PgAuditStore::grant_runtime`]), so `UPDATE`, `DELETE` and `TRUNCATE` fail with
-///   "permission denied"; triggers refuse them for every other role too, the owner included.
-///   Purges go through the owner-only function `tenancy_audit.purge`, the one way past the
-///   triggers. The owner can always drop triggers: against the owner, what protects the
+///   "permission denied"; triggers refuse them for every other role too, the owner included,
+///   unless the session sets `tenancy_audit.purging = 'on'`, which the owner-only function
+///   `tenancy_audit.purge` does: purges go through it. The owner can always drop triggers: against the owner, what protects the
 ///   trail is the hash chain with signed checkpoints ([`crate::checkpoint`]), not the
 ///   database.
 /// - Serialised per tenant across tasks and processes: each append transaction takes a
