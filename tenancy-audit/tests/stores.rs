@@ -1242,10 +1242,7 @@ async fn a_purge_between_pages_skips_nothing(store: Arc<dyn AuditStore>) {
     let t = Fixture::new().tenant("paging");
     let events: Vec<EncodedEvent> = (0..10).map(|i| encoded(&t, i)).collect();
     store.append(&events).await.unwrap();
-    let first = store
-        .scan(&t, ScanCursor::START, 4)
-        .await
-        .unwrap();
+    let first = store.scan(&t, ScanCursor::START, 4).await.unwrap();
     let seqs = |p: &ScanPage| p.records.iter().map(|r| r.seq).collect::<Vec<_>>();
     assert_eq!(seqs(&first), [1, 2, 3, 4]);
     let anchor = Anchor {
