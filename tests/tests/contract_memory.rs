@@ -904,3 +904,26 @@ async fn admin_routes_need_tenants_admin_and_the_platform_always_exists_on_both_
         assert!(h.stop().await);
     }
 }
+
+/// Request bodies are JSON objects: an array of the fields in order, which serde would take
+/// for the struct, is a 400 like any other invalid body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_json_array_is_no_request_body_on_both_servers() {
+    for flavor in Flavor::BOTH {
+        let who = flavor.name();
+        let mut h = Harness::memory(flavor).await;
+        let login = serde_json::json!(["acme", "bob", "password"]);
+        let r = h.post("/v1/auth/login", None, &login).await;
+        assert_eq!(r.status, 400, "{who}: {}", r.text);
+        let (bob, _) = h.login("acme", "bob").await;
+        let r = h
+            .post("/v1/records", Some(&bob), &serde_json::json!(["t", "b"]))
+            .await;
+        assert_eq!(r.status, 400, "{who}: {}", r.text);
+        let r = h
+            .post("/v1/auth/logout", Some(&bob), &serde_json::json!([]))
+            .await;
+        assert_eq!(r.status, 400, "{who}: {}", r.text);
+        assert!(h.stop().await);
+    }
+}

@@ -388,6 +388,25 @@ impl Raw {
     }
 }
 
+/// The `TENANCY_*` variables among `vars`. Others are not looked at (one that is not UTF-8
+/// is no concern of the server's); a `TENANCY_*` value that is not UTF-8 is an error naming
+/// it.
+fn tenancy_vars(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for (k, v) in vars {
+        let Some(name) = k.to_str().filter(|k| k.starts_with("TENANCY_")) else {
+            continue;
+        };
+        let value = v
+            .into_string()
+            .map_err(|_| invalid("TENANCY_*", format!("{name} is not valid UTF-8")))?;
+        out.insert(name.to_owned(), value);
+    }
+    Ok(out)
+}
+
 impl Config {
     /// Reads `TENANCY_CONFIG` (when set) and every `TENANCY_*` variable of the process, and
     /// validates.
@@ -395,10 +414,7 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the setting that is wrong.
     pub fn from_env() -> Result<Self> {
-        let vars: HashMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("TENANCY_"))
-            .collect();
-        Self::from_vars(&vars)
+        Self::from_vars(&tenancy_vars(std::env::vars_os())?)
     }
 
     /// Like [`Config::from_env`], from the given variables (the file named by
@@ -664,6 +680,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_that_are_not_utf8_are_skipped_or_named() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt as _;
+        let bad = || OsString::from_vec(vec![0x66, 0xff]);
+        let vars = vec![
+            (OsString::from("FOO"), bad()),
+            (bad(), OsString::from("x")),
+            (OsString::from("TENANCY_ENV"), OsString::from("test")),
+        ];
+        let read = tenancy_vars(vars.into_iter()).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read["TENANCY_ENV"], "test");
+        let err =
+            tenancy_vars(std::iter::once((OsString::from("TENANCY_ENV"), bad()))).unwrap_err();
+        assert!(err.to_string().contains("TENANCY_ENV"), "{err}");
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

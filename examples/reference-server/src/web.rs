@@ -213,6 +213,13 @@ pub fn json_body<T: DeserializeOwned>(
         Ok(_) => return Err(body_error(BodyError::TooLarge, limit)),
         Err(e) => return Err(body_error(e, limit)),
     };
+    // Every body is an object: serde would also fill a struct from an array of its fields in
+    // order (`["acme","bob","password"]`), which the contract does not offer.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(Error::BadRequest(
+            "invalid request body: a JSON object is expected".into(),
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
