@@ -25,7 +25,6 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -60,13 +59,20 @@ struct Shard {
     /// bucket without a SHA-256 preimage, so the map keeps the digest's bits as its hash.
     map: HashMap<[u8; 32], Entry, BuildHasherDefault<UniformHasher>>,
     inserts_since_sweep: usize,
+    /// Counted under the shard's lock: a counter of its own that every lookup increments
+    /// would be one more cache line that all request threads write.
+    hits: u64,
+    misses: u64,
 }
 
+/// A shard on cache lines of its own: threads looking up tokens of different shards do not
+/// write to the same line.
+#[repr(align(64))]
+struct Padded(Mutex<Shard>);
+
 pub(crate) struct VerificationCache {
-    shards: Vec<Mutex<Shard>>,
+    shards: Vec<Padded>,
     per_shard: usize,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 pub(crate) type Digest32 = [u8; 32];
@@ -85,15 +91,15 @@ impl VerificationCache {
     pub(crate) fn new(capacity: usize) -> Self {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Padded(Mutex::new(Shard::default())))
+                .collect(),
             per_shard,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
 
     fn shard(&self, key: &Digest32) -> &Mutex<Shard> {
-        &self.shards[usize::from(key[0]) % SHARDS]
+        &self.shards[usize::from(key[0]) % SHARDS].0
     }
 
     /// The cached claims, when present, issued under `epoch` and not expired at `now`; a hit
@@ -109,16 +115,15 @@ impl VerificationCache {
             }
             None => None,
         };
-        drop(shard);
         if found.is_some() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            shard.hits += 1;
         }
         found
     }
 
     /// Counts a lookup that went on to full verification.
-    pub(crate) fn missed(&self) {
-        self.misses.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn missed(&self, key: &Digest32) {
+        lock(self.shard(key)).misses += 1;
     }
 
     pub(crate) fn insert(&self, key: Digest32, claims: &Arc<Claims>, now: i64, epoch: u64) {
@@ -149,17 +154,22 @@ impl VerificationCache {
 
     pub(crate) fn clear(&self) {
         for s in &self.shards {
-            lock(s).map.clear();
+            lock(&s.0).map.clear();
         }
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        CacheStats {
-            entries: self.shards.iter().map(|s| lock(s).map.len()).sum(),
+        let mut stats = CacheStats {
             capacity: self.per_shard * SHARDS,
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            ..CacheStats::default()
+        };
+        for s in &self.shards {
+            let s = lock(&s.0);
+            stats.entries += s.map.len();
+            stats.hits += s.hits;
+            stats.misses += s.misses;
         }
+        stats
     }
 }
 

@@ -857,7 +857,7 @@ impl JwtVerifier {
         }
         match self.try_verify_signed(token) {
             Some(result) => {
-                cache.missed();
+                cache.missed(&key);
                 Lookup::Done(result.map(|c| {
                     let c = Arc::new(c);
                     cache.insert(key, &c, now, epoch);
@@ -873,8 +873,8 @@ impl JwtVerifier {
             Lookup::Done(result) => result?,
             Lookup::Verify(slot) => {
                 let cache = self.inner.cache.as_ref().zip(slot);
-                if let Some((cache, _)) = &cache {
-                    cache.missed();
+                if let Some((cache, (key, ..))) = &cache {
+                    cache.missed(key);
                 }
                 let c = Arc::new(self.verify_signed(token).await?);
                 if let Some((cache, (key, now, epoch))) = cache {
