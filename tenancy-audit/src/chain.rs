@@ -134,8 +134,8 @@ pub struct StoredRecord {
     /// When the event happened, to the microsecond (also inside `payload`).
     pub occurred_at: OffsetDateTime,
     /// The exact stored bytes: the redacted event in the versioned encoding of
-    /// [`codec`](crate::codec). Shared: a record read from memory, or built from an
-    /// [`EncodedEvent`](crate::codec::EncodedEvent), shares its bytes.
+    /// [`codec`](crate::codec). A record built from an
+    /// [`EncodedEvent`](crate::codec::EncodedEvent) shares its bytes.
     pub payload: std::sync::Arc<[u8]>,
     /// The previous record's hash (the tenant's [`genesis`] hash for `seq` 1).
     pub prev_hash: Digest,

@@ -48,8 +48,8 @@ pub struct EncodedEvent {
     pub event_id: EventId,
     /// When it happened, to the microsecond.
     pub occurred_at: OffsetDateTime,
-    /// The exact bytes to store; shared, so that a store keeping them in memory holds the
-    /// bytes the encoder made rather than a copy.
+    /// The exact bytes to store; shared, so that the record a store chains from them holds
+    /// these bytes rather than a copy until it has written them.
     pub payload: Arc<[u8]>,
 }
 

@@ -469,7 +469,7 @@ impl State {
         }
         let entries = self.index.get(tenant).cloned().unwrap_or_default();
         let records = self.read(&entries)?;
-        check_purge(&records, anchor)?;
+        check_purge(records.iter().map(StoredRecord::head), anchor)?;
         // Rewrite the file without the purged lines, the new anchor first.
         let tmp = tmp_path(&self.path);
         let src = File::open(&self.path).map_err(|e| Error::io("open audit file", e))?;

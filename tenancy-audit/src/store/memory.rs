@@ -1,18 +1,94 @@
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use tenancy_core::TenantId;
+use tenancy_core::{EventId, TenantId};
+use time::OffsetDateTime;
 
 use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge, page};
 use crate::Result;
-use crate::chain::{Anchor, ChainHead, StoredRecord};
+use crate::chain::{Anchor, ChainHead, Digest, StoredRecord};
 use crate::codec::EncodedEvent;
 
 #[derive(Debug, Default)]
 struct State {
     chains: Chains,
-    records: HashMap<TenantId, Vec<StoredRecord>>,
+    records: HashMap<TenantId, Trail>,
+}
+
+/// One tenant's records: their stored bytes one after another in one buffer, and the rest of
+/// each record beside it. An appended event's bytes are copied here, and the encoder's buffer
+/// is freed: a long-running store grows one buffer per tenant rather than keeping one
+/// allocation per event (made on whichever request thread encoded it) for ever.
+#[derive(Debug, Default)]
+struct Trail {
+    bytes: Vec<u8>,
+    rows: Vec<Row>,
+}
+
+/// A record without its tenant, its payload a range of [`Trail::bytes`].
+#[derive(Debug, Clone)]
+struct Row {
+    seq: u64,
+    event_id: EventId,
+    occurred_at: OffsetDateTime,
+    payload: Range<usize>,
+    prev_hash: Digest,
+    hash: Digest,
+}
+
+impl Trail {
+    fn push(&mut self, r: &StoredRecord) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&r.payload);
+        self.rows.push(Row {
+            seq: r.seq,
+            event_id: r.event_id,
+            occurred_at: r.occurred_at,
+            payload: at..self.bytes.len(),
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        });
+    }
+
+    fn record(&self, tenant: &TenantId, row: &Row) -> StoredRecord {
+        StoredRecord {
+            tenant: tenant.clone(),
+            seq: row.seq,
+            event_id: row.event_id,
+            occurred_at: row.occurred_at,
+            payload: Arc::from(&self.bytes[row.payload.clone()]),
+            prev_hash: row.prev_hash,
+            hash: row.hash,
+        }
+    }
+
+    fn records<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        rows: impl IntoIterator<Item = &'a Row> + 'a,
+    ) -> impl Iterator<Item = StoredRecord> + 'a {
+        rows.into_iter().map(move |row| self.record(tenant, row))
+    }
+
+    /// Drops the records up to `seq` (records loaded by [`MemoryAuditStore::from_records`]
+    /// may be in any order) and their bytes; the number dropped.
+    fn purge_to(&mut self, seq: u64) -> u64 {
+        let before = self.rows.len();
+        let mut kept = Self::default();
+        for row in self.rows.iter().filter(|r| r.seq > seq) {
+            let at = kept.bytes.len();
+            kept.bytes
+                .extend_from_slice(&self.bytes[row.payload.clone()]);
+            kept.rows.push(Row {
+                payload: at..kept.bytes.len(),
+                ..row.clone()
+            });
+        }
+        *self = kept;
+        (before - self.rows.len()) as u64
+    }
 }
 
 /// Keeps chains in memory: for tests, examples and short-lived processes. Cheap to clone;
@@ -45,7 +121,7 @@ impl MemoryAuditStore {
         let mut st = State::default();
         for r in records {
             st.chains.observe(&r);
-            st.records.entry(r.tenant.clone()).or_default().push(r);
+            st.records.entry(r.tenant.clone()).or_default().push(&r);
         }
         Self {
             state: Arc::new(Mutex::new(st)),
@@ -54,7 +130,11 @@ impl MemoryAuditStore {
 
     /// A copy of one tenant's records, in stored order.
     pub fn records(&self, tenant: &TenantId) -> Vec<StoredRecord> {
-        self.lock().records.get(tenant).cloned().unwrap_or_default()
+        let st = self.lock();
+        st.records
+            .get(tenant)
+            .map(|t| t.records(tenant, &t.rows).collect())
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -70,13 +150,11 @@ impl AuditStore for MemoryAuditStore {
         let (records, out) = st.chains.prepare(events);
         st.chains.commit(&records);
         // One lookup per run of records of the same tenant.
-        let mut records = records.into_iter().peekable();
-        while let Some(first) = records.next() {
-            let tenant = first.tenant.clone();
-            let list = st.records.entry(first.tenant.clone()).or_default();
-            list.push(first);
-            while let Some(r) = records.next_if(|r| r.tenant == tenant) {
-                list.push(r);
+        for run in records.chunk_by(|a, b| a.tenant == b.tenant) {
+            let Some(first) = run.first() else { continue };
+            let trail = st.records.entry(first.tenant.clone()).or_default();
+            for r in run {
+                trail.push(r);
             }
         }
         Ok(out)
@@ -84,10 +162,12 @@ impl AuditStore for MemoryAuditStore {
 
     async fn scan(&self, tenant: &TenantId, cursor: ScanCursor, limit: usize) -> Result<ScanPage> {
         let st = self.lock();
-        let all = st.records.get(tenant).map_or(&[][..], Vec::as_slice);
-        let (range, next) = page(all, |r| r.seq, cursor, limit);
+        let Some(trail) = st.records.get(tenant) else {
+            return Ok(ScanPage::default());
+        };
+        let (range, next) = page(&trail.rows, |r| r.seq, cursor, limit);
         Ok(ScanPage {
-            records: all[range].to_vec(),
+            records: trail.records(tenant, &trail.rows[range]).collect(),
             next,
         })
     }
@@ -99,14 +179,16 @@ impl AuditStore for MemoryAuditStore {
         limit: usize,
     ) -> Result<Vec<StoredRecord>> {
         let st = self.lock();
-        let all = st.records.get(tenant).map_or(&[][..], Vec::as_slice);
-        Ok(all
+        let Some(trail) = st.records.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let rows = trail
+            .rows
             .iter()
             .rev()
             .filter(|r| before.is_none_or(|b| r.seq < b))
-            .take(limit)
-            .cloned()
-            .collect())
+            .take(limit);
+        Ok(trail.records(tenant, rows).collect())
     }
 
     async fn head(&self, tenant: &TenantId) -> Result<Option<ChainHead>> {
@@ -124,16 +206,18 @@ impl AuditStore for MemoryAuditStore {
 
     async fn purge(&self, tenant: &TenantId, anchor: Anchor) -> Result<u64> {
         let mut st = self.lock();
-        let records = st.records.get(tenant).map_or(&[][..], Vec::as_slice);
-        check_purge(records, anchor)?;
-        let before = records.len();
-        let kept: Vec<StoredRecord> = records
-            .iter()
-            .filter(|r| r.seq > anchor.seq)
-            .cloned()
-            .collect();
-        let removed = (before - kept.len()) as u64;
-        st.records.insert(tenant.clone(), kept);
+        let heads = st.records.get(tenant).map_or(&[][..], |t| &t.rows[..]);
+        check_purge(
+            heads.iter().map(|r| ChainHead {
+                seq: r.seq,
+                hash: r.hash,
+            }),
+            anchor,
+        )?;
+        let removed = st
+            .records
+            .get_mut(tenant)
+            .map_or(0, |t| t.purge_to(anchor.seq));
         st.chains.set_anchor(tenant, anchor);
         Ok(removed)
     }

@@ -331,9 +331,12 @@ impl Chains {
 }
 
 /// Whether `anchor` may be purged to: its hash is the stored hash at its `seq`.
-pub(crate) fn check_purge(records: &[StoredRecord], anchor: Anchor) -> Result<()> {
-    match records.iter().find(|r| r.seq == anchor.seq) {
-        Some(r) if r.hash == anchor.hash => Ok(()),
+pub(crate) fn check_purge(
+    heads: impl IntoIterator<Item = ChainHead>,
+    anchor: Anchor,
+) -> Result<()> {
+    match heads.into_iter().find(|h| h.seq == anchor.seq) {
+        Some(h) if h.hash == anchor.hash => Ok(()),
         _ => Err(crate::Error::Conflict(
             "purge anchor does not match the stored chain",
         )),
