@@ -42,7 +42,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::future::{After, ResponseFuture};
+use crate::future::{After, ResponseFuture, bare};
 use crate::head::{header, meta_for};
 
 tenancy_layer!(
@@ -75,9 +75,12 @@ where
         let fut = Box::pin(async move {
             // The header is read inside: the token is verified where it lies in the request.
             let authorization = header(req.headers(), "authorization");
-            tenancy.authenticate(&meta, authorization).await?;
+            tenancy
+                .authenticate(&meta, authorization)
+                .await
+                .map_err(bare)?;
             Ok((req, After::Nothing))
         });
-        ResponseFuture::decide(fut, &mut self.inner, After::Nothing, None)
+        ResponseFuture::decide(fut, &mut self.inner, None)
     }
 }

@@ -55,7 +55,14 @@ fn finish<B>(resp: &mut Response<B>, tenancy: &Tenancy, meta: &RequestMeta) {
     tenancy.finish(meta, resp.status().as_u16());
 }
 
-pub(crate) type Before<ReqBody> = BoxFuture<Result<(Request<ReqBody>, After), Rejection>>;
+/// A layer's decision: the request and what to do with the inner service's response, or a
+/// rejection and what to do with the response it renders.
+pub(crate) type Before<ReqBody> = BoxFuture<Result<(Request<ReqBody>, After), (Rejection, After)>>;
+
+/// A rejection of a layer with nothing to do on the response it renders.
+pub(crate) fn bare(r: Rejection) -> (Rejection, After) {
+    (r, After::Nothing)
+}
 
 pin_project! {
     #[project = StateProj]
@@ -63,7 +70,7 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        Before { fut: Before<ReqBody>, svc: Option<S>, on_reject: Option<After> },
+        Before { fut: Before<ReqBody>, svc: Option<S> },
         Inner { #[pin] fut: S::Future, after: Option<After> },
         Auditing {
             fut: BoxFuture<Result<(), Rejection>>,
@@ -107,13 +114,7 @@ where
     /// and a limiter in memory), `inner`, which `poll_ready` readied, is called at once and
     /// needs no clone. Otherwise the decision goes on in the response future, polled with
     /// the task's waker from its first poll on, with a clone left in `inner`'s place.
-    /// `on_reject` is applied to the response a rejection renders.
-    pub(crate) fn decide(
-        mut fut: Before<ReqBody>,
-        inner: &mut S,
-        on_reject: After,
-        span: Option<Span>,
-    ) -> Self
+    pub(crate) fn decide(mut fut: Before<ReqBody>, inner: &mut S, span: Option<Span>) -> Self
     where
         S: Clone,
     {
@@ -126,14 +127,13 @@ where
                 fut: inner.call(req),
                 after: Some(after),
             },
-            Poll::Ready(Err(r)) => State::Rejected {
+            Poll::Ready(Err((r, then))) => State::Rejected {
                 rejection: Some(r),
-                then: Some(on_reject),
+                then: Some(then),
             },
             Poll::Pending => State::Before {
                 fut,
                 svc: Some(take_ready(inner)),
-                on_reject: Some(on_reject),
             },
         };
         Self { state, span }
@@ -172,23 +172,19 @@ where
         let _entered = this.span.as_ref().map(Span::enter);
         loop {
             match this.state.as_mut().project() {
-                StateProj::Before {
-                    fut,
-                    svc,
-                    on_reject,
-                } => {
+                StateProj::Before { fut, svc } => {
                     let next = match (ready!(fut.as_mut().poll(cx)), svc.take()) {
                         (Ok((req, after)), Some(mut svc)) => State::Inner {
                             fut: svc.call(req),
                             after: Some(after),
                         },
-                        (Ok(_), None) => State::Rejected {
+                        (Ok((_, after)), None) => State::Rejected {
                             rejection: Some(Rejection::misconfigured("service taken twice")),
-                            then: on_reject.take(),
+                            then: Some(after),
                         },
-                        (Err(r), _) => State::Rejected {
+                        (Err((r, then)), _) => State::Rejected {
                             rejection: Some(r),
-                            then: on_reject.take(),
+                            then: Some(then),
                         },
                     };
                     this.state.set(next);

@@ -45,7 +45,7 @@ use http::{Request, Response};
 use tenancy_http::Rejection;
 use tower_service::Service;
 
-use crate::future::{After, ResponseFuture};
+use crate::future::{After, ResponseFuture, bare};
 use crate::head::meta_for;
 
 tenancy_layer!(
@@ -79,7 +79,7 @@ where
         }
         let tenancy = self.tenancy.clone();
         let fut = Box::pin(async move {
-            let headers = tenancy.rate_limit(&meta).await?;
+            let headers = tenancy.rate_limit(&meta).await.map_err(bare)?;
             let after = if headers.is_empty() {
                 After::Nothing
             } else {
@@ -87,6 +87,6 @@ where
             };
             Ok((req, after))
         });
-        ResponseFuture::decide(fut, &mut self.inner, After::Nothing, None)
+        ResponseFuture::decide(fut, &mut self.inner, None)
     }
 }

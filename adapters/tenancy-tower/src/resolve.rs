@@ -46,7 +46,7 @@ use http::{Request, Response};
 use tenancy_http::Rejection;
 use tower_service::Service;
 
-use crate::future::{After, ResponseFuture};
+use crate::future::{After, ResponseFuture, bare};
 use crate::head::{header, meta_for};
 
 tenancy_layer!(
@@ -86,9 +86,10 @@ where
             let tenant_header = header(req.headers(), tenancy.tenant_header());
             tenancy
                 .resolve_tenant(&meta, &claims, tenant_header)
-                .await?;
+                .await
+                .map_err(bare)?;
             Ok((req, After::Nothing))
         });
-        ResponseFuture::decide(fut, &mut self.inner, After::Nothing, None)
+        ResponseFuture::decide(fut, &mut self.inner, None)
     }
 }

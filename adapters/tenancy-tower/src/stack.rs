@@ -42,8 +42,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
+use tenancy_core::RateLimitHeaders;
 use tenancy_core::{AuditSink, RateLimiter, TenantDirectory, TokenVerifier};
-use tenancy_http::{Rejection, Tenancy, TenancyBuilder};
+use tenancy_http::{Rejection, RequestMeta, Tenancy, TenancyBuilder};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -104,38 +105,50 @@ where
         // The one value the stack adds to the extensions: the claims, the tenant context and
         // the settings are kept in it as they are decided.
         req.extensions_mut().insert(meta.clone());
-        let public = meta.is_public();
         let tenancy = self.tenancy.clone();
         let span = meta.span().clone();
-        let on_reject = After::Finish(tenancy.clone(), meta.clone());
         let fut = Box::pin(async move {
-            // The headers are read inside: the token is verified where it lies in the request.
-            // Authenticate
-            let claims = if public {
-                None
-            } else {
-                let authorization = header(req.headers(), "authorization");
-                tenancy.authenticate(&meta, authorization).await?
-            };
-            // ResolveTenant
-            match claims {
-                Some(claims) => {
-                    let tenant_header = header(req.headers(), tenancy.tenant_header());
-                    tenancy.resolve_tenant(&meta, claims, tenant_header).await?;
-                }
-                None if public => {}
-                None => {
-                    return Err(Rejection::missing_layer("ResolveTenant", "Authenticate")
-                        .with_request_id(meta.request_id()));
-                }
+            // The handle and the meta come back either way: a rejection's response gets the
+            // request id and the metrics too, without clones of them made up front.
+            match decisions(&tenancy, &meta, req.headers()).await {
+                Ok(headers) => Ok((req, After::Stack(tenancy, meta, headers))),
+                Err(r) => Err((r, After::Finish(tenancy, meta))),
             }
-            // RateLimit
-            let headers = tenancy.rate_limit(&meta).await?;
-            // Audit, the rate-limit headers, the request id and the metrics: on the response.
-            Ok((req, After::Stack(tenancy, meta, headers)))
         });
-        ResponseFuture::decide(fut, &mut self.inner, on_reject, Some(span))
+        ResponseFuture::decide(fut, &mut self.inner, Some(span))
     }
+}
+
+/// Authenticate, ResolveTenant and RateLimit, in that order: the rate-limit headers, or the
+/// first rejection. The headers are read where they lie in the request: the token is verified
+/// without a copy.
+async fn decisions(
+    tenancy: &Tenancy,
+    meta: &RequestMeta,
+    headers: &http::HeaderMap,
+) -> Result<RateLimitHeaders, Rejection> {
+    let public = meta.is_public();
+    // Authenticate
+    let claims = if public {
+        None
+    } else {
+        let authorization = header(headers, "authorization");
+        tenancy.authenticate(meta, authorization).await?
+    };
+    // ResolveTenant
+    match claims {
+        Some(claims) => {
+            let tenant_header = header(headers, tenancy.tenant_header());
+            tenancy.resolve_tenant(meta, claims, tenant_header).await?;
+        }
+        None if public => {}
+        None => {
+            return Err(Rejection::missing_layer("ResolveTenant", "Authenticate")
+                .with_request_id(meta.request_id()));
+        }
+    }
+    // RateLimit
+    tenancy.rate_limit(meta).await
 }
 
 /// Stacks [`SetRequestId`](crate::SetRequestId), [`Authenticate`](crate::Authenticate),

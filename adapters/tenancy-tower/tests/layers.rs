@@ -513,3 +513,51 @@ fn a_failing_inner_service_is_still_counted() {
         );
     }
 }
+
+/// `TenancyLayer`'s refusals are counted with their status and carry the request id, whether
+/// the decision was made in `call` or, with backends that wait, in the response future.
+#[test]
+fn the_stack_counts_its_refusals_decided_at_once_or_later() {
+    for waiting in [false, true] {
+        let recorder = recorded(async move {
+            let clock = ManualClock::new();
+            let t = tenancy_with(&clock, MemoryAuditSink::new(), 1, waiting).await;
+            let svc = ServiceBuilder::new()
+                .layer(TenancyLayer::new(t))
+                .service_fn(|_req: http::Request<Body>| async {
+                    Ok::<_, Infallible>(http::Response::new(Body::from("ok")))
+                });
+            let tok = token(&clock, "t0", 600);
+            let ghost = token(&clock, "ghost", 600);
+            let cases = [
+                (None, 401),
+                (Some(&ghost), 403),
+                (Some(&tok), 200),
+                (Some(&tok), 429),
+            ];
+            for (token, status) in cases {
+                let resp = svc
+                    .clone()
+                    .oneshot(request("/items/7", token.map(String::as_str)))
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), status, "waiting: {waiting}");
+                assert!(resp.headers().contains_key("x-request-id"));
+            }
+        });
+        for (tenant, status) in [
+            ("_none", 401),
+            ("_unresolved", 403),
+            ("t0", 200),
+            ("t0", 429),
+        ] {
+            assert_eq!(
+                recorder.counter(&format!(
+                    "tenancy_http_requests_total{{tenant={tenant},route=/items/{{id}},status={status}}}"
+                )),
+                1,
+                "{tenant} {status}, waiting: {waiting}"
+            );
+        }
+    }
+}
