@@ -40,16 +40,25 @@ struct Row {
 
 impl Trail {
     fn push(&mut self, r: &StoredRecord) {
+        self.push_row(
+            &r.payload,
+            Row {
+                seq: r.seq,
+                event_id: r.event_id,
+                occurred_at: r.occurred_at,
+                payload: 0..0,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+            },
+        );
+    }
+
+    /// Appends `payload` to the buffer and `row` with its range there.
+    fn push_row(&mut self, payload: &[u8], mut row: Row) {
         let at = self.bytes.len();
-        self.bytes.extend_from_slice(&r.payload);
-        self.rows.push(Row {
-            seq: r.seq,
-            event_id: r.event_id,
-            occurred_at: r.occurred_at,
-            payload: at..self.bytes.len(),
-            prev_hash: r.prev_hash,
-            hash: r.hash,
-        });
+        self.bytes.extend_from_slice(payload);
+        row.payload = at..self.bytes.len();
+        self.rows.push(row);
     }
 
     fn record(&self, tenant: &TenantId, row: &Row) -> StoredRecord {
@@ -78,13 +87,7 @@ impl Trail {
         let before = self.rows.len();
         let mut kept = Self::default();
         for row in self.rows.iter().filter(|r| r.seq > seq) {
-            let at = kept.bytes.len();
-            kept.bytes
-                .extend_from_slice(&self.bytes[row.payload.clone()]);
-            kept.rows.push(Row {
-                payload: at..kept.bytes.len(),
-                ..row.clone()
-            });
+            kept.push_row(&self.bytes[row.payload.clone()], row.clone());
         }
         *self = kept;
         (before - self.rows.len()) as u64
