@@ -6,81 +6,111 @@
 //! assert!(doc["paths"]["/v1/records/{id}"]["delete"].is_object());
 //! ```
 
+use std::sync::OnceLock;
+
 use serde_json::{Value, json};
+use tenancy_http::RouteTable;
 
 /// Every documented operation: method, path, whether it needs a token, and the statuses
-/// it documents. The walk test in `tests/` calls each of them.
+/// particular to it. [`statuses`] adds those that follow from what the operation is (a body,
+/// a token, a limit, a backend). The walk tests in `tests/` call each of them.
 pub const OPERATIONS: &[(&str, &str, bool, &[u16])] = &[
     ("get", "/health", false, &[200, 503]),
     ("get", "/metrics", false, &[200, 404]),
     ("get", "/openapi.json", false, &[200]),
-    (
-        "post",
-        "/v1/auth/login",
-        false,
-        &[200, 400, 401, 403, 413, 415],
-    ),
-    (
-        "post",
-        "/v1/auth/refresh",
-        false,
-        &[200, 400, 401, 403, 413, 415],
-    ),
-    ("post", "/v1/auth/logout", true, &[204, 400, 401, 415]),
-    ("get", "/v1/me", true, &[200, 401, 403]),
-    ("get", "/v1/records", true, &[200, 401, 403, 429]),
-    (
-        "post",
-        "/v1/records",
-        true,
-        &[201, 400, 401, 403, 413, 415, 429],
-    ),
-    ("get", "/v1/records/{id}", true, &[200, 401, 403, 404, 429]),
-    (
-        "delete",
-        "/v1/records/{id}",
-        true,
-        &[204, 401, 403, 404, 429],
-    ),
-    ("get", "/v1/tenant/audit", true, &[200, 400, 401, 403, 429]),
-    (
-        "put",
-        "/v1/admin/tenants/{tenant}",
-        true,
-        &[200, 201, 400, 401, 403],
-    ),
-    (
-        "get",
-        "/v1/admin/tenants/{tenant}",
-        true,
-        &[200, 401, 403, 404],
-    ),
+    ("post", "/v1/auth/login", false, &[200, 401, 403]),
+    ("post", "/v1/auth/refresh", false, &[200, 401, 403]),
+    ("post", "/v1/auth/logout", true, &[204]),
+    ("get", "/v1/me", true, &[200]),
+    ("get", "/v1/records", true, &[200]),
+    ("post", "/v1/records", true, &[201]),
+    ("get", "/v1/records/{id}", true, &[200, 404]),
+    ("delete", "/v1/records/{id}", true, &[204, 404]),
+    ("get", "/v1/tenant/audit", true, &[200]),
+    ("put", "/v1/admin/tenants/{tenant}", true, &[200, 201]),
+    ("get", "/v1/admin/tenants/{tenant}", true, &[200, 404]),
     (
         "put",
         "/v1/admin/tenants/{tenant}/limits",
         true,
-        &[200, 400, 401, 403, 404],
+        &[200, 404],
     ),
     (
         "post",
         "/v1/admin/tenants/{tenant}/bypass",
         true,
-        &[200, 400, 401, 403, 404],
+        &[200, 404],
     ),
     (
         "post",
         "/v1/admin/tenants/{tenant}/suspend",
         true,
-        &[200, 400, 401, 403, 404, 415],
+        &[200, 404],
     ),
     (
         "post",
         "/v1/admin/tenants/{tenant}/resume",
         true,
-        &[200, 400, 401, 403, 404, 415],
+        &[200, 404],
     ),
-    ("get", "/v1/admin/audit/verify", true, &[200, 400, 401, 403]),
+    ("get", "/v1/admin/audit/verify", true, &[200]),
 ];
+
+/// Statuses every operation can answer whatever it is: the body limits hold on every route,
+/// before the route runs (413 over 64 KiB; 408 for a body that does not arrive in time; 400
+/// for a body that cannot be read).
+const EVERY_OPERATION: &[u16] = &[400, 408, 413];
+
+/// Every status the document lists for `method path` (lower-case method, path template as in
+/// [`OPERATIONS`]), ascending; empty for an operation that is not documented. Besides the
+/// operation's own: [`EVERY_OPERATION`]'s; 415 where it takes a JSON body; 401 and 403 where
+/// it needs a token (no token or a bad one; a tenant header that disagrees with the token, a
+/// suspended tenant, a missing permission); and, on every route the route rules do not
+/// exempt from rate limits ([`crate::app::route_rules`]), 429 (a spent limit: the user's, or
+/// the client address's on the public routes) and 503 (a backend that cannot answer: the
+/// limiter, the tenant directory, the session store, the database).
+///
+/// ```
+/// use tenancy_server::openapi::statuses;
+///
+/// assert_eq!(statuses("get", "/openapi.json"), [200, 400, 408, 413]);
+/// assert_eq!(
+///     statuses("post", "/v1/records"),
+///     [201, 400, 401, 403, 408, 413, 415, 429, 503]
+/// );
+/// assert!(statuses("get", "/nowhere").is_empty());
+/// ```
+pub fn statuses(method: &str, path: &str) -> Vec<u16> {
+    let Some(&(_, _, needs_token, own)) = OPERATIONS
+        .iter()
+        .find(|(m, p, _, _)| *m == method && *p == path)
+    else {
+        return Vec::new();
+    };
+    let mut all: Vec<u16> = own.iter().chain(EVERY_OPERATION).copied().collect();
+    if request_body(method, path).is_some() {
+        all.push(415);
+    }
+    if needs_token {
+        all.extend([401, 403]);
+    }
+    if !exempt(method, path) {
+        all.extend([429, 503]);
+    }
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// Whether the server's route rules exempt `method path` from rate limits (the probes).
+fn exempt(method: &str, path: &str) -> bool {
+    static RULES: OnceLock<Option<RouteTable>> = OnceLock::new();
+    RULES
+        .get_or_init(|| crate::app::route_rules().ok().map(RouteTable::new))
+        .as_ref()
+        .and_then(|t| t.find(&method.to_ascii_uppercase(), path))
+        .is_some_and(|m| m.rule().is_exempt())
+}
 
 fn summary(method: &str, path: &str) -> &'static str {
     match (method, path) {
@@ -278,14 +308,9 @@ fn ok_schema(method: &str, path: &str) -> Value {
     }
 }
 
-/// Statuses every operation can answer whatever its own: the body limits hold on every route,
-/// before the route runs (413 over 64 KiB; 408 for a body that does not arrive in time; 400
-/// for a body that cannot be read).
-const EVERY_OPERATION: &[u16] = &[400, 408, 413];
-
-fn responses(method: &str, path: &str, statuses: &[u16]) -> Value {
+fn responses(method: &str, path: &str) -> Value {
     let mut out = serde_json::Map::new();
-    for &st in statuses.iter().chain(EVERY_OPERATION) {
+    for st in statuses(method, path) {
         let v = match st {
             204 => json!({"description": "No Content"}),
             200 | 201 if path == "/metrics" => json!({"description": "Prometheus text",
@@ -305,10 +330,10 @@ fn responses(method: &str, path: &str, statuses: &[u16]) -> Value {
 /// The document.
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
-    for &(method, path, auth, statuses) in OPERATIONS {
+    for &(method, path, auth, _) in OPERATIONS {
         let mut op = json!({
             "summary": summary(method, path),
-            "responses": responses(method, path, statuses),
+            "responses": responses(method, path),
         });
         if auth {
             op["security"] = json!([{"bearer": []}]);

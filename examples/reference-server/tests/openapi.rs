@@ -125,3 +125,169 @@ async fn every_documented_route_answers_as_documented() {
     assert_eq!(gone.status, 404);
     h.stop().await;
 }
+
+/// The document's statuses for `method path`.
+fn documented(doc: &serde_json::Value, method: &str, path: &str) -> Vec<u16> {
+    doc["paths"][path][method]["responses"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{method} {path} is not in the document"))
+        .keys()
+        .map(|k| k.parse().unwrap())
+        .collect()
+}
+
+/// A request every operation is sent in the hostile walk: a name, the token to send (by
+/// whose), the body and the extra headers.
+struct Case {
+    name: &'static str,
+    token: Who,
+    body: Option<String>,
+    headers: &'static [(&'static str, &'static str)],
+}
+
+#[derive(Clone, Copy)]
+enum Who {
+    Nobody,
+    Garbage,
+    /// A tenant admin (no admin permission on the platform routes).
+    Alice,
+    /// A plain user (no `audit:read`, no admin permission).
+    Bob,
+    Root,
+}
+
+/// Every answer to a hostile or unlucky request is one the document lists for its operation,
+/// and a problem document: another media type, broken JSON, an oversized body, a malformed
+/// token, a tenant header that disagrees with the token, a user without the permission, a
+/// user or a client address whose limit is spent. A generated client knows every answer it
+/// can get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_limited_requests_get_documented_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::memory_config(dir.path());
+    // The four logins below, then the walk's own calls of the login and refresh routes: the
+    // client address's limit is spent during the first walk.
+    config.login_per_minute = 8;
+    let h = Harness::start(config, dir).await;
+    let doc = h.send("GET", "/openapi.json", None, None, &[]).await.body;
+    let root = h.login("platform", "root").await;
+    let alice = h.login("acme", "alice").await;
+    let bob = h.login("acme", "bob").await;
+    // The first walk logs bob out: a second session for the second walk.
+    let bob_again = h.login("acme", "bob").await;
+    let big = format!(r#"{{"title":"t","body":"{}"}}"#, "a".repeat(70 * 1024));
+    let cases = [
+        Case {
+            name: "another media type",
+            token: Who::Root,
+            body: Some("{}".into()),
+            headers: &[("content-type", "text/plain")],
+        },
+        Case {
+            name: "broken JSON",
+            token: Who::Root,
+            body: Some(r#"{"title":"#.into()),
+            headers: &[],
+        },
+        Case {
+            name: "oversized body",
+            token: Who::Root,
+            body: Some(big),
+            headers: &[],
+        },
+        Case {
+            name: "malformed token",
+            token: Who::Garbage,
+            body: None,
+            headers: &[],
+        },
+        Case {
+            name: "tenant header of another tenant",
+            token: Who::Alice,
+            body: None,
+            headers: &[("x-tenant-id", "globex")],
+        },
+        Case {
+            name: "tenant admin",
+            token: Who::Alice,
+            body: None,
+            headers: &[],
+        },
+        Case {
+            name: "plain user",
+            token: Who::Bob,
+            body: None,
+            headers: &[],
+        },
+        Case {
+            name: "no token",
+            token: Who::Nobody,
+            body: None,
+            headers: &[],
+        },
+    ];
+    // Logout last: it ends the session of the token it is sent.
+    let mut ops: Vec<_> = OPERATIONS.iter().collect();
+    ops.sort_by_key(|(_, path, _, _)| *path == "/v1/auth/logout");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut walk = async |cases: &[Case], bob: &str| {
+        for &&(method, path, _, _) in &ops {
+            let statuses = documented(&doc, method, path);
+            let concrete = path
+                .replace("{id}", "00000000000000000000000000000000")
+                .replace("{tenant}", "acme");
+            for case in cases {
+                let token = match case.token {
+                    Who::Nobody => None,
+                    Who::Garbage => Some("not.a.token"),
+                    Who::Alice => Some(alice.as_str()),
+                    Who::Bob => Some(bob),
+                    Who::Root => Some(root.as_str()),
+                };
+                let r = h
+                    .send(
+                        &method.to_uppercase(),
+                        &concrete,
+                        token,
+                        case.body.as_deref(),
+                        case.headers,
+                    )
+                    .await;
+                assert!(
+                    statuses.contains(&r.status),
+                    "{method} {path}, {}: {} is not documented ({statuses:?}): {}",
+                    case.name,
+                    r.status,
+                    r.text
+                );
+                if r.status >= 400 {
+                    common::assert_problem(&r, r.status);
+                }
+                seen.insert(r.status);
+            }
+        }
+    };
+    walk(&cases, &bob).await;
+    // Spend the plain user's limit (one request a second, burst 1), then walk again: every
+    // route a tenant's user can call is limited, the platform's too (the refusal of the
+    // permission comes after the limit).
+    let set = h
+        .put(
+            "/v1/admin/tenants/acme/limits",
+            &root,
+            &json!({"user_per_hour": 3600, "user_burst": 1}),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    let plain = [Case {
+        name: "plain user, limit spent",
+        token: Who::Bob,
+        body: None,
+        headers: &[],
+    }];
+    walk(&plain, &bob_again).await;
+    for status in [400, 401, 403, 413, 415, 429] {
+        assert!(seen.contains(&status), "the walk met {status}: {seen:?}");
+    }
+    h.stop().await;
+}

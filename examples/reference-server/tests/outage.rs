@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Harness;
+use tenancy_server::openapi::{OPERATIONS, statuses};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -98,6 +99,32 @@ async fn redis_outage_turns_health_503_and_recovers() {
         !during.text.contains("127.0.0.1"),
         "5xx bodies name no cause"
     );
+    // Every operation answers as the OpenAPI document says: each one that needs a token
+    // with a 503 (its session cannot be checked).
+    for &(method, path, needs_token, _) in OPERATIONS {
+        let concrete = path
+            .replace("{id}", "00000000000000000000000000000000")
+            .replace("{tenant}", "acme");
+        let r = h
+            .send(
+                &method.to_uppercase(),
+                &concrete,
+                Some(&alice),
+                Some("{}"),
+                &[],
+            )
+            .await;
+        let documented = statuses(method, path);
+        assert!(
+            documented.contains(&r.status),
+            "{method} {path} with Redis down: {} is not documented ({documented:?}): {}",
+            r.status,
+            r.text
+        );
+        if needs_token {
+            common::assert_problem(&r, 503);
+        }
+    }
 
     let Some(mut again) = start_redis(port, redis_dir.path()) else {
         return;
