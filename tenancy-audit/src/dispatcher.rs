@@ -217,7 +217,10 @@ impl AuditDispatcherBuilder {
     /// of the thread's own would take its connections' I/O down with it when the writer
     /// ends, under whoever holds them then.) On a current-thread runtime this needs the
     /// runtime's `block_on` to be running, as it is under `#[tokio::main]`: that is what
-    /// drives the I/O and timers.
+    /// drives the I/O and timers. Call [`AuditDispatcher::shutdown`] before the runtime ends:
+    /// a runtime that ends first takes the writer's thread with it (the thread stops; it
+    /// neither panics on a timer of the runtime that is gone nor waits for ever), and the
+    /// events still queued are not stored (a warning says so).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -240,9 +243,14 @@ impl AuditDispatcherBuilder {
     pub async fn start_on_own_thread(self) -> Result<AuditDispatcher> {
         let (dispatcher, writer) = self.prepare().await?;
         let runtime = tokio::runtime::Handle::current();
+        // A task of the runtime holds `alive` until the writer ends. A runtime that ends
+        // drops its tasks before it stops its timers and I/O, so the writer hears of it
+        // first and stops there.
+        let (mut alive, gone) = oneshot::channel::<()>();
+        runtime.spawn(async move { alive.closed().await });
         std::thread::Builder::new()
             .name("tenancy-audit".into())
-            .spawn(move || runtime.block_on(writer.run()))
+            .spawn(move || runtime.block_on(writer.run_until(gone)))
             .map_err(|e| Error::io("audit writer thread", e))?;
         Ok(dispatcher)
     }
@@ -530,6 +538,23 @@ impl Writer {
 
     fn backlog(&self) -> bool {
         !self.held.is_empty() || self.spool_pending()
+    }
+
+    /// [`Writer::run`], until `gone` says that the runtime the writer's thread polls on has
+    /// ended: its timers and I/O are then gone, and nothing queued can be stored.
+    async fn run_until(self, mut gone: oneshot::Receiver<()>) {
+        let run = self.run();
+        tokio::pin!(run);
+        tokio::select! {
+            biased;
+            _ = &mut gone => {
+                tracing::warn!(
+                    "the audit writer's runtime ended before AuditDispatcher::shutdown: \
+                     events still queued are not stored"
+                );
+            }
+            () = &mut run => {}
+        }
     }
 
     async fn run(mut self) {
