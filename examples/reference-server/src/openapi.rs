@@ -63,12 +63,12 @@ const EVERY_OPERATION: &[u16] = &[400, 408, 413];
 
 /// Every status the document lists for `method path` (lower-case method, path template as in
 /// [`OPERATIONS`]), ascending; empty for an operation that is not documented. Besides the
-/// operation's own: [`EVERY_OPERATION`]'s; 415 where it takes a JSON body; 401 and 403 where
-/// it needs a token (no token or a bad one; a tenant header that disagrees with the token, a
-/// suspended tenant, a missing permission); and, on every route the route rules do not
-/// exempt from rate limits ([`crate::app::route_rules`]), 429 (a spent limit: the user's, or
-/// the client address's on the public routes) and 503 (a backend that cannot answer: the
-/// limiter, the tenant directory, the session store, the database).
+/// operation's own: the body limits' 400, 408 and 413, on every operation; 415 where it takes
+/// a JSON body; 401 and 403 where it needs a token (no token or a bad one; a tenant header
+/// that disagrees with the token, a suspended tenant, a missing permission); and, on every
+/// route the route rules do not exempt from rate limits ([`crate::app::route_rules`]), 429 (a
+/// spent limit: the user's, or the client address's on the public routes) and 503 (a backend
+/// that cannot answer: the limiter, the tenant directory, the session store, the database).
 ///
 /// ```
 /// use tenancy_server::openapi::statuses;
