@@ -17,13 +17,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A trusted-proxy entry is neither an IP address nor a CIDR network.
+    /// A trusted-proxy entry is neither an IP address nor a CIDR network (or one with bits
+    /// set past its prefix length).
     #[error("invalid trusted proxy `{entry}`: {reason}")]
     InvalidProxy {
         /// The entry as configured.
         entry: String,
         /// Why it was refused.
-        reason: &'static str,
+        reason: String,
     },
     /// A route pattern is malformed.
     #[error("invalid route pattern `{pattern}`: {reason}")]

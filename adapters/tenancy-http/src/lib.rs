@@ -43,7 +43,7 @@ pub use error::{Error, Result};
 pub use metrics::TenantLabels;
 pub use permission::{PermissionName, PermissionRefusal, require_permission};
 pub use problem::{AuthFailure, PROBLEM_JSON, Problem, Rejection, RejectionKind};
-pub use proxy::{ForwardedHeader, IpNet, TrustedProxies};
+pub use proxy::{ForwardedHeader, IpNet, MAX_FORWARDED_HOPS, TrustedProxies};
 pub use routes::{AuditSpec, RouteMatch, RouteRule, RouteTable};
 pub use tenancy::{
     AuditNote, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TENANT_LABELS, DEFAULT_MAX_TOKEN_BYTES,

@@ -43,49 +43,97 @@ pub struct IpNet {
 }
 
 impl IpNet {
-    /// Parses `addr` or `addr/prefix` (IPv4 or IPv6).
+    /// Parses `addr` or `addr/prefix` (IPv4 or IPv6). The prefix length is decimal digits
+    /// without a sign or a leading zero; the address must have no bits set past the prefix
+    /// (`10.0.0.5/8` is refused: a typo there would trust a network other than the one
+    /// meant). An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is its IPv4 network
+    /// (`10.0.0.0/8`).
+    ///
+    /// ```
+    /// use tenancy_http::IpNet;
+    ///
+    /// assert_eq!(IpNet::parse("::ffff:10.0.0.0/104")?, IpNet::parse("10.0.0.0/8")?);
+    /// let typo = IpNet::parse("192.168.1.10/8").unwrap_err().to_string();
+    /// assert!(typo.contains("192.0.0.0/8"), "{typo}");
+    /// # Ok::<(), tenancy_http::Error>(())
+    /// ```
     pub fn parse(s: &str) -> Result<Self> {
-        let err = |reason| Error::InvalidProxy {
+        let err = |reason: String| Error::InvalidProxy {
             entry: s.to_owned(),
             reason,
         };
         let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
+            Some((a, p)) => (a, Some(p.trim())),
             None => (s, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| err("not an IP address"))?;
-        let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let written: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| err("not an IP address".into()))?;
+        let written_max: u8 = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            None => max,
+            None => written_max,
+            Some("") => return Err(err("the prefix length is missing after `/`".into())),
             Some(p) => p
-                .trim()
                 .parse::<u8>()
                 .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| err("prefix length out of range"))?,
+                .filter(|n| {
+                    p.bytes().all(|b| b.is_ascii_digit())
+                        && (p == "0" || !p.starts_with('0'))
+                        && *n <= written_max
+                })
+                .ok_or_else(|| {
+                    err(format!(
+                        "the prefix length must be a whole number from 0 to {written_max}"
+                    ))
+                })?,
         };
-        Ok(Self { addr, prefix })
+        let addr = written.to_canonical();
+        // `::ffff:a.b.c.d/p` is the IPv4 network `a.b.c.d/(p - 96)`.
+        let prefix = match (written, addr) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => prefix.checked_sub(96).ok_or_else(|| {
+                err("an IPv4-mapped network needs a prefix length of at least 96".into())
+            })?,
+            _ => prefix,
+        };
+        let net = Self { addr, prefix };
+        let base = net.network();
+        if base != addr {
+            return Err(err(format!(
+                "bits are set past the prefix length: the network is {base}/{prefix}"
+            )));
+        }
+        Ok(net)
+    }
+
+    /// The address with every bit past the prefix length cleared.
+    fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & v4_mask(self.prefix)).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & v6_mask(self.prefix)).into()),
+        }
     }
 
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
+                u32::from(net) & v4_mask(self.prefix) == u32::from(ip) & v4_mask(self.prefix)
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
+                u128::from(net) & v6_mask(self.prefix) == u128::from(ip) & v6_mask(self.prefix)
             }
             _ => false,
         }
     }
+}
+
+fn v4_mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn v6_mask(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
 }
 
 /// The header the trusted proxies write the client's address into; the other one is never
@@ -180,8 +228,11 @@ impl TrustedProxies {
     /// Only the [header the proxies write](TrustedProxies::with_header) is read. Its hops are
     /// read from the right; the first one that is not a trusted proxy is the client. A hop
     /// that cannot be read (an obfuscated identifier, `unknown`, garbage) ends the walk at the
-    /// last trusted hop, since nothing further left can be attributed. Without a peer there is
-    /// no address.
+    /// last trusted hop, since nothing further left can be attributed; so does a chain of
+    /// more than [`MAX_FORWARDED_HOPS`] trusted hops. Empty list elements are skipped. The hops are read
+    /// only as far as the walk goes: a long header costs no more than the hops walked
+    /// (`Forwarded`: one scan of each line the walk reaches, quoting being read left to
+    /// right). Without a peer there is no address.
     pub fn client_addr(
         &self,
         peer: Option<IpAddr>,
@@ -197,34 +248,67 @@ impl TrustedProxies {
 
     /// [`TrustedProxies::client_addr`] given only the values of the header the proxies write
     /// ([`TrustedProxies::header_name`]), in arrival order.
+    ///
+    /// ```
+    /// use std::net::IpAddr;
+    /// use tenancy_http::TrustedProxies;
+    ///
+    /// let proxies = TrustedProxies::parse(["10.0.0.0/8"])?;
+    /// let peer: Option<IpAddr> = "10.0.0.2".parse().ok();
+    /// // An empty element is skipped, not taken for an unreadable hop.
+    /// let xff: &[&[u8]] = &[b"203.0.113.9,, 10.0.0.3"];
+    /// assert_eq!(proxies.client_addr_from(peer, xff), "203.0.113.9".parse().ok());
+    /// # Ok::<(), tenancy_http::Error>(())
+    /// ```
     pub fn client_addr_from(&self, peer: Option<IpAddr>, values: &[&[u8]]) -> Option<IpAddr> {
         let peer = peer?.to_canonical();
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        let hops: Vec<Option<IpAddr>> = match self.header {
-            ForwardedHeader::XForwardedFor => values
-                .iter()
-                .flat_map(|v| v.split(|b| *b == b','))
-                .map(|h| std::str::from_utf8(h).ok().and_then(parse_hop))
-                .collect(),
-            ForwardedHeader::Forwarded => values.iter().flat_map(|v| forwarded_hops(v)).collect(),
-        };
+        // Right to left: the last line first, each line's hops from its end.
+        Some(match self.header {
+            ForwardedHeader::XForwardedFor => self.walk(
+                peer,
+                values
+                    .iter()
+                    .rev()
+                    .flat_map(|v| v.rsplit(|b| *b == b','))
+                    .filter(|h| !h.trim_ascii().is_empty())
+                    .map(|h| std::str::from_utf8(h).ok().and_then(parse_hop)),
+            ),
+            ForwardedHeader::Forwarded => self.walk(
+                peer,
+                values
+                    .iter()
+                    .rev()
+                    .flat_map(|v| forwarded_hops(v).into_iter().rev()),
+            ),
+        })
+    }
+
+    /// Walks `hops`, nearest first, from the trusted `peer`: the first hop that is not a
+    /// trusted proxy; the last trusted one at an unreadable hop, at the end, or after
+    /// [`MAX_FORWARDED_HOPS`].
+    fn walk(&self, peer: IpAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> IpAddr {
         let mut current = peer;
-        for hop in hops.into_iter().rev() {
+        for hop in hops.take(MAX_FORWARDED_HOPS) {
             match hop {
                 Some(ip) => {
                     current = ip;
                     if !self.is_trusted(ip) {
-                        return Some(ip);
+                        return ip;
                     }
                 }
-                None => return Some(current),
+                None => return current,
             }
         }
-        Some(current)
+        current
     }
 }
+
+/// How many hops [`TrustedProxies::client_addr`] walks at most: more trusted proxies than
+/// any real chain has. A longer chain of trusted hops ends the walk at the last one read.
+pub const MAX_FORWARDED_HOPS: usize = 32;
 
 /// One hop: a bare address, an address with a port or an obfuscated port (`_abc`, RFC
 /// 7239), or a bracketed IPv6 address with an optional port.
@@ -255,7 +339,7 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 
 /// The hop of each element of one `Forwarded` value (RFC 7239), left to right: the address
 /// of its `for=` parameter, or `None` where it cannot be read (no `for=`, more than one, a
-/// value that is no address). Commas and semicolons inside quoted strings separate nothing:
+/// value that is no address). Empty elements are skipped. Commas and semicolons inside quoted strings separate nothing:
 /// a proxy that copies a client's text into a quoted parameter (`host="x,for=6.6.6.6"`)
 /// must not hand the client a hop of its own making. An unterminated quoted string makes
 /// the rest of the value one unreadable element.
@@ -266,6 +350,8 @@ fn forwarded_hops(value: &[u8]) -> Vec<Option<IpAddr>> {
     let mut pair: Vec<u8> = Vec::new();
     let mut quoted = false;
     let mut escaped = false;
+    // Whether the current element has anything but whitespace (an empty one is skipped).
+    let mut filled = false;
     let finish_pair = |pair: &mut Vec<u8>, fors: &mut Vec<Option<IpAddr>>| {
         if let Some(eq) = pair.iter().position(|b| *b == b'=') {
             let (k, v) = (&pair[..eq], &pair[eq + 1..]);
@@ -276,6 +362,9 @@ fn forwarded_hops(value: &[u8]) -> Vec<Option<IpAddr>> {
         pair.clear();
     };
     for &b in value {
+        if !quoted && b != b',' && !b.is_ascii_whitespace() {
+            filled = true;
+        }
         if quoted {
             if escaped {
                 escaped = false;
@@ -296,8 +385,11 @@ fn forwarded_hops(value: &[u8]) -> Vec<Option<IpAddr>> {
             b';' => finish_pair(&mut pair, &mut fors),
             b',' => {
                 finish_pair(&mut pair, &mut fors);
-                hops.push(one_for(&fors));
+                if filled {
+                    hops.push(one_for(&fors));
+                }
                 fors.clear();
+                filled = false;
             }
             _ => pair.push(b),
         }
@@ -307,7 +399,9 @@ fn forwarded_hops(value: &[u8]) -> Vec<Option<IpAddr>> {
         return hops;
     }
     finish_pair(&mut pair, &mut fors);
-    hops.push(one_for(&fors));
+    if filled {
+        hops.push(one_for(&fors));
+    }
     hops
 }
 
@@ -419,6 +513,116 @@ mod tests {
                 String::from_utf8_lossy(value)
             );
         }
+    }
+
+    /// A network is written as it is meant: no bits past the prefix (the error names the
+    /// network those bits fall in), a prefix of plain digits, IPv4-mapped networks as their
+    /// IPv4 network.
+    #[test]
+    fn network_entries_are_refused_unless_exact() {
+        let reason = |s: &str| match IpNet::parse(s) {
+            Err(Error::InvalidProxy { reason, .. }) => reason,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert!(reason("192.168.1.10/8").contains("192.0.0.0/8"));
+        assert!(reason("10.0.0.5/8").contains("10.0.0.0/8"));
+        assert!(reason("2001:db8::1/32").contains("2001:db8::/32"));
+        assert!(reason("10.0.0.0/").contains("missing"));
+        for bad in [
+            "10.0.0.0/+8",
+            "10.0.0.0/008",
+            "10.0.0.0/ 8x",
+            "::ffff:10.0.0.0/8",
+        ] {
+            assert!(IpNet::parse(bad).is_err(), "{bad}");
+        }
+        assert!(reason("::ffff:10.0.0.0/95").contains("at least 96"));
+        assert_eq!(
+            IpNet::parse("::ffff:10.0.0.0/104").unwrap(),
+            IpNet::parse("10.0.0.0/8").unwrap()
+        );
+        assert_eq!(
+            IpNet::parse("::ffff:10.0.0.7").unwrap(),
+            IpNet::parse("10.0.0.7/32").unwrap()
+        );
+        for good in [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.0.0.7/32",
+            "::/0",
+            "10.0.0.0/ 8",
+        ] {
+            assert!(IpNet::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    /// Empty list elements are skipped (`a,,b` is `a, b`), in both headers.
+    #[test]
+    fn empty_elements_are_skipped() {
+        let xff = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let fwd = xff.clone().with_header(ForwardedHeader::Forwarded);
+        let peer = Some(ip("10.0.0.2"));
+        let client = Some(ip("203.0.113.9"));
+        for value in [
+            &b"203.0.113.9,,10.0.0.3"[..],
+            b" , 203.0.113.9, ,10.0.0.3, ",
+        ] {
+            assert_eq!(xff.client_addr_from(peer, &[value]), client);
+        }
+        for value in [
+            &b"for=203.0.113.9, , for=10.0.0.3"[..],
+            b"for=203.0.113.9, ",
+            b",for=203.0.113.9,,",
+        ] {
+            assert_eq!(fwd.client_addr_from(peer, &[value]), client);
+        }
+        // Not empty: an element without `for=` is still unreadable.
+        assert_eq!(
+            fwd.client_addr_from(peer, &[b"for=203.0.113.9, proto=https"]),
+            peer
+        );
+    }
+
+    /// The walk reads no more hops than it walks, and at most `MAX_FORWARDED_HOPS` trusted
+    /// ones: a chain longer than that ends at the last trusted hop read.
+    #[test]
+    fn long_chains_end_after_the_hop_bound() {
+        let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let peer = Some(ip("10.0.0.2"));
+        let trusted: Vec<String> = (0..1000)
+            .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+            .collect();
+        let chain = format!("203.0.113.9, {}", trusted.join(", "));
+        // The hops are read from the right: the 32nd of them is the last one walked.
+        let nth = &trusted[trusted.len() - MAX_FORWARDED_HOPS];
+        assert_eq!(p.client_addr_from(peer, &[chain.as_bytes()]), Some(ip(nth)));
+        let short = format!(
+            "203.0.113.9, {}",
+            trusted[..MAX_FORWARDED_HOPS - 1].join(", ")
+        );
+        assert_eq!(
+            p.client_addr_from(peer, &[short.as_bytes()]),
+            Some(ip("203.0.113.9"))
+        );
+        // Hops left of the client are never read: a huge forged prefix changes nothing.
+        let forged = format!("{}203.0.113.9, 10.0.0.3", "1.1.1.1,".repeat(100_000));
+        assert_eq!(
+            p.client_addr_from(peer, &[forged.as_bytes()]),
+            Some(ip("203.0.113.9"))
+        );
+        let fwd = p.clone().with_header(ForwardedHeader::Forwarded);
+        let chain = format!(
+            "for=203.0.113.9, {}",
+            trusted
+                .iter()
+                .map(|t| format!("for={t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        assert_eq!(
+            fwd.client_addr_from(peer, &[chain.as_bytes()]),
+            Some(ip(nth))
+        );
     }
 
     #[test]
