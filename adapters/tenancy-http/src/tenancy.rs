@@ -296,6 +296,8 @@ struct Inner {
     failure_policy: FailurePolicy,
     labels: TenantLabels,
     audit_denials: bool,
+    /// Whether a request of an anonymous limit without a client address was reported.
+    warned_no_peer: std::sync::atomic::AtomicBool,
 }
 
 /// Builds a [`Tenancy`].
@@ -442,6 +444,7 @@ impl TenancyBuilder {
                 failure_policy: self.failure_policy,
                 labels: TenantLabels::new(self.max_tenant_labels),
                 audit_denials: self.audit_denials,
+                warned_no_peer: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -793,6 +796,9 @@ impl Tenancy {
                 let Some(quota) = self.inner.anonymous_limit.filter(|_| meta.is_public()) else {
                     return Ok(RateLimitHeaders::default());
                 };
+                if meta.client_addr().is_none() {
+                    self.warn_no_peer(meta);
+                }
                 let key = anonymous_key(meta.client_addr());
                 let user = UserId::parse(&key).map_err(|_| {
                     tracing::error!(parent: meta.span(), key = %key, "client address key refused");
@@ -815,6 +821,25 @@ impl Tenancy {
         };
         let decision = self.limit(meta, request, bypass, ctx).await?;
         Ok(decision.header_block())
+    }
+
+    /// Says once that requests reach the anonymous limit without a client address: they
+    /// then all share one bucket (one client can spend everyone's logins), and their audit
+    /// events carry no address. The usual cause is a server that does not hand the peer to
+    /// the adapters (axum without `ConnectInfo`).
+    #[cold]
+    fn warn_no_peer(&self, meta: &RequestMeta) {
+        use std::sync::atomic::Ordering;
+        let warned = &self.inner.warned_no_peer;
+        if !warned.load(Ordering::Relaxed) && !warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                parent: meta.span(),
+                "a request under the anonymous rate limit has no client address: every such \
+                 request shares one limit, and audit events carry no address; give the adapter \
+                 the peer address (axum: serve with \
+                 `into_make_service_with_connect_info::<SocketAddr>()`)"
+            );
+        }
     }
 
     /// What a tenant's user is limited by on this request, and whether the tenant's bypass
@@ -1219,6 +1244,89 @@ pub fn shared_header_values(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Requests under the anonymous limit without a client address are reported once, however
+    /// many come; a request with one is not reported.
+    #[tokio::test]
+    async fn a_missing_client_address_is_reported_once() {
+        #[derive(Clone, Default)]
+        struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl tracing_subscriber::fmt::MakeWriter<'_> for Log {
+            type Writer = Self;
+            fn make_writer(&self) -> Self {
+                self.clone()
+            }
+        }
+        #[derive(Debug)]
+        struct NoTokens;
+        #[async_trait::async_trait]
+        impl TokenVerifier for NoTokens {
+            async fn verify(&self, _: &str) -> tenancy_core::Result<Claims> {
+                Err(tenancy_core::Error::Rejected(TokenRejection::BadSignature))
+            }
+        }
+        struct Login(Option<IpAddr>);
+        impl RequestHead for Login {
+            fn method(&self) -> &str {
+                "POST"
+            }
+            fn path(&self) -> &str {
+                "/v1/auth/login"
+            }
+            fn header_values<'a>(&'a self, _: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+                std::iter::empty()
+            }
+            fn header_bytes(&self) -> usize {
+                0
+            }
+            fn peer_addr(&self) -> Option<IpAddr> {
+                self.0
+            }
+        }
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let tenancy = Tenancy::builder(
+            Arc::new(NoTokens),
+            Arc::new(tenancy_core::memory::MemoryTenantDirectory::new()),
+            Arc::new(tenancy_core::memory::MemoryRateLimiter::new()),
+            Arc::new(tenancy_core::memory::MemoryAuditSink::new()),
+        )
+        .with_public_route("/v1/auth/login")
+        .unwrap()
+        .with_anonymous_limit(Quota::per_minute(100))
+        .build()
+        .unwrap();
+        let reports = || {
+            String::from_utf8_lossy(&log.0.lock().unwrap())
+                .matches("has no client address")
+                .count()
+        };
+        let peer: Option<IpAddr> = "192.0.2.7".parse().ok();
+        let meta = tenancy.begin(&Login(peer));
+        assert!(!tenancy.rate_limit(&meta).await.unwrap().is_empty());
+        assert_eq!(reports(), 0);
+        for _ in 0..3 {
+            let meta = tenancy.begin(&Login(None));
+            assert!(!tenancy.rate_limit(&meta).await.unwrap().is_empty());
+        }
+        assert_eq!(reports(), 1);
+    }
 
     #[test]
     fn bearer_parsing() {
