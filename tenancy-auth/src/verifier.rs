@@ -94,6 +94,10 @@ const MAX_LEEWAY: Duration = Duration::from_secs(5 * 60);
 /// Default verification cache capacity (entries).
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
+/// Default bound on the memory of the verification cache's entries: 64 MiB, room for the
+/// default 10 000 entries of tokens carrying a few dozen permissions each.
+pub const DEFAULT_CACHE_MEMORY: usize = 64 << 20;
+
 /// 9999-12-31T23:59:59Z: `exp`, `nbf` and `iat` beyond it are refused as invalid.
 const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 
@@ -149,6 +153,7 @@ pub struct JwtVerifierBuilder {
     leeway: Duration,
     max_len: usize,
     cache_capacity: usize,
+    cache_memory: usize,
     denylist: Option<Arc<dyn Denylist>>,
     sessions: Option<Arc<dyn SessionStore>>,
     require_session: bool,
@@ -169,7 +174,8 @@ impl JwtVerifierBuilder {
     }
 
     /// Trusts tokens from `iss` signed by one of `keys` only for the listed tenants: a tenant
-    /// that brings its own identity provider cannot mint tokens for anyone else.
+    /// that brings its own identity provider cannot mint tokens for anyone else, nor tokens
+    /// with the platform-wide `super_admin` role (refused as an invalid `user_role`).
     pub fn tenant_issuer(
         mut self,
         iss: impl Into<String>,
@@ -223,6 +229,16 @@ impl JwtVerifierBuilder {
     /// the cache off).
     pub fn cache_capacity(mut self, entries: usize) -> Self {
         self.cache_capacity = entries;
+        self
+    }
+
+    /// The most memory the verification cache's entries may take, in bytes (default
+    /// [`DEFAULT_CACHE_MEMORY`]), as it estimates each entry's claims. Why a bound of its
+    /// own: an identity provider may stuff tokens with permissions, and the entry count alone
+    /// would then let the cache grow to several times its usual size; large entries displace
+    /// others instead.
+    pub fn cache_memory(mut self, bytes: usize) -> Self {
+        self.cache_memory = bytes;
         self
     }
 
@@ -353,7 +369,7 @@ impl JwtVerifierBuilder {
                 leeway: i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX),
                 max_len: self.max_len,
                 cache: (self.cache_capacity > 0)
-                    .then(|| VerificationCache::new(self.cache_capacity)),
+                    .then(|| VerificationCache::new(self.cache_capacity, self.cache_memory)),
                 epoch,
                 denylist: self.denylist,
                 sessions: self.sessions,
@@ -466,6 +482,7 @@ impl JwtVerifier {
             leeway: DEFAULT_LEEWAY,
             max_len: DEFAULT_MAX_TOKEN_LEN,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            cache_memory: DEFAULT_CACHE_MEMORY,
             denylist: None,
             sessions: None,
             require_session: false,
@@ -700,10 +717,16 @@ impl JwtVerifier {
         if claims.iss != issuer.iss {
             return Err(reject(TokenRejection::WrongIssuer));
         }
-        if let Some(tenants) = &issuer.tenants
-            && !tenants.contains(&claims.tenant_id)
-        {
-            return Err(reject(TokenRejection::WrongIssuer));
+        if let Some(tenants) = &issuer.tenants {
+            if !tenants.contains(&claims.tenant_id) {
+                return Err(reject(TokenRejection::WrongIssuer));
+            }
+            // A tenant's own provider speaks for its tenants only, never with the
+            // platform-wide role (which would be every tenant's admin to whoever trusts
+            // `TenantContext::is_super_admin`).
+            if claims.user_role.is_super_admin() {
+                return Err(reject(TokenRejection::InvalidClaim("user_role")));
+            }
         }
         if !self.inner.audiences.iter().any(|a| claims.aud.contains(a)) {
             return Err(reject(TokenRejection::WrongAudience));

@@ -684,6 +684,17 @@ async fn issuers_are_told_apart_and_bound_to_their_tenants() {
         )
     };
     v.verify(&mint(&own, ISS, "globex")).await.unwrap();
+    // Our own issuer may mint the platform role.
+    let mut root = claims(n);
+    root.insert("tenant_id".into(), json!("platform"));
+    root.insert("user_role".into(), json!("super_admin"));
+    let root = raw_token(
+        &header("HS256", "own"),
+        &body(&root),
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&[7u8; 32]),
+    );
+    assert!(v.verify(&root).await.unwrap().user_role.is_super_admin());
     v.verify(&mint(&byo, "https://idp.acme.example", "acme"))
         .await
         .unwrap();
@@ -698,6 +709,22 @@ async fn issuers_are_told_apart_and_bound_to_their_tenants() {
         ),
         // acme's provider signing as our issuer: our key set has no `byo` key.
         (mint(&byo, ISS, "acme"), R::UnknownKey),
+        // acme's provider minting the platform-wide role, for its own tenant.
+        (
+            {
+                let mut c = claims(n);
+                c.insert("iss".into(), json!("https://idp.acme.example"));
+                c.insert("tenant_id".into(), json!("acme"));
+                c.insert("user_role".into(), json!("super_admin"));
+                raw_token(
+                    &header("HS256", "byo"),
+                    &body(&c),
+                    Algorithm::HS256,
+                    &EncodingKey::from_secret(&[9u8; 32]),
+                )
+            },
+            R::InvalidClaim("user_role"),
+        ),
         (
             hs_raw(&body(&{
                 let mut c = claims(n);
