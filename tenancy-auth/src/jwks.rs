@@ -572,14 +572,7 @@ impl JwksKeySet {
             .await
             .and_then(|body| KeySet::parse_jwks(&body))
             .and_then(|parsed| {
-                if parsed.symmetric > 0 {
-                    tracing::warn!(
-                        url = %self.inner.shown_url,
-                        symmetric = parsed.symmetric,
-                        "JWKS publishes symmetric (HMAC) keys: skipped, since anyone who can \
-                         read the document could sign tokens with them"
-                    );
-                }
+                parsed.warn(&self.inner.shown_url);
                 if parsed.set.is_empty() {
                     Err(Error::InvalidKeySet(
                         "the key set holds no usable key".into(),
@@ -594,15 +587,11 @@ impl JwksKeySet {
                 let set = Arc::new(set);
                 let retired = {
                     let mut s = self.write();
-                    // A key is retired when its kid is gone, or now names other material
-                    // or another algorithm (a replaced, perhaps compromised, key). A key
-                    // without a kid is retired when no equal key (algorithm and material)
-                    // remains.
+                    // A key is retired when no equal key (kid, algorithm and material)
+                    // remains: its kid is gone, or now names other material or another
+                    // algorithm (a replaced, perhaps compromised, key).
                     let retired = s.keys.as_ref().is_some_and(|old| {
-                        old.iter().any(|k| match k.kid() {
-                            Some(kid) => set.get(kid).is_none_or(|new| !new.same_as(k)),
-                            None => !set.iter().any(|new| new.same_as(k)),
-                        })
+                        old.iter().any(|k| !set.iter().any(|new| new.same_as(k)))
                     });
                     s.keys = Some(Arc::clone(&set));
                     s.fetched_at = Some(now);
@@ -1073,6 +1062,44 @@ mod tests {
             .background_refresh(false)
             .build()
             .unwrap()
+    }
+
+    /// A kid naming two different keys of one algorithm: neither is used, the rest of the set
+    /// is, and the warning names the kid.
+    #[test]
+    fn a_kid_naming_two_keys_of_one_algorithm_is_named_in_a_warning() {
+        let own = crate::SigningKey::ed_pem(include_bytes!("../tests/keys/ed_private.pem"))
+            .unwrap()
+            .with_kid("d")
+            .public_jwk()
+            .unwrap()
+            .unwrap();
+        const RFC: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+        let doc = serde_json::json!({"keys": [
+            own,
+            {"kty": "OKP", "crv": "Ed25519", "kid": "d", "x": RFC},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "good", "x": RFC},
+        ]})
+        .to_string();
+        let capture = Capture::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let up = source(Some(Box::leak(doc.into_boxed_str())));
+        tracing::subscriber::with_default(capture.clone(), || {
+            rt.block_on(async {
+                let keys = up.refresh().await.unwrap();
+                assert_eq!(keys.len(), 1);
+                assert!(keys.get("good").is_some() && keys.get("d").is_none());
+            });
+        });
+        assert_eq!(up.health().figures.get("skipped_keys"), Some(&2));
+        let logged = capture.0.lock().unwrap().clone();
+        assert!(
+            logged.contains("WARN") && logged.contains("same kid") && logged.contains("[\"d\"]"),
+            "no warning naming the kid: {logged}"
+        );
     }
 
     #[test]

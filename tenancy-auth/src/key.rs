@@ -599,6 +599,12 @@ impl KeySet {
     /// reader of the document forge tokens for its issuer. A shared secret you hold locally
     /// loads with [`VerifyKey::hmac`] or [`VerifyKey::from_jwk`].
     ///
+    /// One `kid` may name keys of different algorithms (RFC 7517 section 4.5 allows it for
+    /// alternatives of different key types): a token's `alg` picks among them. Two different
+    /// keys of one algorithm under one `kid` are both skipped, counted and named in a warning,
+    /// since nothing in a token could say which one signed it. A key published twice is kept
+    /// once.
+    ///
     /// ```
     /// use tenancy_auth::KeySet;
     ///
@@ -613,12 +619,7 @@ impl KeySet {
     /// ```
     pub fn from_jwks(json: &[u8]) -> Result<(Self, usize)> {
         let parsed = Self::parse_jwks(json)?;
-        if parsed.symmetric > 0 {
-            tracing::warn!(
-                symmetric = parsed.symmetric,
-                "JWKS document holds symmetric (HMAC) keys: skipped, a published secret is no secret"
-            );
-        }
+        parsed.warn("document");
         Ok((parsed.set, parsed.skipped))
     }
 
@@ -634,7 +635,9 @@ impl KeySet {
             set: Self::new(),
             skipped: 0,
             symmetric: 0,
+            ambiguous: Vec::new(),
         };
+        let mut keys: Vec<VerifyKey> = Vec::with_capacity(doc.keys.len());
         for v in doc.keys {
             let Ok(raw) = serde_json::from_value::<RawJwk>(v) else {
                 parsed.skipped += 1;
@@ -646,11 +649,40 @@ impl KeySet {
                 continue;
             }
             match raw.into_key() {
-                Ok(k) => parsed.set.insert(k),
+                // A key published twice is one key.
+                Ok(k) if keys.iter().any(|other| other.same_as(&k)) => {}
+                Ok(k) => keys.push(k),
                 Err(_) => parsed.skipped += 1,
             }
         }
+        // One kid may name keys of different algorithms (RFC 7517 4.5: alternatives of
+        // different key types); a token's `alg` picks one of them. Two different keys under one
+        // kid and algorithm leave no way to tell which one signs: neither is used.
+        let (kept, dropped): (Vec<_>, Vec<_>) = keys.iter().partition(|k| {
+            k.kid().is_none_or(|kid| {
+                !keys.iter().any(|other| {
+                    other.kid() == Some(kid) && other.alg == k.alg && !other.same_as(k)
+                })
+            })
+        });
+        parsed.skipped += dropped.len();
+        for k in dropped {
+            if let Some(kid) = k.kid()
+                && !parsed.ambiguous.iter().any(|a| a == kid)
+            {
+                parsed.ambiguous.push(kid.to_owned());
+            }
+        }
+        parsed.set.keys = kept.into_iter().cloned().collect();
         Ok(parsed)
+    }
+
+    /// The key a token with this `kid` and `alg` is verified with; `None` when no key carries
+    /// the `kid` or none of them is for `alg`.
+    pub(crate) fn find(&self, kid: &str, alg: Algorithm) -> Option<&VerifyKey> {
+        self.keys
+            .iter()
+            .find(|k| k.kid() == Some(kid) && k.alg == alg)
     }
 
     pub(crate) fn algorithms(&self) -> AlgSet {
@@ -666,6 +698,32 @@ pub(crate) struct ParsedJwks {
     pub(crate) skipped: usize,
     /// Of the skipped, the symmetric (HMAC) keys.
     pub(crate) symmetric: usize,
+    /// The kids that name two different keys of one algorithm (their keys are among the
+    /// skipped).
+    pub(crate) ambiguous: Vec<String>,
+}
+
+impl ParsedJwks {
+    /// Logs what was left out for a reason the provider should hear about: symmetric keys,
+    /// and kids naming two different keys of one algorithm. `source` names the document.
+    pub(crate) fn warn(&self, source: &str) {
+        if self.symmetric > 0 {
+            tracing::warn!(
+                source,
+                symmetric = self.symmetric,
+                "JWKS publishes symmetric (HMAC) keys: skipped, since anyone who can read the \
+                 document could sign tokens with them"
+            );
+        }
+        if !self.ambiguous.is_empty() {
+            tracing::warn!(
+                source,
+                kids = ?self.ambiguous,
+                "JWKS names two different keys of one algorithm with the same kid: neither is \
+                 used, since a token could not say which one signed it"
+            );
+        }
+    }
 }
 
 /// A signing key (private key or HMAC secret) bound to one algorithm, with an optional `kid`.

@@ -649,12 +649,13 @@ impl JwtVerifier {
         issuer: &TrustedIssuer,
         keys: &KeySet,
     ) -> Result<Claims> {
-        let verified = match parts.kid.as_deref().and_then(|kid| keys.get(kid)) {
-            // A known kid: its own key, and no other.
-            Some(key) => {
-                if key.algorithm() != parts.alg {
-                    return Err(reject(TokenRejection::AlgorithmNotAllowed));
-                }
+        let verified = match parts.kid.as_deref().filter(|kid| keys.get(kid).is_some()) {
+            // A known kid: its own key (of the token's alg, when the kid names keys of
+            // several), and no other.
+            Some(kid) => {
+                let key = keys
+                    .find(kid, parts.alg)
+                    .ok_or(reject(TokenRejection::AlgorithmNotAllowed))?;
                 check_signature(parts, key)?
             }
             // No kid: every key of the header's alg. A kid no key carries: the keys of that

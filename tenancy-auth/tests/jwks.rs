@@ -778,3 +778,40 @@ async fn a_failed_refresh_for_an_unknown_kid_is_unavailable_not_unknown() {
     clock.advance(Duration::from_secs(61));
     v.verify(&token_b).await.unwrap();
 }
+
+/// One kid may name keys of different algorithms (RFC 7517 4.5): a token's `alg` picks its
+/// key. Two different keys of one algorithm under one kid cannot be told apart: neither
+/// verifies, and the rest of the set does. A key published twice is one key.
+#[tokio::test]
+async fn a_kid_naming_two_keys_is_told_apart_by_alg_or_not_used() {
+    let rsa = rsa_key("rsa_private.pem", "k");
+    let ec = ec_key("k");
+    let Provider {
+        server,
+        clock,
+        source,
+        v,
+    } = provider(&[&rsa, &ec]).await;
+    v.verify(&mint(&rsa, &clock)).await.expect("RS256 under k");
+    v.verify(&mint(&ec, &clock)).await.expect("ES256 under k");
+    assert_eq!(source.health().figures.get("skipped_keys"), Some(&0));
+
+    // The same kid and algorithm for two RSA keys, beside a good key and a repeated one.
+    let (d1, d2) = (
+        rsa_key("rsa_private.pem", "d"),
+        rsa_key("rsa2_private.pem", "d"),
+    );
+    let good = ec_key("good");
+    server.set(&[&d1, &good, &d2, &good]);
+    let refreshed = source.refresh().await;
+    let keys = refreshed.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(source.health().figures.get("skipped_keys"), Some(&2));
+    for key in [&d1, &d2] {
+        assert_eq!(
+            reason(v.verify(&mint(key, &clock)).await.unwrap_err()),
+            R::UnknownKey
+        );
+    }
+    v.verify(&mint(&good, &clock)).await.expect("the good key");
+}
