@@ -71,13 +71,14 @@ impl FromStr for Environment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum BeginMode {
-    /// `BEGIN; SET LOCAL app.tenant_id = '<tenant>'` as one simple-query message: one round
-    /// trip. The text is built only from a validated
+    /// `BEGIN; CLOSE ALL; DISCARD TEMP; SET LOCAL app.tenant_id = '<tenant>'` as one
+    /// simple-query message (what an earlier user of the connection left, held cursors and
+    /// temporary tables, is cleared first): one round trip. The text is built only from a validated
     /// [`TenantId`](tenancy_core::TenantId), whose characters are `[a-z0-9_-]`.
     #[default]
     OneMessage,
-    /// `BEGIN`, then `SELECT set_config('app.tenant_id', $1, true)` with the tenant as a bind
-    /// parameter: two round trips, no tenant text in any SQL string.
+    /// `BEGIN; CLOSE ALL; DISCARD TEMP`, then `SELECT set_config('app.tenant_id', $1, true)`
+    /// with the tenant as a bind parameter: two round trips, no tenant text in any SQL string.
     TwoRoundTrips,
 }
 
@@ -165,7 +166,11 @@ impl DbConfig {
         self
     }
 
-    /// How long a caller waits for a free connection before [`Error::PoolTimedOut`].
+    /// How long a caller waits for a free connection before [`Error::PoolTimedOut`] (default
+    /// 5 s); also how long the server may take to answer the `BEGIN` on it (then the
+    /// connection is closed and the caller gets a timed-out [`Error::Database`]), and the
+    /// `ROLLBACK` of a transaction dropped unfinished (then the connection is closed rather
+    /// than pooled).
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
         self

@@ -79,17 +79,24 @@ impl HealthState {
 /// (so a busy pool does not read as a dead database).
 async fn ping(shared: &Shared, timeout: Duration) -> Ping {
     let start = Instant::now();
-    let attempt = async {
-        if let Some(mut conn) = shared.pool.try_acquire() {
-            conn.ping().await
-        } else {
+    let answer = if let Some(mut conn) = shared.pool.try_acquire() {
+        let answer = tokio::time::timeout(timeout, conn.ping()).await;
+        if !matches!(answer, Ok(Ok(()))) {
+            // Not pooled again: a connection that did not answer may be waiting on a peer
+            // that is gone, and the pool's own ping on its return has no bound.
+            conn.close_on_drop();
+        }
+        answer
+    } else {
+        let dedicated = async {
             let options = shared.pool.connect_options();
             let mut conn = sqlx::PgConnection::connect_with(&options).await?;
             conn.ping().await?;
             conn.close().await
-        }
+        };
+        tokio::time::timeout(timeout, dedicated).await
     };
-    let failure = match tokio::time::timeout(timeout, attempt).await {
+    let failure = match answer {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("ping failed: {}", short(&e))),
         Err(_) => Some(format!("ping timed out after {timeout:?}")),

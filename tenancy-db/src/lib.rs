@@ -82,6 +82,12 @@
 //! not sandbox hostile SQL run inside a [`TenantTx`]: such SQL could call `set_config` with
 //! another tenant (the release guard then closes that connection if the change outlived the
 //! transaction). Keep SQL text static and values in bind parameters.
+//!
+//! What outlives a transaction on a pooled connection besides settings: cursors declared
+//! `WITH HOLD` and temporary tables, both filled under the tenant that made them. Every
+//! transaction this crate opens closes all cursors and drops all temporary tables first, in
+//! its `BEGIN` message, so the next tenant never reads them; a temporary table lives only as
+//! long as the transaction that made it.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 

@@ -112,6 +112,11 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<HealthState>,
     /// The bound on each operation of this crate's stores ([`Shared::bounded`]).
     pub(crate) store_timeout: Duration,
+    /// How long the server may take to answer a `BEGIN`, or the `ROLLBACK` of a transaction
+    /// dropped unfinished (the acquire timeout): a connection whose peer vanished without a
+    /// word would otherwise hold its caller, or its pool slot, until the kernel gives the
+    /// socket up (about 15 minutes with Linux's defaults).
+    pub(crate) answer_timeout: Duration,
 }
 
 /// What [`Shared::bounded`] tells the transactions of the operation it runs.
@@ -150,6 +155,15 @@ impl Drop for CutOnDrop {
 
 /// The largest `statement_timeout` and `lock_timeout` PostgreSQL takes, in milliseconds.
 const MAX_SERVER_TIMEOUT_MS: u64 = i32::MAX as u64;
+
+/// What an earlier user of a pooled connection may have left in its session that outlives
+/// a transaction, and would show that user's rows to the next one: cursors declared `WITH
+/// HOLD` (their rows were read under the earlier tenant's policy when it committed) and
+/// temporary tables (`CREATE TEMP TABLE .. AS SELECT ..`). Every transaction this crate opens
+/// clears both first, in its `BEGIN` message (no extra round trip). The temporary tables are
+/// dropped inside the transaction, so a rollback brings them back; the next transaction
+/// drops them again before its first statement.
+const SESSION_CLEANUP: &str = "; CLOSE ALL; DISCARD TEMP";
 
 /// `SET LOCAL`s that give a transaction opened inside [`Shared::bounded`] the server-side
 /// bounds of its operation, to follow its `BEGIN` in the same message; empty outside.
@@ -248,7 +262,7 @@ impl Shared {
     /// Opens a transaction with `statement` (or a plain `BEGIN`). A pooled connection that
     /// turns out dead (the server restarted or ended it) is discarded and the next one tried:
     /// a failed `BEGIN` has done nothing, so this retry is safe.
-    async fn begin_with(&self, statement: Option<&str>) -> Result<OpenTx> {
+    async fn begin_with(&self, statement: &str) -> Result<OpenTx> {
         let waiting = Waiting::new(&self.stats.waiting);
         let mut attempt = 0;
         let tx = loop {
@@ -258,9 +272,17 @@ impl Shared {
             // connection: the server may already be inside the transaction, and sqlx does not
             // roll back a BEGIN it has not seen complete.
             let mut pending = Pending(Some(conn));
-            let stmt = statement.map(|s| sqlx::AssertSqlSafe(s.to_owned()).into_sql_str());
-            match tm::begin::<Postgres>(pending.conn(), stmt).await {
-                Ok(()) => break pending.into_open(self.commit_check),
+            let stmt = Some(sqlx::AssertSqlSafe(statement.to_owned()).into_sql_str());
+            let begun = tokio::time::timeout(
+                self.answer_timeout,
+                tm::begin::<Postgres>(pending.conn(), stmt),
+            )
+            .await
+            // No answer: `pending` closes the connection, and the next one is tried, as
+            // for any connection found dead.
+            .unwrap_or_else(|_| Err(no_answer("BEGIN", self.answer_timeout)));
+            match begun {
+                Ok(()) => break pending.into_open(self.commit_check, self.answer_timeout),
                 Err(e) if attempt <= self.max && connection_lost(&e) => {
                     tracing::debug!(target: "tenancy_db::pool", error = %e, "discarding a dead connection");
                 }
@@ -273,19 +295,15 @@ impl Shared {
     }
 
     async fn begin_plain(&self) -> Result<OpenTx> {
-        let bounds = bound_settings();
-        if bounds.is_empty() {
-            self.begin_with(None).await
-        } else {
-            self.begin_with(Some(&format!("BEGIN{bounds}"))).await
-        }
+        self.begin_with(&format!("BEGIN{SESSION_CLEANUP}{}", bound_settings()))
+            .await
     }
 
     async fn begin_tenant(&self, tenant: &TenantId) -> Result<OpenTx> {
         match self.begin_mode {
             BeginMode::OneMessage => {
                 let sql = one_message_begin(tenant)? + &bound_settings();
-                self.begin_with(Some(&sql)).await
+                self.begin_with(&sql).await
             }
             BeginMode::TwoRoundTrips => {
                 let mut tx = self.begin_plain().await?;
@@ -338,10 +356,11 @@ impl Pending {
         }
     }
 
-    fn into_open(mut self, commit_check: bool) -> OpenTx {
+    fn into_open(mut self, commit_check: bool, answer_timeout: Duration) -> OpenTx {
         OpenTx {
             conn: self.0.take(),
             commit_check,
+            answer_timeout,
             cut: BOUND.try_with(|b| Arc::clone(&b.cut)).ok(),
         }
     }
@@ -362,6 +381,8 @@ pub(crate) struct OpenTx {
     conn: Option<PoolConnection<Postgres>>,
     /// Probe for an aborted transaction before `COMMIT` ([`DbConfig::with_commit_check`](crate::DbConfig::with_commit_check)).
     commit_check: bool,
+    /// The bound on the rollback of a transaction dropped unfinished ([`Shared::answer_timeout`]).
+    answer_timeout: Duration,
     /// Raised when the operation that opened the transaction was dropped at its deadline
     /// ([`Shared::bounded`]): the connection is closed, not pooled.
     cut: Option<Arc<AtomicBool>>,
@@ -410,16 +431,45 @@ impl OpenTx {
 
 impl Drop for OpenTx {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            if self.cut.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                // Maybe waiting on a peer that is gone: a queued ROLLBACK would hang the
-                // pool's next use of it. The server rolls back when the connection ends.
-                conn.close_on_drop();
-            } else {
-                tm::start_rollback::<Postgres>(conn);
-            }
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.cut.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            // Maybe waiting on a peer that is gone: a queued ROLLBACK would hang the pool's
+            // next use of it. The server rolls back when the connection ends.
+            conn.close_on_drop();
+            return;
         }
+        // Dropped unfinished (an error, a panic, a cancelled future, perhaps in the middle of
+        // a statement): the rollback gets a bound, and a connection that does not answer in
+        // time is closed rather than pooled. The server rolls back when it ends.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tm::start_rollback::<Postgres>(&mut conn);
+            return;
+        };
+        let bound = self.answer_timeout;
+        runtime.spawn(async move {
+            match tokio::time::timeout(bound, tm::rollback::<Postgres>(&mut conn)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "tenancy_db::pool", error = %e, "rollback of a dropped transaction failed; closing its connection");
+                    conn.close_on_drop();
+                }
+                Err(_) => {
+                    tracing::warn!(target: "tenancy_db::pool", "the server did not answer the rollback of a dropped transaction in {bound:?}; closing its connection");
+                    conn.close_on_drop();
+                }
+            }
+        });
     }
+}
+
+/// The error for a server that did not answer `what` within `bound`.
+fn no_answer(what: &str, bound: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the server did not answer {what} within {bound:?}"),
+    ))
 }
 
 impl Deref for OpenTx {
@@ -438,7 +488,8 @@ impl DerefMut for OpenTx {
     }
 }
 
-/// The one-message form: `BEGIN; SET LOCAL app.tenant_id = '<tenant>'`.
+/// The one-message form: `BEGIN`, the session's leftovers cleared ([`SESSION_CLEANUP`]),
+/// then `SET LOCAL app.tenant_id = '<tenant>'`.
 ///
 /// A [`TenantId`] holds only `[a-z0-9_-]` (checked by its only constructor); the check is
 /// repeated here so that this function alone shows no quote or backslash can reach the text.
@@ -454,7 +505,9 @@ pub(crate) fn one_message_begin(tenant: &TenantId) -> Result<String> {
             reason: "may contain only a-z, 0-9, '-' and '_'",
         });
     }
-    Ok(format!("BEGIN; SET LOCAL app.tenant_id = '{t}'"))
+    Ok(format!(
+        "BEGIN{SESSION_CLEANUP}; SET LOCAL app.tenant_id = '{t}'"
+    ))
 }
 
 /// Whether `e` says the connection itself is gone (I/O failure, or the server ended the
@@ -647,6 +700,7 @@ pub(crate) async fn connect_shared(
         role: config.username().to_owned(),
         health: Arc::new(HealthState::new(component)),
         store_timeout: config.store_timeout,
+        answer_timeout: config.acquire_timeout,
     });
     crate::health::spawn(&shared, config.health_interval, config.health_timeout).await;
     Ok(shared)
@@ -971,7 +1025,7 @@ mod tests {
         let t = TenantId::parse("acme_1-x").unwrap();
         assert_eq!(
             one_message_begin(&t).unwrap(),
-            "BEGIN; SET LOCAL app.tenant_id = 'acme_1-x'"
+            "BEGIN; CLOSE ALL; DISCARD TEMP; SET LOCAL app.tenant_id = 'acme_1-x'"
         );
     }
 

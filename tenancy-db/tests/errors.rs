@@ -456,3 +456,78 @@ async fn a_store_timeout_beyond_the_servers_range_still_works() {
         dir.remove(&t).await.unwrap();
     }
 }
+
+/// The same partition under the transactions an application opens (the adapters' `TenantTx`,
+/// with no store bound around it): a `BEGIN` that gets no answer is given up at the acquire
+/// timeout and retried on a fresh connection;
+/// a transaction dropped in the middle of a statement (a request timeout) has its rollback
+/// bounded the same way, and a health ping that gets no answer closes its connection. In each
+/// case the connection is closed rather than pooled, so the pool's one slot is free again and
+/// the next transaction, on a fresh connection, works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_partition_under_an_application_transaction_frees_its_slot() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let relay = tenancy_tests::relay::Relay::start(env.options().get_port()).await;
+    let bound = Duration::from_secs(1);
+    let config = tenancy_db::DbConfig::from_options(
+        env.options()
+            .username(env.runtime.as_str())
+            .host("127.0.0.1")
+            .port(relay.port()),
+    )
+    .with_environment(tenancy_db::Environment::Test)
+    .with_max_connections(1)
+    .with_acquire_timeout(bound)
+    .with_health_interval(Duration::from_secs(3600), Duration::from_secs(2));
+    let pool = TenantPool::connect(config).await.unwrap();
+    let acme = tenant("acme");
+    let works = async || {
+        let mut tx = tokio::time::timeout(Duration::from_secs(10), pool.begin(&acme))
+            .await
+            .expect("begin hung")
+            .expect("begin on a fresh connection");
+        sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        // The pool's own ping of the released connection has no bound: let it finish
+        // before the next cut.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    works().await;
+
+    // A BEGIN on an idle connection whose peer is gone: closed at the bound, and the BEGIN
+    // retried on a fresh connection.
+    relay.cut_silently();
+    let started = std::time::Instant::now();
+    let begun = tokio::time::timeout(Duration::from_secs(10), pool.begin(&acme))
+        .await
+        .expect("a BEGIN without an answer was not bounded");
+    let waited = started.elapsed();
+    assert!(waited >= bound && waited < bound * 3, "{waited:?}");
+    let mut tx = begun.expect("the BEGIN retried on a fresh connection");
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A statement cut off by a request timeout, then its transaction dropped.
+    let mut tx = pool.begin(&acme).await.unwrap();
+    relay.cut_silently();
+    let statement = sqlx::query("SELECT 1").execute(&mut *tx);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), statement)
+            .await
+            .is_err(),
+        "a statement on a cut connection answered"
+    );
+    drop(tx);
+    tokio::time::sleep(bound * 2).await;
+    works().await;
+
+    // A health ping on an idle connection whose peer is gone.
+    relay.cut_silently();
+    let health = pool.health().ping_now(Duration::from_millis(300)).await;
+    assert_ne!(health.status, tenancy_core::HealthStatus::Up);
+    works().await;
+    pool.close().await;
+}

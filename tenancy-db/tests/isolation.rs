@@ -659,3 +659,84 @@ async fn both_begin_forms_scope_the_tenant_to_the_transaction() {
         pool.close().await;
     }
 }
+
+/// What outlives a transaction on a pooled connection besides settings: a cursor declared
+/// `WITH HOLD` and a temporary table, both filled with one tenant's rows. The next transaction
+/// on that connection, of another tenant or of none, finds neither, in both begin forms, also
+/// after a rollback brought the dropped temporary table back. Inside the transaction that
+/// makes it, a temporary table works as usual.
+#[tokio::test]
+async fn held_cursors_and_temporary_tables_never_reach_the_next_tenant() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    for mode in [BeginMode::OneMessage, BeginMode::TwoRoundTrips] {
+        let pool = TenantPool::connect(
+            env.runtime_config()
+                .with_max_connections(1)
+                .with_begin_mode(mode),
+        )
+        .await
+        .unwrap();
+        let (a, b) = (tenant("acme"), tenant("globex"));
+        if mode == BeginMode::OneMessage {
+            seed(&pool, &[&a, &b], 2).await;
+        }
+        let made: Vec<String> = pool
+            .scope(&a, async |tx| {
+                sqlx::raw_sql(
+                    "CREATE TEMP TABLE export_rows AS SELECT tenant_id, title FROM records;
+                     DECLARE export CURSOR WITH HOLD FOR SELECT tenant_id, title FROM records",
+                )
+                .execute(&mut **tx)
+                .await?;
+                let seen = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM export_rows")
+                    .fetch_all(&mut **tx)
+                    .await?;
+                Ok::<_, tenancy_db::Error>(seen)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            made,
+            ["acme"],
+            "{mode:?}: a temporary table inside its transaction"
+        );
+
+        // Each read in its own transaction: the failed one rolls back, which brings the
+        // temporary table dropped at its start back for the next.
+        for round in 0..2 {
+            let mut tx = pool.begin(&b).await.unwrap();
+            let e = sqlx::query("SELECT * FROM export_rows")
+                .fetch_all(&mut *tx)
+                .await
+                .expect_err("another tenant read the temporary table");
+            assert_eq!(
+                sqlstate(&e).as_deref(),
+                Some("42P01"),
+                "{mode:?} {round}: {e}"
+            );
+            drop(tx);
+            let mut tx = pool.begin(&b).await.unwrap();
+            let e = sqlx::query("FETCH ALL FROM export")
+                .fetch_all(&mut *tx)
+                .await
+                .expect_err("another tenant read the held cursor");
+            assert_eq!(
+                sqlstate(&e).as_deref(),
+                Some("34000"),
+                "{mode:?} {round}: {e}"
+            );
+            drop(tx);
+        }
+        let mut tx = pool.begin_unscoped().await.unwrap();
+        let e = sqlx::query("SELECT * FROM export_rows")
+            .fetch_all(&mut *tx)
+            .await
+            .expect_err("an unscoped transaction read the temporary table");
+        assert_eq!(sqlstate(&e).as_deref(), Some("42P01"), "{mode:?}: {e}");
+        drop(tx);
+        assert_eq!(pool.metrics().max, 1);
+        pool.close().await;
+    }
+}
