@@ -298,6 +298,20 @@ async fn connect_attempts_that_never_get_an_answer_time_out() {
     assert!(err.is_retryable());
 }
 
+/// A one-connection pool's configuration, as the runtime role, through `relay` (which can
+/// cut its connections silently), with the background health ping out of the way.
+fn through_relay(env: &TestEnv, relay: &tenancy_tests::relay::Relay) -> tenancy_db::DbConfig {
+    tenancy_db::DbConfig::from_options(
+        env.options()
+            .username(env.runtime.as_str())
+            .host("127.0.0.1")
+            .port(relay.port()),
+    )
+    .with_environment(tenancy_db::Environment::Test)
+    .with_max_connections(1)
+    .with_health_interval(Duration::from_secs(3600), Duration::from_secs(2))
+}
+
 /// A connection whose peer vanishes without a reset (a network partition, a failover that
 /// left the socket half open): a store's operation fails with a timeout at the store timeout
 /// instead of waiting for the kernel to give up, and its connection is closed rather than
@@ -309,17 +323,9 @@ async fn a_silent_partition_times_out_and_the_pool_recovers() {
         return;
     };
     let relay = tenancy_tests::relay::Relay::start(env.options().get_port()).await;
-    let config = tenancy_db::DbConfig::from_options(
-        env.options()
-            .username(env.runtime.as_str())
-            .host("127.0.0.1")
-            .port(relay.port()),
-    )
-    .with_environment(tenancy_db::Environment::Test)
-    .with_max_connections(1)
-    .with_acquire_timeout(Duration::from_secs(10))
-    .with_health_interval(Duration::from_secs(3600), Duration::from_secs(2))
-    .with_store_timeout(Duration::from_millis(500));
+    let config = through_relay(&env, &relay)
+        .with_acquire_timeout(Duration::from_secs(10))
+        .with_store_timeout(Duration::from_millis(500));
     let pool = TenantPool::connect(config).await.unwrap();
     let store = tenancy_db::PgSessionStore::new(pool);
     let acme = tenant("acme");
@@ -471,16 +477,7 @@ async fn a_silent_partition_under_an_application_transaction_frees_its_slot() {
     };
     let relay = tenancy_tests::relay::Relay::start(env.options().get_port()).await;
     let bound = Duration::from_secs(1);
-    let config = tenancy_db::DbConfig::from_options(
-        env.options()
-            .username(env.runtime.as_str())
-            .host("127.0.0.1")
-            .port(relay.port()),
-    )
-    .with_environment(tenancy_db::Environment::Test)
-    .with_max_connections(1)
-    .with_acquire_timeout(bound)
-    .with_health_interval(Duration::from_secs(3600), Duration::from_secs(2));
+    let config = through_relay(&env, &relay).with_acquire_timeout(bound);
     let pool = TenantPool::connect(config).await.unwrap();
     let acme = tenant("acme");
     let works = async || {

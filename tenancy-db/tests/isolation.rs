@@ -628,19 +628,24 @@ async fn runtime_role_cannot_escape_row_level_security() {
     pool.close().await;
 }
 
+/// A pool of one connection as the runtime role, opening transactions in `mode`.
+async fn one_connection(env: &TestEnv, mode: BeginMode) -> TenantPool {
+    TenantPool::connect(
+        env.runtime_config()
+            .with_max_connections(1)
+            .with_begin_mode(mode),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn both_begin_forms_scope_the_tenant_to_the_transaction() {
     let Some(env) = TestEnv::new().await else {
         return;
     };
     for mode in [BeginMode::OneMessage, BeginMode::TwoRoundTrips] {
-        let pool = TenantPool::connect(
-            env.runtime_config()
-                .with_max_connections(1)
-                .with_begin_mode(mode),
-        )
-        .await
-        .unwrap();
+        let pool = one_connection(&env, mode).await;
         let t = tenant("acme");
         let mut tx = pool.begin(&t).await.unwrap();
         let (setting, local): (String, String) =
@@ -671,13 +676,7 @@ async fn held_cursors_and_temporary_tables_never_reach_the_next_tenant() {
         return;
     };
     for mode in [BeginMode::OneMessage, BeginMode::TwoRoundTrips] {
-        let pool = TenantPool::connect(
-            env.runtime_config()
-                .with_max_connections(1)
-                .with_begin_mode(mode),
-        )
-        .await
-        .unwrap();
+        let pool = one_connection(&env, mode).await;
         let (a, b) = (tenant("acme"), tenant("globex"));
         if mode == BeginMode::OneMessage {
             seed(&pool, &[&a, &b], 2).await;
