@@ -219,15 +219,18 @@ impl fmt::Display for Finding {
             ),
             Self::RlsDisabled { table } => write!(
                 f,
-                "tenant table {table} does not have row-level security enabled; run tenancy.protect_table('{table}')"
+                "tenant table {table} does not have row-level security enabled; run tenancy.protect_table({})",
+                literal(table)
             ),
             Self::RlsNotForced { table } => write!(
                 f,
-                "tenant table {table} does not FORCE row-level security; run tenancy.protect_table('{table}')"
+                "tenant table {table} does not FORCE row-level security; run tenancy.protect_table({})",
+                literal(table)
             ),
             Self::PolicyMissing { table } => write!(
                 f,
-                "tenant table {table} lacks the RESTRICTIVE policy tenant_id = (SELECT tenancy.current_tenant_id()) for all commands; run tenancy.protect_table('{table}')"
+                "tenant table {table} lacks the RESTRICTIVE policy tenant_id = (SELECT tenancy.current_tenant_id()) for all commands; run tenancy.protect_table({})",
+                literal(table)
             ),
             Self::UnfilteredPrivilege {
                 role,
@@ -239,7 +242,7 @@ impl fmt::Display for Finding {
             ),
             Self::UniqueWithoutTenant { table, index } => write!(
                 f,
-                "unique or exclusion index {index} on tenant table {table} omits tenant_id; make tenant_id part of the key"
+                "unique or exclusion index {index} on tenant table {table} omits tenant_id (or, for an exclusion constraint, does not compare it with =); make tenant_id part of the key"
             ),
             Self::ForeignKeyWithoutTenant {
                 table,
@@ -259,15 +262,17 @@ impl fmt::Display for Finding {
             ),
             Self::CreateRole { role } => write!(
                 f,
-                "role {role:?} has CREATEROLE and could grant itself a table owner's or a BYPASSRLS role; ALTER ROLE {role} NOCREATEROLE"
+                "role {role:?} has CREATEROLE and could grant itself a table owner's or a BYPASSRLS role; ALTER ROLE {} NOCREATEROLE",
+                ident(role)
             ),
             Self::DefaultTenant { role, source } => write!(
                 f,
-                "role {role:?} starts with app.tenant_id set ({source}), so queries outside a tenant transaction see that tenant's rows; remove the default (RESET app.tenant_id)"
+                "role {role:?} starts with app.tenant_id set ({source}), so queries outside a tenant transaction see that tenant's rows; remove the default (RESET app.tenant_id, spelled as pg_db_role_setting holds it: a RESET spelled otherwise leaves it)"
             ),
             Self::Replication { role } => write!(
                 f,
-                "role {role:?} has REPLICATION and could stream every tenant's rows from the write-ahead log; ALTER ROLE {role} NOREPLICATION"
+                "role {role:?} has REPLICATION and could stream every tenant's rows from the write-ahead log; ALTER ROLE {} NOREPLICATION",
+                ident(role)
             ),
             Self::MemberOfServerFileRole { role, builtin } => write!(
                 f,
@@ -291,6 +296,17 @@ impl fmt::Display for Finding {
             ),
         }
     }
+}
+
+/// `s` as an SQL string literal, for the commands a finding suggests: a table name read from
+/// the catalog may hold a quote, and pasting the suggestion must run nothing else.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `s` as a quoted SQL identifier, for the same reason.
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// The outcome of [`audit_catalog`]: the audited role and every finding.
@@ -376,7 +392,8 @@ async fn default_tenant(
                   ELSE 'ALTER ROLE … IN DATABASE … SET'
                 END
          FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)
-         WHERE c.setting LIKE 'app.tenant\\_id=%'
+         -- Setting names are case-insensitive: `App.Tenant_Id` is the same setting.
+         WHERE lower(split_part(c.setting, '=', 1)) = 'app.tenant_id'
            AND (s.setrole = 0 OR s.setrole = (SELECT oid FROM pg_roles WHERE rolname = $1))
            AND (s.setdatabase = 0
                 OR s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database()))
@@ -641,8 +658,16 @@ pub async fn audit_catalog(
          JOIN pg_index i ON i.indrelid = tt.oid
          JOIN pg_class ic ON ic.oid = i.indexrelid
          JOIN pg_namespace n ON n.oid = ic.relnamespace
-         WHERE (i.indisunique OR i.indisexclusion)
-           AND NOT (tt.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
+         WHERE (i.indisunique AND NOT (tt.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])))
+            -- An exclusion constraint keeps tenants apart only when it compares tenant_id
+            -- with `=`: `tenant_id WITH <>` makes one tenant's rows exclude another's.
+            OR (i.indisexclusion AND NOT EXISTS (
+                SELECT 1
+                FROM pg_constraint x
+                CROSS JOIN LATERAL unnest(x.conkey, x.conexclop) AS k(col, op)
+                JOIN pg_operator o ON o.oid = k.op
+                WHERE x.conindid = i.indexrelid AND x.contype = 'x'
+                  AND k.col = tt.attnum AND o.oprname = '='))
          ORDER BY 1, 2"
     )))
     .fetch_all(&mut *conn)

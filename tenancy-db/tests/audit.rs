@@ -208,6 +208,25 @@ async fn a_default_tenant_or_createrole_is_refused_at_start_up() {
     )
     .await;
 
+    // Setting names are case-insensitive: the catalog keeps the spelling it was given (by a
+    // session that has not met the setting yet), and the audit of another connection (a
+    // deployment step) must still see it.
+    exec(
+        &mut env.admin().await,
+        &format!("ALTER ROLE \"{role}\" SET \"App.Tenant_Id\" = 'acme'"),
+    )
+    .await;
+    let report = audit_catalog(&mut admin, Some(&role)).await.unwrap();
+    assert_eq!(
+        report.findings(),
+        &[Finding::DefaultTenant {
+            role: role.to_string(),
+            source: "ALTER ROLE … SET".into()
+        }]
+    );
+    // RESET of another spelling would leave it; RESET ALL does not.
+    exec(&mut admin, &format!("ALTER ROLE \"{role}\" RESET ALL")).await;
+
     exec(&mut admin, &format!("ALTER ROLE \"{role}\" CREATEROLE")).await;
     let err = TenantPool::connect(env.config_as(role.as_str()))
         .await
@@ -231,6 +250,12 @@ async fn each_finding_comes_from_a_seeded_defect() {
         return;
     };
     let mut owner = env.connect_as(&env.owner).await;
+    // For exclusion constraints over text with GiST.
+    exec(
+        &mut env.admin().await,
+        "CREATE EXTENSION IF NOT EXISTS btree_gist",
+    )
+    .await;
     assert_eq!(findings(&env).await, vec![], "clean to begin with");
     let records = || "public.records".to_owned();
 
@@ -337,6 +362,21 @@ async fn each_finding_comes_from_a_seeded_defect() {
         ),
         (
             "ALTER TABLE records ADD CONSTRAINT records_title_excl EXCLUDE USING btree (tenant_id WITH =, title WITH =)".into(),
+            vec![],
+            "ALTER TABLE records DROP CONSTRAINT records_title_excl".into(),
+        ),
+        (
+            // tenant_id in the key, but compared with <>: one tenant's title refuses the
+            // same title in every other tenant, which tells each whether the others use it.
+            "ALTER TABLE records ADD CONSTRAINT records_title_excl EXCLUDE USING gist (tenant_id WITH <>, title WITH =)".into(),
+            vec![Finding::UniqueWithoutTenant {
+                table: records(),
+                index: "public.records_title_excl".into(),
+            }],
+            "ALTER TABLE records DROP CONSTRAINT records_title_excl".into(),
+        ),
+        (
+            "ALTER TABLE records ADD CONSTRAINT records_title_excl EXCLUDE USING gist (tenant_id WITH =, title WITH =)".into(),
             vec![],
             "ALTER TABLE records DROP CONSTRAINT records_title_excl".into(),
         ),
@@ -603,4 +643,24 @@ async fn replication_and_server_file_roles_are_refused() {
     );
     exec(&mut admin, "DROP FUNCTION public.peek_all()").await;
     assert_eq!(findings(&env).await, vec![]);
+}
+
+/// The commands a finding suggests are safe to paste: a table or role name read from the
+/// catalog is quoted, so a name holding a quote runs nothing else.
+#[test]
+fn suggested_commands_quote_the_names_they_hold() {
+    let table = "public.\"x');DROP TABLE records;--\"".to_owned();
+    let text = Finding::RlsDisabled { table }.to_string();
+    assert!(
+        text.ends_with("run tenancy.protect_table('public.\"x'');DROP TABLE records;--\"')"),
+        "{text}"
+    );
+    let text = Finding::CreateRole {
+        role: "app\" SUPERUSER --".into(),
+    }
+    .to_string();
+    assert!(
+        text.ends_with("ALTER ROLE \"app\"\" SUPERUSER --\" NOCREATEROLE"),
+        "{text}"
+    );
 }
