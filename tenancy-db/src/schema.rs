@@ -5,8 +5,9 @@
 //! runtime role. The migrations create schema `tenancy` with
 //!
 //! - `tenancy.current_tenant_id()`: the tenant of the current transaction, raising SQLSTATE
-//!   `42501` when none is set (so a forgotten context is an error, never an empty or a full
-//!   result);
+//!   `42501` when none is set (so a forgotten context is an error, never another tenant's
+//!   rows; the policy calls it once a row is read, so a query on a table with no rows at all
+//!   answers empty rather than the error);
 //! - `tenancy.protect_table(regclass)`: `ENABLE` + `FORCE ROW LEVEL SECURITY`, a RESTRICTIVE
 //!   policy `tenancy_isolation` on `tenant_id = (SELECT tenancy.current_tenant_id())` (plus a
 //!   PERMISSIVE `tenancy_access` with the same condition, since PostgreSQL shows no rows when
