@@ -308,6 +308,16 @@ mod tests {
         );
         m.insert("jti".into(), "j".repeat(crate::MAX_JTI_BYTES + 1).into());
         assert_eq!(decode(&m).unwrap_err(), TokenRejection::InvalidClaim("jti"));
+        for bad in ["", "t1\nrevoked", "t1\u{0}", "t1\u{85}"] {
+            m.insert("jti".into(), bad.into());
+            assert_eq!(
+                decode(&m).unwrap_err(),
+                TokenRejection::InvalidClaim("jti"),
+                "{bad:?}"
+            );
+        }
+        m.insert("jti".into(), "ünïcode-ok".into());
+        assert!(decode(&m).is_ok());
     }
 
     #[test]

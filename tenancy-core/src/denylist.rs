@@ -50,18 +50,26 @@ pub trait Denylist: Send + Sync + fmt::Debug + 'static {
     /// passes exactly that.
     ///
     /// # Errors
-    /// `Invalid` for a `jti` longer than [`MAX_JTI_BYTES`]; `Unavailable` when the backend
-    /// cannot be reached.
+    /// `Invalid` for a `jti` [`check_jti`] refuses; `Unavailable` when the backend cannot be
+    /// reached.
     async fn revoke(&self, tenant: &TenantId, jti: &str, expires_at: i64) -> Result<()>;
 }
 
 /// Refuses a `jti` no backend stores (the same check in every backend).
 ///
 /// # Errors
-/// `Invalid` when `jti` is longer than [`MAX_JTI_BYTES`].
+/// `Invalid` when `jti` is empty, longer than [`MAX_JTI_BYTES`], or holds a control character.
 pub fn check_jti(jti: &str) -> Result<()> {
     if jti.len() > MAX_JTI_BYTES {
         return Err(crate::ParseError::new("jti", "longer than 1024 bytes").into());
+    }
+    // Empty, every such token would share one revocation; a control character would reach
+    // the logs and audit records that name a revoked token.
+    if jti.is_empty() {
+        return Err(crate::ParseError::new("jti", "must not be empty").into());
+    }
+    if jti.chars().any(char::is_control) {
+        return Err(crate::ParseError::new("jti", "must not contain control characters").into());
     }
     Ok(())
 }
