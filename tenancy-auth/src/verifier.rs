@@ -11,7 +11,7 @@
 //! | no key for the token (see below) | `UnknownKey` |
 //! | the key found is bound to another algorithm than the header's | `AlgorithmNotAllowed` |
 //! | signature does not verify (stripped, flipped byte, wrong key) | `BadSignature` |
-//! | claims not a JSON object or with duplicate members; a required claim missing or mistyped; a date past year 9999 | `Malformed`, `MissingClaim`, `InvalidClaim` |
+//! | claims not a JSON object or with duplicate members; a required claim missing or mistyped; a date past year 9999; a `jti` that is empty, over 1024 bytes or holds a control character | `Malformed`, `MissingClaim`, `InvalidClaim` |
 //! | `exp` passed, `nbf` or `iat` in the future (each beyond the leeway) | `Expired`, `NotYetValid` |
 //! | `iss` not the issuer whose keys verified it, or that issuer not trusted for the token's tenant | `WrongIssuer` |
 //! | `aud` without any of the configured audiences | `WrongAudience` |
