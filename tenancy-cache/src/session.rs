@@ -265,7 +265,8 @@ return fields(KEYS[2])
 });
 
 // KEYS: index, then sessions (at most REVOKE_BATCH). ARGV: now, then the sessions' ids.
-// Returns how many were live.
+// Returns how many were live. A session whose state cannot be read is deleted all the same,
+// uncounted: one corrupt session must not keep the user's other sessions alive.
 static REVOKE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         "session_revoke",
@@ -273,7 +274,8 @@ static REVOKE: LazyLock<Lua> = LazyLock::new(|| {
 index_ready(KEYS[1], nh, nl)
 local n = 0
 for i = 2, #KEYS do
-  if is_live(KEYS[i], nh, nl) then n = n + 1 end
+  local readable, live = pcall(is_live, KEYS[i], nh, nl)
+  if readable and live then n = n + 1 end
   redis.call('DEL', KEYS[i])
   redis.call('ZREM', KEYS[1], ARGV[i])
 end
@@ -693,14 +695,32 @@ impl RedisSessionStore {
             let mut keys = vec![index.clone()];
             let (_, now, _) = self.now();
             let mut args = vec![now];
+            let mut unreadable = Vec::new();
             for raw in &ids {
-                let id = SessionId::parse(raw).map_err(|e| Error::Corrupt(Box::new(e)))?;
-                keys.push(self.keys.session(tenant, &id));
-                args.push(raw.as_bytes().to_vec());
+                match SessionId::parse(raw) {
+                    Ok(id) => {
+                        keys.push(self.keys.session(tenant, &id));
+                        args.push(raw.as_bytes().to_vec());
+                    }
+                    // Not an id this store writes, so no session key carries it: dropped from
+                    // the index, so that it cannot hold up the revocation of the others.
+                    Err(_) => unreadable.push(raw.as_str()),
+                }
             }
-            match self.pool.eval(&REVOKE, &keys, &args).await? {
-                Value::Int(n) => total += u64::try_from(n).unwrap_or(0),
-                _ => return Err(Error::corrupt("session: unexpected reply")),
+            if !unreadable.is_empty() {
+                tracing::warn!(
+                    count = unreadable.len(),
+                    "revoke_user: dropping unreadable ids from a session index"
+                );
+                self.pool
+                    .query::<()>(redis::cmd("ZREM").arg(&index).arg(&unreadable))
+                    .await?;
+            }
+            if keys.len() > 1 {
+                match self.pool.eval(&REVOKE, &keys, &args).await? {
+                    Value::Int(n) => total += u64::try_from(n).unwrap_or(0),
+                    _ => return Err(Error::corrupt("session: unexpected reply")),
+                }
             }
         }
         if self.index_ids(&index, Some(1)).await?.is_empty() {

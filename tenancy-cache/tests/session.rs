@@ -428,6 +428,61 @@ async fn a_session_whose_header_is_unusable_can_still_be_deleted() {
     }
 }
 
+/// "Log out everywhere" ends every session of the user even when one of them cannot be read
+/// (a corrupt field) or the index holds an id this store never writes: before, the corrupt
+/// session came back first on every retry and kept the others live.
+#[tokio::test]
+async fn revoking_a_user_gets_past_unreadable_sessions() {
+    let Some((pool, ks)) = common::single().await else {
+        return;
+    };
+    let (store, _clock) = store(pool.clone(), ks.clone());
+    let fx = Fixture::new();
+    let t = fx.tenant("corruptrevoke");
+    let alice = fx.user("alice");
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(
+            store
+                .create(NewSession::new(t.clone(), alice.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    // The oldest, which the index lists first: an unreadable idle timeout.
+    let _: () = pool
+        .query(
+            redis::cmd("HSET")
+                .arg(ks.session(&t, &sessions[0].id))
+                .arg("i")
+                .arg(""),
+        )
+        .await
+        .unwrap();
+    let index = ks.session_index(&t, &alice);
+    let _: () = pool
+        .query(
+            redis::cmd("ZADD")
+                .arg(&index)
+                .arg(i64::MAX / 4)
+                .arg("not-a-session-id"),
+        )
+        .await
+        .unwrap();
+
+    let ended = store.revoke_user(&t, &alice).await.expect("revoke_user");
+    assert_eq!(ended, 2, "the two readable live sessions are counted");
+    for s in &sessions {
+        assert!(store.load(&t, &s.id).await.unwrap().is_none());
+        let exists: i64 = pool
+            .query(redis::cmd("EXISTS").arg(ks.session(&t, &s.id)))
+            .await
+            .unwrap();
+        assert_eq!(exists, 0, "session {} still stored", s.id);
+    }
+    assert_eq!(index_len(&pool, &index).await, 0);
+}
+
 #[tokio::test]
 async fn a_redis_that_may_evict_session_keys_is_refused_at_start_up() {
     let Some(server) = common::DedicatedRedis::start().await else {
