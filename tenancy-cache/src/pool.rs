@@ -32,6 +32,10 @@
 //! whose server answers `READONLY` or `MASTERDOWN`: after a fail-over the old primary is a
 //! replica, and only a new connection (to an address that now resolves to the new primary)
 //! can write again; keeping the old one would fail every write while `PING` still answers.
+//! On a Cluster a timeout does not replace the handle: it comes from one node, the handle
+//! (which reconnects its nodes itself) keeps serving the others, and a new handle would wait
+//! on the silent node too. The rate limiter's circuit breaker is still one for the whole
+//! Cluster: a node that keeps failing opens it for every tenant.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -432,8 +436,15 @@ impl fmt::Debug for RedisPool {
 /// fail-over; `MASTERDOWN`: a replica that lost its primary). For these two the socket still
 /// works, so nothing else would ever replace it: every write would fail until the pool's
 /// maximum lifetime ends it, while `PING` (the health check) keeps answering.
-fn breaks_connection(e: &RedisError) -> bool {
+///
+/// On a Cluster handle a timeout is not one of them: it comes from the one node that did not
+/// answer, the handle keeps working for the others, and a replacement handle would first wait
+/// on that node too, so that one frozen node would take every tenant down with it.
+fn breaks_connection(e: &RedisError, cluster: bool) -> bool {
     use redis::{ErrorKind as K, ServerErrorKind as S};
+    if cluster && e.is_timeout() {
+        return false;
+    }
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_timeout()
@@ -640,7 +651,7 @@ impl RedisPool {
         let replies = match &mut conn.inner {
             ConnInner::Single(c) => match cmd.query_async::<Value>(c).await {
                 Ok(v) => Ok(vec![("server".to_owned(), Ok(v))]),
-                Err(e) if e.code().is_some() && !breaks_connection(&e) => {
+                Err(e) if e.code().is_some() && !breaks_connection(&e, false) => {
                     Ok(vec![("server".to_owned(), Err(e))])
                 }
                 Err(e) => Err(e),
@@ -764,7 +775,7 @@ pub(crate) type NodeReplies = Vec<(String, std::result::Result<Value, RedisError
 
 /// Marks the connection broken when the error means it is gone, and wraps the error.
 fn failed(conn: &Conn, e: RedisError) -> Error {
-    if breaks_connection(&e) {
+    if breaks_connection(&e, matches!(conn.inner, ConnInner::Cluster(_))) {
         conn.broken.store(true, Ordering::Relaxed);
     }
     Error::Redis(e)
@@ -850,15 +861,28 @@ mod tests {
         use redis::{ErrorKind as K, ServerErrorKind as S};
         for kind in [S::ReadOnly, S::MasterDown] {
             let e = RedisError::from((K::Server(kind), "reply"));
-            assert!(breaks_connection(&e), "{e}");
+            assert!(breaks_connection(&e, false), "{e}");
+            assert!(breaks_connection(&e, true), "{e}");
         }
         for kind in [S::NoScript, S::NoPerm, S::ResponseError, S::BusyLoading] {
             let e = RedisError::from((K::Server(kind), "reply"));
             assert!(
-                !breaks_connection(&e),
+                !breaks_connection(&e, false) && !breaks_connection(&e, true),
                 "an error reply keeps the connection: {e}"
             );
         }
+    }
+
+    /// A timeout replaces a one-node connection (its one peer may be gone) but not a Cluster
+    /// handle, whose other nodes still answer; a dropped connection replaces either.
+    #[test]
+    fn a_timeout_replaces_a_node_connection_but_not_a_cluster_handle() {
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(timeout.is_timeout());
+        assert!(breaks_connection(&timeout, false));
+        assert!(!breaks_connection(&timeout, true));
+        let dropped = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(breaks_connection(&dropped, false) && breaks_connection(&dropped, true));
     }
 
     #[cfg(feature = "session")]
