@@ -165,6 +165,31 @@ impl CheckpointSigner {
         self.key.to_bytes()
     }
 
+    /// A signer from its seed as 64 hex digits ([`CheckpointSigner::seed_hex`]).
+    ///
+    /// ```
+    /// use tenancy_audit::checkpoint::CheckpointSigner;
+    /// let signer = CheckpointSigner::generate("ops-1")?;
+    /// let again = CheckpointSigner::from_seed_hex("ops-1", &signer.seed_hex())?;
+    /// assert_eq!(again.verifying_key(), signer.verifying_key());
+    /// assert!(CheckpointSigner::from_seed_hex("ops-1", "abcd").is_err());
+    /// # Ok::<(), tenancy_audit::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::BadCheckpoint`] when the text is not 32 bytes in hex.
+    pub fn from_seed_hex(key_id: impl Into<String>, hex: &str) -> Result<Self> {
+        let seed: [u8; 32] = crate::hex::decode(hex.trim())
+            .and_then(|b| b.try_into().ok())
+            .ok_or(Error::BadCheckpoint("a signing key seed is 64 hex digits"))?;
+        Ok(Self::from_seed(key_id, seed))
+    }
+
+    /// The seed as 64 lowercase hex digits, to store the key in a file.
+    pub fn seed_hex(&self) -> String {
+        crate::hex::encode(&self.seed())
+    }
+
     /// The key id.
     pub fn key_id(&self) -> &str {
         &self.key_id

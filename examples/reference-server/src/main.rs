@@ -16,6 +16,10 @@ commands:
                                          mint an access token with the configured key
   audit verify --tenant T [--file PATH] [--checkpoint FILE --checkpoint-key HEX]
                                          verify a tenant's audit chain (database, else the JSONL file)
+  audit checkpoint --tenant T --key-file KEY --out FILE [--file PATH]
+                                         verify the chain (against FILE's checkpoint when there is
+                                         one), then sign its head into FILE; KEY holds the signing
+                                         seed, made on first use: keep both away from the log
   db check                               run the catalog audit (needs TENANCY_DATABASE_URL)
   migrate                                run the migrations (needs TENANCY_DATABASE_URL)
   help                                   this text
@@ -58,6 +62,9 @@ async fn main() -> ExitCode {
         [] | ["serve"] => serve().await,
         ["token", rest @ ..] => token(&args[args.len() - rest.len()..]),
         ["audit", "verify", rest @ ..] => audit_verify(&args[args.len() - rest.len()..]).await,
+        ["audit", "checkpoint", rest @ ..] => {
+            audit_checkpoint(&args[args.len() - rest.len()..]).await
+        }
         ["db", "check"] => db_check().await,
         ["migrate"] => migrate().await,
         ["help" | "--help" | "-h"] => {
@@ -187,7 +194,6 @@ async fn audit_verify(args: &[String]) -> Result<ExitCode, String> {
     let f = flags(args, &["tenant", "file", "checkpoint", "checkpoint-key"])?;
     let tenant = flag(&f, "tenant").ok_or(format!("audit verify needs --tenant\n\n{USAGE}"))?;
     let tenant = tenancy_core::TenantId::parse(tenant).map_err(|e| e.to_string())?;
-    let config = Config::from_env().map_err(|e| e.to_string())?;
     let mut trusted = Vec::new();
     match (flag(&f, "checkpoint"), flag(&f, "checkpoint-key")) {
         (Some(path), Some(hex)) => {
@@ -201,7 +207,35 @@ async fn audit_verify(args: &[String]) -> Result<ExitCode, String> {
         (None, None) => {}
         _ => return Err("--checkpoint and --checkpoint-key go together".into()),
     }
-    let backend = match (&config.database_url, flag(&f, "file")) {
+    let v = verify_chain(flag(&f, "file"), &tenant, &trusted).await?;
+    println!("{}", summary(&v, &trusted));
+    Ok(if v.is_valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The verification summary, and whether a signed checkpoint anchored it: without one, a cut
+/// tail or a history rewritten from its start verifies (only the chain's inner links are
+/// checked).
+fn summary(
+    v: &tenancy_audit::verify::Verification,
+    trusted: &[tenancy_audit::checkpoint::TrustedCheckpoint],
+) -> serde_json::Value {
+    let mut s = v.summary();
+    s["anchored"] = serde_json::Value::Bool(!trusted.is_empty());
+    s
+}
+
+/// Verifies `tenant`'s chain in the configured store (the JSONL file at `file` when given).
+async fn verify_chain(
+    file: Option<&str>,
+    tenant: &tenancy_core::TenantId,
+    trusted: &[tenancy_audit::checkpoint::TrustedCheckpoint],
+) -> Result<tenancy_audit::verify::Verification, String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let backend = match (&config.database_url, file) {
         (_, Some(file)) => AuditBackend::File(file.into()),
         (Some(url), None) => {
             let owner = config.database_owner_url.as_deref().unwrap_or(url);
@@ -223,17 +257,94 @@ async fn audit_verify(args: &[String]) -> Result<ExitCode, String> {
                 .open()
                 .await
                 .map_err(|e| e.to_string())?;
-            tenancy_audit::verify::verify(&store, &tenant, &trusted).await
+            tenancy_audit::verify::verify(&store, tenant, trusted).await
         }
-        AuditBackend::Postgres(pg) => tenancy_audit::verify::verify(pg, &tenant, &trusted).await,
+        AuditBackend::Postgres(pg) => tenancy_audit::verify::verify(pg, tenant, trusted).await,
     };
-    let v = result.map_err(|e| e.to_string())?;
-    println!("{}", v.summary());
-    Ok(if v.is_valid() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    result.map_err(|e| e.to_string())
+}
+
+/// The key id of the checkpoints `audit checkpoint` signs.
+const CHECKPOINT_KEY_ID: &str = "tenancy-server";
+
+/// `audit checkpoint`: verifies the chain (against the previous checkpoint in `--out`, when
+/// there is one, so that a tail cut or a history rewritten since then is caught), then signs
+/// its head into `--out`. Run it periodically (cron) and keep the key and the checkpoint
+/// somewhere the log's writers cannot reach: the checkpoint is what makes a cut tail
+/// detectable.
+async fn audit_checkpoint(args: &[String]) -> Result<ExitCode, String> {
+    use tenancy_audit::checkpoint::{Checkpoint, CheckpointSigner, verifying_key_to_hex};
+    let f = flags(args, &["tenant", "file", "key-file", "out"])?;
+    let need =
+        |name: &str| flag(&f, name).ok_or(format!("audit checkpoint needs --{name}\n\n{USAGE}"));
+    let tenant = tenancy_core::TenantId::parse(need("tenant")?).map_err(|e| e.to_string())?;
+    let (key_file, out) = (need("key-file")?, need("out")?);
+    let signer = match std::fs::read_to_string(key_file) {
+        Ok(text) => CheckpointSigner::from_seed_hex(CHECKPOINT_KEY_ID, &text)
+            .map_err(|e| format!("--key-file {key_file}: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let signer =
+                CheckpointSigner::generate(CHECKPOINT_KEY_ID).map_err(|e| e.to_string())?;
+            write_private(key_file, &signer.seed_hex())
+                .map_err(|e| format!("--key-file {key_file}: {e}"))?;
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("tenancy-server: made a new checkpoint key in {key_file}");
+            }
+            signer
+        }
+        Err(e) => return Err(format!("--key-file {key_file}: {e}")),
+    };
+    let mut trusted = Vec::new();
+    match std::fs::read_to_string(out) {
+        Ok(text) => {
+            let previous: Checkpoint =
+                serde_json::from_str(&text).map_err(|e| format!("--out {out}: {e}"))?;
+            trusted.push(
+                previous
+                    .verify(&signer.verifying_key())
+                    .map_err(|e| format!("--out {out}: {e}"))?,
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("--out {out}: {e}")),
+    }
+    let v = verify_chain(flag(&f, "file"), &tenant, &trusted).await?;
+    if !v.is_valid() {
+        println!("{}", summary(&v, &trusted));
+        return Err("the chain does not verify: no checkpoint written".into());
+    }
+    let head = v
+        .head
+        .ok_or(format!("tenant {tenant} has no audit events to sign"))?;
+    let cp = signer.sign(&tenant, head, time::OffsetDateTime::now_utc());
+    let text = serde_json::to_string(&cp).map_err(|e| e.to_string())?;
+    write_private(out, &text).map_err(|e| format!("--out {out}: {e}"))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "tenant": tenant.as_str(),
+            "seq": head.seq,
+            "key": verifying_key_to_hex(&signer.verifying_key()),
+            "out": out,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to `path` whole (a temporary file renamed over it), readable by the owner
+/// only.
+fn write_private(path: &str, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = format!("{path}.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn database_urls(config: &Config) -> Result<(String, String), String> {

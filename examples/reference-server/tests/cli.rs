@@ -167,3 +167,90 @@ async fn audit_verify_against_a_signed_checkpoint() {
     assert_eq!(summary["valid"], false, "{summary}");
     assert!(summary["first_bad_seq"].is_u64(), "{summary}");
 }
+
+/// `audit checkpoint` signs the verified head into a file (making its key on first use, both
+/// readable by the owner only); a tail cut afterwards verifies without the checkpoint
+/// (`anchored: false`) but not against it, and the next `audit checkpoint` refuses to sign
+/// over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_checkpoint_makes_a_cut_tail_detectable() {
+    let h = Harness::memory().await;
+    let token = h.login("acme", "alice").await;
+    h.create_records(&token, 3).await;
+    let file = h.app().config().audit_file();
+    let dir = h.stop().await;
+    let (key_file, out) = (
+        dir.path().join("ops.key"),
+        dir.path().join("acme.checkpoint"),
+    );
+    let checkpoint = || {
+        bin()
+            .args(["audit", "checkpoint", "--tenant", "acme", "--file"])
+            .arg(&file)
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let made = checkpoint();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let made: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
+    let signed_seq = made["seq"].as_u64().unwrap();
+    assert!(signed_seq >= 4, "a login and three records: {made}");
+    #[cfg(unix)]
+    for f in [&key_file, &out] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    // A second run on the unchanged chain verifies against the first and signs again.
+    assert!(checkpoint().status.success());
+
+    let verify = |with_checkpoint: bool| {
+        let mut cmd = bin();
+        cmd.args(["audit", "verify", "--tenant", "acme", "--file"])
+            .arg(&file);
+        if with_checkpoint {
+            cmd.arg("--checkpoint")
+                .arg(&out)
+                .args(["--checkpoint-key", &key]);
+        }
+        let o = cmd.output().unwrap();
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o.status.success(), summary)
+    };
+    let (ok, summary) = verify(true);
+    assert!(ok && summary["anchored"] == true, "{summary}");
+
+    // Cut the last event off the file.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    std::fs::write(&file, kept[..kept.len() - 1].join("\n") + "\n").unwrap();
+    let (ok, summary) = verify(false);
+    assert!(ok, "without a checkpoint the cut goes unseen: {summary}");
+    assert_eq!(summary["anchored"], false, "{summary}");
+    let (ok, summary) = verify(true);
+    assert!(!ok, "against the checkpoint the cut is found: {summary}");
+    assert_eq!(summary["valid"], false, "{summary}");
+    let before = std::fs::read_to_string(&out).unwrap();
+    let refused = checkpoint();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not verify"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        before,
+        "checkpoint kept"
+    );
+    drop(dir);
+}
