@@ -4,6 +4,10 @@
 //!   microsecond) and puts the bytes on a bounded queue. When the queue is full it waits for
 //!   room (back-pressure); it never drops an event. Encoding where the event was made keeps
 //!   the event's memory on the thread that allocated it: the writer receives one buffer.
+//!   The queue is in memory: events on it when the process is killed (up to the queue's
+//!   capacity and one batch) are lost. What must survive a crash is recorded with
+//!   [`AuditSink::record_sync`], or followed by [`AuditSink::flush`]; a shutdown
+//!   ([`AuditDispatcher::shutdown`]) stores everything queued.
 //! - A background writer takes encoded events off the queue in batches and appends each
 //!   batch to the [`AuditStore`]. After an append that did not
 //!   fill a batch it lingers (2 ms by default) for more events to gather: while requests keep

@@ -293,7 +293,10 @@ pub enum TryRecord {
 /// returns only once the event is durably stored, for routes that must not answer before.
 #[async_trait]
 pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
-    /// Accepts an event; it will be stored even if this returns before it is.
+    /// Accepts an event; it will be stored even if this returns before it is, as long as the
+    /// process lives: a sink that queues in memory loses what it has queued when the process
+    /// is killed. An event that must survive a crash goes through
+    /// [`AuditSink::record_sync`] (or is followed by [`AuditSink::flush`]).
     async fn record(&self, event: AuditEvent) -> Result<()>;
 
     /// [`AuditSink::record`] without waiting, for a caller that would rather not build a future
