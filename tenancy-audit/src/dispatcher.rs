@@ -12,7 +12,8 @@
 //!   batch to the [`AuditStore`]. After an append that did not
 //!   fill a batch it lingers (2 ms by default) for more events to gather: while requests keep
 //!   coming the writer wakes a few hundred times a second, not once per event.
-//! - When the store fails, the batch goes to a local spool file (synced to disk), and so does
+//! - When the store fails (an error, no answer within the append timeout, or a panic), the
+//!   batch goes to a local spool file (synced to disk), and so does
 //!   everything after it, in order, until the spool has been replayed into the store. Replay
 //!   retries with exponential back-off. Event ids make replay idempotent: a batch that reached
 //!   the store just before a crash is not stored twice.
@@ -848,14 +849,27 @@ impl Writer {
         self.bounded("audit store sync", self.store.sync()).await
     }
 
-    /// `call` to the store, failed with a time-out after the append timeout.
+    /// `call` to the store, failed with a time-out after the append timeout. A store that
+    /// panics fails the call like any store error (its batch goes to the spool), rather than
+    /// ending the writer and, with it, every later event.
     async fn bounded<T>(
         &self,
         what: &'static str,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.append_timeout, call).await {
-            Ok(result) => result,
+        match tokio::time::timeout(self.append_timeout, CatchPanic(Box::pin(call))).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                Err(Error::io(
+                    what,
+                    std::io::Error::other(format!("the store panicked: {message}")),
+                ))
+            }
             Err(_) => Err(Error::io(
                 what,
                 std::io::Error::new(
@@ -1050,6 +1064,25 @@ fn repeat(e: &Error) -> Error {
     }
 }
 
+/// Polls a future, turning a panic inside it into `Err` with the panic's payload.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1064,6 +1097,7 @@ mod tests {
     struct Flaky {
         inner: MemoryAuditStore,
         down: AtomicBool,
+        panicking: AtomicBool,
     }
 
     impl Flaky {
@@ -1075,6 +1109,10 @@ mod tests {
     #[async_trait]
     impl AuditStore for Flaky {
         async fn append(&self, events: &[EncodedEvent]) -> Result<Vec<Appended>> {
+            assert!(
+                !self.panicking.load(Ordering::SeqCst),
+                "the test store panics"
+            );
             if self.down.load(Ordering::SeqCst) {
                 return Err(Error::io(
                     "test store",
@@ -1127,6 +1165,52 @@ mod tests {
             .prepare()
             .await
             .unwrap()
+    }
+
+    /// A store that panics in `append` fails the batch like any store error: it goes to the
+    /// spool, the writer lives on, and once the store behaves every event is stored. Before,
+    /// the panic ended the writer: the queued events were lost and every later `record`
+    /// answered `Closed`.
+    #[tokio::test]
+    async fn a_panicking_store_does_not_end_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Flaky::default());
+        let tenant = TenantId::parse("acme").unwrap();
+        let audit = AuditDispatcher::builder(Arc::clone(&store) as Arc<dyn AuditStore>)
+            .with_spool(dir.path().join("audit.spool"))
+            .with_retry(Duration::from_millis(10), Duration::from_millis(50))
+            .with_sync_timeout(Duration::from_millis(200))
+            .start()
+            .await
+            .unwrap();
+        store.panicking.store(true, Ordering::SeqCst);
+        for i in 0..20 {
+            let event =
+                AuditEvent::new(tenant.clone(), "x.y", Outcome::Success).with_detail("n", i);
+            audit
+                .record(event)
+                .await
+                .expect("record while the store panics");
+        }
+        let flushed = audit.flush().await;
+        assert!(
+            flushed
+                .as_ref()
+                .is_err_and(|e| e.kind() == tenancy_core::ErrorKind::Unavailable),
+            "spooled, not closed: {flushed:?}"
+        );
+        assert!(audit.stats().store_errors >= 1);
+        store.panicking.store(false, Ordering::SeqCst);
+        let mut stored = false;
+        for _ in 0..100 {
+            if audit.flush().await.is_ok() {
+                stored = true;
+                break;
+            }
+        }
+        assert!(stored, "the replay never finished");
+        assert_eq!(store.inner.records(&tenant).len(), 20);
+        audit.shutdown().await.unwrap();
     }
 
     /// A flush of events the spool refused (they are held in memory) is not answered `Ok`
