@@ -10,8 +10,13 @@
 //!   list of sensitive names (`password`, `pwd`, `token`, `secret`, `authorization`,
 //!   `bearer`, `jwt`, `cookie`, `api_key`, `ssn`, `credit_card`, ...) is masked wherever it
 //!   occurs as part of a key (`db_password`, `X-Api-Key`). The second item of a
-//!   `[name, value]` pair (`["Authorization", "…"]`, as headers are often logged) gets the
-//!   rule of its name the same way: masked, hashed, or removed (leaving `[name]`).
+//!   `[name, value]` pair (`["Authorization", "…"]`, as headers are often logged; also split
+//!   further, `["Authorization", "Bearer", "…"]`) gets the rule of its name the same way:
+//!   masked, hashed, or removed (leaving `[name]`); so does the `value` of a `{"name",
+//!   "value"}` object (as HAR files write headers). A few short names are masked only as
+//!   the whole key ([`DEFAULT_SENSITIVE_EXACT_KEYS`]: `pass`, `auth`, `pin`, `sid`, ...), since
+//!   as fragments they would catch `passport` or `author`. Keys are scrubbed like values (a
+//!   URL with a token as the key of a count).
 //! - Whatever its key, a string value that carries a credential is masked whole: an HTTP
 //!   authorization value (a scheme — `Bearer`, `Basic`, `Token`, `Digest`, `ApiKey` or
 //!   `DPoP`, in any case, at the start of a word — then white space and a credential: at
@@ -23,6 +28,8 @@
 //!   the exact names `code`, `key` and `sig`) are replaced, and the rest of the URL stays
 //!   readable: `https://user:[redacted]@host/cb?access_token=[redacted]&state=s1`. A
 //!   parameter whose name has a `Hash` or `Drop` rule is hashed or emptied instead.
+//! - A line of text that reads like a header with a sensitive name (`Cookie: sid=…`,
+//!   `Set-Cookie: …`, `X-Api-Key: …`) keeps its name and loses its value.
 //! - The free-text fields of an event (action, resource type, route, and the resource id and
 //!   reason when their rule keeps them) are checked the same way as detail values.
 //! - Other secrets in free text (`password=x` outside a URL, an API key with no scheme before
@@ -96,6 +103,18 @@ pub const DEFAULT_SENSITIVE_KEYS: &[&str] = &[
     "jwt",
     "bearer",
     "signature",
+];
+
+/// Detail key names (normalised) masked by default when they are the whole key: as fragments
+/// they would catch `passport`, `author` or `spinner`.
+pub const DEFAULT_SENSITIVE_EXACT_KEYS: &[&str] = &[
+    "pass",
+    "auth",
+    "pin",
+    "passcode",
+    "sid",
+    "sessionid",
+    "sessionkey",
 ];
 
 /// URL query and fragment parameter names (normalised) that are masked though no sensitive
@@ -579,14 +598,53 @@ impl RedactionPolicy {
         // secret needs white space after its scheme (ASCII, the vertical tab included, or
         // not), a JWT's `J`, or a URL's `?`, `#` or `@`.
         if !s.bytes().any(|c| {
-            c.is_ascii_whitespace() || matches!(c, 0x0B | b'?' | b'#' | b'@' | b'J' | 0x80..)
+            c.is_ascii_whitespace() || matches!(c, 0x0B | b'?' | b'#' | b'@' | b'J' | b':' | 0x80..)
         }) {
             return None;
         }
         if credential_like(s) {
             return Some(MASK.to_owned());
         }
-        self.scrub_urls(tenant, s)
+        let lines = self.scrub_header_lines(s);
+        match self.scrub_urls(tenant, lines.as_deref().unwrap_or(s)) {
+            Some(scrubbed) => Some(scrubbed),
+            None => lines,
+        }
+    }
+
+    /// Masks the value of each line of `s` that reads like a header with a sensitive name
+    /// (`Cookie: sid=…`, `Set-Cookie: …`, `X-Api-Key: …`); `None` when there is none.
+    fn scrub_header_lines(&self, s: &str) -> Option<String> {
+        if !s.contains(':') {
+            return None;
+        }
+        let mut changed = false;
+        let lines: Vec<Cow<'_, str>> = s
+            .split_inclusive('\n')
+            .map(|line| {
+                let indent = line.len() - line.trim_start().len();
+                let Some(colon) = line[indent..].find(':').map(|c| indent + c) else {
+                    return Cow::Borrowed(line);
+                };
+                let name = &line[indent..colon];
+                let is_header_name = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+                let value = line[colon + 1..].trim_end_matches(['\r', '\n']);
+                if !is_header_name
+                    || value.trim().is_empty()
+                    || value.trim() == MASK
+                    || self.action_for(name, true, &[]) == FieldAction::Keep
+                {
+                    return Cow::Borrowed(line);
+                }
+                changed = true;
+                let end = &line[colon + 1 + value.len()..];
+                Cow::Owned(format!("{}: {MASK}{end}", &line[..colon]))
+            })
+            .collect();
+        changed.then(|| lines.concat())
     }
 
     /// Replaces the password of each URL's user information and the values of sensitive
@@ -741,7 +799,10 @@ impl RedactionPolicy {
         if let Some((_, a)) = self.detail_rules.iter().rev().find(|(r, _)| *r == k) {
             return *a;
         }
-        if self.sensitive.found_in(k) || exact.contains(&k) {
+        if self.sensitive.found_in(k)
+            || exact.contains(&k)
+            || DEFAULT_SENSITIVE_EXACT_KEYS.contains(&k)
+        {
             return FieldAction::Mask;
         }
         // Inside a kept object, unnamed keys are kept: the default applies to top-level keys.
@@ -755,6 +816,19 @@ impl RedactionPolicy {
     /// Applies the detail rules to an object, in place (nothing is copied when nothing is
     /// redacted).
     fn object(&self, tenant: &TenantId, map: &mut serde_json::Map<String, Value>, nested: bool) {
+        // `{"name": "Cookie", "value": "…"}`, as HAR files and many loggers write headers:
+        // the value gets the rule of the name, as it would under that key.
+        if let (Some(Value::String(name)), Some(_)) = (map.get("name"), map.get("value")) {
+            let action = self.action_for(name, true, &[]);
+            if let Some(value) = map.get_mut("value") {
+                match action {
+                    FieldAction::Keep => {}
+                    FieldAction::Drop => *value = Value::Null,
+                    FieldAction::Mask => *value = Value::String(MASK.to_owned()),
+                    FieldAction::Hash => *value = Value::String(self.hash_value(tenant, value)),
+                }
+            }
+        }
         // Most maps (`{"status": 200}`) keep every entry as it is: read them, rather than
         // take each entry out and put it back.
         let unchanged = map.iter().all(|(k, v)| {
@@ -762,9 +836,17 @@ impl RedactionPolicy {
                 && !v.is_array()
                 && v.as_str().is_none_or(|s| self.scrub(tenant, s).is_none())
                 && self.action_for(k, nested, &[]) == FieldAction::Keep
+                && self.scrub(tenant, k).is_none()
         });
         if unchanged {
             return;
+        }
+        // A key can carry a credential too (a URL with a token as the key of a count).
+        if map.keys().any(|k| self.scrub(tenant, k).is_some()) {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| (self.scrub(tenant, &k).unwrap_or(k), v))
+                .collect();
         }
         map.retain(|k, v| {
             match self.action_for(k, nested, &[]) {
@@ -781,14 +863,21 @@ impl RedactionPolicy {
         match v {
             Value::Object(m) => self.object(tenant, m, true),
             Value::Array(a) => {
-                // A list of pairs, as headers are often logged: `["Authorization", "x"]`. The
-                // value gets the rule of the name, as it would under that key.
-                if let [Value::String(name), value] = a.as_mut_slice() {
+                // A name and its value, as headers are often logged: `["Authorization", "x"]`,
+                // or split further (`["Authorization", "Bearer", "x"]`). What follows the name
+                // gets the rule of the name, as it would under that key.
+                if let [Value::String(name), rest @ ..] = a.as_mut_slice()
+                    && !rest.is_empty()
+                {
                     match self.action_for(name, true, &[]) {
                         FieldAction::Keep => {}
                         FieldAction::Drop => a.truncate(1),
-                        FieldAction::Mask => *value = Value::String(MASK.to_owned()),
-                        FieldAction::Hash => *value = Value::String(self.hash_value(tenant, value)),
+                        FieldAction::Mask => rest.fill(Value::String(MASK.to_owned())),
+                        FieldAction::Hash => {
+                            for value in rest {
+                                *value = Value::String(self.hash_value(tenant, value));
+                            }
+                        }
                     }
                 }
                 for x in a {
@@ -1066,6 +1155,65 @@ mod tests {
         ] {
             assert!(!credential_like(value), "{value:?}");
         }
+    }
+
+    /// Credentials in the shapes headers and requests are logged in: short names that are
+    /// the whole key, a URL as a key, `{"name", "value"}` objects, a name split from its
+    /// value over several items, header lines in free text, and `?auth=` in a URL. Words
+    /// that merely contain those names are kept.
+    #[test]
+    fn credentials_in_logged_header_shapes_are_masked() {
+        let p = RedactionPolicy::new();
+        let mut e = event()
+            .with_detail("pass", "hunter2a")
+            .with_detail("auth", "hunter2b")
+            .with_detail("PIN", "1234")
+            .with_detail("passport", "kept-1")
+            .with_detail("author", "kept-2")
+            .with_detail("https://x.example/cb?access_token=hunter2c", 200)
+            .with_detail(
+                "har",
+                serde_json::json!([
+                    {"name": "Cookie", "value": "sid=hunter2d"},
+                    {"name": "Accept", "value": "kept-3"}
+                ]),
+            )
+            .with_detail(
+                "split",
+                serde_json::json!(["Authorization", "Bearer", "hunter2e9X"]),
+            )
+            .with_detail("line", "Cookie: session=hunter2f")
+            .with_detail("lines", "Accept: kept-4\r\nX-Api-Key:hunter2g\r\n")
+            .with_detail("url", "https://x.example/p?auth=hunter2h&page=kept-5");
+        e.reason = Some("Set-Cookie: sid=hunter2i".into());
+        p.apply(&mut e);
+        let text = serde_json::to_string(&e).unwrap();
+        for secret in [
+            "hunter2a",
+            "hunter2b",
+            "1234",
+            "hunter2c",
+            "hunter2d",
+            "hunter2e9X",
+            "hunter2f",
+            "hunter2g",
+            "hunter2h",
+            "hunter2i",
+        ] {
+            assert!(!text.contains(secret), "{secret} reached the event: {text}");
+        }
+        for kept in [
+            "kept-1",
+            "kept-2",
+            "kept-3",
+            "kept-4",
+            "kept-5",
+            "Accept: kept-4",
+        ] {
+            assert!(text.contains(kept), "{kept} was lost: {text}");
+        }
+        assert_eq!(e.details["line"], "Cookie: [redacted]");
+        assert_eq!(e.reason.as_deref(), Some("Set-Cookie: [redacted]"));
     }
 
     #[test]
