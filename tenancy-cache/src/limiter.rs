@@ -66,7 +66,10 @@
 //!
 //! After [`DEFAULT_BREAKER_FAILURES`] consecutive failures a circuit breaker opens: Redis is
 //! not asked at all during the cool-down, so a dead Redis costs nothing per request. After
-//! the cool-down one request probes Redis; success closes the circuit.
+//! the cool-down one request probes Redis; success closes the circuit. On a Cluster there is
+//! one breaker per hash slot (every key of a tenant shares the tenant's hash tag, so its
+//! slot): a node that stops answering opens the circuit for the tenants whose keys it holds,
+//! not for the tenants on the nodes that still answer.
 //!
 //! # Denial cache
 //! A denial remembers the TATs the script read. Until they have passed, a request whose
@@ -80,7 +83,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -339,6 +342,80 @@ impl Breaker {
     }
 }
 
+/// Hash slots of a Redis Cluster.
+const CLUSTER_SLOTS: usize = 16_384;
+
+/// The circuit breakers: one for a single node; on a Cluster one per hash slot, made when
+/// the slot first fails, so that a node that stops answering opens the circuit only for the
+/// tenants whose keys it holds (every key of a tenant shares its hash tag, so its slot).
+#[derive(Debug)]
+struct Breakers {
+    threshold: u32,
+    cooldown: Duration,
+    slots: Box<[OnceLock<Box<Breaker>>]>,
+}
+
+impl Breakers {
+    fn new(threshold: u32, cooldown: Duration, cluster: bool) -> Self {
+        let n = if cluster { CLUSTER_SLOTS } else { 1 };
+        Self {
+            threshold,
+            cooldown,
+            slots: (0..n).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The slot `key` hashes to on a Cluster (CRC16 of its hash tag, as Redis computes it);
+    /// 0 on one node.
+    fn slot(&self, key: &str) -> usize {
+        if self.slots.len() == 1 {
+            return 0;
+        }
+        let b = key.as_bytes();
+        let tag = b
+            .iter()
+            .position(|c| *c == b'{')
+            .and_then(|open| {
+                let close = b[open + 1..].iter().position(|c| *c == b'}')?;
+                (close > 0).then(|| &b[open + 1..open + 1 + close])
+            })
+            .unwrap_or(b);
+        usize::from(crc16::State::<crc16::XMODEM>::calculate(tag)) % CLUSTER_SLOTS
+    }
+
+    fn admit(&self, key: &str, stale: Duration) -> bool {
+        self.slots[self.slot(key)]
+            .get()
+            .is_none_or(|b| b.admit(stale))
+    }
+
+    fn success(&self, key: &str) {
+        if let Some(b) = self.slots[self.slot(key)].get() {
+            b.success();
+        }
+    }
+
+    fn failure(&self, key: &str) {
+        self.slots[self.slot(key)]
+            .get_or_init(|| Box::new(Breaker::new(self.threshold, self.cooldown)))
+            .failure();
+    }
+
+    /// `Open` when the circuit is open for any slot.
+    fn state(&self) -> CircuitState {
+        if self
+            .slots
+            .iter()
+            .filter_map(OnceLock::get)
+            .any(|b| b.state() == CircuitState::Open)
+        {
+            CircuitState::Open
+        } else {
+            CircuitState::Closed
+        }
+    }
+}
+
 /// Lower bounds of TATs learnt from denials, by key.
 #[derive(Debug)]
 struct DenialCache {
@@ -453,12 +530,13 @@ impl RedisRateLimiterBuilder {
 
     /// The limiter.
     pub fn build(self) -> RedisRateLimiter {
+        let cluster = self.pool.is_cluster();
         RedisRateLimiter {
             inner: Arc::new(Inner {
                 pool: self.pool,
                 keys: self.keys,
                 timeout: self.timeout,
-                breaker: Breaker::new(self.breaker_failures, self.breaker_cooldown),
+                breaker: Breakers::new(self.breaker_failures, self.breaker_cooldown, cluster),
                 denials: (self.denial_cache > 0).then(|| DenialCache {
                     max: self.denial_cache,
                     tats: Mutex::default(),
@@ -485,7 +563,7 @@ struct Inner {
     pool: RedisPool,
     keys: KeySpace,
     timeout: Duration,
-    breaker: Breaker,
+    breaker: Breakers,
     denials: Option<DenialCache>,
     local: MemoryRateLimiter,
     counters: Counters,
@@ -815,10 +893,12 @@ impl RateLimiter for RedisRateLimiter {
         if let Some(d) = self.cached_denial(req, &keys) {
             return Ok(d);
         }
+        // Every key of a request shares the tenant's hash tag: the first names the slot.
+        let slot_key = &keys[0];
         if !self
             .inner
             .breaker
-            .admit(self.inner.timeout.saturating_mul(4))
+            .admit(slot_key, self.inner.timeout.saturating_mul(4))
         {
             bump(&self.inner.counters.short_circuited);
             return self.fallback(req, Error::CircuitOpen);
@@ -827,19 +907,19 @@ impl RateLimiter for RedisRateLimiter {
             Ok(r) => r,
             Err(e) if e.is_unavailable() => {
                 bump(&self.inner.counters.backend_errors);
-                self.inner.breaker.failure();
+                self.inner.breaker.failure(slot_key);
                 return self.fallback(req, e);
             }
             Err(e) => {
                 // Redis answered, refusing the command (permissions, a server too old for the
                 // script, bad data): it will refuse it again, so this is no outage and no
                 // failure policy applies. Fail loudly instead of failing open.
-                self.inner.breaker.success();
+                self.inner.breaker.success(slot_key);
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "rate-limit decision refused by Redis");
                 return Err(e.into());
             }
         };
-        self.inner.breaker.success();
+        self.inner.breaker.success(slot_key);
         bump(&self.inner.counters.backend);
         let decision = agreed(req, &reply)?;
         if !decision.allowed {
@@ -967,6 +1047,49 @@ mod tests {
         b.success();
         assert_eq!(b.state(), CircuitState::Closed);
         assert!(b.admit(stale));
+    }
+
+    /// On a Cluster each hash slot has its own breaker, found by the slot Redis computes for
+    /// the key (`CLUSTER KEYSLOT`): failures of one tenant's slot (a node that stopped
+    /// answering) leave the circuit closed for a tenant on another slot. On one node there is
+    /// one breaker for every key.
+    #[test]
+    fn each_cluster_slot_has_its_own_breaker() {
+        let b = Breakers::new(2, Duration::from_secs(60), true);
+        // As a Redis 7 Cluster answered CLUSTER KEYSLOT for these keys.
+        for (key, slot) in [
+            ("tenancy:{t:acme}:l:t:60", 9557),
+            ("{t:globex}x", 9083),
+            ("plainkey", 12566),
+            ("a{}b", 13694),
+        ] {
+            assert_eq!(b.slot(key), slot, "{key}");
+        }
+        let stale = Duration::from_secs(60);
+        let (acme, acme_user, globex) = (
+            "tenancy:{t:acme}:l:t:60",
+            "tenancy:{t:acme}:l:u:x:60",
+            "tenancy:{t:globex}:l:t:60",
+        );
+        b.failure(acme);
+        b.failure(acme);
+        assert!(!b.admit(acme, stale), "acme's slot is open");
+        assert!(
+            !b.admit(acme_user, stale),
+            "so is every key with acme's tag"
+        );
+        assert!(b.admit(globex, stale), "globex's slot never failed");
+        assert_eq!(b.state(), CircuitState::Open);
+        b.success(globex);
+        assert!(!b.admit(acme, stale));
+
+        let one = Breakers::new(2, Duration::from_secs(60), false);
+        one.failure(acme);
+        one.failure(globex);
+        assert!(
+            !one.admit("tenancy:{t:other}:l:t:60", stale),
+            "one node, one breaker"
+        );
     }
 
     #[test]

@@ -34,8 +34,8 @@
 //! can write again; keeping the old one would fail every write while `PING` still answers.
 //! On a Cluster a timeout does not replace the handle: it comes from one node, the handle
 //! (which reconnects its nodes itself) keeps serving the others, and a new handle would wait
-//! on the silent node too. The rate limiter's circuit breaker is still one for the whole
-//! Cluster: a node that keeps failing opens it for every tenant.
+//! on the silent node too (the rate limiter's circuit breakers are per hash slot for the
+//! same reason).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
