@@ -842,10 +842,9 @@ impl RedisRateLimiter {
                 l.mode = LimitMode::Shadow;
             }
         }
+        // The states keep the mode they were decided in: a fail-open limit, only observed,
+        // must not set `Retry-After` or the headline headers as if it were enforced.
         let mut decision = self.inner.local.check_now(&shadowed);
-        for (state, limit) in decision.states.iter_mut().zip(req.applicable()) {
-            state.limit = *limit;
-        }
         if local {
             bump(&self.inner.counters.local_fallback);
             decision.source = DecisionSource::LocalFallback;

@@ -540,6 +540,25 @@ async fn a_limiter_built_while_redis_is_down_follows_its_policies() {
         .await
         .unwrap();
     assert_eq!(d.source, DecisionSource::FailOpen);
+    // A local limit of one a minute beside a fail-open one of one an hour: the second request
+    // is refused by the local limit alone, and told to come back in a minute, not an hour
+    // (the fail-open limit is only observed while Redis is away).
+    let mixed = vec![
+        Limit::tenant(Quota::per_minute(1).with_burst(1)).on_unavailable(FailurePolicy::Local),
+        Limit::user(Quota::per_hour(1).with_burst(1)).on_unavailable(FailurePolicy::FailOpen),
+    ];
+    let (t, u) = (fx.tenant("mixed"), fx.user("b"));
+    assert!(l.check(&req(&t, &u, mixed.clone())).await.unwrap().allowed);
+    let d = l.check(&req(&t, &u, mixed)).await.unwrap();
+    assert!(
+        !d.allowed && d.source == DecisionSource::LocalFallback,
+        "{d:?}"
+    );
+    assert!(
+        d.retry_after_secs().is_some_and(|s| (1..=60).contains(&s)),
+        "Retry-After from the enforced local limit: {:?}",
+        d.retry_after_secs()
+    );
     let h = tenancy_core::HealthCheck::check(&l).await;
     assert_eq!(h.status, tenancy_core::HealthStatus::Down);
     server.restart().await;
