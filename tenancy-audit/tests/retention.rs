@@ -235,3 +235,109 @@ async fn a_checkpoint_above_the_anchor_signed_before_the_purge_does_not_believe_
     let v = verify(&store, &t, &[at_head, after]).await.unwrap();
     assert!(v.is_valid(), "{v:?}");
 }
+
+/// A store whose first anchor read is from before a purge that then commits, as when a purge
+/// commits between `verify`'s read of the anchor and its walk of the records.
+#[derive(Debug)]
+struct StaleAnchorOnce {
+    inner: MemoryAuditStore,
+    stale: std::sync::Mutex<Option<Option<tenancy_audit::Anchor>>>,
+}
+
+#[async_trait::async_trait]
+impl AuditStore for StaleAnchorOnce {
+    async fn append(
+        &self,
+        events: &[tenancy_audit::codec::EncodedEvent],
+    ) -> tenancy_audit::Result<Vec<tenancy_audit::store::Appended>> {
+        self.inner.append(events).await
+    }
+    async fn scan(
+        &self,
+        t: &tenancy_core::TenantId,
+        c: tenancy_audit::store::ScanCursor,
+        l: usize,
+    ) -> tenancy_audit::Result<tenancy_audit::store::ScanPage> {
+        self.inner.scan(t, c, l).await
+    }
+    async fn newest(
+        &self,
+        t: &tenancy_core::TenantId,
+        b: Option<u64>,
+        l: usize,
+    ) -> tenancy_audit::Result<Vec<tenancy_audit::StoredRecord>> {
+        self.inner.newest(t, b, l).await
+    }
+    async fn head(
+        &self,
+        t: &tenancy_core::TenantId,
+    ) -> tenancy_audit::Result<Option<tenancy_audit::ChainHead>> {
+        self.inner.head(t).await
+    }
+    async fn anchor(
+        &self,
+        t: &tenancy_core::TenantId,
+    ) -> tenancy_audit::Result<Option<tenancy_audit::Anchor>> {
+        if let Some(stale) = self.stale.lock().unwrap().take() {
+            return Ok(stale);
+        }
+        self.inner.anchor(t).await
+    }
+    async fn purge(
+        &self,
+        t: &tenancy_core::TenantId,
+        a: tenancy_audit::Anchor,
+    ) -> tenancy_audit::Result<u64> {
+        self.inner.purge(t, a).await
+    }
+    async fn tenants(&self) -> tenancy_audit::Result<Vec<tenancy_core::TenantId>> {
+        self.inner.tenants().await
+    }
+}
+
+/// A purge that commits between `verify`'s read of the anchor and its walk does not make a
+/// sound chain read as broken: the anchor has moved, and the chain is verified again from the
+/// new one. A chain that is broken stays broken.
+#[tokio::test]
+async fn a_purge_between_the_anchor_and_the_walk_is_no_finding() {
+    let clock = ManualClock::new();
+    let t = Fixture::new().tenant("race");
+    let codec = Codec::default();
+    let store = StaleAnchorOnce {
+        inner: MemoryAuditStore::new(),
+        stale: std::sync::Mutex::new(None),
+    };
+    for i in 0..5 {
+        let e = event(&t, i).at(clock.now());
+        store.append(&[codec.encode(&e).unwrap()]).await.unwrap();
+    }
+    clock.advance(Duration::from_secs(86_400 * 40));
+    let before = store.anchor(&t).await.unwrap();
+    let retention = Retention::new()
+        .with_max_age(time::Duration::days(30))
+        .with_clock(Arc::new(clock.clone()));
+    assert_eq!(retention.purge(&store, &t).await.unwrap().purged, 5);
+
+    *store.stale.lock().unwrap() = Some(before);
+    let v = verify(&store, &t, &[]).await.unwrap();
+    assert!(v.is_valid(), "{v:?}");
+
+    // A real finding is not hidden by the second look: a checkpoint the chain disagrees with
+    // fails both walks.
+    let signer = tenancy_audit::checkpoint::CheckpointSigner::from_seed("k", [1; 32]);
+    let wrong = tenancy_audit::ChainHead {
+        seq: 6,
+        hash: tenancy_audit::Digest([9; 32]),
+    };
+    let cp: TrustedCheckpoint = signer
+        .sign(&t, wrong, time::OffsetDateTime::now_utc())
+        .verify(&signer.verifying_key())
+        .unwrap();
+    *store.stale.lock().unwrap() = Some(before);
+    let v = verify(&store, &t, &[cp]).await.unwrap();
+    assert_eq!(
+        v.finding.map(|f| f.reason),
+        Some(Reason::Rewritten),
+        "{v:?}"
+    );
+}
