@@ -595,18 +595,33 @@ impl RedisSessionStore {
         let mut parsed = Vec::with_capacity(ids.len());
         let mut pipe = redis::pipe();
         for raw in &ids {
-            let id = SessionId::parse(raw).map_err(|e| Error::Corrupt(Box::new(e)))?;
+            // Not an id this store writes (revoke_user drops it from the index).
+            let Ok(id) = SessionId::parse(raw) else {
+                continue;
+            };
             pipe.cmd("HMGET")
                 .arg(self.keys.session(tenant, &id))
                 .arg(&["m", "d", "v", "s", "a", "i"]);
             parsed.push(id);
+        }
+        if parsed.is_empty() {
+            return Ok(Vec::new());
         }
         let replies = self.pool.pipeline(&pipe).await?;
         let (_, _, now_t) = self.now();
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for (id, reply) in parsed.iter().zip(replies) {
-            match decode(&array(reply)?, tenant, id)? {
+            let decoded = match array(reply).and_then(|fields| decode(&fields, tenant, id)) {
+                Ok(decoded) => decoded,
+                // One unreadable session must not hide the user's others from the listing
+                // (revoke_user ends it with them).
+                Err(e) => {
+                    tracing::warn!(error = %e, "list_user: skipping an unreadable session");
+                    continue;
+                }
+            };
+            match decoded {
                 Some(s) if s.user != *user => {
                     return Err(Error::corrupt("session index names another user's session"));
                 }
