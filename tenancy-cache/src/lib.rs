@@ -41,7 +41,11 @@
 //! | `denylist`   | [`RedisDenylist`]                          | yes     |
 //!
 //! Redis Cluster support is always built in: [`RedisConfig::cluster`] gives a pool that every
-//! backend uses unchanged.
+//! backend uses unchanged. One difference: after an I/O error or a timeout on a request it had
+//! already sent, the Cluster client sends it again, so a script can run twice. The rate
+//! limiter may then count a request twice, a session `create` may leave an unused session
+//! behind, and a `save` or `rotate` may report a conflict or an ended session although its
+//! first run succeeded. On one node nothing is resent.
 //!
 //! # Redis version
 //! The scripts need **Redis 6.2 or later** (`SET ... PXAT` in the rate limiter, `KEEPTTL` in
