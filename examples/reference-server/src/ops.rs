@@ -256,7 +256,10 @@ async fn login_attempt(app: &App, req: LoginRequest, origin: &Origin) -> Result<
 
 /// Spends a refresh token and returns a new pair. A spent token presented again ends the
 /// whole session (its access tokens are refused from then on). Audited once either way, as
-/// `auth.refresh` in the trail of the tenant the token names (the platform's when unknown).
+/// `auth.refresh`: in the trail of the token's tenant when the token belongs to one of its
+/// sessions (a refresh, a refusal for its suspension, a spent token presented again), else
+/// in the platform's. Anyone can write a token that names a tenant: refusals of such tokens
+/// must not let strangers fill that tenant's trail.
 ///
 /// # Errors
 /// 401 for any refused refresh token; 503 when the session store cannot answer.
@@ -267,28 +270,25 @@ pub async fn refresh(app: &App, req: RefreshRequest, origin: &Origin) -> Result<
 }
 
 async fn refresh_attempt(app: &App, req: RefreshRequest, origin: &Origin) -> Result<TokenResponse> {
-    // The tenant named inside the token, for the audit trail only (the issuer checks it).
-    let named = req
-        .refresh_token
-        .split('.')
-        .nth(1)
-        .and_then(|t| TenantId::parse(t).ok());
-    let known = match &named {
-        Some(t) => app.directory().get(t).await?.map(|s| (t.clone(), s)),
-        None => None,
-    };
-    let audit_tenant = known.as_ref().map_or_else(platform, |(t, _)| t.clone());
     let Some(issuer) = app.issuer() else {
         app.record(
-            event(&audit_tenant, "auth.refresh", Outcome::Denied, origin)
-                .with_reason("not_issuing"),
+            event(&platform(), "auth.refresh", Outcome::Denied, origin).with_reason("not_issuing"),
         )
         .await;
         return Err(not_issuing());
     };
+    // The trail of the tenant the token names, once the token has proved to be one of its
+    // sessions' (the issuer checks the tenant; the directory is asked only then).
+    let tenant_trail = async |tenant: &TenantId| -> Result<(TenantId, Option<TenantSettings>)> {
+        match app.directory().get(tenant).await? {
+            Some(s) => Ok((tenant.clone(), Some(s))),
+            None => Ok((platform(), None)),
+        }
+    };
     match issuer.refresh(&req.refresh_token).await {
         Ok(pair) => {
-            if known.as_ref().is_some_and(|(_, s)| s.is_suspended()) {
+            let (audit_tenant, settings) = tenant_trail(&pair.tenant).await?;
+            if settings.as_ref().is_some_and(TenantSettings::is_suspended) {
                 issuer.logout(&pair.tenant, &pair.session).await?;
                 app.record(
                     event(&audit_tenant, "auth.refresh", Outcome::Denied, origin)
@@ -306,9 +306,22 @@ async fn refresh_attempt(app: &App, req: RefreshRequest, origin: &Origin) -> Res
             Ok(TokenResponse::from(pair))
         }
         Err(tenancy_core::Error::Rejected(r)) => {
-            let reason = match r {
-                TokenRejection::Revoked => "refresh_token_reused_session_revoked",
-                _ => "refresh_token_refused",
+            let (audit_tenant, reason) = match r {
+                // A spent token of a real session, presented again: the session is revoked,
+                // an event of the tenant's.
+                TokenRejection::Revoked => {
+                    let named = req
+                        .refresh_token
+                        .split('.')
+                        .nth(1)
+                        .and_then(|t| TenantId::parse(t).ok());
+                    let trail = match &named {
+                        Some(t) => tenant_trail(t).await?.0,
+                        None => platform(),
+                    };
+                    (trail, "refresh_token_reused_session_revoked")
+                }
+                _ => (platform(), "refresh_token_refused"),
             };
             app.record(
                 event(&audit_tenant, "auth.refresh", Outcome::Denied, origin).with_reason(reason),

@@ -95,3 +95,61 @@ async fn an_unknown_tenant_costs_a_password_check_too() {
     }
     h.stop().await;
 }
+
+/// A refresh token anyone can write, naming a tenant, is refused without an event in that
+/// tenant's trail (strangers must not fill it); the refusal goes to the platform's. A spent
+/// token of a real session presented again is the tenant's event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_refresh_tokens_stay_out_of_the_named_tenants_trail() {
+    let h = Harness::memory().await;
+    let alice = h.login("acme", "alice").await;
+    let refresh = async |token: &str| {
+        h.post(
+            "/v1/auth/refresh",
+            None,
+            &serde_json::json!({"refresh_token": token}),
+        )
+        .await
+    };
+    let refusals = |actions: Vec<(String, String)>| {
+        actions
+            .into_iter()
+            .filter(|(a, o)| a == "auth.refresh" && o == "denied")
+            .count()
+    };
+    let before = refusals(h.actions(&alice).await);
+    for forged in [
+        "rt2.acme.AAAAAAAAAAAAAAAAAAAAAA.x.y",
+        "rt1.acme.AAAAAAAAAAAAAAAAAAAAAA.x",
+    ] {
+        common::assert_problem(&refresh(forged).await, 401);
+    }
+    assert_eq!(
+        refusals(h.actions(&alice).await),
+        before,
+        "forged tokens in acme's trail"
+    );
+    let path = h.app().config().audit_file();
+
+    // A real session's spent token, presented again: acme's event.
+    let pair = h.login_pair("acme", "bob").await;
+    let spent = pair["refresh_token"].as_str().unwrap().to_owned();
+    let first = refresh(&spent).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    common::assert_problem(&refresh(&spent).await, 401);
+    assert_eq!(refusals(h.actions(&alice).await), before + 1);
+    let _dir = h.stop().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let platform_refusals = text
+        .lines()
+        .filter(|l| {
+            l.contains("\"tenant\":\"platform\"")
+                && l.contains("auth.refresh")
+                && l.contains("refresh_token_refused")
+        })
+        .count();
+    assert_eq!(
+        platform_refusals, 2,
+        "the forged tokens' refusals in the platform's trail"
+    );
+}
