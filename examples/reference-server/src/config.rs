@@ -4,7 +4,7 @@
 //! | variable | TOML key | default | meaning |
 //! |---|---|---|---|
 //! | `TENANCY_CONFIG` | — | none | a TOML file with any of the keys below (variables win over the file) |
-//! | `TENANCY_LISTEN` | `listen` | `127.0.0.1:8080` | address to listen on |
+//! | `TENANCY_LISTEN` | `listen` | `127.0.0.1:8080` | address to listen on (beyond loopback only with a key of your own: the dev key is public) |
 //! | `TENANCY_ENV` | `env` | `dev` | `dev`, `test` or `prod` |
 //! | `TENANCY_JWT_SECRET` | `jwt_secret` | a fixed dev-only secret outside prod | HS256 secret, at least 32 bytes |
 //! | `TENANCY_JWT_PUBLIC_KEY_FILE` | `jwt_public_key_file` | none | PEM public key (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA) |
@@ -510,6 +510,19 @@ impl Config {
             dev_key = true;
             KeyConfig::Secret(DEV_JWT_SECRET.to_owned())
         };
+        // The dev secret is in this crate's source: with it, anyone can sign a platform
+        // `super_admin` token. It serves only this machine.
+        if matches!(&key, KeyConfig::Secret(s) if s == DEV_JWT_SECRET) && !listen.ip().is_loopback()
+        {
+            return Err(invalid(
+                "TENANCY_LISTEN",
+                format!(
+                    "{listen} is reachable from other machines, and the dev key is public (anyone \
+                     could sign a super_admin token): listen on 127.0.0.1, or set a key of your \
+                     own (TENANCY_JWT_SECRET)"
+                ),
+            ));
+        }
         let nonempty =
             |v: Option<String>, setting: &'static str, default: &str| -> Result<String> {
                 match v {
@@ -718,6 +731,31 @@ mod tests {
         assert!(c.dev_key && c.demo_users);
         assert!(c.database_url.is_none() && c.redis_url.is_none());
         assert_eq!(c.audit_file(), PathBuf::from("tenancy-data/audit.jsonl"));
+    }
+
+    /// The public dev key serves loopback only; a key of one's own may listen anywhere.
+    #[test]
+    fn the_dev_key_is_refused_beyond_loopback() {
+        for listen in ["0.0.0.0:8080", "[::]:8080", "192.0.2.7:8080"] {
+            let e = err(&[("TENANCY_LISTEN", listen)]);
+            assert!(e.contains("TENANCY_LISTEN") && e.contains("dev key"), "{e}");
+        }
+        let e = err(&[
+            ("TENANCY_LISTEN", "0.0.0.0:8080"),
+            ("TENANCY_JWT_SECRET", DEV_JWT_SECRET),
+        ]);
+        assert!(e.contains("dev key"), "{e}");
+        for listen in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert!(Config::from_vars(&vars(&[("TENANCY_LISTEN", listen)])).is_ok());
+        }
+        let own = "a-secret-of-our-own-that-is-long-enough";
+        assert!(
+            Config::from_vars(&vars(&[
+                ("TENANCY_LISTEN", "0.0.0.0:8080"),
+                ("TENANCY_JWT_SECRET", own)
+            ]))
+            .is_ok()
+        );
     }
 
     #[test]
