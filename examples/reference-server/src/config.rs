@@ -4,7 +4,7 @@
 //! | variable | TOML key | default | meaning |
 //! |---|---|---|---|
 //! | `TENANCY_CONFIG` | — | none | a TOML file with any of the keys below (variables win over the file) |
-//! | `TENANCY_LISTEN` | `listen` | `127.0.0.1:8080` | address to listen on (beyond loopback only with a key of your own: the dev key is public) |
+//! | `TENANCY_LISTEN` | `listen` | `127.0.0.1:8080` | address to listen on (beyond loopback only with a key of your own and no demo users: the dev key and the demo password are public) |
 //! | `TENANCY_ENV` | `env` | `dev` | `dev`, `test` or `prod` |
 //! | `TENANCY_JWT_SECRET` | `jwt_secret` | a fixed dev-only secret outside prod | HS256 secret, at least 32 bytes |
 //! | `TENANCY_JWT_PUBLIC_KEY_FILE` | `jwt_public_key_file` | none | PEM public key (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA) |
@@ -594,6 +594,17 @@ impl Config {
                 "demo users (password `password`) are refused in prod",
             ));
         }
+        // The demo users include the platform's super admin, with a published password.
+        if demo_users && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "TENANCY_DEMO_USERS",
+                format!(
+                    "{listen} is reachable from other machines, and the demo users' password is \
+                     public (one is the platform's super admin): listen on 127.0.0.1, or set \
+                     TENANCY_DEMO_USERS=false"
+                ),
+            ));
+        }
         let rate_limit_failure = match raw.rate_limit_failure.as_deref() {
             None | Some("local") => FailurePolicy::Local,
             Some("fail_closed") => FailurePolicy::FailClosed,
@@ -733,7 +744,8 @@ mod tests {
         assert_eq!(c.audit_file(), PathBuf::from("tenancy-data/audit.jsonl"));
     }
 
-    /// The public dev key serves loopback only; a key of one's own may listen anywhere.
+    /// The public dev key and the demo users serve loopback only; a key of one's own, without
+    /// the demo users, may listen anywhere.
     #[test]
     fn the_dev_key_is_refused_beyond_loopback() {
         for listen in ["0.0.0.0:8080", "[::]:8080", "192.0.2.7:8080"] {
@@ -748,11 +760,18 @@ mod tests {
         for listen in ["127.0.0.1:8080", "[::1]:8080"] {
             assert!(Config::from_vars(&vars(&[("TENANCY_LISTEN", listen)])).is_ok());
         }
+        // A key of one's own: the demo users, whose password is public too, must go as well.
         let own = "a-secret-of-our-own-that-is-long-enough";
+        let e = err(&[
+            ("TENANCY_LISTEN", "0.0.0.0:8080"),
+            ("TENANCY_JWT_SECRET", own),
+        ]);
+        assert!(e.contains("TENANCY_DEMO_USERS"), "{e}");
         assert!(
             Config::from_vars(&vars(&[
                 ("TENANCY_LISTEN", "0.0.0.0:8080"),
-                ("TENANCY_JWT_SECRET", own)
+                ("TENANCY_JWT_SECRET", own),
+                ("TENANCY_DEMO_USERS", "false")
             ]))
             .is_ok()
         );
