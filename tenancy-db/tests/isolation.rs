@@ -705,28 +705,21 @@ async fn held_cursors_and_temporary_tables_never_reach_the_next_tenant() {
         // Each read in its own transaction: the failed one rolls back, which brings the
         // temporary table dropped at its start back for the next.
         for round in 0..2 {
-            let mut tx = pool.begin(&b).await.unwrap();
-            let e = sqlx::query("SELECT * FROM export_rows")
-                .fetch_all(&mut *tx)
-                .await
-                .expect_err("another tenant read the temporary table");
-            assert_eq!(
-                sqlstate(&e).as_deref(),
-                Some("42P01"),
-                "{mode:?} {round}: {e}"
-            );
-            drop(tx);
-            let mut tx = pool.begin(&b).await.unwrap();
-            let e = sqlx::query("FETCH ALL FROM export")
-                .fetch_all(&mut *tx)
-                .await
-                .expect_err("another tenant read the held cursor");
-            assert_eq!(
-                sqlstate(&e).as_deref(),
-                Some("34000"),
-                "{mode:?} {round}: {e}"
-            );
-            drop(tx);
+            for (sql, state) in [
+                ("SELECT * FROM export_rows", "42P01"),
+                ("FETCH ALL FROM export", "34000"),
+            ] {
+                let mut tx = pool.begin(&b).await.unwrap();
+                let e = sqlx::query(sql)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .expect_err("another tenant read what acme left");
+                assert_eq!(
+                    sqlstate(&e).as_deref(),
+                    Some(state),
+                    "{mode:?} {round} {sql}: {e}"
+                );
+            }
         }
         let mut tx = pool.begin_unscoped().await.unwrap();
         let e = sqlx::query("SELECT * FROM export_rows")
