@@ -259,9 +259,10 @@ impl Shared {
         Error::from(e)
     }
 
-    /// Opens a transaction with `statement` (or a plain `BEGIN`). A pooled connection that
-    /// turns out dead (the server restarted or ended it) is discarded and the next one tried:
-    /// a failed `BEGIN` has done nothing, so this retry is safe.
+    /// Opens a transaction with `statement` (a `BEGIN` and what follows it in the same
+    /// message). A pooled connection that turns out dead (the server restarted or ended it,
+    /// or does not answer within the acquire timeout) is discarded and the next one tried: a
+    /// failed `BEGIN` has done nothing, so this retry is safe.
     async fn begin_with(&self, statement: &str) -> Result<OpenTx> {
         let waiting = Waiting::new(&self.stats.waiting);
         let mut attempt = 0;
