@@ -697,7 +697,7 @@ impl RedisRateLimiter {
         }
     }
 
-    /// The circuit breaker's state.
+    /// The circuit breaker's state; on a Cluster, `Open` when the circuit of any hash slot is.
     pub fn circuit(&self) -> CircuitState {
         self.inner.breaker.state()
     }
