@@ -618,33 +618,44 @@ impl RedactionPolicy {
         if !s.contains(':') {
             return None;
         }
-        let mut changed = false;
-        let lines: Vec<Cow<'_, str>> = s
+        // Nothing is built for text without such a line (a URL, a time of day).
+        if !s
             .split_inclusive('\n')
-            .map(|line| {
-                let indent = line.len() - line.trim_start().len();
-                let Some(colon) = line[indent..].find(':').map(|c| indent + c) else {
-                    return Cow::Borrowed(line);
-                };
-                let name = &line[indent..colon];
-                let is_header_name = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
-                let value = line[colon + 1..].trim_end_matches(['\r', '\n']);
-                if !is_header_name
-                    || value.trim().is_empty()
-                    || value.trim() == MASK
-                    || self.action_for(name, true, &[]) == FieldAction::Keep
-                {
-                    return Cow::Borrowed(line);
+            .any(|line| self.sensitive_header_value(line).is_some())
+        {
+            return None;
+        }
+        let mut out = String::with_capacity(s.len());
+        for line in s.split_inclusive('\n') {
+            match self.sensitive_header_value(line) {
+                Some(value) => {
+                    out.push_str(&line[..value.start]);
+                    out.push(' ');
+                    out.push_str(MASK);
+                    out.push_str(&line[value.end..]);
                 }
-                changed = true;
-                let end = &line[colon + 1 + value.len()..];
-                Cow::Owned(format!("{}: {MASK}{end}", &line[..colon]))
-            })
-            .collect();
-        changed.then(|| lines.concat())
+                None => out.push_str(line),
+            }
+        }
+        Some(out)
+    }
+
+    /// The value's range in `line` (after the colon, line break excluded) when the line reads
+    /// `Name: value` with a name whose rule is not `Keep` and a value not masked already.
+    fn sensitive_header_value(&self, line: &str) -> Option<Range<usize>> {
+        let indent = line.len() - line.trim_start().len();
+        let colon = indent + line[indent..].find(':')?;
+        let name = &line[indent..colon];
+        let is_header_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        let value = line[colon + 1..].trim_end_matches(['\r', '\n']);
+        let keep = !is_header_name
+            || value.trim().is_empty()
+            || value.trim() == MASK
+            || self.action_for(name, true, &[]) == FieldAction::Keep;
+        (!keep).then(|| colon + 1..colon + 1 + value.len())
     }
 
     /// Replaces the password of each URL's user information and the values of sensitive
