@@ -76,13 +76,21 @@ pub(crate) fn sync_dir_of(path: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Opens `path` for appending, creating it when missing; a file created here has its directory
-/// synced ([`sync_dir_of`]) before it is used.
+/// The mode of every file this crate creates (the JSONL store, the spool and its cursor and
+/// rejected-events file, a purge's rewrite before it takes the mode of the file it replaces):
+/// read and write for the owner only, whatever the umask. Audit trails name users, addresses
+/// and what they did; other local accounts have no business reading them.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Opens `path` for appending, creating it ([`FILE_MODE`]) when missing; a file created here
+/// has its directory synced ([`sync_dir_of`]) before it is used.
 pub(crate) fn open_or_create(
     path: &std::path::Path,
     options: &mut std::fs::OpenOptions,
 ) -> std::io::Result<std::fs::File> {
-    match options.clone().create_new(true).open(path) {
+    let mut create = options.clone();
+    std::os::unix::fs::OpenOptionsExt::mode(&mut create, FILE_MODE);
+    match create.create_new(true).open(path) {
         Ok(file) => {
             sync_dir_of(path)?;
             Ok(file)
@@ -90,6 +98,14 @@ pub(crate) fn open_or_create(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => options.open(path),
         Err(e) => Err(e),
     }
+}
+
+/// Creates `path` ([`FILE_MODE`]) or truncates it, for writing.
+pub(crate) fn create_truncated(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+    options.open(path)
 }
 
 /// Takes an exclusive lock on `file` for as long as it stays open, without waiting: the mark

@@ -1,5 +1,6 @@
 //! The local spool: encoded events written to disk while the store is down, replayed in
-//! order when it returns.
+//! order when it returns. Its files (the spool, its cursor, the rejected events) are created
+//! readable and writable by their owner only (mode 0600).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -218,7 +219,8 @@ impl Spool {
         if self.cursor == self.len {
             return self.reset();
         }
-        std::fs::write(&self.cursor_path, self.cursor.to_string())
+        crate::create_truncated(&self.cursor_path)
+            .and_then(|mut f| f.write_all(self.cursor.to_string().as_bytes()))
             .map_err(|e| Error::io("write audit spool cursor", e))
     }
 
@@ -281,6 +283,21 @@ mod tests {
                     .unwrap()
             })
             .collect()
+    }
+
+    /// The spool and its cursor are their owner's only, whatever the umask.
+    #[test]
+    fn the_spool_and_its_cursor_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.spool");
+        let mut spool = Spool::open(&path).unwrap();
+        spool.append(&events(3)).unwrap();
+        let (_, end) = spool.read(10).unwrap();
+        spool.advance(end / 2).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&sibling(&path, ".cursor")), 0o600);
     }
 
     /// A cursor left beside an emptied spool (a crash between the two steps of emptying it,

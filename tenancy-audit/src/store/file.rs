@@ -115,7 +115,9 @@ struct State {
 /// and it refuses to append when the file was truncated, replaced or grown by someone else, and reading refuses
 /// a file with unreadable lines (an unreadable line cannot be attributed to a tenant). An
 /// incomplete last line, left by a crash in the middle of a write that was therefore never
-/// acknowledged, is cut off at open.
+/// acknowledged, is cut off at open. A file the store creates is readable and writable by its
+/// owner only (mode 0600, whatever the umask); a mode the operator set afterwards is kept,
+/// through purges too (their rewrite takes the mode of the file it replaces).
 ///
 /// ```
 /// use tenancy_audit::store::{AuditStore, FileAuditStore, FsyncPolicy};
@@ -473,7 +475,16 @@ impl State {
         // Rewrite the file without the purged lines, the new anchor first.
         let tmp = tmp_path(&self.path);
         let src = File::open(&self.path).map_err(|e| Error::io("open audit file", e))?;
-        let mut out = File::create(&tmp).map_err(|e| Error::io("create purge file", e))?;
+        // The rewrite takes the mode of the file it replaces (an operator's 0640 for a log
+        // shipper's group stays 0640), never the umask's default.
+        let mode = src
+            .metadata()
+            .map_err(|e| Error::io("stat audit file", e))?
+            .permissions();
+        let mut out =
+            crate::create_truncated(&tmp).map_err(|e| Error::io("create purge file", e))?;
+        out.set_permissions(mode)
+            .map_err(|e| Error::io("set the purge file's mode", e))?;
         // The new file replaces the old one by rename: its lock goes with it.
         out.lock().map_err(|e| Error::io("lock purge file", e))?;
         let mut head = serde_json::to_vec(&AnchorLine {
@@ -611,6 +622,7 @@ mod tests {
     use super::*;
     use crate::AuditDispatcher;
     use crate::codec::Codec;
+    use std::os::unix::fs::PermissionsExt;
     use tenancy_core::{AuditEvent, AuditSink, Outcome};
 
     /// Whether appends left bytes unsynced, and when the file was last synced.
@@ -670,5 +682,40 @@ mod tests {
         store.append(&[encoded()]).await.unwrap();
         let (unsynced, synced) = sync_state(&store);
         assert!(!unsynced && synced > opened, "Always syncs every append");
+    }
+
+    /// The mode of `path`'s permission bits.
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A file the store creates is its owner's only, whatever the umask; a mode set afterwards
+    /// is kept through a purge, whose rewrite replaces the file.
+    #[tokio::test]
+    async fn the_file_is_created_owner_only_and_a_purge_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let store = FileAuditStore::open(&path).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let tenant = TenantId::parse("acme").unwrap();
+        let encoded = || {
+            Codec::default().encode_owned(AuditEvent::new(tenant.clone(), "x.y", Outcome::Success))
+        };
+        for _ in 0..3 {
+            store.append(&[encoded().unwrap()]).await.unwrap();
+        }
+        let second = store.newest(&tenant, Some(3), 1).await.unwrap()[0].head();
+        assert_eq!(second.seq, 2);
+        let anchor = Anchor {
+            seq: second.seq,
+            hash: second.hash,
+        };
+        assert_eq!(store.purge(&tenant, anchor).await.unwrap(), 2);
+        assert_eq!(mode(&path), 0o640, "the purge's rewrite took another mode");
+        assert!(!tmp_path(&path).exists());
+        store.append(&[encoded().unwrap()]).await.unwrap();
+        assert_eq!(store.head(&tenant).await.unwrap().map(|h| h.seq), Some(4));
     }
 }
