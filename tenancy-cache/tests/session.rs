@@ -567,15 +567,71 @@ async fn a_redis_that_may_evict_session_keys_is_refused_at_start_up() {
         .expect("CONFIG refused: warn, do not fail");
 }
 
+/// Each primary of a Cluster is asked, not just the first: one primary of the shared
+/// Cluster that would evict (a bound far above what the tests store, so that nothing is
+/// evicted meanwhile) is named; its settings are put back before anything is asserted.
 #[tokio::test]
 async fn every_cluster_primary_is_checked_for_an_evicting_policy() {
     let Some((pool, _)) = common::cluster().await else {
         return;
     };
-    // The shared Cluster keeps its default, noeviction, on every primary; its configuration
-    // is not changed here.
-    RedisSessionStore::new(pool)
+    let store = RedisSessionStore::new(pool);
+    store
         .check_eviction_policy()
         .await
-        .expect("noeviction on every primary");
+        .expect("noeviction, the default, on every primary");
+
+    let urls = common::cluster_urls();
+    let last = urls.last().expect("cluster urls");
+    let port = last.rsplit(':').next().expect("a port").to_owned();
+    let mut node = redis::Client::open(last.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+        .arg(&["GET", "maxmemory*"])
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    let set = |setting: &'static str, value: String| {
+        let mut node = node.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(setting)
+                .arg(value)
+                .query_async::<()>(&mut node)
+                .await
+        }
+    };
+    set("maxmemory", "4gb".to_owned()).await.unwrap();
+    set("maxmemory-policy", "allkeys-lru".to_owned())
+        .await
+        .unwrap();
+    let found = store.check_eviction_policy().await;
+    set("maxmemory-policy", before["maxmemory-policy"].clone())
+        .await
+        .unwrap();
+    set("maxmemory", before["maxmemory"].clone()).await.unwrap();
+
+    match found {
+        Err(tenancy_cache::Error::Misconfigured {
+            node,
+            setting,
+            value,
+            ..
+        }) => {
+            assert!(node.ends_with(&format!(":{port}")), "{node}");
+            assert_eq!(
+                (setting, value.as_str()),
+                ("maxmemory-policy", "allkeys-lru")
+            );
+        }
+        other => panic!("the evicting primary on port {port} went unnoticed: {other:?}"),
+    }
+    store
+        .check_eviction_policy()
+        .await
+        .expect("noeviction again on every primary");
 }
