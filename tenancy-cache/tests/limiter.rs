@@ -386,7 +386,13 @@ async fn script_flush_mid_run_is_survived() {
 
 /// A pool on `server` that gives up within a few hundred milliseconds once it is gone.
 async fn quick_failing_pool(server: &DedicatedRedis) -> RedisPool {
-    RedisConfig::single(server.url())
+    quick_failing(RedisConfig::single(server.url())).await
+}
+
+/// A pool by `config` that gives up within a few hundred milliseconds on a node gone or
+/// silent.
+async fn quick_failing(config: RedisConfig) -> RedisPool {
+    config
         .with_connect_timeout(Duration::from_millis(200))
         .with_response_timeout(Duration::from_millis(300))
         .with_acquire_timeout(Duration::from_millis(300))
@@ -1065,4 +1071,97 @@ async fn unbounded_durations_do_not_overflow() {
         assert!(d.allowed && d.source == DecisionSource::FailOpen, "{d:?}");
     }
     assert_eq!(l.circuit(), CircuitState::Open);
+}
+
+/// A Cluster node that stops answering (frozen: its connections stay open, no reply comes)
+/// costs the tenants whose slots it serves their failure policy, each decision within the
+/// limiter's bound and then at once once their slots' circuit is open; tenants on the other
+/// nodes keep getting Redis's decisions, no slower, and the frozen node's tenants get them
+/// again once it answers.
+#[tokio::test]
+async fn a_frozen_cluster_node_costs_only_the_tenants_it_serves() {
+    let Some(cluster) = common::DedicatedCluster::start(3).await else {
+        return;
+    };
+    let pool = quick_failing(RedisConfig::cluster(cluster.urls())).await;
+    let ks = KeySpace::new("tenancy").unwrap();
+    let bound = Duration::from_millis(400);
+    let l = RedisRateLimiter::builder(pool)
+        .with_key_space(ks.clone())
+        .with_timeout(bound)
+        .with_breaker(2, Duration::from_secs(2))
+        .with_denial_cache(0)
+        .build();
+    let fx = Fixture::new();
+    let u = fx.user("alice");
+    // A tenant served by node 0, which will freeze, and one served by another node.
+    let (mut frozen, mut live) = (None, None);
+    for i in 0..200 {
+        let t = fx.tenant(&format!("t{i}"));
+        let on_node_0 = cluster.node_of(&ks.limit_tenant(&t, 3600)).await == 0;
+        match (on_node_0, &frozen, &live) {
+            (true, None, _) => frozen = Some(t),
+            (false, _, None) => live = Some(t),
+            _ => {}
+        }
+        if frozen.is_some() && live.is_some() {
+            break;
+        }
+    }
+    let (frozen, live) = (frozen.unwrap(), live.unwrap());
+    let limits = outage_limits(FailurePolicy::FailOpen);
+    for t in [&frozen, &live] {
+        let d = l.check(&req(t, &u, limits.clone())).await.unwrap();
+        assert_eq!(d.source, DecisionSource::Backend);
+    }
+
+    cluster.freeze(0);
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        let d = l.check(&req(&frozen, &u, limits.clone())).await.unwrap();
+        waits.push(started.elapsed());
+        assert!(d.allowed);
+        assert_eq!(d.source, DecisionSource::FailOpen);
+
+        let started = std::time::Instant::now();
+        let d = l.check(&req(&live, &u, limits.clone())).await;
+        let waited = started.elapsed();
+        let d = d.unwrap_or_else(|e| panic!("the live node's tenant failed: {e}"));
+        assert_eq!(
+            d.source,
+            DecisionSource::Backend,
+            "the live node's tenant is decided by Redis"
+        );
+        assert!(
+            waited < Duration::from_millis(250),
+            "the live node's tenant waited {waited:?}"
+        );
+    }
+    assert!(
+        waits
+            .iter()
+            .all(|w| *w < bound + Duration::from_millis(300)),
+        "each decision within the bound: {waits:?}"
+    );
+    assert!(
+        waits[2..].iter().all(|w| *w < Duration::from_millis(150)),
+        "the open circuit answers at once: {waits:?}"
+    );
+    assert_eq!(l.circuit(), CircuitState::Open);
+    eprintln!("decisions for the frozen node's tenant took {waits:?}");
+
+    cluster.thaw(0);
+    // Once the cool-down is over, a probe finds the node answering and the circuit closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let d = l.check(&req(&frozen, &u, limits.clone())).await.unwrap();
+        if d.source == DecisionSource::Backend {
+            break;
+        }
+        assert_eq!(d.source, DecisionSource::FailOpen);
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(l.circuit(), CircuitState::Closed);
 }

@@ -166,6 +166,184 @@ impl DedicatedRedis {
     }
 }
 
+/// A Redis Cluster of the test's own: `n` primaries (no replicas) on free loopback ports,
+/// whose nodes the test may freeze (`SIGSTOP`: connections stay open, nothing answers) and
+/// thaw; killed when dropped. Never the shared Cluster.
+pub struct DedicatedCluster {
+    nodes: Vec<(u16, Child)>,
+    dir: PathBuf,
+}
+
+impl DedicatedCluster {
+    /// Starts one and waits for `cluster_state:ok`, or returns `None` (after saying why) when
+    /// `redis-server` or `redis-cli` is not installed and services are not required. A node
+    /// is not marked failing before 60 s of silence, so a test may freeze one for that long
+    /// without the Cluster going down as a whole.
+    pub async fn start(n: usize) -> Option<Self> {
+        let dir = std::env::temp_dir().join(tenancy_tests::unique("tenancy-cluster-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            dir,
+        };
+        for _ in 0..n {
+            let port = free_port();
+            let node_dir = cluster.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let spawned = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "60000",
+                ])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            match spawned {
+                Ok(child) => cluster.nodes.push((port, child)),
+                Err(e) => {
+                    tenancy_tests::service_missing("redis-server (for a dedicated Cluster)", &e);
+                    return None;
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for url in cluster.urls() {
+            while !ping(&url).await {
+                assert!(Instant::now() < deadline, "{url} did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        match created {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => panic!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => {
+                tenancy_tests::service_missing("redis-cli (for a dedicated Cluster)", &e);
+                return None;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for i in 0..n {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut cluster.node(i).await)
+                    .await
+                    .expect("CLUSTER INFO");
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the Cluster did not form: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Some(cluster)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// A plain connection to node `i`.
+    pub async fn node(&self, i: usize) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.nodes[i].0))
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("node connection")
+    }
+
+    /// The index of the node serving `key`'s hash slot (asked of node 0: `CLUSTER KEYSLOT`,
+    /// then `CLUSTER SLOTS`).
+    pub async fn node_of(&self, key: &str) -> usize {
+        let mut c = self.node(0).await;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .expect("CLUSTER SLOTS");
+        for range in ranges {
+            let redis::Value::Array(parts) = range else {
+                continue;
+            };
+            let int = |v: &redis::Value| match v {
+                redis::Value::Int(i) => *i,
+                other => panic!("CLUSTER SLOTS: {other:?}"),
+            };
+            let (start, end) = (int(&parts[0]), int(&parts[1]));
+            let redis::Value::Array(primary) = &parts[2] else {
+                panic!("CLUSTER SLOTS: {parts:?}");
+            };
+            let port = int(&primary[1]);
+            if (start..=end).contains(&slot) {
+                return self
+                    .nodes
+                    .iter()
+                    .position(|(p, _)| i64::from(*p) == port)
+                    .expect("a node of this Cluster");
+            }
+        }
+        panic!("slot {slot} is served by no node");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.nodes[i].1.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal}");
+    }
+
+    /// Node `i` stops answering: its connections stay open, its replies never come.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Node `i` answers again.
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+}
+
+impl Drop for DedicatedCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            // A frozen node dies of SIGKILL too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 async fn ping(url: &str) -> bool {
     let Ok(client) = redis::Client::open(url) else {
         return false;
