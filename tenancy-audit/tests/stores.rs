@@ -934,27 +934,50 @@ async fn try_record_takes_an_event_at_once_or_hands_it_back() {
     ));
 }
 
-#[tokio::test]
+/// While the writer is held in an append, `record` returns for as many events as the queue
+/// holds (and the batch in the writer's hands), and the rest wait, neither refused nor
+/// dropped; once the store lets appends through, every one of them is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_applies_back_pressure_instead_of_dropping() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let store = MemoryAuditStore::new();
-    let sink = AuditDispatcher::builder(Arc::new(store.clone()))
+    let gated = Arc::new(Spy::gated(Arc::new(store.clone()), false));
+    let sink = AuditDispatcher::builder(Arc::clone(&gated) as Arc<dyn AuditStore>)
         .with_capacity(4)
         .with_batch_size(2)
+        .with_linger(Duration::ZERO)
         .start()
         .await
         .unwrap();
     let tenant = Fixture::new().tenant("q");
+    let returned = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for i in 0..200 {
-        let s = sink.clone();
-        let t = tenant.clone();
-        handles.push(tokio::spawn(async move { s.record(event(&t, i)).await }));
+        let (s, t, returned) = (sink.clone(), tenant.clone(), Arc::clone(&returned));
+        handles.push(tokio::spawn(async move {
+            let r = s.record(event(&t, i)).await;
+            returned.fetch_add(1, Ordering::SeqCst);
+            r
+        }));
     }
+    gated.begun(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = returned.load(Ordering::SeqCst);
+    assert!(
+        (4..=6).contains(&early),
+        "{early} records returned while the writer was held: the queue holds 4, the batch 2"
+    );
+    assert_eq!(gated.appends(), 0);
+
+    gated.allow(1_000);
     for h in handles {
         h.await.unwrap().unwrap();
     }
     sink.shutdown().await.unwrap();
-    assert_eq!(store.records(&tenant).len(), 200);
+    let records = store.records(&tenant);
+    assert_eq!(records.len(), 200);
+    let ids: std::collections::HashSet<_> = records.iter().map(|r| r.event_id).collect();
+    assert_eq!(ids.len(), 200, "every event once");
     assert!(matches!(
         AuditDispatcher::builder(Arc::new(store))
             .with_capacity(0)
