@@ -85,6 +85,10 @@ pub struct DispatcherStats {
     pub replayed: u64,
     /// Failed store appends.
     pub store_errors: u64,
+    /// Events not stored because their id was stored before with another payload (the id
+    /// reused for another event; [`Appended::conflict`](crate::store::Appended::conflict)):
+    /// each is logged at error level with its payload.
+    pub conflicts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +97,7 @@ struct Counters {
     spooled: AtomicU64,
     replayed: AtomicU64,
     store_errors: AtomicU64,
+    conflicts: AtomicU64,
     /// Whether events wait for the store (in the spool or in memory), as of the writer's
     /// last turn.
     backlog: AtomicBool,
@@ -353,6 +358,7 @@ impl AuditDispatcher {
             spooled: self.counters.spooled.load(Ordering::Relaxed),
             replayed: self.counters.replayed.load(Ordering::Relaxed),
             store_errors: self.counters.store_errors.load(Ordering::Relaxed),
+            conflicts: self.counters.conflicts.load(Ordering::Relaxed),
         }
     }
 
@@ -475,6 +481,7 @@ impl HealthCheck for AuditDispatcher {
             .with_figure("spooled", stats.spooled)
             .with_figure("replayed", stats.replayed)
             .with_figure("store_errors", stats.store_errors)
+            .with_figure("conflicts", stats.conflicts)
     }
 }
 
@@ -837,11 +844,24 @@ impl Writer {
         self.last_error = None;
     }
 
-    /// One store append, within the append timeout.
+    /// One store append, within the append timeout. An event the store refused as a
+    /// conflict (its id stored before with another payload) is counted and logged at error
+    /// level with its payload, the one place it is kept.
     async fn append(&self, events: &[EncodedEvent]) -> Result<()> {
-        self.bounded("audit store append", self.store.append(events))
-            .await
-            .map(drop)
+        let out = self
+            .bounded("audit store append", self.store.append(events))
+            .await?;
+        for (outcome, event) in out.iter().zip(events).filter(|(o, _)| o.conflict) {
+            self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                tenant = %outcome.tenant,
+                event_id = %outcome.event_id,
+                stored_seq = outcome.seq,
+                payload = %String::from_utf8_lossy(&event.payload),
+                "audit event not stored: its id is stored already, with another payload"
+            );
+        }
+        Ok(())
     }
 
     /// [`AuditStore::sync`], within the append timeout.

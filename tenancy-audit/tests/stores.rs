@@ -135,37 +135,54 @@ async fn concurrent_appends_postgres_under_a_repeatable_read_default() {
 
 /// A batch over two tenants mixing new events, events stored by an earlier batch and events
 /// repeated within the batch: duplicates keep their first `seq`, the new events get the next
-/// ones in batch order, and `walk` reads each chain back whole, past a page boundary.
+/// ones in batch order, and `walk` reads each chain back whole, past a page boundary. An id
+/// repeated with another payload (stored before, or earlier in the batch) is a conflict, and
+/// the first payload stays.
 async fn duplicates_and_walk(store: Arc<dyn AuditStore>, fx: &Fixture) {
     let (a, b) = (fx.tenant("dup-a"), fx.tenant("dup-b"));
     let first: Vec<EncodedEvent> = (0..3).map(|i| encoded(&a, i)).collect();
     store.append(&first).await.unwrap();
     let new_b = encoded(&b, 10);
-    let batch = vec![
+    // The same id as another event, with this one's payload.
+    let reusing = |id: &EncodedEvent, i: usize| EncodedEvent {
+        event_id: id.event_id,
+        ..encoded(&a, i)
+    };
+    let mut batch = vec![
         new_b.clone(),
         first[1].clone(),
         encoded(&a, 3),
         new_b,
         first[0].clone(),
         encoded(&a, 4),
+        reusing(&first[2], 20),
     ];
+    batch.push(reusing(&batch[5], 21));
     let out = store.append(&batch).await.unwrap();
-    let got: Vec<(&str, u64, bool)> = out
+    let got: Vec<(&str, u64, bool, bool)> = out
         .iter()
-        .map(|o| (o.tenant.as_str(), o.seq, o.duplicate))
+        .map(|o| (o.tenant.as_str(), o.seq, o.duplicate, o.conflict))
         .collect();
     let (an, bn) = (a.as_str(), b.as_str());
     assert_eq!(
         got,
         vec![
-            (bn, 1, false),
-            (an, 2, true),
-            (an, 4, false),
-            (bn, 1, true),
-            (an, 1, true),
-            (an, 5, false),
+            (bn, 1, false, false),
+            (an, 2, true, false),
+            (an, 4, false, false),
+            (bn, 1, true, false),
+            (an, 1, true, false),
+            (an, 5, false, false),
+            (an, 3, true, true),
+            (an, 5, true, true),
         ]
     );
+    let stored = all(store.as_ref(), &a).await;
+    assert_eq!(
+        stored[2].payload, first[2].payload,
+        "the first payload stays"
+    );
+    assert_eq!(stored[4].payload, batch[5].payload);
     let ids: Vec<_> = all(store.as_ref(), &a)
         .await
         .iter()
@@ -1292,4 +1309,32 @@ async fn a_purge_between_pages_skips_nothing_file() {
         .await
         .unwrap();
     a_purge_between_pages_skips_nothing(Arc::new(store)).await;
+}
+
+/// An event recorded again (a caller's retry) is stored once and is no conflict; another
+/// event under an id already stored is not stored, and the dispatcher counts it.
+#[tokio::test]
+async fn an_event_id_reused_for_another_event_is_counted_not_stored() {
+    let store = MemoryAuditStore::new();
+    let sink = AuditDispatcher::builder(Arc::new(store.clone()))
+        .start()
+        .await
+        .unwrap();
+    let tenant = Fixture::new().tenant("reuse");
+    let first = event(&tenant, 1);
+    sink.record(first.clone()).await.unwrap();
+    sink.record(first.clone()).await.unwrap();
+    sink.flush().await.unwrap();
+    assert_eq!(sink.stats().conflicts, 0, "a retry is no conflict");
+
+    let mut other = event(&tenant, 2);
+    other.event_id = first.event_id;
+    sink.record(other).await.unwrap();
+    sink.flush().await.unwrap();
+    assert_eq!(sink.stats().conflicts, 1);
+    let records = store.records(&tenant);
+    assert_eq!(records.len(), 1);
+    let decoded = tenancy_audit::codec::decode(&records[0].payload).unwrap();
+    assert_eq!(decoded.details.get("n"), Some(&serde_json::json!(1)));
+    sink.shutdown().await.unwrap();
 }

@@ -574,6 +574,7 @@ impl HealthCheck for AuditHealth {
             .with_figure("spooled", s.spooled)
             .with_figure("replayed", s.replayed)
             .with_figure("store_errors", s.store_errors)
+            .with_figure("conflicts", s.conflicts)
     }
 }
 

@@ -431,6 +431,7 @@ pub fn metrics_text(app: &App) -> String {
     metrics::gauge!("tenancy_audit_events_stored").set(stats.stored as f64);
     metrics::gauge!("tenancy_audit_events_spooled").set(stats.spooled as f64);
     metrics::gauge!("tenancy_audit_store_errors").set(stats.store_errors as f64);
+    metrics::gauge!("tenancy_audit_event_id_conflicts").set(stats.conflicts as f64);
     for (name, h) in app.health() {
         let up = if h.status == HealthStatus::Down {
             0.0

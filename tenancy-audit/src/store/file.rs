@@ -381,7 +381,9 @@ impl State {
     }
 
     fn append(&mut self, events: &[EncodedEvent]) -> Result<Vec<Appended>> {
-        let (records, out) = self.chains.prepare(events);
+        let (records, out) = self.chains.prepare(events, |tenant, seq, payload| {
+            self.stored_payload_is(tenant, seq, payload)
+        });
         if records.is_empty() {
             return Ok(out);
         }
@@ -442,6 +444,24 @@ impl State {
         self.last_sync = Instant::now();
         self.unsynced = false;
         Ok(())
+    }
+
+    /// Whether the record stored at `tenant`'s `seq` holds `payload`: read back from the file
+    /// (only for an event id seen before, so off the usual path). `true` when it cannot be
+    /// told (purged, or unreadable: logged).
+    fn stored_payload_is(&self, tenant: &TenantId, seq: u64, payload: &[u8]) -> bool {
+        let entries = self.index.get(tenant).map_or(&[][..], Vec::as_slice);
+        let Ok(i) = entries.binary_search_by_key(&seq, |e| e.seq) else {
+            return true;
+        };
+        match self.read(&entries[i..=i]) {
+            Ok(stored) => stored.first().is_none_or(|r| *r.payload == *payload),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, seq, error = %e,
+                    "cannot read a stored event back to compare a repeated event id");
+                true
+            }
+        }
     }
 
     fn read(&self, entries: &[Entry]) -> Result<Vec<StoredRecord>> {

@@ -61,6 +61,15 @@ impl Trail {
         self.rows.push(row);
     }
 
+    /// Whether the payload stored at `seq` is `payload` (`true` when `seq` is not held).
+    fn payload_is(&self, seq: u64, payload: &[u8]) -> bool {
+        self.rows
+            .binary_search_by_key(&seq, |r| r.seq)
+            .map_or(true, |i| {
+                self.bytes[self.rows[i].payload.clone()] == *payload
+            })
+    }
+
     fn record(&self, tenant: &TenantId, row: &Row) -> StoredRecord {
         StoredRecord {
             tenant: tenant.clone(),
@@ -150,7 +159,14 @@ impl MemoryAuditStore {
 impl AuditStore for MemoryAuditStore {
     async fn append(&self, events: &[EncodedEvent]) -> Result<Vec<Appended>> {
         let mut st = self.lock();
-        let (records, out) = st.chains.prepare(events);
+        let (records, out) = {
+            let stored = &st.records;
+            st.chains.prepare(events, |tenant, seq, payload| {
+                stored
+                    .get(tenant)
+                    .is_none_or(|t| t.payload_is(seq, payload))
+            })
+        };
         st.chains.commit(&records);
         // One lookup per run of records of the same tenant.
         for run in records.chunk_by(|a, b| a.tenant == b.tenant) {

@@ -58,6 +58,13 @@ pub struct Appended {
     pub seq: u64,
     /// Whether the event id was already stored, so nothing was written.
     pub duplicate: bool,
+    /// Whether it was a duplicate whose payload differs from the one stored under its id
+    /// (or earlier in the batch): the id was reused for another event. The stored event
+    /// stays and this one is not stored; the [`AuditDispatcher`](crate::AuditDispatcher)
+    /// logs it at error level, payload included, and counts it
+    /// ([`DispatcherStats::conflicts`](crate::DispatcherStats::conflicts)). A replay of the
+    /// same event (after an outage, from the spool) is a duplicate without conflict.
+    pub conflict: bool,
 }
 
 /// A place in a tenant's chain, for paging through [`AuditStore::scan`]: the `seq` of the
@@ -102,7 +109,8 @@ pub struct ScanPage {
 pub trait AuditStore: Send + Sync + fmt::Debug + 'static {
     /// Appends events in order: each gets its tenant's next `seq`, chained to the previous
     /// hash. An event id already stored for its tenant (or repeated in the batch) is reported
-    /// as a duplicate and not written. Either the whole batch is stored or none of it, but
+    /// as a duplicate and not written, as a conflict when its payload is not the stored one.
+    /// The outcomes come one per event, in the batch's order. Either the whole batch is stored or none of it, but
     /// for a crash in the middle of a JSONL write, which can leave the batch's first whole
     /// lines stored (a retry, as the dispatcher makes, stores the rest: the stored ones come
     /// back as duplicates).
@@ -217,7 +225,15 @@ impl Chains {
     ///
     /// Each tenant of the batch is looked up once, not once per event: a batch usually holds a
     /// few tenants, found by a short scan (by index past [`SCAN_TENANTS`]).
-    pub(crate) fn prepare(&self, events: &[EncodedEvent]) -> (Vec<StoredRecord>, Vec<Appended>) {
+    ///
+    /// `stored_payload_is` answers whether the payload stored at a tenant's `seq` is the given
+    /// one, for an event whose id the chain already holds (a store that cannot tell, the
+    /// record being purged or unreadable, answers `true`: a plain duplicate).
+    pub(crate) fn prepare(
+        &self,
+        events: &[EncodedEvent],
+        mut stored_payload_is: impl FnMut(&TenantId, u64, &[u8]) -> bool,
+    ) -> (Vec<StoredRecord>, Vec<Appended>) {
         /// A tenant of the batch: its stored chain, and its next `seq` and previous hash as
         /// staged so far.
         struct Staged<'a> {
@@ -228,9 +244,10 @@ impl Chains {
         }
         let mut staged: Vec<Staged<'_>> = Vec::new();
         let mut index: HashMap<&TenantId, usize> = HashMap::new();
-        // Event ids staged in this batch, by tenant position in `staged`.
-        let mut batch_ids: IdMap<(usize, EventId)> =
-            IdMap::with_capacity_and_hasher(events.len(), IdHasher::default());
+        // Event ids staged in this batch, by tenant position in `staged`: the record's index
+        // in `records`.
+        let mut batch_ids: HashMap<(usize, EventId), usize, IdHasher> =
+            HashMap::with_capacity_and_hasher(events.len(), IdHasher::default());
         let mut records = Vec::with_capacity(events.len());
         let mut out = Vec::with_capacity(events.len());
         let mut last: Option<usize> = None;
@@ -266,16 +283,20 @@ impl Chains {
             };
             last = Some(t);
             let s = &mut staged[t];
-            let known = s
-                .chain
-                .and_then(|c| c.ids.get(&e.event_id).copied())
-                .or_else(|| batch_ids.get(&(t, e.event_id)).copied());
-            if let Some(seq) = known {
+            let known = match s.chain.and_then(|c| c.ids.get(&e.event_id).copied()) {
+                Some(seq) => Some((seq, !stored_payload_is(&e.tenant, seq, &e.payload))),
+                None => batch_ids.get(&(t, e.event_id)).map(|&i| {
+                    let r: &StoredRecord = &records[i];
+                    (r.seq, r.payload != e.payload)
+                }),
+            };
+            if let Some((seq, conflict)) = known {
                 out.push(Appended {
                     event_id: e.event_id,
                     tenant: e.tenant.clone(),
                     seq,
                     duplicate: true,
+                    conflict,
                 });
                 continue;
             }
@@ -283,7 +304,7 @@ impl Chains {
             let hash = link(&e.tenant, seq, &prev, &e.payload);
             s.seq = seq.saturating_add(1);
             s.prev = hash;
-            batch_ids.insert((t, e.event_id), seq);
+            batch_ids.insert((t, e.event_id), records.len());
             records.push(StoredRecord {
                 tenant: e.tenant.clone(),
                 seq,
@@ -298,6 +319,7 @@ impl Chains {
                 tenant: e.tenant.clone(),
                 seq,
                 duplicate: false,
+                conflict: false,
             });
         }
         (records, out)
@@ -372,7 +394,7 @@ mod tests {
         }
         batch.push(event(&tenants[3], 1)); // a duplicate within the batch
         let mut chains = Chains::default();
-        let (records, out) = chains.prepare(&batch);
+        let (records, out) = chains.prepare(&batch, |_, _, _| true);
         chains.commit(&records);
         assert_eq!(records.len(), 60);
         assert_eq!(out.len(), 61);
@@ -399,7 +421,7 @@ mod tests {
             event(&tenants[0], 0),
             event(&tenants[0], 9),
         ];
-        let (records, out) = chains.prepare(&more);
+        let (records, out) = chains.prepare(&more, |_, _, _| true);
         assert_eq!(records.len(), 2);
         assert_eq!(
             out.iter().map(|a| (a.seq, a.duplicate)).collect::<Vec<_>>(),

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -372,6 +373,8 @@ impl PgAuditStore {
             }
             chains.tenants.insert(t, c);
         }
+        // The payloads stored under this batch's known ids, by tenant and seq.
+        let mut stored_payloads: HashMap<(TenantId, u64), Vec<u8>> = HashMap::new();
         if check_stored {
             let owners: Vec<&str> = events.iter().map(|e| e.tenant.as_str()).collect();
             let ids: Vec<&[u8]> = events.iter().map(|e| &e.event_id.as_bytes()[..]).collect();
@@ -380,11 +383,15 @@ impl PgAuditStore {
                 // whatever the statistics said when the statement was first planned (a join
                 // planned while the table was empty stays a sequential scan in the cached
                 // plan). `OFFSET 0` keeps the probe from being evaluated twice; only the
-                // events found come back.
-                "SELECT i, seq FROM (
+                // events found come back, with their stored payload (a second probe, on this
+                // path of replays only), to tell a replay from an id reused for another event.
+                "SELECT i, seq, payload FROM (
                      SELECT x.i, (SELECT e.seq FROM tenancy_audit.events e
                                   WHERE e.tenant_id = x.tenant_id
-                                    AND e.event_id = x.event_id) AS seq
+                                    AND e.event_id = x.event_id) AS seq,
+                                 (SELECT e.payload FROM tenancy_audit.events e
+                                  WHERE e.tenant_id = x.tenant_id
+                                    AND e.event_id = x.event_id) AS payload
                      FROM unnest($1::text[], $2::bytea[])
                           WITH ORDINALITY AS x(tenant_id, event_id, i)
                      OFFSET 0) AS p
@@ -397,21 +404,28 @@ impl PgAuditStore {
             for row in &stored {
                 let i: i64 = row.try_get(0)?;
                 let seq: i64 = row.try_get(1)?;
+                let payload: Vec<u8> = row.try_get(2)?;
                 let e = usize::try_from(i - 1)
                     .ok()
                     .and_then(|i| events.get(i))
                     .ok_or_else(|| {
                         decode(Error::malformed_plain("stored event index out of range"))
                     })?;
+                let seq = u64::try_from(seq).unwrap_or(0);
                 chains
                     .tenants
                     .entry(e.tenant.clone())
                     .or_default()
                     .ids
-                    .insert(e.event_id, u64::try_from(seq).unwrap_or(0));
+                    .insert(e.event_id, seq);
+                stored_payloads.insert((e.tenant.clone(), seq), payload);
             }
         }
-        let (records, out) = chains.prepare(events);
+        let (records, out) = chains.prepare(events, |tenant, seq, payload| {
+            stored_payloads
+                .get(&(tenant.clone(), seq))
+                .is_none_or(|stored| stored.as_slice() == payload)
+        });
         if !records.is_empty() {
             let mut cols = Columns::default();
             for r in &records {
