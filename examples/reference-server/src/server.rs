@@ -3,9 +3,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ::http::Request;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower::ServiceExt as _;
 
 use crate::{App, Config, Error, Result};
 
@@ -15,6 +21,18 @@ use crate::{App, Config, Error, Result};
 /// audit store, a body at most [`BODY_READ_TIMEOUT`](crate::app::BODY_READ_TIMEOUT)), short
 /// enough for a process supervisor's stop timeout; the actix-web server waits as long.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client may take to send a request's head (request line and headers), counted
+/// from when the server starts waiting for it: on a new connection, and between the requests
+/// of a kept-alive one. Past it the connection is closed without an answer.
+///
+/// Why: without a bound, a client that sends its headers a byte at a time (or opens
+/// connections and sends nothing) holds a socket and a task for as long as it likes, and a
+/// few thousand such clients take every file descriptor. Why 15 s: a real client sends a
+/// request's head in one go; idle kept-alive connections are closed after 15 s, which HTTP
+/// clients expect of servers (their pools retry on a fresh connection). The body has its own
+/// bound, [`BODY_READ_TIMEOUT`](crate::app::BODY_READ_TIMEOUT).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A running server: its address, its [`App`], and a graceful [`Server::shutdown`].
 #[derive(Debug)]
@@ -26,33 +44,83 @@ pub struct Server {
 }
 
 /// Serves `app` on `listener` (already bound; `127.0.0.1:0` in tests) until
-/// [`Server::shutdown`].
+/// [`Server::shutdown`], over HTTP/1.1, closing connections whose request head does not
+/// arrive within [`HEADER_READ_TIMEOUT`].
 ///
 /// # Errors
 /// [`Error::Startup`] when the listener has no local address.
 pub async fn serve(app: App, listener: TcpListener) -> Result<Server> {
+    serve_with_header_timeout(app, listener, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve`] with another bound on reading a request's head (tests use a short one).
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with_header_timeout(
+    app: App,
+    listener: TcpListener,
+    header_read_timeout: Duration,
+) -> Result<Server> {
     let addr = listener.local_addr().map_err(|e| Error::Startup {
         what: "listener",
         source: Box::new(e),
     })?;
     let router = crate::http::router(app.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let task = tokio::spawn(accept(listener, router, header_read_timeout, stopped));
     Ok(Server {
         addr,
         app,
         stop: Some(stop),
         task,
     })
+}
+
+/// Accepts connections until `stopped`, then lets each finish its request in flight (a
+/// kept-alive connection closes after it) and returns once all have.
+async fn accept(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    mut stopped: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connections = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was taken: the
+                    // listener is still good. A pause keeps a shortage from spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // A response goes out in one write; waiting for more to coalesce only adds latency.
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // A client gone mid-request, a malformed request, a head read timed out.
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
 }
 
 /// Builds the [`App`] from `config`, binds `config.listen` and serves.
