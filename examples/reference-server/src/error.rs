@@ -129,10 +129,13 @@ impl Error {
     pub fn problem(&self, request_id: Option<&RequestId>) -> Problem {
         let (slug, title, detail): (&str, &str, Cow<'static, str>) = match self {
             Self::BadRequest(d) => ("bad-request", "Bad Request", d.clone()),
+            // Login and refresh only (a request's bearer token is refused by the tenancy
+            // layer, with its own text): which of the username, the password, the tenant or
+            // the token was wrong is not said.
             Self::Unauthorized => (
                 "unauthorized",
                 "Unauthorized",
-                "a valid bearer token is required".into(),
+                "the credentials or the refresh token were not accepted".into(),
             ),
             Self::Forbidden(d) => ("forbidden", "Forbidden", d.clone()),
             Self::NotFound => ("not-found", "Not Found", "no such resource".into()),

@@ -25,6 +25,11 @@ pub async fn auth(h: &Harness) {
         )
         .await;
     assert_problem(&unknown, 401);
+    // What was wrong is not said: the same words for a wrong password and an unknown tenant.
+    assert_eq!(
+        bad.body["detail"],
+        "the credentials or the refresh token were not accepted"
+    );
     assert_eq!(bad.body["detail"], unknown.body["detail"]);
 
     let first = h.login_pair("acme", "bob").await;
@@ -100,10 +105,11 @@ pub async fn auth(h: &Harness) {
         )
         .await;
     assert_problem(&after, 401);
-    // Garbage tokens: 401, same body.
+    assert_eq!(after.body["detail"], bad.body["detail"]);
+    // Garbage bearer tokens: 401, with the words of every refused bearer token.
     let junk = h.get("/v1/me", "not.a.jwt").await;
     assert_problem(&junk, 401);
-    assert_eq!(junk.body["detail"], bad.body["detail"]);
+    assert_eq!(junk.body["detail"], "a valid bearer token is required");
 }
 
 /// Records CRUD; another tenant's ids answer 404.
