@@ -58,12 +58,14 @@ pub const OPERATIONS: &[(&str, &str, bool, &[u16])] = &[
 
 /// Statuses every operation can answer whatever it is: the body limits hold on every route,
 /// before the route runs (413 over 64 KiB; 408 for a body that does not arrive in time; 400
-/// for a body that cannot be read).
-const EVERY_OPERATION: &[u16] = &[400, 408, 413];
+/// for a body that cannot be read), and so does the bound on the request's headers (431 over
+/// 16 KiB).
+const EVERY_OPERATION: &[u16] = &[400, 408, 413, 431];
 
 /// Every status the document lists for `method path` (lower-case method, path template as in
 /// [`OPERATIONS`]), ascending; empty for an operation that is not documented. Besides the
-/// operation's own: the body limits' 400, 408 and 413, on every operation; 415 where it takes
+/// operation's own: the body limits' 400, 408 and 413 and the header limit's 431, on every
+/// operation; 415 where it takes
 /// a JSON body; 401 and 403 where it needs a token (no token or a bad one; a tenant header
 /// that disagrees with the token, a suspended tenant, a missing permission); and, on every
 /// route the route rules do not exempt from rate limits ([`crate::app::route_rules`]), 429 (a
@@ -73,10 +75,10 @@ const EVERY_OPERATION: &[u16] = &[400, 408, 413];
 /// ```
 /// use tenancy_server::openapi::statuses;
 ///
-/// assert_eq!(statuses("get", "/openapi.json"), [200, 400, 408, 413]);
+/// assert_eq!(statuses("get", "/openapi.json"), [200, 400, 408, 413, 431]);
 /// assert_eq!(
 ///     statuses("post", "/v1/records"),
-///     [201, 400, 401, 403, 408, 413, 415, 429, 503]
+///     [201, 400, 401, 403, 408, 413, 415, 429, 431, 503]
 /// );
 /// assert!(statuses("get", "/nowhere").is_empty());
 /// ```
@@ -173,6 +175,16 @@ fn n() -> Value {
     json!({"type": "integer", "minimum": 0})
 }
 
+/// A tenant id as [`tenancy_core::TenantId`] takes it.
+fn tenant_id() -> Value {
+    json!({"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"})
+}
+
+/// Text without the NUL character, which the server refuses (PostgreSQL cannot store it).
+fn text(max_chars: usize) -> Value {
+    json!({"type": "string", "maxLength": max_chars, "pattern": "^[^\\u0000]*$"})
+}
+
 /// A quota override: a number, or `null` to remove it.
 fn quota() -> Value {
     json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000_000})
@@ -187,11 +199,21 @@ fn request_body(method: &str, path: &str) -> Option<Value> {
         ("post", "/v1/auth/refresh") => obj(&[("refresh_token", s())], &["refresh_token"]),
         ("post", "/v1/records") => obj(
             &[
-                (
-                    "title",
-                    json!({"type": "string", "minLength": 1, "maxLength": 200}),
-                ),
-                ("body", json!({"type": "string", "maxLength": 32768})),
+                ("title", {
+                    let mut t = text(crate::records::MAX_TITLE_CHARS);
+                    t["minLength"] = json!(1);
+                    t
+                }),
+                // The server counts the body in bytes (at most 32768 of UTF-8); a schema
+                // counts characters: 8192 characters always fit.
+                ("body", {
+                    let mut b = text(crate::records::MAX_BODY_BYTES / 4);
+                    b["description"] = json!(format!(
+                        "at most {} bytes of UTF-8",
+                        crate::records::MAX_BODY_BYTES
+                    ));
+                    b
+                }),
             ],
             &["title", "body"],
         ),
@@ -204,7 +226,11 @@ fn request_body(method: &str, path: &str) -> Option<Value> {
         ),
         ("put", "/v1/admin/tenants/{tenant}/limits") => obj(
             &[
-                ("tier", s()),
+                // `null`, as a field left out, keeps the tenant's tier.
+                (
+                    "tier",
+                    json!({"type": ["string", "null"], "enum": ["standard", "premium", null]}),
+                ),
                 ("tenant_per_hour", quota()),
                 ("tenant_burst", quota()),
                 ("user_per_hour", quota()),
@@ -234,25 +260,31 @@ fn request_body(method: &str, path: &str) -> Option<Value> {
     Some(json!({"required": true, "content": {"application/json": {"schema": schema}}}))
 }
 
-fn parameters(path: &str) -> Vec<Value> {
+fn parameters(method: &str, path: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for name in ["id", "tenant"] {
-        if path.contains(&format!("{{{name}}}")) {
-            out.push(json!({"name": name, "in": "path", "required": true, "schema": s()}));
-        }
+    if path.contains("{id}") {
+        out.push(json!({"name": "id", "in": "path", "required": true, "schema": s()}));
     }
-    match path {
-        "/v1/records" => {
-            out.push(json!({"name": "before", "in": "query", "schema": s()}));
+    if path.contains("{tenant}") {
+        out.push(json!({"name": "tenant", "in": "path", "required": true, "schema": tenant_id()}));
+    }
+    match (method, path) {
+        ("get", "/v1/records") => {
+            out.push(json!({"name": "before", "in": "query",
+                "description": "the previous page's next_before",
+                "schema": {"type": "string", "pattern": "^-?[0-9]+-[0-9a-f]{32}$"}}));
             out.push(json!({"name": "limit", "in": "query",
-                "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}));
+                "schema": {"type": "integer", "minimum": 1, "maximum": crate::records::MAX_LIST}}));
         }
-        "/v1/tenant/audit" => {
+        ("get", "/v1/tenant/audit") => {
             out.push(json!({"name": "before", "in": "query", "schema": n()}));
-            out.push(json!({"name": "limit", "in": "query", "schema": n()}));
+            out.push(json!({"name": "limit", "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": crate::ops::AUDIT_PAGE.1}}));
         }
-        "/v1/admin/audit/verify" => {
-            out.push(json!({"name": "tenant", "in": "query", "required": true, "schema": s()}));
+        ("get", "/v1/admin/audit/verify") => {
+            out.push(
+                json!({"name": "tenant", "in": "query", "required": true, "schema": tenant_id()}),
+            );
         }
         _ => {}
     }
@@ -340,7 +372,7 @@ pub fn document() -> Value {
         } else {
             op["security"] = json!([]);
         }
-        let params = parameters(path);
+        let params = parameters(method, path);
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);
         }

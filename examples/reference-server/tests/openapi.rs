@@ -225,6 +225,15 @@ async fn hostile_and_limited_requests_get_documented_statuses() {
             body: None,
             headers: &[],
         },
+        Case {
+            name: "headers over 16 KiB",
+            token: Who::Root,
+            body: None,
+            headers: Box::leak(Box::new([(
+                "x-padding",
+                &*Box::leak("a".repeat(17 * 1024).into_boxed_str()),
+            )])),
+        },
     ];
     // Logout last: it ends the session of the token it is sent.
     let mut ops: Vec<_> = OPERATIONS.iter().collect();
@@ -286,7 +295,7 @@ async fn hostile_and_limited_requests_get_documented_statuses() {
         headers: &[],
     }];
     walk(&plain, &bob_again).await;
-    for status in [400, 401, 403, 413, 415, 429] {
+    for status in [400, 401, 403, 413, 415, 429, 431] {
         assert!(seen.contains(&status), "the walk met {status}: {seen:?}");
     }
     h.stop().await;
