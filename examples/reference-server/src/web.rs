@@ -227,8 +227,43 @@ pub fn json_body<T: DeserializeOwned>(
             }
             _ => "invalid request body",
         };
-        Error::BadRequest(format!("{what}: {e}").into())
+        Error::BadRequest(format!("{what}: {}", plain_words(&e.to_string())).into())
     })
+}
+
+/// serde's message in the words of JSON: `expected a whole number, 0 or more`, not `expected
+/// u64`; `expected a JSON object`, not the name of a type inside the server.
+fn plain_words(message: &str) -> String {
+    const EXPECTED: &str = "expected ";
+    let word_len = |s: &str| {
+        s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(s.len())
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(EXPECTED) {
+        let (before, after) = rest.split_at(at + EXPECTED.len());
+        out.push_str(before);
+        let (words, used) = if let Some(name) = after.strip_prefix("struct ") {
+            ("a JSON object", "struct ".len() + word_len(name))
+        } else if let Some(name) = after.strip_prefix("enum ") {
+            ("one of the allowed values", "enum ".len() + word_len(name))
+        } else {
+            let word = &after[..word_len(after)];
+            match word {
+                "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => {
+                    ("a whole number, 0 or more", word.len())
+                }
+                "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => ("a whole number", word.len()),
+                "f32" | "f64" => ("a number", word.len()),
+                _ => ("", 0),
+            }
+        };
+        out.push_str(words);
+        rest = &after[used..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A query string (without `?`) as `T`; a 400 saying what is wrong otherwise.
@@ -250,7 +285,13 @@ pub fn query<T: DeserializeOwned>(raw: &str) -> Result<T> {
         .map_err(|_| Error::BadRequest("query: not a valid query string".into()))?;
     axum::extract::Query::<T>::try_from_uri(&uri)
         .map(|q| q.0)
-        .map_err(|r| Error::BadRequest(format!("query: {}", r.body_text()).into()))
+        .map_err(|r| {
+            let text = r.body_text();
+            let why = text
+                .strip_prefix("Failed to deserialize query string: ")
+                .unwrap_or(&text);
+            Error::BadRequest(format!("query: {}", plain_words(why)).into())
+        })
 }
 
 /// The query of `GET /v1/records`.
@@ -626,6 +667,43 @@ mod tests {
         assert!(!is_json(Some("text/json")));
         assert!(!is_json(Some("application/jsonx")));
         assert!(!is_json(None));
+    }
+
+    /// A refused body or query names JSON's kinds of value, never a type of the server's.
+    #[test]
+    fn refusals_say_what_json_was_expected_in_json_words() {
+        let detail = |e: Error| match e {
+            Error::BadRequest(d) => d.into_owned(),
+            other => panic!("{other:?}"),
+        };
+        let json = |body: &[u8]| {
+            detail(json_body::<NewRecord>(Some("application/json"), Ok(body), 1024).unwrap_err())
+        };
+        assert_eq!(
+            json(b"null"),
+            "invalid request body: invalid type: null, expected a JSON object at line 1 column 4"
+        );
+        let bypass = |body: &[u8]| {
+            detail(json_body::<ops::Bypass>(Some("application/json"), Ok(body), 1024).unwrap_err())
+        };
+        assert_eq!(
+            bypass(br#"{"seconds":-1}"#),
+            "invalid request body: invalid value: integer `-1`, expected a whole number, 0 or \
+             more at line 1 column 13"
+        );
+        let q = detail(query::<AuditQuery>("limit=x").unwrap_err());
+        assert_eq!(q, "query: limit: invalid digit found in string");
+        let q = detail(query::<AuditQuery>("colour=red").unwrap_err());
+        assert!(
+            q.starts_with("query: colour: unknown field `colour`"),
+            "{q}"
+        );
+        // What holds no such word is left as it is.
+        assert_eq!(plain_words("expected `,` or `}`"), "expected `,` or `}`");
+        assert_eq!(
+            plain_words("invalid type: string \"x\", expected f64; expected i32"),
+            "invalid type: string \"x\", expected a number; expected a whole number"
+        );
     }
 
     #[test]
