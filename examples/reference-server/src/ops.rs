@@ -814,7 +814,10 @@ pub async fn set_status(
 /// seen. Super admins only.
 ///
 /// # Errors
-/// 403 for other callers; 400 for a bad tenant id; 503 when the store cannot be read.
+/// 403 for other callers; 400 for a bad tenant id; 404 for a tenant the directory does not
+/// know and the store holds nothing of (a mistyped id is not reported as a valid empty
+/// trail; the trail of a tenant the directory forgot is still verified); 503 when the store
+/// cannot be read.
 pub async fn verify_audit(
     app: &App,
     ctx: &TenantContext,
@@ -837,6 +840,11 @@ pub async fn verify_audit(
         AuditBackend::Postgres(pg) => tenancy_audit::verify::verify(pg, &t, &[]).await,
     };
     match result {
+        Ok(v)
+            if v.records == 0 && v.anchor.is_none() && app.directory().get(&t).await?.is_none() =>
+        {
+            Err(Error::NotFound)
+        }
         Ok(v) => Ok(v.summary()),
         Err(tenancy_audit::Error::Malformed { .. }) => Ok(serde_json::json!({
             "valid": false, "events": 0, "first_bad_seq": null, "reason": "unreadable",

@@ -482,6 +482,11 @@ pub async fn audit_trail(h: &Harness) {
     assert_eq!(v.body["valid"], true, "{}", v.text);
     assert!(v.body["events"].as_u64().unwrap() >= 10);
     assert!(v.body["first_bad_seq"].is_null());
+    // A tenant nobody knows, with no trail: 404, not a valid empty trail.
+    assert_problem(
+        &h.get("/v1/admin/audit/verify?tenant=acmee", &root).await,
+        404,
+    );
     // Pages: newest first, then older.
     let page = h.get("/v1/tenant/audit?limit=2", &alice).await;
     let seqs: Vec<u64> = page.body["events"]
