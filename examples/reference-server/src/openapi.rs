@@ -224,20 +224,27 @@ fn request_body(method: &str, path: &str) -> Option<Value> {
             )],
             &["tier"],
         ),
-        ("put", "/v1/admin/tenants/{tenant}/limits") => obj(
-            &[
-                // `null`, as a field left out, keeps the tenant's tier.
-                (
-                    "tier",
-                    json!({"type": ["string", "null"], "enum": ["standard", "premium", null]}),
-                ),
-                ("tenant_per_hour", quota()),
-                ("tenant_burst", quota()),
-                ("user_per_hour", quota()),
-                ("user_burst", quota()),
-            ],
-            &[],
-        ),
+        ("put", "/v1/admin/tenants/{tenant}/limits") => {
+            let mut o = obj(
+                &[
+                    // `null`, as a field left out, keeps the tenant's tier.
+                    (
+                        "tier",
+                        json!({"type": ["string", "null"], "enum": ["standard", "premium", null]}),
+                    ),
+                    ("tenant_per_hour", quota()),
+                    ("tenant_burst", quota()),
+                    ("user_per_hour", quota()),
+                    ("user_burst", quota()),
+                ],
+                &[],
+            );
+            o["description"] = json!(
+                "A burst may not exceed its per-hour limit, as they apply after the change \
+                 (the tier's value where no override is set): 400 otherwise."
+            );
+            o
+        }
         ("post", "/v1/admin/tenants/{tenant}/bypass") => obj(
             &[(
                 "seconds",
@@ -277,7 +284,8 @@ fn parameters(method: &str, path: &str) -> Vec<Value> {
                 "schema": {"type": "integer", "minimum": 1, "maximum": crate::records::MAX_LIST}}));
         }
         ("get", "/v1/tenant/audit") => {
-            out.push(json!({"name": "before", "in": "query", "schema": n()}));
+            out.push(json!({"name": "before", "in": "query",
+                "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}}));
             out.push(json!({"name": "limit", "in": "query",
                 "schema": {"type": "integer", "minimum": 1, "maximum": crate::ops::AUDIT_PAGE.1}}));
         }
