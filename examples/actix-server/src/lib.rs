@@ -127,7 +127,10 @@ pub struct Server {
 /// inside a Tokio runtime; actix-web runs its workers on threads of their own.
 ///
 /// The server does not listen for signals itself: the caller decides when to stop (the
-/// binary stops on SIGINT and SIGTERM).
+/// binary stops on SIGINT and SIGTERM). As the axum server, it closes a connection whose
+/// request head has not arrived within the configured
+/// [`idle_timeout`](tenancy_server::Config::idle_timeout), kept-alive connections between
+/// requests included.
 ///
 /// # Errors
 /// [`Error::Listen`] when the listener cannot be handed over.
@@ -135,6 +138,7 @@ pub async fn serve(app: App, listener: TcpListener) -> Result<Server> {
     let listener = listener.into_std().map_err(Error::Listen)?;
     let addr = listener.local_addr().map_err(Error::Listen)?;
     let shared = app.clone();
+    let idle_timeout = app.config().idle_timeout;
     let server = HttpServer::new(move || {
         actix_web::App::new()
             .wrap(middleware(&shared))
@@ -143,6 +147,8 @@ pub async fn serve(app: App, listener: TcpListener) -> Result<Server> {
             .configure(configure)
     })
     .disable_signals()
+    .keep_alive(idle_timeout)
+    .client_request_timeout(idle_timeout)
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
     .listen(listener)
     .map_err(Error::Listen)?

@@ -21,6 +21,7 @@
 //! | `TENANCY_DEMO_USERS` | `demo_users` | `true` in dev and test, `false` in prod | seed the demo tenants and users |
 //! | `TENANCY_RATE_LIMIT_FAILURE` | `rate_limit_failure` | `local` | when Redis cannot decide: `local`, `fail_closed` or `fail_open` |
 //! | `TENANCY_HEALTH_INTERVAL` | `health_interval_secs` | `5` | seconds between background component checks |
+//! | `TENANCY_IDLE_TIMEOUT` | `idle_timeout_secs` | `75` | seconds a connection may take to send a request's head (request line and headers), counted from when the server starts waiting for it, kept-alive connections between requests included; then it is closed. Keep it above the idle timeout of a load balancer in front (60 s on AWS's), which would otherwise send requests on connections being closed |
 //! | `TENANCY_LOGIN_PER_MINUTE` | `login_per_minute` | `60` | logins and refreshes per client address per minute (all at once, at most), before 429 |
 //! | `TENANCY_TRUSTED_PROXIES` | `trusted_proxies` | none | comma-separated addresses and networks of the reverse proxies in front of the server (`10.0.0.0/8, 192.0.2.7`): only for requests from them is the client address read from their header. Without it the peer is the client: behind a proxy every client would share the proxy's address (one login limit for all, and `private` metrics open to everyone) |
 //! | `TENANCY_FORWARDED_HEADER` | `forwarded_header` | `x-forwarded-for` | the header those proxies write: `x-forwarded-for` or `forwarded` (RFC 7239); the other one is never read |
@@ -256,6 +257,16 @@ pub struct Config {
     pub rate_limit_failure: FailurePolicy,
     /// Seconds between background component checks.
     pub health_interval: Duration,
+    /// How long a connection may take to send a request's head, counted from when the server
+    /// starts waiting for it (kept-alive connections between requests included); then it is
+    /// closed.
+    ///
+    /// Why a bound: a client that sends its headers a byte at a time, or nothing, would hold
+    /// its connection (a socket, a task) for ever, and a few thousand of them every file
+    /// descriptor. Why 75 s by default: above the idle timeouts of the usual load balancers
+    /// (60 s on AWS's): one in front must close an idle connection before the server does, or
+    /// it sends a request on a connection the server is closing and answers its client 502.
+    pub idle_timeout: Duration,
     /// Logins and refreshes per client address per minute.
     ///
     /// Why 60 by default: enough for everyone behind one office's address to log in at the
@@ -290,6 +301,7 @@ struct Raw {
     demo_users: Option<bool>,
     rate_limit_failure: Option<String>,
     health_interval_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     login_per_minute: Option<u64>,
     metrics_allow: Option<String>,
     trusted_proxies: Option<String>,
@@ -324,6 +336,7 @@ fn var_name(key: &'static str) -> &'static str {
         "demo_users" => "TENANCY_DEMO_USERS",
         "rate_limit_failure" => "TENANCY_RATE_LIMIT_FAILURE",
         "health_interval_secs" => "TENANCY_HEALTH_INTERVAL",
+        "idle_timeout_secs" => "TENANCY_IDLE_TIMEOUT",
         "login_per_minute" => "TENANCY_LOGIN_PER_MINUTE",
         "metrics_allow" => "TENANCY_METRICS_ALLOW",
         "trusted_proxies" => "TENANCY_TRUSTED_PROXIES",
@@ -373,6 +386,9 @@ impl Raw {
         }
         if let Some(v) = num("health_interval_secs")? {
             self.health_interval_secs = Some(v);
+        }
+        if let Some(v) = num("idle_timeout_secs")? {
+            self.idle_timeout_secs = Some(v);
         }
         if let Some(v) = num("login_per_minute")? {
             self.login_per_minute = Some(v);
@@ -623,6 +639,13 @@ impl Config {
                 "must be between 1 and 300 seconds",
             ));
         }
+        let idle = raw.idle_timeout_secs.unwrap_or(75);
+        if !(1..=3600).contains(&idle) {
+            return Err(invalid(
+                "TENANCY_IDLE_TIMEOUT",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
         let login_per_minute = raw.login_per_minute.unwrap_or(60);
         if !(1..=1_000_000).contains(&login_per_minute) {
             return Err(invalid(
@@ -672,6 +695,7 @@ impl Config {
             demo_users,
             rate_limit_failure,
             health_interval: Duration::from_secs(interval),
+            idle_timeout: Duration::from_secs(idle),
             login_per_minute,
             metrics_allow,
             trusted_proxies,
@@ -704,6 +728,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_idle_timeout_defaults_to_75_seconds_and_is_bounded() {
+        let with = |v: Option<&str>| {
+            let mut vars = HashMap::from([("TENANCY_LISTEN".to_owned(), "127.0.0.1:0".to_owned())]);
+            if let Some(v) = v {
+                vars.insert("TENANCY_IDLE_TIMEOUT".to_owned(), v.to_owned());
+            }
+            Config::from_vars(&vars)
+        };
+        assert_eq!(with(None).unwrap().idle_timeout, Duration::from_secs(75));
+        assert_eq!(
+            with(Some("120")).unwrap().idle_timeout,
+            Duration::from_secs(120)
+        );
+        for bad in ["0", "3601", "soon"] {
+            let err = with(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("TENANCY_IDLE_TIMEOUT"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn variables_that_are_not_utf8_are_skipped_or_named() {

@@ -52,10 +52,7 @@ pub mod web;
 pub use app::{App, Stores};
 pub use config::{Config, Env};
 pub use error::{Error, Result};
-pub use server::{
-    HEADER_READ_TIMEOUT, SHUTDOWN_TIMEOUT, Server, bind, serve, serve_with_header_timeout,
-    shutdown_signal, start,
-};
+pub use server::{SHUTDOWN_TIMEOUT, Server, bind, serve, shutdown_signal, start};
 
 /// Sends the server's logs (5xx causes, audit spooling, start-up, shutdown) to stderr.
 ///

@@ -22,18 +22,6 @@ use crate::{App, Config, Error, Result};
 /// enough for a process supervisor's stop timeout; the actix-web server waits as long.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a client may take to send a request's head (request line and headers), counted
-/// from when the server starts waiting for it: on a new connection, and between the requests
-/// of a kept-alive one. Past it the connection is closed without an answer.
-///
-/// Why: without a bound, a client that sends its headers a byte at a time (or opens
-/// connections and sends nothing) holds a socket and a task for as long as it likes, and a
-/// few thousand such clients take every file descriptor. Why 15 s: a real client sends a
-/// request's head in one go; idle kept-alive connections are closed after 15 s, which HTTP
-/// clients expect of servers (their pools retry on a fresh connection). The body has its own
-/// bound, [`BODY_READ_TIMEOUT`](crate::app::BODY_READ_TIMEOUT).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// A running server: its address, its [`App`], and a graceful [`Server::shutdown`].
 #[derive(Debug)]
 pub struct Server {
@@ -45,23 +33,12 @@ pub struct Server {
 
 /// Serves `app` on `listener` (already bound; `127.0.0.1:0` in tests) until
 /// [`Server::shutdown`], over HTTP/1.1, closing connections whose request head does not
-/// arrive within [`HEADER_READ_TIMEOUT`].
+/// arrive within the configured [`idle_timeout`](crate::Config::idle_timeout).
 ///
 /// # Errors
 /// [`Error::Startup`] when the listener has no local address.
 pub async fn serve(app: App, listener: TcpListener) -> Result<Server> {
-    serve_with_header_timeout(app, listener, HEADER_READ_TIMEOUT).await
-}
-
-/// [`serve`] with another bound on reading a request's head (tests use a short one).
-///
-/// # Errors
-/// As [`serve`].
-pub async fn serve_with_header_timeout(
-    app: App,
-    listener: TcpListener,
-    header_read_timeout: Duration,
-) -> Result<Server> {
+    let header_read_timeout = app.config().idle_timeout;
     let addr = listener.local_addr().map_err(|e| Error::Startup {
         what: "listener",
         source: Box::new(e),

@@ -26,15 +26,13 @@ async fn until_closed(mut s: TcpStream) -> (Vec<u8>, Instant) {
     (buf, Instant::now())
 }
 
-/// The server on memory backends in `dir`, with `header_read_timeout`.
-async fn start(dir: &tempfile::TempDir, header_read_timeout: Duration) -> tenancy_server::Server {
-    let app = App::build(common::memory_config(dir.path()))
-        .await
-        .expect("app builds");
+/// The server on memory backends in `dir`, with `idle_timeout`.
+async fn start(dir: &tempfile::TempDir, idle_timeout: Duration) -> tenancy_server::Server {
+    let mut config = common::memory_config(dir.path());
+    config.idle_timeout = idle_timeout;
+    let app = App::build(config).await.expect("app builds");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tenancy_server::serve_with_header_timeout(app, listener, header_read_timeout)
-        .await
-        .unwrap()
+    tenancy_server::serve(app, listener).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +98,7 @@ async fn connections_without_a_whole_request_head_are_closed_after_the_timeout()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_answers_the_request_in_flight_and_takes_no_new_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir, tenancy_server::HEADER_READ_TIMEOUT).await;
+    let server = start(&dir, Duration::from_secs(75)).await;
     let addr = server.local_addr();
     let body = br#"{"tenant_id":"acme","username":"bob","password":"wrong"}"#;
     let mut client = TcpStream::connect(addr).await.unwrap();
