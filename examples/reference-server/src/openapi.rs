@@ -279,7 +279,7 @@ fn parameters(method: &str, path: &str) -> Vec<Value> {
         ("get", "/v1/records") => {
             out.push(json!({"name": "before", "in": "query",
                 "description": "the previous page's next_before",
-                "schema": {"type": "string", "pattern": "^-?[0-9]+-[0-9a-f]{32}$"}}));
+                "schema": {"type": "string", "pattern": "^[0-9]+-[0-9a-f]{32}$"}}));
             out.push(json!({"name": "limit", "in": "query",
                 "schema": {"type": "integer", "minimum": 1, "maximum": crate::records::MAX_LIST}}));
         }
