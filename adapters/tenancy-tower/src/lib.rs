@@ -44,6 +44,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The layers bound what a request carries (its headers, its token); the server bounds the
+//! connection. `axum::serve` sets no limit on how long a client may take to send a request's
+//! head: in production serve behind a proxy that sets one, or with hyper's http1 builder given
+//! a timer and `header_read_timeout` (as `tenancy-server` does).
+//!
 //! # Features
 //! | feature | enables | default |
 //! |---------|---------|---------|

@@ -63,6 +63,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(DrainBodyLayer::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://127.0.0.1:3000");
+    // `axum::serve` sets no bound on how long a client may take to send a request's head;
+    // in production serve behind a proxy that bounds it, or as `tenancy_server::serve` does
+    // (hyper's http1 builder with a timer and `header_read_timeout`).
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

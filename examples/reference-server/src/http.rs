@@ -3,7 +3,10 @@
 //!
 //! [`router`] returns the whole API with the tenancy stack (request id, authentication,
 //! tenant resolution, rate limits, audit) and the body limits (64 KiB, read within
-//! [`BODY_READ_TIMEOUT`]) in front of it.
+//! [`BODY_READ_TIMEOUT`]) in front of it. Served as below, by `axum::serve`, nothing bounds
+//! how long a client may take to send a request's head: [`serve`](crate::serve) does
+//! ([`Config::idle_timeout`](crate::Config::idle_timeout)); serve the router this way only
+//! behind a proxy that bounds it.
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
