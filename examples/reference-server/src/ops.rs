@@ -628,7 +628,44 @@ pub struct PutLimits {
 fn set_or_remove<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Option<u64>>, D::Error> {
-    Option::<u64>::deserialize(d).map(Some)
+    Option::<WholeNumber>::deserialize(d).map(|n| Some(n.map(|n| n.0)))
+}
+
+/// A whole number, 0 or more, as JSON writes it: `276` or `276.0` (what a client computing
+/// seconds as a float sends, and what JSON Schema's `integer` admits); `276.5` and `-1` are
+/// refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WholeNumber(pub u64);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = WholeNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number, 0 or more")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<WholeNumber, E> {
+                Ok(WholeNumber(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<WholeNumber, E> {
+                u64::try_from(v)
+                    .map(WholeNumber)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<WholeNumber, E> {
+                // Up to 2^53, where every whole number is a float exactly.
+                const EXACT: f64 = 9_007_199_254_740_992.0;
+                if v.fract() == 0.0 && (0.0..=EXACT).contains(&v) {
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    Ok(WholeNumber(v as u64))
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// For a refusal's detail: the stored burst overrides that the request leaves in place, which
@@ -737,7 +774,7 @@ pub async fn put_limits(
 #[serde(deny_unknown_fields)]
 pub struct Bypass {
     /// How long the tenant's limits are not enforced, 0 (end it) to 86400.
-    pub seconds: u64,
+    pub seconds: WholeNumber,
 }
 
 /// Opens (or, with 0 seconds, closes) an emergency bypass of a tenant's limits. Audited;
@@ -753,13 +790,13 @@ pub async fn bypass(
 ) -> Result<TenantView> {
     require_super_admin(ctx)?;
     let t = parse_tenant(tenant)?;
-    if body.seconds > MAX_BYPASS_SECS {
+    if body.seconds.0 > MAX_BYPASS_SECS {
         return Err(Error::BadRequest(
             format!("`seconds` must be 0 to {MAX_BYPASS_SECS}").into(),
         ));
     }
-    let until =
-        (body.seconds > 0).then(|| OffsetDateTime::now_utc() + Duration::from_secs(body.seconds));
+    let until = (body.seconds.0 > 0)
+        .then(|| OffsetDateTime::now_utc() + Duration::from_secs(body.seconds.0));
     let (_, s) = update_settings(&**app.directory(), &t, |current| {
         let mut s = current.ok_or(Error::NotFound)?;
         s.bypass_until = until;

@@ -691,6 +691,25 @@ mod tests {
             "invalid request body: invalid value: integer `-1`, expected a whole number, 0 or \
              more at line 1 column 13"
         );
+        // A whole number written as a float is a whole number (JSON Schema's `integer`).
+        let ok: ops::Bypass =
+            json_body(Some("application/json"), Ok(br#"{"seconds":276.0}"#), 1024).unwrap();
+        assert_eq!(ok.seconds, ops::WholeNumber(276));
+        assert_eq!(
+            bypass(br#"{"seconds":276.5}"#),
+            "invalid request body: invalid value: floating point `276.5`, expected a whole \
+             number, 0 or more at line 1 column 16"
+        );
+        let limits: ops::PutLimits = json_body(
+            Some("application/json"),
+            Ok(br#"{"tenant_burst":100.0,"user_burst":null}"#),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(
+            (limits.tenant_burst, limits.user_burst, limits.user_per_hour),
+            (Some(Some(100)), Some(None), None)
+        );
         let q = detail(query::<AuditQuery>("limit=x").unwrap_err());
         assert_eq!(q, "query: limit: invalid digit found in string");
         let q = detail(query::<AuditQuery>("colour=red").unwrap_err());
