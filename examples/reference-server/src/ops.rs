@@ -657,7 +657,7 @@ impl<'de> Deserialize<'de> for WholeNumber {
                 // Up to 2^53, where every whole number is a float exactly.
                 const EXACT: f64 = 9_007_199_254_740_992.0;
                 if v.fract() == 0.0 && (0.0..=EXACT).contains(&v) {
-                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    // Whole, not negative and within 2^53: the conversion is exact.
                     Ok(WholeNumber(v as u64))
                 } else {
                     Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
