@@ -6,11 +6,14 @@ use std::net::IpAddr;
 use actix_web::dev::ServiceRequest;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{
-    CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+    AUTHORIZATION, CONTENT_TYPE, FORWARDED, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use actix_web::{HttpMessage, HttpResponse};
 use tenancy_core::RateLimitHeaders;
-use tenancy_http::{PROBLEM_JSON, REQUEST_ID_HEADER, Rejection, RequestHead, RequestMeta, Tenancy};
+use tenancy_http::{
+    DEFAULT_TENANT_HEADER, PROBLEM_JSON, REQUEST_ID_HEADER, Rejection, RequestHead, RequestMeta,
+    Tenancy,
+};
 
 pub(crate) struct Head<'a> {
     req: &'a ServiceRequest,
@@ -50,7 +53,12 @@ impl RequestHead for Head<'_> {
     }
 
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.req.headers().get_all(name).map(HeaderValue::as_bytes)
+        let headers = self.req.headers();
+        match lookup_name(name) {
+            Some(name) => headers.get_all(name),
+            None => headers.get_all(name),
+        }
+        .map(HeaderValue::as_bytes)
     }
 
     fn header_bytes(&self) -> usize {
@@ -84,6 +92,22 @@ pub(crate) fn meta_for(tenancy: &Tenancy, req: &ServiceRequest) -> RequestMeta {
 
 /// `X-Request-Id`, parsed once.
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
+/// The name of a header the decisions read, when it is one of the usual ones: looked up by a
+/// constant, since actix-web parses a name given as text on every lookup, and copies it to
+/// the heap when it is not a standard one (`x-request-id`, `x-tenant-id`).
+fn lookup_name(name: &str) -> Option<HeaderName> {
+    const TENANT: HeaderName = HeaderName::from_static(DEFAULT_TENANT_HEADER);
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    Some(match name {
+        "authorization" => AUTHORIZATION,
+        REQUEST_ID_HEADER => REQUEST_ID,
+        DEFAULT_TENANT_HEADER => TENANT,
+        "forwarded" => FORWARDED,
+        "x-forwarded-for" => X_FORWARDED_FOR,
+        _ => return None,
+    })
+}
 
 /// The name of a header the decisions set: the usual ones are constants (no parsing, no
 /// allocation per response), any other is parsed.
@@ -166,5 +190,23 @@ mod tests {
             );
         }
         assert_eq!(header_name("bad name"), None);
+    }
+
+    #[test]
+    fn lookup_names_are_the_parsed_names() {
+        for name in [
+            "authorization",
+            REQUEST_ID_HEADER,
+            DEFAULT_TENANT_HEADER,
+            "forwarded",
+            "x-forwarded-for",
+        ] {
+            assert_eq!(
+                lookup_name(name),
+                HeaderName::from_bytes(name.as_bytes()).ok(),
+                "{name}"
+            );
+        }
+        assert_eq!(lookup_name("x-tenant"), None);
     }
 }
