@@ -111,8 +111,9 @@ struct State {
 /// exact stored bytes as the string `payload`. Chain heads, seen event ids and line offsets are
 /// kept in memory (read once at open). One store writes a file at a time: opened for writing,
 /// it holds an exclusive lock on the file (a second writer, in this process or another, is
-/// refused with [`Error::Conflict`](crate::Error::Conflict); read-only stores take no lock),
-/// and it refuses to append when the file was truncated, replaced or grown by someone else, and reading refuses
+/// refused with [`Error::Conflict`](crate::Error::Conflict), also when it opened the file a
+/// purge was replacing at that moment; read-only stores take no lock), and it refuses to
+/// append when the file was truncated, replaced or grown by someone else, and reading refuses
 /// a file with unreadable lines (an unreadable line cannot be attributed to a tenant). An
 /// incomplete last line, left by a crash in the middle of a write that was therefore never
 /// acknowledged, is cut off at open. A file the store creates is readable and writable by its
@@ -170,14 +171,10 @@ impl FileAuditStoreBuilder {
             let writer_lock = if self.read_only {
                 None
             } else {
-                let file = crate::open_or_create(&self.path, OpenOptions::new().append(true))
-                    .map_err(|e| Error::io("create audit file", e))?;
-                crate::lock_exclusive(
-                    &file,
-                    "lock audit file",
-                    "another writer holds the audit file (open it read-only to verify)",
-                )?;
-                Some(file)
+                let path = &self.path;
+                Some(open_writer(path, || {
+                    crate::open_or_create(path, OpenOptions::new().append(true))
+                })?)
             };
             let mut st = State {
                 path: self.path,
@@ -201,6 +198,44 @@ impl FileAuditStoreBuilder {
             state: Arc::new(Mutex::new(state)),
         })
     }
+}
+
+/// How many times [`open_writer`] opens a file that is replaced while it takes its lock.
+const WRITER_OPEN_ATTEMPTS: usize = 8;
+
+/// Opens the audit file with `open` and takes the writer's lock, on the file `path` names
+/// once the lock is held.
+///
+/// A purge replaces the file by rename, the new file locked by the purging writer. A store
+/// that opened the old file just before the rename, and locked it once that writer had let it
+/// go, would hold the lock of a file no longer in the directory, and then read and append to
+/// the new one beside the writer that holds it: two writers forking the chains. Such a lock
+/// is let go and the file opened again; the new file's lock is then refused as any other
+/// writer's is ([`Error::Conflict`]).
+fn open_writer(path: &Path, mut open: impl FnMut() -> std::io::Result<File>) -> Result<File> {
+    for _ in 0..WRITER_OPEN_ATTEMPTS {
+        let file = open().map_err(|e| Error::io("create audit file", e))?;
+        crate::lock_exclusive(
+            &file,
+            "lock audit file",
+            "another writer holds the audit file (open it read-only to verify)",
+        )?;
+        let held = file
+            .metadata()
+            .map_err(|e| Error::io("stat audit file", e))?;
+        match std::fs::metadata(path) {
+            Ok(named) if (named.dev(), named.ino()) == (held.dev(), held.ino()) => {
+                return Ok(file);
+            }
+            // Replaced (or removed) between the open and the lock: open what is there now.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat audit file", e)),
+        }
+    }
+    Err(Error::Conflict(
+        "the audit file kept being replaced while it was being opened",
+    ))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -644,6 +679,41 @@ mod tests {
     use crate::codec::Codec;
     use std::os::unix::fs::PermissionsExt;
     use tenancy_core::{AuditEvent, AuditSink, Outcome};
+
+    /// A purge renames its new file, locked, over the file another opener has just opened:
+    /// the opener's lock on the old file is not kept as a writer's lock, the file the path
+    /// names now is opened and its lock refused; once that writer is gone, the opener's lock
+    /// is the named file's.
+    #[test]
+    fn a_lock_on_a_file_replaced_before_it_was_taken_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, b"").unwrap();
+        let open = || crate::open_or_create(&path, OpenOptions::new().append(true));
+        let mut purger = None;
+        let mut opened = 0;
+        let refused = open_writer(&path, || {
+            opened += 1;
+            let file = open();
+            if opened == 1 {
+                let tmp = tmp_path(&path);
+                let new = crate::create_truncated(&tmp).unwrap();
+                new.lock().unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+                purger = Some(new);
+            }
+            file
+        });
+        assert!(
+            matches!(refused, Err(Error::Conflict(_))),
+            "kept a lock on a replaced file: {refused:?}"
+        );
+        assert_eq!(opened, 2);
+        drop(purger);
+        let file = open_writer(&path, open).unwrap();
+        let (held, named) = (file.metadata().unwrap(), std::fs::metadata(&path).unwrap());
+        assert_eq!((held.dev(), held.ino()), (named.dev(), named.ino()));
+    }
 
     /// Whether appends left bytes unsynced, and when the file was last synced.
     fn sync_state(store: &FileAuditStore) -> (bool, Instant) {
