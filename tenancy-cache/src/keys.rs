@@ -6,6 +6,7 @@
 //! |----------------------------------------------|-----------------------------------------|
 //! | `<ns>:rl:{t:<tenant>}:t:<period>`            | GCRA TAT of a tenant-wide limit         |
 //! | `<ns>:rl:{t:<tenant>}:u:<user>:<period>`     | GCRA TAT of a per-user limit            |
+//! | `<ns>:rl:{t:<tenant>}:c:<client>:<period>`   | GCRA TAT of a per-client limit          |
 //! | `<ns>:s:{t:<tenant>}:id:<session id>`        | a session (hash)                        |
 //! | `<ns>:s:{t:<tenant>}:u:<user>`               | a user's session ids (set)              |
 //! | `<ns>:c:{t:<tenant>}:gen`                    | the tenant's cache generation           |
@@ -109,6 +110,15 @@ impl KeySpace {
         )
     }
 
+    /// The state key of a per-client limit of `period_secs` (the client's key in `client`).
+    pub fn limit_client(&self, tenant: &TenantId, client: &UserId, period_secs: u64) -> String {
+        format!(
+            "{}:c:{}:{period_secs}",
+            self.base("rl", tenant),
+            encode(client.as_str())
+        )
+    }
+
     /// A `SCAN` pattern matching every limit key of `tenant` and nothing else.
     pub fn limit_pattern(&self, tenant: &TenantId) -> String {
         format!("{}:*", self.base("rl", tenant))
@@ -208,6 +218,16 @@ mod tests {
         let user_key = ks.limit_user(&acme, &UserId::parse("t").unwrap(), 60);
         assert_ne!(tenant_key, user_key);
         assert_eq!(tenant_key, "tenancy:rl:{t:acme}:t:60");
+    }
+
+    #[test]
+    fn a_client_key_is_not_the_user_key_of_the_same_id() {
+        let ks = KeySpace::default();
+        let id = UserId::parse("ip:192.0.2.7").unwrap();
+        let client = ks.limit_client(&t("acme"), &id, 60);
+        assert_ne!(client, ks.limit_user(&t("acme"), &id, 60));
+        assert_eq!(client, "tenancy:rl:{t:acme}:c:aXA6MTkyLjAuMi43:60");
+        assert_eq!(KeySpace::hash_tag(&client), Some("t:acme"));
     }
 
     #[test]

@@ -716,6 +716,11 @@ impl RedisRateLimiter {
                         .keys
                         .limit_user(&req.tenant, u, l.quota.period_secs)
                 }
+                (LimitScope::Client, Some(c)) => {
+                    self.inner
+                        .keys
+                        .limit_client(&req.tenant, c, l.quota.period_secs)
+                }
                 _ => self
                     .inner
                     .keys

@@ -38,14 +38,19 @@ pub enum LimitScope {
     Tenant,
     /// Each user of the tenant separately.
     User,
+    /// Each client separately, where there is no verified user to count (a login, a token
+    /// refresh): counted by [`RateLimitRequest::user`], which then holds the client's key (an
+    /// address), and never together with a user's limits of the same key.
+    Client,
 }
 
 impl LimitScope {
-    /// `"tenant"` or `"user"`.
+    /// `"tenant"`, `"user"` or `"client"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Tenant => "tenant",
             Self::User => "user",
+            Self::Client => "client",
         }
     }
 }
@@ -108,6 +113,19 @@ impl Limit {
         }
     }
 
+    /// An enforced per-client limit that fails closed (see [`LimitScope::Client`]).
+    ///
+    /// ```
+    /// use tenancy_core::{Limit, Quota};
+    /// assert_eq!(Limit::client(Quota::per_minute(10)).name(), "client-60");
+    /// ```
+    pub fn client(quota: Quota) -> Self {
+        Self {
+            scope: LimitScope::Client,
+            ..Self::tenant(quota)
+        }
+    }
+
     /// The same limit in shadow mode.
     pub fn shadow(mut self) -> Self {
         self.mode = LimitMode::Shadow;
@@ -120,7 +138,7 @@ impl Limit {
         self
     }
 
-    /// The policy name used in headers and metrics: `tenant-3600`, `user-60`, ...
+    /// The policy name used in headers and metrics: `tenant-3600`, `user-60`, `client-60`, ...
     pub fn name(&self) -> String {
         format!("{}-{}", self.scope.as_str(), self.quota.period_secs)
     }
@@ -131,7 +149,8 @@ impl Limit {
 pub struct RateLimitRequest {
     /// The tenant.
     pub tenant: TenantId,
-    /// The user; without one, [`LimitScope::User`] limits are skipped.
+    /// The user, or for [`LimitScope::Client`] limits the client's key; without one, user and
+    /// client limits are skipped.
     pub user: Option<UserId>,
     /// The limits, decided together.
     pub limits: Vec<Limit>,
@@ -191,7 +210,8 @@ impl RateLimitRequest {
         Ok(())
     }
 
-    /// The limits that apply: user limits only when there is a user.
+    /// The limits that apply: user and client limits only when there is a user (the key
+    /// they count by).
     pub fn applicable(&self) -> impl Iterator<Item = &Limit> {
         let has_user = self.user.is_some();
         self.limits

@@ -805,7 +805,7 @@ impl Tenancy {
                     Rejection::misconfiguration("client address key")
                         .with_request_id(meta.request_id())
                 })?;
-                let limits = vec![Limit::user(quota).on_unavailable(self.inner.failure_policy)];
+                let limits = vec![Limit::client(quota).on_unavailable(self.inner.failure_policy)];
                 let req =
                     RateLimitRequest::new(self.inner.anonymous_tenant.clone(), Some(user), limits);
                 (req, false, None)

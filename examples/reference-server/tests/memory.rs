@@ -63,6 +63,13 @@ async fn logins_are_limited_per_address_and_probes_are_not() {
             "{:?}",
             r.headers
         );
+        // A limit per client, named for what it counts: there is no user before a login.
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"client-60\";q=3;w=60"),
+            "{:?}",
+            r.headers
+        );
     }
     let r = h.post("/v1/auth/login", None, &guess).await;
     assert_eq!(r.status, 429, "{}", r.text);

@@ -118,10 +118,11 @@ impl RequestKeys {
         let (base, scope_bit) = match scope {
             LimitScope::Tenant => (self.tenant, 0),
             LimitScope::User => (self.user, 1 << 63),
+            LimitScope::Client => (self.user, 1 << 62),
         };
         // Multiplying by an odd constant is a bijection: distinct periods of one base give
-        // distinct keys. The scope bit keeps a tenant key and a user key apart even when
-        // their bases would otherwise meet.
+        // distinct keys. The scope bits keep tenant, user and client keys apart even when
+        // their bases would otherwise meet (a user and a client of the same key).
         let salt = period_secs.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ scope_bit;
         Key {
             tag: self.tag,

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use super::Fixture;
 use crate::{
-    Limit, LimitMode, Quota, RateLimitDecision, RateLimitRequest, RateLimiter, TenantId, UserId,
+    Limit, LimitMode, LimitScope, Quota, RateLimitDecision, RateLimitRequest, RateLimiter,
+    TenantId, UserId,
 };
 
 /// About every other decision of the suite (the turn is shared by suites that run at once) is
@@ -114,6 +115,40 @@ pub async fn rate_limiter(limiter: Arc<dyn RateLimiter>, fx: &Fixture) {
         db.states[1].remaining(),
         4,
         "isolation: B's alice shares state with A's alice"
+    );
+
+    // A client limit counts by the request's key as a user limit does, apart from it: the
+    // same key under both scopes is two counters.
+    let t = fx.tenant("client");
+    let client = vec![Limit::client(Quota::per_hour(60).with_burst(2))];
+    let user = vec![Limit::user(Quota::per_hour(60).with_burst(2))];
+    for _ in 0..2 {
+        let d = check(l, &req(&t, &alice, client.clone()), "client").await;
+        assert!(d.allowed, "client: within the burst");
+        assert_eq!(d.states[0].limit.scope, LimitScope::Client);
+    }
+    assert!(
+        !check(l, &req(&t, &alice, client.clone()), "client")
+            .await
+            .allowed,
+        "client: the client's burst is spent"
+    );
+    let u = check(l, &req(&t, &alice, user.clone()), "client").await;
+    assert!(
+        u.allowed && u.states[0].remaining() == 1,
+        "client: a user limit of the same key shares the client's counter"
+    );
+    assert!(
+        check(l, &req(&t, &bob, client.clone()), "client")
+            .await
+            .allowed,
+        "client: another client's counter moved"
+    );
+    let keyless = RateLimitRequest::new(t.clone(), None, client.clone());
+    let d = check(l, &keyless, "client").await;
+    assert!(
+        d.allowed && d.states.is_empty(),
+        "client: a client limit without a key applies"
     );
 
     // Weights.
