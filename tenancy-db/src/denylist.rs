@@ -82,21 +82,29 @@ impl PgDenylist {
     }
 
     /// Deletes every entry of `tenant` ended for longer than [`GC_GRACE_SECS`]; returns how
-    /// many.
+    /// many. The entries are deleted in transactions of at most a thousand rows each.
     ///
     /// # Errors
     /// `Unavailable` when the database cannot be reached.
     pub async fn purge_ended(&self, tenant: &TenantId) -> Result<u64> {
         let before = self.now().saturating_sub(GC_GRACE_SECS);
-        let mut tx = self.begin(tenant).await?;
-        let n = sqlx::query("DELETE FROM tenancy.revoked_tokens WHERE expires_at <= $1")
+        crate::purge_in_batches(|| async move {
+            let mut tx = self.begin(tenant).await?;
+            let n = sqlx::query(
+                "DELETE FROM tenancy.revoked_tokens WHERE (tenant_id, jti) IN
+                   (SELECT tenant_id, jti FROM tenancy.revoked_tokens
+                    WHERE expires_at <= $1 LIMIT $2)",
+            )
             .bind(before)
+            .bind(crate::PURGE_BATCH)
             .execute(&mut *tx)
             .await
             .map_err(db)?
             .rows_affected();
-        tx.commit().await.map_err(db)?;
-        Ok(n)
+            tx.commit().await.map_err(db)?;
+            Ok(n)
+        })
+        .await
     }
 }
 

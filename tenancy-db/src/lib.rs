@@ -109,3 +109,51 @@ pub use error::{Error, Result, SQLSTATE_INSUFFICIENT_PRIVILEGE};
 pub use health::DbHealth;
 pub use pool::{PlatformPool, PlatformTx, PoolMetrics, TenantPool, TenantTx, UnscopedTx};
 pub use session::PgSessionStore;
+
+/// The most rows one transaction of a purge deletes ([`PgSessionStore::purge_ended`],
+/// [`PgDenylist::purge_ended`]): a tenant with a million ended rows is purged in many short
+/// transactions, not one that holds a million row locks and bloats the table until it ends.
+const PURGE_BATCH: i64 = 1000;
+
+/// Runs `batch` (one transaction deleting at most [`PURGE_BATCH`] rows, returning how many it
+/// deleted) until a batch deletes fewer; returns the total.
+async fn purge_in_batches<F, Fut, E>(mut batch: F) -> std::result::Result<u64, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<u64, E>>,
+{
+    let mut total = 0u64;
+    loop {
+        let n = batch().await?;
+        total = total.saturating_add(n);
+        if n < PURGE_BATCH.unsigned_abs() {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches run until one deletes fewer rows than a full batch; the total is their sum.
+    #[tokio::test]
+    async fn a_purge_runs_batches_until_one_is_short() {
+        let full = PURGE_BATCH.unsigned_abs();
+        for (answers, calls, total) in [
+            (vec![full, full, 500], 3, 2 * full + 500),
+            (vec![full, 0], 2, full),
+            (vec![0], 1, 0),
+        ] {
+            let mut left = answers.into_iter();
+            let mut made = 0;
+            let purged = purge_in_batches(|| {
+                made += 1;
+                let n = left.next();
+                async move { n.ok_or("asked for one batch too many") }
+            })
+            .await;
+            assert_eq!((purged, made), (Ok(total), calls));
+        }
+    }
+}

@@ -77,6 +77,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "revoked tokens",
         include_str!("../migrations/0003_revoked_tokens.sql"),
     ),
+    (
+        4,
+        "session deadlines",
+        include_str!("../migrations/0004_session_deadlines.sql"),
+    ),
 ];
 
 /// The migrator of the crate's schema (table `tenancy._migrations`, schema `tenancy`).
@@ -258,7 +263,7 @@ mod tests {
     fn migrations_are_ordered_and_tracked_apart() {
         let m = migrator();
         let versions: Vec<i64> = m.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3]);
+        assert_eq!(versions, vec![1, 2, 3, 4]);
         assert_eq!(m.table_name, "tenancy._migrations");
     }
 }

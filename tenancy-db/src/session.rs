@@ -126,18 +126,27 @@ impl PgSessionStore {
         self.pool.begin(tenant).await.map_err(db)
     }
 
-    /// Deletes every ended session of `tenant`; returns how many.
+    /// Deletes every ended session of `tenant`; returns how many. The sessions are found by
+    /// their deadline (an index of the migrations) and deleted in transactions of at most a
+    /// thousand rows each.
     pub async fn purge_ended(&self, tenant: &TenantId) -> Result<u64> {
         let now = self.now();
-        let mut tx = self.begin(tenant).await?;
-        let n = sqlx::query("DELETE FROM tenancy.sessions WHERE deadline <= $1")
+        crate::purge_in_batches(|| async move {
+            let mut tx = self.begin(tenant).await?;
+            let n = sqlx::query(
+                "DELETE FROM tenancy.sessions WHERE (tenant_id, id) IN
+                   (SELECT tenant_id, id FROM tenancy.sessions WHERE deadline <= $1 LIMIT $2)",
+            )
             .bind(now)
+            .bind(crate::PURGE_BATCH)
             .execute(&mut *tx)
             .await
             .map_err(|e| db(e.into()))?
             .rows_affected();
-        tx.commit().await.map_err(db)?;
-        Ok(n)
+            tx.commit().await.map_err(db)?;
+            Ok(n)
+        })
+        .await
     }
 
     async fn fetch_live(

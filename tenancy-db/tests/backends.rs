@@ -194,6 +194,60 @@ async fn session_store_reclaims_ended_sessions() {
     pool.close().await;
 }
 
+/// A tenant with thousands of ended sessions is purged whole, in several transactions (a
+/// thousand rows each), leaving its live sessions and other tenants' ended ones alone; the
+/// deadline index the purge looks them up by exists.
+#[tokio::test]
+async fn purging_thousands_of_ended_sessions_leaves_the_live_ones() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let pool = env.runtime_pool(2).await;
+    let store = PgSessionStore::with_clock(pool.clone(), Arc::new(ManualClock::new()));
+    let (a, b) = (tenant("acme"), tenant("globex"));
+    let mut admin = env.admin().await;
+    // The store's clock reads 2030-01-01.
+    let insert = "INSERT INTO tenancy.sessions (tenant_id, id, user_id, created_at, \
+                  last_seen_at, expires_at, idle_timeout_secs, deadline, version, data) \
+                  SELECT $1, $2 || g, 'u', d, d, d, 0, d, 1, '{}' \
+                  FROM generate_series(1, $3) g, (SELECT $4::timestamptz AS d) t";
+    for (t, prefix, n, deadline) in [
+        (&a, "ended", 2_500, "2029-12-31T00:00:00Z"),
+        (&a, "live", 3, "2030-06-01T00:00:00Z"),
+        (&b, "ended", 2, "2029-12-31T00:00:00Z"),
+    ] {
+        sqlx::query(insert)
+            .bind(t.as_str())
+            .bind(prefix)
+            .bind(n)
+            .bind(deadline)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.purge_ended(&a).await.unwrap(), 2_500);
+    let left: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tenant_id, count(*) FROM tenancy.sessions GROUP BY tenant_id ORDER BY 1",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(left, [("acme".to_owned(), 3), ("globex".to_owned(), 2)]);
+    assert_eq!(store.purge_ended(&a).await.unwrap(), 0);
+    let index: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'tenancy' \
+         AND indexname = 'sessions_by_deadline'",
+    )
+    .fetch_optional(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        index.is_some_and(|d| d.contains("(tenant_id, deadline)")),
+        "no deadline index"
+    );
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn tenant_directory_conformance() {
     let Some(env) = TestEnv::new().await else {
