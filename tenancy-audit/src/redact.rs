@@ -350,9 +350,9 @@ fn contains(key: &str, fragment: &str) -> bool {
 struct Fragments {
     list: Vec<String>,
     /// The first two bytes of every fragment, as a set of the 65 536 pairs (one bit each: a
-    /// pair is looked up with one load, where a search of the sorted pairs took a dozen
-    /// unpredictable branches for every two bytes of every key); `None` when a fragment is
-    /// shorter than two bytes (every key is then scanned).
+    /// pair is looked up with one load, where a binary search of the sorted pairs took a
+    /// chain of unpredictable branches for every two bytes of every key); `None` when a
+    /// fragment is shorter than two bytes (every key is then scanned).
     starts: Option<Box<PairSet>>,
 }
 
