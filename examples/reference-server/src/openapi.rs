@@ -395,7 +395,7 @@ pub fn document() -> Value {
         "info": {
             "title": "tenancy reference server",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Every response carries X-Request-Id; responses to a tenant's users carry X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, RateLimit-Policy and RateLimit; 429 carries Retry-After. A request whose X-Tenant-Id differs from the token's tenant gets 403. Bodies are at most 64 KiB and refuse unknown fields.",
+            "description": "Every response carries X-Request-Id; responses to a tenant's users carry X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, RateLimit-Policy and RateLimit (policies `tenant-<seconds>` and `user-<seconds>`), and so do login and refresh responses, limited per client address (policy `client-60`); 429 carries Retry-After. A request whose X-Tenant-Id differs from the token's tenant gets 403. Bodies are at most 64 KiB and refuse unknown fields.",
         },
         "paths": paths,
         "components": {
