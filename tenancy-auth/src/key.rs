@@ -208,6 +208,29 @@ fn check_rsa(n: &[u8], e: &[u8], alg: Algorithm) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an Ed25519 public key of small order (the identity and the other seven points of
+/// order dividing 8, in any of their encodings). The backend verifies without the strict
+/// checks, and under such a key a signature that anyone can write (`R` the identity, `s`
+/// zero) verifies for every message: whoever gets it into a key set can have any token
+/// accepted. No key made from a private key is one of them.
+fn check_ed25519(x: &[u8]) -> Result<()> {
+    let weak = |reason| Error::WeakKey {
+        alg: Algorithm::EdDSA,
+        reason,
+    };
+    let bytes: &[u8; 32] = x
+        .try_into()
+        .map_err(|_| Error::invalid_key("Ed25519", "a public key is 32 bytes"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
+        .map_err(|e| Error::invalid_key("Ed25519", e))?;
+    if key.is_weak() {
+        return Err(weak(
+            "Ed25519 public key of small order (any signature forger could use it)",
+        ));
+    }
+    Ok(())
+}
+
 /// Builds the backend's verifier for `key` once, as every verification would: a key it
 /// cannot use (an EC point off its curve, bytes that are no Ed25519 point) is refused at
 /// load, rather than turning every signature under it into a mismatch. RSA keys are built
@@ -254,6 +277,12 @@ fn check_public(key: &DecodingKey, alg: Algorithm) -> Result<()> {
                 alg,
                 reason: "only Ed25519 keys are supported for EdDSA",
             });
+        }
+        AlgorithmParameters::OctetKeyPair(p) => {
+            let x = URL_SAFE_NO_PAD
+                .decode(&p.x)
+                .map_err(|e| Error::invalid_key("Ed25519", e))?;
+            check_ed25519(&x)?;
         }
         _ => {}
     }
@@ -511,6 +540,7 @@ impl RawJwk {
                 if x.len() != 32 {
                     return Err(Error::invalid_key("JWK", "Ed25519 key of the wrong size"));
                 }
+                check_ed25519(&x)?;
                 let key = DecodingKey::from_ed_der(&x);
                 check_usable(&key, Algorithm::EdDSA, "JWK Ed25519")?;
                 VerifyKey::new(key, Algorithm::EdDSA)
@@ -628,7 +658,16 @@ impl KeySet {
     pub(crate) fn parse_jwks(json: &[u8]) -> Result<ParsedJwks> {
         #[derive(Deserialize)]
         struct Doc {
-            keys: Vec<serde_json::Value>,
+            keys: Vec<Entry>,
+        }
+        /// A key as [`RawJwk`] reads it, or anything else (skipped). Read straight from the
+        /// document, so that a key with a member twice is refused here as by
+        /// [`VerifyKey::from_jwk`]: through a JSON value, the last of the two would win.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            Key(Box<RawJwk>),
+            Other(serde::de::IgnoredAny),
         }
         let doc: Doc = serde_json::from_slice(json).map_err(|e| Error::InvalidKeySet(e.into()))?;
         let mut parsed = ParsedJwks {
@@ -638,8 +677,8 @@ impl KeySet {
             ambiguous: Vec::new(),
         };
         let mut keys: Vec<VerifyKey> = Vec::with_capacity(doc.keys.len());
-        for v in doc.keys {
-            let Ok(raw) = serde_json::from_value::<RawJwk>(v) else {
+        for entry in doc.keys {
+            let Entry::Key(raw) = entry else {
                 parsed.skipped += 1;
                 continue;
             };
@@ -648,7 +687,7 @@ impl KeySet {
                 parsed.symmetric += 1;
                 continue;
             }
-            match raw.into_key() {
+            match (*raw).into_key() {
                 // A key published twice is one key.
                 Ok(k) if keys.iter().any(|other| other.same_as(&k)) => {}
                 Ok(k) => keys.push(k),

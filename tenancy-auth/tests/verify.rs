@@ -418,6 +418,94 @@ async fn an_unknown_kid_falls_back_to_keys_without_a_kid() {
     );
 }
 
+/// The eight points of small order on edwards25519, as a public key would encode them: the
+/// identity, the point of order 2, the two of order 4 and the four of order 8.
+const SMALL_ORDER_ED25519: [&str; 8] = [
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+];
+
+/// An Ed25519 public key of small order verifies a signature anyone can write (`R` the
+/// identity, `s` zero) for every message, or for one message in eight: such a key is refused
+/// as weak wherever a key is loaded (a JWK, a JWKS document, DER), and a token signed so is
+/// not accepted.
+#[tokio::test]
+async fn ed25519_keys_of_small_order_are_refused_everywhere() {
+    use tenancy_auth::Error;
+    for hex in SMALL_ORDER_ED25519 {
+        let x: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": "weak", "x": b64(&x)});
+        let r = VerifyKey::from_jwk(jwk.to_string().as_bytes());
+        assert!(matches!(r, Err(Error::WeakKey { .. })), "JWK {hex}: {r:?}");
+        let mut der = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        der.extend_from_slice(&x);
+        let r = VerifyKey::ed_der(&der);
+        assert!(matches!(r, Err(Error::WeakKey { .. })), "DER {hex}: {r:?}");
+        let (keys, skipped) =
+            KeySet::from_jwks(json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
+        assert_eq!((keys.len(), skipped), (0, 1), "JWKS {hex}");
+    }
+    // A good key beside the weak one: the document loads, and the forged token is refused.
+    let good = signing(Algorithm::EdDSA).0.public_jwk().unwrap().unwrap();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let doc = json!({"keys": [
+        good,
+        {"kty": "OKP", "crv": "Ed25519", "kid": "weak", "x": b64(&identity)},
+    ]});
+    let (keys, skipped) = KeySet::from_jwks(doc.to_string().as_bytes()).unwrap();
+    assert_eq!((keys.len(), skipped), (1, 1));
+    let v = JwtVerifier::builder()
+        .issuer(ISS, keys)
+        .audience(AUD)
+        .build()
+        .unwrap();
+    let header = json!({"alg": "EdDSA", "kid": "weak"});
+    let claims = json!({"iss": ISS, "aud": AUD, "sub": "mallory", "exp": 4_102_444_800_i64,
+        "tenant_id": "acme", "user_id": "mallory", "user_role": "super_admin"});
+    let mut sig = [0u8; 64];
+    sig[0] = 1;
+    let forged = format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes()),
+        b64(&sig)
+    );
+    assert!(
+        v.verify(&forged).await.is_err(),
+        "a forged token was accepted"
+    );
+}
+
+/// A key with a member written twice is refused the same way alone and in a JWKS document
+/// (where it is skipped): parsers that keep the first of the two and parsers that keep the
+/// last would read different keys from it.
+#[test]
+fn a_jwk_with_a_member_twice_is_refused_alone_and_in_a_document() {
+    let good = signing(Algorithm::EdDSA).0.public_jwk().unwrap().unwrap();
+    let x = good["x"].as_str().unwrap();
+    let twice =
+        format!(r#"{{"kty":"OKP","crv":"Ed25519","use":"enc","use":"sig","kid":"d","x":"{x}"}}"#);
+    assert!(VerifyKey::from_jwk(twice.as_bytes()).is_err());
+    let doc = format!(r#"{{"keys":[{twice}, {good}]}}"#);
+    let (keys, skipped) = KeySet::from_jwks(doc.as_bytes()).unwrap();
+    assert_eq!((keys.len(), skipped), (1, 1));
+    // Once, the same key loads.
+    let once = format!(r#"{{"kty":"OKP","crv":"Ed25519","use":"sig","kid":"d","x":"{x}"}}"#);
+    let (keys, skipped) = KeySet::from_jwks(format!(r#"{{"keys":[{once}]}}"#).as_bytes()).unwrap();
+    assert_eq!((keys.len(), skipped), (1, 0));
+}
+
 /// JWKs the verification backend would refuse at every signature are refused at load, so that
 /// a key set never holds a key that can verify nothing: RSA moduli over 4096 bits, RSA
 /// exponents that are even, below 3 or above 2^33 - 1, EC points off their curve, bytes that
