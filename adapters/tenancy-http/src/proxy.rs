@@ -229,7 +229,9 @@ impl TrustedProxies {
     /// read from the right; the first one that is not a trusted proxy is the client. A hop
     /// that cannot be read (an obfuscated identifier, `unknown`, garbage) ends the walk at the
     /// last trusted hop, since nothing further left can be attributed; so does a chain of
-    /// more than [`MAX_FORWARDED_HOPS`] trusted hops. Empty list elements are skipped. The hops are read
+    /// more than [`MAX_FORWARDED_HOPS`] trusted hops. A `Forwarded` line whose quoted string
+    /// never closes gives no address: a client's open quote could otherwise swallow the hop a
+    /// trusted proxy appended, and the client be taken for that proxy. Empty list elements are skipped. The hops are read
     /// only as far as the walk goes: a long header costs no more than the hops walked
     /// (`Forwarded`: one scan of each line the walk reaches, quoting being read left to
     /// right). Without a peer there is no address.
@@ -266,7 +268,7 @@ impl TrustedProxies {
             return Some(peer);
         }
         // Right to left: the last line first, each line's hops from its end.
-        Some(match self.header {
+        match self.header {
             ForwardedHeader::XForwardedFor => self.walk(
                 peer,
                 values
@@ -274,7 +276,7 @@ impl TrustedProxies {
                     .rev()
                     .flat_map(|v| v.rsplit(|b| *b == b','))
                     .filter(|h| !h.trim_ascii().is_empty())
-                    .map(|h| std::str::from_utf8(h).ok().and_then(parse_hop)),
+                    .map(|h| Hop::from(std::str::from_utf8(h).ok().and_then(parse_hop))),
             ),
             ForwardedHeader::Forwarded => self.walk(
                 peer,
@@ -283,26 +285,50 @@ impl TrustedProxies {
                     .rev()
                     .flat_map(|v| forwarded_hops(v).into_iter().rev()),
             ),
-        })
+        }
     }
 
     /// Walks `hops`, nearest first, from the trusted `peer`: the first hop that is not a
     /// trusted proxy; the last trusted one at an unreadable hop, at the end, or after
-    /// [`MAX_FORWARDED_HOPS`].
-    fn walk(&self, peer: IpAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> IpAddr {
+    /// [`MAX_FORWARDED_HOPS`]; no address at a malformed one.
+    fn walk(&self, peer: IpAddr, hops: impl Iterator<Item = Hop>) -> Option<IpAddr> {
         let mut current = peer;
         for hop in hops.take(MAX_FORWARDED_HOPS) {
             match hop {
-                Some(ip) => {
+                Hop::Addr(ip) => {
                     current = ip;
                     if !self.is_trusted(ip) {
-                        return ip;
+                        return Some(ip);
                     }
                 }
-                None => return current,
+                Hop::Unreadable => return Some(current),
+                Hop::Malformed => return None,
             }
         }
-        current
+        Some(current)
+    }
+}
+
+/// One hop of a forwarding header, as [`TrustedProxies::client_addr`] walks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// An address.
+    Addr(IpAddr),
+    /// A hop that names no address (`unknown`, an obfuscated identifier, garbage): nothing
+    /// further left can be attributed, and the walk ends at the last trusted hop.
+    Unreadable,
+    /// A `Forwarded` line whose quoted string never closes. Which part of it a trusted proxy
+    /// wrote cannot be told: read from the left, a client's open quote
+    /// (`for=1.1.1.1;host="x`) swallows the element the proxy appended after it
+    /// (`, for=203.0.113.9`); read from the right, the text a proxy copied into an
+    /// unterminated quote (`host="x, for=6.6.6.6`) would become a hop. The walk ends with no
+    /// address rather than take the proxy's or a hop the client may have written.
+    Malformed,
+}
+
+impl From<Option<IpAddr>> for Hop {
+    fn from(ip: Option<IpAddr>) -> Self {
+        ip.map_or(Self::Unreadable, Self::Addr)
     }
 }
 
@@ -342,8 +368,8 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 /// value that is no address). Empty elements are skipped. Commas and semicolons inside quoted strings separate nothing:
 /// a proxy that copies a client's text into a quoted parameter (`host="x,for=6.6.6.6"`)
 /// must not hand the client a hop of its own making. An unterminated quoted string makes
-/// the rest of the value one unreadable element.
-fn forwarded_hops(value: &[u8]) -> Vec<Option<IpAddr>> {
+/// the rest of the value one [`Hop::Malformed`] element.
+fn forwarded_hops(value: &[u8]) -> Vec<Hop> {
     let mut hops = Vec::new();
     // The current element's `for=` values seen so far, and whether one was unreadable.
     let mut fors: Vec<Option<IpAddr>> = Vec::new();
@@ -386,7 +412,7 @@ fn forwarded_hops(value: &[u8]) -> Vec<Option<IpAddr>> {
             b',' => {
                 finish_pair(&mut pair, &mut fors);
                 if filled {
-                    hops.push(one_for(&fors));
+                    hops.push(Hop::from(one_for(&fors)));
                 }
                 fors.clear();
                 filled = false;
@@ -395,12 +421,12 @@ fn forwarded_hops(value: &[u8]) -> Vec<Option<IpAddr>> {
         }
     }
     if quoted {
-        hops.push(None);
+        hops.push(Hop::Malformed);
         return hops;
     }
     finish_pair(&mut pair, &mut fors);
     if filled {
-        hops.push(one_for(&fors));
+        hops.push(Hop::from(one_for(&fors)));
     }
     hops
 }
@@ -499,7 +525,7 @@ mod tests {
             (b"host=\"x;for=6.6.6.6\";for=203.0.113.9", client),
             (b"for=203.0.113.9;host=\"a\\\",for=6.6.6.6\"", client),
             (b"host=x;for=6.6.6.6;for=203.0.113.9", peer),
-            (b"for=203.0.113.9;host=\"unterminated,for=6.6.6.6", peer),
+            (b"for=203.0.113.9;host=\"unterminated,for=6.6.6.6", None),
             (b"for=\"192.0.2.7:_p1\"", Some(ip("192.0.2.7"))),
             (b"for=\"[2001:db8::1]:_p1\"", Some(ip("2001:db8::1"))),
             (b"for=\"192.0.2.7:_\"", peer),
@@ -513,6 +539,34 @@ mod tests {
                 String::from_utf8_lossy(value)
             );
         }
+    }
+
+    /// A client's open quote swallows the element a trusted proxy appends to the same line:
+    /// that line gives no address, never the proxy's (which may be allowed what the client is
+    /// not). A line of the proxy's own after the client's is read as usual.
+    #[test]
+    fn an_open_quote_does_not_make_the_client_the_proxy() {
+        let proxies = TrustedProxies::parse(["10.0.0.0/8"])
+            .unwrap()
+            .with_header(ForwardedHeader::Forwarded);
+        let peer = Some(ip("10.0.0.2"));
+        for value in [
+            &b"for=1.1.1.1;host=\"x, for=203.0.113.9"[..],
+            b"\", for=203.0.113.9",
+            b"for=\"[2001:db8::1]:4711, for=10.0.0.3",
+        ] {
+            assert_eq!(
+                proxies.client_addr_from(peer, &[value]),
+                None,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        let lines: &[&[u8]] = &[b"for=1.1.1.1;host=\"x", b"for=203.0.113.9"];
+        assert_eq!(
+            proxies.client_addr_from(peer, lines),
+            Some(ip("203.0.113.9"))
+        );
     }
 
     /// A network is written as it is meant: no bits past the prefix (the error names the

@@ -826,7 +826,8 @@ impl Tenancy {
     /// Says once that requests reach the anonymous limit without a client address: they
     /// then all share one bucket (one client can spend everyone's logins), and their audit
     /// events carry no address. The usual cause is a server that does not hand the peer to
-    /// the adapters (axum without `ConnectInfo`).
+    /// the adapters (axum without `ConnectInfo`); a client can also send a `Forwarded` value
+    /// whose quoting does not close ([`TrustedProxies::client_addr`]).
     #[cold]
     fn warn_no_peer(&self, meta: &RequestMeta) {
         use std::sync::atomic::Ordering;
