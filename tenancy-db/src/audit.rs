@@ -17,7 +17,14 @@
 //!   RESTRICTIVE policy `tenant_id = (SELECT tenancy.current_tenant_id())` for all commands
 //!   and all roles (as `tenancy.protect_table` creates it);
 //! - the role holds `TRUNCATE` or `REFERENCES` on a tenant table (neither is filtered by
-//!   row-level security);
+//!   row-level security); here and for `SECURITY DEFINER` functions below, the privileges of
+//!   every role it is a member of count as its own, inherited or not, since it can
+//!   `SET ROLE` to them;
+//! - a tenant table's `tenant_id` has a non-deterministic collation (the policy compares
+//!   under it: tenants whose ids it holds equal, `a-b` and `ab` when punctuation is ignored,
+//!   share rows);
+//! - the role may read or write a foreign table with a `tenant_id` column (a foreign table
+//!   cannot have row-level security);
 //! - a unique index, unique constraint or exclusion constraint on a tenant table omits
 //!   `tenant_id` from its key (it leaks whether another tenant holds a value), or a foreign
 //!   key from a tenant table to another tenant table does not pair `tenant_id` with the
@@ -143,6 +150,23 @@ pub enum Finding {
         /// The materialized view.
         view: String,
     },
+    /// A tenant table's `tenant_id` has a non-deterministic collation: the tenant policy
+    /// compares under it, so tenants whose ids it holds equal (`a-b` and `ab` under a
+    /// collation that ignores punctuation) see and write each other's rows.
+    NondeterministicTenantId {
+        /// The table.
+        table: String,
+        /// The column's collation.
+        collation: String,
+    },
+    /// A foreign table with a `tenant_id` column that the role may read or write: row-level
+    /// security cannot be put on a foreign table, so every tenant's rows are reachable.
+    ForeignTenantTable {
+        /// The audited role.
+        role: String,
+        /// The foreign table.
+        table: String,
+    },
     /// `tenancy.current_tenant_id()` does not exist: the migrations have not run.
     HelperMissing,
     /// The role has `CREATEROLE`: up to PostgreSQL 15 it can grant itself any role that is
@@ -260,6 +284,15 @@ impl fmt::Display for Finding {
                 f,
                 "materialized view {view} stores rows of tenant tables without row-level security; drop it or replace it with a tenant table"
             ),
+            Self::NondeterministicTenantId { table, collation } => write!(
+                f,
+                "tenant table {table} compares tenant_id under the non-deterministic collation {collation}, so tenants whose ids it holds equal share rows; ALTER TABLE {table} ALTER COLUMN tenant_id TYPE text COLLATE \"C\""
+            ),
+            Self::ForeignTenantTable { role, table } => write!(
+                f,
+                "role {role:?} may read or write the foreign table {table}, which has a tenant_id column but cannot have row-level security; REVOKE ALL ON {table} FROM {}",
+                ident(role)
+            ),
             Self::CreateRole { role } => write!(
                 f,
                 "role {role:?} has CREATEROLE and could grant itself a table owner's or a BYPASSRLS role; ALTER ROLE {} NOCREATEROLE",
@@ -374,6 +407,13 @@ tt AS (
     WHERE c.relkind IN ('r', 'p')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
       AND n.nspname !~ '^pg_(toast|temp)'
+)";
+
+/// Every role the audited one (`$1`) can act as: itself and the roles it is a member of,
+/// directly or not, inheriting their privileges or not (it can `SET ROLE` to each).
+const REACH: &str = "
+reach AS (
+    SELECT oid FROM pg_roles WHERE pg_has_role($1, oid, 'MEMBER')
 )";
 
 /// Defaults of `app.tenant_id` that apply to `role` in this database (`ALTER ROLE … SET`,
@@ -497,13 +537,16 @@ async fn role_findings(
         }
     }));
 
+    // Privileges are checked for every role the audited one can act as (`SET ROLE`): a
+    // NOINHERIT role, as `create_runtime_role` makes, does not count its roles' privileges
+    // as its own, but can still take them up.
     let tables: Vec<(String, String, bool, bool, bool)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH {TENANT_TABLES}
+            "WITH {TENANT_TABLES}, {REACH}
              SELECT tt.name, pg_get_userbyid(tt.relowner)::text,
                     pg_has_role($1, tt.relowner, 'MEMBER'),
-                    has_table_privilege($1, tt.oid, 'TRUNCATE'),
-                    has_table_privilege($1, tt.oid, 'REFERENCES')
+                    EXISTS (SELECT 1 FROM reach WHERE has_table_privilege(reach.oid, tt.oid, 'TRUNCATE')),
+                    EXISTS (SELECT 1 FROM reach WHERE has_table_privilege(reach.oid, tt.oid, 'REFERENCES'))
              FROM tt ORDER BY tt.name"
         )))
         .bind(role)
@@ -530,7 +573,7 @@ async fn role_findings(
     }
 
     let definers: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH {TENANT_TABLES}
+        "WITH {TENANT_TABLES}, {REACH}
          SELECT format('%I.%I(%s)', n.nspname, p.proname,
                        pg_get_function_identity_arguments(p.oid)),
                 pg_get_userbyid(p.proowner)::text
@@ -540,8 +583,9 @@ async fn role_findings(
            -- Trigger functions cannot be called directly.
            AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND has_schema_privilege($1, n.oid, 'USAGE')
-           AND has_function_privilege($1, p.oid, 'EXECUTE')
+           AND EXISTS (SELECT 1 FROM reach
+                       WHERE has_schema_privilege(reach.oid, n.oid, 'USAGE')
+                         AND has_function_privilege(reach.oid, p.oid, 'EXECUTE'))
            AND (EXISTS (SELECT 1 FROM pg_roles o
                         WHERE (o.rolsuper OR o.rolbypassrls)
                           AND pg_has_role(p.proowner, o.oid, 'MEMBER'))
@@ -558,6 +602,48 @@ async fn role_findings(
             owner,
         }
     }));
+
+    let collations: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {TENANT_TABLES}
+         SELECT tt.name, format('%I.%I', cn.nspname, co.collname)
+         FROM tt
+         JOIN pg_attribute a ON a.attrelid = tt.oid AND a.attnum = tt.attnum
+         JOIN pg_collation co ON co.oid = a.attcollation
+         JOIN pg_namespace cn ON cn.oid = co.collnamespace
+         WHERE NOT co.collisdeterministic
+         ORDER BY 1"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    findings.extend(
+        collations
+            .into_iter()
+            .map(|(table, collation)| Finding::NondeterministicTenantId { table, collation }),
+    );
+
+    let foreign: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {REACH}
+         SELECT format('%I.%I', n.nspname, c.relname)
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'
+                            AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE c.relkind = 'f'
+           AND EXISTS (SELECT 1 FROM reach
+                       WHERE has_table_privilege(reach.oid, c.oid, 'SELECT, INSERT, UPDATE, DELETE'))
+         ORDER BY 1"
+    )))
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    findings.extend(
+        foreign
+            .into_iter()
+            .map(|(table,)| Finding::ForeignTenantTable {
+                role: owned(),
+                table,
+            }),
+    );
     Ok(Some(findings))
 }
 

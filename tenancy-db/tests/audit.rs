@@ -244,6 +244,128 @@ async fn a_default_tenant_or_createrole_is_refused_at_start_up() {
     pool.close().await;
 }
 
+/// What the runtime role can take up without inheriting it, a collation that holds two
+/// tenant ids equal, and a foreign table (which cannot have row-level security) are found.
+#[tokio::test]
+async fn roles_taken_up_collations_and_foreign_tables_are_audited() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let mut admin = env.admin().await;
+    assert_eq!(findings(&env).await, vec![], "clean to begin with");
+    let runtime = env.runtime.to_string();
+    let records = "public.records".to_owned();
+    // A role the runtime role is a member of: NOINHERIT does not count its privileges, but
+    // `SET ROLE` takes them up.
+    let writer = format!("{runtime}_w");
+    exec(
+        &mut admin,
+        &format!(
+            "CREATE ROLE \"{writer}\" NOLOGIN;
+             GRANT TRUNCATE ON public.records TO \"{writer}\";
+             GRANT \"{writer}\" TO \"{runtime}\";"
+        ),
+    )
+    .await;
+    assert_eq!(
+        findings(&env).await,
+        vec![Finding::UnfilteredPrivilege {
+            role: runtime.clone(),
+            table: records.clone(),
+            privilege: "TRUNCATE",
+        }]
+    );
+    // A SECURITY DEFINER function only that role may execute.
+    let owner = env.owner.to_string();
+    exec(
+        &mut admin,
+        &format!(
+            "SET ROLE \"{owner}\";
+             CREATE FUNCTION public.peek(t text) RETURNS bigint LANGUAGE sql SECURITY DEFINER
+             AS 'SELECT count(*) FROM public.records WHERE tenant_id = t';
+             REVOKE EXECUTE ON FUNCTION public.peek(text) FROM PUBLIC;
+             GRANT EXECUTE ON FUNCTION public.peek(text) TO \"{writer}\";
+             RESET ROLE;
+             REVOKE TRUNCATE ON public.records FROM \"{writer}\";"
+        ),
+    )
+    .await;
+    assert_eq!(
+        findings(&env).await,
+        vec![Finding::SecurityDefinerFunction {
+            role: runtime.clone(),
+            function: "public.peek(t text)".into(),
+            owner: owner.clone(),
+        }]
+    );
+    exec(
+        &mut admin,
+        &format!(
+            "DROP FUNCTION public.peek(text); REVOKE \"{writer}\" FROM \"{runtime}\";
+             DROP ROLE \"{writer}\";"
+        ),
+    )
+    .await;
+    assert_eq!(findings(&env).await, vec![]);
+
+    // Punctuation ignored: `a-b` and `ab` are one tenant under this collation.
+    exec(
+        &mut admin,
+        "CREATE COLLATION public.loose (provider = icu, locale = 'und-u-ks-level1-ka-shifted',
+                                        deterministic = false);
+         CREATE TABLE public.notes (tenant_id text COLLATE public.loose NOT NULL, body text);
+         SELECT tenancy.protect_table('public.notes');",
+    )
+    .await;
+    exec(
+        &mut admin,
+        &format!("SELECT tenancy.grant_table('public.notes', '{runtime}')"),
+    )
+    .await;
+    let got = findings(&env).await;
+    assert_eq!(
+        got,
+        vec![Finding::NondeterministicTenantId {
+            table: "public.notes".into(),
+            collation: "public.loose".into(),
+        }]
+    );
+    assert!(got[0].to_string().contains("public.notes"), "{}", got[0]);
+    exec(
+        &mut admin,
+        "DROP TABLE public.notes; DROP COLLATION public.loose",
+    )
+    .await;
+
+    // A foreign table with tenant_id that the role may read.
+    exec(
+        &mut admin,
+        &format!(
+            "CREATE EXTENSION IF NOT EXISTS file_fdw;
+             CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+             CREATE FOREIGN TABLE public.imported (tenant_id text, body text)
+               SERVER files OPTIONS (filename '/dev/null');
+             GRANT SELECT ON public.imported TO \"{runtime}\";"
+        ),
+    )
+    .await;
+    let got = findings(&env).await;
+    assert_eq!(
+        got,
+        vec![Finding::ForeignTenantTable {
+            role: runtime.clone(),
+            table: "public.imported".into(),
+        }]
+    );
+    assert!(got[0].to_string().contains("public.imported"), "{}", got[0]);
+    exec(
+        &mut admin,
+        &format!("REVOKE SELECT ON public.imported FROM \"{runtime}\""),
+    )
+    .await;
+    assert_eq!(findings(&env).await, vec![], "no grant, no finding");
+}
+
 #[tokio::test]
 async fn each_finding_comes_from_a_seeded_defect() {
     let Some(env) = TestEnv::new().await else {
