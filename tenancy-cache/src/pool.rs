@@ -25,10 +25,15 @@
 //!
 //! The pool is a `bb8` pool over multiplexed connections. A command borrows a pooled
 //! connection only to clone its handle, so concurrent commands share the pooled sockets
-//! (pipelined by the `redis` crate) instead of queueing for a checkout. A connection is not
-//! pinged when it is checked out (that would double the round trips of every rate-limit
+//! (pipelined by the `redis` crate) instead of queueing for a checkout. A connection in use is
+//! not pinged when it is checked out (that would double the round trips of every rate-limit
 //! decision); instead a connection whose command fails with a connection error is marked
-//! broken, the pool drops it, and the next checkout opens a fresh one. So is a connection
+//! broken, the pool drops it, and the next checkout opens a fresh one. A one-node connection
+//! that sat unused for longer than [`RedisConfig::with_idle_check_after`] (one second by
+//! default) is pinged before a command uses it, and replaced when the ping fails: after a
+//! Redis restart, or an idle timeout on the server or a proxy, the pooled sockets are closed,
+//! and without the ping the first command on each would fail (and a failed command cannot
+//! safely be sent again: it may have run before the socket broke). So is a connection
 //! whose server answers `READONLY` or `MASTERDOWN`: after a fail-over the old primary is a
 //! replica, and only a new connection (to an address that now resolves to the new primary)
 //! can write again; keeping the old one would fail every write while `PING` still answers.
@@ -63,6 +68,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default bound on waiting for a pooled connection.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time a one-node connection may sit unused before it is pinged when next taken
+/// ([`RedisConfig::with_idle_check_after`]).
+///
+/// Why this default: a connection in steady use is never pinged, and one that waited a second
+/// pays one round trip (well under a millisecond on a local network) to find out whether the
+/// server closed it meanwhile.
+pub const DEFAULT_IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 enum Target {
     Single(Client),
@@ -79,6 +91,7 @@ pub struct RedisConfig {
     connect_timeout: Duration,
     response_timeout: Duration,
     acquire_timeout: Duration,
+    idle_check_after: Duration,
     connect_attempts: u32,
     backoff: Duration,
     max_backoff: Duration,
@@ -94,6 +107,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("idle_check_after", &self.idle_check_after)
             .field("connect_attempts", &self.connect_attempts)
             .finish()
     }
@@ -109,6 +123,7 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            idle_check_after: DEFAULT_IDLE_CHECK_AFTER,
             connect_attempts: 3,
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
@@ -158,6 +173,18 @@ impl RedisConfig {
     /// Bound on waiting for a pooled connection (including opening one).
     pub fn with_acquire_timeout(mut self, d: Duration) -> Self {
         self.acquire_timeout = d;
+        self
+    }
+
+    /// How long a one-node connection may sit unused before it is pinged when next taken
+    /// ([`DEFAULT_IDLE_CHECK_AFTER`] by default). A connection whose ping fails is replaced
+    /// before the command runs, so that a server that closed its idle sockets (a restart, its
+    /// `timeout` setting, a proxy's idle timeout) costs no failed command. `Duration::ZERO`
+    /// pings before every command that finds its connection unused for a millisecond or more;
+    /// `Duration::MAX` never pings. A Cluster handle is not pinged: it reconnects its nodes
+    /// itself, and a ping would reach only one of them.
+    pub fn with_idle_check_after(mut self, d: Duration) -> Self {
+        self.idle_check_after = d;
         self
     }
 
@@ -242,6 +269,7 @@ impl RedisConfig {
                 pool,
                 cluster: self.cluster,
                 acquire_timeout: self.acquire_timeout,
+                idle_check_after: self.idle_check_after,
                 last_error,
                 opened,
                 connecting: Mutex::new(None),
@@ -268,7 +296,38 @@ impl RedisConfig {
 #[derive(Clone)]
 pub(crate) struct Conn {
     inner: ConnInner,
-    broken: Arc<AtomicBool>,
+    state: Arc<ConnState>,
+}
+
+/// What the pool knows of one connection, shared by the clones of its handle.
+struct ConnState {
+    /// A command failed in a way that leaves the connection unusable: the pool drops it.
+    broken: AtomicBool,
+    opened: Instant,
+    /// When the connection was last taken from the pool, in milliseconds since `opened`.
+    taken_ms: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            broken: AtomicBool::new(false),
+            opened: Instant::now(),
+            taken_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Records that the connection is taken at `now`, and returns how long it sat unused.
+    fn take(&self, now: Instant) -> Duration {
+        let now_ms = u64::try_from(now.saturating_duration_since(self.opened).as_millis())
+            .unwrap_or(u64::MAX);
+        let last = self.taken_ms.swap(now_ms, Ordering::Relaxed);
+        Duration::from_millis(now_ms.saturating_sub(last))
+    }
 }
 
 #[derive(Clone)]
@@ -345,7 +404,7 @@ impl bb8::ManageConnection for Manager {
                     self.opened.fetch_add(1, Ordering::Relaxed);
                     return Ok(Conn {
                         inner,
-                        broken: Arc::default(),
+                        state: Arc::new(ConnState::new()),
                     });
                 }
                 Err(e) if attempt >= self.attempts => return Err(e),
@@ -364,7 +423,7 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken.load(Ordering::Relaxed)
+        conn.state.is_broken()
     }
 }
 
@@ -414,6 +473,7 @@ struct PoolInner {
     pool: bb8::Pool<Manager>,
     cluster: bool,
     acquire_timeout: Duration,
+    idle_check_after: Duration,
     last_error: Arc<Mutex<Option<RedisError>>>,
     opened: Arc<AtomicU64>,
     /// The connection attempt for an empty pool under way (or the last one, answered).
@@ -683,12 +743,38 @@ impl RedisPool {
     /// which drops it, and the next one is taken.
     async fn conn(&self) -> Result<Conn> {
         for _ in 0..=self.inner.pool.state().connections {
-            let pooled = self.checkout().await?;
-            if !pooled.broken.load(Ordering::Relaxed) {
+            let mut pooled = self.checkout().await?;
+            if !pooled.state.is_broken() && self.answers_after_idle(&mut pooled).await {
                 return Ok(pooled.clone());
             }
+            // Dropped broken: the pool closes it.
         }
         self.checkout().await.map(|c| c.clone())
+    }
+
+    /// Whether a connection just taken may carry a command: `false` when it is a one-node
+    /// connection that sat unused for longer than the idle check allows and its ping failed
+    /// on the connection (it is then marked broken). Held checked out during the ping, so
+    /// that concurrent callers take other connections meanwhile, and the next caller to take
+    /// this one finds it freshly used.
+    async fn answers_after_idle(&self, conn: &mut Conn) -> bool {
+        let idle = conn.state.take(Instant::now());
+        if idle <= self.inner.idle_check_after || matches!(conn.inner, ConnInner::Cluster(_)) {
+            return true;
+        }
+        match redis::cmd("PING").query_async::<Value>(conn).await {
+            Ok(_) => true,
+            Err(e) => {
+                let e = failed(conn, e);
+                if conn.state.is_broken() {
+                    tracing::debug!(error = %e, idle = ?idle, "Redis connection closed while idle; replacing it");
+                    return false;
+                }
+                // Not the connection's fault (a server still loading its data, say): the
+                // command will meet the same answer and report it.
+                true
+            }
+        }
     }
 
     async fn checkout(&self) -> Result<bb8::PooledConnection<'_, Manager>> {
@@ -776,7 +862,7 @@ pub(crate) type NodeReplies = Vec<(String, std::result::Result<Value, RedisError
 /// Marks the connection broken when the error means it is gone, and wraps the error.
 fn failed(conn: &Conn, e: RedisError) -> Error {
     if breaks_connection(&e, matches!(conn.inner, ConnInner::Cluster(_))) {
-        conn.broken.store(true, Ordering::Relaxed);
+        conn.state.broken.store(true, Ordering::Relaxed);
     }
     Error::Redis(e)
 }
@@ -941,5 +1027,43 @@ mod tests {
             HealthStatus::Up,
             "no timeout since the last check: {h:?}"
         );
+    }
+
+    /// A connection the server closed while it sat idle in the pool (a Redis restart, an
+    /// idle timeout, `CLIENT KILL`) is found out by a `PING` when it is next taken, and
+    /// replaced: the command that takes it is answered, not failed.
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced_before_a_command_uses_it() {
+        let Some(redis) = tenancy_tests::redis().await else {
+            return;
+        };
+        let pool = RedisConfig::single(redis.url())
+            .with_pool_size(1)
+            .with_idle_check_after(Duration::from_millis(50))
+            .connect()
+            .await
+            .unwrap();
+        let id: i64 = pool
+            .query(&redis::cmd("CLIENT").arg("ID").clone())
+            .await
+            .unwrap();
+        let killer = Client::open(redis.url()).unwrap();
+        let mut killer = killer.get_multiplexed_async_connection().await.unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut killer)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after: i64 = pool
+            .query(&redis::cmd("CLIENT").arg("ID").clone())
+            .await
+            .expect("the closed connection is replaced, not used");
+        assert_ne!(after, id, "a new connection answered");
+        assert_eq!(pool.figures().closed_broken, 1, "{:?}", pool.figures());
+        assert_eq!(pool.figures().created, 2, "{:?}", pool.figures());
     }
 }
