@@ -26,7 +26,7 @@ mod limiter;
 mod session;
 
 pub use audit::MemoryAuditSink;
-pub use cache::{DEFAULT_MAX_ENTRIES, MemoryTenantCache};
+pub use cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryTenantCache};
 pub use denylist::MemoryDenylist;
 pub use directory::MemoryTenantDirectory;
 pub use limiter::{DEFAULT_MAX_KEYS, MemoryRateLimiter};
