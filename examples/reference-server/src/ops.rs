@@ -165,8 +165,9 @@ pub async fn audit_refused_attempt(app: &App, action: &str, origin: &Origin, ref
 }
 
 /// A login or refresh that a backend failure ended (a 5xx, for which nothing was recorded
-/// yet) is audited too, in the platform's trail (whether the tenant exists could not be
-/// told): an attempt leaves a trace while the directory or session store is down.
+/// yet), or a refresh that kept losing races with other updates of its session (409), is
+/// audited too, in the platform's trail (whether the tenant exists could not be told): an
+/// attempt leaves a trace while the directory or session store is down.
 async fn audit_failed_attempt<T>(
     app: &App,
     action: &str,
@@ -176,6 +177,8 @@ async fn audit_failed_attempt<T>(
 ) {
     let Err(e) = result else { return };
     let reason = match e.status() {
+        // A refresh that kept racing other updates of its session: the client may retry.
+        409 => "conflict",
         503 => "backend_unavailable",
         500..=599 => "internal_error",
         _ => return,
@@ -909,4 +912,58 @@ pub fn health(app: &App) -> (bool, serde_json::Value) {
         }).collect::<serde_json::Map<_, _>>(),
     });
     (!down, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    /// A failed login or refresh leaves a trace in the platform's trail: a backend outage
+    /// (503), an internal fault (500), a refresh that kept losing races (409). A refusal the
+    /// client caused (400) is audited where it is decided, not here.
+    #[tokio::test]
+    async fn attempts_that_failed_on_the_servers_side_are_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::build(Config::for_tests(dir.path())).await.unwrap();
+        let origin = Origin::default();
+        let cases: [(Error, Option<&str>); 4] = [
+            (Error::Conflict, Some("conflict")),
+            (
+                Error::Unavailable("down".into()),
+                Some("backend_unavailable"),
+            ),
+            (Error::Internal("fault".into()), Some("internal_error")),
+            (Error::BadRequest("x".into()), None),
+        ];
+        for (error, reason) in cases {
+            let status = error.status();
+            let before = app
+                .audit_store()
+                .newest(&platform(), None, 1000)
+                .await
+                .unwrap()
+                .len();
+            audit_failed_attempt::<()>(&app, "auth.refresh", None, &origin, &Err(error)).await;
+            app.audit().flush().await.unwrap();
+            let events = app
+                .audit_store()
+                .newest(&platform(), None, 1000)
+                .await
+                .unwrap();
+            match reason {
+                Some(reason) => {
+                    assert_eq!(events.len(), before + 1, "{status}");
+                    let newest = String::from_utf8_lossy(&events[0].payload).into_owned();
+                    assert!(newest.contains("\"auth.refresh\""), "{status}: {newest}");
+                    assert!(
+                        newest.contains(&format!("\"{reason}\"")),
+                        "{status}: {newest}"
+                    );
+                }
+                None => assert_eq!(events.len(), before, "{status}: audited here"),
+            }
+        }
+        app.shutdown().await.unwrap();
+    }
 }
