@@ -351,6 +351,7 @@ pub fn route_rules() -> std::result::Result<Vec<RouteRule>, tenancy_http::Error>
             .resource("tenant", "tenant")
             .audit_sync(),
         r("/v1/admin/tenants/{tenant}")?
+            .method("GET")
             .audit("admin.tenant.get")?
             .resource("tenant", "tenant"),
         r("/v1/admin/audit/verify")?.audit("admin.audit.verify")?,

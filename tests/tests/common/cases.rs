@@ -178,6 +178,7 @@ fn acme_trail(r: &Reply) -> Result<(), String> {
             ("ratelimit.bypass", "success"),
             ("tenant.denied", "denied"),
             ("admin.tenant.get", "denied"),
+            ("admin.request", "failure"),
             ("admin.audit.verify", "denied"),
         ],
     )
@@ -487,6 +488,8 @@ pub fn contract() -> Vec<Step> {
         // answer to a tenant's user (no route is exempt).
         C(case("user reads a tenant", "GET", "/v1/admin/tenants/acme", Some("bob"), 403).limited(true)),
         C(case("user suspends", "POST", "/v1/admin/tenants/acme/suspend", Some("bob"), 403).json("{}").limited(true)),
+        // A method no admin route serves: 405, audited as an admin request (not as a read).
+        C(case("user deletes a tenant", "DELETE", "/v1/admin/tenants/acme", Some("bob"), 405).limited(true)),
         // Who may ask comes before what is asked: the 403 (a denial in the trail), not a 400
         // or 415 about a body the caller had no right to send.
         C(case("user sets limits, malformed JSON", "PUT", "/v1/admin/tenants/acme/limits", Some("bob"), 403)
