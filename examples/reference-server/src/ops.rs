@@ -410,12 +410,13 @@ pub async fn tenant_audit(
         ));
     }
     flush(app).await;
-    let entries =
-        tenancy_audit::newest_events(app.audit_store().as_ref(), &ctx.tenant, before, limit)
+    // One more than the page: a full page leads on only when something older is there.
+    let mut entries =
+        tenancy_audit::newest_events(app.audit_store().as_ref(), &ctx.tenant, before, limit + 1)
             .await?;
-    let next_before = (entries.len() == limit)
-        .then(|| entries.last().map(|e| e.seq))
-        .flatten();
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let next_before = more.then(|| entries.last().map(|e| e.seq)).flatten();
     let events = entries
         .into_iter()
         .map(|e| {
@@ -964,6 +965,44 @@ mod tests {
                 None => assert_eq!(events.len(), before, "{status}: audited here"),
             }
         }
+        app.shutdown().await.unwrap();
+    }
+
+    /// The audit list pages newest first; the last page, full or not, leads nowhere.
+    #[tokio::test]
+    async fn the_last_page_of_a_trail_leads_nowhere_even_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::build(Config::for_tests(dir.path())).await.unwrap();
+        let claims = Claims::from_json(
+            br#"{"iss":"i","aud":"a","sub":"ann","exp":9999999999,"tenant_id":"pages",
+                "user_id":"ann","user_role":"tenant_admin","permissions":["audit:read"]}"#,
+        )
+        .unwrap();
+        let ctx = TenantContext::from_claims(&claims);
+        for i in 0..4 {
+            let e = event(
+                &ctx.tenant,
+                "records.read",
+                Outcome::Success,
+                &Origin::default(),
+            );
+            app.record(e.with_resource("record", i.to_string())).await;
+        }
+        let mut seqs = Vec::new();
+        let mut before = None;
+        let mut pages = 0;
+        loop {
+            let page = tenant_audit(&app, &ctx, before, Some(2)).await.unwrap();
+            pages += 1;
+            seqs.extend(page.events.iter().map(|e| e["seq"].as_u64().unwrap()));
+            match page.next_before {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+            assert!(pages < 10, "pages never end");
+        }
+        assert_eq!(seqs, [4, 3, 2, 1]);
+        assert_eq!(pages, 2, "a third, empty page was offered");
         app.shutdown().await.unwrap();
     }
 }
