@@ -6,7 +6,7 @@ mod common;
 
 use tenancy_audit::chain::{StoredRecord, link};
 use tenancy_audit::checkpoint::{CheckpointSigner, TrustedCheckpoint};
-use tenancy_audit::store::{AuditStore, FileAuditStore, MemoryAuditStore, PgAuditStore};
+use tenancy_audit::store::{AuditStore, FileAuditStore, MemoryAuditStore, PgAuditStore, WALK_PAGE};
 use tenancy_audit::verify::{Finding, Reason, verify};
 use tenancy_core::TenantId;
 use tenancy_core::testkit::Fixture;
@@ -329,6 +329,53 @@ async fn file_store_detects_every_tampering() {
         Some("line 3 of the audit file cannot be read"),
         "{err:?}"
     );
+}
+
+/// A forged copy of an early record placed after a full walk page (after the
+/// `WALK_PAGE`th record) is read and reported: a walk that paged by `seq` stepped over it at
+/// the page boundary and called the chain valid, and a writer then continued the chain from
+/// the forged record.
+#[tokio::test]
+async fn a_record_out_of_order_past_a_walk_page_is_reported() {
+    let fx = Fixture::new();
+    let a = fx.tenant("a");
+    let genuine = MemoryAuditStore::new();
+    let events: Vec<_> = (0..WALK_PAGE).map(|i| encoded(&a, i)).collect();
+    for batch in events.chunks(500) {
+        genuine.append(batch).await.unwrap();
+    }
+    let mut records = genuine.records(&a);
+    assert_eq!(records.len(), WALK_PAGE);
+    // Line 3 again, its action changed.
+    let mut forged = records[2].clone();
+    let payload = String::from_utf8(forged.payload.to_vec()).unwrap();
+    forged.payload = payload
+        .replacen("records.read", "admin.grant", 1)
+        .into_bytes()
+        .into();
+    assert_ne!(forged.payload, records[2].payload);
+    records.push(forged);
+
+    let memory = MemoryAuditStore::from_records(records.clone());
+    let v = verify(&memory, &a, &[]).await.unwrap();
+    assert!(!v.is_valid(), "memory: {v:?}");
+    assert_eq!(v.records, WALK_PAGE as u64 + 1, "memory: {v:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forged.jsonl");
+    let text: String = records
+        .iter()
+        .map(|r| common::file_line(r) + "\n")
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    let file = FileAuditStore::open(&path).await.unwrap();
+    let v = verify(&file, &a, &[]).await.unwrap();
+    assert!(!v.is_valid(), "file: {v:?}");
+    assert_eq!(v.records, WALK_PAGE as u64 + 1, "file: {v:?}");
+    // Events stored after it do not make the chain valid again.
+    file.append(&[encoded(&a, 7)]).await.unwrap();
+    let v = verify(&file, &a, &[]).await.unwrap();
+    assert!(!v.is_valid(), "file after an append: {v:?}");
 }
 
 async fn pg_store() -> Option<(tenancy_tests::TestDatabase, PgAuditStore)> {

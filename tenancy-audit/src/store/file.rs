@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use tenancy_core::{EventId, TenantId};
 use time::OffsetDateTime;
 
-use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge, page};
+use super::{
+    Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge, chunk_at, page, walk_in_place,
+};
 use crate::chain::{Anchor, ChainHead, Digest, StoredRecord};
 use crate::codec::EncodedEvent;
 use crate::{Error, Result};
@@ -93,6 +95,8 @@ struct State {
     read_only: bool,
     chains: Chains,
     index: HashMap<TenantId, Vec<Entry>>,
+    /// Each tenant's records purged since the store was opened ([`chunk_at`]).
+    purged: HashMap<TenantId, u64>,
     len: u64,
     ino: u64,
     unreadable: Vec<u64>,
@@ -182,6 +186,7 @@ impl FileAuditStoreBuilder {
                 read_only: self.read_only,
                 chains: Chains::default(),
                 index: HashMap::new(),
+                purged: HashMap::new(),
                 len: 0,
                 ino: 0,
                 unreadable: Vec::new(),
@@ -583,6 +588,7 @@ impl State {
         self.writer = Some(out);
         crate::sync_dir_of(&self.path).map_err(|e| Error::io("sync audit directory", e))?;
         self.load()?;
+        *self.purged.entry(tenant.clone()).or_default() += removed;
         Ok(removed)
     }
 }
@@ -614,6 +620,23 @@ impl AuditStore for FileAuditStore {
             })
         })
         .await
+    }
+
+    async fn walk(
+        &self,
+        tenant: &TenantId,
+        visit: &mut (dyn for<'r> FnMut(&'r StoredRecord) + Send),
+    ) -> Result<u64> {
+        let chunk = |at| {
+            let tenant = tenant.clone();
+            self.with_state(move |st| {
+                let all = st.index.get(&tenant).map_or(&[][..], Vec::as_slice);
+                let purged = st.purged.get(&tenant).copied().unwrap_or(0);
+                let (range, next) = chunk_at(all.len(), purged, at);
+                Ok((st.read(&all[range])?, next))
+            })
+        };
+        walk_in_place(chunk, visit).await
     }
 
     async fn newest(

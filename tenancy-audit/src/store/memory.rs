@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use tenancy_core::{EventId, TenantId};
 use time::OffsetDateTime;
 
-use super::{Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge, page};
+use super::{
+    Appended, AuditStore, Chains, ScanCursor, ScanPage, check_purge, chunk_at, page, walk_in_place,
+};
 use crate::Result;
 use crate::chain::{Anchor, ChainHead, Digest, StoredRecord};
 use crate::codec::EncodedEvent;
@@ -25,6 +27,8 @@ struct State {
 struct Trail {
     bytes: Vec<u8>,
     rows: Vec<Row>,
+    /// Records purged so far ([`chunk_at`]).
+    purged: u64,
 }
 
 /// A record without its tenant, its payload a range of [`Trail::bytes`].
@@ -98,8 +102,10 @@ impl Trail {
         for row in self.rows.iter().filter(|r| r.seq > seq) {
             kept.push_row(&self.bytes[row.payload.clone()], row.clone());
         }
+        let dropped = (before - kept.rows.len()) as u64;
+        kept.purged = self.purged + dropped;
         *self = kept;
-        (before - self.rows.len()) as u64
+        dropped
     }
 }
 
@@ -189,6 +195,25 @@ impl AuditStore for MemoryAuditStore {
             records: trail.records(tenant, &trail.rows[range]).collect(),
             next,
         })
+    }
+
+    async fn walk(
+        &self,
+        tenant: &TenantId,
+        visit: &mut (dyn for<'r> FnMut(&'r StoredRecord) + Send),
+    ) -> Result<u64> {
+        let chunk = |at| {
+            let st = self.lock();
+            let chunk = st.records.get(tenant).map_or_else(
+                || (Vec::new(), at),
+                |t| {
+                    let (range, next) = chunk_at(t.rows.len(), t.purged, at);
+                    (t.records(tenant, &t.rows[range]).collect(), next)
+                },
+            );
+            std::future::ready(Ok(chunk))
+        };
+        walk_in_place(chunk, visit).await
     }
 
     async fn newest(

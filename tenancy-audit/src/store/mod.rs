@@ -95,6 +95,46 @@ pub(crate) fn page<T>(
     (start..end, next)
 }
 
+/// The next chunk of a walk by place ([`walk_in_place`]): of `len` records held, after
+/// `purged` records purged before them since the store was opened, the indices of the (at
+/// most [`WALK_PAGE`]) records from place `at`, and the place after them. Places count from
+/// the first record held at open, purged ones included, so that a purge between two chunks
+/// neither skips nor repeats a record.
+pub(crate) fn chunk_at(len: usize, purged: u64, at: u64) -> (std::ops::Range<usize>, u64) {
+    let start = usize::try_from(at.saturating_sub(purged))
+        .unwrap_or(usize::MAX)
+        .min(len);
+    let end = start.saturating_add(WALK_PAGE).min(len);
+    (start..end, purged.saturating_add(end as u64))
+}
+
+/// [`AuditStore::walk`] for a store that holds a tenant's records in the order they were
+/// stored or loaded (memory, JSONL file): chunk by chunk, by their place there rather than by
+/// `seq`. Paging by `seq` assumes that order is `seq` order: a record a tamperer put out of
+/// order (a forged copy of an early record after a page's last one) would be stepped over at
+/// the page boundary, and verification would never see it. `chunk(at)` returns the records
+/// from place `at` ([`chunk_at`]) and the place after them.
+pub(crate) async fn walk_in_place<Fut>(
+    mut chunk: impl FnMut(u64) -> Fut + Send,
+    visit: &mut (dyn for<'r> FnMut(&'r StoredRecord) + Send),
+) -> Result<u64>
+where
+    Fut: Future<Output = Result<(Vec<StoredRecord>, u64)>> + Send,
+{
+    let (mut at, mut n) = (0, 0);
+    loop {
+        let (records, next) = chunk(at).await?;
+        if records.is_empty() {
+            return Ok(n);
+        }
+        for r in &records {
+            visit(r);
+        }
+        n += records.len() as u64;
+        at = next;
+    }
+}
+
 /// One page of [`AuditStore::scan`].
 #[derive(Debug, Clone, Default)]
 pub struct ScanPage {
@@ -123,7 +163,9 @@ pub trait AuditStore: Send + Sync + fmt::Debug + 'static {
     /// Feeds every record of `tenant` in stored order to `visit`, one at a time, and returns
     /// how many there were. What [`verify`](crate::verify::verify) reads a chain with.
     ///
-    /// The default pages through [`AuditStore::scan`]. A backend may stream instead and pass
+    /// The default pages through [`AuditStore::scan`], by `seq`; a store whose storage can hold
+    /// records out of `seq` order (the memory and JSONL stores, given tampered records) walks
+    /// them in the order they are held instead, so that verification sees every one. A backend may stream instead and pass
     /// the same record value each time with new contents, so `visit` must copy what it keeps.
     async fn walk(
         &self,
@@ -371,6 +413,25 @@ mod tests {
     use crate::chain::Digest;
     use crate::codec::Codec;
     use tenancy_core::{AuditEvent, Outcome};
+
+    /// Places count purged records too: after a purge, the walk goes on where it was.
+    #[test]
+    fn chunks_go_on_from_their_place_across_a_purge() {
+        assert_eq!(chunk_at(10, 0, 0), (0..10, 10));
+        assert_eq!(
+            chunk_at(WALK_PAGE + 3, 0, 0),
+            (0..WALK_PAGE, WALK_PAGE as u64)
+        );
+        assert_eq!(
+            chunk_at(WALK_PAGE + 3, 0, WALK_PAGE as u64),
+            (WALK_PAGE..WALK_PAGE + 3, WALK_PAGE as u64 + 3)
+        );
+        // 4 records visited, then 3 purged: the 5th record is now the 2nd held.
+        assert_eq!(chunk_at(7, 3, 4), (1..7, 10));
+        // Purged past the place reached: on from the first record held.
+        assert_eq!(chunk_at(2, 8, 4), (0..2, 10));
+        assert_eq!(chunk_at(2, 8, 10), (2..2, 10));
+    }
 
     fn event(tenant: &TenantId, id: u8) -> EncodedEvent {
         let mut e = AuditEvent::new(tenant.clone(), "x.y", Outcome::Success);
