@@ -165,8 +165,9 @@ pub trait AuditStore: Send + Sync + fmt::Debug + 'static {
     ///
     /// The default pages through [`AuditStore::scan`], by `seq`; a store whose storage can hold
     /// records out of `seq` order (the memory and JSONL stores, given tampered records) walks
-    /// them in the order they are held instead, so that verification sees every one. A backend may stream instead and pass
-    /// the same record value each time with new contents, so `visit` must copy what it keeps.
+    /// them in the order they are held instead, so that verification sees every one. A
+    /// backend may stream instead and pass the same record value each time with new contents,
+    /// so `visit` must copy what it keeps.
     async fn walk(
         &self,
         tenant: &TenantId,
