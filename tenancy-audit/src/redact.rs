@@ -122,6 +122,9 @@ pub const DEFAULT_SENSITIVE_EXACT_KEYS: &[&str] = &[
 /// (`?sig=`). Matched exactly, and only in URLs: as fragments they would catch `status_code`.
 const SENSITIVE_URL_PARAMS: &[&str] = &["code", "key", "sig"];
 
+/// What ends a line of text that may hold headers ([`RedactionPolicy::scrub`]).
+const LINE_BREAKS: [char; 2] = ['\n', '\r'];
+
 /// HTTP authorization schemes (lower case) whose credential follows the scheme name.
 const AUTH_SCHEMES: &[&[u8]] = &[b"bearer", b"basic", b"token", b"digest", b"apikey", b"dpop"];
 
@@ -645,20 +648,21 @@ impl RedactionPolicy {
     }
 
     /// Masks the value of each line of `s` that reads like a header with a sensitive name
-    /// (`Cookie: sid=…`, `Set-Cookie: …`, `X-Api-Key: …`); `None` when there is none.
+    /// (`Cookie: sid=…`, `Set-Cookie: …`, `X-Api-Key: …`); `None` when there is none. A
+    /// line ends at a line feed or a carriage return, alone or together.
     fn scrub_header_lines(&self, s: &str) -> Option<String> {
         if !s.contains(':') {
             return None;
         }
         // Nothing is built for text without such a line (a URL, a time of day).
         if !s
-            .split_inclusive('\n')
+            .split_inclusive(LINE_BREAKS)
             .any(|line| self.sensitive_header_value(line).is_some())
         {
             return None;
         }
         let mut out = String::with_capacity(s.len());
-        for line in s.split_inclusive('\n') {
+        for line in s.split_inclusive(LINE_BREAKS) {
             match self.sensitive_header_value(line) {
                 Some(value) => {
                     out.push_str(&line[..value.start]);
@@ -1227,6 +1231,10 @@ mod tests {
             )
             .with_detail("line", "Cookie: session=hunter2f")
             .with_detail("lines", "Accept: kept-4\r\nX-Api-Key:hunter2g\r\n")
+            .with_detail(
+                "old-mac",
+                "Accept: kept-6\rX-Api-Key: hunter2j\rVia: kept-7",
+            )
             .with_detail("url", "https://x.example/p?auth=hunter2h&page=kept-5");
         e.reason = Some("Set-Cookie: sid=hunter2i".into());
         p.apply(&mut e);
@@ -1242,6 +1250,7 @@ mod tests {
             "hunter2g",
             "hunter2h",
             "hunter2i",
+            "hunter2j",
         ] {
             assert!(!text.contains(secret), "{secret} reached the event: {text}");
         }
@@ -1252,6 +1261,8 @@ mod tests {
             "kept-4",
             "kept-5",
             "Accept: kept-4",
+            "Accept: kept-6",
+            "Via: kept-7",
         ] {
             assert!(text.contains(kept), "{kept} was lost: {text}");
         }
