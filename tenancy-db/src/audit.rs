@@ -32,7 +32,11 @@
 //!   without `tenant_id` (a global lookup table such as `countries`) is fine;
 //! - a `SECURITY DEFINER` function the role may execute is owned by a superuser, a
 //!   `BYPASSRLS` role or the owner of a tenant table (or a member of one): it runs with its
-//!   owner's rights and can read every tenant's rows;
+//!   owner's rights and can read every tenant's rows; so is a `SECURITY DEFINER` trigger
+//!   function on a table (or view) the role may write to, which runs on the role's writes
+//!   whether it may execute the function or not;
+//! - the role may reach `tenancy.tenants` (the tenant directory) or `tenancy._migrations`:
+//!   platform tables without row-level security, for the platform role alone;
 //! - a view over tenant tables (directly or through other views) is not `security_invoker`,
 //!   or a materialized view is built over them (it stores every tenant's rows);
 //! - `tenancy.current_tenant_id()` is missing.
@@ -209,6 +213,33 @@ pub enum Finding {
         /// The function's owner.
         owner: String,
     },
+    /// A `SECURITY DEFINER` trigger function runs, as an owner that bypasses row-level
+    /// security or owns a tenant table, whenever the role writes to the table the trigger is
+    /// on: what the role writes can make it read (and return, or store) every tenant's rows.
+    SecurityDefinerTrigger {
+        /// The audited role.
+        role: String,
+        /// The table (or view) the trigger is on.
+        table: String,
+        /// The trigger.
+        trigger: String,
+        /// The trigger's function.
+        function: String,
+        /// The function's owner.
+        owner: String,
+    },
+    /// The role (or a role it can act as) holds privileges on a platform table of the
+    /// `tenancy` schema: `tenancy.tenants` (the tenant directory) or `tenancy._migrations`.
+    /// They have no row-level security: a tenant request could read every tenant's settings,
+    /// or lift its own suspension and limits.
+    PlatformTableAccess {
+        /// The audited role.
+        role: String,
+        /// The table.
+        table: String,
+        /// The privileges held, comma-separated.
+        privileges: String,
+    },
     /// `app.tenant_id` has a value before any tenant transaction sets one: queries outside a
     /// tenant transaction (and every connection after one) run as that tenant instead of
     /// failing.
@@ -323,6 +354,24 @@ impl fmt::Display for Finding {
                 f,
                 "role {role:?} may execute SECURITY DEFINER function {function}, owned by {owner:?}, which bypasses row-level security or owns a tenant table; REVOKE EXECUTE on it or make it SECURITY INVOKER"
             ),
+            Self::SecurityDefinerTrigger {
+                role,
+                table,
+                trigger,
+                function,
+                owner,
+            } => write!(
+                f,
+                "trigger {trigger:?} on {table}, which role {role:?} may write to, runs SECURITY DEFINER function {function}, owned by {owner:?}, which bypasses row-level security or owns a tenant table; make the function SECURITY INVOKER or drop the trigger"
+            ),
+            Self::PlatformTableAccess {
+                role,
+                table,
+                privileges,
+            } => write!(
+                f,
+                "role {role:?} holds {privileges} on {table}, platform data without row-level security; revoke them (only the platform role, see grant_platform_role, reaches it)"
+            ),
             Self::HelperMissing => write!(
                 f,
                 "function tenancy.current_tenant_id() is missing; run the tenancy-db migrations"
@@ -408,6 +457,14 @@ tt AS (
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
       AND n.nspname !~ '^pg_(toast|temp)'
 )";
+
+/// Whether the owner of function `p` bypasses row-level security (a superuser or `BYPASSRLS`
+/// role, or a member of one) or owns a tenant table (`tt`, [`TENANT_TABLES`]).
+const PRIVILEGED_OWNER: &str = "
+(EXISTS (SELECT 1 FROM pg_roles o
+         WHERE (o.rolsuper OR o.rolbypassrls)
+           AND pg_has_role(p.proowner, o.oid, 'MEMBER'))
+ OR EXISTS (SELECT 1 FROM tt WHERE pg_has_role(p.proowner, tt.relowner, 'MEMBER')))";
 
 /// Every role the audited one (`$1`) can act as: itself and the roles it is a member of,
 /// directly or not, inheriting their privileges or not (it can `SET ROLE` to each).
@@ -580,16 +637,13 @@ async fn role_findings(
          FROM pg_proc p
          JOIN pg_namespace n ON n.oid = p.pronamespace
          WHERE p.prosecdef
-           -- Trigger functions cannot be called directly.
+           -- Trigger functions cannot be called directly (triggers are below).
            AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND EXISTS (SELECT 1 FROM reach
                        WHERE has_schema_privilege(reach.oid, n.oid, 'USAGE')
                          AND has_function_privilege(reach.oid, p.oid, 'EXECUTE'))
-           AND (EXISTS (SELECT 1 FROM pg_roles o
-                        WHERE (o.rolsuper OR o.rolbypassrls)
-                          AND pg_has_role(p.proowner, o.oid, 'MEMBER'))
-                OR EXISTS (SELECT 1 FROM tt WHERE pg_has_role(p.proowner, tt.relowner, 'MEMBER')))
+           AND {PRIVILEGED_OWNER}
          ORDER BY 1"
     )))
     .bind(role)
@@ -602,6 +656,69 @@ async fn role_findings(
             owner,
         }
     }));
+
+    // A trigger's function runs on the writes of whoever may write to its table, EXECUTE or
+    // not; a disabled trigger counts too (an `ENABLE` away from running).
+    let triggers: Vec<(String, String, String, String)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH {TENANT_TABLES}, {REACH}
+             SELECT format('%I.%I', n.nspname, c.relname), t.tgname::text,
+                    format('%I.%I(%s)', pn.nspname, p.proname,
+                           pg_get_function_identity_arguments(p.oid)),
+                    pg_get_userbyid(p.proowner)::text
+             FROM pg_trigger t
+             JOIN pg_class c ON c.oid = t.tgrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_proc p ON p.oid = t.tgfoid
+             JOIN pg_namespace pn ON pn.oid = p.pronamespace
+             WHERE NOT t.tgisinternal AND p.prosecdef
+               AND EXISTS (SELECT 1 FROM reach
+                           WHERE has_table_privilege(reach.oid, c.oid,
+                                                     'INSERT, UPDATE, DELETE, TRUNCATE'))
+               AND {PRIVILEGED_OWNER}
+             ORDER BY 1, 2"
+        )))
+        .bind(role)
+        .fetch_all(&mut *conn)
+        .await?;
+    findings.extend(
+        triggers
+            .into_iter()
+            .map(
+                |(table, trigger, function, owner)| Finding::SecurityDefinerTrigger {
+                    role: owned(),
+                    table,
+                    trigger,
+                    function,
+                    owner,
+                },
+            ),
+    );
+
+    let platform: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {REACH}
+         SELECT format('%I.%I', n.nspname, c.relname), string_agg(pr.p, ', ' ORDER BY pr.i)
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
+                                 'REFERENCES', 'TRIGGER']) WITH ORDINALITY AS pr(p, i)
+         WHERE n.nspname = 'tenancy' AND c.relname IN ('tenants', '_migrations')
+           AND EXISTS (SELECT 1 FROM reach WHERE has_table_privilege(reach.oid, c.oid, pr.p))
+         GROUP BY 1
+         ORDER BY 1"
+    )))
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    findings.extend(
+        platform
+            .into_iter()
+            .map(|(table, privileges)| Finding::PlatformTableAccess {
+                role: owned(),
+                table,
+                privileges,
+            }),
+    );
 
     let collations: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH {TENANT_TABLES}

@@ -153,11 +153,21 @@ async fn unsafe_roles_are_refused_at_start_up() {
         &format!("GRANT \"{}\" TO \"{}\"", env.owner, env.runtime),
     )
     .await;
+    // The owner's tables: four tenant tables, and the two platform tables of the schema.
     let f = findings(&env).await;
-    assert_eq!(f.len(), 4, "{f:?}");
-    assert!(
-        f.iter()
-            .all(|f| matches!(f, Finding::OwnsTenantTable { .. })),
+    assert_eq!(f.len(), 6, "{f:?}");
+    let owns = |f: &&Finding| matches!(f, Finding::OwnsTenantTable { .. });
+    assert_eq!(f.iter().filter(owns).count(), 4, "{f:?}");
+    let platform: Vec<_> = f
+        .iter()
+        .filter_map(|f| match f {
+            Finding::PlatformTableAccess { table, .. } => Some(table.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        platform,
+        ["tenancy._migrations", "tenancy.tenants"],
         "{f:?}"
     );
     exec(
@@ -785,4 +795,81 @@ fn suggested_commands_quote_the_names_they_hold() {
         text.ends_with("ALTER ROLE \"app\"\" SUPERUSER --\" NOCREATEROLE"),
         "{text}"
     );
+}
+
+/// A SECURITY DEFINER trigger function runs on the runtime role's writes as its owner, and
+/// the tenant directory has no row-level security: both are found.
+#[tokio::test]
+async fn definer_triggers_and_platform_tables_are_audited() {
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let mut admin = env.admin().await;
+    assert_eq!(findings(&env).await, vec![], "clean to begin with");
+    let runtime = env.runtime.to_string();
+    let owner = env.owner.to_string();
+    // Run on every insert: what it puts in `body` is every tenant's rows.
+    exec(
+        &mut admin,
+        &format!(
+            "SET ROLE \"{owner}\";
+             CREATE FUNCTION public.fill() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+             SET search_path = pg_catalog, public
+             AS $$ BEGIN
+                 SELECT string_agg(tenant_id, ',') INTO NEW.body FROM public.records;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER fill BEFORE INSERT ON public.records
+             FOR EACH ROW EXECUTE FUNCTION public.fill();
+             RESET ROLE;"
+        ),
+    )
+    .await;
+    let got = findings(&env).await;
+    assert_eq!(
+        got,
+        vec![Finding::SecurityDefinerTrigger {
+            role: runtime.clone(),
+            table: "public.records".into(),
+            trigger: "fill".into(),
+            function: "public.fill()".into(),
+            owner: owner.clone(),
+        }]
+    );
+    assert!(
+        got[0].to_string().contains("SECURITY INVOKER"),
+        "{}",
+        got[0]
+    );
+    // The same function as SECURITY INVOKER reads under the role's own policies.
+    exec(&mut admin, "ALTER FUNCTION public.fill() SECURITY INVOKER").await;
+    assert_eq!(findings(&env).await, vec![]);
+    exec(
+        &mut admin,
+        "DROP TRIGGER fill ON public.records; DROP FUNCTION public.fill()",
+    )
+    .await;
+
+    // The tenant directory, granted as a schema-wide grant would.
+    exec(
+        &mut admin,
+        &format!("GRANT SELECT, UPDATE ON tenancy.tenants TO \"{runtime}\""),
+    )
+    .await;
+    let got = findings(&env).await;
+    assert_eq!(
+        got,
+        vec![Finding::PlatformTableAccess {
+            role: runtime.clone(),
+            table: "tenancy.tenants".into(),
+            privileges: "SELECT, UPDATE".into(),
+        }]
+    );
+    assert!(got[0].to_string().contains("tenancy.tenants"), "{}", got[0]);
+    exec(
+        &mut admin,
+        &format!("REVOKE ALL ON tenancy.tenants FROM \"{runtime}\""),
+    )
+    .await;
+    assert_eq!(findings(&env).await, vec![]);
 }
