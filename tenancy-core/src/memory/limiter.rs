@@ -1,7 +1,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use async_trait::async_trait;
 use foldhash::quality::RandomState;
@@ -57,50 +58,46 @@ struct Shard {
 }
 
 impl Shard {
-    /// Removes every rested key. A rested key decides exactly like a missing one, so this
-    /// changes no decision.
-    fn sweep(&mut self, now: u64) {
+    /// Removes every rested key (and takes them off `count`, the limiter's). A rested key
+    /// decides exactly like a missing one, so this changes no decision.
+    fn sweep(&mut self, now: u64, count: &AtomicUsize) {
+        let before = self.map.len();
         self.map.retain(|_, e| e.tat > now);
+        count.fetch_sub(before - self.map.len(), Ordering::Relaxed);
         self.inserts_since_sweep = 0;
         self.keys_after_sweep = self.map.len();
         self.sweeps += 1;
     }
 
-    /// Makes room for `needed` new keys under `cap`, never evicting a key in `protect` (the
-    /// request's own keys, which are written right after).
-    ///
-    /// A sweep runs only when one is due: after as many inserts as the last sweep left keys
-    /// (at least [`MIN_SWEEP_INTERVAL`]), or, at the bound, after half the bound's inserts. A
-    /// shard full of live keys therefore sweeps once per `cap / 2` inserts, not on every one
-    /// (a sweep there frees nothing and costs a pass over the shard under its lock).
-    ///
-    /// When the shard is still full, keys are evicted one at a time: of a sample of
-    /// [`EVICTION_SAMPLE`] keys, the one closest to fully restored (the smallest theoretical
-    /// arrival time; a rested key first) goes. Evicting a key resets its limit, so the key
-    /// that loses least is chosen, and a key in active use is never chosen over an idler one
-    /// in the sample. The sample is the first keys in the table's order, which is the order
-    /// of their hashes under the limiter's secret seeds: no caller can place a key there.
-    fn make_room(&mut self, needed: usize, cap: usize, now: u64, protect: &[Key]) {
-        self.inserts_since_sweep += needed;
-        let full = self.map.len() + needed > cap;
-        if self.inserts_since_sweep >= self.keys_after_sweep.max(MIN_SWEEP_INTERVAL)
-            || (full && self.inserts_since_sweep >= (cap / 2).max(1))
-        {
-            self.sweep(now);
-        }
-        while self.map.len() + needed > cap {
-            let victim = self
-                .map
-                .iter()
-                .filter(|(k, _)| !protect.contains(k))
-                .take(EVICTION_SAMPLE)
-                .min_by_key(|(_, e)| e.tat)
-                .map(|(k, _)| *k);
-            let Some(victim) = victim else {
-                return;
-            };
-            self.map.remove(&victim);
-        }
+    /// Evicts one key not in `protect`: of a sample of [`EVICTION_SAMPLE`] keys, the one
+    /// closest to fully restored (the smallest theoretical arrival time; a rested key first).
+    /// Evicting a key resets its limit, so the key that loses least is chosen, and a key in
+    /// active use is never chosen over an idler one in the sample. The sample is the first
+    /// keys in the table's order, which is the order of their hashes under the limiter's
+    /// secret seeds: no caller can place a key there. `false` when there is none to evict.
+    fn evict_one(&mut self, protect: &[Key], count: &AtomicUsize) -> bool {
+        let victim = self
+            .map
+            .iter()
+            .filter(|(k, _)| !protect.contains(k))
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, e)| e.tat)
+            .map(|(k, _)| *k);
+        let Some(victim) = victim else {
+            return false;
+        };
+        self.map.remove(&victim);
+        count.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// A shard's lock if it is free now (a poisoned lock holds consistent data, as [`lock`]).
+fn try_lock(m: &Mutex<Shard>) -> Option<MutexGuard<'_, Shard>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
@@ -136,7 +133,12 @@ impl RequestKeys {
 /// All keys of a tenant (tenant-wide and per-user) live in the same shard, so one lock covers
 /// a whole decision: all limits are decided together and a denial consumes nothing. Rested
 /// keys are swept during ordinary calls (amortised, no background task), and the number of
-/// stored keys never exceeds the configured bound.
+/// stored keys never exceeds the configured bound. The bound is the limiter's, not a
+/// shard's: one tenant may hold all of it (a tenant with a million active users keeps a
+/// million per-user limits). At the bound, a new key takes the room of an idle one: from its
+/// own shard when that shard holds its share of the bound (one sixty-fourth) or more, else
+/// from the largest shard, so that the tenants filling the bound are the ones whose idlest
+/// limits are forgotten.
 ///
 /// Keys are 128-bit values made of keyed hashes of (tenant, user, scope, period) under seeds
 /// drawn at random for each limiter, never exposed: memory per key stays small and fixed
@@ -170,14 +172,16 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     seeds: [RandomState; 2],
     clock: SharedClock,
-    max_keys_per_shard: usize,
+    max_keys: usize,
+    /// Keys stored in all shards, and those a decision in progress has room reserved for.
+    keys: AtomicUsize,
 }
 
 impl fmt::Debug for MemoryRateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryRateLimiter")
             .field("keys", &self.key_count())
-            .field("max_keys", &(self.inner.max_keys_per_shard * SHARDS))
+            .field("max_keys", &self.inner.max_keys)
             .finish()
     }
 }
@@ -199,7 +203,7 @@ impl MemoryRateLimiter {
         Self::build(clock, DEFAULT_MAX_KEYS)
     }
 
-    /// The same limiter with another bound on stored keys (at least two per shard).
+    /// The same limiter with another bound on stored keys (at least 2).
     pub fn with_max_keys(self, max_keys: usize) -> Self {
         Self::build(self.inner.clock.clone(), max_keys)
     }
@@ -210,7 +214,8 @@ impl MemoryRateLimiter {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 seeds: [RandomState::default(), RandomState::default()],
                 clock,
-                max_keys_per_shard: (max_keys / SHARDS).max(2),
+                max_keys: max_keys.max(2),
+                keys: AtomicUsize::new(0),
             }),
         }
     }
@@ -237,6 +242,65 @@ impl MemoryRateLimiter {
         &self.inner.shards[(tag as usize) % SHARDS]
     }
 
+    /// Reserves room under the bound for `needed` new keys of `shard` (locked; the shard of
+    /// `tag`), never evicting a key in `protect` (the request's own keys, written right
+    /// after).
+    ///
+    /// A sweep of the shard runs only when one is due: after as many inserts as the last sweep
+    /// left keys (at least [`MIN_SWEEP_INTERVAL`]), or, at the bound, after half as many
+    /// inserts as the shard holds keys. A shard full of live keys therefore does not pay a
+    /// pass over itself, under its lock, on every insert.
+    ///
+    /// Still at the bound, keys are evicted one at a time ([`Shard::evict_one`]): from this
+    /// shard when it holds its share of the bound or more, else from the largest other shard
+    /// whose lock is free at once (never waited for: this shard's lock is held), else from
+    /// this one. Only when none of these has a key to give do the new keys go in over the
+    /// bound.
+    fn make_room(&self, shard: &mut Shard, tag: u64, needed: usize, now: u64, protect: &[Key]) {
+        let (max, count) = (self.inner.max_keys, &self.inner.keys);
+        shard.inserts_since_sweep += needed;
+        let full = count.load(Ordering::Relaxed) + needed > max;
+        if shard.inserts_since_sweep >= shard.keys_after_sweep.max(MIN_SWEEP_INTERVAL)
+            || (full && shard.inserts_since_sweep >= (shard.map.len() / 2).max(1))
+        {
+            shard.sweep(now, count);
+        }
+        let share = (max / SHARDS).max(1);
+        loop {
+            let held = count.load(Ordering::Relaxed);
+            if held + needed <= max {
+                if count
+                    .compare_exchange(held, held + needed, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            let evicted = (shard.map.len() >= share && shard.evict_one(protect, count))
+                || self.evict_from_largest((tag as usize) % SHARDS)
+                || shard.evict_one(protect, count);
+            if !evicted {
+                count.fetch_add(needed, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Evicts one key from the largest shard other than `except` whose lock is free now;
+    /// `false` when none had one.
+    fn evict_from_largest(&self, except: usize) -> bool {
+        let largest = (0..SHARDS)
+            .filter(|&i| i != except)
+            .filter_map(|i| try_lock(&self.inner.shards[i]).map(|s| (s.map.len(), i)))
+            .max();
+        match largest {
+            Some((len, i)) if len > 0 => try_lock(&self.inner.shards[i])
+                .is_some_and(|mut s| s.evict_one(&[], &self.inner.keys)),
+            _ => false,
+        }
+    }
+
     /// Keys currently stored, swept or not.
     pub fn key_count(&self) -> usize {
         self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
@@ -246,7 +310,7 @@ impl MemoryRateLimiter {
     pub fn sweep(&self) {
         let now = self.inner.clock.now_nanos();
         for s in self.inner.shards.iter() {
-            lock(s).sweep(now);
+            lock(s).sweep(now, &self.inner.keys);
         }
     }
 
@@ -316,7 +380,7 @@ impl MemoryRateLimiter {
             .filter(|(w, t)| w.is_some() && t.is_none())
             .count();
         if new_keys > 0 {
-            shard.make_room(new_keys, self.inner.max_keys_per_shard, now, keys);
+            self.make_room(&mut shard, rk.tag, new_keys, now, keys);
         }
         for (write, key) in writes.iter().zip(keys.iter()) {
             if let Some(tat) = write {
@@ -367,7 +431,11 @@ impl QuotaAdmin for MemoryRateLimiter {
     /// tenant, those of a tenant whose tag collides: a reset of its limits, never a denial).
     async fn reset(&self, tenant: &TenantId) -> Result<()> {
         let tag = self.tag(tenant);
-        lock(self.shard(tag)).map.retain(|k, _| k.tag != tag);
+        let mut shard = lock(self.shard(tag));
+        let before = shard.map.len();
+        shard.map.retain(|k, _| k.tag != tag);
+        let removed = before - shard.map.len();
+        self.inner.keys.fetch_sub(removed, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -456,11 +524,11 @@ mod tests {
 
     #[test]
     fn a_full_shard_evicts_an_idle_key_not_the_one_in_use() {
-        // 64 keys per shard (a table of several groups, so evictions do not simply reuse the
-        // slot just freed); the clock never moves, so every key stays live.
+        // 64 keys, all in one shard (a table of several groups, so evictions do not simply
+        // reuse the slot just freed); the clock never moves, so every key stays live.
         const CAP: usize = 64;
         let limiter =
-            MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(CAP * SHARDS);
+            MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(CAP);
         let tenants = same_shard_tenants(&limiter, CAP + 1000);
         let limits = vec![Limit::tenant(Quota::per_hour(3600).with_burst(2000))];
         let check = |t: &str| {
@@ -498,8 +566,7 @@ mod tests {
 
     #[test]
     fn inserts_at_the_bound_do_not_sweep_every_time() {
-        let limiter =
-            MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(16 * SHARDS);
+        let limiter = MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(16);
         let tenants = same_shard_tenants(&limiter, 16 + 400);
         let limits = vec![Limit::tenant(Quota::per_hour(10))];
         let check = |t: &str| {
@@ -525,10 +592,9 @@ mod tests {
 
     #[test]
     fn a_request_never_evicts_its_own_keys() {
-        // Two keys per shard: a request with a stored tenant key and a new user key must
-        // evict another key, not its own tenant key, and the bound must hold.
-        let limiter =
-            MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(2 * SHARDS);
+        // Two keys in all: a request with a stored tenant key and a new user key must evict
+        // another key, not its own tenant key, and the bound must hold.
+        let limiter = MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(2);
         let tenants = same_shard_tenants(&limiter, 2);
         let tenant_only = vec![Limit::tenant(Quota::per_hour(100))];
         let both = vec![
@@ -553,6 +619,65 @@ mod tests {
         let d = limiter.check_now(&req(&tenants[0], "bob", both));
         assert_eq!(d.states[0].remaining(), 98, "the tenant key kept its state");
         assert!(lock(limiter.shard(limiter.tag(&t(&tenants[0])))).map.len() <= 2);
+    }
+
+    /// The bound is the limiter's: one tenant's users may hold all of it. (When it was split
+    /// by shard, a tenant could keep only a sixty-fourth of it, 16 384 keys by default, and
+    /// its next users' keys evicted live ones: their limits started afresh.)
+    #[test]
+    fn one_tenant_may_hold_the_whole_bound() {
+        let limiter = MemoryRateLimiter::with_clock(Arc::new(ManualClock::new()));
+        let limits = vec![Limit::user(Quota::per_hour(1).with_burst(1))];
+        let users = 20_000;
+        for i in 0..users {
+            assert!(
+                limiter
+                    .check_now(&req("acme", &format!("u{i}"), limits.clone()))
+                    .allowed
+            );
+        }
+        assert_eq!(limiter.key_count(), users);
+        let second = (0..users)
+            .filter(|i| {
+                limiter
+                    .check_now(&req("acme", &format!("u{i}"), limits.clone()))
+                    .allowed
+            })
+            .count();
+        assert_eq!(second, 0, "users allowed a second request within the hour");
+    }
+
+    /// At the bound, the tenant holding most keys gives up its idlest ones: a small tenant's
+    /// keys, in another shard, survive the large one's flood of new users.
+    #[test]
+    fn at_the_bound_the_largest_shard_pays() {
+        let limiter =
+            MemoryRateLimiter::with_clock(Arc::new(ManualClock::new())).with_max_keys(128);
+        let user = vec![Limit::user(Quota::per_hour(100))];
+        let shard_of = |t: &str| limiter.tag(&TenantId::parse(t).unwrap()) as usize % SHARDS;
+        let small = (0..)
+            .map(|i| format!("s{i}"))
+            .find(|t| shard_of(t) != shard_of("big"))
+            .unwrap();
+        for i in 0..128 {
+            limiter.check_now(&req("big", &format!("u{i}"), user.clone()));
+        }
+        assert_eq!(limiter.key_count(), 128);
+        // The small tenant's first key takes room from the big tenant's shard.
+        assert_eq!(
+            limiter.check_now(&req(&small, "bob", user.clone())).states[0].remaining(),
+            99
+        );
+        assert_eq!(limiter.key_count(), 128);
+        for i in 128..2000 {
+            limiter.check_now(&req("big", &format!("u{i}"), user.clone()));
+            assert!(limiter.key_count() <= 128);
+        }
+        assert_eq!(
+            limiter.check_now(&req(&small, "bob", user.clone())).states[0].remaining(),
+            98,
+            "the small tenant's key was evicted by the big tenant's new users"
+        );
     }
 
     #[tokio::test]
