@@ -122,10 +122,16 @@ impl Quota {
     /// 2554. Ten years is far beyond any quota period in use.
     pub const MAX_PERIOD_SECS: u64 = 10 * 365 * 24 * 3600;
 
-    /// Checks that limit, period and burst are all positive, and that the period is at most
-    /// [`Quota::MAX_PERIOD_SECS`]. A burst above the limit is a valid token bucket (three per
-    /// second, seven at once); the quotas of a tier and its overrides may not have one (see
-    /// [`Quota::validate_for_tier`]).
+    /// Checks that limit, period and burst are all positive, that the period is at most
+    /// [`Quota::MAX_PERIOD_SECS`], and that a rested limit's burst takes at most as long to
+    /// earn back (`burst × period / limit`). A burst above the limit is a valid token bucket
+    /// (three per second, seven at once); the quotas of a tier's overrides may not have one
+    /// (see [`Quota::validate_for_tier`]).
+    ///
+    /// Why the bound on the burst's time: a limiter's state is a time that far ahead of now,
+    /// in nanoseconds since 1970, and beyond 2554 that no longer fits in 64 bits (one request
+    /// per ten years with a burst of 53 would reach it): the state would stop at the largest
+    /// time and the limit would never deny again.
     ///
     /// ```
     /// use tenancy_core::Quota;
@@ -134,6 +140,8 @@ impl Quota {
     /// assert!(Quota::per_second(3).with_burst(7).validate().is_ok());
     /// assert!(Quota::per_hour(0).validate().is_err());
     /// assert!(Quota::new(7, u64::MAX).validate().is_err());
+    /// assert!(Quota::new(1, Quota::MAX_PERIOD_SECS).validate().is_ok());
+    /// assert!(Quota::new(1, Quota::MAX_PERIOD_SECS).with_burst(2).validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<(), ParseError> {
         if self.limit == 0 || self.period_secs == 0 || self.burst == 0 {
@@ -146,6 +154,13 @@ impl Quota {
             return Err(ParseError::new(
                 "quota",
                 "the period must be at most ten years",
+            ));
+        }
+        let burst_secs = u128::from(self.burst) * u128::from(self.period_secs);
+        if burst_secs > u128::from(Self::MAX_PERIOD_SECS) * u128::from(self.limit) {
+            return Err(ParseError::new(
+                "quota",
+                "the burst must take at most ten years to earn back (burst × period / limit)",
             ));
         }
         Ok(())
@@ -335,8 +350,13 @@ pub struct QuotaOverrides {
 }
 
 impl QuotaOverrides {
-    /// The quota in force: `base` with the overrides applied, unclamped.
-    fn overridden(per_hour: Option<u64>, burst: Option<u64>, base: Quota) -> Quota {
+    /// The quota `base` becomes with the overrides applied, unclamped; `None` when neither
+    /// overrides it (the tier's own quota then stands as the catalog checked it: a
+    /// short-period tier may burst above its limit).
+    fn overridden(per_hour: Option<u64>, burst: Option<u64>, base: Quota) -> Option<Quota> {
+        if per_hour.is_none() && burst.is_none() {
+            return None;
+        }
         let mut q = match per_hour {
             // A new hourly rate keeps the tier's burst unless that exceeds the new rate.
             Some(limit) => Quota::per_hour(limit).with_burst(base.burst.min(limit)),
@@ -345,21 +365,20 @@ impl QuotaOverrides {
         if let Some(b) = burst {
             q.burst = b;
         }
-        q
+        Some(q)
     }
 
-    /// The quota in force, with the burst never above the limit: overrides that were stored
-    /// without [`QuotaOverrides::validate`] (before it existed, or by another writer) cannot
-    /// let more requests through at once than the limit advertises.
+    /// The quota in force. An overridden one has its burst never above its limit: overrides
+    /// that were stored without [`QuotaOverrides::validate`] (before it existed, or by another
+    /// writer) cannot let more requests through at once than the limit advertises.
     fn apply(per_hour: Option<u64>, burst: Option<u64>, base: Quota) -> Quota {
-        let q = Self::overridden(per_hour, burst, base);
-        q.with_burst(q.burst.min(q.limit))
+        Self::overridden(per_hour, burst, base).map_or(base, |q| q.with_burst(q.burst.min(q.limit)))
     }
 
-    /// Checks the quotas these overrides make of `tier`'s: each must pass
+    /// Checks the quotas these overrides make of `tier`'s: each one they change must pass
     /// [`Quota::validate_for_tier`], so an override of zero, or a burst above the limit in force
     /// (`tenant_per_hour = 10` with `tenant_burst = 1000`), is refused here rather than
-    /// clamped later.
+    /// clamped later. A quota they leave alone is the tier's, checked by the catalog.
     ///
     /// ```
     /// use tenancy_core::{QuotaOverrides, TierCatalog, TierName};
@@ -375,11 +394,16 @@ impl QuotaOverrides {
     pub fn validate(&self, tier: &Tier) -> Result<(), ParseError> {
         let tenant = Self::overridden(self.tenant_per_hour, self.tenant_burst, tier.tenant);
         let user = Self::overridden(self.user_per_hour, self.user_burst, tier.user);
-        tenant
-            .validate_for_tier()
-            .map_err(|e| ParseError::new("tenant quota override", e.reason().to_owned()))?;
-        user.validate_for_tier()
-            .map_err(|e| ParseError::new("user quota override", e.reason().to_owned()))
+        for (quota, what) in [
+            (tenant, "tenant quota override"),
+            (user, "user quota override"),
+        ] {
+            if let Some(q) = quota {
+                q.validate_for_tier()
+                    .map_err(|e| ParseError::new(what, e.reason().to_owned()))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -538,16 +562,32 @@ mod tests {
         );
         // A plain token bucket may burst above its rate.
         assert!(Quota::per_second(3).with_burst(7).validate().is_ok());
-        // A catalog's own tier may burst (a per-second token bucket).
-        assert!(
-            TierCatalog::empty()
-                .with_tier(Tier {
-                    name: TierName::parse("x").unwrap(),
-                    tenant: Quota::per_second(10).with_burst(50),
-                    user: Quota::per_hour(1)
-                })
-                .is_ok()
+        // A catalog's own tier may burst (a per-second token bucket), and a tenant on it
+        // without overrides has that burst: its settings are valid and the burst in force.
+        let catalog = TierCatalog::empty()
+            .with_tier(Tier {
+                name: TierName::parse("x").unwrap(),
+                tenant: Quota::per_second(10).with_burst(50),
+                user: Quota::per_hour(1),
+            })
+            .unwrap();
+        let mut s = TenantSettings::new(TierName::parse("x").unwrap());
+        assert!(s.validate(&catalog).is_ok());
+        assert_eq!(
+            s.limits(&catalog).unwrap().tenant,
+            Quota::per_second(10).with_burst(50)
         );
+        // Overriding the user quota leaves the tenant quota's burst alone.
+        s.overrides.user_per_hour = Some(5);
+        assert!(s.validate(&catalog).is_ok());
+        assert_eq!(s.limits(&catalog).unwrap().tenant.burst, 50);
+        // Overriding the tenant quota's burst holds it to the limit.
+        s.overrides.tenant_burst = Some(60);
+        assert_eq!(
+            s.validate(&catalog).unwrap_err().what(),
+            "tenant quota override"
+        );
+        assert_eq!(s.limits(&catalog).unwrap().tenant.burst, 10);
     }
 
     #[test]
