@@ -125,7 +125,8 @@ impl World {
         let mut limited = TenantSettings::new(tier("standard"));
         limited.overrides = tiny;
         put("limited", limited.clone()).await;
-        put("limited-b", limited).await;
+        put("limited-b", limited.clone()).await;
+        put("limited-c", limited).await;
         let mut bypassed = TenantSettings::new(tier("standard"));
         bypassed.overrides = tiny;
         bypassed.bypass_until = Some(self.clock.now() + Duration::from_secs(600));
@@ -783,15 +784,23 @@ fn cases(w: &World) -> Vec<Case> {
         ),
         case(
             "super admin role outside the platform tenant",
-            vec![
-                Req::get("/v1/me")
-                    .bearer(&w.token("acme", "mallory", "super_admin", &[]))
-                    .header("x-request-id", "c-31b"),
-            ],
+            // Refused, and counted as the user of that tenant it is: the refusal cannot be
+            // repeated (and audited) without limit.
+            (0..3)
+                .map(|i| {
+                    Req::get("/v1/me")
+                        .bearer(&w.token("limited-c", "mallory", "super_admin", &[]))
+                        .header("x-request-id", &format!("c-31b-{i}"))
+                })
+                .collect(),
             |s| {
                 assert_problem(&s[0], 403, "platform-role");
-                assert_eq!(s[0].body["request_id"], "c-31b");
-                assert_unlimited(&s[0]);
+                assert_eq!(s[0].body["request_id"], "c-31b-0");
+                assert_limited(&s[0]);
+                assert_eq!(s[0].header("x-ratelimit-remaining"), Some("1"));
+                assert_problem(&s[1], 403, "platform-role");
+                assert_problem(&s[2], 429, "rate-limited");
+                assert!(s[2].header("retry-after").is_some());
             },
         ),
         case(

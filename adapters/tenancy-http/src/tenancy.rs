@@ -710,10 +710,10 @@ impl Tenancy {
     /// ([`RequestMeta::resolved`], [`RequestMeta::context`]). 403 when the tenant header names
     /// another tenant, the token grants `super_admin` in a tenant other than the platform
     /// tenant ([`TenancyBuilder::with_anonymous_tenant`]), the tenant is unknown to the
-    /// directory, or suspended (a header naming another tenant counts against the user's
-    /// and the tenant's limits, a suspended tenant against the user's alone; both carry the
-    /// limits' headers, and become a 429 once a limit is exhausted); 503 when the directory
-    /// cannot answer.
+    /// directory, or suspended (a header naming another tenant and a `super_admin` claimed
+    /// outside the platform count against the user's and the tenant's limits, a suspended
+    /// tenant against the user's alone; all carry the limits' headers, and become a 429 once
+    /// a limit is exhausted); 503 when the directory cannot answer.
     pub async fn resolve_tenant<'m>(
         &self,
         meta: &'m RequestMeta,
@@ -736,8 +736,9 @@ impl Tenancy {
         // tenant's admin routes and skip the limits. Refused here, once, for every handler
         // and stage that trusts `TenantContext::is_super_admin`.
         if context.is_super_admin() && context.tenant != self.inner.anonymous_tenant {
+            // Charged as the user of that tenant it is: the token's role is not believed.
             let r = Rejection::denied(Denial::PlatformRoleOutsidePlatform);
-            return Err(self.deny(meta, &context, r).await);
+            return Err(self.deny_charged(meta, &context, r, None, true).await);
         }
         let directory = &self.inner.directory;
         let found = match directory.try_get(&context.tenant) {
@@ -922,10 +923,11 @@ impl Tenancy {
     }
 
     /// Denies (audited) a request that is refused but still one of the token's user: a
-    /// tenant header naming another tenant, a suspended tenant. It counts against the user's
-    /// limits and carries their headers, so the refusal cannot be repeated without limit (each
-    /// one is audited): the 429 (audited) when a limit is exhausted. The 403 stands alone when
-    /// nothing limits the request here (a super admin, an exempt route, a tenant the
+    /// tenant header naming another tenant, a suspended tenant, `super_admin` claimed outside
+    /// the platform tenant. It counts against the user's limits and carries their headers, so
+    /// the refusal cannot be repeated without limit (each one is audited): the 429 (audited)
+    /// when a limit is exhausted. The 403 stands alone when nothing limits the request here
+    /// (the platform's super admin, an exempt route, a tenant the
     /// directory does not know or cannot answer for, a limiter that cannot decide).
     /// `settings`: the tenant's, when already read; `with_tenant`: whether the tenant-wide
     /// limit is charged too, or only the user's (always only the user's for a suspended
@@ -957,7 +959,10 @@ impl Tenancy {
         settings: Option<TenantSettings>,
         with_tenant: bool,
     ) -> std::result::Result<Option<RateLimitDecision>, Rejection> {
-        if ctx.is_super_admin() || meta.route().is_some_and(|m| m.rule().is_exempt()) {
+        // Only the platform's super admin is not limited; the role claimed in another
+        // tenant is refused, and its refusals count like any user's.
+        let platform_admin = ctx.is_super_admin() && ctx.tenant == self.inner.anonymous_tenant;
+        if platform_admin || meta.route().is_some_and(|m| m.rule().is_exempt()) {
             return Ok(None);
         }
         let settings = match settings {
