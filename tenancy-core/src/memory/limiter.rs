@@ -58,11 +58,12 @@ struct Shard {
 }
 
 impl Shard {
-    /// Removes every rested key (and takes them off `count`, the limiter's). A rested key
-    /// decides exactly like a missing one, so this changes no decision.
-    fn sweep(&mut self, now: u64, count: &AtomicUsize) {
+    /// Removes every rested key but those in `keep` (and takes them off `count`, the
+    /// limiter's). A rested key decides exactly like a missing one, so this changes no
+    /// decision.
+    fn sweep(&mut self, now: u64, count: &AtomicUsize, keep: &[Key]) {
         let before = self.map.len();
-        self.map.retain(|_, e| e.tat > now);
+        self.map.retain(|k, e| e.tat > now || keep.contains(k));
         count.fetch_sub(before - self.map.len(), Ordering::Relaxed);
         self.inserts_since_sweep = 0;
         self.keys_after_sweep = self.map.len();
@@ -259,16 +260,18 @@ impl MemoryRateLimiter {
     fn make_room(&self, shard: &mut Shard, tag: u64, needed: usize, now: u64, protect: &[Key]) {
         let (max, count) = (self.inner.max_keys, &self.inner.keys);
         shard.inserts_since_sweep += needed;
-        let full = count.load(Ordering::Relaxed) + needed > max;
+        let full = count.load(Ordering::Relaxed).saturating_add(needed) > max;
         if shard.inserts_since_sweep >= shard.keys_after_sweep.max(MIN_SWEEP_INTERVAL)
             || (full && shard.inserts_since_sweep >= (shard.map.len() / 2).max(1))
         {
-            shard.sweep(now, count);
+            // The request's own keys stay: they are written right after, and were not
+            // counted as new.
+            shard.sweep(now, count, protect);
         }
         let share = (max / SHARDS).max(1);
         loop {
             let held = count.load(Ordering::Relaxed);
-            if held + needed <= max {
+            if held.saturating_add(needed) <= max {
                 if count
                     .compare_exchange(held, held + needed, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
@@ -310,7 +313,7 @@ impl MemoryRateLimiter {
     pub fn sweep(&self) {
         let now = self.inner.clock.now_nanos();
         for s in self.inner.shards.iter() {
-            lock(s).sweep(now, &self.inner.keys);
+            lock(s).sweep(now, &self.inner.keys, &[]);
         }
     }
 
@@ -382,10 +385,18 @@ impl MemoryRateLimiter {
         if new_keys > 0 {
             self.make_room(&mut shard, rk.tag, new_keys, now, keys);
         }
+        let mut added = 0;
         for (write, key) in writes.iter().zip(keys.iter()) {
             if let Some(tat) = write {
-                shard.map.insert(*key, Entry { tat: *tat });
+                added += usize::from(shard.map.insert(*key, Entry { tat: *tat }).is_none());
             }
+        }
+        // Only the keys counted as new are added (`make_room` keeps the request's own keys);
+        // should any other be, it counts too.
+        if added > new_keys {
+            self.inner
+                .keys
+                .fetch_add(added - new_keys, Ordering::Relaxed);
         }
     }
 }
@@ -678,6 +689,25 @@ mod tests {
             98,
             "the small tenant's key was evicted by the big tenant's new users"
         );
+    }
+
+    /// The count of keys follows what is stored when a sweep takes a request's own rested
+    /// keys and the request writes them again.
+    #[test]
+    fn the_count_follows_rested_keys_swept_and_written_again() {
+        let clock = ManualClock::new();
+        let limiter = MemoryRateLimiter::with_clock(Arc::new(clock.clone())).with_max_keys(2);
+        let limits = vec![
+            Limit::tenant(Quota::per_second(10)),
+            Limit::user(Quota::per_second(10)),
+        ];
+        for round in 0..50 {
+            limiter.check_now(&req("acme", &format!("u{round}"), limits.clone()));
+            let counted = limiter.inner.keys.load(Ordering::Relaxed);
+            assert_eq!(counted, limiter.key_count(), "round {round}");
+            assert!(limiter.key_count() <= 2, "round {round}");
+            clock.advance(Duration::from_secs(2));
+        }
     }
 
     #[tokio::test]
