@@ -29,11 +29,13 @@
 //! not pinged when it is checked out (that would double the round trips of every rate-limit
 //! decision); instead a connection whose command fails with a connection error is marked
 //! broken, the pool drops it, and the next checkout opens a fresh one. A one-node connection
-//! that sat unused for longer than [`RedisConfig::with_idle_check_after`] (one second by
-//! default) is pinged before a command uses it, and replaced when the ping fails: after a
-//! Redis restart, or an idle timeout on the server or a proxy, the pooled sockets are closed,
-//! and without the ping the first command on each would fail (and a failed command cannot
-//! safely be sent again: it may have run before the socket broke). So is a connection
+//! is pinged before a command uses it, and replaced when the ping fails, in two cases: it sat
+//! unused for longer than [`RedisConfig::with_idle_check_after`] (15 s by default: a server's
+//! or a proxy's idle timeout may have closed it), or another connection of the pool broke
+//! since it was last taken (a Redis restart closes them all). Without the ping the first
+//! command on each closed connection would fail, and a failed command cannot safely be sent
+//! again: it may have run before the socket broke. After a restart, the one command that
+//! finds the first closed connection still fails. So is a connection
 //! whose server answers `READONLY` or `MASTERDOWN`: after a fail-over the old primary is a
 //! replica, and only a new connection (to an address that now resolves to the new primary)
 //! can write again; keeping the old one would fail every write while `PING` still answers.
@@ -71,10 +73,12 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time a one-node connection may sit unused before it is pinged when next taken
 /// ([`RedisConfig::with_idle_check_after`]).
 ///
-/// Why this default: a connection in steady use is never pinged, and one that waited a second
-/// pays one round trip (well under a millisecond on a local network) to find out whether the
-/// server closed it meanwhile.
-pub const DEFAULT_IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+/// Why this default: the pool hands its connections out in turn, so with a few connections a
+/// service of a few commands a second leaves each unused for a second or more, and a shorter
+/// window would ping before most of its commands. Idle timeouts that close connections (a
+/// server's `timeout`, a proxy's or a load balancer's) are 30 s and more; a restart is found
+/// by the first connection that breaks, whatever the window.
+pub const DEFAULT_IDLE_CHECK_AFTER: Duration = Duration::from_secs(15);
 
 enum Target {
     Single(Client),
@@ -178,11 +182,12 @@ impl RedisConfig {
 
     /// How long a one-node connection may sit unused before it is pinged when next taken
     /// ([`DEFAULT_IDLE_CHECK_AFTER`] by default). A connection whose ping fails is replaced
-    /// before the command runs, so that a server that closed its idle sockets (a restart, its
-    /// `timeout` setting, a proxy's idle timeout) costs no failed command. `Duration::ZERO`
-    /// pings before every command that finds its connection unused for a millisecond or more;
-    /// `Duration::MAX` never pings. A Cluster handle is not pinged: it reconnects its nodes
-    /// itself, and a ping would reach only one of them.
+    /// before the command runs, so that a server or proxy that closed its idle sockets (its
+    /// `timeout` setting, an idle timeout) costs no failed command. `Duration::ZERO` pings
+    /// before every command that finds its connection unused for a millisecond or more;
+    /// `Duration::MAX` pings only the connections taken before another one broke. A Cluster
+    /// handle is not pinged: it reconnects its nodes itself, and a ping would reach only one
+    /// of them.
     pub fn with_idle_check_after(mut self, d: Duration) -> Self {
         self.idle_check_after = d;
         self
@@ -246,6 +251,7 @@ impl RedisConfig {
         let opened = Arc::new(AtomicU64::new(0));
         let manager = Manager {
             target: self.target()?,
+            times: Arc::new(PoolTimes::new()),
             opened: opened.clone(),
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
@@ -274,6 +280,7 @@ impl RedisConfig {
                 opened,
                 connecting: Mutex::new(None),
                 timeouts_at_last_check: AtomicU64::new(0),
+                pinged: AtomicU64::new(0),
             }),
         })
     }
@@ -299,21 +306,47 @@ pub(crate) struct Conn {
     state: Arc<ConnState>,
 }
 
+/// What the pool's connections share: the instant they count milliseconds from, and how many
+/// of them have broken.
+#[derive(Debug)]
+struct PoolTimes {
+    epoch: Instant,
+    breaks: AtomicU64,
+}
+
+impl PoolTimes {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            breaks: AtomicU64::new(0),
+        }
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// What the pool knows of one connection, shared by the clones of its handle.
 struct ConnState {
     /// A command failed in a way that leaves the connection unusable: the pool drops it.
     broken: AtomicBool,
-    opened: Instant,
-    /// When the connection was last taken from the pool, in milliseconds since `opened`.
+    times: Arc<PoolTimes>,
+    /// When the connection was last taken from the pool ([`PoolTimes::ms`]).
     taken_ms: AtomicU64,
+    /// [`PoolTimes::breaks`] when it was last taken.
+    breaks_seen: AtomicU64,
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(times: Arc<PoolTimes>) -> Self {
+        let now = times.ms(Instant::now());
+        let breaks = times.breaks.load(Ordering::Relaxed);
         Self {
             broken: AtomicBool::new(false),
-            opened: Instant::now(),
-            taken_ms: AtomicU64::new(0),
+            times,
+            taken_ms: AtomicU64::new(now),
+            breaks_seen: AtomicU64::new(breaks),
         }
     }
 
@@ -321,12 +354,26 @@ impl ConnState {
         self.broken.load(Ordering::Relaxed)
     }
 
-    /// Records that the connection is taken at `now`, and returns how long it sat unused.
-    fn take(&self, now: Instant) -> Duration {
-        let now_ms = u64::try_from(now.saturating_duration_since(self.opened).as_millis())
-            .unwrap_or(u64::MAX);
+    /// Marks the connection broken, and every other connection of the pool suspect until it
+    /// is next taken: what broke this one (a server restart, a fail-over) may have broken
+    /// them.
+    fn break_now(&self) {
+        if !self.broken.swap(true, Ordering::Relaxed) {
+            self.times.breaks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that the connection is taken at `now`; returns how long it sat unused, and
+    /// whether another connection broke since it was last taken (or opened).
+    fn take(&self, now: Instant) -> (Duration, bool) {
+        let now_ms = self.times.ms(now);
         let last = self.taken_ms.swap(now_ms, Ordering::Relaxed);
-        Duration::from_millis(now_ms.saturating_sub(last))
+        let breaks = self.times.breaks.load(Ordering::Relaxed);
+        let seen = self.breaks_seen.swap(breaks, Ordering::Relaxed);
+        (
+            Duration::from_millis(now_ms.saturating_sub(last)),
+            breaks > seen,
+        )
     }
 }
 
@@ -366,6 +413,7 @@ impl ConnectionLike for Conn {
 
 struct Manager {
     target: Target,
+    times: Arc<PoolTimes>,
     opened: Arc<AtomicU64>,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -404,7 +452,7 @@ impl bb8::ManageConnection for Manager {
                     self.opened.fetch_add(1, Ordering::Relaxed);
                     return Ok(Conn {
                         inner,
-                        state: Arc::new(ConnState::new()),
+                        state: Arc::new(ConnState::new(self.times.clone())),
                     });
                 }
                 Err(e) if attempt >= self.attempts => return Err(e),
@@ -461,6 +509,10 @@ pub struct PoolFigures {
     pub closed_broken: u64,
     /// Checkouts that timed out.
     pub acquire_timeouts: u64,
+    /// Connections pinged before a command used them: unused for longer than the idle check
+    /// allows, or taken before another connection broke
+    /// ([`RedisConfig::with_idle_check_after`]).
+    pub pinged: u64,
 }
 
 /// A pool of Redis connections (one node or a cluster); cheap to clone.
@@ -480,6 +532,8 @@ struct PoolInner {
     connecting: Mutex<Option<Connecting>>,
     /// Checkout timeouts counted by bb8 when the last health check ran.
     timeouts_at_last_check: AtomicU64,
+    /// [`PoolFigures::pinged`].
+    pinged: AtomicU64,
 }
 
 impl fmt::Debug for RedisPool {
@@ -527,6 +581,7 @@ impl RedisPool {
             created: self.inner.opened.load(Ordering::Relaxed),
             closed_broken: s.statistics.connections_closed_broken,
             acquire_timeouts: s.statistics.get_timed_out,
+            pinged: self.inner.pinged.load(Ordering::Relaxed),
         }
     }
 
@@ -753,21 +808,24 @@ impl RedisPool {
     }
 
     /// Whether a connection just taken may carry a command: `false` when it is a one-node
-    /// connection that sat unused for longer than the idle check allows and its ping failed
-    /// on the connection (it is then marked broken). Held checked out during the ping, so
-    /// that concurrent callers take other connections meanwhile, and the next caller to take
-    /// this one finds it freshly used.
+    /// connection that sat unused for longer than the idle check allows, or was last taken
+    /// before another connection of the pool broke, and its ping failed on the connection (it
+    /// is then marked broken). Held checked out during the ping, so that concurrent callers
+    /// take other connections meanwhile, and the next caller to take this one finds it
+    /// freshly used.
     async fn answers_after_idle(&self, conn: &mut Conn) -> bool {
-        let idle = conn.state.take(Instant::now());
-        if idle <= self.inner.idle_check_after || matches!(conn.inner, ConnInner::Cluster(_)) {
+        let (idle, suspect) = conn.state.take(Instant::now());
+        let cluster = matches!(conn.inner, ConnInner::Cluster(_));
+        if cluster || (!suspect && idle <= self.inner.idle_check_after) {
             return true;
         }
+        self.inner.pinged.fetch_add(1, Ordering::Relaxed);
         match redis::cmd("PING").query_async::<Value>(conn).await {
             Ok(_) => true,
             Err(e) => {
                 let e = failed(conn, e);
                 if conn.state.is_broken() {
-                    tracing::debug!(error = %e, idle = ?idle, "Redis connection closed while idle; replacing it");
+                    tracing::debug!(error = %e, idle = ?idle, suspect, "Redis connection closed while idle; replacing it");
                     return false;
                 }
                 // Not the connection's fault (a server still loading its data, say): the
@@ -862,7 +920,7 @@ pub(crate) type NodeReplies = Vec<(String, std::result::Result<Value, RedisError
 /// Marks the connection broken when the error means it is gone, and wraps the error.
 fn failed(conn: &Conn, e: RedisError) -> Error {
     if breaks_connection(&e, matches!(conn.inner, ConnInner::Cluster(_))) {
-        conn.state.broken.store(true, Ordering::Relaxed);
+        conn.state.break_now();
     }
     Error::Redis(e)
 }
@@ -908,6 +966,7 @@ impl HealthCheck for RedisPool {
             .with_figure("created", f.created)
             .with_figure("closed_broken", f.closed_broken)
             .with_figure("acquire_timeouts", f.acquire_timeouts)
+            .with_figure("pinged", f.pinged)
     }
 }
 
@@ -1065,5 +1124,100 @@ mod tests {
         assert_ne!(after, id, "a new connection answered");
         assert_eq!(pool.figures().closed_broken, 1, "{:?}", pool.figures());
         assert_eq!(pool.figures().created, 2, "{:?}", pool.figures());
+        assert_eq!(pool.figures().pinged, 1, "{:?}", pool.figures());
+    }
+
+    /// The ids of the connections `pool` holds, taken in turn; `n` of them.
+    async fn client_ids(pool: &RedisPool, n: usize) -> std::collections::BTreeSet<i64> {
+        let mut ids = std::collections::BTreeSet::new();
+        for _ in 0..4 * n {
+            let id: i64 = pool.query(redis::cmd("CLIENT").arg("ID")).await.unwrap();
+            ids.insert(id);
+        }
+        assert_eq!(ids.len(), n, "{ids:?}");
+        ids
+    }
+
+    /// Closes the connections `ids` from a connection of its own.
+    async fn kill(url: &str, ids: &std::collections::BTreeSet<i64>) {
+        let killer = Client::open(url).unwrap();
+        let mut killer = killer.get_multiplexed_async_connection().await.unwrap();
+        for id in ids {
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(*id)
+                .query_async(&mut killer)
+                .await
+                .unwrap();
+            assert_eq!(killed, 1);
+        }
+    }
+
+    /// When one connection breaks (its server restarted, say), the pool's other connections
+    /// are pinged before their next command, however recently they were used: one failed
+    /// command, not one per pooled connection.
+    #[tokio::test]
+    async fn once_a_connection_breaks_the_others_are_pinged_before_use() {
+        let Some(redis) = tenancy_tests::redis().await else {
+            return;
+        };
+        let pool = RedisConfig::single(redis.url())
+            .with_pool_size(3)
+            .with_min_idle(3)
+            .with_idle_check_after(Duration::MAX)
+            .connect()
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            if pool.figures().connections == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ids = client_ids(&pool, 3).await;
+        kill(redis.url(), &ids).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let cmd = redis::cmd("CLIENT").arg("ID").clone();
+        let first = pool.query::<i64>(&cmd).await;
+        assert!(
+            first.is_err(),
+            "the first command met a closed connection: {first:?}"
+        );
+        for i in 0..6 {
+            let id: i64 = pool
+                .query(&cmd)
+                .await
+                .unwrap_or_else(|e| panic!("command {i} after the first failed: {e}"));
+            assert!(!ids.contains(&id), "a closed connection answered");
+        }
+        // The two other closed connections (and a new one opened between two breaks).
+        assert!(pool.figures().pinged >= 2, "{:?}", pool.figures());
+    }
+
+    /// Connections in turn, each used every second or so, are not pinged: the idle check
+    /// waits longer than that.
+    #[tokio::test]
+    async fn connections_used_in_turn_are_not_pinged() {
+        let Some(redis) = tenancy_tests::redis().await else {
+            return;
+        };
+        let pool = RedisConfig::single(redis.url())
+            .with_pool_size(4)
+            .with_min_idle(4)
+            .connect()
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            if pool.figures().connections == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..8 {
+            pool.ping().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(pool.figures().pinged, 0, "{:?}", pool.figures());
     }
 }
