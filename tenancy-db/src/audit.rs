@@ -596,14 +596,15 @@ async fn role_findings(
 
     // Privileges are checked for every role the audited one can act as (`SET ROLE`): a
     // NOINHERIT role, as `create_runtime_role` makes, does not count its roles' privileges
-    // as its own, but can still take them up.
+    // as its own, but can still take them up. Those that can be granted on columns alone
+    // (SELECT, INSERT, UPDATE, REFERENCES) count when held on any column.
     let tables: Vec<(String, String, bool, bool, bool)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH {TENANT_TABLES}, {REACH}
              SELECT tt.name, pg_get_userbyid(tt.relowner)::text,
                     pg_has_role($1, tt.relowner, 'MEMBER'),
                     EXISTS (SELECT 1 FROM reach WHERE has_table_privilege(reach.oid, tt.oid, 'TRUNCATE')),
-                    EXISTS (SELECT 1 FROM reach WHERE has_table_privilege(reach.oid, tt.oid, 'REFERENCES'))
+                    EXISTS (SELECT 1 FROM reach WHERE has_any_column_privilege(reach.oid, tt.oid, 'REFERENCES'))
              FROM tt ORDER BY tt.name"
         )))
         .bind(role)
@@ -673,8 +674,8 @@ async fn role_findings(
              JOIN pg_namespace pn ON pn.oid = p.pronamespace
              WHERE NOT t.tgisinternal AND p.prosecdef
                AND EXISTS (SELECT 1 FROM reach
-                           WHERE has_table_privilege(reach.oid, c.oid,
-                                                     'INSERT, UPDATE, DELETE, TRUNCATE'))
+                           WHERE has_any_column_privilege(reach.oid, c.oid, 'INSERT, UPDATE')
+                              OR has_table_privilege(reach.oid, c.oid, 'DELETE, TRUNCATE'))
                AND {PRIVILEGED_OWNER}
              ORDER BY 1, 2"
         )))
@@ -703,7 +704,10 @@ async fn role_findings(
          CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
                                  'REFERENCES', 'TRIGGER']) WITH ORDINALITY AS pr(p, i)
          WHERE n.nspname = 'tenancy' AND c.relname IN ('tenants', '_migrations')
-           AND EXISTS (SELECT 1 FROM reach WHERE has_table_privilege(reach.oid, c.oid, pr.p))
+           AND EXISTS (SELECT 1 FROM reach
+                       WHERE CASE WHEN pr.p IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+                                  THEN has_any_column_privilege(reach.oid, c.oid, pr.p)
+                                  ELSE has_table_privilege(reach.oid, c.oid, pr.p) END)
          GROUP BY 1
          ORDER BY 1"
     )))
@@ -747,7 +751,8 @@ async fn role_findings(
                             AND a.attnum > 0 AND NOT a.attisdropped
          WHERE c.relkind = 'f'
            AND EXISTS (SELECT 1 FROM reach
-                       WHERE has_table_privilege(reach.oid, c.oid, 'SELECT, INSERT, UPDATE, DELETE'))
+                       WHERE has_any_column_privilege(reach.oid, c.oid, 'SELECT, INSERT, UPDATE')
+                          OR has_table_privilege(reach.oid, c.oid, 'DELETE'))
          ORDER BY 1"
     )))
     .bind(role)

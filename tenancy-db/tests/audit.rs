@@ -872,4 +872,50 @@ async fn definer_triggers_and_platform_tables_are_audited() {
     )
     .await;
     assert_eq!(findings(&env).await, vec![]);
+
+    // Privileges on some columns only count the same.
+    exec(
+        &mut admin,
+        &format!(
+            "GRANT SELECT (id), UPDATE (status) ON tenancy.tenants TO \"{runtime}\";
+             CREATE TABLE public.cols (tenant_id text NOT NULL, v int);
+             SELECT tenancy.protect_table('public.cols');
+             GRANT USAGE ON SCHEMA public TO \"{runtime}\";
+             GRANT UPDATE (v) ON public.cols TO \"{runtime}\";
+             SET ROLE \"{owner}\";
+             CREATE FUNCTION public.bump() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+             SET search_path = pg_catalog, public
+             AS $$ BEGIN RETURN NEW; END $$;
+             RESET ROLE;
+             CREATE TRIGGER bump BEFORE UPDATE ON public.cols
+             FOR EACH ROW EXECUTE FUNCTION public.bump();"
+        ),
+    )
+    .await;
+    assert_eq!(
+        findings(&env).await,
+        vec![
+            Finding::SecurityDefinerTrigger {
+                role: runtime.clone(),
+                table: "public.cols".into(),
+                trigger: "bump".into(),
+                function: "public.bump()".into(),
+                owner: owner.clone(),
+            },
+            Finding::PlatformTableAccess {
+                role: runtime.clone(),
+                table: "tenancy.tenants".into(),
+                privileges: "SELECT, UPDATE".into(),
+            },
+        ]
+    );
+    exec(
+        &mut admin,
+        &format!(
+            "REVOKE ALL ON tenancy.tenants FROM \"{runtime}\";
+             DROP TABLE public.cols; DROP FUNCTION public.bump();"
+        ),
+    )
+    .await;
+    assert_eq!(findings(&env).await, vec![]);
 }
