@@ -391,12 +391,17 @@ impl MemoryRateLimiter {
                 added += usize::from(shard.map.insert(*key, Entry { tat: *tat }).is_none());
             }
         }
-        // Only the keys counted as new are added (`make_room` keeps the request's own keys);
-        // should any other be, it counts too.
+        // Only the keys counted as new are added (`make_room` keeps the request's own keys),
+        // but for a request that names one key twice (two limits of one scope and period,
+        // which `RateLimitRequest::validate` refuses): the count follows what was added.
         if added > new_keys {
             self.inner
                 .keys
                 .fetch_add(added - new_keys, Ordering::Relaxed);
+        } else if added < new_keys {
+            self.inner
+                .keys
+                .fetch_sub(new_keys - added, Ordering::Relaxed);
         }
     }
 }
@@ -708,6 +713,17 @@ mod tests {
             assert!(limiter.key_count() <= 2, "round {round}");
             clock.advance(Duration::from_secs(2));
         }
+        // A request naming one key twice (which validation refuses, and `check_now` does not
+        // check) writes it once, and is counted once.
+        let twice = vec![
+            Limit::user(Quota::per_second(10)),
+            Limit::user(Quota::per_second(10)),
+        ];
+        limiter.check_now(&req("globex", "ann", twice));
+        assert_eq!(
+            limiter.inner.keys.load(Ordering::Relaxed),
+            limiter.key_count()
+        );
     }
 
     #[tokio::test]
