@@ -339,9 +339,9 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new(times: Arc<PoolTimes>) -> Self {
+    /// A connection opened just now, when the pool had counted `breaks` breaks.
+    fn new(times: Arc<PoolTimes>, breaks: u64) -> Self {
         let now = times.ms(Instant::now());
-        let breaks = times.breaks.load(Ordering::Relaxed);
         Self {
             broken: AtomicBool::new(false),
             times,
@@ -447,12 +447,15 @@ impl bb8::ManageConnection for Manager {
         let mut delay = self.backoff;
         let mut attempt = 1;
         loop {
+            // Breaks counted before the connection is made: one that a restart during the
+            // connect makes suspect is pinged before its first command.
+            let breaks = self.times.breaks.load(Ordering::Relaxed);
             match self.connect_once().await {
                 Ok(inner) => {
                     self.opened.fetch_add(1, Ordering::Relaxed);
                     return Ok(Conn {
                         inner,
-                        state: Arc::new(ConnState::new(self.times.clone())),
+                        state: Arc::new(ConnState::new(self.times.clone(), breaks)),
                     });
                 }
                 Err(e) if attempt >= self.attempts => return Err(e),
