@@ -674,8 +674,9 @@ async fn role_findings(
              JOIN pg_namespace pn ON pn.oid = p.pronamespace
              WHERE NOT t.tgisinternal AND p.prosecdef
                AND EXISTS (SELECT 1 FROM reach
-                           WHERE has_any_column_privilege(reach.oid, c.oid, 'INSERT, UPDATE')
-                              OR has_table_privilege(reach.oid, c.oid, 'DELETE, TRUNCATE'))
+                           WHERE has_schema_privilege(reach.oid, n.oid, 'USAGE')
+                             AND (has_any_column_privilege(reach.oid, c.oid, 'INSERT, UPDATE')
+                                  OR has_table_privilege(reach.oid, c.oid, 'DELETE, TRUNCATE')))
                AND {PRIVILEGED_OWNER}
              ORDER BY 1, 2"
         )))

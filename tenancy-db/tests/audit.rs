@@ -913,9 +913,29 @@ async fn definer_triggers_and_platform_tables_are_audited() {
         &mut admin,
         &format!(
             "REVOKE ALL ON tenancy.tenants FROM \"{runtime}\";
-             DROP TABLE public.cols; DROP FUNCTION public.bump();"
+             DROP TABLE public.cols;"
         ),
     )
     .await;
     assert_eq!(findings(&env).await, vec![]);
+
+    // A table the role may write to in a schema it cannot use: no write reaches the trigger.
+    exec(
+        &mut admin,
+        &format!(
+            "CREATE SCHEMA hidden;
+             CREATE TABLE hidden.cols (tenant_id text NOT NULL, v int);
+             SELECT tenancy.protect_table('hidden.cols');
+             GRANT UPDATE (v) ON hidden.cols TO \"{runtime}\";
+             CREATE TRIGGER bump BEFORE UPDATE ON hidden.cols
+             FOR EACH ROW EXECUTE FUNCTION public.bump();"
+        ),
+    )
+    .await;
+    assert_eq!(findings(&env).await, vec![]);
+    exec(
+        &mut admin,
+        "DROP SCHEMA hidden CASCADE; DROP FUNCTION public.bump();",
+    )
+    .await;
 }
