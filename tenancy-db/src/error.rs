@@ -166,6 +166,11 @@ impl Error {
             Self::InvalidIdentifier { .. } | Self::OutOfRange(_) => Class::Invalid("value"),
             Self::Corrupt(_) => Class::Corrupt,
             Self::Audit(_) | Self::Migrate(_) | Self::Aborted(_) => Class::Internal,
+            // `object_not_in_prerequisite_state` when connecting: the database does not accept
+            // connections now (`ALLOW_CONNECTIONS false` during maintenance).
+            Self::Connect { .. } if self.sqlstate().as_deref() == Some("55000") => {
+                Class::Unavailable
+            }
             Self::Database(e) | Self::Connect { source: e, .. } => {
                 if !self.is_tenant_violation() {
                     classify(e)
@@ -271,7 +276,7 @@ impl From<sqlx::Error> for Error {
 /// | other `22xxx`, `23xxx` (a value the database refuses); a bad argument | `Invalid` | no |
 /// | no row | `NotFound` | no |
 /// | pool timeout, `57014`, `55P03` | `Timeout` | yes |
-/// | I/O, TLS, protocol, pool closed, `08xxx`, `53xxx`, `57P01`–`57P03`, `25006`, `58xxx` | `Unavailable` | yes |
+/// | I/O, TLS, protocol, pool closed, `08xxx`, `53xxx`, `57P01`–`57P03`, `25006`, `58xxx`; `55000` when connecting (the database accepts no connections now) | `Unavailable` | yes |
 /// | undecodable row | `Corrupt` | no |
 /// | `28xxx` (login refused), `42501` from a missing `GRANT`, other `42xxx` (syntax, undefined table or column), bad configuration, [`Error::Audit`], [`Error::Migrate`], [`Error::Aborted`], anything else | `Internal` | no |
 ///

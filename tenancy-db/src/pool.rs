@@ -253,10 +253,19 @@ impl Shared {
     }
 
     fn map_acquire(&self, e: sqlx::Error) -> Error {
-        if matches!(e, sqlx::Error::PoolTimedOut) {
-            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        match e {
+            sqlx::Error::PoolTimedOut => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                Error::from(e)
+            }
+            // The server refused the connection the pool opened for this call (not accepting
+            // connections, starting up, too many clients): a failed connect, classified as one.
+            e @ sqlx::Error::Database(_) => Error::Connect {
+                attempts: 1,
+                source: e,
+            },
+            e => Error::from(e),
         }
-        Error::from(e)
     }
 
     /// Opens a transaction with `statement` (a `BEGIN` and what follows it in the same

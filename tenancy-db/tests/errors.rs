@@ -528,3 +528,43 @@ async fn a_silent_partition_under_an_application_transaction_frees_its_slot() {
     works().await;
     pool.close().await;
 }
+
+/// A database that accepts no connections for now (`ALLOW_CONNECTIONS false`, as during
+/// maintenance) makes a transaction's connect fail as unavailable and retryable, not as a
+/// defect of the deployment; the pool serves again once it accepts connections.
+#[tokio::test]
+async fn a_database_closed_to_connections_is_unavailable() {
+    use sqlx::Connection as _;
+    let Some(env) = TestEnv::new().await else {
+        return;
+    };
+    let pool = env.runtime_pool(2).await;
+    drop(pool.begin(&tenant("acme")).await.unwrap());
+    let mut server = sqlx::PgConnection::connect(env.db.admin_url())
+        .await
+        .unwrap();
+    let name = env.db.name().to_owned();
+    let run = async |server: &mut sqlx::PgConnection, sql: String| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(server)
+            .await
+            .unwrap();
+    };
+    run(
+        &mut server,
+        format!(
+            "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ),
+    )
+    .await;
+    let err = pool.begin(&tenant("acme")).await.map(drop).unwrap_err();
+    assert_eq!(err.sqlstate().as_deref(), Some("55000"), "{err:?}");
+    assert_eq!(kind(err), (ErrorKind::Unavailable, true, true));
+    run(
+        &mut server,
+        format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"),
+    )
+    .await;
+    drop(pool.begin(&tenant("acme")).await.unwrap());
+}
